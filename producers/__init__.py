@@ -1,0 +1,1 @@
+"""Corpus readers, validation into documents, and sharding."""

@@ -1,0 +1,53 @@
+"""The Arrow schema of m3pipe's Parquet output (the contract in DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import pyarrow as pa
+
+from schemas.options import Mode, StorageDtype
+
+OUTPUT_METADATA_KEY = b"m3pipe"
+
+_ARROW_FLOAT = {StorageDtype.FLOAT16: pa.float16(), StorageDtype.FLOAT32: pa.float32()}
+
+
+def vector_type(dtype: StorageDtype, dim: int) -> pa.DataType:
+    return pa.list_(_ARROW_FLOAT[dtype], dim)
+
+
+def output_schema(
+    modes: tuple[Mode, ...],
+    dtype: StorageDtype,
+    dense_dim: int,
+    colbert_dim: int,
+    chunked: bool = False,
+    metadata: Mapping[str, object] | None = None,
+) -> pa.Schema:
+    """Columns in contract order; columns of modes not asked for are absent."""
+    fields = [pa.field("id", pa.string(), nullable=False)]
+    if chunked:
+        fields.append(pa.field("chunk", pa.int32(), nullable=False))
+    if Mode.DENSE in modes:
+        fields.append(pa.field("dense", vector_type(dtype, dense_dim), nullable=False))
+    if Mode.SPARSE in modes:
+        fields.append(pa.field("sparse_indices", pa.list_(pa.int32()), nullable=False))
+        fields.append(pa.field("sparse_values", pa.list_(pa.float32()), nullable=False))
+    if Mode.COLBERT in modes:
+        fields.append(
+            pa.field("colbert", pa.list_(vector_type(dtype, colbert_dim)), nullable=False)
+        )
+    fields.append(pa.field("n_tokens", pa.int32(), nullable=False))
+    fields.append(pa.field("truncated", pa.bool_(), nullable=False))
+    schema_metadata = None
+    if metadata is not None:
+        schema_metadata = {OUTPUT_METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()}
+    return pa.schema(fields, metadata=schema_metadata)
+
+
+def read_output_metadata(schema: pa.Schema) -> dict[str, object]:
+    """The m3pipe metadata of a written file's schema (empty if absent)."""
+    raw = (schema.metadata or {}).get(OUTPUT_METADATA_KEY)
+    return json.loads(raw) if raw else {}

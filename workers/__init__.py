@@ -1,0 +1,1 @@
+"""Celery app and tasks (queue pipeline; see issue 3). Thin: all work is in pipeline/."""
