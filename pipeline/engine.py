@@ -25,7 +25,7 @@ from schemas.document import Document
 from schemas.options import EncodeOptions
 from schemas.output import output_schema
 
-ProgressCallback = Callable[[int, int], None]  # (sequences done, tokens done) of one batch
+ProgressCallback = Callable[[int, int], None]  # (documents finished, tokens) of one batch
 
 
 @dataclass
@@ -106,6 +106,8 @@ class Engine:
     ) -> ShardResult:
         started = time.perf_counter()
         lengths = shard.lengths
+        # A document is finished when its last sequence (last chunk) is encoded.
+        ends_doc = np.append(shard.doc_index[1:] != shard.doc_index[:-1], True)
         outputs: list[BatchOutput] = []
         stats = EncodeStats(documents=len(docs), rows=len(shard), tokens=int(lengths.sum()))
 
@@ -124,7 +126,7 @@ class Engine:
                 stats.batches += 1
                 stats.padded_tokens += len(out.rows) * int(lengths[out.rows].max())
                 if progress is not None:
-                    progress(len(out.rows), int(lengths[out.rows].sum()))
+                    progress(int(ends_doc[out.rows].sum()), int(lengths[out.rows].sum()))
 
         table = assemble_table(
             outputs,

@@ -1,0 +1,183 @@
+"""The `m3pipe` command line. Flags win over M3PIPE_* environment settings, then defaults."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from pipeline import __version__
+from pipeline.errors import PipelineError
+from pipeline.settings import Settings
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REJECTS = 3  # finished, but some input records were rejected (see _rejects.jsonl)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _add_encode_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model dir, hub name or random:tiny|small|full "
+                        "(default: $M3PIPE_MODEL or BAAI/bge-m3)")
+    parser.add_argument("--modes", default="dense,sparse,colbert",
+                        help="comma-separated subset of dense,sparse,colbert")
+    parser.add_argument("--max-length", type=int, default=8192, help="tokens per sequence (<= 8192)")
+    parser.add_argument("--batch-tokens", type=int,
+                        help="padded tokens per forward pass (default: per device)")
+    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                        help="storage dtype of dense and colbert vectors")
+    parser.add_argument("--long-docs", choices=["truncate", "chunk"], default="truncate",
+                        help="over-length documents: truncate (default) or one row per chunk")
+    parser.add_argument("--chunk-overlap", type=int, default=0, help="tokens shared by chunks")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                        help="compute precision (default: fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--id-field", default="id")
+    parser.add_argument("--text-field", default="text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="m3pipe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"m3pipe {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    encode = sub.add_parser("encode", help="encode a JSONL file to Parquet, no queue")
+    encode.add_argument("input", type=Path, help="JSONL (or .jsonl.gz) with id and text fields")
+    encode.add_argument("--out", type=Path, required=True, help="output directory")
+    _add_encode_options(encode)
+    encode.add_argument("--shard-docs", type=int, default=1000, help="documents per output file")
+    encode.add_argument("--overwrite", action="store_true", help="replace earlier output in --out")
+    encode.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    encode.set_defaults(func=cmd_encode)
+
+    make = sub.add_parser("make-test-model", help="write a random bge-m3-architecture model")
+    make.add_argument("dir", type=Path, help="new directory to create")
+    make.add_argument("--size", choices=["tiny", "small", "full"], default="tiny")
+    make.add_argument("--seed", type=int, default=0)
+    make.set_defaults(func=cmd_make_test_model)
+    return parser
+
+
+class ProgressBar:
+    """Documents done of the total, tokens/s and ETA, on stderr when it is a terminal."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total or None, unit="doc", disable=not enabled or None,
+                         dynamic_ncols=True, file=sys.stderr)
+        self._tokens = 0
+        self._started = time.perf_counter()
+
+    def __call__(self, documents: int, tokens: int) -> None:
+        self._tokens += tokens
+        rate = self._tokens / max(time.perf_counter() - self._started, 1e-9)
+        self._bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
+        self._bar.update(documents)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.engine import Engine
+    from pipeline.local_encode import encode_file
+    from pipeline.model import load_model
+    from producers.jsonl import count_lines
+    from schemas.options import EncodeOptions
+
+    try:
+        options = EncodeOptions(
+            modes=args.modes, max_length=args.max_length, batch_tokens=args.batch_tokens,
+            dtype=args.dtype, long_docs=args.long_docs, chunk_overlap=args.chunk_overlap,
+        )
+    except ValidationError as exc:
+        return _usage_error(exc)
+    if args.shard_docs < 1:
+        return _usage_error("--shard-docs must be >= 1")
+    if not args.input.is_file():
+        print(f"m3pipe encode: input file not found: {args.input}", file=sys.stderr)
+        return EXIT_FAILED
+
+    model = load_model(
+        args.model or settings.model, device=args.device, precision=args.precision,
+        cache_dir=settings.cache_dir, hub_timeout=settings.hub_timeout,
+    )
+    engine = Engine(model, options)
+    bar = ProgressBar(count_lines(args.input), enabled=not args.quiet)
+    try:
+        summary = encode_file(
+            args.input, args.out, engine, id_field=args.id_field, text_field=args.text_field,
+            shard_docs=args.shard_docs, overwrite=args.overwrite, progress=bar,
+        )
+    finally:
+        bar.close()
+    stats = summary.stats
+    print(
+        f"m3pipe encode: {summary.documents} documents -> {stats.rows} rows in "
+        f"{len(summary.files)} file(s) under {summary.out_dir}; {stats.tokens:,} tokens in "
+        f"{stats.seconds:.1f}s ({stats.tokens_per_second:,.0f} tokens/s, padding efficiency "
+        f"{stats.padding_efficiency:.3f}); {summary.rejected} rejected"
+        + (f" (see {summary.out_dir / '_rejects.jsonl'})" if summary.rejected else ""),
+        file=sys.stderr,
+    )
+    return EXIT_REJECTS if summary.rejected else EXIT_OK
+
+
+def cmd_make_test_model(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.random_model import write_random_model
+
+    if args.dir.exists():
+        return _usage_error(f"{args.dir} already exists")
+    path = write_random_model(args.dir, args.size, args.seed)
+    print(f"wrote random:{args.size} (seed {args.seed}) to {path}: random weights, not bge-m3")
+    return EXIT_OK
+
+
+def _usage_error(problem: object) -> int:
+    if isinstance(problem, ValidationError):
+        problem = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in problem.errors()
+        )
+    print(f"m3pipe: {problem}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _quiet_libraries()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        return _usage_error(exc)
+    try:
+        return int(args.func(args, settings))
+    except PipelineError as exc:
+        print(f"m3pipe {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"m3pipe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Validation of raw records into Documents; anything else becomes a Reject with a reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas.document import MAX_ID_CHARS, Document, Reject
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def record_to_document(
+    record: Any,
+    *,
+    source: str,
+    line: int | None = None,
+    row: int | None = None,
+    id_field: str = "id",
+    text_field: str = "text",
+) -> Document | Reject:
+    """A Document, or a Reject saying exactly what is wrong with the record."""
+
+    def reject(reason: str, doc_id: str | None = None) -> Reject:
+        return Reject(source=source, line=line, row=row, id=doc_id, reason=reason)
+
+    if not isinstance(record, dict):
+        return reject(f"record is a JSON {_type_name(record)}, expected an object")
+    if id_field not in record:
+        return reject(f"missing id field {id_field!r}")
+    doc_id = record[id_field]
+    if not isinstance(doc_id, str):
+        return reject(f"id field {id_field!r} must be a string, got {_type_name(doc_id)}")
+    if not doc_id:
+        return reject(f"id field {id_field!r} is empty")
+    if len(doc_id) > MAX_ID_CHARS:
+        return reject(f"id is longer than {MAX_ID_CHARS} characters", doc_id[:64] + "...")
+    if text_field not in record:
+        return reject(f"missing text field {text_field!r}", doc_id)
+    text = record[text_field]
+    if not isinstance(text, str):
+        return reject(f"text field {text_field!r} must be a string, got {_type_name(text)}", doc_id)
+    try:
+        return Document(id=doc_id, text=text)
+    except ValidationError as exc:
+        reason = "; ".join(err["msg"].removeprefix("Value error, ") for err in exc.errors())
+        return reject(reason, doc_id)
+
+
+class DuplicateIds:
+    """Policy: the first record with an id wins; later ones are rejected, naming the first."""
+
+    def __init__(self) -> None:
+        self._first_seen: dict[str, str] = {}
+
+    def check(self, doc: Document, where: str) -> str | None:
+        """None for a new id, else the reason to reject this record."""
+        first = self._first_seen.get(doc.id)
+        if first is None:
+            self._first_seen[doc.id] = where
+            return None
+        return f"duplicate id (first seen at {first})"

@@ -1,0 +1,40 @@
+"""Shared fixtures: random models built once per session in a private cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the session (M3PIPE_CACHE_DIR may point at a warm one)."""
+    configured = os.environ.get("M3PIPE_TEST_CACHE_DIR")
+    cache = Path(configured) if configured else tmp_path_factory.mktemp("m3pipe-cache")
+    os.environ["M3PIPE_CACHE_DIR"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def load(model_cache: Path):
+    """load(size) -> M3Model on CPU, cached per size."""
+    from pipeline.model import load_model
+
+    loaded: dict[str, object] = {}
+
+    def _load(size: str):
+        if size not in loaded:
+            loaded[size] = load_model(f"random:{size}", device="cpu", cache_dir=model_cache)
+        return loaded[size]
+
+    return _load
+
+
+@pytest.fixture(scope="session")
+def tiny(load):
+    return load("tiny")

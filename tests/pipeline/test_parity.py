@@ -1,0 +1,91 @@
+"""The engine's outputs equal FlagEmbedding's BGEM3FlagModel.encode on the same weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.engine import Engine
+from schemas.options import EncodeOptions
+from tests.corpus import documents, mixed_texts
+
+MAX_LENGTH = 4096
+
+
+@pytest.fixture(scope="module")
+def reference(load):
+    """FlagEmbedding's outputs per model size, computed once."""
+    from FlagEmbedding import BGEM3FlagModel
+
+    results = {}
+
+    def _reference(size: str):
+        if size not in results:
+            model = load(size)
+            flag = BGEM3FlagModel(str(model.path), use_fp16=False, devices="cpu")
+            results[size] = flag.encode(
+                mixed_texts(),
+                batch_size=4,
+                max_length=MAX_LENGTH,
+                return_dense=True,
+                return_sparse=True,
+                return_colbert_vecs=True,
+            )
+        return results[size]
+
+    return _reference
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 1e-5), ("float16", 2e-3)])
+def test_outputs_match_flagembedding(load, reference, size, dtype, tolerance):
+    model = load(size)
+    ref = reference(size)
+    texts = mixed_texts()
+    # A small budget forces many batches with different padding than FlagEmbedding's.
+    options = EncodeOptions(max_length=MAX_LENGTH, dtype=dtype, batch_tokens=6000)
+    table = Engine(model, options).encode(documents(texts)).table
+
+    assert table.column("id").to_pylist() == [f"doc-{i}" for i in range(len(texts))]
+    assert any(len(model.tokenizer(t)["input_ids"]) > 2000 for t in texts)
+    truncated = table.column("truncated").to_pylist()
+    assert truncated.count(True) == 1
+
+    dense = table.column("dense").combine_chunks().flatten().to_numpy().reshape(len(texts), -1)
+    np.testing.assert_allclose(dense.astype(np.float32), ref["dense_vecs"], atol=tolerance, rtol=0)
+
+    n_tokens = table.column("n_tokens").to_pylist()
+    for row in range(len(texts)):
+        want = ref["lexical_weights"][row]
+        indices = table.column("sparse_indices")[row].values.to_numpy()
+        values = table.column("sparse_values")[row].values.to_numpy()
+        assert list(indices) == sorted(int(k) for k in want), f"sparse ids differ on row {row}"
+        want_values = np.array([want[str(i)] for i in indices], dtype=np.float32)
+        np.testing.assert_allclose(values, want_values, atol=tolerance, rtol=0)
+
+        colbert = table.column("colbert")[row].values.flatten().to_numpy()
+        want_colbert = ref["colbert_vecs"][row]
+        assert n_tokens[row] - 1 == want_colbert.shape[0]
+        np.testing.assert_allclose(
+            colbert.reshape(want_colbert.shape).astype(np.float32),
+            want_colbert,
+            atol=tolerance,
+            rtol=0,
+        )
+
+
+def test_modes_subset_gives_only_those_columns(tiny):
+    options = EncodeOptions(modes="sparse", max_length=64)
+    table = Engine(tiny, options).encode(documents(["one two", "three"])).table
+    assert table.column_names == ["id", "sparse_indices", "sparse_values", "n_tokens", "truncated"]
+
+
+def test_sparse_drops_special_tokens_and_keeps_positive_weights(tiny):
+    texts = ["😀 🚀 unknown-ish ✨", "plain words here"]
+    table = Engine(tiny, EncodeOptions(max_length=64)).encode(documents(texts)).table
+    for row in range(len(texts)):
+        indices = table.column("sparse_indices")[row].values.to_numpy()
+        values = table.column("sparse_values")[row].values.to_numpy()
+        assert not set(indices.tolist()) & set(tiny.unused_token_ids)
+        assert (values > 0).all()
+        assert (np.diff(indices) > 0).all()
