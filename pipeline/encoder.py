@@ -80,8 +80,13 @@ def forward_batch(
     ids, mask = pad_batch(sequences, model.pad_id, model.device)
     store = _STORAGE[storage]
     on_device: dict[str, torch.Tensor] = {}
+    # Without padding no mask is needed, which lets SDPA use its fused kernel and skip
+    # materialising the [heads, L, L] mask: long documents mostly run alone.
+    uniform = all(len(s) == len(sequences[0]) for s in sequences)
     with torch.inference_mode():
-        hidden = model.encoder(input_ids=ids, attention_mask=mask, return_dict=True)
+        hidden = model.encoder(
+            input_ids=ids, attention_mask=None if uniform else mask, return_dict=True
+        )
         hidden = hidden.last_hidden_state
         if Mode.DENSE in modes:
             on_device["dense"] = F.normalize(hidden[:, 0], dim=-1).to(store)

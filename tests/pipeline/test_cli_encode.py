@@ -1,0 +1,115 @@
+"""`m3pipe encode` end to end: real files in, real Parquet out, read back with pyarrow."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_REJECTS, main
+from pipeline.engine import Engine
+from schemas.options import EncodeOptions
+from tests.corpus import documents, mixed_texts
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
+def _args(inp, out, *extra):
+    return ["encode", str(inp), "--out", str(out), "--model", "random:tiny",
+            "--max-length", "512", "-q", *extra]
+
+
+def test_clean_input_encodes_every_record(tmp_path, tiny):
+    texts = mixed_texts()
+    inp = _write_jsonl(tmp_path / "in.jsonl", [{"id": f"doc-{i}", "text": t} for i, t in enumerate(texts)])
+    out = tmp_path / "out"
+    assert main(_args(inp, out, "--shard-docs", "5", "--dtype", "float32")) == EXIT_OK
+
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_manifest.json", "_rejects.jsonl", "part-00000.parquet", "part-00001.parquet",
+        "part-00002.parquet",
+    ]
+    table = pq.read_table(out)  # the directory, as README shows: _ and . files are skipped
+    assert table.column("id").to_pylist() == [f"doc-{i}" for i in range(len(texts))]
+    expected = Engine(tiny, EncodeOptions(max_length=512, dtype="float32")).encode(documents(texts))
+    np.testing.assert_allclose(
+        table.column("dense").combine_chunks().flatten().to_numpy(),
+        expected.table.column("dense").combine_chunks().flatten().to_numpy(),
+        atol=1e-5,
+    )
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["counts"]["input_records"] == manifest["counts"]["documents"] == len(texts)
+    assert manifest["counts"]["rejected"] == 0
+    assert [f["name"] for f in manifest["files"]] == [f"part-0000{i}.parquet" for i in range(3)]
+    assert manifest["model"]["model"] == "random:tiny"
+    assert (out / "_rejects.jsonl").read_text() == ""
+
+
+def test_bad_records_are_rejected_and_good_ones_embedded(tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(
+        b'{"id": "a", "text": "first good"}\n'
+        b"{not json}\n"
+        b'{"id": 12, "text": "numeric id"}\n'
+        b'{"id": "b"}\n'
+        b'{"id": "c", "text": 3.5}\n'
+        b'{"id": "d", "text": "  "}\n'
+        b'{"id": "a", "text": "duplicate"}\n'
+        b'{"id": "e", "text": "bad \xc3\x28 utf8"}\n'
+        b'{"id": "f", "text": "second good \xf0\x9f\x9a\x80"}\n'
+    )
+    out = tmp_path / "out"
+    assert main(_args(inp, out)) == EXIT_REJECTS
+    rows = pq.read_table(out / "part-00000.parquet").column("id").to_pylist()
+    assert rows == ["a", "f"]
+    rejects = [json.loads(x) for x in (out / "_rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [2, 3, 4, 5, 6, 7, 8]
+    assert all(r["source"] == str(inp) and r["reason"] for r in rejects)
+    assert rejects[5]["reason"] == "duplicate id (first seen at line 1)"
+    counts = json.loads((out / "_manifest.json").read_text())["counts"]
+    assert counts["input_records"] == 9 == counts["documents"] + counts["rejected"]
+
+
+def test_empty_and_missing_inputs_fail_clearly(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    assert main(_args(empty, tmp_path / "o1")) == EXIT_FAILED
+    assert "holds no records" in capsys.readouterr().err
+    assert main(_args(tmp_path / "missing.jsonl", tmp_path / "o2")) == EXIT_FAILED
+    assert "not found" in capsys.readouterr().err
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys):
+    inp = _write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "x y z"}])
+    out = tmp_path / "out"
+    assert main(_args(inp, out)) == EXIT_OK
+    assert main(_args(inp, out)) == EXIT_FAILED
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(_args(inp, out, "--overwrite")) == EXIT_OK
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [(["--modes", "dense,nope"], "modes"), (["--max-length", "9000"], "max_length"),
+     (["--long-docs", "chunk", "--chunk-overlap", "600"], "chunk_overlap")],
+)
+def test_bad_options_are_usage_errors(tmp_path, capsys, flag, message):
+    inp = _write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "x"}])
+    assert main(_args(inp, tmp_path / "out", *flag)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_console_script_runs(tmp_path, model_cache):
+    """The installed entry point, as a user runs it, with its summary line."""
+    inp = _write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "x y"}, {"id": "b", "text": ""}])
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *_args(inp, tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == EXIT_REJECTS, proc.stderr[-2000:]
+    assert "1 documents -> 1 rows" in proc.stderr and "1 rejected" in proc.stderr

@@ -1,0 +1,145 @@
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import torch
+
+from pipeline.errors import ModelLoadError
+from pipeline.model import load_model, resolve_dtype
+from pipeline.random_model import SHAPES, model_config, parse_random_spec
+
+
+def test_random_specs():
+    assert parse_random_spec("random:tiny") == "tiny"
+    assert parse_random_spec("BAAI/bge-m3") is None
+    with pytest.raises(ModelLoadError, match="unknown random model size"):
+        parse_random_spec("random:huge")
+
+
+def test_full_has_bge_m3_shape():
+    from transformers import XLMRobertaModel
+
+    config = model_config("full")
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (24, 1024, 16)
+    assert (config.intermediate_size, config.vocab_size) == (4096, 250002)
+    assert config.max_position_embeddings == 8194
+    with torch.device("meta"):  # shape only, no 2 GB of weights
+        model = XLMRobertaModel(config)
+    params = sum(p.numel() for p in model.parameters())
+    assert 560e6 < params < 575e6  # bge-m3 is ~568M parameters
+
+
+def test_random_model_loads_through_flagembedding(tiny):
+    assert tiny.encoder.config._attn_implementation == "sdpa"
+    assert tiny.dtype == torch.float32 and tiny.device.type == "cpu"
+    assert tiny.dense_dim == SHAPES["tiny"].hidden == tiny.colbert_dim
+    assert tiny.unused_token_ids == (0, 1, 2, 3)  # <s> <pad> </s> <unk>
+    assert (tiny.path / "colbert_linear.pt").is_file()
+    assert tiny.describe()["random_weights"] is True
+
+
+def test_precision_rules():
+    assert resolve_dtype(torch.device("cpu"), None) == torch.float32
+    assert resolve_dtype(torch.device("cuda"), None) == torch.float16
+    assert resolve_dtype(torch.device("cuda"), "bf16") == torch.bfloat16
+    with pytest.raises(ModelLoadError, match="fp16 is not supported on CPU"):
+        resolve_dtype(torch.device("cpu"), "fp16")
+
+
+def test_cuda_asked_without_cuda(model_cache):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ModelLoadError, match="CUDA is not available"):
+        load_model("random:tiny", device="cuda", cache_dir=model_cache)
+
+
+def test_directory_without_heads_is_refused(tmp_path, model_cache, tiny):
+    for item in tiny.path.iterdir():
+        if item.suffix != ".pt":
+            (tmp_path / item.name).write_bytes(item.read_bytes())
+    with pytest.raises(ModelLoadError, match="colbert_linear.pt"):
+        load_model(str(tmp_path), device="cpu", cache_dir=model_cache)
+    loaded = load_model(str(tmp_path), device="cpu", cache_dir=model_cache, need_heads=False)
+    assert loaded.dense_dim == 64
+
+
+def test_not_a_model(tmp_path, model_cache):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(str(tmp_path), cache_dir=model_cache)
+    with pytest.raises(ModelLoadError, match="not a hub name"):
+        load_model("./no/such/dir/here", cache_dir=model_cache)
+
+
+def test_make_test_model_cli_writes_a_loadable_model(tmp_path):
+    from FlagEmbedding import BGEM3FlagModel
+
+    from pipeline.cli import main
+
+    target = tmp_path / "m"
+    assert main(["make-test-model", str(target), "--size", "tiny", "--seed", "3"]) == 0
+    info = json.loads((target / "m3pipe_random_model.json").read_text())
+    assert info["seed"] == 3 and info["random"] is True
+    out = BGEM3FlagModel(str(target), use_fp16=False, devices="cpu").encode(
+        ["hello"], return_sparse=True, return_colbert_vecs=True
+    )
+    assert out["dense_vecs"].shape == (1, 64)
+    assert main(["make-test-model", str(target)]) == 2  # refuses to overwrite
+
+
+def _silent_server() -> tuple[socket.socket, int]:
+    """Accepts connections and never answers: a hub that hangs."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+@pytest.mark.parametrize("hub", ["hangs", "refuses"])
+def test_unreachable_hub_fails_fast_with_advice(tmp_path, hub):
+    server, port = _silent_server()
+    if hub == "refuses":
+        server.close()  # nothing listens on the port any more
+    script = textwrap.dedent(
+        """
+        import time
+        from pathlib import Path
+        from pipeline.model import load_model
+        from pipeline.errors import ModelLoadError
+        started = time.monotonic()
+        try:
+            load_model("BAAI/not-cached-model", cache_dir=Path("."), hub_timeout=3)
+        except ModelLoadError as exc:
+            print("ERROR:", exc)
+        print("SECONDS:", time.monotonic() - started)
+        """
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+        "HF_HUB_OFFLINE": "0",
+        "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[2]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
+        cwd=tmp_path,
+    )
+    server.close()
+    assert "ERROR:" in proc.stdout, proc.stderr[-2000:]
+    assert "--model DIR" in proc.stdout and "random:small" in proc.stdout
+    seconds = float(proc.stdout.split("SECONDS:")[1])
+    assert seconds < 3 + 5  # hub_timeout plus slack, never a hang

@@ -1,0 +1,102 @@
+import subprocess
+import sys
+import textwrap
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.engine import Engine
+from pipeline.sink import part_name, remove_stale_temp_files, write_shard
+from schemas.options import EncodeOptions, Mode, StorageDtype
+from schemas.output import output_schema, read_output_metadata
+from tests.corpus import documents
+
+CONTRACT = {
+    "id": pa.string(),
+    "chunk": pa.int32(),
+    "dense": pa.list_(pa.float16(), 64),
+    "sparse_indices": pa.list_(pa.int32()),
+    "sparse_values": pa.list_(pa.float32()),
+    "colbert": pa.list_(pa.list_(pa.float16(), 64)),
+    "n_tokens": pa.int32(),
+    "truncated": pa.bool_(),
+}
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_written_schema_is_exactly_the_contract(tiny, tmp_path, chunked):
+    options = EncodeOptions(max_length=64, long_docs="chunk" if chunked else "truncate")
+    table = Engine(tiny, options).encode(documents(["alpha beta", "gamma"])).table
+    path = write_shard(table, tmp_path / part_name(0))
+    schema = pq.read_schema(path)
+    expected = {k: v for k, v in CONTRACT.items() if chunked or k != "chunk"}
+    assert schema.names == list(expected)
+    for name, arrow_type in expected.items():
+        assert schema.field(name).type == arrow_type, name
+    meta = read_output_metadata(schema)
+    assert meta["model"] == "random:tiny" and meta["random_weights"] is True
+    assert (meta["dense_dim"], meta["dtype"], meta["max_length"]) == (64, "float16", 64)
+    assert meta["model_fingerprint"]
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_float32_storage_schema():
+    schema = output_schema((Mode.DENSE, Mode.COLBERT), StorageDtype.FLOAT32, 8, 4)
+    assert schema.names == ["id", "dense", "colbert", "n_tokens", "truncated"]
+    assert schema.field("dense").type == pa.list_(pa.float32(), 8)
+    assert schema.field("colbert").type == pa.list_(pa.list_(pa.float32(), 4))
+
+
+def test_part_names_are_deterministic():
+    assert part_name(0) == "part-00000.parquet"
+    assert part_name(123) == "part-00123.parquet"
+    with pytest.raises(ValueError):
+        part_name(-1)
+
+
+def test_failed_write_leaves_nothing_under_the_final_name(tmp_path, monkeypatch):
+    table = pa.table({"id": ["a", "b"]})
+
+    def write_then_fail(data, where, **kwargs):
+        with open(where, "wb") as handle:
+            handle.write(b"PAR1 partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", write_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_shard(table, tmp_path / "part-00000.parquet")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_writer_leaves_only_a_hidden_temp_file(tmp_path):
+    """SIGKILL in the middle of a write: no file under the final name, temp cleaned later."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        import pyarrow as pa, pyarrow.parquet as pq
+        from pipeline.sink import write_shard
+        def write_then_die(data, where, **kwargs):
+            with open(where, "wb") as handle:
+                handle.write(b"PAR1 half a file")
+                handle.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        pq.write_table = write_then_die
+        write_shard(pa.table({{"id": ["a"]}}), {str(tmp_path / "part-00000.parquet")!r})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -9
+    names = [p.name for p in tmp_path.iterdir()]
+    assert "part-00000.parquet" not in names
+    assert len(names) == 1 and names[0].startswith(".part-00000.parquet.tmp-")
+    assert remove_stale_temp_files(tmp_path) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rewrite_replaces_atomically(tmp_path):
+    path = tmp_path / "part-00000.parquet"
+    write_shard(pa.table({"id": ["old"]}), path)
+    write_shard(pa.table({"id": ["new", "rows"]}), path)
+    assert pq.read_table(path).column("id").to_pylist() == ["new", "rows"]
+    assert [p.name for p in tmp_path.iterdir()] == ["part-00000.parquet"]
