@@ -65,10 +65,12 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
     from pipeline.settings import Settings
 
     texts = json.loads(corpus_path.read_text())
-    model = load_model(args.model, device=args.device, precision=args.precision,
-                       cache_dir=Settings().cache_dir)
-    lengths = np.array([len(x) for x in model.tokenizer(texts, truncation=True,
-                                                          max_length=8192)["input_ids"]])
+    model = load_model(
+        args.model, device=args.device, precision=args.precision, cache_dir=Settings().cache_dir
+    )
+    lengths = np.array(
+        [len(x) for x in model.tokenizer(texts, truncation=True, max_length=8192)["input_ids"]]
+    )
     rss_loaded = rss_mb()
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     if model.device.type == "cuda":
@@ -79,8 +81,9 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
         from schemas.document import Document
         from schemas.options import EncodeOptions
 
-        engine = Engine(model, EncodeOptions(max_length=8192, batch_tokens=args.batch_tokens,
-                                             dtype=args.dtype))
+        engine = Engine(
+            model, EncodeOptions(max_length=8192, batch_tokens=args.batch_tokens, dtype=args.dtype)
+        )
         docs = [Document(id=str(i), text=t) for i, t in enumerate(texts)]
         shards = [docs[i : i + args.shard_docs] for i in range(0, len(docs), args.shard_docs)]
         sync()
@@ -92,25 +95,44 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
             rows += shard.table.num_rows
         sync()
         seconds = time.perf_counter() - start
-        result.update(padding_efficiency=stats_tokens / stats_padded, rows=rows,
-                      batch_tokens=engine.batch_tokens, storage_dtype=args.dtype)
+        result.update(
+            padding_efficiency=stats_tokens / stats_padded,
+            rows=rows,
+            batch_tokens=engine.batch_tokens,
+            storage_dtype=args.dtype,
+        )
     else:
         from FlagEmbedding import BGEM3FlagModel
 
-        flag = BGEM3FlagModel(str(model.path), use_fp16=model.dtype == torch.float16,
-                              use_bf16=model.dtype == torch.bfloat16, devices=str(model.device))
+        flag = BGEM3FlagModel(
+            str(model.path),
+            use_fp16=model.dtype == torch.float16,
+            use_bf16=model.dtype == torch.bfloat16,
+            devices=str(model.device),
+        )
         del model.encoder
         sync()
         start = time.perf_counter()
-        out = flag.encode(texts, batch_size=args.flag_batch_size, max_length=8192,
-                          return_dense=True, return_sparse=True, return_colbert_vecs=True)
+        out = flag.encode(
+            texts,
+            batch_size=args.flag_batch_size,
+            max_length=8192,
+            return_dense=True,
+            return_sparse=True,
+            return_colbert_vecs=True,
+        )
         sync()
         seconds = time.perf_counter() - start
         order = np.sort(lengths)[::-1]
-        padded = sum(len(order[i : i + args.flag_batch_size]) * order[i]
-                     for i in range(0, len(order), args.flag_batch_size))
-        result.update(padding_efficiency=float(order.sum() / padded),
-                      rows=len(out["dense_vecs"]), batch_size=args.flag_batch_size)
+        padded = sum(
+            len(order[i : i + args.flag_batch_size]) * order[i]
+            for i in range(0, len(order), args.flag_batch_size)
+        )
+        result.update(
+            padding_efficiency=float(order.sum() / padded),
+            rows=len(out["dense_vecs"]),
+            batch_size=args.flag_batch_size,
+        )
     tokens = int(lengths.sum())
     result.update(
         seconds=round(seconds, 3),
@@ -159,8 +181,18 @@ def main() -> int:
         sides = {}
         for side in ("engine", "flagembedding"):
             proc = subprocess.run(
-                [sys.executable, __file__, *child_args, "--side", side, "--corpus", str(corpus_path)],
-                capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                [
+                    sys.executable,
+                    __file__,
+                    *child_args,
+                    "--side",
+                    side,
+                    "--corpus",
+                    str(corpus_path),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
             )
             if proc.returncode != 0:
                 print(proc.stderr[-4000:], file=sys.stderr)
@@ -173,8 +205,13 @@ def main() -> int:
         "benchmark": "bench_engine",
         "model": args.model,
         "device": args.device,
-        "corpus": {"docs": len(texts), "tokens": int(sum(lengths)), "max_tokens": max(lengths),
-                   "over_4000": sum(n > 4000 for n in lengths), "seed": args.seed},
+        "corpus": {
+            "docs": len(texts),
+            "tokens": int(sum(lengths)),
+            "max_tokens": max(lengths),
+            "over_4000": sum(n > 4000 for n in lengths),
+            "seed": args.seed,
+        },
         "engine": engine,
         "flagembedding": flag,
         "ratios": {
@@ -182,12 +219,20 @@ def main() -> int:
             "peak_rss": round(engine["peak_rss_mb"] / flag["peak_rss_mb"], 3),
             "rss_growth_over_load": round(
                 (engine["peak_rss_mb"] - engine["rss_after_load_mb"])
-                / max(flag["peak_rss_mb"] - flag["rss_after_load_mb"], 1e-9), 3),
+                / max(flag["peak_rss_mb"] - flag["rss_after_load_mb"], 1e-9),
+                3,
+            ),
         },
-        "targets": {"tokens_per_second_ratio": ">= 3.0", "peak_rss_ratio": "<= 0.5",
-                    "engine_padding_efficiency": ">= 0.95"},
-        "host": {"python": platform.python_version(), "machine": platform.machine(),
-                 "cpus": os.cpu_count()},
+        "targets": {
+            "tokens_per_second_ratio": ">= 3.0",
+            "peak_rss_ratio": "<= 0.5",
+            "engine_padding_efficiency": ">= 0.95",
+        },
+        "host": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -28,7 +28,7 @@ def plan_batches(
     if n == 0:
         return []
     if overhead_tokens is None:
-        overhead_tokens = max(1, budget // 32)
+        overhead_tokens = max(1, budget // 64)
     order = np.argsort(-np.asarray(lengths), kind="stable")
     sorted_len = np.asarray(lengths, dtype=np.int64)[order]
 

@@ -31,21 +31,42 @@ def _quiet_libraries() -> None:
 
 
 def _add_encode_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model dir, hub name or random:tiny|small|full "
-                        "(default: $M3PIPE_MODEL or BAAI/bge-m3)")
-    parser.add_argument("--modes", default="dense,sparse,colbert",
-                        help="comma-separated subset of dense,sparse,colbert")
-    parser.add_argument("--max-length", type=int, default=8192, help="tokens per sequence (<= 8192)")
-    parser.add_argument("--batch-tokens", type=int,
-                        help="padded tokens per forward pass (default: per device)")
-    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
-                        help="storage dtype of dense and colbert vectors")
-    parser.add_argument("--long-docs", choices=["truncate", "chunk"], default="truncate",
-                        help="over-length documents: truncate (default) or one row per chunk")
+    parser.add_argument(
+        "--model",
+        help="model dir, hub name or random:tiny|small|full "
+        "(default: $M3PIPE_MODEL or BAAI/bge-m3)",
+    )
+    parser.add_argument(
+        "--modes",
+        default="dense,sparse,colbert",
+        help="comma-separated subset of dense,sparse,colbert",
+    )
+    parser.add_argument(
+        "--max-length", type=int, default=8192, help="tokens per sequence (<= 8192)"
+    )
+    parser.add_argument(
+        "--batch-tokens", type=int, help="padded tokens per forward pass (default: per device)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float16", "float32"],
+        default="float16",
+        help="storage dtype of dense and colbert vectors",
+    )
+    parser.add_argument(
+        "--long-docs",
+        choices=["truncate", "chunk"],
+        default="truncate",
+        help="over-length documents: truncate (default) or one row per chunk",
+    )
     parser.add_argument("--chunk-overlap", type=int, default=0, help="tokens shared by chunks")
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                        help="compute precision (default: fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        default="auto",
+        help="compute precision (default: fp16 on CUDA, fp32 on CPU)",
+    )
     parser.add_argument("--id-field", default="id")
     parser.add_argument("--text-field", default="text")
 
@@ -79,8 +100,13 @@ class ProgressBar:
     def __init__(self, total: int | None, enabled: bool) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total or None, unit="doc", disable=not enabled or None,
-                         dynamic_ncols=True, file=sys.stderr)
+        self._bar = tqdm(
+            total=total or None,
+            unit="doc",
+            disable=not enabled or None,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
         self._tokens = 0
         self._started = time.perf_counter()
 
@@ -103,8 +129,12 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         options = EncodeOptions(
-            modes=args.modes, max_length=args.max_length, batch_tokens=args.batch_tokens,
-            dtype=args.dtype, long_docs=args.long_docs, chunk_overlap=args.chunk_overlap,
+            modes=args.modes,
+            max_length=args.max_length,
+            batch_tokens=args.batch_tokens,
+            dtype=args.dtype,
+            long_docs=args.long_docs,
+            chunk_overlap=args.chunk_overlap,
         )
     except ValidationError as exc:
         return _usage_error(exc)
@@ -115,15 +145,24 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_FAILED
 
     model = load_model(
-        args.model or settings.model, device=args.device, precision=args.precision,
-        cache_dir=settings.cache_dir, hub_timeout=settings.hub_timeout,
+        args.model or settings.model,
+        device=args.device,
+        precision=args.precision,
+        cache_dir=settings.cache_dir,
+        hub_timeout=settings.hub_timeout,
     )
     engine = Engine(model, options)
     bar = ProgressBar(count_lines(args.input), enabled=not args.quiet)
     try:
         summary = encode_file(
-            args.input, args.out, engine, id_field=args.id_field, text_field=args.text_field,
-            shard_docs=args.shard_docs, overwrite=args.overwrite, progress=bar,
+            args.input,
+            args.out,
+            engine,
+            id_field=args.id_field,
+            text_field=args.text_field,
+            shard_docs=args.shard_docs,
+            overwrite=args.overwrite,
+            progress=bar,
         )
     finally:
         bar.close()

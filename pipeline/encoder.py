@@ -64,7 +64,9 @@ def _sparse(
     keys = rows * model.vocab_size + ids[rows, cols]
     unique_keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
     values = torch.zeros(unique_keys.shape[0], dtype=weights.dtype, device=weights.device)
-    values = values.scatter_reduce(0, inverse, weights[rows, cols], reduce="amax", include_self=False)
+    values = values.scatter_reduce(
+        0, inverse, weights[rows, cols], reduce="amax", include_self=False
+    )
     counts = torch.bincount(unique_keys // model.vocab_size, minlength=ids.shape[0])
     return counts, (unique_keys % model.vocab_size).to(torch.int32), values.float()
 

@@ -85,12 +85,19 @@ def encode_file(
             write_shard(result.table, out / name)
             summary.stats.add(result.stats)
             summary.files.append(
-                {"name": name, "documents": len(shard), "rows": result.table.num_rows,
-                 "tokens": result.stats.tokens, "bytes": (out / name).stat().st_size}
+                {
+                    "name": name,
+                    "documents": len(shard),
+                    "rows": result.table.num_rows,
+                    "tokens": result.stats.tokens,
+                    "bytes": (out / name).stat().st_size,
+                }
             )
     if summary.input_records != summary.documents + summary.rejected:
         raise AssertionError("record accounting does not add up")  # a bug, never bad input
-    write_json_atomic(out / MANIFEST, manifest(summary, engine, source, id_field, text_field, started))
+    write_json_atomic(
+        out / MANIFEST, manifest(summary, engine, source, id_field, text_field, started)
+    )
     return summary
 
 

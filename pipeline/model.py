@@ -1,4 +1,4 @@
-"""Loading a bge-m3 model with FlagEmbedding's own loader, from a path, a hub name or random:SIZE."""
+"""Loading bge-m3 with FlagEmbedding's own loader, from a path, a hub name or random:SIZE."""
 
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def load_model(
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer: Any = AutoTokenizer.from_pretrained(str(path))
         parts = EncoderOnlyEmbedderM3Runner.get_model(str(path), torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load model from {path}: {exc}") from exc
@@ -228,4 +228,3 @@ def load_model(
         vocab_size=int(encoder.config.vocab_size),
         unused_token_ids=unused,
     )
-

@@ -52,7 +52,7 @@ class RejectLog:
     def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / REJECTS
         self._tmp = self.path.with_name(f".{REJECTS}.tmp-{os.getpid()}")
-        self._handle: IO[str] = open(self._tmp, "w", encoding="utf-8")
+        self._handle: IO[str] = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115
         self.count = 0
 
     def add(self, reject: Reject) -> None:

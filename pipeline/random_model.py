@@ -64,9 +64,7 @@ def train_tokenizer(vocab_size: int, seed: int = 0):  # -> PreTrainedTokenizerFa
     from pipeline.synthetic_text import TextGenerator
 
     tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.Sequence(
-        [normalizers.NFKC(), normalizers.Replace(" {2,}", " ")]
-    )
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(" {2,}", " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     trainer = UnigramTrainer(
@@ -121,7 +119,9 @@ def write_random_model(out_dir: Path, size: str, seed: int = 0) -> Path:
     from transformers import XLMRobertaModel
 
     if size not in SHAPES:
-        raise ModelLoadError(f"unknown random model size {size!r}: choose one of {', '.join(SHAPES)}")
+        raise ModelLoadError(
+            f"unknown random model size {size!r}: choose one of {', '.join(SHAPES)}"
+        )
     out_dir = Path(out_dir)
     shape = SHAPES[size]
     tokenizer = train_tokenizer(shape.tokenizer_vocab, seed)
@@ -137,8 +137,13 @@ def write_random_model(out_dir: Path, size: str, seed: int = 0) -> Path:
     tokenizer.save_pretrained(out_dir)
     torch.save(colbert_linear.state_dict(), out_dir / "colbert_linear.pt")
     torch.save(sparse_linear.state_dict(), out_dir / "sparse_linear.pt")
-    info = {"random": True, "size": size, "seed": seed, "build_version": BUILD_VERSION,
-            "note": "randomly initialised weights of the bge-m3 architecture; not bge-m3"}
+    info = {
+        "random": True,
+        "size": size,
+        "seed": seed,
+        "build_version": BUILD_VERSION,
+        "note": "randomly initialised weights of the bge-m3 architecture; not bge-m3",
+    }
     (out_dir / "m3pipe_random_model.json").write_text(json.dumps(info, indent=2))
     return out_dir
 

@@ -58,7 +58,9 @@ def tokenize_texts(
     truncated: list[bool] = []
     for index, tokens in enumerate(content):
         if options.chunked:
-            for number, start in enumerate(chunk_starts(len(tokens), window, options.chunk_overlap)):
+            for number, start in enumerate(
+                chunk_starts(len(tokens), window, options.chunk_overlap)
+            ):
                 ids.append([cls_id, *tokens[start : start + window], eos_id])
                 doc_index.append(index)
                 chunk.append(number)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from pipeline.errors import InputError
 from producers.validate import record_to_document
@@ -27,7 +27,7 @@ def _open(path: Path) -> IO[bytes]:
         raise InputError(f"input is a directory, expected a JSONL file: {path}")
     try:
         if path.suffix == ".gz":
-            return gzip.open(path, "rb")
+            return cast(IO[bytes], gzip.open(path, "rb"))
         return open(path, "rb")
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -67,7 +67,9 @@ def _parse_line(raw: bytes, source: str, line: int, id_field: str, text_field: s
     try:
         record = json.loads(decoded)
     except json.JSONDecodeError as exc:
-        return Reject(source=source, line=line, reason=f"malformed JSON: {exc.msg} at column {exc.colno}")
+        return Reject(
+            source=source, line=line, reason=f"malformed JSON: {exc.msg} at column {exc.colno}"
+        )
     return record_to_document(
         record, source=source, line=line, id_field=id_field, text_field=text_field
     )

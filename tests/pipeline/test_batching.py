@@ -58,9 +58,10 @@ def test_engine_restores_input_order_with_many_batches(tiny):
     one_batch = Engine(tiny, EncodeOptions(max_length=512, batch_tokens=10**6)).encode(docs)
     assert small_budget.stats.batches > 5 and one_batch.stats.batches == 1
     assert small_budget.table.column("id").to_pylist() == [d.id for d in docs]
-    assert small_budget.table.column("n_tokens").to_pylist() == one_batch.table.column(
-        "n_tokens"
-    ).to_pylist()
+    assert (
+        small_budget.table.column("n_tokens").to_pylist()
+        == one_batch.table.column("n_tokens").to_pylist()
+    )
     a = small_budget.table.column("dense").combine_chunks().flatten().to_numpy()
     b = one_batch.table.column("dense").combine_chunks().flatten().to_numpy()
     np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-3)

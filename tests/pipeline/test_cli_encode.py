@@ -20,18 +20,33 @@ def _write_jsonl(path, records):
 
 
 def _args(inp, out, *extra):
-    return ["encode", str(inp), "--out", str(out), "--model", "random:tiny",
-            "--max-length", "512", "-q", *extra]
+    return [
+        "encode",
+        str(inp),
+        "--out",
+        str(out),
+        "--model",
+        "random:tiny",
+        "--max-length",
+        "512",
+        "-q",
+        *extra,
+    ]
 
 
 def test_clean_input_encodes_every_record(tmp_path, tiny):
     texts = mixed_texts()
-    inp = _write_jsonl(tmp_path / "in.jsonl", [{"id": f"doc-{i}", "text": t} for i, t in enumerate(texts)])
+    inp = _write_jsonl(
+        tmp_path / "in.jsonl", [{"id": f"doc-{i}", "text": t} for i, t in enumerate(texts)]
+    )
     out = tmp_path / "out"
     assert main(_args(inp, out, "--shard-docs", "5", "--dtype", "float32")) == EXIT_OK
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "_manifest.json", "_rejects.jsonl", "part-00000.parquet", "part-00001.parquet",
+        "_manifest.json",
+        "_rejects.jsonl",
+        "part-00000.parquet",
+        "part-00001.parquet",
         "part-00002.parquet",
     ]
     table = pq.read_table(out)  # the directory, as README shows: _ and . files are skipped
@@ -95,8 +110,11 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("flag", "message"),
-    [(["--modes", "dense,nope"], "modes"), (["--max-length", "9000"], "max_length"),
-     (["--long-docs", "chunk", "--chunk-overlap", "600"], "chunk_overlap")],
+    [
+        (["--modes", "dense,nope"], "modes"),
+        (["--max-length", "9000"], "max_length"),
+        (["--long-docs", "chunk", "--chunk-overlap", "600"], "chunk_overlap"),
+    ],
 )
 def test_bad_options_are_usage_errors(tmp_path, capsys, flag, message):
     inp = _write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "x"}])
@@ -109,7 +127,9 @@ def test_console_script_runs(tmp_path, model_cache):
     inp = _write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "x y"}, {"id": "b", "text": ""}])
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *_args(inp, tmp_path / "out")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == EXIT_REJECTS, proc.stderr[-2000:]
     assert "1 documents -> 1 rows" in proc.stderr and "1 rejected" in proc.stderr

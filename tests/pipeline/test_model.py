@@ -24,7 +24,11 @@ def test_full_has_bge_m3_shape():
     from transformers import XLMRobertaModel
 
     config = model_config("full")
-    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (24, 1024, 16)
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (
+        24,
+        1024,
+        16,
+    )
     assert (config.intermediate_size, config.vocab_size) == (4096, 250002)
     assert config.max_position_embeddings == 8194
     with torch.device("meta"):  # shape only, no 2 GB of weights
@@ -61,14 +65,14 @@ def test_directory_without_heads_is_refused(tmp_path, model_cache, tiny):
     for item in tiny.path.iterdir():
         if item.suffix != ".pt":
             (tmp_path / item.name).write_bytes(item.read_bytes())
-    with pytest.raises(ModelLoadError, match="colbert_linear.pt"):
+    with pytest.raises(ModelLoadError, match=r"colbert_linear\.pt"):
         load_model(str(tmp_path), device="cpu", cache_dir=model_cache)
     loaded = load_model(str(tmp_path), device="cpu", cache_dir=model_cache, need_heads=False)
     assert loaded.dense_dim == 64
 
 
 def test_not_a_model(tmp_path, model_cache):
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         load_model(str(tmp_path), cache_dir=model_cache)
     with pytest.raises(ModelLoadError, match="not a hub name"):
         load_model("./no/such/dir/here", cache_dir=model_cache)
@@ -135,7 +139,11 @@ def test_unreachable_hub_fails_fast_with_advice(tmp_path, hub):
         "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[2]),
     }
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
         cwd=tmp_path,
     )
     server.close()

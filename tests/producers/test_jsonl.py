@@ -73,7 +73,9 @@ def test_duplicate_policy_first_wins():
     dupes = DuplicateIds()
     assert dupes.check(Document(id="a", text="x"), "line 1") is None
     assert dupes.check(Document(id="b", text="x"), "line 2") is None
-    assert dupes.check(Document(id="a", text="y"), "line 3") == "duplicate id (first seen at line 1)"
+    assert (
+        dupes.check(Document(id="a", text="y"), "line 3") == "duplicate id (first seen at line 1)"
+    )
 
 
 def test_long_ids_are_rejected_not_truncated():
