@@ -152,7 +152,9 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
         hub_timeout=settings.hub_timeout,
     )
     engine = Engine(model, options)
-    bar = ProgressBar(count_lines(args.input), enabled=not args.quiet)
+    show_bar = not args.quiet and sys.stderr.isatty()
+    # The line count (a full read of the file) is only worth it when a bar shows an ETA.
+    bar = ProgressBar(count_lines(args.input) if show_bar else None, enabled=show_bar)
     try:
         summary = encode_file(
             args.input,
