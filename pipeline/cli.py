@@ -67,8 +67,34 @@ def _add_encode_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="compute precision (default: fp16 on CUDA, fp32 on CPU)",
     )
-    parser.add_argument("--id-field", default="id")
-    parser.add_argument("--text-field", default="text")
+
+
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        dest="input_format",
+        choices=["auto", "jsonl", "csv", "parquet", "txt"],
+        default="auto",
+        help="input format (default: from the name; a directory reads its .txt files)",
+    )
+    parser.add_argument("--id-field", default="id", help="id field or column (default: id)")
+    parser.add_argument("--text-field", default="text", help="text field or column")
+    parser.add_argument(
+        "--keep-fields",
+        default="",
+        help="comma-separated input fields carried into the output as string columns",
+    )
+
+
+def parse_keep_fields(value: str) -> tuple[str, ...]:
+    """The --keep-fields list; raises ValueError naming a field that cannot be a column."""
+    from schemas.output import RESERVED_COLUMNS
+
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    for name in names:
+        if name in RESERVED_COLUMNS:
+            raise ValueError(f"--keep-fields: {name!r} is an output column name")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,9 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     encode = sub.add_parser("encode", help="encode a JSONL file to Parquet, no queue")
-    encode.add_argument("input", type=Path, help="JSONL (or .jsonl.gz) with id and text fields")
+    encode.add_argument(
+        "input", type=Path, help="JSONL (.gz/.zst), CSV, Parquet, or a directory of .txt files"
+    )
     encode.add_argument("--out", type=Path, required=True, help="output directory")
     _add_encode_options(encode)
+    _add_input_options(encode)
     encode.add_argument("--shard-docs", type=int, default=1000, help="documents per output file")
     encode.add_argument("--overwrite", action="store_true", help="replace earlier output in --out")
     encode.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -140,7 +169,11 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
         return _usage_error(exc)
     if args.shard_docs < 1:
         return _usage_error("--shard-docs must be >= 1")
-    if not args.input.is_file():
+    try:
+        keep_fields = parse_keep_fields(args.keep_fields)
+    except ValueError as exc:
+        return _usage_error(exc)
+    if not args.input.exists():
         print(f"m3pipe encode: input file not found: {args.input}", file=sys.stderr)
         return EXIT_FAILED
 
@@ -154,7 +187,8 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
     engine = Engine(model, options)
     show_bar = not args.quiet and sys.stderr.isatty()
     # The line count (a full read of the file) is only worth it when a bar shows an ETA.
-    bar = ProgressBar(count_lines(args.input) if show_bar else None, enabled=show_bar)
+    total = count_lines(args.input) if show_bar and args.input.is_file() else None
+    bar = ProgressBar(total, enabled=show_bar)
     try:
         summary = encode_file(
             args.input,
@@ -162,6 +196,8 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
             engine,
             id_field=args.id_field,
             text_field=args.text_field,
+            keep_fields=keep_fields,
+            input_format=args.input_format,
             shard_docs=args.shard_docs,
             overwrite=args.overwrite,
             progress=bar,

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.encoder import BatchOutput
+from schemas.document import Document
 from schemas.options import Mode
 
 
@@ -65,3 +66,15 @@ def assemble_table(
             columns[name] = vectors.column(name)
     arrays = [columns[field.name] for field in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def with_fields(table: pa.Table, docs: Sequence[Document], keep_fields: Sequence[str]) -> pa.Table:
+    """`table` plus one string column per kept input field, repeated on every chunk row."""
+    if not keep_fields:
+        return table
+    by_id = {doc.id: doc.fields or {} for doc in docs}
+    row_fields = [by_id[doc_id] for doc_id in table.column("id").to_pylist()]
+    for name in keep_fields:
+        values = pa.array([fields.get(name) for fields in row_fields], type=pa.string())
+        table = table.append_column(pa.field(name, pa.string()), values)
+    return table

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from schemas.document import MAX_ID_CHARS, Document, Reject
+
+
+@dataclass
+class InputItem:
+    """One input record, validated: where it was read and what it became."""
+
+    result: Document | Reject
+    line: int | None = None  # JSONL: 1-based line
+    row: int | None = None  # CSV, Parquet: 1-based data row (header not counted)
+
+    @property
+    def where(self) -> str:
+        if self.line is not None:
+            return f"line {self.line}"
+        if self.row is not None:
+            return f"row {self.row}"
+        return "file"
 
 
 def _type_name(value: object) -> str:
@@ -21,6 +40,7 @@ def record_to_document(
     row: int | None = None,
     id_field: str = "id",
     text_field: str = "text",
+    keep_fields: tuple[str, ...] = (),
 ) -> Document | Reject:
     """A Document, or a Reject saying exactly what is wrong with the record."""
 
@@ -43,11 +63,19 @@ def record_to_document(
     text = record[text_field]
     if not isinstance(text, str):
         return reject(f"text field {text_field!r} must be a string, got {_type_name(text)}", doc_id)
+    fields = {name: _as_field(record.get(name)) for name in keep_fields} if keep_fields else None
     try:
-        return Document(id=doc_id, text=text)
+        return Document(id=doc_id, text=text, fields=fields)
     except ValidationError as exc:
         reason = "; ".join(err["msg"].removeprefix("Value error, ") for err in exc.errors())
         return reject(reason, doc_id)
+
+
+def _as_field(value: object) -> str | None:
+    """Kept fields are stored as strings: JSON values other than strings are JSON-encoded."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 class DuplicateIds:

@@ -14,6 +14,8 @@ class Document(BaseModel):
 
     id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
     text: str
+    # Extra input columns carried into the output (`--keep-fields`), as strings.
+    fields: dict[str, str | None] | None = None
 
     @field_validator("text")
     @classmethod

@@ -11,6 +11,11 @@ from schemas.options import Mode, StorageDtype
 
 OUTPUT_METADATA_KEY = b"m3pipe"
 
+# Names an input field carried into the output (`--keep-fields`) may not take.
+RESERVED_COLUMNS = frozenset(
+    {"id", "chunk", "dense", "sparse_indices", "sparse_values", "colbert", "n_tokens", "truncated"}
+)
+
 _ARROW_FLOAT = {StorageDtype.FLOAT16: pa.float16(), StorageDtype.FLOAT32: pa.float32()}
 
 

@@ -85,7 +85,7 @@ def test_bad_records_are_rejected_and_good_ones_embedded(tmp_path):
     rejects = [json.loads(x) for x in (out / "_rejects.jsonl").read_text().splitlines()]
     assert [r["line"] for r in rejects] == [2, 3, 4, 5, 6, 7, 8]
     assert all(r["source"] == str(inp) and r["reason"] for r in rejects)
-    assert rejects[5]["reason"] == "duplicate id (first seen at line 1)"
+    assert rejects[5]["reason"] == f"duplicate id (first seen at {inp} line 1)"
     counts = json.loads((out / "_manifest.json").read_text())["counts"]
     assert counts["input_records"] == 9 == counts["documents"] + counts["rejected"]
 

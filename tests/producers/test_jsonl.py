@@ -85,7 +85,7 @@ def test_long_ids_are_rejected_not_truncated():
 
 def test_cut_shards_by_count_and_size():
     docs = [Document(id=str(i), text="x" * (100 if i == 3 else 10)) for i in range(7)]
-    shards = list(cut_shards(docs, max_docs=3, max_chars=50))
+    shards = list(cut_shards(docs, max_docs=3, max_size=50))
     assert [[d.id for d in s] for s in shards] == [["0", "1", "2"], ["3"], ["4", "5", "6"]]
     assert sum(len(s) for s in shards) == 7
     with pytest.raises(ValueError):

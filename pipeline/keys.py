@@ -1,0 +1,32 @@
+"""Every Redis key, queue and task name m3pipe uses, in one place.
+
+Celery owns its own keys (the queue lists, `unacked`, `unacked_index`, results); these are ours.
+"""
+
+from __future__ import annotations
+
+PREFIX = "m3pipe"
+DEFAULT_QUEUE = "m3pipe"
+TASK_ENCODE_SHARD = "m3pipe.encode_shard"
+
+JOBS_INDEX = f"{PREFIX}:jobs"  # sorted set: job id -> created_at
+
+
+def job_key(job_id: str) -> str:
+    """Hash: spec, state, counters, timestamps of one job."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def shard_state_key(job_id: str) -> str:
+    """Hash: shard index -> ShardState value."""
+    return f"{PREFIX}:job:{job_id}:shard-state"
+
+
+def shard_info_key(job_id: str) -> str:
+    """Hash: shard index -> JSON details (documents, file, worker, error...)."""
+    return f"{PREFIX}:job:{job_id}:shard-info"
+
+
+def worker_key(hostname: str) -> str:
+    """Hash: what a worker process loaded and when it became ready."""
+    return f"{PREFIX}:worker:{hostname}"

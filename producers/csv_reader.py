@@ -1,0 +1,86 @@
+"""Streaming CSV reader (plain, .gz or .zst) with a header row naming the columns."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.errors import InputError
+from producers.compressed import STREAM_ERRORS, open_binary
+from producers.validate import InputItem, record_to_document
+from schemas.document import Reject
+
+# One CSV field may hold a whole long document (csv's default cap is 128 KiB).
+csv.field_size_limit(2**31 - 1)
+
+
+def _has_undecodable(values: list[str]) -> bool:
+    # Bytes that are not UTF-8 arrive as lone surrogates (errors="surrogateescape").
+    return any(any("\udc80" <= ch <= "\udcff" for ch in value) for value in values)
+
+
+def read_csv(
+    path: Path,
+    *,
+    id_field: str = "id",
+    text_field: str = "text",
+    keep_fields: tuple[str, ...] = (),
+) -> Iterator[InputItem]:
+    """Yield a Document or a Reject per data row; the header must name the id and text columns."""
+    source = str(path)
+    with open_binary(Path(path)) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        reader = csv.reader(text)
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            missing = [c for c in (id_field, text_field, *keep_fields) if c not in header]
+            if missing:
+                raise InputError(
+                    f"{source}: header has no column {missing[0]!r} (columns: {header[:20]}); "
+                    "use --id-field/--text-field/--keep-fields"
+                )
+            for row_number, values in enumerate(_rows(reader, source), start=1):
+                if isinstance(values, Reject):
+                    yield InputItem(values.model_copy(update={"row": row_number}), row=row_number)
+                elif not any(values):
+                    continue  # a blank line is not a record
+                elif _has_undecodable(values):
+                    reason = "invalid UTF-8"
+                    yield InputItem(
+                        Reject(source=source, row=row_number, reason=reason), row=row_number
+                    )
+                elif len(values) != len(header):
+                    reason = f"row has {len(values)} fields, header has {len(header)}"
+                    yield InputItem(
+                        Reject(source=source, row=row_number, reason=reason), row=row_number
+                    )
+                else:
+                    record = dict(zip(header, values, strict=True))
+                    result = record_to_document(
+                        record,
+                        source=source,
+                        row=row_number,
+                        id_field=id_field,
+                        text_field=text_field,
+                        keep_fields=keep_fields,
+                    )
+                    yield InputItem(result, row=row_number)
+        except STREAM_ERRORS as exc:
+            raise InputError(f"{source}: read failed after some records: {exc}") from exc
+
+
+def _rows(reader: Iterator[list[str]], source: str) -> Iterator[list[str] | Reject]:
+    """Rows, with a row the csv module cannot parse turned into a Reject."""
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield Reject(source=source, reason=f"malformed CSV: {exc}")
+            continue
+        yield values

@@ -1,0 +1,70 @@
+"""From validated input items to accepted documents: duplicates and oversize go to rejects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from producers.validate import DuplicateIds, InputItem
+from schemas.document import Document, Reject
+
+
+@dataclass
+class IntakeCounts:
+    input_records: int = 0
+    documents: int = 0
+    rejected: int = 0
+
+    def balanced(self) -> bool:
+        return self.input_records == self.documents + self.rejected
+
+
+class RejectSink:
+    """Anything with `add(Reject)`, e.g. pipeline.output_dir.RejectLog."""
+
+    def add(self, reject: Reject) -> None:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+def document_bytes(doc: Document) -> int:
+    """Bytes a document takes in a shard message (text, id and kept fields, UTF-8)."""
+    size = len(doc.text.encode("utf-8")) + len(doc.id.encode("utf-8"))
+    if doc.fields:
+        size += sum(len(k) + len((v or "").encode("utf-8")) for k, v in doc.fields.items())
+    return size
+
+
+def accept_documents(
+    sources: Iterable[tuple[str, Iterable[InputItem]]],
+    rejects: RejectSink,
+    counts: IntakeCounts,
+    *,
+    max_doc_bytes: int | None = None,
+) -> Iterator[Document]:
+    """Documents that pass validation, the duplicate-id policy (first wins) and the size cap.
+
+    Every item read is counted once: as a document yielded, or as a reject written.
+    """
+    duplicates = DuplicateIds()
+    for source, items in sources:
+        for item in items:
+            counts.input_records += 1
+            result = item.result
+            if isinstance(result, Document):
+                reason = duplicates.check(result, f"{source} {item.where}")
+                if reason is None and max_doc_bytes is not None:
+                    size = document_bytes(result)
+                    if size > max_doc_bytes:
+                        reason = (
+                            f"document is {size:,} bytes, above the {max_doc_bytes:,}-byte "
+                            "message limit (--shard-bytes)"
+                        )
+                if reason is None:
+                    counts.documents += 1
+                    yield result
+                    continue
+                result = Reject(
+                    source=source, line=item.line, row=item.row, id=result.id, reason=reason
+                )
+            rejects.add(result)
+            counts.rejected += 1

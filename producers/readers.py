@@ -1,0 +1,57 @@
+"""Which reader reads an input: by --format, or by the file name and kind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.errors import InputError
+from producers.compressed import base_suffix
+from producers.csv_reader import read_csv
+from producers.jsonl import read_jsonl
+from producers.parquet_reader import read_parquet
+from producers.text_files import read_text_dir
+from producers.validate import InputItem
+
+FORMATS = ("auto", "jsonl", "csv", "parquet", "txt")
+_BY_SUFFIX = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_READERS = {"jsonl": read_jsonl, "csv": read_csv, "parquet": read_parquet, "txt": read_text_dir}
+
+
+def detect_format(path: Path, requested: str = "auto") -> str:
+    if requested not in FORMATS:
+        raise InputError(f"unknown input format {requested!r}; choose from {', '.join(FORMATS)}")
+    if requested != "auto":
+        return requested
+    path = Path(path)
+    if path.is_dir():
+        return "txt"
+    if not path.exists():
+        raise InputError(f"input not found: {path}")
+    fmt = _BY_SUFFIX.get(base_suffix(path))
+    if fmt is None:
+        raise InputError(
+            f"cannot tell the format of {path} from its name; pass --format "
+            "jsonl|csv|parquet|txt (compressed .gz/.zst allowed for jsonl and csv)"
+        )
+    return fmt
+
+
+def read_records(
+    path: Path,
+    fmt: str = "auto",
+    *,
+    id_field: str = "id",
+    text_field: str = "text",
+    keep_fields: tuple[str, ...] = (),
+) -> Iterator[InputItem]:
+    """Stream one input's records, each validated into a Document or a Reject."""
+    reader = _READERS[detect_format(path, fmt)]
+    return reader(Path(path), id_field=id_field, text_field=text_field, keep_fields=keep_fields)

@@ -1,0 +1,103 @@
+"""Jobs and shard messages: the JSON wire formats between producers, Redis and workers."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from schemas.document import Document
+from schemas.options import EncodeOptions
+
+# Job ids and queue names end up in Redis keys and log lines, never in paths; keep them plain.
+JobId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{2,63}$")]
+QueueName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+SHARD_MESSAGE_VERSION = 1
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPLETED_WITH_FAILURES = "completed_with_failures"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+class ShardState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobSpec(BaseModel):
+    """What a job encodes and where it writes; registered in Redis at submit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: JobId
+    inputs: list[str] = Field(min_length=1)
+    input_format: str = "auto"
+    out: str  # absolute path of the output directory, shared by producer and workers
+    model: str
+    options: EncodeOptions
+    id_field: str = "id"
+    text_field: str = "text"
+    keep_fields: list[str] = Field(default_factory=list)
+    queue: QueueName
+    shard_docs: int = Field(ge=1)
+    shard_bytes: int = Field(ge=1024)
+    max_queued: int = Field(ge=1)
+    created_at: float
+
+
+class ShardMessage(BaseModel):
+    """The one argument of the `encode_shard` task. Anything else is refused unexecuted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = SHARD_MESSAGE_VERSION
+    job_id: JobId
+    shard: int = Field(ge=0, le=9_999_999)
+    documents: list[Document] = Field(min_length=1)
+
+
+class ShardCounts(BaseModel):
+    total: int | None = None  # known once the producer has cut every shard
+    queued: int = 0
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class JobStatus(BaseModel):
+    """What `m3pipe status JOB --json` prints."""
+
+    job_id: str
+    state: JobState
+    submitted: bool  # the producer has enqueued every shard
+    shards: ShardCounts
+    input_records: int | None = None
+    documents: int  # documents enqueued so far
+    documents_done: int
+    rows_done: int
+    rejected: int | None = None
+    tokens_done: int
+    tokens_per_second: float
+    eta_seconds: float | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    out: str
+    queue: str
+    model: str
+    error: str | None = None
