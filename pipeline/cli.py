@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pipeline import __version__
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings
+from schemas.options import EncodeOptions
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -30,7 +31,7 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _add_encode_options(parser: argparse.ArgumentParser) -> None:
+def add_encode_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         help="model dir, hub name or random:tiny|small|full "
@@ -60,7 +61,9 @@ def _add_encode_options(parser: argparse.ArgumentParser) -> None:
         help="over-length documents: truncate (default) or one row per chunk",
     )
     parser.add_argument("--chunk-overlap", type=int, default=0, help="tokens shared by chunks")
-    parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
+
+
+def add_compute_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         choices=["auto", "fp32", "fp16", "bf16"],
@@ -69,7 +72,7 @@ def _add_encode_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_input_options(parser: argparse.ArgumentParser) -> None:
+def add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         dest="input_format",
@@ -108,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
         "input", type=Path, help="JSONL (.gz/.zst), CSV, Parquet, or a directory of .txt files"
     )
     encode.add_argument("--out", type=Path, required=True, help="output directory")
-    _add_encode_options(encode)
-    _add_input_options(encode)
+    add_encode_options(encode)
+    add_input_options(encode)
+    encode.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
+    add_compute_options(encode)
     encode.add_argument("--shard-docs", type=int, default=1000, help="documents per output file")
     encode.add_argument("--overwrite", action="store_true", help="replace earlier output in --out")
     encode.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -120,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--size", choices=["tiny", "small", "full"], default="tiny")
     make.add_argument("--seed", type=int, default=0)
     make.set_defaults(func=cmd_make_test_model)
+
+    from pipeline.cli_queue import add_queue_commands
+
+    add_queue_commands(sub)
     return parser
 
 
@@ -149,30 +158,33 @@ class ProgressBar:
         self._bar.close()
 
 
+def options_from_args(args: argparse.Namespace) -> EncodeOptions:
+    return EncodeOptions(
+        modes=args.modes,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        dtype=args.dtype,
+        long_docs=args.long_docs,
+        chunk_overlap=args.chunk_overlap,
+    )
+
+
 def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.engine import Engine
     from pipeline.local_encode import encode_file
     from pipeline.model import load_model
     from producers.jsonl import count_lines
-    from schemas.options import EncodeOptions
 
     try:
-        options = EncodeOptions(
-            modes=args.modes,
-            max_length=args.max_length,
-            batch_tokens=args.batch_tokens,
-            dtype=args.dtype,
-            long_docs=args.long_docs,
-            chunk_overlap=args.chunk_overlap,
-        )
+        options = options_from_args(args)
     except ValidationError as exc:
-        return _usage_error(exc)
+        return usage_error(exc)
     if args.shard_docs < 1:
-        return _usage_error("--shard-docs must be >= 1")
+        return usage_error("--shard-docs must be >= 1")
     try:
         keep_fields = parse_keep_fields(args.keep_fields)
     except ValueError as exc:
-        return _usage_error(exc)
+        return usage_error(exc)
     if not args.input.exists():
         print(f"m3pipe encode: input file not found: {args.input}", file=sys.stderr)
         return EXIT_FAILED
@@ -220,13 +232,13 @@ def cmd_make_test_model(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.random_model import write_random_model
 
     if args.dir.exists():
-        return _usage_error(f"{args.dir} already exists")
+        return usage_error(f"{args.dir} already exists")
     path = write_random_model(args.dir, args.size, args.seed)
     print(f"wrote random:{args.size} (seed {args.seed}) to {path}: random weights, not bge-m3")
     return EXIT_OK
 
 
-def _usage_error(problem: object) -> int:
+def usage_error(problem: object) -> int:
     if isinstance(problem, ValidationError):
         problem = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in problem.errors()
@@ -245,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        return _usage_error(exc)
+        return usage_error(exc)
     try:
         return int(args.func(args, settings))
     except PipelineError as exc:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.keys import DEFAULT_QUEUE
+from pipeline.redis_url import DEFAULT_BROKER_URL
 
 
 def _default_cache_dir() -> Path:
@@ -14,9 +18,35 @@ def _default_cache_dir() -> Path:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="M3PIPE_", extra="ignore")
 
+    # Unset: `m3pipe run` starts an embedded Redis; other commands use DEFAULT_BROKER_URL.
     broker_url: str | None = None
     model: str = "BAAI/bge-m3"
     cache_dir: Path = _default_cache_dir()
     # Seconds a hub download may take to answer before we give up with advice.
     hub_timeout: float = 10.0
-    visibility_timeout: int = 3600
+
+    # Queue behaviour.
+    queue: str = DEFAULT_QUEUE
+    # Seconds before an unacknowledged shard is redelivered; must exceed the longest shard.
+    visibility_timeout: int = Field(default=3600, ge=1)
+    # The slowest worker's throughput you plan for: shards are cut so that their worst case
+    # (every byte a token) fits in half the visibility timeout at this rate.
+    planned_tokens_per_second: float = Field(default=2000.0, gt=0)
+    result_expires: int = Field(default=86400, ge=60)  # seconds task results stay in Redis
+    task_max_retries: int = Field(default=3, ge=0)  # for retryable errors, with backoff
+    # Seconds a worker process may take to load its model before Celery gives up on it.
+    model_load_timeout: float = Field(default=900.0, gt=0)
+
+    # Producer.
+    shard_docs: int = Field(default=1000, ge=1)
+    shard_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # largest message payload
+    max_queued: int = Field(default=32, ge=1)  # shards of one job waiting in Redis at most
+    poll_seconds: float = Field(default=0.5, gt=0)
+
+    # Worker process (set by `m3pipe worker` for the pool processes it forks).
+    worker_device: str = "auto"  # cpu | cuda | auto
+    precision: str = "auto"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or DEFAULT_BROKER_URL

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from producers.validate import DuplicateIds, InputItem
@@ -39,9 +39,11 @@ def accept_documents(
     rejects: RejectSink,
     counts: IntakeCounts,
     *,
-    max_doc_bytes: int | None = None,
+    check: Callable[[Document], str | None] | None = None,
 ) -> Iterator[Document]:
-    """Documents that pass validation, the duplicate-id policy (first wins) and the size cap.
+    """Documents that pass validation, the duplicate-id policy (first wins) and `check`.
+
+    `check` returns the reason to reject a valid document (e.g. too large), or None.
 
     Every item read is counted once: as a document yielded, or as a reject written.
     """
@@ -52,13 +54,8 @@ def accept_documents(
             result = item.result
             if isinstance(result, Document):
                 reason = duplicates.check(result, f"{source} {item.where}")
-                if reason is None and max_doc_bytes is not None:
-                    size = document_bytes(result)
-                    if size > max_doc_bytes:
-                        reason = (
-                            f"document is {size:,} bytes, above the {max_doc_bytes:,}-byte "
-                            "message limit (--shard-bytes)"
-                        )
+                if reason is None and check is not None:
+                    reason = check(result)
                 if reason is None:
                     counts.documents += 1
                     yield result

@@ -1,0 +1,300 @@
+"""The queue commands of `m3pipe`: worker, submit, status, wait, jobs, cancel, run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from pipeline.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_compute_options,
+    add_encode_options,
+    add_input_options,
+    options_from_args,
+    parse_keep_fields,
+    usage_error,
+)
+from pipeline.settings import Settings
+
+EXIT_TIMEOUT = 124
+
+
+def _comma_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def add_shard_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queue", help="queue to send shards to (default: $M3PIPE_QUEUE)")
+    parser.add_argument("--shard-docs", type=int, help="documents per shard (default 1000)")
+    parser.add_argument(
+        "--shard-bytes", type=int, help="largest shard message in bytes (default 8 MiB)"
+    )
+    parser.add_argument(
+        "--max-queued", type=int, help="shards of this job waiting in Redis at most (default 32)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier output in --out")
+
+
+def add_queue_commands(sub: argparse._SubParsersAction) -> None:
+    worker = sub.add_parser("worker", help="run a Celery worker pinned to one device")
+    worker.add_argument("--device", help="GPU index N, or cpu (default: 0 if a GPU is present)")
+    worker.add_argument("--queues", help="comma-separated queues (default: $M3PIPE_QUEUE)")
+    worker.add_argument("--name", help="worker name (default: gpuN@host or cpu@host)")
+    worker.add_argument("--model", help="model to load (default: $M3PIPE_MODEL)")
+    add_compute_options(worker)
+    worker.set_defaults(func=cmd_worker)
+
+    submit = sub.add_parser("submit", help="register a job and enqueue its shards")
+    submit.add_argument("inputs", type=Path, nargs="+", help="input files or .txt directories")
+    submit.add_argument("--out", type=Path, required=True, help="output directory")
+    add_encode_options(submit)
+    add_input_options(submit)
+    add_shard_options(submit)
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="show a job (or the recent jobs)")
+    status.add_argument("job", nargs="?", help="job id (default: list recent jobs)")
+    status.add_argument("--watch", action="store_true", help="follow with a live progress bar")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    wait = sub.add_parser("wait", help="block until a job ends; exit 0 only if it completed")
+    wait.add_argument("job")
+    wait.add_argument("--timeout", type=float, help="give up after this many seconds (exit 124)")
+    wait.set_defaults(func=cmd_wait)
+
+    jobs = sub.add_parser("jobs", help="list recent jobs")
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(func=cmd_jobs)
+
+    cancel = sub.add_parser("cancel", help="cancel a job: queued shards are skipped")
+    cancel.add_argument("job")
+    cancel.set_defaults(func=cmd_cancel)
+
+    run = sub.add_parser("run", help="one command: Redis, workers, submit, follow, clean up")
+    run.add_argument("inputs", type=Path, nargs="+", help="input files or .txt directories")
+    run.add_argument("--out", type=Path, required=True, help="output directory")
+    run.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1)")
+    run.add_argument("--device", choices=["auto", "cpu"], default="auto", help="cpu forces CPU")
+    add_encode_options(run)
+    add_input_options(run)
+    add_shard_options(run)
+    add_compute_options(run)
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+
+# -- worker ---------------------------------------------------------------------------------
+def gpu_present() -> bool:
+    """Whether an NVIDIA GPU is visible, without initialising CUDA."""
+    return Path("/proc/driver/nvidia/gpus").is_dir() and any(
+        Path("/proc/driver/nvidia/gpus").iterdir()
+    )
+
+
+def pin_device(device: str) -> tuple[str, str]:
+    """Set CUDA_VISIBLE_DEVICES for this process and its children; (worker device, name stem)."""
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return "cpu", "cpu"
+    if not device.isdigit():
+        raise ValueError(f"--device must be a GPU index or cpu, not {device!r}")
+    os.environ["CUDA_VISIBLE_DEVICES"] = device
+    return "cuda", f"gpu{device}"
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.bootstrap import WORKER_NAME_ENV
+
+    device = args.device or ("0" if gpu_present() else "cpu")
+    try:
+        # Before anything touches CUDA: the pool processes inherit the pinning.
+        worker_device, stem = pin_device(device)
+    except ValueError as exc:
+        return usage_error(exc)
+    name = args.name or f"{stem}@{socket.gethostname()}"
+    os.environ["M3PIPE_WORKER_DEVICE"] = worker_device
+    os.environ[WORKER_NAME_ENV] = name
+    os.environ["M3PIPE_PRECISION"] = args.precision
+    if args.model:
+        os.environ["M3PIPE_MODEL"] = args.model
+    queues = args.queues or settings.queue
+
+    from workers.app import app
+
+    argv = ["worker", "--hostname", name, "--queues", queues, "--concurrency", "1"]
+    argv += ["--pool", "prefork", "--task-events", "--loglevel", "INFO", "--without-gossip"]
+    app.worker_main(argv)
+    return EXIT_OK
+
+
+# -- submit ---------------------------------------------------------------------------------
+def submit_request(args: argparse.Namespace, settings: Settings):  # -> SubmitRequest
+    from producers.submit import ShardLimits, SubmitRequest
+
+    limits = ShardLimits.plan(
+        args.shard_docs or settings.shard_docs,
+        args.shard_bytes or settings.shard_bytes,
+        settings.visibility_timeout,
+        settings.planned_tokens_per_second,
+    )
+    if limits.docs < 1 or limits.bytes < 1024:
+        raise ValueError("--shard-docs must be >= 1 and --shard-bytes >= 1024")
+    max_queued = args.max_queued or settings.max_queued
+    if max_queued < 1:
+        raise ValueError("--max-queued must be >= 1")
+    return SubmitRequest(
+        inputs=list(args.inputs),
+        out=args.out,
+        model=args.model or settings.model,
+        options=options_from_args(args),
+        queue=args.queue or settings.queue,
+        limits=limits,
+        max_queued=max_queued,
+        input_format=args.input_format,
+        id_field=args.id_field,
+        text_field=args.text_field,
+        keep_fields=parse_keep_fields(args.keep_fields),
+        overwrite=args.overwrite,
+        poll_seconds=settings.poll_seconds,
+    )
+
+
+def job_store(settings: Settings, url: str | None = None):  # -> JobStore
+    from pipeline.jobs import JobStore
+    from pipeline.redis_url import connect
+
+    return JobStore(connect(url or settings.broker))
+
+
+def shard_publisher(settings: Settings):  # -> Publish
+    from pipeline.keys import TASK_ENCODE_SHARD
+    from workers.app import create_app
+
+    app = create_app(settings)
+
+    def publish(message, queue: str) -> None:
+        app.send_task(
+            TASK_ENCODE_SHARD,
+            args=[message.model_dump(mode="json")],
+            queue=queue,
+            task_id=f"{message.job_id}-{message.shard:05d}",
+            argsrepr=f"job={message.job_id} shard={message.shard} docs={len(message.documents)}",
+            kwargsrepr="{}",
+            retry=True,
+            retry_policy={"max_retries": 10, "interval_start": 0.5, "interval_max": 5},
+        )
+
+    return publish
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from producers.submit import submit_job
+
+    try:
+        request = submit_request(args, settings)
+    except (ValueError, ValidationError) as exc:
+        return usage_error(exc)
+    store = job_store(settings)
+
+    def registered(job_id: str) -> None:
+        print(f"m3pipe submit: job {job_id} registered; enqueueing shards", file=sys.stderr)
+
+    result = submit_job(request, store, shard_publisher(settings), registered)
+    print(
+        f"m3pipe submit: {result.shards} shard(s), {result.counts.documents} documents "
+        f"queued on {request.queue}; {result.counts.rejected} rejected",
+        file=sys.stderr,
+    )
+    print(result.job_id)
+    return EXIT_OK
+
+
+# -- status, wait, jobs, cancel -------------------------------------------------------------
+def _known_job(store, job_id: str) -> bool:
+    if store.exists(job_id):
+        return True
+    print(f"m3pipe: no job {job_id!r} in Redis", file=sys.stderr)
+    return False
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.job_watch import describe, follow
+
+    if args.job is None:
+        return cmd_jobs(argparse.Namespace(limit=20, json=args.json), settings)
+    store = job_store(settings)
+    if not _known_job(store, args.job):
+        return EXIT_FAILED
+    if args.watch:
+        status = follow(store, args.job, bar=sys.stderr.isatty(), poll_seconds=1.0)
+    else:
+        status = store.status(args.job)
+    print(status.model_dump_json(indent=2) if args.json else describe(status))
+    return EXIT_OK
+
+
+def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.job_watch import exit_code, follow
+
+    store = job_store(settings)
+    if not _known_job(store, args.job):
+        return EXIT_FAILED
+    status = follow(
+        store, args.job, bar=False, poll_seconds=settings.poll_seconds, timeout=args.timeout
+    )
+    if not status.state.finished:
+        print(f"m3pipe wait: job {args.job} still {status.state.value}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    print(f"m3pipe wait: job {args.job} {status.state.value}", file=sys.stderr)
+    return exit_code(status)
+
+
+def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.job_watch import one_line
+
+    store = job_store(settings)
+    statuses = [store.status(job_id) for job_id in store.job_ids(args.limit)]
+    if args.json:
+        print(json.dumps([s.model_dump(mode="json") for s in statuses], indent=2))
+    elif not statuses:
+        print("no jobs", file=sys.stderr)
+    for status in [] if args.json else statuses:
+        print(one_line(status))
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    store = job_store(settings)
+    if not _known_job(store, args.job):
+        return EXIT_FAILED
+    state = store.cancel(args.job)
+    print(f"m3pipe cancel: job {args.job} is {state.value}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.local_run import run_local
+
+    try:
+        request = submit_request(args, settings)
+    except (ValueError, ValidationError) as exc:
+        return usage_error(exc)
+    if args.workers is not None and args.workers < 1:
+        return usage_error("--workers must be >= 1")
+    return run_local(
+        request,
+        settings,
+        workers=args.workers,
+        force_cpu=args.device == "cpu",
+        precision=args.precision,
+        show_bar=not args.quiet and sys.stderr.isatty(),
+    )

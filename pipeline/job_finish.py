@@ -1,0 +1,84 @@
+"""Ending a queue job: once every shard has ended, check the files and write the manifest."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.jobs import JobStore
+from pipeline.manifest import build_manifest
+from pipeline.output_dir import MANIFEST, write_json_atomic
+from schemas.job import JobState, JobStatus, ShardState
+
+log = logging.getLogger(__name__)
+
+
+def all_shards_ended(status: JobStatus) -> bool:
+    shards = status.shards
+    return (
+        status.submitted
+        and shards.total is not None
+        and shards.done + shards.failed + shards.cancelled >= shards.total
+    )
+
+
+def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
+    """The job's final state if it has ended, writing `_manifest.json` first; else None.
+
+    Safe to call from any process, any number of times: the manifest is written
+    atomically from Redis state and the final state is set once.
+    """
+    status = store.status(job_id)
+    if status.state.finished:
+        return status.state
+    if not all_shards_ended(status):
+        return None
+    spec = store.spec(job_id)
+    out = Path(spec.out)
+    infos = store.shard_infos(job_id)
+    states = store.shard_states(job_id)
+    files: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    for shard in sorted(states):
+        info = infos.get(shard, {})
+        if states[shard] is ShardState.DONE:
+            if not (out / info["name"]).is_file():
+                # Someone removed a finished file: count it as failed rather than lie.
+                store.mark_shard(job_id, shard, ShardState.FAILED, [ShardState.DONE.value])
+                info = {**info, "error": "output file missing after the shard finished"}
+                failures.append({"shard": shard, **info})
+                continue
+            files.append({k: info[k] for k in ("name", "documents", "rows", "tokens", "bytes")})
+        elif states[shard] is ShardState.FAILED:
+            failures.append({"shard": shard, **info})
+    status = store.status(job_id)
+    manifest = build_manifest(
+        job={"command": "submit", "job_id": job_id, **spec.model_dump(mode="json")},
+        model=store.model_metadata(job_id),
+        files=files,
+        counts={
+            "input_records": status.input_records or 0,
+            "documents": status.documents,
+            "rows": status.rows_done,
+            "rejected": status.rejected or 0,
+            "tokens": status.tokens_done,
+            "failed_shards": len(failures),
+        },
+        stats={
+            "shards": status.shards.total,
+            "wall_seconds": round(_wall(status), 3),
+            "tokens_per_second": status.tokens_per_second,
+        },
+        failures=failures,
+    )
+    write_json_atomic(out / MANIFEST, manifest)
+    state = store.finish_if_complete(job_id)
+    log.info("job %s ended: %s", job_id, state)
+    return state
+
+
+def _wall(status: JobStatus) -> float:
+    import time
+
+    return (status.finished_at or time.time()) - status.created_at

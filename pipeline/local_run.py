@@ -1,0 +1,208 @@
+"""`m3pipe run`: Redis (embedded unless configured), N workers, submit, follow, clean up.
+
+Produces the same files as `m3pipe submit` with `m3pipe worker`s, because it is exactly
+that: real worker processes consuming a real queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.embedded_redis import EmbeddedRedis
+from pipeline.errors import PipelineError
+from pipeline.job_watch import exit_code, follow
+from pipeline.settings import Settings
+from producers.submit import SubmitRequest, SubmitResult, submit_job
+from schemas.job import JobState
+
+STOP_GRACE_SECONDS = 30.0
+LOG_TAIL_LINES = 15
+
+
+class WorkersGone(PipelineError):
+    pass
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def worker_devices(count: int | None, force_cpu: bool) -> list[str]:
+    """One worker per visible GPU by default; CPU workers where there is none (or forced)."""
+    gpus = 0 if force_cpu else visible_gpus()
+    if gpus:
+        return [str(i) for i in range(min(count or gpus, gpus))]
+    return ["cpu"] * (count or 1)
+
+
+class WorkerPool:
+    """`m3pipe worker` subprocesses, each in its own process group, logging to a file."""
+
+    def __init__(self, devices: list[str], env: dict[str, str], log_dir: Path, tag: str) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+        host = socket.gethostname()
+        cpu_workers = devices.count("cpu")
+        for index, device in enumerate(devices):
+            stem = f"cpu{index}" if device == "cpu" else f"gpu{device}"
+            name = f"{stem}-{tag}@{host}"
+            worker_env = dict(env)
+            if device == "cpu" and cpu_workers > 1:
+                # Share the cores instead of every worker using all of them.
+                threads = max(1, (os.cpu_count() or 1) // cpu_workers)
+                worker_env.setdefault("OMP_NUM_THREADS", str(threads))
+            log = log_dir / f"{stem}.log"
+            command = [sys.executable, "-m", "pipeline.cli", "worker", "--device", device]
+            command += ["--name", name]
+            with open(log, "wb") as handle:
+                process = subprocess.Popen(
+                    command,
+                    env=worker_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            self.processes.append(process)
+            self.logs.append(log)
+
+    def alive(self) -> int:
+        return sum(p.poll() is None for p in self.processes)
+
+    def check(self) -> None:
+        if self.processes and not self.alive():
+            raise WorkersGone("every worker process exited:\n" + self.log_tails())
+
+    def log_tails(self) -> str:
+        parts = []
+        for log in self.logs:
+            lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            parts.append(f"--- {log.name}\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL to the whole group of any that linger."""
+        for process in self.processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=STOP_GRACE_SECONDS)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # pool children left behind, if any
+            process.wait()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Clean up on SIGTERM as on Ctrl-C: stop workers, stop Redis."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_local(
+    request: SubmitRequest,
+    settings: Settings,
+    *,
+    workers: int | None,
+    force_cpu: bool,
+    precision: str,
+    show_bar: bool,
+) -> int:
+    from pipeline.cli_queue import job_store, shard_publisher
+
+    devices = worker_devices(workers, force_cpu)
+    with contextlib.ExitStack() as stack, _sigterm_as_interrupt():
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="m3pipe-run-")))
+        url = settings.broker_url
+        broker = "configured broker"
+        if url is None:
+            url = stack.enter_context(EmbeddedRedis(scratch / "redis")).url
+            broker = "embedded Redis"
+        settings = settings.model_copy(update={"broker_url": url})
+        env = {
+            **os.environ,
+            "M3PIPE_BROKER_URL": url,
+            "M3PIPE_MODEL": request.model,
+            "M3PIPE_PRECISION": precision,
+            "M3PIPE_QUEUE": request.queue,
+            "M3PIPE_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
+        }
+        pool = WorkerPool(devices, env, scratch, tag=scratch.name[-6:])
+        stack.callback(pool.stop)
+        print(
+            f"m3pipe run: {len(devices)} worker(s) on {', '.join(devices)}, {broker}",
+            file=sys.stderr,
+        )
+        store = job_store(settings)
+        registered = threading.Event()
+        outcome: dict[str, object] = {}
+
+        def produce() -> None:
+            try:
+                outcome["result"] = submit_job(
+                    request,
+                    store,
+                    shard_publisher(settings),
+                    lambda job_id: (outcome.update(job_id=job_id), registered.set()),
+                )
+            except BaseException as exc:  # reported by the main thread
+                outcome["error"] = exc
+            finally:
+                registered.set()
+
+        producer = threading.Thread(target=produce, name="producer", daemon=True)
+        producer.start()
+        registered.wait()
+        if "job_id" not in outcome:
+            producer.join()
+            raise outcome["error"]  # type: ignore[misc]
+        job_id = str(outcome["job_id"])
+
+        def check() -> None:
+            if "error" in outcome:
+                raise outcome["error"]  # type: ignore[misc]
+            pool.check()
+
+        try:
+            status = follow(store, job_id, bar=show_bar, poll_seconds=0.5, check=check)
+        except WorkersGone as exc:
+            store.end(job_id, JobState.FAILED, "every worker process exited")
+            print(f"m3pipe run: {exc}", file=sys.stderr)
+            return 1
+        producer.join()
+        result: SubmitResult | None = outcome.get("result")  # type: ignore[assignment]
+        print(_summary(status, result), file=sys.stderr)
+        if status.state is not JobState.COMPLETED:
+            print(pool.log_tails(), file=sys.stderr)
+        return exit_code(status)
+
+
+def _summary(status, result: SubmitResult | None) -> str:
+    rejected = status.rejected or 0
+    return (
+        f"m3pipe run: job {status.job_id} {status.state.value}: {status.documents_done:,} "
+        f"documents -> {status.rows_done:,} rows in {status.shards.done} file(s) under "
+        f"{status.out}; {status.tokens_done:,} tokens at {status.tokens_per_second:,.0f} "
+        f"tokens/s; {rejected} rejected"
+        + (f", {status.shards.failed} shard(s) failed" if status.shards.failed else "")
+    )

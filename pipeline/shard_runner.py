@@ -1,0 +1,130 @@
+"""One shard through the engine: the checklist a worker runs for each message.
+
+Load the job -> mark running -> encode -> write the file -> mark done -> end the job if last.
+No Celery here: workers/tasks.py maps the outcomes to acks, retries and failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.engine import Engine
+from pipeline.errors import PermanentError
+from pipeline.job_finish import finalize_if_complete
+from pipeline.jobs import JobNotFound, JobStore
+from pipeline.model import M3Model
+from pipeline.sink import part_name, write_shard
+from pipeline.table import with_fields
+from schemas.job import JobSpec, JobState, ShardMessage, ShardState
+from schemas.options import EncodeOptions
+
+log = logging.getLogger(__name__)
+
+_ACTIVE = (ShardState.QUEUED.value, ShardState.RUNNING.value)
+_SPEC_CACHE_SIZE = 64
+
+
+@dataclass
+class WorkerRuntime:
+    """What a worker process holds between shards: its model, engines and job specs."""
+
+    model: M3Model
+    model_spec: str
+    store: JobStore
+    hostname: str
+    _engines: dict[EncodeOptions, Engine] = field(default_factory=dict)
+    _specs: dict[str, JobSpec] = field(default_factory=dict)
+
+    def engine(self, options: EncodeOptions) -> Engine:
+        if options not in self._engines:
+            self._engines[options] = Engine(self.model, options)
+        return self._engines[options]
+
+    def job_spec(self, job_id: str) -> JobSpec:
+        if job_id not in self._specs:
+            if len(self._specs) >= _SPEC_CACHE_SIZE:
+                self._specs.clear()
+            try:
+                self._specs[job_id] = self.store.spec(job_id)
+            except JobNotFound:
+                raise PermanentError(f"job {job_id} is not registered in Redis") from None
+        return self._specs[job_id]
+
+
+@dataclass
+class ShardOutcome:
+    state: ShardState
+    detail: str = ""
+    rows: int = 0
+    tokens: int = 0
+
+
+def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
+    store, job_id, shard = runtime.store, message.job_id, message.shard
+    spec = runtime.job_spec(job_id)
+    if spec.model != runtime.model_spec:
+        raise PermanentError(
+            f"job {job_id} asks for model {spec.model!r}, this worker serves "
+            f"{runtime.model_spec!r}; send the job to a queue of workers with that model"
+        )
+    if store.state(job_id) is JobState.CANCELLED:
+        store.mark_shard(job_id, shard, ShardState.CANCELLED, _ACTIVE)
+        return ShardOutcome(ShardState.CANCELLED, "job cancelled")
+
+    started = time.time()
+    running = {"worker": runtime.hostname, "documents": len(message.documents), "started": started}
+    changed, previous = store.mark_shard(job_id, shard, ShardState.RUNNING, _ACTIVE, running)
+    if not changed:
+        # Delivered again after it ended (e.g. redelivery after a slow ack): nothing to do.
+        log.info("job %s shard %d already %s; skipped", job_id, shard, previous)
+        return ShardOutcome(ShardState(previous), "already ended")
+
+    out = Path(spec.out)
+    if not out.is_dir():
+        raise PermanentError(f"output directory {out} does not exist on {runtime.hostname}")
+    result = runtime.engine(spec.options).encode(message.documents)
+    table = with_fields(result.table, message.documents, spec.keep_fields)
+    name = part_name(shard)
+    write_shard(table, out / name)
+
+    stats = result.stats
+    store.set_model_metadata(job_id, runtime.engine(spec.options).file_metadata())
+    done = {
+        "name": name,
+        "documents": len(message.documents),
+        "rows": table.num_rows,
+        "tokens": stats.tokens,
+        "bytes": (out / name).stat().st_size,
+        "worker": runtime.hostname,
+        "seconds": round(time.time() - started, 3),
+        "padding_efficiency": round(stats.padding_efficiency, 4),
+    }
+    store.mark_shard(
+        job_id,
+        shard,
+        ShardState.DONE,
+        _ACTIVE,
+        done,
+        documents=len(message.documents),
+        rows=table.num_rows,
+        tokens=stats.tokens,
+        seconds=stats.seconds,
+    )
+    finalize_if_complete(store, job_id)
+    return ShardOutcome(ShardState.DONE, name, rows=table.num_rows, tokens=stats.tokens)
+
+
+def fail_shard(store: JobStore, message: ShardMessage, reason: str, worker: str) -> None:
+    """Record a shard as failed for good, and end the job if it was the last one."""
+    info = {"worker": worker, "error": reason[:2000], "failed_at": time.time()}
+    store.mark_shard(message.job_id, message.shard, ShardState.FAILED, _ACTIVE, info)
+    finalize_if_complete(store, message.job_id)
+
+
+def requeue_shard(store: JobStore, message: ShardMessage, reason: str, attempt: int) -> None:
+    """Record that a shard goes back to the queue for another attempt."""
+    info = {"retry": attempt, "last_error": reason[:2000]}
+    store.mark_shard(message.job_id, message.shard, ShardState.QUEUED, _ACTIVE, info)

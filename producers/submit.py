@@ -1,0 +1,236 @@
+"""Submitting a job: stream inputs -> validate -> cut shards -> enqueue, with backpressure.
+
+Nothing is held in memory beyond the shard being cut: the producer waits while the job
+already has `max_queued` shards waiting in Redis, so Redis memory stays bounded too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import InputError, PermanentError
+from pipeline.job_finish import finalize_if_complete
+from pipeline.jobs import ABSENT, JobStore
+from pipeline.output_dir import RejectLog, prepare_output_dir
+from producers.intake import IntakeCounts, accept_documents, document_bytes
+from producers.readers import detect_format, read_records
+from producers.sharding import cut_shards
+from schemas.document import Document
+from schemas.job import JobSpec, JobState, ShardMessage, ShardState
+from schemas.options import EncodeOptions, LongDocPolicy
+
+log = logging.getLogger(__name__)
+
+# Shards are cut so their worst case takes at most this share of the visibility timeout.
+VISIBILITY_SAFETY = 0.5
+SPECIALS = 2  # CLS and EOS per sequence
+
+Publish = Callable[[ShardMessage, str], None]  # (message, queue)
+
+
+class SubmitCancelled(PermanentError):
+    pass
+
+
+def new_job_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def worst_case_tokens(doc_bytes: int, options: EncodeOptions) -> int:
+    """Tokens a document can cost at most: a token covers at least one byte of text."""
+    if options.long_docs is LongDocPolicy.TRUNCATE:
+        return min(doc_bytes + SPECIALS, options.max_length)
+    stride = options.max_length - SPECIALS - options.chunk_overlap
+    chunks = max(1, math.ceil(doc_bytes / stride))
+    return chunks * options.max_length
+
+
+@dataclass(frozen=True)
+class ShardLimits:
+    docs: int
+    bytes: int
+    tokens: int  # worst-case tokens that fit the visibility timeout at the planned rate
+
+    @classmethod
+    def plan(
+        cls, docs: int, max_bytes: int, visibility_timeout: float, planned_tokens_per_second: float
+    ) -> ShardLimits:
+        tokens = int(visibility_timeout * VISIBILITY_SAFETY * planned_tokens_per_second)
+        return cls(docs=docs, bytes=max_bytes, tokens=tokens)
+
+
+@dataclass
+class SubmitRequest:
+    inputs: list[Path]
+    out: Path
+    model: str
+    options: EncodeOptions
+    queue: str
+    limits: ShardLimits
+    max_queued: int
+    input_format: str = "auto"
+    id_field: str = "id"
+    text_field: str = "text"
+    keep_fields: tuple[str, ...] = ()
+    overwrite: bool = False
+    job_id: str | None = None
+    poll_seconds: float = 0.5
+
+
+@dataclass
+class SubmitResult:
+    job_id: str
+    shards: int
+    counts: IntakeCounts
+    state: JobState | None  # the final state if the job already ended
+
+
+def submit_job(
+    request: SubmitRequest,
+    store: JobStore,
+    publish: Publish,
+    on_registered: Callable[[str], None] | None = None,
+) -> SubmitResult:
+    """Register the job, enqueue every shard, record the totals; returns once all are queued."""
+    formats = [detect_format(path, request.input_format) for path in request.inputs]
+    out = prepare_output_dir(request.out, request.overwrite).resolve()
+    spec = JobSpec(
+        job_id=request.job_id or new_job_id(),
+        inputs=[str(Path(p).resolve()) for p in request.inputs],
+        input_format=request.input_format,
+        out=str(out),
+        model=request.model,
+        options=request.options,
+        id_field=request.id_field,
+        text_field=request.text_field,
+        keep_fields=list(request.keep_fields),
+        queue=request.queue,
+        shard_docs=request.limits.docs,
+        shard_bytes=request.limits.bytes,
+        max_queued=request.max_queued,
+        created_at=time.time(),
+    )
+    job_id = spec.job_id
+    store.create(spec)
+    if on_registered is not None:
+        on_registered(job_id)
+    counts = IntakeCounts()
+    shards = 0
+    try:
+        with RejectLog(out) as rejects:
+            sources = [
+                (
+                    str(path),
+                    read_records(
+                        path,
+                        fmt,
+                        id_field=request.id_field,
+                        text_field=request.text_field,
+                        keep_fields=request.keep_fields,
+                    ),
+                )
+                for path, fmt in zip(request.inputs, formats, strict=True)
+            ]
+            docs = accept_documents(
+                sources,
+                rejects,
+                counts,
+                check=lambda doc: oversize_reason(doc, request.limits, request.options),
+            )
+            for shard in cut_message_shards(docs, request.limits, request.options):
+                wait_for_room(store, job_id, request.max_queued, request.poll_seconds)
+                enqueue(store, publish, job_id, shards, shard, request.queue)
+                shards += 1
+        if not counts.balanced():
+            raise AssertionError("record accounting does not add up")  # a bug, never input
+        store.set_submitted(
+            job_id,
+            shards=shards,
+            documents=counts.documents,
+            input_records=counts.input_records,
+            rejected=counts.rejected,
+        )
+    except SubmitCancelled:
+        store.set_submitted(
+            job_id,
+            shards=shards,
+            documents=counts.documents,
+            input_records=counts.input_records,
+            rejected=counts.rejected,
+        )
+        return SubmitResult(job_id, shards, counts, JobState.CANCELLED)
+    except BaseException as exc:
+        store.end(job_id, JobState.FAILED, f"submission failed: {exc}")
+        raise
+    if counts.input_records == 0:
+        store.end(job_id, JobState.FAILED, "the inputs hold no records")
+        raise InputError("the inputs hold no records (empty files?)")
+    return SubmitResult(job_id, shards, counts, finalize_if_complete(store, job_id))
+
+
+def cut_message_shards(
+    docs: Iterable[Document], limits: ShardLimits, options: EncodeOptions
+) -> Iterator[list[Document]]:
+    """Shards bounded by documents, message bytes and worst-case tokens."""
+
+    def share(doc: Document) -> int:
+        # cut_shards takes one size: each limit's share of its budget, in millionths.
+        nbytes = document_bytes(doc)
+        return max(
+            math.ceil(nbytes * 1_000_000 / limits.bytes),
+            math.ceil(worst_case_tokens(nbytes, options) * 1_000_000 / limits.tokens),
+        )
+
+    return cut_shards(docs, limits.docs, 1_000_000, share)
+
+
+def oversize_reason(doc: Document, limits: ShardLimits, options: EncodeOptions) -> str | None:
+    """Why one document cannot go in any shard, or None."""
+    nbytes = document_bytes(doc)
+    if nbytes > limits.bytes:
+        return f"document is {nbytes:,} bytes, above the {limits.bytes:,}-byte message limit"
+    tokens = worst_case_tokens(nbytes, options)
+    if tokens > limits.tokens:
+        return (
+            f"document may cost up to {tokens:,} tokens, more than one shard may hold "
+            f"({limits.tokens:,}) within the visibility timeout"
+        )
+    return None
+
+
+def wait_for_room(store: JobStore, job_id: str, max_queued: int, poll_seconds: float) -> None:
+    """Block while the job has `max_queued` shards waiting; stop if it was cancelled."""
+    waited_since = None
+    while True:
+        if store.state(job_id) is JobState.CANCELLED:
+            raise SubmitCancelled(f"job {job_id} was cancelled")
+        if store.queued_shards(job_id) < max_queued:
+            return
+        if waited_since is None:
+            waited_since = time.monotonic()
+        elif time.monotonic() - waited_since > 60:
+            log.info("job %s: %d shards queued, waiting for workers", job_id, max_queued)
+            waited_since = time.monotonic()
+        time.sleep(poll_seconds)
+
+
+def enqueue(
+    store: JobStore,
+    publish: Publish,
+    job_id: str,
+    index: int,
+    shard: list[Document],
+    queue: str,
+) -> None:
+    message = ShardMessage(job_id=job_id, shard=index, documents=shard)
+    info = {"documents": len(shard), "bytes": sum(document_bytes(d) for d in shard)}
+    # Registered before it is sent, so a fast worker always finds it queued.
+    store.mark_shard(job_id, index, ShardState.QUEUED, [ABSENT], info)
+    store.note_documents(job_id, len(shard))
+    publish(message, queue)

@@ -1,0 +1,58 @@
+"""The Celery app: Redis broker, JSON only, late acks, one shard at a time per worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from pipeline.keys import DEFAULT_QUEUE
+from pipeline.redis_url import for_kombu
+from pipeline.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    url = for_kombu(settings.broker)
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        # JSON only: a pickle message is refused before anything is deserialised.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # A shard is acknowledged only after its file is written; a worker that dies
+        # mid-shard leaves it unacknowledged and Redis redelivers it.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # One shard at a time, none reserved ahead: an idle worker never waits behind a busy one.
+        "worker_concurrency": 1,
+        "worker_prefetch_multiplier": 1,
+        "worker_disable_prefetch": True,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "result_expires": settings.result_expires,
+        # Flower reads task events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        # Model loading happens in worker_process_init, which Celery otherwise cuts at 4 s.
+        "worker_proc_alive_timeout": settings.model_load_timeout,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "task_default_queue": DEFAULT_QUEUE,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    app = Celery("m3pipe")
+    app.conf.update(celery_config(settings or Settings()))
+    app.conf.include = ["workers.tasks"]
+    return app
+
+
+app = create_app()
