@@ -20,6 +20,7 @@ from pathlib import Path
 from pipeline.embedded_redis import EmbeddedRedis
 from pipeline.errors import PipelineError
 from pipeline.job_watch import exit_code, follow
+from pipeline.process_group import stop_process_groups
 from pipeline.settings import Settings
 from producers.submit import SubmitRequest, SubmitResult, submit_job
 from schemas.job import JobState
@@ -93,16 +94,7 @@ class WorkerPool:
 
     def stop(self) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL to the whole group of any that linger."""
-        for process in self.processes:
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=STOP_GRACE_SECONDS)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # pool children left behind, if any
-            process.wait()
+        stop_process_groups(self.processes, STOP_GRACE_SECONDS)
 
 
 @contextlib.contextmanager

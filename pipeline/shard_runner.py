@@ -27,6 +27,10 @@ _ACTIVE = (ShardState.QUEUED.value, ShardState.RUNNING.value)
 _SPEC_CACHE_SIZE = 64
 
 
+class UnknownJob(PermanentError):
+    """A message names a job Redis does not know: nothing to record it against."""
+
+
 @dataclass
 class WorkerRuntime:
     """What a worker process holds between shards: its model, engines and job specs."""
@@ -50,7 +54,7 @@ class WorkerRuntime:
             try:
                 self._specs[job_id] = self.store.spec(job_id)
             except JobNotFound:
-                raise PermanentError(f"job {job_id} is not registered in Redis") from None
+                raise UnknownJob(f"job {job_id} is not registered in Redis") from None
         return self._specs[job_id]
 
 

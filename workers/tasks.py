@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from pipeline.errors import PermanentError, RetryableError
 from pipeline.keys import TASK_ENCODE_SHARD
 from pipeline.settings import Settings
-from pipeline.shard_runner import fail_shard, requeue_shard, run_shard
+from pipeline.shard_runner import UnknownJob, fail_shard, requeue_shard, run_shard
 from schemas.job import ShardMessage
 from workers import bootstrap
 from workers.app import app
@@ -45,6 +45,9 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     worker = self.request.hostname or runtime.hostname
     try:
         outcome = run_shard(message, runtime)
+    except UnknownJob:
+        log.error("refused shard message %s: unknown job %s", self.request.id, message.job_id)
+        raise
     except PermanentError as exc:
         fail_shard(runtime.store, message, str(exc), worker)
         raise

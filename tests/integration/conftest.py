@@ -1,0 +1,144 @@
+"""Real services for integration tests: a redis-server and `m3pipe worker` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.embedded_redis import EmbeddedRedis
+from pipeline.jobs import JobStore
+from pipeline.keys import worker_key
+from pipeline.process_group import stop_process_groups
+from pipeline.redis_url import connect
+
+WORKER_READY_TIMEOUT = 180.0
+WORKER_COMMAND = (sys.executable, "-m", "pipeline.cli", "worker", "--device", "cpu")
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_built(model_cache: Path) -> str:
+    """Build random:tiny once, before any worker starts."""
+    from pipeline.random_model import cached_random_model
+
+    cached_random_model("tiny", model_cache)
+    return "random:tiny"
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    # A short directory: unix socket paths are limited to about 100 bytes.
+    directory = Path(f"/tmp/m3t-{uuid.uuid4().hex[:8]}")
+    server = EmbeddedRedis(directory)
+    with server:
+        yield server
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def store(redis_server: EmbeddedRedis) -> JobStore:
+    return JobStore(connect(redis_server.url))
+
+
+@pytest.fixture
+def cli_env(redis_server: EmbeddedRedis, tiny_model_built: str, model_cache: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_")}
+    env.update(
+        M3PIPE_BROKER_URL=redis_server.url,
+        M3PIPE_MODEL=tiny_model_built,
+        M3PIPE_CACHE_DIR=str(model_cache),
+        M3PIPE_POLL_SECONDS="0.1",
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return env
+
+
+class Workers:
+    """`m3pipe worker --device cpu` processes with their logs; stopped at teardown."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, store: JobStore) -> None:
+        self.env, self.log_dir, self.store = env, log_dir, store
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self, count: int = 1, queue: str = "m3pipe", wait: bool = True) -> list[str]:
+        names = []
+        for _ in range(count):
+            name = f"cpu{len(self.processes)}-{uuid.uuid4().hex[:4]}@{socket.gethostname()}"
+            log = open(self.log_dir / f"{name.split('@')[0]}.log", "wb")  # noqa: SIM115
+            self.processes[name] = subprocess.Popen(
+                [*WORKER_COMMAND, "--name", name, "--queues", queue],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            names.append(name)
+        if wait:
+            for name in names:
+                self.wait_ready(name)
+        return names
+
+    def wait_ready(self, name: str) -> None:
+        """Until the pool process has loaded its model and the worker consumes."""
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT
+        while time.monotonic() < deadline:
+            process = self.processes[name]
+            if process.poll() is not None:
+                raise AssertionError(f"worker {name} exited: {self.log(name)[-3000:]}")
+            if self.store.redis.exists(worker_key(name)) and "ready." in self.log(name):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"worker {name} not ready: {self.log(name)[-3000:]}")
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name.split('@')[0]}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_all(self) -> None:
+        stop_process_groups(self.processes.values(), grace_seconds=30)
+
+
+@pytest.fixture
+def workers(cli_env: dict, store: JobStore, tmp_path: Path) -> Iterator[Workers]:
+    log_dir = tmp_path / "worker-logs"
+    log_dir.mkdir()
+    pool = Workers(cli_env, log_dir, store)
+    yield pool
+    pool.stop_all()
+
+
+def write_jsonl(path: Path, records: list[object]) -> Path:
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def corpus_records(count: int, seed: int = 0) -> list[dict[str, str]]:
+    """`count` documents of mixed lengths and scripts, ids doc-00000..."""
+    from tests.corpus import mixed_texts
+
+    texts = mixed_texts(seed)
+    return [{"id": f"doc-{i:05d}", "text": texts[i % len(texts)] + f" #{i}"} for i in range(count)]
