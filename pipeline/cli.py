@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
@@ -20,6 +21,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REJECTS = 3  # finished, but some input records were rejected (see _rejects.jsonl)
+
+
+MODEL_COMMANDS = {"encode", "make-test-model", "worker", "run"}  # the ones that import torch
 
 
 def _quiet_libraries() -> None:
@@ -253,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    _quiet_libraries()
+    if args.command in MODEL_COMMANDS:
+        _quiet_libraries()
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -262,6 +267,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args, settings))
     except PipelineError as exc:
         print(f"m3pipe {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except RedisConnectionError as exc:
+        from pipeline.redis_url import redact
+
+        print(
+            f"m3pipe {args.command}: cannot reach Redis at {redact(settings.broker)}: {exc} "
+            "(set M3PIPE_BROKER_URL)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"m3pipe {args.command}: interrupted", file=sys.stderr)

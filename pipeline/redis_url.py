@@ -47,6 +47,6 @@ def connect(url: str) -> redis.Redis:
         decode_responses=True,
         health_check_interval=30,
         socket_connect_timeout=10,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=5),
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=3),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )

@@ -1,0 +1,69 @@
+"""`m3pipe run` with no broker configured: embedded Redis, workers, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow.dataset as ds
+
+from tests.integration.conftest import corpus_records, run_cli, write_jsonl
+
+
+def processes_with_marker(marker: str) -> list[str]:
+    """Command lines of live processes whose environment carries `marker`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            if marker.encode() in environ:
+                found.append(
+                    Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                )
+        except OSError:
+            continue
+    return found
+
+
+def test_run_without_broker_completes_and_leaves_no_process(
+    tmp_path, tiny_model_built, model_cache
+):
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_records(60))
+    marker = f"M3PIPE_TEST_MARKER=run-{uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_")}
+    env.update(
+        M3PIPE_CACHE_DIR=str(model_cache),
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        M3PIPE_TEST_MARKER=marker.split("=", 1)[1],
+    )
+    assert "M3PIPE_BROKER_URL" not in env
+    out = tmp_path / "out"
+    result = run_cli(
+        "run", str(corpus), "--out", str(out), "--model", tiny_model_built,
+        "--workers", "2", "--shard-docs", "15", "--device", "cpu",
+        env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "embedded Redis" in result.stderr and "completed" in result.stderr
+    ids = ds.dataset(out, format="parquet").to_table().column("id").to_pylist()
+    assert sorted(ids) == [f"doc-{i:05d}" for i in range(60)]
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert len(manifest["files"]) == 4 and manifest["counts"]["rows"] == 60
+    assert processes_with_marker(marker) == []
+
+
+def test_run_fails_cleanly_when_workers_cannot_load_the_model(tmp_path, model_cache):
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_records(5))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_")}
+    env.update(M3PIPE_CACHE_DIR=str(model_cache), HF_HUB_OFFLINE="1", M3PIPE_HUB_TIMEOUT="2")
+    result = run_cli(
+        "run", str(corpus), "--out", str(tmp_path / "out"),
+        "--model", str(tmp_path / "no-such-model"), "--device", "cpu",
+        env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "every worker process exited" in result.stderr
+    assert "no-such-model" in result.stderr  # the worker's own reason, from its log
