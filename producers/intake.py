@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from producers.validate import DuplicateIds, InputItem
 from schemas.document import Document, Reject
@@ -19,11 +20,10 @@ class IntakeCounts:
         return self.input_records == self.documents + self.rejected
 
 
-class RejectSink:
+class RejectSink(Protocol):
     """Anything with `add(Reject)`, e.g. pipeline.output_dir.RejectLog."""
 
-    def add(self, reject: Reject) -> None:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def add(self, reject: Reject) -> None: ...
 
 
 def document_bytes(doc: Document) -> int:

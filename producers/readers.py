@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.errors import InputError
@@ -22,7 +22,12 @@ _BY_SUFFIX = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-_READERS = {"jsonl": read_jsonl, "csv": read_csv, "parquet": read_parquet, "txt": read_text_dir}
+_READERS: dict[str, Callable[..., Iterator[InputItem]]] = {
+    "jsonl": read_jsonl,
+    "csv": read_csv,
+    "parquet": read_parquet,
+    "txt": read_text_dir,
+}
 
 
 def detect_format(path: Path, requested: str = "auto") -> str:

@@ -64,7 +64,7 @@ class ShardMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    v: Literal[1] = SHARD_MESSAGE_VERSION
+    v: Literal[1] = 1  # SHARD_MESSAGE_VERSION
     job_id: JobId
     shard: int = Field(ge=0, le=9_999_999)
     documents: list[Document] = Field(min_length=1)
