@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,23 @@ def load(model_cache: Path):
 @pytest.fixture(scope="session")
 def tiny(load):
     return load("tiny")
+
+
+@pytest.fixture
+def redis_server():
+    """A real redis-server on a private unix socket, removed afterwards."""
+    from pipeline.embedded_redis import EmbeddedRedis
+
+    # A short directory: unix socket paths are limited to about 100 bytes.
+    directory = Path(f"/tmp/m3t-{uuid.uuid4().hex[:8]}")
+    with EmbeddedRedis(directory) as server:
+        yield server
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def store(redis_server):
+    from pipeline.jobs import JobStore
+    from pipeline.redis_url import connect
+
+    return JobStore(connect(redis_server.url))

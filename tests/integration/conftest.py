@@ -18,7 +18,6 @@ from pipeline.embedded_redis import EmbeddedRedis
 from pipeline.jobs import JobStore
 from pipeline.keys import worker_key
 from pipeline.process_group import stop_process_groups
-from pipeline.redis_url import connect
 
 WORKER_READY_TIMEOUT = 180.0
 WORKER_COMMAND = (sys.executable, "-m", "pipeline.cli", "worker", "--device", "cpu")
@@ -41,23 +40,6 @@ def tiny_model_built(model_cache: Path) -> str:
 
     cached_random_model("tiny", model_cache)
     return "random:tiny"
-
-
-@pytest.fixture
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    # A short directory: unix socket paths are limited to about 100 bytes.
-    directory = Path(f"/tmp/m3t-{uuid.uuid4().hex[:8]}")
-    server = EmbeddedRedis(directory)
-    with server:
-        yield server
-    import shutil
-
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def store(redis_server: EmbeddedRedis) -> JobStore:
-    return JobStore(connect(redis_server.url))
 
 
 @pytest.fixture

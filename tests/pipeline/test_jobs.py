@@ -1,0 +1,83 @@
+"""Job state in a real Redis: shard transitions, exact counters, final states."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline.job_finish import finalize_if_complete
+from pipeline.jobs import ABSENT, JobNotFound
+from schemas.job import JobSpec, JobState, ShardState
+from schemas.options import EncodeOptions
+
+Q, R, D, F = ShardState.QUEUED, ShardState.RUNNING, ShardState.DONE, ShardState.FAILED
+ACTIVE = (Q.value, R.value)
+
+
+def make_spec(out, job_id="job-1") -> JobSpec:
+    return JobSpec(
+        job_id=job_id, inputs=["in.jsonl"], out=str(out), model="random:tiny",
+        options=EncodeOptions(), queue="m3pipe", shard_docs=10, shard_bytes=4096,
+        max_queued=4, created_at=time.time(),
+    )  # fmt: skip
+
+
+def test_transitions_keep_counters_exact_under_redelivery(store, tmp_path):
+    store.create(make_spec(tmp_path))
+    with pytest.raises(ValueError, match="already exists"):
+        store.create(make_spec(tmp_path))
+    for shard in range(3):
+        assert store.mark_shard("job-1", shard, Q, [ABSENT]) == (True, ABSENT)
+    assert store.mark_shard("job-1", 0, Q, [ABSENT]) == (False, "queued")  # not twice
+    assert store.queued_shards("job-1") == 3
+    assert store.mark_shard("job-1", 0, R, ACTIVE)[0]
+    assert store.state("job-1") is JobState.RUNNING
+    assert store.mark_shard("job-1", 0, R, ACTIVE) == (True, "running")  # redelivered
+    assert store.mark_shard("job-1", 0, D, ACTIVE, {"name": "x"}, documents=10, tokens=99)[0]
+    # A late duplicate of the same shard neither runs nor counts again.
+    assert store.mark_shard("job-1", 0, R, ACTIVE) == (False, "done")
+    assert store.mark_shard("job-1", 0, D, ACTIVE, documents=10, tokens=99) == (False, "done")
+    status = store.status("job-1")
+    assert (status.shards.queued, status.shards.running, status.shards.done) == (2, 0, 1)
+    assert (status.documents_done, status.tokens_done) == (10, 99)
+    with pytest.raises(JobNotFound):
+        store.status("nope")
+
+
+def test_job_ends_once_every_shard_ended_and_manifest_lists_files(store, tmp_path):
+    store.create(make_spec(tmp_path))
+    for shard in range(2):
+        store.mark_shard("job-1", shard, Q, [ABSENT], {"documents": 1})
+    (tmp_path / "part-00000.parquet").write_bytes(b"x")
+    done = {"name": "part-00000.parquet", "documents": 1, "rows": 1, "tokens": 5, "bytes": 1}
+    store.mark_shard("job-1", 0, D, ACTIVE, done, documents=1, rows=1, tokens=5)
+    store.mark_shard("job-1", 1, F, ACTIVE, {"error": "boom"})
+    assert finalize_if_complete(store, "job-1") is None  # the producer has not finished
+    store.set_submitted("job-1", shards=2, documents=2, input_records=3, rejected=1)
+    assert finalize_if_complete(store, "job-1") is JobState.COMPLETED_WITH_FAILURES
+    assert store.end("job-1", JobState.CANCELLED) is JobState.COMPLETED_WITH_FAILURES
+    import json
+
+    manifest = json.loads((tmp_path / "_manifest.json").read_text())
+    assert [f["name"] for f in manifest["files"]] == ["part-00000.parquet"]
+    assert manifest["failed_shards"][0]["error"] == "boom"
+    assert manifest["counts"]["input_records"] == 3
+
+
+def test_missing_output_file_is_not_reported_as_done(store, tmp_path):
+    store.create(make_spec(tmp_path))
+    store.mark_shard("job-1", 0, Q, [ABSENT])
+    done = {"name": "part-00000.parquet", "documents": 1, "rows": 1, "tokens": 5, "bytes": 1}
+    store.mark_shard("job-1", 0, D, ACTIVE, done, documents=1)
+    store.set_submitted("job-1", shards=1, documents=1, input_records=1, rejected=0)
+    assert finalize_if_complete(store, "job-1") is JobState.FAILED
+    assert store.shard_states("job-1") == {0: F}
+
+
+def test_cancel_is_final(store, tmp_path):
+    store.create(make_spec(tmp_path))
+    assert store.cancel("job-1") is JobState.CANCELLED
+    assert store.finish_if_complete("job-1") is JobState.CANCELLED
+    with pytest.raises(JobNotFound):
+        store.cancel("other")
