@@ -20,8 +20,10 @@ from pathlib import Path
 from pipeline.embedded_redis import EmbeddedRedis
 from pipeline.errors import PipelineError
 from pipeline.job_watch import exit_code, follow
+from pipeline.output_dir import prepare_output_dir
 from pipeline.process_group import stop_process_groups
 from pipeline.settings import Settings
+from producers.readers import detect_format
 from producers.submit import SubmitRequest, SubmitResult, submit_job
 from schemas.job import JobState
 
@@ -122,6 +124,10 @@ def run_local(
 ) -> int:
     from pipeline.cli_queue import job_store, shard_publisher
 
+    # Fail on bad inputs or a used output directory before starting any process.
+    for path in request.inputs:
+        detect_format(path, request.input_format)
+    prepare_output_dir(request.out, request.overwrite)
     devices = worker_devices(workers, force_cpu)
     with contextlib.ExitStack() as stack, _sigterm_as_interrupt():
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="m3pipe-run-")))
@@ -182,6 +188,9 @@ def run_local(
             store.end(job_id, JobState.FAILED, "every worker process exited")
             print(f"m3pipe run: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            store.cancel(job_id)  # on a shared broker, other workers skip what is left
+            raise
         producer.join()
         result: SubmitResult | None = outcome.get("result")  # type: ignore[assignment]
         print(_summary(status, result), file=sys.stderr)

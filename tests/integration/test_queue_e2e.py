@@ -35,14 +35,14 @@ def assert_same_vectors(left, right) -> None:
 def test_submit_two_workers_every_id_once_and_same_vectors_as_encode(
     tmp_path, cli_env, workers, store
 ):
-    records = corpus_records(300)
+    records = [{**r, "lang": "xx" if i % 2 else None} for i, r in enumerate(corpus_records(300))]
     bad = [{"id": "no-text"}, {"id": "doc-00001", "text": "duplicate id"}, "not an object"]
     corpus = write_jsonl(tmp_path / "corpus.jsonl", records + bad)
     names = workers.start(2)
 
     submitted = run_cli(
         "submit", str(corpus), "--out", str(tmp_path / "out"), "--shard-docs", "40",
-        env=cli_env,
+        "--keep-fields", "lang", env=cli_env,
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().splitlines()[-1]
@@ -50,7 +50,7 @@ def test_submit_two_workers_every_id_once_and_same_vectors_as_encode(
 
     waited = run_cli("wait", job_id, "--timeout", "600", env=cli_env, timeout=620)
     assert waited.returncode == EXIT_REJECTS, waited.stderr + workers.log(names[0])[-3000:]
-    status = json.loads(run_cli("status", job_id, "--json", env=cli_env).stdout)
+    status = json.loads(run_cli("status", job_id, "--watch", "--json", env=cli_env).stdout)
     assert status["state"] == "completed"
     assert status["shards"] == {
         "total": 8, "queued": 0, "running": 0, "done": 8, "failed": 0, "cancelled": 0
@@ -61,6 +61,7 @@ def test_submit_two_workers_every_id_once_and_same_vectors_as_encode(
     table = read_output(out)
     ids = table.column("id").to_pylist()
     assert ids == sorted(r["id"] for r in records)  # each input id exactly once
+    assert table.column("lang").to_pylist() == [r["lang"] for r in records]
     assert sorted(p.name for p in out.glob("part-*.parquet")) == [
         f"part-{i:05d}.parquet" for i in range(8)
     ]
@@ -78,7 +79,7 @@ def test_submit_two_workers_every_id_once_and_same_vectors_as_encode(
     encoded = tmp_path / "encoded"
     code = main(
         ["encode", str(corpus), "--out", str(encoded), "--model", "random:tiny",
-         "--shard-docs", "40", "--device", "cpu", "-q"]
+         "--shard-docs", "40", "--device", "cpu", "--keep-fields", "lang", "-q"]
     )  # fmt: skip
     assert code == EXIT_REJECTS
     assert_same_vectors(table, read_output(encoded))

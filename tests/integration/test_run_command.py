@@ -67,3 +67,15 @@ def test_run_fails_cleanly_when_workers_cannot_load_the_model(tmp_path, model_ca
     assert result.returncode == 1
     assert "every worker process exited" in result.stderr
     assert "no-such-model" in result.stderr  # the worker's own reason, from its log
+
+
+def test_run_refuses_used_output_before_starting_anything(tmp_path, model_cache):
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_records(3))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "part-00000.parquet").write_bytes(b"earlier output")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_")}
+    result = run_cli("run", str(corpus), "--out", str(out), "--model", "random:tiny", env=env)
+    assert result.returncode == 1
+    assert "already holds output" in result.stderr and "worker(s)" not in result.stderr
+    assert (out / "part-00000.parquet").read_bytes() == b"earlier output"

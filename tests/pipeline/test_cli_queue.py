@@ -1,0 +1,62 @@
+"""`m3pipe worker` device pinning and naming, and the Celery settings it runs with."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.cli_queue import pin_device
+from pipeline.settings import Settings
+from workers.app import celery_config
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    # setenv records the original value (or its absence) and restores it afterwards,
+    # whatever the command under test writes into os.environ.
+    names = ("CUDA_VISIBLE_DEVICES", "M3PIPE_WORKER_DEVICE", "M3PIPE_WORKER_NAME")
+    for name in (*names, "M3PIPE_PRECISION", "M3PIPE_MODEL"):
+        monkeypatch.setenv(name, "x")
+    for name in names:
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_pin_device(clean_env):
+    assert pin_device("3") == ("cuda", "gpu3")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    assert pin_device("cpu") == ("cpu", "cpu")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    with pytest.raises(ValueError, match="GPU index or cpu"):
+        pin_device("cuda:1")
+
+
+def test_worker_command_pins_names_and_starts_celery(clean_env):
+    from workers.app import app
+
+    seen: list[list[str]] = []
+    clean_env.setattr(app, "worker_main", lambda argv: seen.append(argv))
+    assert main(["worker", "--device", "2", "--queues", "a,b"]) == 0
+    argv = seen[0]
+    name = argv[argv.index("--hostname") + 1]
+    assert name == f"gpu2@{socket.gethostname()}"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2"
+    assert os.environ["M3PIPE_WORKER_DEVICE"] == "cuda"
+    assert os.environ["M3PIPE_WORKER_NAME"] == name
+    assert argv[argv.index("--queues") + 1] == "a,b"
+    assert argv[argv.index("--concurrency") + 1] == "1"
+    assert main(["worker", "--device", "gpu0"]) == 2  # a usage error, not a crash
+
+
+def test_celery_settings_are_json_only_late_ack_no_prefetch():
+    config = celery_config(Settings(broker_url="unix:///tmp/r.sock", visibility_timeout=77))
+    assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
+    assert config["result_accept_content"] == ["json"]
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    assert config["worker_prefetch_multiplier"] == 1 and config["worker_disable_prefetch"]
+    assert config["broker_transport_options"]["visibility_timeout"] == 77
+    assert config["broker_url"] == "redis+socket:///tmp/r.sock"
+    assert config["worker_send_task_events"] and config["result_expires"] == 86400
