@@ -11,8 +11,6 @@ from producers.compressed import STREAM_ERRORS, open_binary
 from producers.validate import InputItem, record_to_document
 from schemas.document import Document, Reject
 
-JsonlItem = InputItem  # the name earlier code and tests use
-
 
 def count_lines(path: Path) -> int:
     """Fast line count of a plain file, for progress totals (0 for compressed input)."""
