@@ -79,6 +79,10 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     cancel.add_argument("job")
     cancel.set_defaults(func=cmd_cancel)
 
+    retry = sub.add_parser("retry", help="re-enqueue a job's dead-lettered (failed) shards")
+    retry.add_argument("job")
+    retry.set_defaults(func=cmd_retry)
+
     run = sub.add_parser("run", help="one command: Redis, workers, submit, follow, clean up")
     run.add_argument("inputs", type=Path, nargs="+", help="input files or .txt directories")
     run.add_argument("--out", type=Path, required=True, help="output directory")
@@ -279,6 +283,24 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     state = store.cancel(args.job)
     print(f"m3pipe cancel: job {args.job} is {state.value}", file=sys.stderr)
     return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas.job import ShardMessage
+
+    store = job_store(settings)
+    if not _known_job(store, args.job):
+        return EXIT_FAILED
+    letters = store.dead_letters(args.job)
+    queue = store.spec(args.job).queue
+    publish = shard_publisher(settings)
+    sent = 0
+    for shard, raw in sorted(letters.items()):
+        if store.reopen_shard(args.job, shard):
+            publish(ShardMessage.model_validate_json(raw), queue)
+            sent += 1
+    print(f"m3pipe retry: job {args.job}: {sent} shard(s) re-enqueued", file=sys.stderr)
+    return EXIT_OK if sent or not letters else EXIT_FAILED
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,7 +14,14 @@ from typing import Any, cast
 
 import redis
 
-from pipeline.keys import JOBS_INDEX, job_key, shard_info_key, shard_state_key
+from pipeline.keys import (
+    JOBS_INDEX,
+    dead_letters_key,
+    job_key,
+    shard_attempts_key,
+    shard_info_key,
+    shard_state_key,
+)
 from schemas.job import JobSpec, JobState, JobStatus, ShardCounts, ShardState
 
 ABSENT = "-"  # a shard never registered
@@ -73,6 +80,19 @@ return ARGV[1]
 """
 
 
+# Back to work after `m3pipe retry`: only a job that ended with failures is reopened.
+_REOPEN = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'completed_with_failures' or state == 'failed' then
+  redis.call('HSET', KEYS[1], 'state', 'running')
+  redis.call('HDEL', KEYS[1], 'finished_at', 'error')
+  return 1
+end
+if state == 'running' or state == 'queued' then return 1 end
+return 0
+"""
+
+
 class JobNotFound(KeyError):
     pass
 
@@ -93,6 +113,7 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._finish = client.register_script(_FINISH)
         self._final_if_active = client.register_script(_FINAL_IF_ACTIVE)
+        self._reopen = client.register_script(_REOPEN)
 
     # The client decodes responses (see redis_url.connect): values are str.
     def _hget(self, key: str, field: str) -> str | None:
@@ -206,6 +227,32 @@ class JobStore:
             ],
         )
         return bool(changed), str(old)
+
+    def count_attempt(self, job_id: str, shard: int) -> int:
+        """One more delivery of this shard started; returns how many have."""
+        return int(self.redis.hincrby(shard_attempts_key(job_id), str(shard), 1))
+
+    def attempts(self, job_id: str, shard: int) -> int:
+        return _int(self._hget(shard_attempts_key(job_id), str(shard)))
+
+    def dead_letter(self, job_id: str, shard: int, message_json: str) -> None:
+        """Keep a failed shard's message so `m3pipe retry` can send it again."""
+        self.redis.hset(dead_letters_key(job_id), str(shard), message_json)
+
+    def dead_letters(self, job_id: str) -> dict[int, str]:
+        return {int(k): v for k, v in self._hgetall(dead_letters_key(job_id)).items()}
+
+    def reopen_shard(self, job_id: str, shard: int) -> bool:
+        """A dead-lettered shard goes back to queued with fresh attempts (for `retry`)."""
+        if not self._reopen(keys=[job_key(job_id)]):
+            return False
+        changed, _ = self.mark_shard(
+            job_id, shard, ShardState.QUEUED, [ShardState.FAILED.value], {"retried": True}
+        )
+        if changed:
+            self.redis.hdel(shard_attempts_key(job_id), str(shard))
+            self.redis.hdel(dead_letters_key(job_id), str(shard))
+        return changed
 
     def queued_shards(self, job_id: str) -> int:
         return _int(self._hget(job_key(job_id), "n_queued"))

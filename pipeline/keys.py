@@ -27,6 +27,16 @@ def shard_info_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:shard-info"
 
 
+def shard_attempts_key(job_id: str) -> str:
+    """Hash: shard index -> deliveries started (crashes and retries included)."""
+    return f"{PREFIX}:job:{job_id}:shard-attempts"
+
+
+def dead_letters_key(job_id: str) -> str:
+    """Hash: shard index -> the shard message of a shard that failed for good."""
+    return f"{PREFIX}:job:{job_id}:dead-letters"
+
+
 def worker_key(hostname: str) -> str:
     """Hash: what a worker process loaded and when it became ready."""
     return f"{PREFIX}:worker:{hostname}"

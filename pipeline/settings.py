@@ -33,7 +33,10 @@ class Settings(BaseSettings):
     # (every byte a token) fits in half the visibility timeout at this rate.
     planned_tokens_per_second: float = Field(default=2000.0, gt=0)
     result_expires: int = Field(default=86400, ge=60)  # seconds task results stay in Redis
-    task_max_retries: int = Field(default=3, ge=0)  # for retryable errors, with backoff
+    # Deliveries of one shard at most (crashes, lost workers and retries together), then it
+    # is dead-lettered; retries of transient errors wait backoff * 4**n seconds (<= 600).
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_seconds: float = Field(default=5.0, ge=0)
     # Seconds a worker process may take to load its model before Celery gives up on it.
     model_load_timeout: float = Field(default=900.0, gt=0)
 

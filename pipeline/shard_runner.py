@@ -39,6 +39,7 @@ class WorkerRuntime:
     model_spec: str
     store: JobStore
     hostname: str
+    max_attempts: int = 3
     _engines: dict[EncodeOptions, Engine] = field(default_factory=dict)
     _specs: dict[str, JobSpec] = field(default_factory=dict)
 
@@ -85,6 +86,15 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
         # Delivered again after it ended (e.g. redelivery after a slow ack): nothing to do.
         log.info("job %s shard %d already %s; skipped", job_id, shard, previous)
         return ShardOutcome(ShardState(previous), "already ended")
+    attempt = store.count_attempt(job_id, shard)
+    if attempt > runtime.max_attempts:
+        # Earlier deliveries never finished: the worker died or lost the shard each time.
+        reason = (
+            f"dead-lettered: {attempt - 1} deliveries never finished "
+            "(the worker died or lost the shard each time)"
+        )
+        fail_shard(store, message, reason, runtime.hostname)
+        return ShardOutcome(ShardState.FAILED, reason)
 
     out = Path(spec.out)
     if not out.is_dir():
@@ -122,9 +132,11 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
 
 
 def fail_shard(store: JobStore, message: ShardMessage, reason: str, worker: str) -> None:
-    """Record a shard as failed for good, and end the job if it was the last one."""
+    """Dead-letter a shard: failed for good, its message kept for `m3pipe retry`."""
     info = {"worker": worker, "error": reason[:2000], "failed_at": time.time()}
-    store.mark_shard(message.job_id, message.shard, ShardState.FAILED, _ACTIVE, info)
+    changed, _ = store.mark_shard(message.job_id, message.shard, ShardState.FAILED, _ACTIVE, info)
+    if changed:
+        store.dead_letter(message.job_id, message.shard, message.model_dump_json())
     finalize_if_complete(store, message.job_id)
 
 

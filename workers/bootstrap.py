@@ -62,7 +62,13 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     )
     store.redis.expire(key, _WORKER_RECORD_TTL)
     log.info("%s: loaded %s on %s in %.1fs", hostname, settings.model, model.device, load_seconds)
-    return WorkerRuntime(model=model, model_spec=settings.model, store=store, hostname=hostname)
+    return WorkerRuntime(
+        model=model,
+        model_spec=settings.model,
+        store=store,
+        hostname=hostname,
+        max_attempts=settings.max_attempts,
+    )
 
 
 @worker_process_init.connect

@@ -8,8 +8,9 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
-from pipeline.errors import PermanentError, RetryableError
+from pipeline.errors import PermanentError
 from pipeline.keys import TASK_ENCODE_SHARD
 from pipeline.settings import Settings
 from pipeline.shard_runner import UnknownJob, fail_shard, requeue_shard, run_shard
@@ -19,7 +20,7 @@ from workers.app import app
 
 log = logging.getLogger(__name__)
 
-RETRY_BACKOFF_SECONDS = (5, 30, 120, 600)
+MAX_BACKOFF_SECONDS = 600.0
 
 
 def parse_message(task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ShardMessage:
@@ -34,8 +35,9 @@ def parse_message(task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -
         raise Reject(f"invalid shard message: {reason}", requeue=False) from None
 
 
-def retry_countdown(retries: int) -> int:
-    return RETRY_BACKOFF_SECONDS[min(retries, len(RETRY_BACKOFF_SECONDS) - 1)]
+def retry_countdown(attempt: int, base: float) -> float:
+    """Exponential backoff: base, 4 x base, 16 x base... at most 10 minutes."""
+    return min(base * 4 ** max(attempt - 1, 0), MAX_BACKOFF_SECONDS)
 
 
 @app.task(name=TASK_ENCODE_SHARD, bind=True)
@@ -49,18 +51,29 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         log.error("refused shard message %s: unknown job %s", self.request.id, message.job_id)
         raise
     except PermanentError as exc:
+        # Bad data or configuration: retrying cannot help.
         fail_shard(runtime.store, message, str(exc), worker)
         raise
-    except RetryableError as exc:
-        retries = self.request.retries
-        if retries >= Settings().task_max_retries:
-            fail_shard(runtime.store, message, f"gave up after {retries + 1} tries: {exc}", worker)
-            raise
-        requeue_shard(runtime.store, message, str(exc), retries + 1)
-        raise self.retry(exc=exc, countdown=retry_countdown(retries)) from exc
     except Exception as exc:
-        fail_shard(runtime.store, message, f"unexpected error: {exc!r}", worker)
-        raise
+        # Transient (retryable errors, lost connections, I/O): again later, a bounded number
+        # of times. If even Redis is unreachable, hand the message back to the queue.
+        try:
+            attempt = runtime.store.attempts(message.job_id, message.shard)
+            give_up = attempt >= runtime.max_attempts
+            if give_up:
+                reason = f"dead-lettered after {attempt} attempts: {exc!r}"
+                fail_shard(runtime.store, message, reason, worker)
+            else:
+                requeue_shard(runtime.store, message, repr(exc), attempt)
+        except RedisError:
+            log.exception("job state unreachable; shard %s handed back", message.shard)
+            raise Reject(f"job state unreachable: {exc!r}", requeue=True) from exc
+        if give_up:
+            raise
+        countdown = retry_countdown(attempt, Settings().retry_backoff_seconds)
+        log.warning("shard %s attempt %d failed (%r); retry in %.1fs", message.shard, attempt,
+                    exc, countdown)  # fmt: skip
+        raise self.retry(exc=exc, countdown=countdown, max_retries=None) from exc
     return {
         "job_id": message.job_id,
         "shard": message.shard,
