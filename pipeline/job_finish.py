@@ -9,6 +9,7 @@ from typing import Any
 from pipeline.jobs import JobStore
 from pipeline.manifest import build_manifest
 from pipeline.output_dir import MANIFEST, write_json_atomic
+from pipeline.sink import remove_stale_temp_files
 from schemas.job import JobState, JobStatus, ShardState
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
         },
         failures=failures,
     )
+    # Temp files of writes cut short by a crash are hidden, but no longer needed.
+    remove_stale_temp_files(out)
     write_json_atomic(out / MANIFEST, manifest)
     state = store.finish_if_complete(job_id)
     log.info("job %s ended: %s", job_id, state)

@@ -1,0 +1,126 @@
+"""Workers killed or stopped mid-shard, and shards delivered twice: every id exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipeline.keys import DEFAULT_QUEUE, worker_key
+from pipeline.settings import Settings
+from schemas.document import Document
+from schemas.job import ShardMessage
+from tests.integration.conftest import run_cli, write_jsonl
+
+SHARDS = 4
+
+
+def long_records(count: int) -> list[dict[str, str]]:
+    from pipeline.synthetic_text import TextGenerator
+
+    gen = TextGenerator(3)
+    return [{"id": f"doc-{i:03d}", "text": gen.document(1500)} for i in range(count)]
+
+
+def submit(tmp_path, cli_env, records, shard_docs: int) -> str:
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
+    result = run_cli(
+        "submit", str(corpus), "--out", str(tmp_path / "out"), "--shard-docs", str(shard_docs),
+        env=cli_env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def wait_until(predicate, timeout: float = 240.0, step: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(step)
+
+
+def assert_exactly_once(out, records, shards: int) -> None:
+    files = sorted(out.glob("part-*.parquet"))
+    assert [f.name for f in files] == [f"part-{i:05d}.parquet" for i in range(shards)]
+    for f in files:
+        pq.read_metadata(f)  # every visible file is whole
+    ids = ds.dataset(out, format="parquet").to_table().column("id").to_pylist()
+    assert sorted(ids) == sorted(r["id"] for r in records)
+    assert not list(out.glob(".part-*"))  # temp files of killed writes are cleaned up
+
+
+def running_shard(store, job_id):
+    states = store.shard_states(job_id)
+    return next((s for s, state in states.items() if state.value == "running"), None)
+
+
+def test_pool_process_killed_mid_shard(tmp_path, cli_env, workers, store):
+    records = long_records(16)
+    job_id = submit(tmp_path, cli_env, records, shard_docs=4)
+    [name] = workers.start(1)
+    wait_until(lambda: store.attempts(job_id, 1) == 1)  # the second shard has started
+    time.sleep(0.5)  # let some batches run
+    os.kill(int(store.redis.hget(worker_key(name), "pid")), signal.SIGKILL)
+    assert run_cli("wait", job_id, "--timeout", "300", env=cli_env, timeout=320).returncode == 0
+    assert store.attempts(job_id, 1) == 2  # handed back at once and run again
+    assert_exactly_once(tmp_path / "out", records, SHARDS)
+    assert store.status(job_id).documents_done == 16
+
+
+def test_whole_worker_killed_shard_redelivered_after_visibility_timeout(
+    tmp_path, cli_env, workers, store
+):
+    # Short, so the test is quick; shards are cut to fit it (one document each here).
+    cli_env["M3PIPE_VISIBILITY_TIMEOUT"] = "10"
+    records = long_records(8)
+    job_id = submit(tmp_path, cli_env, records, shard_docs=4)
+    [first] = workers.start(1)
+    wait_until(lambda: running_shard(store, job_id) is not None)
+    shard = running_shard(store, job_id)
+    time.sleep(0.5)
+    os.killpg(workers.processes[first].pid, signal.SIGKILL)  # main process and pool, at once
+    workers.processes[first].wait()
+    workers.start(1)
+    assert run_cli("wait", job_id, "--timeout", "300", env=cli_env, timeout=320).returncode == 0
+    assert store.attempts(job_id, shard) == 2
+    shards = store.status(job_id).shards.total
+    assert shards == 8
+    assert_exactly_once(tmp_path / "out", records, shards)
+
+
+def test_sigterm_finishes_the_current_shard(tmp_path, cli_env, workers, store):
+    records = long_records(16)
+    job_id = submit(tmp_path, cli_env, records, shard_docs=4)
+    [first] = workers.start(1)
+    wait_until(lambda: running_shard(store, job_id) is not None)
+    shard = running_shard(store, job_id)
+    workers.processes[first].send_signal(signal.SIGTERM)  # warm shutdown
+    assert workers.processes[first].wait(timeout=120) == 0
+    assert store.shard_states(job_id)[shard].value == "done"
+    assert store.shard_infos(job_id)[shard]["worker"] == first
+    workers.start(1)
+    assert run_cli("wait", job_id, "--timeout", "300", env=cli_env, timeout=320).returncode == 0
+    assert store.attempts(job_id, shard) == 1
+    assert_exactly_once(tmp_path / "out", records, SHARDS)
+
+
+def test_duplicate_delivery_writes_one_file_and_counts_once(tmp_path, cli_env, workers, store):
+    records = long_records(8)
+    job_id = submit(tmp_path, cli_env, records, shard_docs=4)
+    from pipeline.cli_queue import shard_publisher
+
+    publish = shard_publisher(Settings(broker_url=cli_env["M3PIPE_BROKER_URL"]))
+    first = [Document(id=r["id"], text=r["text"]) for r in records[:4]]
+    for _ in range(2):  # the same shard twice more, as a redelivery would
+        publish(ShardMessage(job_id=job_id, shard=0, documents=first), DEFAULT_QUEUE)
+    workers.start(1)
+    assert run_cli("wait", job_id, "--timeout", "300", env=cli_env, timeout=320).returncode == 0
+    wait_until(lambda: store.redis.llen(DEFAULT_QUEUE) == 0, timeout=60)
+    time.sleep(1)  # the duplicates are consumed after the job ended; they must change nothing
+    status = store.status(job_id)
+    assert (status.documents_done, status.rows_done, status.shards.done) == (8, 8, 2)
+    assert store.attempts(job_id, 0) == 1  # the duplicates were skipped, not run
+    assert_exactly_once(tmp_path / "out", records, 2)
