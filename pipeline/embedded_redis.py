@@ -45,9 +45,21 @@ def find_redis_server() -> str:
 class EmbeddedRedis:
     """Starts on enter, stops (and deletes its data) on exit. `url` is a unix:// URL."""
 
-    def __init__(self, directory: Path | None = None, keep_data: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path | None = None,
+        keep_data: bool = False,
+        *,
+        port: int = 0,
+        password: str | None = None,
+    ) -> None:
+        """`port` 0 listens on the unix socket only; `password` sets `requirepass`."""
+        if password and not port:
+            raise ValueError("a password needs a TCP port (the URL carries it)")
         self._given_dir = directory
         self._keep = keep_data
+        self.port = port
+        self.password = password
         self.directory: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -58,7 +70,13 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        if self.port:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
         return f"unix://{self.socket}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.socket), password=self.password)
 
     def start(self) -> EmbeddedRedis:
         if self._given_dir is not None:
@@ -69,7 +87,8 @@ class EmbeddedRedis:
             self.directory = Path(tempfile.mkdtemp(prefix="m3pipe-redis-"))
         command = [
             find_redis_server(),
-            "--port", "0",
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
             "--unixsocket", str(self.socket),
             "--unixsocketperm", "700",
             "--dir", str(self.directory),
@@ -80,6 +99,8 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str(self.directory / "redis.log"),
         ]  # fmt: skip
+        if self.password:
+            command += ["--requirepass", self.password]
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
         )
@@ -94,7 +115,7 @@ class EmbeddedRedis:
                 raise EmbeddedRedisError(f"redis-server exited at start: {self.log_tail()}")
             if self.socket.exists():
                 try:
-                    if redis.Redis(unix_socket_path=str(self.socket)).ping():
+                    if self.client().ping():
                         return
                 except redis.ConnectionError:
                     pass
