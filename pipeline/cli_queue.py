@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -28,6 +29,17 @@ EXIT_TIMEOUT = 124
 
 def _comma_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def checked_queue(name: str) -> str:
+    """The queue name, or ValueError saying what a queue name may hold."""
+    from schemas.job import QUEUE_NAME_PATTERN
+
+    if not re.fullmatch(QUEUE_NAME_PATTERN, name):
+        raise ValueError(
+            f"queue name {name!r}: use letters, digits, '_', '.', '-' (at most 64 characters)"
+        )
+    return name
 
 
 def add_shard_options(parser: argparse.ArgumentParser) -> None:
@@ -130,7 +142,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     os.environ["M3PIPE_PRECISION"] = args.precision
     if args.model:
         os.environ["M3PIPE_MODEL"] = args.model
-    queues = args.queues or settings.queue
+    try:
+        queues = ",".join(checked_queue(q) for q in _comma_list(args.queues or settings.queue))
+    except ValueError as exc:
+        return usage_error(exc)
 
     from workers.app import app
 
@@ -144,15 +159,18 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def submit_request(args: argparse.Namespace, settings: Settings):  # -> SubmitRequest
     from producers.submit import ShardLimits, SubmitRequest
 
+    def flag_or_setting(flag: int | None, setting: int) -> int:
+        return setting if flag is None else flag  # an explicit 0 is an error, not the default
+
     limits = ShardLimits.plan(
-        args.shard_docs or settings.shard_docs,
-        args.shard_bytes or settings.shard_bytes,
+        flag_or_setting(args.shard_docs, settings.shard_docs),
+        flag_or_setting(args.shard_bytes, settings.shard_bytes),
         settings.visibility_timeout,
         settings.planned_tokens_per_second,
     )
     if limits.docs < 1 or limits.bytes < 1024:
         raise ValueError("--shard-docs must be >= 1 and --shard-bytes >= 1024")
-    max_queued = args.max_queued or settings.max_queued
+    max_queued = flag_or_setting(args.max_queued, settings.max_queued)
     if max_queued < 1:
         raise ValueError("--max-queued must be >= 1")
     return SubmitRequest(
@@ -160,7 +178,7 @@ def submit_request(args: argparse.Namespace, settings: Settings):  # -> SubmitRe
         out=args.out,
         model=args.model or settings.model,
         options=options_from_args(args),
-        queue=args.queue or settings.queue,
+        queue=checked_queue(args.queue or settings.queue),
         limits=limits,
         max_queued=max_queued,
         input_format=args.input_format,

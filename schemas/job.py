@@ -12,7 +12,8 @@ from schemas.options import EncodeOptions
 
 # Job ids and queue names end up in Redis keys and log lines, never in paths; keep them plain.
 JobId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{2,63}$")]
-QueueName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+QUEUE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+QueueName = Annotated[str, StringConstraints(pattern=QUEUE_NAME_PATTERN)]
 
 SHARD_MESSAGE_VERSION = 1
 

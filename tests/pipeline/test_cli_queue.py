@@ -60,3 +60,22 @@ def test_celery_settings_are_json_only_late_ack_no_prefetch():
     assert config["broker_transport_options"]["visibility_timeout"] == 77
     assert config["broker_url"] == "redis+socket:///tmp/r.sock"
     assert config["worker_send_task_events"] and config["result_expires"] == 86400
+
+
+def test_bad_queue_names_and_shard_options_are_usage_errors(clean_env, tmp_path, capsys):
+    from workers.app import app
+
+    clean_env.setattr(app, "worker_main", lambda argv: None)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": "a", "text": "x"}\n')
+    out = str(tmp_path / "out")
+    # Options are checked before Redis is contacted: none runs here.
+    assert main(["submit", str(inp), "--out", out, "--queue", "a b"]) == 2
+    assert "queue name 'a b'" in capsys.readouterr().err
+    assert main(["worker", "--device", "cpu", "--queues", "ok,../x"]) == 2
+    assert main(["submit", str(inp), "--out", out, "--shard-bytes", "10"]) == 2
+    assert main(["submit", str(inp), "--out", out, "--max-queued", "0"]) == 2
+    assert main(["submit", str(inp), "--out", out, "--shard-docs", "0"]) == 2
+    assert main(["run", str(inp), "--out", out, "--workers", "0"]) == 2
+    assert main(["submit", str(inp), "--out", out, "--keep-fields", "dense"]) == 2
+    assert not (tmp_path / "out").exists()
