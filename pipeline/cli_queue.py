@@ -9,6 +9,7 @@ import re
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -22,7 +23,11 @@ from pipeline.cli import (
     parse_keep_fields,
     usage_error,
 )
+from pipeline.jobs import JobStore
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from producers.submit import SubmitRequest
 
 EXIT_TIMEOUT = 124
 
@@ -156,7 +161,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # -- submit ---------------------------------------------------------------------------------
-def submit_request(args: argparse.Namespace, settings: Settings):  # -> SubmitRequest
+def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitRequest:
     from producers.submit import ShardLimits, SubmitRequest
 
     def flag_or_setting(flag: int | None, setting: int) -> int:
@@ -190,36 +195,13 @@ def submit_request(args: argparse.Namespace, settings: Settings):  # -> SubmitRe
     )
 
 
-def job_store(settings: Settings, url: str | None = None):  # -> JobStore
-    from pipeline.jobs import JobStore
-    from pipeline.redis_url import connect
-
-    return JobStore(connect(url or settings.broker))
-
-
-def shard_publisher(settings: Settings):  # -> Publish
-    from pipeline.keys import TASK_ENCODE_SHARD
-    from workers.app import create_app
-
-    app = create_app(settings)
-
-    def publish(message, queue: str) -> None:
-        app.send_task(
-            TASK_ENCODE_SHARD,
-            args=[message.model_dump(mode="json")],
-            queue=queue,
-            task_id=f"{message.job_id}-{message.shard:05d}",
-            argsrepr=f"job={message.job_id} shard={message.shard} docs={len(message.documents)}",
-            kwargsrepr="{}",
-            retry=True,
-            retry_policy={"max_retries": 10, "interval_start": 0.5, "interval_max": 5},
-        )
-
-    return publish
+def job_store(settings: Settings) -> JobStore:
+    return JobStore.connect(settings.broker)
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from producers.submit import submit_job
+    from workers.app import shard_publisher
 
     try:
         request = submit_request(args, settings)
@@ -241,7 +223,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # -- status, wait, jobs, cancel -------------------------------------------------------------
-def _known_job(store, job_id: str) -> bool:
+def _known_job(store: JobStore, job_id: str) -> bool:
     if store.exists(job_id):
         return True
     print(f"m3pipe: no job {job_id!r} in Redis", file=sys.stderr)
@@ -305,6 +287,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     from schemas.job import ShardMessage
+    from workers.app import shard_publisher
 
     store = job_store(settings)
     if not _known_job(store, args.job):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,4 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
 
 
 def _wall(status: JobStatus) -> float:
-    import time
-
     return (status.finished_at or time.time()) - status.created_at

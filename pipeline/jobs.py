@@ -115,6 +115,12 @@ class JobStore:
         self._final_if_active = client.register_script(_FINAL_IF_ACTIVE)
         self._reopen = client.register_script(_REOPEN)
 
+    @classmethod
+    def connect(cls, url: str) -> JobStore:
+        from pipeline.redis_url import connect
+
+        return cls(connect(url))
+
     # The client decodes responses (see redis_url.connect): values are str.
     def _hget(self, key: str, field: str) -> str | None:
         return cast(str | None, self.redis.hget(key, field))

@@ -20,6 +20,7 @@ from pathlib import Path
 from pipeline.embedded_redis import EmbeddedRedis
 from pipeline.errors import PipelineError
 from pipeline.job_watch import exit_code, follow
+from pipeline.jobs import JobStore
 from pipeline.output_dir import prepare_output_dir
 from pipeline.process_group import stop_process_groups
 from pipeline.settings import Settings
@@ -122,7 +123,7 @@ def run_local(
     precision: str,
     show_bar: bool,
 ) -> int:
-    from pipeline.cli_queue import job_store, shard_publisher
+    from workers.app import shard_publisher
 
     # Fail on bad inputs or a used output directory before starting any process.
     for path in request.inputs:
@@ -151,7 +152,7 @@ def run_local(
             f"m3pipe run: {len(devices)} worker(s) on {', '.join(devices)}, {broker}",
             file=sys.stderr,
         )
-        store = job_store(settings)
+        store = JobStore.connect(url)
         registered = threading.Event()
         outcome: dict[str, object] = {}
 

@@ -40,6 +40,7 @@ class WorkerRuntime:
     store: JobStore
     hostname: str
     max_attempts: int = 3
+    retry_backoff_seconds: float = 5.0
     _engines: dict[EncodeOptions, Engine] = field(default_factory=dict)
     _specs: dict[str, JobSpec] = field(default_factory=dict)
 

@@ -122,6 +122,7 @@ def submit_job(
         on_registered(job_id)
     counts = IntakeCounts()
     shards = 0
+    cancelled = False
     try:
         with RejectLog(out) as rejects:
             sources = [
@@ -143,10 +144,13 @@ def submit_job(
                 counts,
                 check=lambda doc: oversize_reason(doc, request.limits, request.options),
             )
-            for shard in cut_message_shards(docs, request.limits, request.options):
-                wait_for_room(store, job_id, request.max_queued, request.poll_seconds)
-                enqueue(store, publish, job_id, shards, shard, request.queue)
-                shards += 1
+            try:
+                for shard in cut_message_shards(docs, request.limits, request.options):
+                    wait_for_room(store, job_id, request.max_queued, request.poll_seconds)
+                    enqueue(store, publish, job_id, shards, shard, request.queue)
+                    shards += 1
+            except SubmitCancelled:
+                cancelled = True
         if not counts.balanced():
             raise AssertionError("record accounting does not add up")  # a bug, never input
         store.set_submitted(
@@ -156,18 +160,11 @@ def submit_job(
             input_records=counts.input_records,
             rejected=counts.rejected,
         )
-    except SubmitCancelled:
-        store.set_submitted(
-            job_id,
-            shards=shards,
-            documents=counts.documents,
-            input_records=counts.input_records,
-            rejected=counts.rejected,
-        )
-        return SubmitResult(job_id, shards, counts, JobState.CANCELLED)
     except BaseException as exc:
         store.end(job_id, JobState.FAILED, f"submission failed: {exc}")
         raise
+    if cancelled:
+        return SubmitResult(job_id, shards, counts, JobState.CANCELLED)
     if counts.input_records == 0:
         store.end(job_id, JobState.FAILED, "the inputs hold no records")
         raise InputError("the inputs hold no records (empty files?)")
@@ -229,7 +226,7 @@ def enqueue(
     queue: str,
 ) -> None:
     message = ShardMessage(job_id=job_id, shard=index, documents=shard)
-    info = {"documents": len(shard), "bytes": sum(document_bytes(d) for d in shard)}
+    info = {"documents": len(shard)}
     # Registered before it is sent, so a fast worker always finds it queued.
     store.mark_shard(job_id, index, ShardState.QUEUED, [ABSENT], info)
     store.note_documents(job_id, len(shard))

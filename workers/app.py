@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 
-from pipeline.keys import DEFAULT_QUEUE
+from pipeline.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD
 from pipeline.redis_url import for_kombu
 from pipeline.settings import Settings
+from schemas.job import ShardMessage
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -53,6 +55,25 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.conf.update(celery_config(settings or Settings()))
     app.conf.include = ["workers.tasks"]
     return app
+
+
+def shard_publisher(settings: Settings) -> Callable[[ShardMessage, str], None]:
+    """publish(message, queue): one shard as one JSON task, named for Flower."""
+    producer_app = create_app(settings)
+
+    def publish(message: ShardMessage, queue: str) -> None:
+        producer_app.send_task(
+            TASK_ENCODE_SHARD,
+            args=[message.model_dump(mode="json")],
+            queue=queue,
+            task_id=f"{message.job_id}-{message.shard:05d}",
+            argsrepr=f"job={message.job_id} shard={message.shard} docs={len(message.documents)}",
+            kwargsrepr="{}",
+            retry=True,
+            retry_policy={"max_retries": 10, "interval_start": 0.5, "interval_max": 5},
+        )
+
+    return publish
 
 
 app = create_app()

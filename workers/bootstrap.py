@@ -68,6 +68,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         store=store,
         hostname=hostname,
         max_attempts=settings.max_attempts,
+        retry_backoff_seconds=settings.retry_backoff_seconds,
     )
 
 

@@ -12,7 +12,6 @@ from redis.exceptions import RedisError
 
 from pipeline.errors import PermanentError
 from pipeline.keys import TASK_ENCODE_SHARD
-from pipeline.settings import Settings
 from pipeline.shard_runner import UnknownJob, fail_shard, requeue_shard, run_shard
 from schemas.job import ShardMessage
 from workers import bootstrap
@@ -70,7 +69,7 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             raise Reject(f"job state unreachable: {exc!r}", requeue=True) from exc
         if give_up:
             raise
-        countdown = retry_countdown(attempt, Settings().retry_backoff_seconds)
+        countdown = retry_countdown(attempt, runtime.retry_backoff_seconds)
         log.warning("shard %s attempt %d failed (%r); retry in %.1fs", message.shard, attempt,
                     exc, countdown)  # fmt: skip
         raise self.retry(exc=exc, countdown=countdown, max_retries=None) from exc

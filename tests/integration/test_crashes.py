@@ -110,7 +110,7 @@ def test_sigterm_finishes_the_current_shard(tmp_path, cli_env, workers, store):
 def test_duplicate_delivery_writes_one_file_and_counts_once(tmp_path, cli_env, workers, store):
     records = long_records(8)
     job_id = submit(tmp_path, cli_env, records, shard_docs=4)
-    from pipeline.cli_queue import shard_publisher
+    from workers.app import shard_publisher
 
     publish = shard_publisher(Settings(broker_url=cli_env["M3PIPE_BROKER_URL"]))
     first = [Document(id=r["id"], text=r["text"]) for r in records[:4]]
