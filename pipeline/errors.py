@@ -18,4 +18,17 @@ class ModelLoadError(PermanentError):
 
 
 class InputError(PermanentError):
-    """An input file cannot be read at all (missing, unreadable, empty)."""
+    """The inputs cannot be used as given (missing, unknown format, no such column, empty)."""
+
+
+class UnreadableInput(InputError):
+    """A file, or the rest of it, cannot be read (I/O error, corrupt or truncated stream).
+
+    Not fatal to a job: the reader turns it into one reject for the part it cannot read.
+    `line` or `row` is where reading stopped (None when the file could not be opened).
+    """
+
+    def __init__(self, message: str, *, line: int | None = None, row: int | None = None):
+        super().__init__(message)
+        self.line = line
+        self.row = row

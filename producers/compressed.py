@@ -9,7 +9,7 @@ from typing import IO, cast
 
 import pyarrow as pa
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, UnreadableInput
 
 COMPRESSED_SUFFIXES = (".gz", ".zst")
 # Errors a damaged or truncated compressed stream raises part-way through.
@@ -44,4 +44,4 @@ def open_binary(path: Path) -> IO[bytes]:
             return cast(IO[bytes], io.BufferedReader(stream, 1 << 20))
         return open(path, "rb")
     except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise UnreadableInput(f"cannot open file: {exc.strerror or exc}") from exc

@@ -7,7 +7,7 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, UnreadableInput
 from producers.compressed import STREAM_ERRORS, open_binary
 from producers.validate import InputItem, record_to_document
 from schemas.document import Reject
@@ -33,6 +33,7 @@ def read_csv(
     with open_binary(Path(path)) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
         reader = csv.reader(text)
+        row_number = 0
         try:
             header = next(reader, None)
             if header is None:
@@ -69,8 +70,11 @@ def read_csv(
                         keep_fields=keep_fields,
                     )
                     yield InputItem(result, row=row_number)
-        except STREAM_ERRORS as exc:
-            raise InputError(f"{source}: read failed after some records: {exc}") from exc
+        except STREAM_ERRORS as exc:  # e.g. a truncated .gz or .zst
+            raise UnreadableInput(
+                f"read failed at row {row_number + 1}, the rest of the file is lost: {exc}",
+                row=row_number + 1,
+            ) from exc
 
 
 def _rows(reader: Iterator[list[str]], source: str) -> Iterator[list[str] | Reject]:

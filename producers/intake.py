@@ -53,7 +53,8 @@ def accept_documents(
             counts.input_records += 1
             result = item.result
             if isinstance(result, Document):
-                reason = duplicates.check(result, f"{source} {item.where}")
+                where = item.file or f"{source} {item.where}"
+                reason = duplicates.check(result, where)
                 if reason is None and check is not None:
                     reason = check(result)
                 if reason is None:
@@ -61,7 +62,11 @@ def accept_documents(
                     yield result
                     continue
                 result = Reject(
-                    source=source, line=item.line, row=item.row, id=result.id, reason=reason
+                    source=item.file or source,
+                    line=item.line,
+                    row=item.row,
+                    id=result.id,
+                    reason=reason,
                 )
             rejects.add(result)
             counts.rejected += 1

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import InputError
+from pipeline.errors import UnreadableInput
 from producers.compressed import STREAM_ERRORS, open_binary
 from producers.validate import InputItem, record_to_document
 from schemas.document import Document, Reject
@@ -32,6 +32,7 @@ def read_jsonl(
 ) -> Iterator[InputItem]:
     """Yield a Document or a Reject per non-blank line; blank lines are not records."""
     source = str(path)
+    number = 0
     with open_binary(Path(path)) as handle:
         try:
             for number, raw in enumerate(handle, start=1):
@@ -40,7 +41,10 @@ def read_jsonl(
                 result = _parse_line(raw, source, number, id_field, text_field, keep_fields)
                 yield InputItem(result, line=number)
         except STREAM_ERRORS as exc:  # e.g. a truncated .gz or .zst
-            raise InputError(f"{source}: read failed after some records: {exc}") from exc
+            raise UnreadableInput(
+                f"read failed at line {number + 1}, the rest of the file is lost: {exc}",
+                line=number + 1,
+            ) from exc
 
 
 def _parse_line(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, UnreadableInput
 from producers.compressed import check_readable_file
 from producers.validate import InputItem, record_to_document
 
@@ -28,7 +28,7 @@ def read_parquet(
     try:
         parquet = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"{source}: not a readable Parquet file: {exc}") from exc
+        raise UnreadableInput(f"not a readable Parquet file: {exc}") from exc
     names = parquet.schema_arrow.names
     columns = list(dict.fromkeys((id_field, text_field, *keep_fields)))
     missing = [c for c in columns if c not in names]
@@ -56,4 +56,6 @@ def read_parquet(
                 )
                 yield InputItem(result, row=row)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"{source}: read failed after {row} rows: {exc}") from exc
+        raise UnreadableInput(
+            f"read failed at row {row + 1}, the rest of the file is lost: {exc}", row=row + 1
+        ) from exc

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, UnreadableInput
 from producers.compressed import base_suffix
 from producers.csv_reader import read_csv
 from producers.jsonl import read_jsonl
 from producers.parquet_reader import read_parquet
 from producers.text_files import read_text_dir
 from producers.validate import InputItem
+from schemas.document import Reject
 
 FORMATS = ("auto", "jsonl", "csv", "parquet", "txt")
 _BY_SUFFIX = {
@@ -57,6 +58,19 @@ def read_records(
     text_field: str = "text",
     keep_fields: tuple[str, ...] = (),
 ) -> Iterator[InputItem]:
-    """Stream one input's records, each validated into a Document or a Reject."""
+    """Stream one input's records, each validated into a Document or a Reject.
+
+    A file that cannot be opened, or the unreadable rest of a damaged one, becomes one
+    Reject (one input record) so the job goes on with the other records and files.
+    """
     reader = _READERS[detect_format(path, fmt)]
-    return reader(Path(path), id_field=id_field, text_field=text_field, keep_fields=keep_fields)
+    items = reader(Path(path), id_field=id_field, text_field=text_field, keep_fields=keep_fields)
+    return _unreadable_as_reject(items, str(path))
+
+
+def _unreadable_as_reject(items: Iterator[InputItem], source: str) -> Iterator[InputItem]:
+    try:
+        yield from items
+    except UnreadableInput as exc:
+        reject = Reject(source=source, line=exc.line, row=exc.row, reason=str(exc))
+        yield InputItem(reject, line=exc.line, row=exc.row)

@@ -34,12 +34,13 @@ def read_text_dir(root: Path, **_: object) -> Iterator[InputItem]:
             raw = path.read_bytes()
         except OSError as exc:
             reason = f"unreadable file: {exc.strerror or exc}"
-            yield InputItem(Reject(source=source, id=doc_id, reason=reason))
+            yield InputItem(Reject(source=source, id=doc_id, reason=reason), file=source)
             continue
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             reason = f"invalid UTF-8 at byte {exc.start}"
-            yield InputItem(Reject(source=source, id=doc_id, reason=reason))
+            yield InputItem(Reject(source=source, id=doc_id, reason=reason), file=source)
             continue
-        yield InputItem(record_to_document({"id": doc_id, "text": text}, source=source))
+        document = record_to_document({"id": doc_id, "text": text}, source=source)
+        yield InputItem(document, file=source)

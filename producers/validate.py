@@ -18,6 +18,7 @@ class InputItem:
     result: Document | Reject
     line: int | None = None  # JSONL: 1-based line
     row: int | None = None  # CSV, Parquet: 1-based data row (header not counted)
+    file: str | None = None  # the file inside a directory input, when it is one
 
     @property
     def where(self) -> str:

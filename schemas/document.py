@@ -17,11 +17,22 @@ class Document(BaseModel):
     # Extra input columns carried into the output (`--keep-fields`), as strings.
     fields: dict[str, str | None] | None = None
 
+    @field_validator("id")
+    @classmethod
+    def _id_without_nul(cls, doc_id: str) -> str:
+        if "\x00" in doc_id:
+            raise ValueError("id contains NUL characters")
+        return doc_id
+
     @field_validator("text")
     @classmethod
     def _text_not_blank(cls, text: str) -> str:
         if not text.strip():
             raise ValueError("text is empty or whitespace only")
+        # NUL never occurs in real text: it marks binary or UTF-16 data, and many stores
+        # downstream (PostgreSQL text, C strings) cannot hold it. Rejected, not stripped.
+        if "\x00" in text:
+            raise ValueError("text contains NUL characters (binary or UTF-16 data?)")
         return text
 
 

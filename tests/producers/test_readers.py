@@ -27,13 +27,24 @@ def test_jsonl_zst_and_gz_read_like_plain(tmp_path):
         assert [d.id for d in results(tmp_path / name)] == ["a", "b"]
 
 
-def test_truncated_zst_is_an_input_error(tmp_path):
+def test_truncated_stream_ends_in_one_reject_after_the_readable_records(tmp_path):
     path = tmp_path / "d.jsonl.zst"
     with pa.output_stream(str(path), compression="zstd") as out:
-        out.write(b'{"id": "a", "text": "x"}\n' * 5000)
+        out.write(b"".join(b'{"id": "%d", "text": "x"}\n' % i for i in range(5000)))
     path.write_bytes(path.read_bytes()[:-40])
-    with pytest.raises(InputError, match="read failed"):
-        results(path)
+    items = list(read_records(path))
+    *docs, last = items
+    assert [d.result.id for d in docs] == [str(i) for i in range(len(docs))]
+    assert isinstance(last.result, Reject) and last.line == len(docs) + 1
+    assert "the rest of the file is lost" in last.result.reason
+
+
+def test_a_file_that_cannot_be_opened_is_one_reject(tmp_path):
+    bad = tmp_path / "notgzip.csv.gz"
+    bad.write_bytes(b"id,text\na,plain text, not gzip\n")
+    [item] = list(read_records(bad))
+    assert isinstance(item.result, Reject) and item.result.source == str(bad)
+    assert "read failed at row 1" in item.result.reason
 
 
 def test_csv_rows_rejects_and_kept_fields(tmp_path):
@@ -78,8 +89,8 @@ def test_parquet_columns_int_ids_and_kept_fields(tmp_path):
     with pytest.raises(InputError, match="no column 'nope'"):
         results(path, id_field="key", text_field="content", keep_fields=("nope",))
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
-    with pytest.raises(InputError, match="not a readable Parquet"):
-        results(tmp_path / "bad.parquet")
+    [bad] = results(tmp_path / "bad.parquet")
+    assert isinstance(bad, Reject) and "not a readable Parquet" in bad.reason
 
 
 def test_text_directory_ids_are_relative_paths(tmp_path):
