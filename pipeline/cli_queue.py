@@ -57,6 +57,12 @@ def add_shard_options(parser: argparse.ArgumentParser) -> None:
         "--max-queued", type=int, help="shards of this job waiting in Redis at most (default 32)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace earlier output in --out")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the earlier job in --out (same inputs and settings): only shards "
+        "without a good output file are encoded",
+    )
 
 
 def add_queue_commands(sub: argparse._SubParsersAction) -> None:
@@ -175,6 +181,8 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
     )
     if limits.docs < 1 or limits.bytes < 1024:
         raise ValueError("--shard-docs must be >= 1 and --shard-bytes >= 1024")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume keeps the earlier output, --overwrite deletes it: pick one")
     max_queued = flag_or_setting(args.max_queued, settings.max_queued)
     if max_queued < 1:
         raise ValueError("--max-queued must be >= 1")
@@ -191,6 +199,7 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
         text_field=args.text_field,
         keep_fields=parse_keep_fields(args.keep_fields),
         overwrite=args.overwrite,
+        resume=args.resume,
         poll_seconds=settings.poll_seconds,
     )
 
@@ -213,9 +222,10 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         print(f"m3pipe submit: job {job_id} registered; enqueueing shards", file=sys.stderr)
 
     result = submit_job(request, store, shard_publisher(settings), registered)
+    resumed = f" ({result.skipped} already done, kept)" if request.resume else ""
     print(
-        f"m3pipe submit: {result.shards} shard(s), {result.counts.documents} documents "
-        f"queued on {request.queue}; {result.counts.rejected} rejected",
+        f"m3pipe submit: {result.shards} shard(s){resumed}, {result.counts.documents} documents "
+        f"on {request.queue}; {result.counts.rejected} rejected",
         file=sys.stderr,
     )
     print(result.job_id)

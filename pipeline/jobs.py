@@ -195,6 +195,18 @@ class JobStore:
         )
         return JobState(result)
 
+    def forget(self, job_id: str) -> None:
+        """Delete every key of a job (before `--resume` registers it afresh)."""
+        keys = [
+            job_key(job_id),
+            shard_state_key(job_id),
+            shard_info_key(job_id),
+            shard_attempts_key(job_id),
+            dead_letters_key(job_id),
+        ]
+        self.redis.delete(*keys)
+        self.redis.zrem(JOBS_INDEX, job_id)
+
     def cancel(self, job_id: str) -> JobState:
         if not self.exists(job_id):
             raise JobNotFound(job_id)

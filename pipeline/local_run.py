@@ -23,6 +23,7 @@ from pipeline.job_watch import exit_code, follow
 from pipeline.jobs import JobStore
 from pipeline.output_dir import prepare_output_dir
 from pipeline.process_group import stop_process_groups
+from pipeline.resume import previous_spec
 from pipeline.settings import Settings
 from producers.readers import detect_format
 from producers.submit import SubmitRequest, SubmitResult, submit_job
@@ -128,7 +129,9 @@ def run_local(
     # Fail on bad inputs or a used output directory before starting any process.
     for path in request.inputs:
         detect_format(path, request.input_format)
-    prepare_output_dir(request.out, request.overwrite)
+    if request.resume:
+        previous_spec(request.out)  # something to resume, before starting anything
+    prepare_output_dir(request.out, request.overwrite, request.resume)
     devices = worker_devices(workers, force_cpu)
     with contextlib.ExitStack() as stack, _sigterm_as_interrupt():
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="m3pipe-run-")))

@@ -1,4 +1,4 @@
-"""The output directory layout: part-*.parquet, _manifest.json, _rejects.jsonl."""
+"""The output directory layout: part-*.parquet, _manifest.json, _rejects.jsonl, _job.json."""
 
 from __future__ import annotations
 
@@ -14,25 +14,34 @@ from schemas.document import Reject
 
 MANIFEST = "_manifest.json"
 REJECTS = "_rejects.jsonl"
+JOB_FILE = "_job.json"  # the spec of the queue job writing here, for `--resume`
 
 
 class OutputDirError(PermanentError):
     """The output directory cannot be used as asked."""
 
 
-def prepare_output_dir(path: Path, overwrite: bool = False) -> Path:
-    """Create `path`; refuse one holding earlier output unless `overwrite`, which clears it."""
+def prepare_output_dir(path: Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create `path`; refuse one holding earlier output unless `overwrite`, which clears it.
+
+    `resume` keeps the part files of an earlier submission (pipeline/resume.py decides
+    which still count) and drops only its manifest, so no stale manifest stays visible.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"output path exists and is not a directory: {path}")
     path.mkdir(parents=True, exist_ok=True)
+    if resume:
+        (path / MANIFEST).unlink(missing_ok=True)
+        remove_stale_temp_files(path)
+        return path
     earlier = sorted(path.glob("part-*.parquet")) + [
-        p for p in (path / MANIFEST, path / REJECTS) if p.exists()
+        p for p in (path / MANIFEST, path / REJECTS, path / JOB_FILE) if p.exists()
     ]
     if earlier and not overwrite:
         raise OutputDirError(
             f"output directory {path} already holds output ({earlier[0].name}, ...): "
-            "choose another --out or pass --overwrite"
+            "choose another --out, pass --overwrite, or --resume an unfinished job"
         )
     for stale in earlier:
         stale.unlink()

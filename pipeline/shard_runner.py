@@ -16,6 +16,7 @@ from pipeline.errors import PermanentError
 from pipeline.job_finish import finalize_if_complete
 from pipeline.jobs import JobNotFound, JobStore
 from pipeline.model import M3Model
+from pipeline.resume import documents_digest, with_shard_metadata
 from pipeline.sink import part_name, write_shard
 from pipeline.table import with_fields
 from schemas.job import JobSpec, JobState, ShardMessage, ShardState
@@ -101,11 +102,19 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
     if not out.is_dir():
         raise PermanentError(f"output directory {out} does not exist on {runtime.hostname}")
     result = runtime.engine(spec.options).encode(message.documents)
-    table = with_fields(result.table, message.documents, spec.keep_fields)
-    name = part_name(shard)
-    write_shard(table, out / name)
-
     stats = result.stats
+    table = with_fields(result.table, message.documents, spec.keep_fields)
+    facts = {
+        "job_id": job_id,
+        "shard": shard,
+        "digest": documents_digest(message.documents),
+        "documents": len(message.documents),
+        "rows": table.num_rows,
+        "tokens": stats.tokens,
+    }
+    name = part_name(shard)
+    write_shard(with_shard_metadata(table, facts), out / name)
+
     store.set_model_metadata(job_id, runtime.engine(spec.options).file_metadata())
     done = {
         "name": name,

@@ -17,7 +17,15 @@ from pathlib import Path
 from pipeline.errors import InputError, PermanentError
 from pipeline.job_finish import finalize_if_complete
 from pipeline.jobs import ABSENT, JobStore
-from pipeline.output_dir import RejectLog, prepare_output_dir
+from pipeline.output_dir import JOB_FILE, RejectLog, prepare_output_dir, write_json_atomic
+from pipeline.resume import (
+    ResumeError,
+    check_same_job,
+    documents_digest,
+    previous_spec,
+    read_shard_file,
+)
+from pipeline.sink import part_name
 from producers.intake import IntakeCounts, accept_documents, document_bytes
 from producers.readers import detect_format, read_records
 from producers.sharding import cut_shards
@@ -79,6 +87,7 @@ class SubmitRequest:
     text_field: str = "text"
     keep_fields: tuple[str, ...] = ()
     overwrite: bool = False
+    resume: bool = False  # same spec, same --out: redo only the shards without a good file
     job_id: str | None = None
     poll_seconds: float = 0.5
 
@@ -89,6 +98,7 @@ class SubmitResult:
     shards: int
     counts: IntakeCounts
     state: JobState | None  # the final state if the job already ended
+    skipped: int = 0  # shards found done by --resume
 
 
 def submit_job(
@@ -99,7 +109,7 @@ def submit_job(
 ) -> SubmitResult:
     """Register the job, enqueue every shard, record the totals; returns once all are queued."""
     formats = [detect_format(path, request.input_format) for path in request.inputs]
-    out = prepare_output_dir(request.out, request.overwrite).resolve()
+    out = prepare_output_dir(request.out, request.overwrite, request.resume).resolve()
     spec = JobSpec(
         job_id=request.job_id or new_job_id(),
         inputs=[str(Path(p).resolve()) for p in request.inputs],
@@ -113,15 +123,19 @@ def submit_job(
         queue=request.queue,
         shard_docs=request.limits.docs,
         shard_bytes=request.limits.bytes,
+        shard_tokens=request.limits.tokens,
         max_queued=request.max_queued,
         created_at=time.time(),
     )
+    if request.resume:
+        spec = spec_to_resume(spec, out, store)
     job_id = spec.job_id
+    write_json_atomic(out / JOB_FILE, spec.model_dump(mode="json"))
     store.create(spec)
     if on_registered is not None:
         on_registered(job_id)
     counts = IntakeCounts()
-    shards = 0
+    shards = skipped = 0
     cancelled = False
     try:
         with RejectLog(out) as rejects:
@@ -146,11 +160,16 @@ def submit_job(
             )
             try:
                 for shard in cut_message_shards(docs, request.limits, request.options):
-                    wait_for_room(store, job_id, request.max_queued, request.poll_seconds)
-                    enqueue(store, publish, job_id, shards, shard, request.queue)
+                    if request.resume and already_done(store, out, job_id, shards, shard):
+                        skipped += 1
+                    else:
+                        wait_for_room(store, job_id, request.max_queued, request.poll_seconds)
+                        enqueue(store, publish, job_id, shards, shard, request.queue)
                     shards += 1
             except SubmitCancelled:
                 cancelled = True
+        if request.resume and not cancelled:
+            remove_parts_from(out, shards)
         if not counts.balanced():
             raise AssertionError("record accounting does not add up")  # a bug, never input
         store.set_submitted(
@@ -164,11 +183,76 @@ def submit_job(
         store.end(job_id, JobState.FAILED, f"submission failed: {exc}")
         raise
     if cancelled:
-        return SubmitResult(job_id, shards, counts, JobState.CANCELLED)
+        return SubmitResult(job_id, shards, counts, JobState.CANCELLED, skipped)
     if counts.input_records == 0:
         store.end(job_id, JobState.FAILED, "the inputs hold no records")
         raise InputError("the inputs hold no records (empty files?)")
-    return SubmitResult(job_id, shards, counts, finalize_if_complete(store, job_id))
+    return SubmitResult(job_id, shards, counts, finalize_if_complete(store, job_id), skipped)
+
+
+def spec_to_resume(spec: JobSpec, out: Path, store: JobStore) -> JobSpec:
+    """The spec under the earlier job's id, once it is sure to be the same job, not running.
+
+    The earlier job's Redis state (if Redis still has it) is dropped: shard states are
+    rebuilt from the files, so a resume works after Redis lost everything too.
+    """
+    previous = previous_spec(out)
+    spec = spec.model_copy(update={"job_id": previous.job_id})
+    check_same_job(previous, spec)
+    if store.exists(spec.job_id):
+        state = store.state(spec.job_id)
+        if not state.finished:
+            raise ResumeError(
+                f"job {spec.job_id} is still {state.value}: wait for it, or "
+                f"`m3pipe cancel {spec.job_id}` first, then resume"
+            )
+        store.forget(spec.job_id)
+    return spec
+
+
+def already_done(
+    store: JobStore, out: Path, job_id: str, index: int, shard: list[Document]
+) -> bool:
+    """Whether shard `index` has a whole file made from these documents (then it is done).
+
+    A file made from other documents is removed, so a stale file never stays visible.
+    """
+    path = out / part_name(index)
+    found = read_shard_file(path)
+    if found is None or found.facts.get("digest") != documents_digest(shard):
+        path.unlink(missing_ok=True)
+        return False
+    facts = found.facts
+    info = {
+        "name": path.name,
+        "documents": len(shard),
+        "rows": facts["rows"],
+        "tokens": facts["tokens"],
+        "bytes": path.stat().st_size,
+        "resumed": True,
+    }
+    store.mark_shard(
+        job_id,
+        index,
+        ShardState.DONE,
+        [ABSENT],
+        info,
+        documents=len(shard),
+        rows=int(facts["rows"]),
+        tokens=int(facts["tokens"]),
+    )
+    store.note_documents(job_id, len(shard))
+    store.set_model_metadata(job_id, found.model)
+    return True
+
+
+def remove_parts_from(out: Path, first: int) -> None:
+    """Part files numbered `first` and above belong to no shard of this submission."""
+    for path in out.glob("part-*.parquet"):
+        number = path.stem.removeprefix("part-")
+        if number.isdigit() and int(number) >= first:
+            log.info("resume: removing %s, which no shard of this submission makes", path)
+            path.unlink(missing_ok=True)
 
 
 def cut_message_shards(

@@ -56,6 +56,7 @@ class JobSpec(BaseModel):
     queue: QueueName
     shard_docs: int = Field(ge=1)
     shard_bytes: int = Field(ge=1024)
+    shard_tokens: int | None = Field(default=None, ge=1)  # worst-case tokens per shard
     max_queued: int = Field(ge=1)
     created_at: float
 

@@ -1,0 +1,136 @@
+"""`--resume`: only shards without a good file are sent again; the spec must not change.
+
+Real Redis, the real shard runner in-process (random:tiny on CPU), real Parquet files.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.dataset as ds
+import pytest
+
+from pipeline.output_dir import JOB_FILE, MANIFEST
+from pipeline.resume import ResumeError, check_same_job, documents_digest, read_shard_file
+from pipeline.shard_runner import WorkerRuntime, run_shard
+from producers.submit import ShardLimits, SubmitRequest, submit_job
+from schemas.document import Document
+from schemas.job import JobSpec, JobState
+from schemas.options import EncodeOptions
+
+OPTIONS = EncodeOptions(max_length=128)
+
+
+def write_corpus(path, count=50, changed: dict[int, str] | None = None):
+    changed = changed or {}
+    lines = [{"id": f"d{i:02d}", "text": changed.get(i, f"document {i}")} for i in range(count)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def request(tmp_path, inp, **changes) -> SubmitRequest:
+    fields = dict(
+        inputs=[inp], out=tmp_path / "out", model="random:tiny", options=OPTIONS, queue="q",
+        limits=ShardLimits(docs=10, bytes=1 << 20, tokens=100_000), max_queued=100,
+    )  # fmt: skip
+    fields.update(changes)
+    return SubmitRequest(**fields)
+
+
+@pytest.fixture
+def runtime(store, tiny):
+    return WorkerRuntime(model=tiny, model_spec="random:tiny", store=store, hostname="t@host")
+
+
+def submit(req, store):
+    sent = []
+    result = submit_job(req, store, lambda message, queue: sent.append(message))
+    return result, sent
+
+
+def test_digest_covers_ids_texts_and_fields():
+    base = [Document(id="a", text="x"), Document(id="b", text="y", fields={"k": "1"})]
+    assert documents_digest(base) == documents_digest(list(base))
+    for other in (
+        [Document(id="a", text="x!"), base[1]],
+        [Document(id="a2", text="x"), base[1]],
+        [base[0], Document(id="b", text="y", fields={"k": "2"})],
+        [base[1], base[0]],
+    ):
+        assert documents_digest(other) != documents_digest(base)
+
+
+def test_resume_sends_only_shards_without_a_good_file(tmp_path, store, runtime):
+    inp = write_corpus(tmp_path / "in.jsonl")
+    first, sent = submit(request(tmp_path, inp), store)
+    assert first.shards == 5 and len(sent) == 5
+    for message in (sent[0], sent[1], sent[3]):  # the run stops after three shards
+        run_shard(message, runtime)
+    store.cancel(first.job_id)
+    out = tmp_path / "out"
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert sorted(kept) == ["part-00000.parquet", "part-00001.parquet", "part-00003.parquet"]
+
+    # Without --resume the directory is refused; with it, shards 2 and 4 are sent again.
+    with pytest.raises(Exception, match="already holds output"):
+        submit(request(tmp_path, inp), store)
+    resumed, sent = submit(request(tmp_path, inp, resume=True, queue="other"), store)
+    assert resumed.job_id == first.job_id and resumed.skipped == 3
+    assert [m.shard for m in sent] == [2, 4]
+    status = store.status(first.job_id)
+    assert status.state is JobState.QUEUED and status.shards.done == 3
+    assert not (out / MANIFEST).exists()
+    for message in sent:
+        run_shard(message, runtime)
+
+    assert store.state(first.job_id) is JobState.COMPLETED
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")
+            if p.name in kept} == kept  # fmt: skip
+    ids = ds.dataset(out, format="parquet").to_table(columns=["id"]).column("id").to_pylist()
+    assert sorted(ids) == [f"d{i:02d}" for i in range(50)]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert len(manifest["files"]) == 5 and manifest["counts"]["rows"] == 50
+    assert manifest["model"]["model"] == "random:tiny"
+    assert manifest["counts"]["tokens"] == sum(f["tokens"] for f in manifest["files"])
+
+
+def test_resume_redoes_shards_whose_documents_changed_and_drops_extra_files(
+    tmp_path, store, runtime
+):
+    inp = write_corpus(tmp_path / "in.jsonl")
+    first, sent = submit(request(tmp_path, inp), store)
+    for message in sent:
+        run_shard(message, runtime)
+    assert store.state(first.job_id) is JobState.COMPLETED
+    out = tmp_path / "out"
+    facts = read_shard_file(out / "part-00001.parquet").facts
+    assert (facts["shard"], facts["documents"], facts["rows"]) == (1, 10, 10)
+
+    # The corpus lost its last 15 records and one text changed: shard 1 is redone, shard 4
+    # (now 5 documents) too, and no shard 5 exists any more.
+    (out / "part-00005.parquet").write_bytes((out / "part-00000.parquet").read_bytes())
+    write_corpus(inp, count=45, changed={12: "edited"})
+    store.redis.flushall()  # and Redis lost everything: the files alone decide
+    resumed, sent = submit(request(tmp_path, inp, resume=True), store)
+    assert [m.shard for m in sent] == [1, 4] and resumed.skipped == 3
+    assert not (out / "part-00005.parquet").exists()
+    assert not (out / "part-00001.parquet").exists()  # never visible with old content
+    for message in sent:
+        run_shard(message, runtime)
+    table = ds.dataset(out, format="parquet").to_table(columns=["id"])
+    assert sorted(table.column("id").to_pylist()) == [f"d{i:02d}" for i in range(45)]
+
+
+def test_resume_refuses_other_settings_a_running_job_and_an_empty_directory(tmp_path, store):
+    inp = write_corpus(tmp_path / "in.jsonl")
+    first, _ = submit(request(tmp_path, inp), store)
+    with pytest.raises(ResumeError, match="still queued"):
+        submit(request(tmp_path, inp, resume=True), store)
+    store.cancel(first.job_id)
+    changed = request(tmp_path, inp, resume=True, model="random:small", options=EncodeOptions())
+    with pytest.raises(ResumeError, match=r"model 'random:small' \(was 'random:tiny'\); options"):
+        submit(changed, store)
+    with pytest.raises(ResumeError, match=f"no {JOB_FILE}"):
+        submit(request(tmp_path, inp, resume=True, out=tmp_path / "fresh"), store)
+    spec = JobSpec.model_validate_json((tmp_path / "out" / JOB_FILE).read_text())
+    check_same_job(spec, spec.model_copy(update={"queue": "x", "max_queued": 3}))
