@@ -205,7 +205,7 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
 
 
 def job_store(settings: Settings) -> JobStore:
-    return JobStore.connect(settings.broker)
+    return JobStore.connect(settings.broker, settings.redis_retry_seconds)
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:

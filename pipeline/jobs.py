@@ -116,10 +116,10 @@ class JobStore:
         self._reopen = client.register_script(_REOPEN)
 
     @classmethod
-    def connect(cls, url: str) -> JobStore:
-        from pipeline.redis_url import connect
+    def connect(cls, url: str, retry_seconds: float | None = None) -> JobStore:
+        from pipeline.redis_url import DEFAULT_RETRY_SECONDS, connect
 
-        return cls(connect(url))
+        return cls(connect(url, DEFAULT_RETRY_SECONDS if retry_seconds is None else retry_seconds))
 
     # The client decodes responses (see redis_url.connect): values are str.
     def _hget(self, key: str, field: str) -> str | None:

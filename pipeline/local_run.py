@@ -155,7 +155,7 @@ def run_local(
             f"m3pipe run: {len(devices)} worker(s) on {', '.join(devices)}, {broker}",
             file=sys.stderr,
         )
-        store = JobStore.connect(url)
+        store = JobStore.connect(url, settings.redis_retry_seconds)
         registered = threading.Event()
         outcome: dict[str, object] = {}
 

@@ -8,7 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.keys import DEFAULT_QUEUE
-from pipeline.redis_url import DEFAULT_BROKER_URL
+from pipeline.redis_url import DEFAULT_BROKER_URL, DEFAULT_RETRY_SECONDS
 
 
 def _default_cache_dir() -> Path:
@@ -20,6 +20,8 @@ class Settings(BaseSettings):
 
     # Unset: `m3pipe run` starts an embedded Redis; other commands use DEFAULT_BROKER_URL.
     broker_url: str | None = None
+    # Seconds a connected client keeps retrying while Redis is unreachable (e.g. restarting).
+    redis_retry_seconds: float = Field(default=DEFAULT_RETRY_SECONDS, ge=0)
     model: str = "BAAI/bge-m3"
     cache_dir: Path = _default_cache_dir()
     # Seconds a hub download may take to answer before we give up with advice.

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery
 
 from pipeline.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD
-from pipeline.redis_url import for_kombu
+from pipeline.redis_url import for_kombu, publish_retry_policy, tls_options
 from pipeline.settings import Settings
 from schemas.job import ShardMessage
 
@@ -16,7 +16,11 @@ from schemas.job import ShardMessage
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = for_kombu(settings.broker)
     transport = {"visibility_timeout": settings.visibility_timeout}
+    # kombu ignores a rediss:// URL's own TLS options: hand them over explicitly.
+    tls = tls_options(settings.broker)
+    tls_config = {"broker_use_ssl": tls, "redis_backend_use_ssl": tls} if tls else {}
     return {
+        **tls_config,
         "broker_url": url,
         "result_backend": url,
         # JSON only: a pickle message is refused before anything is deserialised.
@@ -28,7 +32,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # mid-shard leaves it unacknowledged and Redis redelivers it.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # On a lost broker connection (e.g. Redis restarting) the running shard finishes
+        # and records itself done; if its ack is lost with the connection, the redelivery
+        # after the visibility timeout is skipped as already done. Cancelling it instead
+        # lost the message in a Redis restart (tests/integration/test_redis_restart.py).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # One shard at a time, none reserved ahead: an idle worker never waits behind a busy one.
         "worker_concurrency": 1,
         "worker_prefetch_multiplier": 1,
@@ -70,7 +78,7 @@ def shard_publisher(settings: Settings) -> Callable[[ShardMessage, str], None]:
             argsrepr=f"job={message.job_id} shard={message.shard} docs={len(message.documents)}",
             kwargsrepr="{}",
             retry=True,
-            retry_policy={"max_retries": 10, "interval_start": 0.5, "interval_max": 5},
+            retry_policy=publish_retry_policy(settings.redis_retry_seconds),
         )
 
     return publish

@@ -48,7 +48,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         hub_timeout=settings.hub_timeout,
     )
     load_seconds = time.perf_counter() - started
-    store = JobStore(connect(settings.broker))
+    store = JobStore(connect(settings.broker, settings.redis_retry_seconds))
     key = worker_key(hostname)
     store.redis.hset(
         key,

@@ -1,0 +1,62 @@
+"""Redis restarted mid-job (AOF on): producer, workers and `wait` ride it out, nothing lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pyarrow.dataset as ds
+
+from tests.integration.conftest import corpus_records, write_jsonl
+
+SHARDS = 24
+
+
+def cli(*args: str, env: dict, log) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def test_redis_restart_mid_job_every_id_exactly_once(
+    tmp_path, cli_env, workers, store, redis_server
+):
+    # A shard whose acknowledgement was lost with the connection comes back after the
+    # visibility timeout; keep it short, and shards small enough to fit it.
+    cli_env.update(M3PIPE_VISIBILITY_TIMEOUT="15", M3PIPE_PLANNED_TOKENS_PER_SECOND="8000")
+    records = corpus_records(SHARDS * 5)
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
+    out = tmp_path / "out"
+    names = workers.start(2)
+
+    producer_log = open(tmp_path / "producer.log", "w+")  # noqa: SIM115
+    producer = cli(
+        "submit", str(corpus), "--out", str(out), "--shard-docs", "5", "--max-queued", "3",
+        env=cli_env, log=producer_log,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not store.job_ids() or store.status(store.job_ids()[0]).shards.done < 3:
+        assert time.monotonic() < deadline and producer.poll() is None
+        time.sleep(0.05)
+    job_id = store.job_ids()[0]
+    waiter_log = open(tmp_path / "wait.log", "w+")  # noqa: SIM115
+    waiter = cli("wait", job_id, "--timeout", "400", env=cli_env, log=waiter_log)
+    time.sleep(1.5)  # `wait` is connected and polling
+
+    # The producer is still cutting shards (at most 3 queued): the restart hits it too.
+    assert store.status(job_id).submitted is False
+    redis_server.stop()  # SIGTERM: Redis writes its AOF and exits
+    time.sleep(3)
+    redis_server.start()  # same directory and socket: the AOF is loaded back
+
+    assert producer.wait(timeout=400) == 0, producer_log.seek(0) or producer_log.read()
+    assert waiter.wait(timeout=420) == 0, waiter_log.seek(0) or waiter_log.read()
+    status = store.status(job_id)
+    assert status.state.value == "completed" and status.shards.done == SHARDS
+    ids = ds.dataset(out, format="parquet").to_table(columns=["id"]).column("id").to_pylist()
+    assert sorted(ids) == sorted(r["id"] for r in records)  # every id exactly once
+    assert status.documents_done == len(records)  # counted once
+    # Both workers saw the connection drop and carried on.
+    for name in names:
+        assert "Connection to broker lost" in workers.log(name), workers.log(name)[-2000:]

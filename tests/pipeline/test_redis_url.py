@@ -1,0 +1,52 @@
+"""Broker URLs: TLS options for Celery, retry budgets, failing fast when Redis is absent."""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+import pytest
+import redis
+
+from pipeline.redis_url import (
+    BrokerUrlError,
+    connect,
+    publish_retry_policy,
+    retries_within,
+    tls_options,
+)
+
+
+def test_tls_options_come_from_a_rediss_url_and_verify_by_default():
+    assert tls_options("redis://localhost:6379/0") is None
+    assert tls_options("unix:///tmp/r.sock") is None
+    assert tls_options("rediss://:pw@h:6380/0") == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    url = (
+        "rediss://h:6380/0?ssl_cert_reqs=none&ssl_ca_certs=/ca.pem&ssl_certfile=/c.pem"
+        "&ssl_keyfile=/k.pem&ssl_check_hostname=false"
+    )
+    assert tls_options(url) == {
+        "ssl_cert_reqs": ssl.CERT_NONE,
+        "ssl_ca_certs": "/ca.pem",
+        "ssl_certfile": "/c.pem",
+        "ssl_keyfile": "/k.pem",
+        "ssl_check_hostname": False,
+    }
+    with pytest.raises(BrokerUrlError, match="use required, optional or none"):
+        tls_options("rediss://h/0?ssl_cert_reqs=maybe")
+
+
+def test_retry_budgets_add_up_to_the_outage_they_ride_out():
+    assert retries_within(0) == 0
+    for seconds in (5, 60, 300):
+        retries = retries_within(seconds)
+        waits = [min(2.0, 0.1 * 2**n) for n in range(1, retries + 1)]
+        assert sum(waits) >= seconds > sum(waits[:-1])
+    assert publish_retry_policy(60)["max_retries"] == retries_within(60)
+
+
+def test_connect_fails_at_once_when_redis_is_not_there(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        connect(f"unix://{tmp_path}/absent.sock", retry_seconds=600)
+    assert time.monotonic() - started < 30  # the 600 s budget applies only once connected
