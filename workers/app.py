@@ -48,6 +48,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_track_started": True,
+        # Job state lives in m3pipe's own keys; Celery results would only fill Redis, and a
+        # producer would subscribe to each sent task's result channel.
+        "task_ignore_result": True,
         # Model loading happens in worker_process_init, which Celery otherwise cuts at 4 s.
         "worker_proc_alive_timeout": settings.model_load_timeout,
         "broker_connection_retry_on_startup": True,

@@ -60,6 +60,7 @@ def test_celery_settings_are_json_only_late_ack_no_prefetch():
     assert config["broker_transport_options"]["visibility_timeout"] == 77
     assert config["broker_url"] == "redis+socket:///tmp/r.sock"
     assert config["worker_send_task_events"] and config["result_expires"] == 86400
+    assert config["task_ignore_result"]
 
 
 def test_bad_queue_names_and_shard_options_are_usage_errors(clean_env, tmp_path, capsys):
