@@ -172,6 +172,11 @@ class JobStore:
             },
         )
 
+    def note_resumed(self, job_id: str, documents: int, tokens: int) -> None:
+        """A shard counted done from its existing file (`--resume`), not encoded now."""
+        self.redis.hincrby(job_key(job_id), "documents_resumed", documents)
+        self.redis.hincrby(job_key(job_id), "tokens_resumed", tokens)
+
     def note_documents(self, job_id: str, documents: int) -> None:
         """Documents enqueued so far, while the producer is still cutting shards."""
         self.redis.hincrby(job_key(job_id), "documents_enqueued", documents)
@@ -299,10 +304,13 @@ class JobStore:
         )
         end = finished or time.time()
         elapsed = end - started if started else 0.0
-        rate = tokens / elapsed if elapsed > 0 else 0.0
+        # Shards found done by --resume count as done, but not towards this run's speed.
+        encoded_tokens = tokens - _int(fields.get("tokens_resumed"))
+        encoded_documents = documents_done - _int(fields.get("documents_resumed"))
+        rate = encoded_tokens / elapsed if elapsed > 0 else 0.0
         eta = None
-        if submitted and started and documents_done and not finished:
-            eta = (documents - documents_done) * elapsed / documents_done
+        if submitted and started and encoded_documents > 0 and not finished:
+            eta = (documents - documents_done) * elapsed / encoded_documents
         return JobStatus(
             job_id=job_id,
             state=JobState(fields["state"]),

@@ -242,6 +242,7 @@ def already_done(
         tokens=int(facts["tokens"]),
     )
     store.note_documents(job_id, len(shard))
+    store.note_resumed(job_id, len(shard), int(facts["tokens"]))
     store.set_model_metadata(job_id, found.model)
     return True
 

@@ -6,6 +6,7 @@ Real Redis, the real shard runner in-process (random:tiny on CPU), real Parquet 
 from __future__ import annotations
 
 import json
+import time
 
 import pyarrow.dataset as ds
 import pytest
@@ -79,9 +80,16 @@ def test_resume_sends_only_shards_without_a_good_file(tmp_path, store, runtime):
     assert [m.shard for m in sent] == [2, 4]
     status = store.status(first.job_id)
     assert status.state is JobState.QUEUED and status.shards.done == 3
+    assert status.documents_done == 30 and status.tokens_done > 0
     assert not (out / MANIFEST).exists()
-    for message in sent:
-        run_shard(message, runtime)
+    run_shard(sent[0], runtime)
+    # Speed and ETA count only what this run encoded, not the 3 shards found done.
+    status = store.status(first.job_id)
+    encoded = store.shard_infos(first.job_id)[2]["tokens"]
+    elapsed = time.time() - status.started_at
+    assert status.tokens_per_second * elapsed == pytest.approx(encoded, rel=0.05)
+    assert status.eta_seconds == pytest.approx(elapsed, rel=0.2)  # 10 left, 10 encoded
+    run_shard(sent[1], runtime)
 
     assert store.state(first.job_id) is JobState.COMPLETED
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")
