@@ -11,6 +11,7 @@ import time
 import pyarrow.dataset as ds
 import pytest
 
+from pipeline.keys import job_key
 from pipeline.output_dir import JOB_FILE, MANIFEST
 from pipeline.resume import ResumeError, check_same_job, documents_digest, read_shard_file
 from pipeline.shard_runner import WorkerRuntime, run_shard
@@ -84,6 +85,7 @@ def test_resume_sends_only_shards_without_a_good_file(tmp_path, store, runtime):
     assert not (out / MANIFEST).exists()
     run_shard(sent[0], runtime)
     # Speed and ETA count only what this run encoded, not the 3 shards found done.
+    store.redis.hset(job_key(first.job_id), "started_at", time.time() - 100)
     status = store.status(first.job_id)
     encoded = store.shard_infos(first.job_id)[2]["tokens"]
     elapsed = time.time() - status.started_at
