@@ -19,6 +19,7 @@ from pipeline.keys import (
     dead_letters_key,
     job_key,
     shard_attempts_key,
+    shard_digest_key,
     shard_info_key,
     shard_state_key,
 )
@@ -207,6 +208,7 @@ class JobStore:
             shard_state_key(job_id),
             shard_info_key(job_id),
             shard_attempts_key(job_id),
+            shard_digest_key(job_id),
             dead_letters_key(job_id),
         ]
         self.redis.delete(*keys)
@@ -250,6 +252,16 @@ class JobStore:
             ],
         )
         return bool(changed), str(old)
+
+    def shard_state(self, job_id: str, shard: int) -> str:
+        return self._hget(shard_state_key(job_id), str(shard)) or ABSENT
+
+    def set_shard_digest(self, job_id: str, shard: int, digest: str) -> None:
+        self.redis.hset(shard_digest_key(job_id), str(shard), digest)
+
+    def shard_digest(self, job_id: str, shard: int) -> str | None:
+        """The digest of the documents registered for this shard (None if unknown)."""
+        return self._hget(shard_digest_key(job_id), str(shard))
 
     def count_attempt(self, job_id: str, shard: int) -> int:
         """One more delivery of this shard started; returns how many have."""

@@ -32,6 +32,11 @@ def shard_attempts_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:shard-attempts"
 
 
+def shard_digest_key(job_id: str) -> str:
+    """Hash: shard index -> sha256 of the documents registered for it (stale-message check)."""
+    return f"{PREFIX}:job:{job_id}:shard-digest"
+
+
 def dead_letters_key(job_id: str) -> str:
     """Hash: shard index -> the shard message of a shard that failed for good."""
     return f"{PREFIX}:job:{job_id}:dead-letters"

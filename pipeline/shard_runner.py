@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.engine import Engine
 from pipeline.errors import PermanentError
 from pipeline.job_finish import finalize_if_complete
-from pipeline.jobs import JobNotFound, JobStore
+from pipeline.jobs import ABSENT, JobNotFound, JobStore
 from pipeline.model import M3Model
 from pipeline.resume import documents_digest, with_shard_metadata
 from pipeline.sink import part_name, write_shard
@@ -77,6 +77,15 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
             f"job {job_id} asks for model {spec.model!r}, this worker serves "
             f"{runtime.model_spec!r}; send the job to a queue of workers with that model"
         )
+    registered = store.shard_digest(job_id, shard)
+    if registered is not None and registered != documents_digest(message.documents):
+        # Left in the queue by an earlier submission of this job (cancelled, then resumed
+        # with changed input): running it would write the old documents.
+        log.warning("job %s shard %d: stale message, not the registered documents; skipped",
+                    job_id, shard)  # fmt: skip
+        current = store.shard_state(job_id, shard)
+        state = ShardState.QUEUED if current == ABSENT else ShardState(current)
+        return ShardOutcome(state, "stale message")
     if store.state(job_id) is JobState.CANCELLED:
         store.mark_shard(job_id, shard, ShardState.CANCELLED, _ACTIVE)
         return ShardOutcome(ShardState.CANCELLED, "job cancelled")

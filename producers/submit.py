@@ -160,11 +160,12 @@ def submit_job(
             )
             try:
                 for shard in cut_message_shards(docs, request.limits, request.options):
-                    if request.resume and already_done(store, out, job_id, shards, shard):
+                    digest = documents_digest(shard)
+                    if request.resume and already_done(store, out, job_id, shards, shard, digest):
                         skipped += 1
                     else:
                         wait_for_room(store, job_id, request.max_queued, request.poll_seconds)
-                        enqueue(store, publish, job_id, shards, shard, request.queue)
+                        enqueue(store, publish, job_id, shards, shard, request.queue, digest)
                     shards += 1
             except SubmitCancelled:
                 cancelled = True
@@ -211,7 +212,7 @@ def spec_to_resume(spec: JobSpec, out: Path, store: JobStore) -> JobSpec:
 
 
 def already_done(
-    store: JobStore, out: Path, job_id: str, index: int, shard: list[Document]
+    store: JobStore, out: Path, job_id: str, index: int, shard: list[Document], digest: str
 ) -> bool:
     """Whether shard `index` has a whole file made from these documents (then it is done).
 
@@ -219,7 +220,7 @@ def already_done(
     """
     path = out / part_name(index)
     found = read_shard_file(path)
-    if found is None or found.facts.get("digest") != documents_digest(shard):
+    if found is None or found.facts.get("digest") != digest:
         path.unlink(missing_ok=True)
         return False
     facts = found.facts
@@ -309,10 +310,13 @@ def enqueue(
     index: int,
     shard: list[Document],
     queue: str,
+    digest: str,
 ) -> None:
     message = ShardMessage(job_id=job_id, shard=index, documents=shard)
     info = {"documents": len(shard)}
-    # Registered before it is sent, so a fast worker always finds it queued.
+    # Registered before it is sent, so a fast worker always finds it queued. The digest
+    # lets a worker tell this message from a stale one of an earlier submission (--resume).
+    store.set_shard_digest(job_id, index, digest)
     store.mark_shard(job_id, index, ShardState.QUEUED, [ABSENT], info)
     store.note_documents(job_id, len(shard))
     publish(message, queue)

@@ -131,6 +131,29 @@ def test_resume_redoes_shards_whose_documents_changed_and_drops_extra_files(
     assert sorted(table.column("id").to_pylist()) == [f"d{i:02d}" for i in range(45)]
 
 
+def test_a_stale_message_from_before_a_resume_is_not_run(tmp_path, store, runtime):
+    """Messages of a cancelled submission stay queued; after a resume with changed input,
+    the old message of a changed shard must not write the old documents."""
+    inp = write_corpus(tmp_path / "in.jsonl")
+    first, old = submit(request(tmp_path, inp), store)
+    store.cancel(first.job_id)
+    write_corpus(inp, changed={3: "edited text"})  # shard 0 changes, the others do not
+    _, new = submit(request(tmp_path, inp, resume=True), store)
+    out = tmp_path / "out"
+    assert run_shard(old[0], runtime).detail == "stale message"
+    assert not (out / "part-00000.parquet").exists()
+    for message in new:
+        run_shard(message, runtime)
+    assert {run_shard(message, runtime).detail for message in old} == {
+        "stale message",  # shard 0: other documents
+        "already ended",  # shards 1-4: the same documents, already done
+    }
+    assert read_shard_file(out / "part-00000.parquet").facts["digest"] == documents_digest(
+        new[0].documents
+    )
+    assert store.state(first.job_id) is JobState.COMPLETED
+
+
 def test_resume_refuses_other_settings_a_running_job_and_an_empty_directory(tmp_path, store):
     inp = write_corpus(tmp_path / "in.jsonl")
     first, _ = submit(request(tmp_path, inp), store)
