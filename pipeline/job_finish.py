@@ -74,9 +74,15 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
         },
         failures=failures,
     )
-    # Temp files of writes cut short by a crash are hidden, but no longer needed.
-    remove_stale_temp_files(out)
-    write_json_atomic(out / MANIFEST, manifest)
+    try:
+        # Temp files of writes cut short by a crash are hidden, but no longer needed.
+        remove_stale_temp_files(out)
+        write_json_atomic(out / MANIFEST, manifest)
+    except OSError as exc:
+        # The job still ends: an output directory gone or read-only must not leave it
+        # running for ever. Its shards have already failed for the same reason.
+        log.error("job %s: cannot write %s: %s", job_id, MANIFEST, exc)
+        store.note_error(job_id, f"cannot write {out / MANIFEST}: {exc.strerror or exc}")
     state = store.finish_if_complete(job_id)
     log.info("job %s ended: %s", job_id, state)
     return state

@@ -214,6 +214,10 @@ class JobStore:
         self.redis.delete(*keys)
         self.redis.zrem(JOBS_INDEX, job_id)
 
+    def note_error(self, job_id: str, error: str) -> None:
+        """Record why a job could not end cleanly (shown by `m3pipe status`)."""
+        self.redis.hset(job_key(job_id), "error", error[:2000])
+
     def cancel(self, job_id: str) -> JobState:
         if not self.exists(job_id):
             raise JobNotFound(job_id)

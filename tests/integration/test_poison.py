@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -75,3 +76,19 @@ def test_shard_that_kills_its_worker_every_time_is_dead_lettered(tmp_path, cli_e
     assert status.state.value == "failed" and status.shards.failed == 1
     assert "dead-lettered: 2 deliveries never finished" in store.shard_infos(job_id)[0]["error"]
     assert not list((tmp_path / "out").glob("part-*.parquet"))
+
+
+def test_permanent_error_fails_at_once_without_retry(tmp_path, cli_env, workers, store):
+    """A shard that cannot succeed (here: its output directory is gone) is not retried."""
+    cli_env.update(M3PIPE_MAX_ATTEMPTS="3", M3PIPE_RETRY_BACKOFF_SECONDS="0.2")
+    job_id = submit(tmp_path, cli_env, corpus_records(20), "--shard-docs", "10")
+    shutil.rmtree(tmp_path / "out")
+    workers.start(1)
+    assert run_cli("wait", job_id, "--timeout", "120", env=cli_env, timeout=140).returncode == 1
+    status = store.status(job_id)
+    assert status.state.value == "failed" and status.shards.failed == 2
+    assert "cannot write" in status.error and "_manifest.json" in status.error
+    for shard, info in store.shard_infos(job_id).items():
+        assert "does not exist" in info["error"]
+        assert store.attempts(job_id, shard) == 1  # one delivery, no retry
+    assert sorted(store.dead_letters(job_id)) == [0, 1]
