@@ -131,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     make.set_defaults(func=cmd_make_test_model)
 
     from pipeline.cli_queue import add_queue_commands
+    from pipeline.cli_scale import add_scale_commands
 
     add_queue_commands(sub)
+    add_scale_commands(sub)
     return parser
 
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 EXIT_TIMEOUT = 124
 
 
-def _comma_list(value: str) -> list[str]:
+def comma_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
@@ -154,7 +154,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.model:
         os.environ["M3PIPE_MODEL"] = args.model
     try:
-        queues = ",".join(checked_queue(q) for q in _comma_list(args.queues or settings.queue))
+        queues = ",".join(checked_queue(q) for q in comma_list(args.queues or settings.queue))
     except ValueError as exc:
         return usage_error(exc)
 

@@ -25,6 +25,7 @@ from pipeline.output_dir import prepare_output_dir
 from pipeline.process_group import stop_process_groups
 from pipeline.resume import previous_spec
 from pipeline.settings import Settings
+from pipeline.worker_process import spawn_worker
 from producers.readers import detect_format
 from producers.submit import SubmitRequest, SubmitResult, submit_job
 from schemas.job import JobState
@@ -61,25 +62,9 @@ class WorkerPool:
         cpu_workers = devices.count("cpu")
         for index, device in enumerate(devices):
             stem = f"cpu{index}" if device == "cpu" else f"gpu{device}"
-            name = f"{stem}-{tag}@{host}"
-            worker_env = dict(env)
-            if device == "cpu" and cpu_workers > 1:
-                # Share the cores instead of every worker using all of them.
-                threads = max(1, (os.cpu_count() or 1) // cpu_workers)
-                worker_env.setdefault("OMP_NUM_THREADS", str(threads))
             log = log_dir / f"{stem}.log"
-            command = [sys.executable, "-m", "pipeline.cli", "worker", "--device", device]
-            command += ["--name", name]
-            with open(log, "wb") as handle:
-                process = subprocess.Popen(
-                    command,
-                    env=worker_env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=handle,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            self.processes.append(process)
+            name = f"{stem}-{tag}@{host}"
+            self.processes.append(spawn_worker(device, name, env, log, cpu_workers=cpu_workers))
             self.logs.append(log)
 
     def alive(self) -> int:

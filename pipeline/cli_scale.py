@@ -1,0 +1,84 @@
+"""`m3pipe autoscale`: the worker pool follows the queue backlog."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from pipeline.cli import EXIT_OK, usage_error
+from pipeline.settings import Settings
+
+
+def add_scale_commands(sub: argparse._SubParsersAction) -> None:
+    scale = sub.add_parser("autoscale", help="start and stop workers to follow the backlog")
+    scale.add_argument(
+        "--devices", required=True, help="GPU indices (0,1,2,3) or cpu:N for N CPU workers"
+    )
+    scale.add_argument("--min", type=int, default=0, help="workers kept even when idle")
+    scale.add_argument("--max", type=int, help="workers at most (default: one per device)")
+    scale.add_argument(
+        "--shards-per-worker", type=int, default=1, help="backlog one worker absorbs (default 1)"
+    )
+    scale.add_argument(
+        "--cooldown", type=float, default=60.0, help="seconds of low backlog before scaling down"
+    )
+    scale.add_argument("--queues", help="comma-separated queues (default: $M3PIPE_QUEUE)")
+    scale.add_argument("--poll", type=float, default=2.0, help="seconds between backlog reads")
+    scale.add_argument("--log-dir", type=Path, help="worker logs (default: a new temp dir)")
+    scale.set_defaults(func=cmd_autoscale)
+
+
+def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.autoscaler import Autoscaler, parse_devices
+    from pipeline.cli_queue import checked_queue, comma_list, job_store
+    from pipeline.scaling import ScaleLimits
+
+    try:
+        devices = parse_devices(args.devices)
+        maximum = len(devices) if args.max is None else args.max
+        if not 1 <= maximum <= len(devices):
+            raise ValueError(f"--max must be between 1 and the {len(devices)} device(s)")
+        limits = ScaleLimits(
+            max_workers=maximum,
+            min_workers=args.min,
+            shards_per_worker=args.shards_per_worker,
+            cooldown_seconds=args.cooldown,
+        )
+        queues = [checked_queue(q) for q in comma_list(args.queues or settings.queue)]
+        if args.poll <= 0:
+            raise ValueError("--poll must be > 0")
+    except ValueError as exc:
+        return usage_error(exc)
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="m3pipe-autoscale-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    scaler_log = logging.getLogger("pipeline.autoscaler")
+    scaler_log.setLevel(logging.INFO)
+    scaler_log.propagate = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s m3pipe autoscale: %(message)s"))
+    scaler_log.addHandler(handler)
+
+    scaler = Autoscaler(
+        devices=devices[:maximum],
+        limits=limits,
+        queues=queues,
+        client=job_store(settings).redis,
+        env=dict(os.environ),
+        log_dir=log_dir,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    print(
+        f"m3pipe autoscale: {len(scaler.devices)} device(s), queues {','.join(queues)}, "
+        f"worker logs in {log_dir}",
+        file=sys.stderr,
+    )
+    scaler.run(stop, args.poll)
+    return EXIT_OK

@@ -1,0 +1,50 @@
+"""Backlog against a real Redis: every priority list of a queue plus its unacked messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.autoscaler import parse_devices
+from pipeline.backlog import backlog, backlogs, priority_lists
+
+
+def test_backlog_counts_priority_lists_and_unacked_per_queue(store):
+    client = store.redis
+    a, a_high, a_low = priority_lists("a")[0], priority_lists("a")[3], priority_lists("a")[1]
+    assert (a_low, a_high) == ("a\x06\x163", "a\x06\x169")
+    client.rpush(a, "m1", "m2")
+    client.rpush(a_high, "m3")
+    client.rpush(a_low, "m4")
+    client.rpush("b", "m5")
+    client.rpush("a-other", "not a")  # another queue whose name starts the same
+    client.hset(
+        "unacked",
+        mapping={
+            "t1": json.dumps([{"body": "..."}, "a", "a"]),
+            "t2": json.dumps([{"body": "..."}, "b", "b"]),
+            "t3": json.dumps([{"body": "..."}, "b", "b"]),
+            "t4": "garbage",
+        },
+    )
+    found = backlogs(client, ["a", "b", "empty"])
+    assert (found["a"].queued, found["a"].in_flight, found["a"].total) == (4, 1, 5)
+    assert (found["b"].queued, found["b"].in_flight) == (1, 2)
+    assert found["empty"].total == 0
+    assert backlog(client, "b").total == 3
+
+
+@pytest.mark.parametrize(
+    ("spec", "devices"),
+    [("0,1,2,3", ["0", "1", "2", "3"]), ("cpu:2", ["cpu", "cpu"]), ("cpu", ["cpu"]),
+     ("1, cpu:1", ["1", "cpu"])],
+)  # fmt: skip
+def test_parse_devices(spec, devices):
+    assert parse_devices(spec) == devices
+
+
+@pytest.mark.parametrize("spec", ["gpu0", "cpu:0", "0,0", "", "cpu:x"])
+def test_parse_devices_refuses(spec):
+    with pytest.raises(ValueError, match="--devices"):
+        parse_devices(spec)

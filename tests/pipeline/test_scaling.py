@@ -1,0 +1,53 @@
+"""The autoscaling policy on tables of cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.scaling import ScaleLimits, desired_workers
+
+LIMITS = ScaleLimits(max_workers=4, min_workers=0, shards_per_worker=2, cooldown_seconds=30)
+
+
+@pytest.mark.parametrize(
+    ("backlog", "running", "low_since", "now", "desired", "next_low_since"),
+    [
+        (0, 0, None, 100.0, 0, None),  # idle stays idle
+        (1, 0, None, 100.0, 1, None),  # any backlog starts a worker at once
+        (5, 1, None, 100.0, 3, None),  # ceil(5 / 2): up at once
+        (50, 2, None, 100.0, 4, None),  # never above the devices
+        (8, 4, 90.0, 100.0, 4, None),  # enough again: the low timer resets
+        (2, 4, None, 100.0, 4, 100.0),  # fewer would do: the cooldown starts, nobody stops
+        (2, 4, 100.0, 129.0, 4, 100.0),  # still cooling down
+        (2, 4, 100.0, 130.0, 1, None),  # cooled down: down to what the backlog needs
+        (0, 3, 70.0, 100.0, 0, None),  # ... or to zero
+        (3, 0, None, 100.0, 2, None),  # in-flight shards count: 3 -> 2 workers
+    ],
+)
+def test_desired_workers(backlog, running, low_since, now, desired, next_low_since):
+    decision = desired_workers(backlog, running, LIMITS, low_since, now)
+    assert (decision.desired, decision.low_since) == (desired, next_low_since)
+
+
+def test_minimum_and_lost_devices():
+    floor = ScaleLimits(max_workers=3, min_workers=1, cooldown_seconds=0)
+    assert desired_workers(0, 0, floor, None, 0.0).desired == 1  # the floor starts at once
+    assert desired_workers(0, 3, floor, None, 0.0).desired == 1  # zero cooldown: at once
+    # More running than devices (a device was removed): shrink to the devices at once.
+    assert desired_workers(10, 5, floor, None, 0.0).desired == 3
+    slow = ScaleLimits(max_workers=2, cooldown_seconds=60)
+    assert desired_workers(0, 5, slow, None, 0.0).desired == 2  # no cooldown above the devices
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_workers": 0}, "at least one device"),
+        ({"max_workers": 2, "min_workers": 3}, "--min"),
+        ({"max_workers": 2, "shards_per_worker": 0}, "--shards-per-worker"),
+        ({"max_workers": 2, "cooldown_seconds": -1}, "--cooldown"),
+    ],
+)
+def test_limits_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ScaleLimits(**kwargs)
