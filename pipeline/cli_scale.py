@@ -1,4 +1,4 @@
-"""`m3pipe autoscale`: the worker pool follows the queue backlog."""
+"""Operating the cluster: `m3pipe autoscale` (workers follow the backlog), `m3pipe flower`."""
 
 from __future__ import annotations
 
@@ -32,6 +32,18 @@ def add_scale_commands(sub: argparse._SubParsersAction) -> None:
     scale.add_argument("--poll", type=float, default=2.0, help="seconds between backlog reads")
     scale.add_argument("--log-dir", type=Path, help="worker logs (default: a new temp dir)")
     scale.set_defaults(func=cmd_autoscale)
+
+    flower = sub.add_parser("flower", help="the Flower monitoring UI with m3pipe's settings")
+    flower.add_argument("--port", type=int, default=5555)
+    flower.add_argument(
+        "--address", default="127.0.0.1", help="bind address (default: localhost only)"
+    )
+    flower.add_argument(
+        "--basic-auth",
+        help="user:password[,user2:password2] (or $M3PIPE_FLOWER_BASIC_AUTH, kept out of ps); "
+        "required for a non-local --address",
+    )
+    flower.set_defaults(func=cmd_flower)
 
 
 def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
@@ -81,4 +93,42 @@ def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
     )
     scaler.run(stop, args.poll)
+    return EXIT_OK
+
+
+LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
+
+
+def is_local_address(address: str) -> bool:
+    return address in LOCAL_ADDRESSES or address.startswith("127.")
+
+
+def check_basic_auth(value: str) -> str:
+    pairs = [pair for pair in value.split(",") if pair]
+    if not pairs or any(":" not in pair or pair.startswith(":") or pair.endswith(":")
+                        for pair in pairs):  # fmt: skip
+        raise ValueError("--basic-auth takes user:password pairs, comma-separated")
+    return ",".join(pairs)
+
+
+def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
+    auth = args.basic_auth or os.environ.get("M3PIPE_FLOWER_BASIC_AUTH")
+    try:
+        if auth:
+            auth = check_basic_auth(auth)
+        elif not is_local_address(args.address):
+            raise ValueError(
+                f"--address {args.address} would open Flower (which can revoke tasks and stop "
+                "workers) to the network without a password: pass --basic-auth user:password"
+            )
+        if not 0 < args.port < 65536:
+            raise ValueError("--port must be 1-65535")
+    except ValueError as exc:
+        return usage_error(exc)
+    if auth:
+        os.environ["FLOWER_BASIC_AUTH"] = auth  # not on the command line, where ps shows it
+    from workers.app import app  # the workers' own settings: broker, visibility timeout, keys
+
+    print(f"m3pipe flower: http://{args.address}:{args.port}/", file=sys.stderr)
+    app.start(["flower", f"--port={args.port}", f"--address={args.address}"])
     return EXIT_OK
