@@ -24,6 +24,7 @@ from pathlib import Path
 import redis
 
 from pipeline.backlog import backlogs
+from pipeline.metrics import AutoscalerMetrics
 from pipeline.process_group import stop_process_groups
 from pipeline.scaling import ScaleDecision, ScaleLimits, desired_workers
 from pipeline.worker_process import spawn_worker
@@ -66,6 +67,8 @@ class Autoscaler:
     client: redis.Redis
     env: dict[str, str]
     log_dir: Path
+    metrics: AutoscalerMetrics = field(default_factory=AutoscalerMetrics)
+    worker_metrics_base: int = 0  # slot i's worker serves metrics on base + i (0: none)
     clock: Callable[[], float] = time.monotonic
     slots: list[Slot] = field(init=False)
     low_since: float | None = field(default=None, init=False)
@@ -85,11 +88,15 @@ class Autoscaler:
     def step(self) -> ScaleDecision:
         """One poll: reap, read the backlog, start or stop workers to match the decision."""
         self._reap()
-        self.backlog = sum(b.total for b in backlogs(self.client, self.queues).values())
+        per_queue = backlogs(self.client, self.queues)
+        self.backlog = sum(b.total for b in per_queue.values())
         decision = desired_workers(
             self.backlog, self.running, self.limits, self.low_since, self.clock()
         )
         self.low_since = decision.low_since
+        for queue, found in per_queue.items():
+            self.metrics.backlog.labels(queue).set(found.total)
+        self.metrics.desired.set(decision.desired)
         if self.last is None or decision.desired != self.last.desired:
             log.info("backlog %d: %d -> %d workers", self.backlog, self.running, decision.desired)
         self.last = decision
@@ -101,6 +108,7 @@ class Autoscaler:
             busy = [s for s in self.slots if s.process is not None and not s.stopping]
             for slot in busy[decision.desired :][::-1]:  # the last started go first
                 self._stop(slot)
+        self.metrics.running.set(self.running)
         return decision
 
     def _start(self, slot: Slot) -> None:
@@ -108,6 +116,7 @@ class Autoscaler:
         stem = "cpu" if slot.device == "cpu" else f"gpu{slot.device}"
         slot.name = f"{stem}-{self.started}@{socket.gethostname()}"
         log_path = self.log_dir / f"{slot.name.split('@')[0]}.log"
+        index = self.slots.index(slot)
         slot.process = spawn_worker(
             slot.device,
             slot.name,
@@ -115,7 +124,9 @@ class Autoscaler:
             log_path,
             cpu_workers=self.devices.count("cpu"),
             queues=",".join(self.queues),
+            metrics_port=self.worker_metrics_base + index if self.worker_metrics_base else 0,
         )
+        self.metrics.started.inc()
         slot.stopping = False
         log.info("started worker %s (pid %d, log %s)", slot.name, slot.process.pid, log_path)
 
@@ -135,6 +146,7 @@ class Autoscaler:
                 log.info("worker %s stopped (exit %d)", slot.name, code)
             else:
                 self.restarts_needed += 1
+                self.metrics.died.inc()
                 log.warning("worker %s exited on its own (exit %d)", slot.name, code)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(slot.process.pid, signal.SIGKILL)  # pool children left behind

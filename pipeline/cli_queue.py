@@ -70,6 +70,12 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     worker.add_argument("--device", help="GPU index N, or cpu (default: 0 if a GPU is present)")
     worker.add_argument("--queues", help="comma-separated queues (default: $M3PIPE_QUEUE)")
     worker.add_argument("--name", help="worker name (default: gpuN@host or cpu@host)")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="Prometheus metrics port, 0 for none (default: $M3PIPE_METRICS_PORT, else "
+        "9400 + N for GPU N, 9400 on CPU)",
+    )
     worker.add_argument("--model", help="model to load (default: $M3PIPE_MODEL)")
     add_compute_options(worker)
     worker.set_defaults(func=cmd_worker)
@@ -138,6 +144,16 @@ def pin_device(device: str) -> tuple[str, str]:
     return "cuda", f"gpu{device}"
 
 
+def worker_metrics_port(flag: int | None, settings: Settings, device: str) -> int:
+    from pipeline.metrics import WORKER_METRICS_PORT
+
+    if flag is not None:
+        return flag
+    if settings.metrics_port is not None:
+        return settings.metrics_port
+    return WORKER_METRICS_PORT + (int(device) if device.isdigit() else 0)
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.bootstrap import WORKER_NAME_ENV
 
@@ -145,12 +161,16 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     try:
         # Before anything touches CUDA: the pool processes inherit the pinning.
         worker_device, stem = pin_device(device)
+        if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+            raise ValueError("--metrics-port must be 0-65535")
     except ValueError as exc:
         return usage_error(exc)
     name = args.name or f"{stem}@{socket.gethostname()}"
     os.environ["M3PIPE_WORKER_DEVICE"] = worker_device
     os.environ[WORKER_NAME_ENV] = name
     os.environ["M3PIPE_PRECISION"] = args.precision
+    metrics_port = worker_metrics_port(args.metrics_port, settings, device)
+    os.environ["M3PIPE_METRICS_PORT"] = str(metrics_port)
     if args.model:
         os.environ["M3PIPE_MODEL"] = args.model
     try:

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from pipeline.cli import EXIT_OK, usage_error
+from pipeline.metrics import AUTOSCALER_METRICS_PORT, WORKER_METRICS_PORT
 from pipeline.settings import Settings
 
 
@@ -31,6 +32,15 @@ def add_scale_commands(sub: argparse._SubParsersAction) -> None:
     scale.add_argument("--queues", help="comma-separated queues (default: $M3PIPE_QUEUE)")
     scale.add_argument("--poll", type=float, default=2.0, help="seconds between backlog reads")
     scale.add_argument("--log-dir", type=Path, help="worker logs (default: a new temp dir)")
+    scale.add_argument(
+        "--metrics-port", type=int, default=AUTOSCALER_METRICS_PORT,
+        help=f"the autoscaler's Prometheus port, 0 for none (default {AUTOSCALER_METRICS_PORT})",
+    )  # fmt: skip
+    scale.add_argument(
+        "--worker-metrics-port", type=int, default=WORKER_METRICS_PORT,
+        help="worker on device slot i serves metrics on this + i; 0 for none "
+        f"(default {WORKER_METRICS_PORT})",
+    )  # fmt: skip
     scale.set_defaults(func=cmd_autoscale)
 
     flower = sub.add_parser("flower", help="the Flower monitoring UI with m3pipe's settings")
@@ -49,6 +59,7 @@ def add_scale_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.autoscaler import Autoscaler, parse_devices
     from pipeline.cli_queue import checked_queue, comma_list, job_store
+    from pipeline.metrics import serve
     from pipeline.scaling import ScaleLimits
 
     try:
@@ -65,6 +76,9 @@ def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
         queues = [checked_queue(q) for q in comma_list(args.queues or settings.queue)]
         if args.poll <= 0:
             raise ValueError("--poll must be > 0")
+        for port in (args.metrics_port, args.worker_metrics_port):
+            if not 0 <= port <= 65535 - len(devices):
+                raise ValueError("metrics ports must be 0-65535")
     except ValueError as exc:
         return usage_error(exc)
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="m3pipe-autoscale-"))
@@ -83,7 +97,9 @@ def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
         client=job_store(settings).redis,
         env=dict(os.environ),
         log_dir=log_dir,
+        worker_metrics_base=args.worker_metrics_port,
     )
+    serve(scaler.metrics.registry, args.metrics_port)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -133,6 +133,7 @@ def run_local(
             "M3PIPE_PRECISION": precision,
             "M3PIPE_QUEUE": request.queue,
             "M3PIPE_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
+            "M3PIPE_METRICS_PORT": "0",  # a one-shot run serves no metrics
         }
         pool = WorkerPool(devices, env, scratch, tag=scratch.name[-6:])
         stack.callback(pool.stop)

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # Worker process (set by `m3pipe worker` for the pool processes it forks).
     worker_device: str = "auto"  # cpu | cuda | auto
     precision: str = "auto"
+    # Port of a worker's Prometheus metrics (0: off). Unset: 9400 + N for GPU N, 9400 on CPU.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     @property
     def broker(self) -> str:

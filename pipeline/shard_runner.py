@@ -11,10 +11,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.engine import Engine
+from pipeline.engine import EncodeStats, Engine
 from pipeline.errors import PermanentError
 from pipeline.job_finish import finalize_if_complete
 from pipeline.jobs import ABSENT, JobNotFound, JobStore
+from pipeline.metrics import WorkerMetrics
 from pipeline.model import M3Model
 from pipeline.resume import documents_digest, with_shard_metadata
 from pipeline.sink import part_name, write_shard
@@ -42,6 +43,7 @@ class WorkerRuntime:
     hostname: str
     max_attempts: int = 3
     retry_backoff_seconds: float = 5.0
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     _engines: dict[EncodeOptions, Engine] = field(default_factory=dict)
     _specs: dict[str, JobSpec] = field(default_factory=dict)
 
@@ -67,6 +69,7 @@ class ShardOutcome:
     detail: str = ""
     rows: int = 0
     tokens: int = 0
+    stats: EncodeStats | None = None  # set when this delivery encoded the shard
 
 
 def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
@@ -147,7 +150,9 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
         seconds=stats.seconds,
     )
     finalize_if_complete(store, job_id)
-    return ShardOutcome(ShardState.DONE, name, rows=table.num_rows, tokens=stats.tokens)
+    return ShardOutcome(
+        ShardState.DONE, name, rows=table.num_rows, tokens=stats.tokens, stats=stats
+    )
 
 
 def fail_shard(store: JobStore, message: ShardMessage, reason: str, worker: str) -> None:

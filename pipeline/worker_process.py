@@ -16,6 +16,7 @@ def spawn_worker(
     *,
     cpu_workers: int = 1,
     queues: str | None = None,
+    metrics_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """`m3pipe worker --device DEVICE --name NAME`, in its own session, logging to `log`.
 
@@ -28,6 +29,8 @@ def spawn_worker(
     command = [sys.executable, "-m", "pipeline.cli", "worker", "--device", device, "--name", name]
     if queues:
         command += ["--queues", queues]
+    if metrics_port is not None:
+        command += ["--metrics-port", str(metrics_port)]
     with open(log, "ab") as handle:
         return subprocess.Popen(
             command,

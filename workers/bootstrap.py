@@ -16,6 +16,7 @@ from celery.signals import worker_process_init
 
 from pipeline.jobs import JobStore
 from pipeline.keys import worker_key
+from pipeline.metrics import WorkerMetrics, serve
 from pipeline.redis_url import connect
 from pipeline.settings import Settings
 from pipeline.shard_runner import WorkerRuntime
@@ -62,6 +63,9 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     )
     store.redis.expire(key, _WORKER_RECORD_TTL)
     log.info("%s: loaded %s on %s in %.1fs", hostname, settings.model, model.device, load_seconds)
+    metrics = WorkerMetrics()
+    metrics.loaded(hostname, str(model.device), settings.model, load_seconds)
+    serve(metrics.registry, settings.metrics_port or 0)
     return WorkerRuntime(
         model=model,
         model_spec=settings.model,
@@ -69,6 +73,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         hostname=hostname,
         max_attempts=settings.max_attempts,
         retry_backoff_seconds=settings.retry_backoff_seconds,
+        metrics=metrics,
     )
 
 

@@ -51,6 +51,7 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise
     except PermanentError as exc:
         # Bad data or configuration: retrying cannot help.
+        runtime.metrics.shard_ended("failed")
         fail_shard(runtime.store, message, str(exc), worker)
         raise
     except Exception as exc:
@@ -67,12 +68,18 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         except RedisError:
             log.exception("job state unreachable; shard %s handed back", message.shard)
             raise Reject(f"job state unreachable: {exc!r}", requeue=True) from exc
+        runtime.metrics.shard_ended("failed" if give_up else "retried")
         if give_up:
             raise
         countdown = retry_countdown(attempt, runtime.retry_backoff_seconds)
         log.warning("shard %s attempt %d failed (%r); retry in %.1fs", message.shard, attempt,
                     exc, countdown)  # fmt: skip
         raise self.retry(exc=exc, countdown=countdown, max_retries=None) from exc
+    if outcome.stats is not None:
+        runtime.metrics.shard_done(outcome.stats)
+    else:
+        runtime.metrics.shard_ended("failed" if outcome.state.value == "failed" else "skipped")
+    runtime.metrics.sample_device_memory(runtime.model.device)
     return {
         "job_id": message.job_id,
         "shard": message.shard,

@@ -50,6 +50,7 @@ def cli_env(redis_server: EmbeddedRedis, tiny_model_built: str, model_cache: Pat
         M3PIPE_MODEL=tiny_model_built,
         M3PIPE_CACHE_DIR=str(model_cache),
         M3PIPE_POLL_SECONDS="0.1",
+        M3PIPE_METRICS_PORT="0",  # several workers per test: no port clashes
         HF_HUB_OFFLINE="1",
         OMP_NUM_THREADS="1",
         TOKENIZERS_PARALLELISM="false",

@@ -12,6 +12,8 @@ from pathlib import Path
 import pyarrow.dataset as ds
 
 from tests.integration.conftest import run_cli, write_jsonl
+from tests.integration.test_metrics import scrape
+from tests.integration.test_redis_auth import free_port
 
 SHARDS = 20
 
@@ -39,12 +41,14 @@ def test_autoscaler_starts_two_workers_finishes_the_job_and_scales_to_zero(
     job_id = submitted.stdout.strip().splitlines()[-1]
     assert store.status(job_id).shards.queued == SHARDS  # the backlog, before any worker
 
+    metrics_port = free_port()
     log_path = tmp_path / "autoscale.log"
     with open(log_path, "w") as log:
         scaler = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "autoscale", "--devices", "cpu:2",
              "--shards-per-worker", "5", "--cooldown", "0.5", "--poll", "0.2",
-             "--log-dir", str(tmp_path / "worker-logs")],
+             "--log-dir", str(tmp_path / "worker-logs"), "--metrics-port", str(metrics_port),
+             "--worker-metrics-port", "0"],
             env=cli_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
@@ -61,6 +65,13 @@ def test_autoscaler_starts_two_workers_finishes_the_job_and_scales_to_zero(
         while children(scaler.pid):
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.2)
+        time.sleep(0.5)  # one more poll records the final state
+        metrics = scrape(metrics_port)
+        assert metrics[("m3pipe_autoscaler_workers_started_total", ())] == 2
+        assert metrics[("m3pipe_autoscaler_workers_died_total", ())] == 0
+        assert metrics[("m3pipe_autoscaler_backlog", (("queue", "m3pipe"),))] == 0
+        assert metrics[("m3pipe_autoscaler_desired_workers", ())] == 0
+        assert metrics[("m3pipe_autoscaler_running_workers", ())] == 0
     finally:
         scaler.send_signal(signal.SIGTERM)
         assert scaler.wait(timeout=120) == 0

@@ -80,3 +80,14 @@ def test_bad_queue_names_and_shard_options_are_usage_errors(clean_env, tmp_path,
     assert main(["run", str(inp), "--out", out, "--workers", "0"]) == 2
     assert main(["submit", str(inp), "--out", out, "--keep-fields", "dense"]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_worker_metrics_port_defaults():
+    from pipeline.cli_queue import worker_metrics_port
+    from pipeline.settings import Settings
+
+    unset = Settings(metrics_port=None)
+    assert worker_metrics_port(None, unset, "3") == 9403  # one port per GPU on a box
+    assert worker_metrics_port(None, unset, "cpu") == 9400
+    assert worker_metrics_port(None, Settings(metrics_port=0), "3") == 0  # env turns it off
+    assert worker_metrics_port(9500, Settings(metrics_port=0), "3") == 9500  # the flag wins

@@ -1,0 +1,123 @@
+"""Prometheus metrics of a worker process and of the autoscaler (docs/deploy.md lists them).
+
+A worker's metrics live in its pool process, where shards run; it serves them on its own
+port (`m3pipe worker --metrics-port`). Each process has its own registry plus the standard
+process collector (RSS, CPU seconds, open files).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
+
+log = logging.getLogger(__name__)
+
+WORKER_METRICS_PORT = 9400  # GPU N serves on 9400 + N unless told otherwise
+AUTOSCALER_METRICS_PORT = 9390
+SHARD_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+
+def serve(registry: CollectorRegistry, port: int, address: str = "0.0.0.0") -> bool:
+    """Serve `registry` on `port` (0: do not); False, with a warning, if the port is taken."""
+    if port == 0:
+        return False
+    try:
+        start_http_server(port, addr=address, registry=registry)
+    except OSError as exc:
+        log.warning("metrics not served: cannot listen on %s:%d: %s", address, port, exc)
+        return False
+    log.info("metrics on http://%s:%d/metrics", address, port)
+    return True
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        r = self.registry
+        self.info = Gauge(
+            "m3pipe_worker_info", "The worker: name, device, model", ["worker", "device", "model"],
+            registry=r,
+        )  # fmt: skip
+        self.documents = Counter("m3pipe_documents", "Documents encoded", registry=r)
+        self.rows = Counter("m3pipe_rows", "Output rows written", registry=r)
+        self.tokens = Counter("m3pipe_tokens", "Real tokens fed to the model", registry=r)
+        self.padded_tokens = Counter(
+            "m3pipe_padded_tokens", "Tokens including padding; tokens/padded = efficiency",
+            registry=r,
+        )  # fmt: skip
+        self.shards = Counter(
+            "m3pipe_shards", "Shard deliveries by outcome", ["outcome"], registry=r
+        )
+        self.padding_efficiency = Gauge(
+            "m3pipe_padding_efficiency", "Real / padded tokens of the last shard", registry=r
+        )
+        self.encode_seconds = Histogram(
+            "m3pipe_shard_encode_seconds", "Model time per shard", registry=r,
+            buckets=SHARD_SECONDS_BUCKETS,
+        )  # fmt: skip
+        self.model_load_seconds = Gauge(
+            "m3pipe_model_load_seconds", "Seconds the model took to load", registry=r
+        )
+        self.device_memory = Gauge(
+            "m3pipe_device_memory_bytes",
+            "CUDA memory: allocated, reserved, peak allocated (GPU workers only)",
+            ["kind"],
+            registry=r,
+        )
+        for outcome in ("done", "failed", "retried", "skipped"):
+            self.shards.labels(outcome)  # every series exists from the start
+
+    def loaded(self, worker: str, device: str, model: str, seconds: float) -> None:
+        self.info.labels(worker, device, model).set(1)
+        self.model_load_seconds.set(seconds)
+
+    def shard_done(self, stats: Any) -> None:
+        """`stats`: the shard's pipeline.engine.EncodeStats."""
+        self.shards.labels("done").inc()
+        self.documents.inc(stats.documents)
+        self.rows.inc(stats.rows)
+        self.tokens.inc(stats.tokens)
+        self.padded_tokens.inc(stats.padded_tokens)
+        self.padding_efficiency.set(stats.padding_efficiency)
+        self.encode_seconds.observe(stats.seconds)
+
+    def shard_ended(self, outcome: str) -> None:
+        self.shards.labels(outcome).inc()
+
+    def sample_device_memory(self, device: Any) -> None:
+        if getattr(device, "type", None) != "cuda":
+            return
+        import torch
+
+        self.device_memory.labels("allocated").set(torch.cuda.memory_allocated(device))
+        self.device_memory.labels("reserved").set(torch.cuda.memory_reserved(device))
+        self.device_memory.labels("peak").set(torch.cuda.max_memory_allocated(device))
+
+
+class AutoscalerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.backlog = Gauge(
+            "m3pipe_autoscaler_backlog", "Shards queued plus in flight", ["queue"], registry=r
+        )
+        self.desired = Gauge("m3pipe_autoscaler_desired_workers", "Workers wanted", registry=r)
+        self.running = Gauge(
+            "m3pipe_autoscaler_running_workers", "Workers running, not stopping", registry=r
+        )
+        self.started = Counter(
+            "m3pipe_autoscaler_workers_started", "Worker processes started", registry=r
+        )
+        self.died = Counter(
+            "m3pipe_autoscaler_workers_died", "Workers that exited on their own", registry=r
+        )
