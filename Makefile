@@ -8,6 +8,7 @@ install:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	PATH=$(BIN):$$PATH bash .ci/fetch-compose-schema
 
 test:
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,73 @@
+"""docker-compose.yml: valid against the Compose specification's JSON schema, and every
+m3pipe command in it parses with the real CLI. No Docker engine runs here."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from pipeline.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_WHEEL = ROOT / ".ci" / "cache" / "docker_compose-1.29.2-py2.py3-none-any.whl"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def compose_schema() -> dict:
+    assert SCHEMA_WHEEL.is_file(), "run .ci/fetch-compose-schema (CI and `make install` do)"
+    with zipfile.ZipFile(SCHEMA_WHEEL) as wheel:
+        return json.loads(wheel.read("compose/config/compose_spec.json"))
+
+
+def test_compose_file_is_valid_against_the_compose_spec(compose):
+    schema = compose_schema()
+    jsonschema.Draft201909Validator.check_schema(schema)
+    errors = sorted(jsonschema.Draft201909Validator(schema).iter_errors(compose), key=str)
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+    # The check has teeth: a misspelt key is caught.
+    broken = {**compose, "services": {"w": {"image": "x", "comand": ["m3pipe"]}}}
+    assert list(jsonschema.Draft201909Validator(schema).iter_errors(broken))
+
+
+def test_every_m3pipe_command_parses_with_the_cli(compose):
+    parser = build_parser()
+    commands = {
+        name: service["command"] for name, service in compose["services"].items() if name != "redis"
+    }
+    assert set(commands) >= {"flower", "worker-gpu0", "worker-gpu1", "worker-cpu",
+                             "autoscaler", "producer"}  # fmt: skip
+    for name, command in commands.items():
+        assert command[0] == "m3pipe", name
+        args = parser.parse_args(command[1:])  # exits (SystemExit) on an unknown flag
+        assert callable(args.func), name
+
+
+def test_services_carry_the_documented_settings(compose):
+    services = compose["services"]
+    redis_command = " ".join(services["redis"]["command"])
+    for setting in ("--appendonly yes", "--maxmemory-policy noeviction", "--requirepass"):
+        assert setting in redis_command
+    for index in (0, 1):
+        worker = services[f"worker-gpu{index}"]
+        devices = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["device_ids"] == [str(index)]
+        assert devices[0]["capabilities"] == ["gpu"]
+        assert worker["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
+        assert worker["stop_grace_period"] == "35m"  # longer than a shard may take
+        assert "redis://:${REDIS_PASSWORD" in worker["environment"]["M3PIPE_BROKER_URL"]
+    assert services["worker-cpu"]["profiles"] == ["cpu"]
+    assert services["autoscaler"]["profiles"] == ["autoscale"]
+    assert "M3PIPE_FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+    assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"]
+    for service in services.values():
+        if service.get("build"):
+            assert (ROOT / service["build"]["dockerfile"]).is_file()
