@@ -55,6 +55,16 @@ def add_scale_commands(sub: argparse._SubParsersAction) -> None:
     )
     flower.set_defaults(func=cmd_flower)
 
+    probe = sub.add_parser("probe", help="health check of one worker (exit 0 healthy, 1 not)")
+    probe.add_argument("--name", help="worker name (default: $M3PIPE_WORKER_NAME)")
+    probe.add_argument(
+        "--max-shard-seconds",
+        type=float,
+        help="a shard held longer is wedged (default: $M3PIPE_VISIBILITY_TIMEOUT)",
+    )
+    probe.add_argument("--ping-timeout", type=float, default=10.0, help="0 skips the ping")
+    probe.set_defaults(func=cmd_probe)
+
 
 def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.autoscaler import Autoscaler, parse_devices
@@ -109,6 +119,26 @@ def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
     )
     scaler.run(stop, args.poll)
+    return EXIT_OK
+
+
+def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.cli import EXIT_FAILED
+    from pipeline.cli_queue import job_store
+    from pipeline.probe import ping_problem, worker_problem
+    from workers.bootstrap import WORKER_NAME_ENV
+
+    name = args.name or os.environ.get(WORKER_NAME_ENV)
+    if not name:
+        return usage_error(f"--name (or ${WORKER_NAME_ENV}) is required")
+    limit = args.max_shard_seconds or float(settings.visibility_timeout)
+    problem = worker_problem(job_store(settings), name, limit)
+    if problem is None and args.ping_timeout > 0:
+        problem = ping_problem(name, args.ping_timeout)
+    if problem is not None:
+        print(f"m3pipe probe: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"m3pipe probe: {name} healthy", file=sys.stderr)
     return EXIT_OK
 
 

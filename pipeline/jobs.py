@@ -22,6 +22,7 @@ from pipeline.keys import (
     shard_digest_key,
     shard_info_key,
     shard_state_key,
+    worker_key,
 )
 from schemas.job import JobSpec, JobState, JobStatus, ShardCounts, ShardState
 
@@ -303,6 +304,17 @@ class JobStore:
     def shard_states(self, job_id: str) -> dict[int, ShardState]:
         raw = self._hgetall(shard_state_key(job_id))
         return {int(k): ShardState(v) for k, v in raw.items()}
+
+    # -- workers ----------------------------------------------------------------------
+    def note_busy(self, worker: str, shard: str, started: float) -> None:
+        self.redis.hset(worker_key(worker), mapping={"shard": shard, "shard_started": started})
+
+    def note_idle(self, worker: str) -> None:
+        self.redis.hdel(worker_key(worker), "shard", "shard_started")
+        self.redis.hset(worker_key(worker), "last_shard_ended", time.time())
+
+    def worker_record(self, worker: str) -> dict[str, str]:
+        return self._hgetall(worker_key(worker))
 
     # -- status -----------------------------------------------------------------------
     def status(self, job_id: str) -> JobStatus:

@@ -110,6 +110,20 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
         fail_shard(store, message, reason, runtime.hostname)
         return ShardOutcome(ShardState.FAILED, reason)
 
+    # The shard in hand, for `m3pipe probe`: a shard held far longer than any shard may
+    # take means a wedged worker (a hung device call), which a ping alone would not show.
+    store.note_busy(runtime.hostname, f"{job_id}/{shard}", started)
+    try:
+        return _encode_and_record(message, spec, runtime, started)
+    finally:
+        store.note_idle(runtime.hostname)
+
+
+def _encode_and_record(
+    message: ShardMessage, spec: JobSpec, runtime: WorkerRuntime, started: float
+) -> ShardOutcome:
+    """Encode, write the part file atomically, mark the shard done, end the job if last."""
+    store, job_id, shard = runtime.store, message.job_id, message.shard
     out = Path(spec.out)
     if not out.is_dir():
         raise PermanentError(f"output directory {out} does not exist on {runtime.hostname}")

@@ -51,6 +51,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     load_seconds = time.perf_counter() - started
     store = JobStore(connect(settings.broker, settings.redis_retry_seconds))
     key = worker_key(hostname)
+    store.redis.delete(key)  # a pool process killed mid-shard left its shard marker
     store.redis.hset(
         key,
         mapping={
