@@ -65,6 +65,12 @@ def add_scale_commands(sub: argparse._SubParsersAction) -> None:
     probe.add_argument("--ping-timeout", type=float, default=10.0, help="0 skips the ping")
     probe.set_defaults(func=cmd_probe)
 
+    backlog = sub.add_parser("backlog", help="queued + in-flight shards per queue")
+    backlog.add_argument("--queues", help="comma-separated queues (default: $M3PIPE_QUEUE)")
+    backlog.add_argument("--serve", type=int, metavar="PORT", help="serve GET /backlog as JSON")
+    backlog.add_argument("--address", default="0.0.0.0", help="with --serve (default 0.0.0.0)")
+    backlog.set_defaults(func=cmd_backlog)
+
 
 def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.autoscaler import Autoscaler, parse_devices
@@ -139,6 +145,33 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
         print(f"m3pipe probe: {problem}", file=sys.stderr)
         return EXIT_FAILED
     print(f"m3pipe probe: {name} healthy", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_backlog(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from pipeline.backlog_server import backlog_report, make_server
+    from pipeline.cli_queue import checked_queue, comma_list, job_store
+
+    try:
+        queues = [checked_queue(q) for q in comma_list(args.queues or settings.queue)]
+        if args.serve is not None and not 0 < args.serve < 65536:
+            raise ValueError("--serve takes a port, 1-65535")
+    except ValueError as exc:
+        return usage_error(exc)
+    client = job_store(settings).redis
+
+    def report() -> dict:
+        return backlog_report(client, queues)
+
+    if args.serve is None:
+        print(json.dumps(report(), indent=2))
+        return EXIT_OK
+    server = make_server(args.address, args.serve, report)
+    print(f"m3pipe backlog: http://{args.address}:{args.serve}/backlog", file=sys.stderr)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    server.serve_forever()
     return EXIT_OK
 
 

@@ -48,3 +48,28 @@ def test_parse_devices(spec, devices):
 def test_parse_devices_refuses(spec):
     with pytest.raises(ValueError, match="--devices"):
         parse_devices(spec)
+
+
+def test_backlog_server_serves_json_for_keda(store):
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from pipeline.backlog_server import backlog_report, make_server
+
+    store.redis.rpush("m3pipe", "a", "b")
+    server = make_server("127.0.0.1", 0, lambda: backlog_report(store.redis, ["m3pipe"]))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with opener.open(f"{url}/backlog", timeout=10) as response:
+            report = json.loads(response.read())
+        assert report == {
+            "total": 2, "queues": {"m3pipe": {"queued": 2, "in_flight": 0, "total": 2}}
+        }  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError):
+            opener.open(f"{url}/other", timeout=10)
+    finally:
+        server.shutdown()
