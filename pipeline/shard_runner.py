@@ -80,8 +80,9 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
             f"job {job_id} asks for model {spec.model!r}, this worker serves "
             f"{runtime.model_spec!r}; send the job to a queue of workers with that model"
         )
+    digest = documents_digest(message.documents)  # hashed once: stale check and file facts
     registered = store.shard_digest(job_id, shard)
-    if registered is not None and registered != documents_digest(message.documents):
+    if registered is not None and registered != digest:
         # Left in the queue by an earlier submission of this job (cancelled, then resumed
         # with changed input): running it would write the old documents.
         log.warning("job %s shard %d: stale message, not the registered documents; skipped",
@@ -114,13 +115,13 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
     # take means a wedged worker (a hung device call), which a ping alone would not show.
     store.note_busy(runtime.hostname, f"{job_id}/{shard}", started)
     try:
-        return _encode_and_record(message, spec, runtime, started)
+        return _encode_and_record(message, spec, runtime, started, digest)
     finally:
         store.note_idle(runtime.hostname)
 
 
 def _encode_and_record(
-    message: ShardMessage, spec: JobSpec, runtime: WorkerRuntime, started: float
+    message: ShardMessage, spec: JobSpec, runtime: WorkerRuntime, started: float, digest: str
 ) -> ShardOutcome:
     """Encode, write the part file atomically, mark the shard done, end the job if last."""
     store, job_id, shard = runtime.store, message.job_id, message.shard
@@ -133,7 +134,7 @@ def _encode_and_record(
     facts = {
         "job_id": job_id,
         "shard": shard,
-        "digest": documents_digest(message.documents),
+        "digest": digest,
         "documents": len(message.documents),
         "rows": table.num_rows,
         "tokens": stats.tokens,
