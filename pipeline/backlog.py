@@ -7,7 +7,6 @@ unacknowledged message in the `unacked` hash as JSON `[message, exchange, routin
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -16,6 +15,24 @@ import redis
 PRIORITY_SEPARATOR = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
 UNACKED_KEY = "unacked"
+
+# In-flight messages per routing key, counted inside Redis: each `unacked` value holds a
+# whole shard (up to --shard-bytes), so reading them out and parsing the JSON on every
+# poll would cost megabytes per worker. The routing key is the last JSON string of the
+# value, so only its tail is looked at (queue names are at most 64 characters).
+_COUNT_UNACKED = """
+local counts = {}
+for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
+  local key = string.match(string.sub(value, -300), '"([^"]*)"%s*%]%s*$')
+  if key then counts[key] = (counts[key] or 0) + 1 end
+end
+local flat = {}
+for key, n in pairs(counts) do
+  flat[#flat + 1] = key
+  flat[#flat + 1] = n
+end
+return flat
+"""
 
 
 def priority_lists(queue: str) -> list[str]:
@@ -34,7 +51,7 @@ class Backlog:
 
 
 def backlogs(client: redis.Redis, queues: Iterable[str]) -> dict[str, Backlog]:
-    """Each queue's backlog, read in one round trip plus one scan of `unacked`."""
+    """Each queue's backlog: one round trip for the lists, one script over `unacked`."""
     names = list(dict.fromkeys(queues))
     pipe = client.pipeline(transaction=False)
     for queue in names:
@@ -44,14 +61,11 @@ def backlogs(client: redis.Redis, queues: Iterable[str]) -> dict[str, Backlog]:
     steps = len(PRIORITY_STEPS)
     queued = {q: sum(lengths[i * steps : (i + 1) * steps]) for i, q in enumerate(names)}
     in_flight = dict.fromkeys(names, 0)
-    # Small by construction: each worker holds at most one unacknowledged shard.
-    for raw in client.hvals(UNACKED_KEY):
-        try:
-            routing_key = json.loads(raw)[2]
-        except (ValueError, IndexError, TypeError):
-            continue  # not a kombu entry: nothing to count
-        if routing_key in in_flight:
-            in_flight[routing_key] += 1
+    flat = client.eval(_COUNT_UNACKED, 1, UNACKED_KEY)
+    for raw_key, count in zip(flat[::2], flat[1::2], strict=True):
+        key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+        if key in in_flight:
+            in_flight[key] = int(count)
     return {q: Backlog(queued=queued[q], in_flight=in_flight[q]) for q in names}
 
 
