@@ -1,5 +1,7 @@
 """One exception root, split by what a caller should do about it."""
 
+from __future__ import annotations
+
 
 class PipelineError(Exception):
     """Root of every error m3pipe raises on purpose."""
@@ -32,3 +34,12 @@ class UnreadableInput(InputError):
         super().__init__(message)
         self.line = line
         self.row = row
+
+    @classmethod
+    def partway(
+        cls, exc: BaseException, *, line: int | None = None, row: int | None = None
+    ) -> UnreadableInput:
+        """Reading stopped at this line or row (1-based, the first record not read)."""
+        where = f"line {line}" if line is not None else f"row {row}"
+        message = f"read failed at {where}, the rest of the file is lost: {exc}"
+        return cls(message, line=line, row=row)

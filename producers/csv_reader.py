@@ -71,10 +71,7 @@ def read_csv(
                     )
                     yield InputItem(result, row=row_number)
         except STREAM_ERRORS as exc:  # e.g. a truncated .gz or .zst
-            raise UnreadableInput(
-                f"read failed at row {row_number + 1}, the rest of the file is lost: {exc}",
-                row=row_number + 1,
-            ) from exc
+            raise UnreadableInput.partway(exc, row=row_number + 1) from exc
 
 
 def _rows(reader: Iterator[list[str]], source: str) -> Iterator[list[str] | Reject]:

@@ -41,10 +41,7 @@ def read_jsonl(
                 result = _parse_line(raw, source, number, id_field, text_field, keep_fields)
                 yield InputItem(result, line=number)
         except STREAM_ERRORS as exc:  # e.g. a truncated .gz or .zst
-            raise UnreadableInput(
-                f"read failed at line {number + 1}, the rest of the file is lost: {exc}",
-                line=number + 1,
-            ) from exc
+            raise UnreadableInput.partway(exc, line=number + 1) from exc
 
 
 def _parse_line(

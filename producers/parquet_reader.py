@@ -56,6 +56,4 @@ def read_parquet(
                 )
                 yield InputItem(result, row=row)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise UnreadableInput(
-            f"read failed at row {row + 1}, the rest of the file is lost: {exc}", row=row + 1
-        ) from exc
+        raise UnreadableInput.partway(exc, row=row + 1) from exc
