@@ -24,6 +24,7 @@ from pipeline.keys import (
     shard_state_key,
     worker_key,
 )
+from pipeline.redis_url import DEFAULT_RETRY_SECONDS, connect
 from schemas.job import JobSpec, JobState, JobStatus, ShardCounts, ShardState
 
 ABSENT = "-"  # a shard never registered
@@ -118,10 +119,8 @@ class JobStore:
         self._reopen = client.register_script(_REOPEN)
 
     @classmethod
-    def connect(cls, url: str, retry_seconds: float | None = None) -> JobStore:
-        from pipeline.redis_url import DEFAULT_RETRY_SECONDS, connect
-
-        return cls(connect(url, DEFAULT_RETRY_SECONDS if retry_seconds is None else retry_seconds))
+    def connect(cls, url: str, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> JobStore:
+        return cls(connect(url, retry_seconds))
 
     # The client decodes responses (see redis_url.connect): values are str.
     def _hget(self, key: str, field: str) -> str | None:
