@@ -11,7 +11,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from pipeline.cli import EXIT_OK, usage_error
+from pipeline.cli import EXIT_FAILED, EXIT_OK, usage_error
 from pipeline.metrics import AUTOSCALER_METRICS_PORT, WORKER_METRICS_PORT
 from pipeline.settings import Settings
 
@@ -129,7 +129,6 @@ def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.cli import EXIT_FAILED
     from pipeline.cli_queue import job_store
     from pipeline.probe import ping_problem, worker_problem
     from workers.bootstrap import WORKER_NAME_ENV
@@ -168,7 +167,12 @@ def cmd_backlog(args: argparse.Namespace, settings: Settings) -> int:
     if args.serve is None:
         print(json.dumps(report(), indent=2))
         return EXIT_OK
-    server = make_server(args.address, args.serve, report)
+    try:
+        server = make_server(args.address, args.serve, report)
+    except OSError as exc:
+        print(f"m3pipe backlog: cannot listen on {args.address}:{args.serve}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
     print(f"m3pipe backlog: http://{args.address}:{args.serve}/backlog", file=sys.stderr)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     server.serve_forever()

@@ -43,3 +43,22 @@ def test_probe_catches_a_wedged_pool_process_that_a_ping_misses(tmp_path, cli_en
     assert run_cli("wait", job_id, "--timeout", "120", env=cli_env, timeout=140).returncode == 0
     assert "shard" not in store.worker_record(name)  # idle again
     assert run_cli("probe", "--name", name, "--max-shard-seconds", "2", env=cli_env).returncode == 0
+
+
+def test_backlog_command_prints_json_and_refuses_a_taken_port(cli_env, store):
+    import json
+    import socket
+
+    store.redis.rpush("m3pipe", "x")
+    printed = run_cli("backlog", env=cli_env)
+    assert printed.returncode == 0, printed.stderr
+    assert json.loads(printed.stdout)["queues"]["m3pipe"] == {
+        "queued": 1, "in_flight": 0, "total": 1
+    }  # fmt: skip
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        served = run_cli("backlog", "--serve", str(port), "--address", "127.0.0.1", env=cli_env)
+    assert served.returncode == 1 and "cannot listen on 127.0.0.1" in served.stderr
+    assert run_cli("backlog", "--queues", "bad name", env=cli_env).returncode == 2
