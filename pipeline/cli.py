@@ -112,9 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     encode = sub.add_parser("encode", help="encode a JSONL file to Parquet, no queue")
     encode.add_argument(
-        "input", type=Path, help="JSONL (.gz/.zst), CSV, Parquet, or a directory of .txt files"
+        "input",
+        help="JSONL (.gz/.zst), CSV, Parquet, or a directory of .txt files; a path or a "
+        "URL (s3://...)",
     )
-    encode.add_argument("--out", type=Path, required=True, help="output directory")
+    encode.add_argument(
+        "--out", required=True, help="output directory: a path or a URL (s3://bucket/prefix)"
+    )
     add_encode_options(encode)
     add_input_options(encode)
     encode.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
@@ -179,6 +183,7 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.engine import Engine
     from pipeline.local_encode import encode_file
     from pipeline.model import load_model
+    from pipeline.storage import open_location
     from producers.jsonl import count_lines
 
     try:
@@ -191,8 +196,9 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
         keep_fields = parse_keep_fields(args.keep_fields)
     except ValueError as exc:
         return usage_error(exc)
-    if not args.input.exists():
-        print(f"m3pipe encode: input file not found: {args.input}", file=sys.stderr)
+    source = open_location(args.input)
+    if not source.exists():
+        print(f"m3pipe encode: input file not found: {source}", file=sys.stderr)
         return EXIT_FAILED
 
     model = load_model(
@@ -205,11 +211,11 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
     engine = Engine(model, options)
     show_bar = not args.quiet and sys.stderr.isatty()
     # The line count (a full read of the file) is only worth it when a bar shows an ETA.
-    total = count_lines(args.input) if show_bar and args.input.is_file() else None
+    total = count_lines(source) if show_bar and source.is_file() else None
     bar = ProgressBar(total, enabled=show_bar)
     try:
         summary = encode_file(
-            args.input,
+            source,
             args.out,
             engine,
             id_field=args.id_field,

@@ -81,8 +81,12 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     worker.set_defaults(func=cmd_worker)
 
     submit = sub.add_parser("submit", help="register a job and enqueue its shards")
-    submit.add_argument("inputs", type=Path, nargs="+", help="input files or .txt directories")
-    submit.add_argument("--out", type=Path, required=True, help="output directory")
+    submit.add_argument(
+        "inputs", nargs="+", help="input files or .txt directories: paths or URLs (s3://...)"
+    )
+    submit.add_argument(
+        "--out", required=True, help="output directory: a path or a URL (s3://bucket/prefix)"
+    )
     add_encode_options(submit)
     add_input_options(submit)
     add_shard_options(submit)
@@ -113,8 +117,12 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     retry.set_defaults(func=cmd_retry)
 
     run = sub.add_parser("run", help="one command: Redis, workers, submit, follow, clean up")
-    run.add_argument("inputs", type=Path, nargs="+", help="input files or .txt directories")
-    run.add_argument("--out", type=Path, required=True, help="output directory")
+    run.add_argument(
+        "inputs", nargs="+", help="input files or .txt directories: paths or URLs (s3://...)"
+    )
+    run.add_argument(
+        "--out", required=True, help="output directory: a path or a URL (s3://bucket/prefix)"
+    )
     run.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1)")
     run.add_argument("--device", choices=["auto", "cpu"], default="auto", help="cpu forces CPU")
     add_encode_options(run)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from pipeline.jobs import JobStore
 from pipeline.manifest import build_manifest
-from pipeline.output_dir import MANIFEST, write_json_atomic
+from pipeline.output_dir import MANIFEST, PART_PATTERN, write_json_atomic
 from pipeline.sink import remove_stale_temp_files
+from pipeline.storage import open_location
 from schemas.job import JobState, JobStatus, ShardState
 
 log = logging.getLogger(__name__)
@@ -37,15 +37,16 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
     if not all_shards_ended(status):
         return None
     spec = store.spec(job_id)
-    out = Path(spec.out)
+    out = open_location(spec.out)
     infos = store.shard_infos(job_id)
     states = store.shard_states(job_id)
     files: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
+    present = {part.name for part in out.children(PART_PATTERN)}  # one listing, not a stat each
     for shard in sorted(states):
         info = infos.get(shard, {})
         if states[shard] is ShardState.DONE:
-            if not (out / info["name"]).is_file():
+            if info["name"] not in present:
                 # Someone removed a finished file: count it as failed rather than lie.
                 store.mark_shard(job_id, shard, ShardState.FAILED, [ShardState.DONE.value])
                 info = {**info, "error": "output file missing after the shard finished"}

@@ -12,6 +12,7 @@ from pipeline.errors import InputError
 from pipeline.manifest import build_manifest
 from pipeline.output_dir import MANIFEST, RejectLog, prepare_output_dir, write_json_atomic
 from pipeline.sink import part_name, write_shard
+from pipeline.storage import Location, open_location
 from pipeline.table import with_fields
 from producers.intake import IntakeCounts, accept_documents
 from producers.readers import read_records
@@ -23,7 +24,7 @@ SHARD_MAX_CHARS = 8_000_000
 
 @dataclass
 class EncodeSummary:
-    out_dir: Path
+    out_dir: Location
     intake: IntakeCounts = field(default_factory=IntakeCounts)
     files: list[dict[str, object]] = field(default_factory=list)
     stats: EncodeStats = field(default_factory=EncodeStats)
@@ -46,8 +47,8 @@ class EncodeSummary:
 
 
 def encode_file(
-    input_path: Path,
-    out_dir: Path,
+    input_path: Location | Path | str,
+    out_dir: Location | Path | str,
     engine: Engine,
     *,
     id_field: str = "id",
@@ -60,8 +61,9 @@ def encode_file(
 ) -> EncodeSummary:
     """Encode every valid record of `input_path`; every record ends as a row or a reject."""
     started = time.time()
+    source_location = open_location(input_path)
     items = read_records(
-        Path(input_path),
+        source_location,
         input_format,
         id_field=id_field,
         text_field=text_field,
@@ -70,7 +72,7 @@ def encode_file(
     first = next(items, None)
     if first is None:
         raise InputError(f"{input_path} holds no records (empty file)")
-    out = prepare_output_dir(Path(out_dir), overwrite)
+    out = prepare_output_dir(out_dir, overwrite)
     summary = EncodeSummary(out_dir=out)
     source = str(input_path)
 
@@ -80,7 +82,7 @@ def encode_file(
         shards = cut_shards(docs, shard_docs, SHARD_MAX_CHARS)
         for index, (shard, result) in enumerate(engine.encode_stream(shards, progress)):
             name = part_name(index)
-            write_shard(with_fields(result.table, shard, keep_fields), out / name)
+            written = write_shard(with_fields(result.table, shard, keep_fields), out / name)
             summary.stats.add(result.stats)
             summary.files.append(
                 {
@@ -88,7 +90,7 @@ def encode_file(
                     "documents": len(shard),
                     "rows": result.table.num_rows,
                     "tokens": result.stats.tokens,
-                    "bytes": (out / name).stat().st_size,
+                    "bytes": written.size(),
                 }
             )
     if not summary.intake.balanced():

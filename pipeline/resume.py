@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
 from pipeline.output_dir import JOB_FILE
+from pipeline.storage import Location, open_location
 from schemas.document import Document
 from schemas.job import JobSpec
 from schemas.output import read_output_metadata
@@ -68,21 +69,22 @@ class ShardFile:
     model: dict[str, Any]  # the engine's file metadata (model, dtype, modes...)
 
 
-def read_shard_file(path: Path) -> ShardFile | None:
+def read_shard_file(target: Location | Path | str) -> ShardFile | None:
     """What a finished part file records, or None if it is missing, damaged or too old."""
+    location = open_location(target)
     try:
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(location.path, filesystem=location.fs)
         facts = json.loads((schema.metadata or {})[SHARD_METADATA_KEY])
         return ShardFile(facts=dict(facts), model=read_output_metadata(schema))
     except (OSError, pa.ArrowInvalid, KeyError, ValueError, TypeError):
         return None
 
 
-def previous_spec(out: Path) -> JobSpec:
+def previous_spec(out: Location | Path | str) -> JobSpec:
     """The spec an earlier submission left in `out`, or ResumeError."""
-    path = Path(out) / JOB_FILE
+    path = open_location(out) / JOB_FILE
     try:
-        return JobSpec.model_validate_json(path.read_text(encoding="utf-8"))
+        return JobSpec.model_validate_json(path.read_text())
     except FileNotFoundError:
         raise ResumeError(
             f"nothing to resume in {out}: no {JOB_FILE} (was it written by `m3pipe submit`?)"

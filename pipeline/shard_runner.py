@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pipeline.engine import EncodeStats, Engine
 from pipeline.errors import PermanentError
@@ -19,6 +18,7 @@ from pipeline.metrics import WorkerMetrics
 from pipeline.model import M3Model
 from pipeline.resume import documents_digest, with_shard_metadata
 from pipeline.sink import part_name, write_shard
+from pipeline.storage import open_location
 from pipeline.table import with_fields
 from schemas.job import JobSpec, JobState, ShardMessage, ShardState
 from schemas.options import EncodeOptions
@@ -125,8 +125,8 @@ def _encode_and_record(
 ) -> ShardOutcome:
     """Encode, write the part file atomically, mark the shard done, end the job if last."""
     store, job_id, shard = runtime.store, message.job_id, message.shard
-    out = Path(spec.out)
-    if not out.is_dir():
+    out = open_location(spec.out)
+    if not out.is_dir():  # submit wrote _job.json there, so an object-store prefix exists too
         raise PermanentError(f"output directory {out} does not exist on {runtime.hostname}")
     result = runtime.engine(spec.options).encode(message.documents)
     stats = result.stats
@@ -140,7 +140,7 @@ def _encode_and_record(
         "tokens": stats.tokens,
     }
     name = part_name(shard)
-    write_shard(with_shard_metadata(table, facts), out / name)
+    written = write_shard(with_shard_metadata(table, facts), out / name)
 
     store.set_model_metadata(job_id, runtime.engine(spec.options).file_metadata())
     done = {
@@ -148,7 +148,7 @@ def _encode_and_record(
         "documents": len(message.documents),
         "rows": table.num_rows,
         "tokens": stats.tokens,
-        "bytes": (out / name).stat().st_size,
+        "bytes": written.size(),
         "worker": runtime.hostname,
         "seconds": round(time.time() - started, 3),
         "padding_efficiency": round(stats.padding_efficiency, 4),

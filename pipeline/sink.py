@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.storage import Location, fsync_dir, local_temp_name, open_location
+
 ROW_GROUP_ROWS = 1024  # ColBERT rows are large: keep row groups readable piecewise
+_WRITE_OPTIONS = {"compression": "zstd", "row_group_size": ROW_GROUP_ROWS, "store_schema": True}
+STALE_TEMP_PATTERN = ".part-*.parquet.tmp-*"
 
 
 def part_name(shard_index: int) -> str:
@@ -20,45 +22,44 @@ def part_name(shard_index: int) -> str:
     return f"part-{shard_index:05d}.parquet"
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def write_shard(table: pa.Table, target: Location | Path | str) -> Location:
+    """Write `table` as Parquet to `target` so that nothing partial appears under its name.
 
-
-def write_shard(table: pa.Table, path: Path) -> Path:
-    """Write `table` to `path` via a hidden temp file and rename.
-
-    Nothing partial ever appears under the final name: a crash leaves at most a
-    `.part-*.tmp-*` file, which readers ignore and a rerun removes.
+    Local: via a hidden temp file, fsync and rename; a crash leaves at most a
+    `.part-*.tmp-*` file, which readers ignore and the job's end removes. Object stores:
+    the file is built in memory and put as one object (the shard's vectors are in memory
+    already, so this at most doubles them for the length of the upload).
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    location = open_location(target)
+    if not location.is_local:
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, **_WRITE_OPTIONS)
+        location.write_bytes(buffer.getvalue())
+        return location
+    path = location.local_path
+    tmp = local_temp_name(path)
     try:
-        pq.write_table(
-            table,
-            tmp,
-            compression="zstd",
-            row_group_size=ROW_GROUP_ROWS,
-            store_schema=True,
-        )
+        pq.write_table(table, tmp, **_WRITE_OPTIONS)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-    return path
+    fsync_dir(path.parent)
+    return location
 
 
-def remove_stale_temp_files(directory: Path) -> int:
-    """Delete temp files left by interrupted writes; returns how many went."""
+def remove_stale_temp_files(directory: Location | Path | str) -> int:
+    """Delete temp files left by interrupted local writes; returns how many went.
+
+    Object-store writes leave none: an interrupted put or multipart upload never shows.
+    """
+    location = open_location(directory)
+    if not location.is_local:
+        return 0
     removed = 0
-    for stale in Path(directory).glob(".part-*.parquet.tmp-*"):
+    for stale in location.local_path.glob(STALE_TEMP_PATTERN):
         stale.unlink(missing_ok=True)
         removed += 1
     return removed

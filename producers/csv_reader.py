@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import InputError, UnreadableInput
+from pipeline.storage import Location, open_location
 from producers.compressed import STREAM_ERRORS, open_binary
 from producers.validate import InputItem, record_to_document
 from schemas.document import Reject
@@ -22,15 +23,16 @@ def _has_undecodable(values: list[str]) -> bool:
 
 
 def read_csv(
-    path: Path,
+    path: Location | Path | str,
     *,
     id_field: str = "id",
     text_field: str = "text",
     keep_fields: tuple[str, ...] = (),
 ) -> Iterator[InputItem]:
     """Yield a Document or a Reject per data row; the header must name the id and text columns."""
-    source = str(path)
-    with open_binary(Path(path)) as raw:
+    location = open_location(path)
+    source = location.uri
+    with open_binary(location) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
         reader = csv.reader(text)
         row_number = 0

@@ -7,33 +7,36 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import UnreadableInput
-from producers.compressed import STREAM_ERRORS, open_binary
+from pipeline.storage import Location, open_location
+from producers.compressed import STREAM_ERRORS, is_compressed, open_binary
 from producers.validate import InputItem, record_to_document
 from schemas.document import Document, Reject
 
 
-def count_lines(path: Path) -> int:
+def count_lines(path: Location | Path | str) -> int:
     """Fast line count of a plain file, for progress totals (0 for compressed input)."""
-    if Path(path).suffix.lower() in (".gz", ".zst"):
+    location = open_location(path)
+    if is_compressed(location):
         return 0
     count = 0
-    with open(path, "rb") as handle:
+    with location.open_input() as handle:
         while block := handle.read(1 << 20):
             count += block.count(b"\n")
     return count
 
 
 def read_jsonl(
-    path: Path,
+    path: Location | Path | str,
     *,
     id_field: str = "id",
     text_field: str = "text",
     keep_fields: tuple[str, ...] = (),
 ) -> Iterator[InputItem]:
     """Yield a Document or a Reject per non-blank line; blank lines are not records."""
-    source = str(path)
+    location = open_location(path)
+    source = location.uri
     number = 0
-    with open_binary(Path(path)) as handle:
+    with open_binary(location) as handle:
         try:
             for number, raw in enumerate(handle, start=1):
                 if not raw.strip():

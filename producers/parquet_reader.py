@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError, UnreadableInput
+from pipeline.storage import Location, open_location
 from producers.compressed import check_readable_file
 from producers.validate import InputItem, record_to_document
 
@@ -16,17 +17,32 @@ BATCH_ROWS = 1024
 
 
 def read_parquet(
-    path: Path,
+    path: Location | Path | str,
     *,
     id_field: str = "id",
     text_field: str = "text",
     keep_fields: tuple[str, ...] = (),
 ) -> Iterator[InputItem]:
     """Yield a Document or a Reject per row. Integer ids are read as their decimal strings."""
-    source = str(path)
-    check_readable_file(Path(path))
+    location = open_location(path)
+    check_readable_file(location)
     try:
-        parquet = pq.ParquetFile(path)
+        handle = location.open_random_access()
+    except OSError as exc:
+        raise UnreadableInput(f"cannot open file: {exc.strerror or exc}") from exc
+    with handle:
+        yield from _read_rows(handle, location.uri, id_field, text_field, keep_fields)
+
+
+def _read_rows(
+    handle: pa.NativeFile,
+    source: str,
+    id_field: str,
+    text_field: str,
+    keep_fields: tuple[str, ...],
+) -> Iterator[InputItem]:
+    try:
+        parquet = pq.ParquetFile(handle)
     except (OSError, pa.ArrowInvalid) as exc:
         raise UnreadableInput(f"not a readable Parquet file: {exc}") from exc
     names = parquet.schema_arrow.names

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.errors import InputError, UnreadableInput
+from pipeline.storage import Location, open_location
 from producers.compressed import base_suffix
 from producers.csv_reader import read_csv
 from producers.jsonl import read_jsonl
@@ -31,27 +32,27 @@ _READERS: dict[str, Callable[..., Iterator[InputItem]]] = {
 }
 
 
-def detect_format(path: Path, requested: str = "auto") -> str:
+def detect_format(path: Location | Path | str, requested: str = "auto") -> str:
     if requested not in FORMATS:
         raise InputError(f"unknown input format {requested!r}; choose from {', '.join(FORMATS)}")
     if requested != "auto":
         return requested
-    path = Path(path)
-    if path.is_dir():
+    location = open_location(path)
+    if location.is_dir():
         return "txt"
-    if not path.exists():
-        raise InputError(f"input not found: {path}")
-    fmt = _BY_SUFFIX.get(base_suffix(path))
+    if not location.exists():
+        raise InputError(f"input not found: {location}")
+    fmt = _BY_SUFFIX.get(base_suffix(location.name))
     if fmt is None:
         raise InputError(
-            f"cannot tell the format of {path} from its name; pass --format "
+            f"cannot tell the format of {location} from its name; pass --format "
             "jsonl|csv|parquet|txt (compressed .gz/.zst allowed for jsonl and csv)"
         )
     return fmt
 
 
 def read_records(
-    path: Path,
+    path: Location | Path | str,
     fmt: str = "auto",
     *,
     id_field: str = "id",
@@ -63,9 +64,10 @@ def read_records(
     A file that cannot be opened, or the unreadable rest of a damaged one, becomes one
     Reject (one input record) so the job goes on with the other records and files.
     """
-    reader = _READERS[detect_format(path, fmt)]
-    items = reader(Path(path), id_field=id_field, text_field=text_field, keep_fields=keep_fields)
-    return _unreadable_as_reject(items, str(path))
+    location = open_location(path)
+    reader = _READERS[detect_format(location, fmt)]
+    items = reader(location, id_field=id_field, text_field=text_field, keep_fields=keep_fields)
+    return _unreadable_as_reject(items, location.uri)
 
 
 def _unreadable_as_reject(items: Iterator[InputItem], source: str) -> Iterator[InputItem]:

@@ -17,7 +17,13 @@ from pathlib import Path
 from pipeline.errors import InputError, PermanentError
 from pipeline.job_finish import finalize_if_complete
 from pipeline.jobs import ABSENT, JobStore
-from pipeline.output_dir import JOB_FILE, RejectLog, prepare_output_dir, write_json_atomic
+from pipeline.output_dir import (
+    JOB_FILE,
+    PART_PATTERN,
+    RejectLog,
+    prepare_output_dir,
+    write_json_atomic,
+)
 from pipeline.resume import (
     ResumeError,
     check_same_job,
@@ -26,6 +32,7 @@ from pipeline.resume import (
     read_shard_file,
 )
 from pipeline.sink import part_name
+from pipeline.storage import Location, open_location
 from producers.intake import IntakeCounts, accept_documents, document_bytes
 from producers.readers import detect_format, read_records
 from producers.sharding import cut_shards
@@ -75,8 +82,8 @@ class ShardLimits:
 
 @dataclass
 class SubmitRequest:
-    inputs: list[Path]
-    out: Path
+    inputs: list[Path | str]  # local paths or URLs (s3://...)
+    out: Path | str
     model: str
     options: EncodeOptions
     queue: str
@@ -108,13 +115,14 @@ def submit_job(
     on_registered: Callable[[str], None] | None = None,
 ) -> SubmitResult:
     """Register the job, enqueue every shard, record the totals; returns once all are queued."""
-    formats = [detect_format(path, request.input_format) for path in request.inputs]
-    out = prepare_output_dir(request.out, request.overwrite, request.resume).resolve()
+    inputs = [open_location(path) for path in request.inputs]
+    formats = [detect_format(location, request.input_format) for location in inputs]
+    out = prepare_output_dir(request.out, request.overwrite, request.resume)
     spec = JobSpec(
         job_id=request.job_id or new_job_id(),
-        inputs=[str(Path(p).resolve()) for p in request.inputs],
+        inputs=[location.url for location in inputs],
         input_format=request.input_format,
-        out=str(out),
+        out=out.url,
         model=request.model,
         options=request.options,
         id_field=request.id_field,
@@ -141,16 +149,16 @@ def submit_job(
         with RejectLog(out) as rejects:
             sources = [
                 (
-                    str(path),
+                    location.uri,
                     read_records(
-                        path,
+                        location,
                         fmt,
                         id_field=request.id_field,
                         text_field=request.text_field,
                         keep_fields=request.keep_fields,
                     ),
                 )
-                for path, fmt in zip(request.inputs, formats, strict=True)
+                for location, fmt in zip(inputs, formats, strict=True)
             ]
             docs = accept_documents(
                 sources,
@@ -191,7 +199,7 @@ def submit_job(
     return SubmitResult(job_id, shards, counts, finalize_if_complete(store, job_id), skipped)
 
 
-def spec_to_resume(spec: JobSpec, out: Path, store: JobStore) -> JobSpec:
+def spec_to_resume(spec: JobSpec, out: Location, store: JobStore) -> JobSpec:
     """The spec under the earlier job's id, once it is sure to be the same job, not running.
 
     The earlier job's Redis state (if Redis still has it) is dropped: shard states are
@@ -212,7 +220,7 @@ def spec_to_resume(spec: JobSpec, out: Path, store: JobStore) -> JobSpec:
 
 
 def already_done(
-    store: JobStore, out: Path, job_id: str, index: int, shard: list[Document], digest: str
+    store: JobStore, out: Location, job_id: str, index: int, shard: list[Document], digest: str
 ) -> bool:
     """Whether shard `index` has a whole file made from these documents (then it is done).
 
@@ -221,7 +229,7 @@ def already_done(
     path = out / part_name(index)
     found = read_shard_file(path)
     if found is None or found.facts.get("digest") != digest:
-        path.unlink(missing_ok=True)
+        path.delete()
         return False
     facts = found.facts
     info = {
@@ -229,7 +237,7 @@ def already_done(
         "documents": len(shard),
         "rows": facts["rows"],
         "tokens": facts["tokens"],
-        "bytes": path.stat().st_size,
+        "bytes": path.size(),
         "resumed": True,
     }
     store.mark_shard(
@@ -248,13 +256,13 @@ def already_done(
     return True
 
 
-def remove_parts_from(out: Path, first: int) -> None:
+def remove_parts_from(out: Location, first: int) -> None:
     """Part files numbered `first` and above belong to no shard of this submission."""
-    for path in out.glob("part-*.parquet"):
-        number = path.stem.removeprefix("part-")
+    for path in out.children(PART_PATTERN):
+        number = path.name.removeprefix("part-").removesuffix(".parquet")
         if number.isdigit() and int(number) >= first:
             log.info("resume: removing %s, which no shard of this submission makes", path)
-            path.unlink(missing_ok=True)
+            path.delete()
 
 
 def cut_message_shards(

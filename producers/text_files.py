@@ -2,36 +2,35 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.storage import Location, open_location
 from producers.validate import InputItem, record_to_document
 from schemas.document import Reject
 
 TEXT_SUFFIX = ".txt"
 
 
-def text_files(root: Path) -> Iterator[Path]:
+def text_files(root: Location) -> Iterator[Location]:
     """Every .txt file under `root`, in a stable order (sorted per directory, depth first)."""
-    for directory, subdirs, files in os.walk(root):
-        subdirs.sort()
-        for name in sorted(files):
-            if name.lower().endswith(TEXT_SUFFIX):
-                yield Path(directory) / name
+    for location in root.walk_files():
+        if location.name.lower().endswith(TEXT_SUFFIX):
+            yield location
 
 
-def read_text_dir(root: Path, **_: object) -> Iterator[InputItem]:
+def read_text_dir(root: Location | Path | str, **_: object) -> Iterator[InputItem]:
     """Yield a Document or a Reject per .txt file (UTF-8; a BOM is dropped)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"not a directory: {root}")
-    for path in text_files(root):
-        doc_id = path.relative_to(root).as_posix()
-        source = str(path)
+    directory = open_location(root)
+    if not directory.is_dir():
+        raise InputError(f"not a directory: {directory}")
+    prefix = directory.path.rstrip("/") + "/"
+    for location in text_files(directory):
+        doc_id = location.path.removeprefix(prefix)
+        source = location.uri
         try:
-            raw = path.read_bytes()
+            raw = location.read_bytes()
         except OSError as exc:
             reason = f"unreadable file: {exc.strerror or exc}"
             yield InputItem(Reject(source=source, id=doc_id, reason=reason), file=source)

@@ -28,8 +28,9 @@ CONTRACT = {
 def test_written_schema_is_exactly_the_contract(tiny, tmp_path, chunked):
     options = EncodeOptions(max_length=64, long_docs="chunk" if chunked else "truncate")
     table = Engine(tiny, options).encode(documents(["alpha beta", "gamma"])).table
-    path = write_shard(table, tmp_path / part_name(0))
-    schema = pq.read_schema(path)
+    written = write_shard(table, tmp_path / part_name(0))
+    assert written.local_path == tmp_path / part_name(0)
+    schema = pq.read_schema(written.local_path)
     expected = {k: v for k, v in CONTRACT.items() if chunked or k != "chunk"}
     assert schema.names == list(expected)
     for name, arrow_type in expected.items():
@@ -38,7 +39,7 @@ def test_written_schema_is_exactly_the_contract(tiny, tmp_path, chunked):
     assert meta["model"] == "random:tiny" and meta["random_weights"] is True
     assert (meta["dense_dim"], meta["dtype"], meta["max_length"]) == (64, "float16", 64)
     assert meta["model_fingerprint"]
-    assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert pq.ParquetFile(written.local_path).metadata.row_group(0).column(0).compression == "ZSTD"
 
 
 def test_float32_storage_schema():
