@@ -84,7 +84,6 @@ class S3Server:
         self._log.close()
 
 
-
 class Bucket:
     """One test's bucket: URLs for m3pipe, and direct reads and writes for checks."""
 

@@ -87,6 +87,9 @@ def test_worker_has_one_gpu_a_long_grace_and_a_probe_beyond_ping(objects):
     claim = volumes["data"]["persistentVolumeClaim"]["claimName"]
     pvc = objects[("PersistentVolumeClaim", claim)]
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    # Object-store keys come from a secret the pod starts without (pod roles need none).
+    [store_secret] = container["envFrom"]
+    assert store_secret["secretRef"] == {"name": "m3pipe-object-store", "optional": True}
 
 
 def test_keda_scales_the_worker_on_backlog_including_in_flight(objects):
