@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from pipeline.errors import RetryableError
 from pipeline.model import M3Model
 from schemas.options import Mode, StorageDtype
+
+Out = TypeVar("Out")  # what one forward pass returns (embeddings, reranker logits)
 
 _STORAGE = {StorageDtype.FLOAT16: torch.float16, StorageDtype.FLOAT32: torch.float32}
 
@@ -114,8 +117,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def encode_with_split(
-    run: Callable[[np.ndarray], BatchOutput], rows: np.ndarray, empty_cache: Callable[[], None]
-) -> list[BatchOutput]:
+    run: Callable[[np.ndarray], Out], rows: np.ndarray, empty_cache: Callable[[], None]
+) -> list[Out]:
     """Run a batch; on out-of-memory split it in halves and retry, never dropping a row."""
     try:
         return [run(rows)]

@@ -116,11 +116,16 @@ def _download_with_deadline(repo_id: str, timeout: float) -> Path:
     return Path(result["path"])
 
 
-def resolve_model_path(spec: str, cache_dir: Path, hub_timeout: float) -> tuple[Path, str | None]:
-    """The local directory of a model spec, and the hub revision when it came from the hub."""
+def resolve_model_path(
+    spec: str, cache_dir: Path, hub_timeout: float, reranker: bool = False
+) -> tuple[Path, str | None]:
+    """The local directory of a model spec, and the hub revision when it came from the hub.
+
+    `random:SIZE` names a random embedder, or a random cross-encoder when `reranker`.
+    """
     size = parse_random_spec(spec)
     if size is not None:
-        return cached_random_model(size, cache_dir), None
+        return cached_random_model(size, cache_dir, reranker=reranker), None
     local = Path(spec).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():

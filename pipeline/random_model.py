@@ -1,8 +1,10 @@
 """Randomly initialised models of the bge-m3 architecture, for tests and speed work.
 
-A random model is an XLM-RoBERTa encoder, `colbert_linear.pt`, `sparse_linear.pt` and a
+A random embedder is an XLM-RoBERTa encoder, `colbert_linear.pt`, `sparse_linear.pt` and a
 Unigram tokenizer trained here on generated multilingual text, saved as an ordinary model
-directory that FlagEmbedding loads like bge-m3. Its vectors mean nothing: it is never bge-m3.
+directory that FlagEmbedding loads like bge-m3. A random reranker is the same encoder with
+a one-label sequence-classification head, the architecture of bge-reranker-v2-m3. Their
+outputs mean nothing: they are never the real models.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pipeline.errors import ModelLoadError
 RANDOM_PREFIX = "random:"
 # Bump when the built files change, so stale caches are not reused.
 BUILD_VERSION = 2
+RERANKER_BUILD_VERSION = 1
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as in XLM-RoBERTa
 MAX_POSITIONS = 8194  # 8192 tokens + XLM-R's padding offset of 2
 
@@ -114,14 +117,18 @@ def model_config(size: str):  # -> XLMRobertaConfig
     )
 
 
-def write_random_model(out_dir: Path, size: str, seed: int = 0) -> Path:
-    """Build a random bge-m3-architecture model into `out_dir` (created; must not exist)."""
-    from transformers import XLMRobertaModel
-
+def _check_size(size: str) -> None:
     if size not in SHAPES:
         raise ModelLoadError(
             f"unknown random model size {size!r}: choose one of {', '.join(SHAPES)}"
         )
+
+
+def write_random_model(out_dir: Path, size: str, seed: int = 0) -> Path:
+    """Build a random bge-m3-architecture model into `out_dir` (created; must not exist)."""
+    from transformers import XLMRobertaModel
+
+    _check_size(size)
     out_dir = Path(out_dir)
     shape = SHAPES[size]
     tokenizer = train_tokenizer(shape.tokenizer_vocab, seed)
@@ -148,15 +155,54 @@ def write_random_model(out_dir: Path, size: str, seed: int = 0) -> Path:
     return out_dir
 
 
-def cached_random_model(size: str, cache_dir: Path, seed: int = 0) -> Path:
+def write_random_reranker(out_dir: Path, size: str, seed: int = 0) -> Path:
+    """Build a random cross-encoder of bge-reranker-v2-m3's architecture into `out_dir`."""
+    from transformers import XLMRobertaForSequenceClassification
+
+    _check_size(size)
+    out_dir = Path(out_dir)
+    tokenizer = train_tokenizer(SHAPES[size].tokenizer_vocab, seed)
+    config = model_config(size)
+    config.num_labels = 1  # one relevance logit per (query, passage) pair
+    torch.manual_seed(seed)
+    model = XLMRobertaForSequenceClassification(config)
+    # The default init (std 0.02) gives logits within about 1e-3 of each other, as the
+    # <s> state of a random encoder varies little between inputs; a scaled-up head spreads
+    # them over tenths of a unit, so that ranks and parity checks say something.
+    with torch.no_grad():
+        for layer, scale in ((model.classifier.dense, 1.0), (model.classifier.out_proj, 30.0)):
+            layer.weight.normal_(0.0, scale / layer.in_features**0.5)
+    out_dir.mkdir(parents=True, exist_ok=False)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    info = {
+        "random": True,
+        "kind": "reranker",
+        "size": size,
+        "seed": seed,
+        "build_version": RERANKER_BUILD_VERSION,
+        "note": "randomly initialised weights of the bge-reranker-v2-m3 architecture; "
+        "not bge-reranker-v2-m3",
+    }
+    (out_dir / "m3pipe_random_model.json").write_text(json.dumps(info, indent=2))
+    return out_dir
+
+
+def cached_random_model(size: str, cache_dir: Path, seed: int = 0, reranker: bool = False) -> Path:
     """The path of a cached random model, building it once (safe across processes)."""
-    target = Path(cache_dir) / "models" / f"random-{size}-seed{seed}-v{BUILD_VERSION}"
+    if reranker:
+        name = f"random-reranker-{size}-seed{seed}-v{RERANKER_BUILD_VERSION}"
+    else:
+        name = f"random-{size}-seed{seed}-v{BUILD_VERSION}"
+    target = Path(cache_dir) / "models" / name
     if (target / "m3pipe_random_model.json").exists():
         return target
+    _check_size(size)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        write_random_model(staging / "model", size, seed)
+        build = write_random_reranker if reranker else write_random_model
+        build(staging / "model", size, seed)
         try:
             os.rename(staging / "model", target)
         except OSError:

@@ -1,0 +1,76 @@
+"""Reranking: (query, passage) pairs in, one relevance score per pair out."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.document import MAX_ID_CHARS
+from schemas.options import MAX_SUPPORTED_LENGTH
+
+# FlagReranker's default: bge-reranker-v2-m3 is trained and evaluated at 512-1024 tokens.
+DEFAULT_RERANK_MAX_LENGTH = 512
+
+
+class RerankOptions(BaseModel):
+    """How pairs are truncated and batched; FlagReranker's meaning for each length."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Tokens of the whole pair, specials included; also the passage's own cut before pairing.
+    max_length: int = Field(default=DEFAULT_RERANK_MAX_LENGTH, ge=8, le=MAX_SUPPORTED_LENGTH)
+    # Tokens of the query before pairing; None is FlagReranker's max_length * 3 // 4.
+    query_max_length: int | None = Field(default=None, ge=1, le=MAX_SUPPORTED_LENGTH)
+    batch_tokens: int | None = Field(default=None, ge=8)
+
+    @property
+    def effective_query_max_length(self) -> int:
+        if self.query_max_length is not None:
+            return self.query_max_length
+        return self.max_length * 3 // 4
+
+
+def _plain_text(value: str, what: str) -> str:
+    if not value.strip():
+        raise ValueError(f"{what} is empty or whitespace only")
+    if "\x00" in value:
+        raise ValueError(f"{what} contains NUL characters (binary or UTF-16 data?)")
+    return value
+
+
+def _plain_id(value: str, what: str) -> str:
+    if "\x00" in value:
+        raise ValueError(f"{what} contains NUL characters")
+    return value
+
+
+class Pair(BaseModel):
+    """One (query, passage) pair to score. Ids are opaque: stored, never used as paths."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    query_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    query: str
+    doc_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    passage: str
+    # Set when the pair came with its query's other candidates: they are ranked together.
+    group: int | None = None
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str) -> str:
+        return _plain_text(value, "query")
+
+    @field_validator("passage")
+    @classmethod
+    def _passage(cls, value: str) -> str:
+        return _plain_text(value, "passage")
+
+    @field_validator("query_id")
+    @classmethod
+    def _query_id(cls, value: str) -> str:
+        return _plain_id(value, "query_id")
+
+    @field_validator("doc_id")
+    @classmethod
+    def _doc_id(cls, value: str) -> str:
+        return _plain_id(value, "doc_id")

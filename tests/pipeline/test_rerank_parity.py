@@ -1,0 +1,74 @@
+"""The reranker engine against FlagEmbedding's FlagReranker on the same random weights."""
+
+import numpy as np
+import pytest
+
+from pipeline.reranker import RerankEngine, load_reranker, tokenize_pairs
+from schemas.rerank import Pair, RerankOptions
+from tests.corpus import mixed_texts
+
+
+@pytest.fixture(scope="module")
+def reranker(model_cache):
+    return load_reranker("random:tiny", device="cpu", cache_dir=model_cache)
+
+
+def make_pairs() -> list[Pair]:
+    texts = mixed_texts()
+    long_text = " ".join(texts) * 3  # far past any max_length below
+    queries = ["what is m3pipe?", texts[1], long_text[:3000], "ünïcödé ☃ query \u2028 x"]
+    passages = [*texts, long_text, "short", "tabs\tand\nnew lines  here", "emoji 🚀🚀 ok"]
+    return [
+        Pair(query_id=f"q{i}", query=q, doc_id=f"d{j}", passage=p)
+        for i, q in enumerate(queries)
+        for j, p in enumerate(passages)
+    ]
+
+
+@pytest.mark.parametrize("max_length,query_max_length", [(512, None), (64, None), (128, 20)])
+def test_pair_ids_are_flagembeddings(reranker, max_length, query_max_length):
+    from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
+
+    tok = reranker.tokenizer
+    pairs = make_pairs()
+    options = RerankOptions(max_length=max_length, query_max_length=query_max_length)
+    qml = query_max_length or max_length * 3 // 4
+    expected = []
+    for pair in pairs:  # FlagReranker's own steps, one pair at a time
+        q = tok(pair.query, add_special_tokens=False, max_length=qml, truncation=True)
+        d = tok(pair.passage, add_special_tokens=False, max_length=max_length, truncation=True)
+        item = prepare_for_model_compat(
+            tok,
+            q["input_ids"],
+            d["input_ids"],
+            truncation="only_second",
+            max_length=max_length,
+            padding=False,
+        )
+        expected.append(item["input_ids"])
+    got = tokenize_pairs(tok, pairs, options)
+    assert got == expected
+    assert max(len(ids) for ids in got) == max_length  # truncation did happen
+
+
+@pytest.mark.parametrize("max_length", [512, 96])
+def test_scores_match_flagreranker_compute_score(reranker, max_length):
+    from FlagEmbedding import FlagReranker
+
+    pairs = make_pairs()
+    flag = FlagReranker(str(reranker.path), use_fp16=False, devices=["cpu"])
+    as_lists = [[p.query, p.passage] for p in pairs]
+    expected = np.array(flag.compute_score(as_lists, max_length=max_length))
+    expected_norm = np.array(flag.compute_score(as_lists, max_length=max_length, normalize=True))
+
+    # A small token budget: many batches, some of one pair, unlike FlagReranker's.
+    engine = RerankEngine(reranker, RerankOptions(max_length=max_length, batch_tokens=2048))
+    result = engine.score(pairs)
+    assert result.stats.batches > 3
+    np.testing.assert_allclose(result.logits, expected, rtol=0, atol=1e-5)
+    table = result.table
+    np.testing.assert_allclose(table.column("score").to_numpy(), expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        table.column("score_normalized").to_numpy(), expected_norm, rtol=0, atol=1e-5
+    )
+    assert np.std(expected) > 0.02  # scores differ far beyond the tolerance
