@@ -7,10 +7,10 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import InputError, UnreadableInput
+from pipeline.errors import UnreadableInput
 from pipeline.storage import Location, open_location
 from producers.compressed import STREAM_ERRORS, open_binary
-from producers.validate import InputItem, record_to_document
+from producers.validate import DocumentShape, InputItem, RecordShape
 from schemas.document import Reject
 
 # One CSV field may hold a whole long document (csv's default cap is 128 KiB).
@@ -28,8 +28,10 @@ def read_csv(
     id_field: str = "id",
     text_field: str = "text",
     keep_fields: tuple[str, ...] = (),
+    shape: RecordShape | None = None,
 ) -> Iterator[InputItem]:
-    """Yield a Document or a Reject per data row; the header must name the id and text columns."""
+    """Yield a validated record or a Reject per data row; the header names the columns."""
+    shape = shape or DocumentShape(id_field, text_field, keep_fields)
     location = open_location(path)
     source = location.uri
     with open_binary(location) as raw:
@@ -40,12 +42,7 @@ def read_csv(
             header = next(reader, None)
             if header is None:
                 return
-            missing = [c for c in (id_field, text_field, *keep_fields) if c not in header]
-            if missing:
-                raise InputError(
-                    f"{source}: header has no column {missing[0]!r} (columns: {header[:20]}); "
-                    "use --id-field/--text-field/--keep-fields"
-                )
+            shape.columns(header, source)
             for row_number, values in enumerate(_rows(reader, source), start=1):
                 if isinstance(values, Reject):
                     yield InputItem(values.model_copy(update={"row": row_number}), row=row_number)
@@ -63,14 +60,7 @@ def read_csv(
                     )
                 else:
                     record = dict(zip(header, values, strict=True))
-                    result = record_to_document(
-                        record,
-                        source=source,
-                        row=row_number,
-                        id_field=id_field,
-                        text_field=text_field,
-                        keep_fields=keep_fields,
-                    )
+                    result = shape.convert(record, source=source, row=row_number)
                     yield InputItem(result, row=row_number)
         except STREAM_ERRORS as exc:  # e.g. a truncated .gz or .zst
             raise UnreadableInput.partway(exc, row=row_number + 1) from exc

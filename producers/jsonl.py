@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import UnreadableInput
 from pipeline.storage import Location, open_location
 from producers.compressed import STREAM_ERRORS, is_compressed, open_binary
-from producers.validate import InputItem, record_to_document
-from schemas.document import Document, Reject
+from producers.validate import DocumentShape, InputItem, RecordShape
+from schemas.document import Reject
 
 
 def count_lines(path: Location | Path | str) -> int:
@@ -31,8 +32,10 @@ def read_jsonl(
     id_field: str = "id",
     text_field: str = "text",
     keep_fields: tuple[str, ...] = (),
+    shape: RecordShape | None = None,
 ) -> Iterator[InputItem]:
-    """Yield a Document or a Reject per non-blank line; blank lines are not records."""
+    """Yield a validated record or a Reject per non-blank line; blank lines are not records."""
+    shape = shape or DocumentShape(id_field, text_field, keep_fields)
     location = open_location(path)
     source = location.uri
     number = 0
@@ -41,35 +44,23 @@ def read_jsonl(
             for number, raw in enumerate(handle, start=1):
                 if not raw.strip():
                     continue
-                result = _parse_line(raw, source, number, id_field, text_field, keep_fields)
-                yield InputItem(result, line=number)
+                record = _parse_line(raw, source, number)
+                if not isinstance(record, Reject):
+                    record = shape.convert(record, source=source, line=number)
+                yield InputItem(record, line=number)
         except STREAM_ERRORS as exc:  # e.g. a truncated .gz or .zst
             raise UnreadableInput.partway(exc, line=number + 1) from exc
 
 
-def _parse_line(
-    raw: bytes,
-    source: str,
-    line: int,
-    id_field: str,
-    text_field: str,
-    keep_fields: tuple[str, ...],
-) -> Document | Reject:
+def _parse_line(raw: bytes, source: str, line: int) -> Any:
+    """The line's JSON value, or a Reject when it is not UTF-8 JSON."""
     try:
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Reject(source=source, line=line, reason=f"invalid UTF-8 at byte {exc.start}")
     try:
-        record = json.loads(decoded)
+        return json.loads(decoded)
     except json.JSONDecodeError as exc:
         return Reject(
             source=source, line=line, reason=f"malformed JSON: {exc.msg} at column {exc.colno}"
         )
-    return record_to_document(
-        record,
-        source=source,
-        line=line,
-        id_field=id_field,
-        text_field=text_field,
-        keep_fields=keep_fields,
-    )

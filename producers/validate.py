@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from pipeline.errors import InputError
 from schemas.document import MAX_ID_CHARS, Document, Reject
 
 
@@ -27,6 +29,69 @@ class InputItem:
         if self.row is not None:
             return f"row {self.row}"
         return "file"
+
+
+class RecordShape(Protocol):
+    """What one record of a task's input holds: the columns read, and its validation.
+
+    The JSONL, CSV and Parquet readers are shared by every task; the shape says what a
+    record must be (a document to embed, or pairs to rerank).
+    """
+
+    def columns(self, available: Sequence[str], source: str) -> list[str]:
+        """The columns to read, or InputError naming the first missing one."""
+        ...
+
+    def id_columns(self) -> tuple[str, ...]:
+        """Columns whose integer values are read as their decimal strings."""
+        ...
+
+    def convert(
+        self, record: Any, *, source: str, line: int | None = None, row: int | None = None
+    ) -> Any:
+        """The record validated (a Document, ...) or a Reject."""
+        ...
+
+
+def require_columns(wanted: Sequence[str], available: Sequence[str], source: str) -> list[str]:
+    columns = list(dict.fromkeys(wanted))
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise InputError(
+            f"{source}: no column {missing[0]!r} (columns: {list(available)[:20]}); "
+            "use --id-field/--text-field/--keep-fields"
+        )
+    return columns
+
+
+@dataclass(frozen=True)
+class DocumentShape:
+    """Records to embed: an id, a text and optional kept fields."""
+
+    id_field: str = "id"
+    text_field: str = "text"
+    keep_fields: tuple[str, ...] = ()
+
+    def columns(self, available: Sequence[str], source: str) -> list[str]:
+        return require_columns(
+            (self.id_field, self.text_field, *self.keep_fields), available, source
+        )
+
+    def id_columns(self) -> tuple[str, ...]:
+        return (self.id_field,)
+
+    def convert(
+        self, record: Any, *, source: str, line: int | None = None, row: int | None = None
+    ) -> Document | Reject:
+        return record_to_document(
+            record,
+            source=source,
+            line=line,
+            row=row,
+            id_field=self.id_field,
+            text_field=self.text_field,
+            keep_fields=self.keep_fields,
+        )
 
 
 def _type_name(value: object) -> str:

@@ -1,0 +1,210 @@
+"""Reranker engine vs FlagEmbedding's FlagReranker.compute_score, same pairs and model, one run.
+
+Each side runs in its own fresh process (peak RSS is that process's VmHWM), one after the
+other, on deterministic pairs: queries of 4-40 words, each with a list of candidate passages
+of lognormal length (median about 150 tokens, some past --max-length). Both sides truncate
+as FlagReranker does and score in the model's precision (fp32 on CPU, fp16 on CUDA). The
+scores of the two sides are compared too. Prints a table and saves JSON under
+benchmarks/results/.
+
+    python benchmarks/bench_rerank.py --model random:small            # CPU target run
+    python benchmarks/bench_rerank.py --device cuda --model random:full --pairs 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_pairs(n_pairs: int, per_query: int, seed: int) -> list[list[str]]:
+    from pipeline.synthetic_text import TextGenerator
+
+    rng = np.random.default_rng(seed)
+    gen = TextGenerator(seed)
+    pairs = []
+    while len(pairs) < n_pairs:
+        query = gen.document(int(rng.integers(4, 40)))
+        for words in np.clip(rng.lognormal(np.log(75), 0.9, per_query), 5, 1500).astype(int):
+            pairs.append([query, gen.document(int(words))])
+    return pairs[:n_pairs]
+
+
+def vm_hwm_mb() -> float:
+    """Peak RSS of this process since exec (ru_maxrss would carry the parent's)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_side(side: str, args: argparse.Namespace, pairs_path: Path, scores_path: Path) -> dict:
+    """Runs in a child process: load, score every pair once, report."""
+    import torch
+
+    from pipeline.reranker import RerankEngine, load_reranker
+    from pipeline.settings import Settings
+    from schemas.rerank import Pair, RerankOptions
+
+    pairs = json.loads(pairs_path.read_text())
+    model = load_reranker(
+        args.model, device=args.device, precision=args.precision, cache_dir=Settings().cache_dir
+    )
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    rss_loaded = vm_hwm_mb()
+    result: dict = {"side": side}
+    if side == "engine":
+        options = RerankOptions(max_length=args.max_length, batch_tokens=args.batch_tokens)
+        engine = RerankEngine(model, options)
+        items = [
+            Pair(query_id=str(i), query=q, doc_id=str(i), passage=p)
+            for i, (q, p) in enumerate(pairs)
+        ]
+        sync()
+        start = time.perf_counter()
+        scored = engine.score(items)
+        sync()
+        seconds = time.perf_counter() - start
+        scores = scored.logits.astype(float).tolist()
+        result.update(
+            padding_efficiency=round(scored.stats.padding_efficiency, 4),
+            batches=scored.stats.batches,
+            tokens=scored.stats.tokens,
+            batch_tokens=engine.batch_tokens,
+        )
+    else:
+        from FlagEmbedding import FlagReranker
+
+        flag = FlagReranker(
+            str(model.path),
+            use_fp16=model.dtype == torch.float16,
+            devices=[str(model.device)],
+            batch_size=args.flag_batch_size,
+            max_length=args.max_length,
+        )
+        del model
+        sync()
+        start = time.perf_counter()
+        scores = [float(s) for s in flag.compute_score(pairs)]
+        sync()
+        seconds = time.perf_counter() - start
+        result.update(batch_size=args.flag_batch_size)
+    scores_path.write_text(json.dumps(scores))
+    result.update(
+        pairs=len(pairs),
+        seconds=round(seconds, 3),
+        pairs_per_second=round(len(pairs) / seconds, 2),
+        peak_rss_mb=round(vm_hwm_mb(), 1),
+        rss_after_load_mb=round(rss_loaded, 1),
+    )
+    if torch.cuda.is_available() and args.device != "cpu":
+        result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="random:small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--pairs", type=int, default=800)
+    parser.add_argument("--per-query", type=int, default=20, help="candidates per query")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-tokens", type=int, default=None)
+    parser.add_argument("--flag-batch-size", type=int, default=128, help="FlagReranker default")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--side", choices=["engine", "flagreranker"], help=argparse.SUPPRESS)
+    parser.add_argument("--pairs-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--scores-file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.side:  # child process
+        print(json.dumps(run_side(args.side, args, args.pairs_file, args.scores_file)))
+        return 0
+
+    pairs = make_pairs(args.pairs, args.per_query, args.seed)
+    sides, scores = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs_path = Path(tmp) / "pairs.json"
+        pairs_path.write_text(json.dumps(pairs))
+        for side in ("engine", "flagreranker"):
+            scores_path = Path(tmp) / f"{side}-scores.json"
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    *sys.argv[1:],
+                    "--side",
+                    side,
+                    "--pairs-file",
+                    str(pairs_path),
+                    "--scores-file",
+                    str(scores_path),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
+            if proc.returncode != 0:
+                print(proc.stderr[-4000:], file=sys.stderr)
+                return 1
+            sides[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+            scores[side] = np.array(json.loads(scores_path.read_text()))
+            print(f"{side:>13}: {sides[side]}", flush=True)
+
+    engine, flag = sides["engine"], sides["flagreranker"]
+    report = {
+        "benchmark": "bench_rerank",
+        "model": args.model,
+        "device": args.device,
+        "pairs": {
+            "count": len(pairs),
+            "per_query": args.per_query,
+            "max_length": args.max_length,
+            "tokens": engine["tokens"],
+            "seed": args.seed,
+        },
+        "engine": engine,
+        "flagreranker": flag,
+        "ratios": {
+            "pairs_per_second": round(engine["pairs_per_second"] / flag["pairs_per_second"], 3),
+            "peak_rss": round(engine["peak_rss_mb"] / flag["peak_rss_mb"], 3),
+        },
+        "max_abs_score_difference": float(np.abs(scores["engine"] - scores["flagreranker"]).max()),
+        "targets": {"pairs_per_second_ratio": ">= 2.0 (CPU, random:small)"},
+        "host": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(
+        json.dumps(report["ratios"]),
+        f"max |score difference| {report['max_abs_score_difference']:.2e}",
+    )
+    name = f"rerank-{args.device}-{args.model.replace(':', '-').replace('/', '_')}.json"
+    out = args.out or ROOT / "benchmarks" / "results" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
