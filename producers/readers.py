@@ -70,6 +70,18 @@ def read_records(
     return _unreadable_as_reject(items, location.uri)
 
 
+def read_pair_records(path: Location | Path | str, fmt: str = "auto") -> Iterator[InputItem]:
+    """Stream rerank input: each item is a PairRecord (producers/pairs.py) or a Reject."""
+    from producers.pairs import PairShape
+
+    location = open_location(path)
+    fmt = detect_format(location, fmt)
+    if fmt == "txt":
+        raise InputError(f"{location}: rerank input is JSONL, CSV or Parquet, not .txt files")
+    items = _READERS[fmt](location, shape=PairShape())
+    return _unreadable_as_reject(items, location.uri)
+
+
 def _unreadable_as_reject(items: Iterator[InputItem], source: str) -> Iterator[InputItem]:
     try:
         yield from items

@@ -17,7 +17,7 @@ from schemas.document import MAX_ID_CHARS, Document, Reject
 class InputItem:
     """One input record, validated: where it was read and what it became."""
 
-    result: Document | Reject
+    result: Any  # what the task's RecordShape made of it (a Document, pairs...) or a Reject
     line: int | None = None  # JSONL: 1-based line
     row: int | None = None  # CSV, Parquet: 1-based data row (header not counted)
     file: str | None = None  # the file inside a directory input, when it is one

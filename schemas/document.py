@@ -44,5 +44,6 @@ class Reject(BaseModel):
     source: str
     line: int | None = None
     row: int | None = None
-    id: str | None = None
+    id: str | None = None  # the document's id (for a rerank pair: the doc_id)
+    query_id: str | None = None  # rerank pairs only
     reason: str

@@ -29,7 +29,8 @@ class RerankOptions(BaseModel):
         return self.max_length * 3 // 4
 
 
-def _plain_text(value: str, what: str) -> str:
+def plain_text(value: str, what: str) -> str:
+    """`value` if it is usable text, else ValueError saying why (blank, NUL)."""
     if not value.strip():
         raise ValueError(f"{what} is empty or whitespace only")
     if "\x00" in value:
@@ -58,12 +59,12 @@ class Pair(BaseModel):
     @field_validator("query")
     @classmethod
     def _query(cls, value: str) -> str:
-        return _plain_text(value, "query")
+        return plain_text(value, "query")
 
     @field_validator("passage")
     @classmethod
     def _passage(cls, value: str) -> str:
-        return _plain_text(value, "passage")
+        return plain_text(value, "passage")
 
     @field_validator("query_id")
     @classmethod
