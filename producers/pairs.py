@@ -109,8 +109,9 @@ class PairShape:
                 problem = problem and where + problem
             if problem is None:
                 try:
+                    fields = {"query_id": query_id, "query": query}
                     out.pairs.append(
-                        Pair(query_id=query_id, query=query, doc_id=doc_id, passage=passage)
+                        Pair.model_validate({**fields, "doc_id": doc_id, "passage": passage})
                     )
                     continue
                 except ValidationError as exc:

@@ -95,5 +95,5 @@ def test_parquet_grouped_candidates_and_integer_ids(tmp_path):
 
 
 def test_a_text_directory_is_not_rerank_input(tmp_path):
-    with pytest.raises(InputError, match="not .txt files"):
+    with pytest.raises(InputError, match=r"not \.txt files"):
         read_pair_records(tmp_path)
