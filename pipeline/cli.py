@@ -180,6 +180,8 @@ def options_from_args(args: argparse.Namespace) -> EncodeOptions:
 
 
 def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
+    from pyarrow.fs import FileType
+
     from pipeline.engine import Engine
     from pipeline.local_encode import encode_file
     from pipeline.model import load_model
@@ -197,7 +199,7 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         return usage_error(exc)
     source = open_location(args.input)
-    if not source.exists():
+    if source.probe() == FileType.NotFound:
         print(f"m3pipe encode: input file not found: {source}", file=sys.stderr)
         return EXIT_FAILED
 

@@ -39,7 +39,7 @@ def prepare_output_dir(
     which still count) and drops only its manifest, so no stale manifest stays visible.
     """
     out = open_location(target)
-    if out.is_file():
+    if out.probe() == pafs.FileType.File:
         raise OutputDirError(f"output path exists and is not a directory: {out}")
     if not out.is_local:
         _check_bucket(out)

@@ -91,6 +91,17 @@ class Location:
     def _info(self) -> pafs.FileInfo:
         return _guard(self, self.fs.get_file_info, self.path)
 
+    def probe(self) -> pafs.FileType:
+        """What is at this location, for the checks a command makes before it starts.
+
+        An unreachable store or a refused request is a StorageError there: a clear message
+        at once, not a traceback. (A worker's later I/O errors stay OSErrors: retried.)
+        """
+        try:
+            return self._info().type
+        except OSError as exc:
+            raise StorageError(f"cannot reach {self.uri}: {_short(exc)}") from exc
+
     def exists(self) -> bool:
         return self._info().type != pafs.FileType.NotFound
 

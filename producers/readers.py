@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from pyarrow.fs import FileType
+
 from pipeline.errors import InputError, UnreadableInput
 from pipeline.storage import Location, open_location
 from producers.compressed import base_suffix
@@ -38,9 +40,10 @@ def detect_format(path: Location | Path | str, requested: str = "auto") -> str:
     if requested != "auto":
         return requested
     location = open_location(path)
-    if location.is_dir():
+    kind = location.probe()
+    if kind == FileType.Directory:
         return "txt"
-    if not location.exists():
+    if kind == FileType.NotFound:
         raise InputError(f"input not found: {location}")
     fmt = _BY_SUFFIX.get(base_suffix(location.name))
     if fmt is None:

@@ -201,3 +201,14 @@ def test_previous_spec_reads_job_file_from_s3(s3):
     )
     s3.put("out/_job.json", spec.model_dump_json().encode())
     assert previous_spec(s3.url("out")) == spec
+
+
+def test_an_unreachable_store_is_a_clear_error_before_anything_starts(monkeypatch):
+    # Nothing listens on port 1: the first check says so, rather than a traceback.
+    for key, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}.items():
+        monkeypatch.setenv(key, value)
+    url = "s3://bucket/{}?endpoint_override=127.0.0.1:1&scheme=http&region=us-east-1"
+    with pytest.raises(StorageError, match="cannot reach s3://bucket/out"):
+        prepare_output_dir(url.format("out"))
+    with pytest.raises(StorageError, match=r"cannot reach s3://bucket/in\.jsonl"):
+        detect_format(url.format("in.jsonl"))
