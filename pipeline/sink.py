@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import Location, fsync_dir, local_temp_name, open_location
+from pipeline.storage import Location, commit_local, open_location
 
 ROW_GROUP_ROWS = 1024  # ColBERT rows are large: keep row groups readable piecewise
 _WRITE_OPTIONS = {"compression": "zstd", "row_group_size": ROW_GROUP_ROWS, "store_schema": True}
@@ -36,17 +35,7 @@ def write_shard(table: pa.Table, target: Location | Path | str) -> Location:
         pq.write_table(table, buffer, **_WRITE_OPTIONS)
         location.write_bytes(buffer.getvalue())
         return location
-    path = location.local_path
-    tmp = local_temp_name(path)
-    try:
-        pq.write_table(table, tmp, **_WRITE_OPTIONS)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    commit_local(location.local_path, lambda tmp: pq.write_table(table, tmp, **_WRITE_OPTIONS))
     return location
 
 

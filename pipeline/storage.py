@@ -257,7 +257,7 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + " ..."
 
 
-def fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -271,15 +271,23 @@ def local_temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _write_local_atomic(path: Path, data: bytes | pa.Buffer) -> None:
+def commit_local(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` to a hidden temp file, fsync it, rename it to `path`: whole or nothing.
+
+    A crash leaves at most the temp file, which readers skip (leading dot) and the job's
+    end removes (see pipeline/sink.py).
+    """
     tmp = local_temp_name(path)
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        write(tmp)
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    _fsync_dir(path.parent)
+
+
+def _write_local_atomic(path: Path, data: bytes | pa.Buffer) -> None:
+    commit_local(path, lambda tmp: tmp.write_bytes(memoryview(data)))
