@@ -54,14 +54,23 @@ class M3Model:
     def describe(self) -> dict[str, object]:
         """Identity written into Parquet metadata and manifests."""
         return {
-            "model": self.spec,
-            "model_revision": self.revision,
-            "model_fingerprint": self.fingerprint,
-            "random_weights": self.spec.startswith("random:"),
+            **model_identity(self.spec, self.revision, self.fingerprint, self.dtype),
             "dense_dim": self.dense_dim,
             "colbert_dim": self.colbert_dim,
-            "compute_dtype": str(self.dtype).removeprefix("torch."),
         }
+
+
+def model_identity(
+    spec: str, revision: str | None, fingerprint: str, dtype: torch.dtype
+) -> dict[str, object]:
+    """What names a loaded model in file metadata and manifests (embedder or reranker)."""
+    return {
+        "model": spec,
+        "model_revision": revision,
+        "model_fingerprint": fingerprint,
+        "random_weights": spec.startswith("random:"),
+        "compute_dtype": str(dtype).removeprefix("torch."),
+    }
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -11,7 +11,6 @@ engine does), with an out-of-memory split instead of a smaller fixed batch size.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,12 +25,15 @@ from pipeline import __version__
 from pipeline.batching import default_batch_tokens, plan_batches
 from pipeline.encoder import encode_with_split, pad_batch
 from pipeline.errors import ModelLoadError
-from pipeline.model import fingerprint_model_dir, resolve_device, resolve_dtype, resolve_model_path
+from pipeline.model import (
+    fingerprint_model_dir,
+    model_identity,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_path,
+)
+from schemas.output import rerank_schema
 from schemas.rerank import Pair, RerankOptions
-
-log = logging.getLogger(__name__)
-
-OUTPUT_METADATA_KEY = b"m3pipe"
 
 
 @dataclass
@@ -52,13 +54,7 @@ class RerankModel:
         return int(self.tokenizer.pad_token_id)
 
     def describe(self) -> dict[str, object]:
-        return {
-            "model": self.spec,
-            "model_revision": self.revision,
-            "model_fingerprint": self.fingerprint,
-            "random_weights": self.spec.startswith("random:"),
-            "compute_dtype": str(self.dtype).removeprefix("torch."),
-        }
+        return model_identity(self.spec, self.revision, self.fingerprint, self.dtype)
 
 
 def load_reranker(
@@ -166,21 +162,6 @@ class RerankResult:
     table: pa.Table
     logits: np.ndarray  # float32, in input order
     stats: RerankStats = field(default_factory=RerankStats)
-
-
-def rerank_schema(metadata: dict[str, object] | None = None) -> pa.Schema:
-    import json
-
-    fields = [
-        pa.field("query_id", pa.string(), nullable=False),
-        pa.field("doc_id", pa.string(), nullable=False),
-        pa.field("score", pa.float32(), nullable=False),
-        pa.field("score_normalized", pa.float32(), nullable=False),
-        pa.field("rank", pa.int32(), nullable=True),  # within the query's candidates; 1 = best
-        pa.field("n_tokens", pa.int32(), nullable=False),
-    ]
-    raw = {OUTPUT_METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()} if metadata else None
-    return pa.schema(fields, metadata=raw)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

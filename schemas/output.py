@@ -46,13 +46,29 @@ def output_schema(
         )
     fields.append(pa.field("n_tokens", pa.int32(), nullable=False))
     fields.append(pa.field("truncated", pa.bool_(), nullable=False))
-    schema_metadata = None
-    if metadata is not None:
-        schema_metadata = {OUTPUT_METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()}
-    return pa.schema(fields, metadata=schema_metadata)
+    return pa.schema(fields, metadata=_schema_metadata(metadata))
+
+
+def _schema_metadata(metadata: Mapping[str, object] | None) -> dict[bytes, bytes] | None:
+    if metadata is None:
+        return None
+    return {OUTPUT_METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()}
 
 
 def read_output_metadata(schema: pa.Schema) -> dict[str, object]:
     """The m3pipe metadata of a written file's schema (empty if absent)."""
     raw = (schema.metadata or {}).get(OUTPUT_METADATA_KEY)
     return json.loads(raw) if raw else {}
+
+
+def rerank_schema(metadata: Mapping[str, object] | None = None) -> pa.Schema:
+    """Columns of a rerank output file: one row per scored (query, passage) pair."""
+    fields = [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),  # the raw logit
+        pa.field("score_normalized", pa.float32(), nullable=False),  # its sigmoid
+        pa.field("rank", pa.int32(), nullable=True),  # within the query's candidates; 1 = best
+        pa.field("n_tokens", pa.int32(), nullable=False),
+    ]
+    return pa.schema(fields, metadata=_schema_metadata(metadata))
