@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from producers.validate import require_columns
+from producers.validate import require_columns, type_name
 from schemas.document import MAX_ID_CHARS, Reject
 from schemas.rerank import Pair, plain_text
 
@@ -36,14 +36,10 @@ class PairRecord:
     grouped: bool = False  # came as one query's candidates: ranked together
 
 
-def _type_name(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
 def _check_id(value: object, name: str) -> str | None:
     """Why `value` is not a usable id, or None."""
     if not isinstance(value, str):
-        return f"{name} must be a string, got {_type_name(value)}"
+        return f"{name} must be a string, got {type_name(value)}"
     if not value:
         return f"{name} is empty"
     if len(value) > MAX_ID_CHARS:
@@ -53,7 +49,7 @@ def _check_id(value: object, name: str) -> str | None:
 
 def _check_text(value: object, name: str) -> str | None:
     if not isinstance(value, str):
-        return f"{name} must be a string, got {_type_name(value)}"
+        return f"{name} must be a string, got {type_name(value)}"
     try:
         plain_text(value, name)
     except ValueError as exc:
@@ -85,7 +81,7 @@ class PairShape:
             )
 
         if not isinstance(record, dict):
-            return reject(f"record is a JSON {_type_name(record)}, expected an object")
+            return reject(f"record is a JSON {type_name(record)}, expected an object")
         query_id, query = record.get("query_id"), record.get("query")
         if "candidates" in record:
             candidates = record["candidates"]
@@ -103,7 +99,7 @@ class PairShape:
             where = f"candidate {position}: " if grouped else ""
             problem = query_problem
             if problem is None and "_bad" in item:
-                problem = f"{where}is a {_type_name(item['_bad'])}, expected an object"
+                problem = f"{where}is a {type_name(item['_bad'])}, expected an object"
             elif problem is None:
                 problem = _check_id(doc_id, "doc_id") or _check_text(passage, "passage")
                 problem = problem and where + problem

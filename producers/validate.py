@@ -94,7 +94,7 @@ class DocumentShape:
         )
 
 
-def _type_name(value: object) -> str:
+def type_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
@@ -114,12 +114,12 @@ def record_to_document(
         return Reject(source=source, line=line, row=row, id=doc_id, reason=reason)
 
     if not isinstance(record, dict):
-        return reject(f"record is a JSON {_type_name(record)}, expected an object")
+        return reject(f"record is a JSON {type_name(record)}, expected an object")
     if id_field not in record:
         return reject(f"missing id field {id_field!r}")
     doc_id = record[id_field]
     if not isinstance(doc_id, str):
-        return reject(f"id field {id_field!r} must be a string, got {_type_name(doc_id)}")
+        return reject(f"id field {id_field!r} must be a string, got {type_name(doc_id)}")
     if not doc_id:
         return reject(f"id field {id_field!r} is empty")
     if len(doc_id) > MAX_ID_CHARS:
@@ -128,7 +128,7 @@ def record_to_document(
         return reject(f"missing text field {text_field!r}", doc_id)
     text = record[text_field]
     if not isinstance(text, str):
-        return reject(f"text field {text_field!r} must be a string, got {_type_name(text)}", doc_id)
+        return reject(f"text field {text_field!r} must be a string, got {type_name(text)}", doc_id)
     fields = {name: _as_field(record.get(name)) for name in keep_fields} if keep_fields else None
     try:
         return Document(id=doc_id, text=text, fields=fields)

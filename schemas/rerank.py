@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from schemas.document import MAX_ID_CHARS
 from schemas.options import MAX_SUPPORTED_LENGTH
@@ -38,12 +38,6 @@ def plain_text(value: str, what: str) -> str:
     return value
 
 
-def _plain_id(value: str, what: str) -> str:
-    if "\x00" in value:
-        raise ValueError(f"{what} contains NUL characters")
-    return value
-
-
 class Pair(BaseModel):
     """One (query, passage) pair to score. Ids are opaque: stored, never used as paths."""
 
@@ -56,22 +50,14 @@ class Pair(BaseModel):
     # Set when the pair came with its query's other candidates: they are ranked together.
     group: int | None = None
 
-    @field_validator("query")
+    @field_validator("query", "passage")
     @classmethod
-    def _query(cls, value: str) -> str:
-        return plain_text(value, "query")
+    def _texts(cls, value: str, info: ValidationInfo) -> str:
+        return plain_text(value, str(info.field_name))
 
-    @field_validator("passage")
+    @field_validator("query_id", "doc_id")
     @classmethod
-    def _passage(cls, value: str) -> str:
-        return plain_text(value, "passage")
-
-    @field_validator("query_id")
-    @classmethod
-    def _query_id(cls, value: str) -> str:
-        return _plain_id(value, "query_id")
-
-    @field_validator("doc_id")
-    @classmethod
-    def _doc_id(cls, value: str) -> str:
-        return _plain_id(value, "doc_id")
+    def _ids(cls, value: str, info: ValidationInfo) -> str:
+        if "\x00" in value:
+            raise ValueError(f"{info.field_name} contains NUL characters")
+        return value
