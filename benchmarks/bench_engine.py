@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +23,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import run_facts, save, spawn_side  # noqa: E402
 
 
 def make_corpus(tokenizer, n_docs: int, n_long: int, seed: int) -> list[str]:
@@ -177,27 +176,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         corpus_path = Path(tmp) / "corpus.json"
         corpus_path.write_text(json.dumps(texts))
-        child_args = [a for a in sys.argv[1:]]
         sides = {}
         for side in ("engine", "flagembedding"):
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    *child_args,
-                    "--side",
-                    side,
-                    "--corpus",
-                    str(corpus_path),
-                ],
-                capture_output=True,
-                text=True,
-                env={**os.environ, "HF_HUB_OFFLINE": "1"},
-            )
-            if proc.returncode != 0:
-                print(proc.stderr[-4000:], file=sys.stderr)
+            result = spawn_side(__file__, ["--side", side, "--corpus", str(corpus_path)])
+            if result is None:
                 return 1
-            sides[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+            sides[side] = result
             print(f"{side:>14}: {sides[side]}", flush=True)
 
     engine, flag = sides["engine"], sides["flagembedding"]
@@ -228,20 +212,10 @@ def main() -> int:
             "peak_rss_ratio": "<= 0.5",
             "engine_padding_efficiency": ">= 0.95",
         },
-        "host": {
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-        },
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **run_facts(),
     }
     print(json.dumps(report["ratios"]), f"padding efficiency {engine['padding_efficiency']:.3f}")
-    name = f"engine-{args.device}-{args.model.replace(':', '-').replace('/', '_')}.json"
-    out = args.out or ROOT / "benchmarks" / "results" / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"saved {out}")
+    save(report, "engine", args.device, args.model, args.out)
     return 0
 
 

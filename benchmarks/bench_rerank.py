@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import run_facts, save, spawn_side  # noqa: E402
 
 
 def make_pairs(n_pairs: int, per_query: int, seed: int) -> list[list[str]]:
@@ -143,11 +142,9 @@ def main() -> int:
         pairs_path.write_text(json.dumps(pairs))
         for side in ("engine", "flagreranker"):
             scores_path = Path(tmp) / f"{side}-scores.json"
-            proc = subprocess.run(
+            result = spawn_side(
+                __file__,
                 [
-                    sys.executable,
-                    __file__,
-                    *sys.argv[1:],
                     "--side",
                     side,
                     "--pairs-file",
@@ -155,14 +152,10 @@ def main() -> int:
                     "--scores-file",
                     str(scores_path),
                 ],
-                capture_output=True,
-                text=True,
-                env={**os.environ, "HF_HUB_OFFLINE": "1"},
             )
-            if proc.returncode != 0:
-                print(proc.stderr[-4000:], file=sys.stderr)
+            if result is None:
                 return 1
-            sides[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+            sides[side] = result
             scores[side] = np.array(json.loads(scores_path.read_text()))
             print(f"{side:>13}: {sides[side]}", flush=True)
 
@@ -186,23 +179,13 @@ def main() -> int:
         },
         "max_abs_score_difference": float(np.abs(scores["engine"] - scores["flagreranker"]).max()),
         "targets": {"pairs_per_second_ratio": ">= 2.0 (CPU, random:small)"},
-        "host": {
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-        },
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **run_facts(),
     }
     print(
         json.dumps(report["ratios"]),
         f"max |score difference| {report['max_abs_score_difference']:.2e}",
     )
-    name = f"rerank-{args.device}-{args.model.replace(':', '-').replace('/', '_')}.json"
-    out = args.out or ROOT / "benchmarks" / "results" / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"saved {out}")
+    save(report, "rerank", args.device, args.model, args.out)
     return 0
 
 

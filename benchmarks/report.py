@@ -1,0 +1,51 @@
+"""What every benchmark does the same way: run one side in a fresh process, and save JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def spawn_side(script: str, side_args: list[str]) -> dict | None:
+    """Run `script` again with the parent's arguments plus `side_args` in a fresh process
+    (clean peak-memory figures); its last stdout line is its JSON result."""
+    proc = subprocess.run(
+        [sys.executable, script, *sys.argv[1:], *side_args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    if proc.returncode != 0:
+        print(proc.stderr[-4000:], file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_facts() -> dict:
+    """Host, command line and date, for the report."""
+    return {
+        "host": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def save(report: dict, prefix: str, device: str, model: str, out: Path | None) -> Path:
+    """Write the report to `out`, or to results/PREFIX-DEVICE-MODEL.json."""
+    name = f"{prefix}-{device}-{model.replace(':', '-').replace('/', '_')}.json"
+    path = out or RESULTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved {path}")
+    return path
