@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -15,7 +16,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from pipeline import __version__
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings
-from schemas.options import EncodeOptions
+from schemas.options import MAX_SUPPORTED_LENGTH, EncodeOptions
+
+if TYPE_CHECKING:
+    from pipeline.storage import Location
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -23,7 +27,13 @@ EXIT_USAGE = 2
 EXIT_REJECTS = 3  # finished, but some input records were rejected (see _rejects.jsonl)
 
 
-MODEL_COMMANDS = {"encode", "make-test-model", "worker", "run"}  # the ones that import torch
+MODEL_COMMANDS = {
+    "encode",
+    "rerank",
+    "make-test-model",
+    "worker",
+    "run",
+}  # the ones that import torch
 
 
 def _quiet_libraries() -> None:
@@ -47,7 +57,9 @@ def add_encode_options(parser: argparse.ArgumentParser) -> None:
         help="comma-separated subset of dense,sparse,colbert",
     )
     parser.add_argument(
-        "--max-length", type=int, default=8192, help="tokens per sequence (<= 8192)"
+        "--max-length",
+        type=int,
+        help="tokens per sequence, <= 8192 (default: 8192 to embed, 512 per pair to rerank)",
     )
     parser.add_argument(
         "--batch-tokens", type=int, help="padded tokens per forward pass (default: per device)"
@@ -135,22 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
     make.set_defaults(func=cmd_make_test_model)
 
     from pipeline.cli_queue import add_queue_commands
+    from pipeline.cli_rerank import add_rerank_command
     from pipeline.cli_scale import add_scale_commands
 
+    add_rerank_command(sub)
     add_queue_commands(sub)
     add_scale_commands(sub)
     return parser
 
 
 class ProgressBar:
-    """Documents done of the total, tokens/s and ETA, on stderr when it is a terminal."""
+    """Items (documents, pairs) done of the total, tokens/s and ETA, on stderr if a terminal."""
 
-    def __init__(self, total: int | None, enabled: bool) -> None:
+    def __init__(self, total: int | None, enabled: bool, unit: str = "doc") -> None:
         from tqdm import tqdm
 
         self._bar = tqdm(
             total=total or None,
-            unit="doc",
+            unit=unit,
             disable=not enabled or None,
             dynamic_ncols=True,
             file=sys.stderr,
@@ -171,7 +185,7 @@ class ProgressBar:
 def options_from_args(args: argparse.Namespace) -> EncodeOptions:
     return EncodeOptions(
         modes=args.modes,
-        max_length=args.max_length,
+        max_length=MAX_SUPPORTED_LENGTH if args.max_length is None else args.max_length,
         batch_tokens=args.batch_tokens,
         dtype=args.dtype,
         long_docs=args.long_docs,
@@ -180,8 +194,6 @@ def options_from_args(args: argparse.Namespace) -> EncodeOptions:
 
 
 def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
-    from pyarrow.fs import FileType
-
     from pipeline.engine import Engine
     from pipeline.local_encode import encode_file
     from pipeline.model import load_model
@@ -199,8 +211,7 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         return usage_error(exc)
     source = open_location(args.input)
-    if source.probe() == FileType.NotFound:
-        print(f"m3pipe encode: input file not found: {source}", file=sys.stderr)
+    if not input_found("encode", source):
         return EXIT_FAILED
 
     model = load_model(
@@ -231,15 +242,30 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         bar.close()
     stats = summary.stats
-    print(
-        f"m3pipe encode: {summary.documents} documents -> {stats.rows} rows in "
-        f"{len(summary.files)} file(s) under {summary.out_dir}; {stats.tokens:,} tokens in "
-        f"{stats.seconds:.1f}s ({stats.tokens_per_second:,.0f} tokens/s, padding efficiency "
-        f"{stats.padding_efficiency:.3f}); {summary.rejected} rejected"
-        + (f" (see {summary.out_dir / '_rejects.jsonl'})" if summary.rejected else ""),
-        file=sys.stderr,
+    done = (
+        f"{summary.documents} documents -> {stats.rows} rows in {len(summary.files)} file(s) "
+        f"under {summary.out_dir}; {stats.tokens:,} tokens in {stats.seconds:.1f}s "
+        f"({stats.tokens_per_second:,.0f} tokens/s, padding efficiency "
+        f"{stats.padding_efficiency:.3f})"
     )
-    return EXIT_REJECTS if summary.rejected else EXIT_OK
+    return local_outcome("encode", done, summary.out_dir, summary.rejected)
+
+
+def input_found(command: str, source: Location) -> bool:
+    """False, having said so, when the input of a local command does not exist."""
+    from pyarrow.fs import FileType
+
+    if source.probe() == FileType.NotFound:
+        print(f"m3pipe {command}: input file not found: {source}", file=sys.stderr)
+        return False
+    return True
+
+
+def local_outcome(command: str, done: str, out_dir: Location, rejected: int) -> int:
+    """Print what a local command did; exit 3 when records were rejected, else 0."""
+    rejects = f" (see {out_dir / '_rejects.jsonl'})" if rejected else ""
+    print(f"m3pipe {command}: {done}; {rejected} rejected{rejects}", file=sys.stderr)
+    return EXIT_REJECTS if rejected else EXIT_OK
 
 
 def cmd_make_test_model(args: argparse.Namespace, settings: Settings) -> int:

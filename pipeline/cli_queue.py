@@ -23,8 +23,11 @@ from pipeline.cli import (
     parse_keep_fields,
     usage_error,
 )
+from pipeline.cli_rerank import add_task_option, check_no_embed_flags, rerank_options_from_args
 from pipeline.jobs import JobStore
 from pipeline.settings import Settings
+from schemas.job import Task
+from schemas.options import EncodeOptions
 
 if TYPE_CHECKING:
     from producers.submit import SubmitRequest
@@ -76,7 +79,15 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
         help="Prometheus metrics port, 0 for none (default: $M3PIPE_METRICS_PORT, else "
         "9400 + N for GPU N, 9400 on CPU)",
     )
-    worker.add_argument("--model", help="model to load (default: $M3PIPE_MODEL)")
+    worker.add_argument("--model", help="embedding model (default: $M3PIPE_MODEL)")
+    worker.add_argument(
+        "--rerank-model", help="cross-encoder for rerank jobs (default: $M3PIPE_RERANK_MODEL)"
+    )
+    worker.add_argument(
+        "--preload",
+        help="tasks whose model loads at start: embed, rerank, embed,rerank or none; the "
+        "others load on their first shard (default: $M3PIPE_PRELOAD, else embed)",
+    )
     add_compute_options(worker)
     worker.set_defaults(func=cmd_worker)
 
@@ -87,6 +98,7 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     submit.add_argument(
         "--out", required=True, help="output directory: a path or a URL (s3://bucket/prefix)"
     )
+    add_task_option(submit)
     add_encode_options(submit)
     add_input_options(submit)
     add_shard_options(submit)
@@ -125,6 +137,7 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1)")
     run.add_argument("--device", choices=["auto", "cpu"], default="auto", help="cpu forces CPU")
+    add_task_option(run)
     add_encode_options(run)
     add_input_options(run)
     add_shard_options(run)
@@ -181,6 +194,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     os.environ["M3PIPE_METRICS_PORT"] = str(metrics_port)
     if args.model:
         os.environ["M3PIPE_MODEL"] = args.model
+    if args.rerank_model:
+        os.environ["M3PIPE_RERANK_MODEL"] = args.rerank_model
+    if args.preload is not None:
+        os.environ["M3PIPE_PRELOAD"] = args.preload
+        try:
+            Settings()  # the pool processes read it: refuse a bad value here, once
+        except ValidationError as exc:
+            return usage_error(exc)
     try:
         queues = ",".join(checked_queue(q) for q in comma_list(args.queues or settings.queue))
     except ValueError as exc:
@@ -214,11 +235,22 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
     max_queued = flag_or_setting(args.max_queued, settings.max_queued)
     if max_queued < 1:
         raise ValueError("--max-queued must be >= 1")
+    task = Task(args.task)
+    if task is Task.RERANK:
+        check_no_embed_flags(args)
+        model = args.model or settings.rerank_model
+        options, rerank = EncodeOptions(), rerank_options_from_args(args)
+    else:
+        if args.query_max_length is not None:
+            raise ValueError("--query-max-length is for --task rerank")
+        model, options, rerank = args.model or settings.model, options_from_args(args), None
     return SubmitRequest(
         inputs=list(args.inputs),
         out=args.out,
-        model=args.model or settings.model,
-        options=options_from_args(args),
+        model=model,
+        task=task,
+        rerank=rerank,
+        options=options,
         queue=checked_queue(args.queue or settings.queue),
         limits=limits,
         max_queued=max_queued,
@@ -251,8 +283,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
     result = submit_job(request, store, shard_publisher(settings), registered)
     resumed = f" ({result.skipped} already done, kept)" if request.resume else ""
+    items = "pairs" if request.task is Task.RERANK else "documents"
     print(
-        f"m3pipe submit: {result.shards} shard(s){resumed}, {result.counts.documents} documents "
+        f"m3pipe submit: {result.shards} shard(s){resumed}, {result.counts.documents} {items} "
         f"on {request.queue}; {result.counts.rejected} rejected",
         file=sys.stderr,
     )

@@ -11,7 +11,7 @@ from pipeline.manifest import build_manifest
 from pipeline.output_dir import MANIFEST, PART_PATTERN, write_json_atomic
 from pipeline.sink import remove_stale_temp_files
 from pipeline.storage import open_location
-from schemas.job import JobState, JobStatus, ShardState
+from schemas.job import JobState, JobStatus, ShardState, Task
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
     out = open_location(spec.out)
     infos = store.shard_infos(job_id)
     states = store.shard_states(job_id)
+    # A rerank job counts pairs where an embed job counts records and documents.
+    read, accepted = (
+        ("input_pairs", "pairs") if spec.task is Task.RERANK else ("input_records", "documents")
+    )
     files: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     present = {part.name for part in out.children(PART_PATTERN)}  # one listing, not a stat each
@@ -52,7 +56,8 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
                 info = {**info, "error": "output file missing after the shard finished"}
                 failures.append({"shard": shard, **info})
                 continue
-            files.append({k: info[k] for k in ("name", "documents", "rows", "tokens", "bytes")})
+            entry = {"name": info["name"], accepted: info["documents"]}
+            files.append({**entry, **{k: info[k] for k in ("rows", "tokens", "bytes")}})
         elif states[shard] is ShardState.FAILED:
             failures.append({"shard": shard, **info})
     status = store.status(job_id)
@@ -61,8 +66,8 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
         model=store.model_metadata(job_id),
         files=files,
         counts={
-            "input_records": status.input_records or 0,
-            "documents": status.documents,
+            read: status.input_records or 0,
+            accepted: status.documents,
             "rows": status.rows_done,
             "rejected": status.rejected or 0,
             "tokens": status.tokens_done,

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from pipeline.jobs import JobStore
-from schemas.job import JobState, JobStatus
+from schemas.job import JobState, JobStatus, Task
 
 
 def _duration(seconds: float | None) -> str:
@@ -17,6 +17,11 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def unit(status: JobStatus) -> str:
+    """What the job's items are: documents to embed, or pairs to score."""
+    return "pairs" if status.task is Task.RERANK else "documents"
+
+
 def describe(status: JobStatus) -> str:
     shards = status.shards
     total = "?" if shards.total is None else str(shards.total)
@@ -24,11 +29,11 @@ def describe(status: JobStatus) -> str:
     if not status.submitted:
         documents += " (still submitting)"
     lines = [
-        f"job {status.job_id}: {status.state.value}",
+        f"job {status.job_id}: {status.state.value} ({status.task.value})",
         f"  shards     {shards.done}/{total} done, {shards.running} running, "
         f"{shards.queued} queued, {shards.failed} failed"
         + (f", {shards.cancelled} cancelled" if shards.cancelled else ""),
-        f"  documents  {documents}, {status.rows_done:,} rows"
+        f"  {unit(status):<10} {documents}, {status.rows_done:,} rows"
         + (f", {status.rejected:,} rejected" if status.rejected else ""),
         f"  tokens     {status.tokens_done:,} at {status.tokens_per_second:,.0f} tokens/s, "
         f"ETA {_duration(status.eta_seconds)}",
@@ -44,7 +49,7 @@ def one_line(status: JobStatus) -> str:
     total = "?" if status.shards.total is None else status.shards.total
     return (
         f"{status.job_id}  {status.state.value:<24} shards {status.shards.done}/{total}  "
-        f"docs {status.documents_done:,}/{status.documents:,}  "
+        f"{status.task.value:<6} {status.documents_done:,}/{status.documents:,}  "
         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status.created_at))}"
     )
 

@@ -340,6 +340,7 @@ class JobStore:
             eta = (documents - documents_done) * elapsed / encoded_documents
         return JobStatus(
             job_id=job_id,
+            task=spec.task,
             state=JobState(fields["state"]),
             submitted=submitted,
             shards=ShardCounts(

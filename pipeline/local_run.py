@@ -19,16 +19,16 @@ from pathlib import Path
 
 from pipeline.embedded_redis import EmbeddedRedis
 from pipeline.errors import PipelineError
-from pipeline.job_watch import exit_code, follow
+from pipeline.job_watch import exit_code, follow, unit
 from pipeline.jobs import JobStore
 from pipeline.output_dir import prepare_output_dir
 from pipeline.process_group import stop_process_groups
 from pipeline.resume import previous_spec
 from pipeline.settings import Settings
 from pipeline.worker_process import spawn_worker
-from producers.readers import detect_format
+from producers.readers import detect_format, detect_pair_format
 from producers.submit import SubmitRequest, SubmitResult, submit_job
-from schemas.job import JobState
+from schemas.job import JobState, Task
 
 STOP_GRACE_SECONDS = 30.0
 LOG_TAIL_LINES = 15
@@ -100,6 +100,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def model_env(task: Task) -> str:
+    return "M3PIPE_RERANK_MODEL" if task is Task.RERANK else "M3PIPE_MODEL"
+
+
 def run_local(
     request: SubmitRequest,
     settings: Settings,
@@ -112,8 +116,9 @@ def run_local(
     from workers.app import shard_publisher
 
     # Fail on bad inputs or a used output directory before starting any process.
+    detect = detect_pair_format if request.task is Task.RERANK else detect_format
     for path in request.inputs:
-        detect_format(path, request.input_format)
+        detect(path, request.input_format)
     if request.resume:
         previous_spec(request.out)  # something to resume, before starting anything
     prepare_output_dir(request.out, request.overwrite, request.resume)
@@ -129,7 +134,9 @@ def run_local(
         env = {
             **os.environ,
             "M3PIPE_BROKER_URL": url,
-            "M3PIPE_MODEL": request.model,
+            # The job's model, loaded at start; a worker of `run` serves this job only.
+            model_env(request.task): request.model,
+            "M3PIPE_PRELOAD": request.task.value,
             "M3PIPE_PRECISION": precision,
             "M3PIPE_QUEUE": request.queue,
             "M3PIPE_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
@@ -193,7 +200,7 @@ def _summary(status, result: SubmitResult | None) -> str:
     rejected = status.rejected or 0
     return (
         f"m3pipe run: job {status.job_id} {status.state.value}: {status.documents_done:,} "
-        f"documents -> {status.rows_done:,} rows in {status.shards.done} file(s) under "
+        f"{unit(status)} -> {status.rows_done:,} rows in {status.shards.done} file(s) under "
         f"{status.out}; {status.tokens_done:,} tokens at {status.tokens_per_second:,.0f} "
         f"tokens/s; {rejected} rejected"
         + (f", {status.shards.failed} shard(s) failed" if status.shards.failed else "")

@@ -45,10 +45,11 @@ class WorkerMetrics:
         ProcessCollector(registry=self.registry)
         r = self.registry
         self.info = Gauge(
-            "m3pipe_worker_info", "The worker: name, device, model", ["worker", "device", "model"],
-            registry=r,
+            "m3pipe_worker_info", "The worker's loaded models: name, device, model, task",
+            ["worker", "device", "model", "task"], registry=r,
         )  # fmt: skip
         self.documents = Counter("m3pipe_documents", "Documents encoded", registry=r)
+        self.pairs = Counter("m3pipe_pairs", "(query, passage) pairs scored", registry=r)
         self.rows = Counter("m3pipe_rows", "Output rows written", registry=r)
         self.tokens = Counter("m3pipe_tokens", "Real tokens fed to the model", registry=r)
         self.padded_tokens = Counter(
@@ -66,8 +67,9 @@ class WorkerMetrics:
             buckets=SHARD_SECONDS_BUCKETS,
         )  # fmt: skip
         self.model_load_seconds = Gauge(
-            "m3pipe_model_load_seconds", "Seconds the model took to load", registry=r
-        )
+            "m3pipe_model_load_seconds", "Seconds each task's model took to load", ["task"],
+            registry=r,
+        )  # fmt: skip
         self.device_memory = Gauge(
             "m3pipe_device_memory_bytes",
             "CUDA memory: allocated, reserved, peak allocated (GPU workers only)",
@@ -77,14 +79,17 @@ class WorkerMetrics:
         for outcome in ("done", "failed", "retried", "skipped"):
             self.shards.labels(outcome)  # every series exists from the start
 
-    def loaded(self, worker: str, device: str, model: str, seconds: float) -> None:
-        self.info.labels(worker, device, model).set(1)
-        self.model_load_seconds.set(seconds)
+    def loaded(self, worker: str, device: str, model: str, task: str, seconds: float) -> None:
+        self.info.labels(worker, device, model, task).set(1)
+        self.model_load_seconds.labels(task).set(seconds)
 
     def shard_done(self, stats: Any) -> None:
-        """`stats`: the shard's pipeline.engine.EncodeStats."""
+        """`stats`: the shard's EncodeStats (embed) or RerankStats (rerank)."""
         self.shards.labels("done").inc()
-        self.documents.inc(stats.documents)
+        if hasattr(stats, "pairs"):
+            self.pairs.inc(stats.pairs)
+        else:
+            self.documents.inc(stats.documents)
         self.rows.inc(stats.rows)
         self.tokens.inc(stats.tokens)
         self.padded_tokens.inc(stats.padded_tokens)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 
 from pipeline import __version__
-from pipeline.batching import default_batch_tokens, plan_batches
+from pipeline.batching import DEFAULT_RERANK_BATCH_TOKENS, default_batch_tokens, plan_batches
 from pipeline.encoder import encode_with_split, pad_batch
 from pipeline.errors import ModelLoadError
 from pipeline.model import (
@@ -143,6 +143,10 @@ class RerankStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     @property
+    def rows(self) -> int:
+        return self.pairs  # one output row per pair
+
+    @property
     def pairs_per_second(self) -> float:
         return self.pairs / self.seconds if self.seconds else 0.0
 
@@ -190,7 +194,9 @@ class RerankEngine:
     def __init__(self, model: RerankModel, options: RerankOptions) -> None:
         self.model = model
         self.options = options
-        self.batch_tokens = options.batch_tokens or default_batch_tokens(model.device.type)
+        self.batch_tokens = options.batch_tokens or default_batch_tokens(
+            model.device.type, DEFAULT_RERANK_BATCH_TOKENS
+        )
         self.schema = rerank_schema(self.file_metadata())
 
     def file_metadata(self) -> dict[str, object]:

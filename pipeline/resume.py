@@ -17,11 +17,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
 from pipeline.errors import InputError
 from pipeline.output_dir import JOB_FILE
 from pipeline.storage import Location, open_location
-from schemas.document import Document
 from schemas.job import JobSpec
 from schemas.output import read_output_metadata
 
@@ -30,10 +30,12 @@ SHARD_METADATA_KEY = b"m3pipe.shard"
 # Spec fields that decide how shards are cut and what each row holds. Anything else (queue,
 # max_queued, created_at) may change between the first run and the resumed one.
 SAME_ON_RESUME = (
+    "task",
     "inputs",
     "input_format",
     "model",
     "options",
+    "rerank",
     "id_field",
     "text_field",
     "keep_fields",
@@ -47,8 +49,8 @@ class ResumeError(InputError):
     """The output directory cannot be resumed with this submission."""
 
 
-def documents_digest(documents: Sequence[Document]) -> str:
-    """sha256 of the shard's documents, ids, texts and kept fields, in order."""
+def documents_digest(documents: Sequence[BaseModel]) -> str:
+    """sha256 of the shard's items (documents, or pairs), every field, in order."""
     digest = hashlib.sha256()
     for doc in documents:
         digest.update(doc.model_dump_json().encode("utf-8"))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.keys import DEFAULT_QUEUE
 from pipeline.redis_url import DEFAULT_BROKER_URL, DEFAULT_RETRY_SECONDS
+from schemas.job import Task
 
 
 def _default_cache_dir() -> Path:
@@ -22,7 +23,8 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     # Seconds a connected client keeps retrying while Redis is unreachable (e.g. restarting).
     redis_retry_seconds: float = Field(default=DEFAULT_RETRY_SECONDS, ge=0)
-    model: str = "BAAI/bge-m3"
+    model: str = "BAAI/bge-m3"  # the embedder (task embed)
+    rerank_model: str = "BAAI/bge-reranker-v2-m3"  # the cross-encoder (task rerank)
     cache_dir: Path = _default_cache_dir()
     # Seconds a hub download may take to answer before we give up with advice.
     hub_timeout: float = 10.0
@@ -50,9 +52,26 @@ class Settings(BaseSettings):
 
     # Worker process (set by `m3pipe worker` for the pool processes it forks).
     worker_device: str = "auto"  # cpu | cuda | auto
+    # Tasks whose model a worker loads at start (comma-separated embed,rerank, or none);
+    # the others load on their first shard and stay loaded.
+    preload: str = "embed"
     precision: str = "auto"
     # Port of a worker's Prometheus metrics (0: off). Unset: 9400 + N for GPU N, 9400 on CPU.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+    @field_validator("preload")
+    @classmethod
+    def _preload(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        known = {task.value for task in Task}
+        unknown = [n for n in names if n not in known and n != "none"]
+        if unknown:
+            raise ValueError(f"unknown task {unknown[0]!r}: use embed, rerank or none")
+        return ",".join(n for n in names if n != "none")
+
+    @property
+    def preload_tasks(self) -> list[Task]:
+        return [Task(name) for name in self.preload.split(",") if name]
 
     @property
     def broker(self) -> str:

@@ -10,18 +10,22 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from pipeline.engine import EncodeStats, Engine
 from pipeline.errors import PermanentError
 from pipeline.job_finish import finalize_if_complete
 from pipeline.jobs import ABSENT, JobNotFound, JobStore
 from pipeline.metrics import WorkerMetrics
-from pipeline.model import M3Model
+from pipeline.reranker import RerankEngine, RerankStats
 from pipeline.resume import documents_digest, with_shard_metadata
 from pipeline.sink import part_name, write_shard
 from pipeline.storage import open_location
 from pipeline.table import with_fields
-from schemas.job import JobSpec, JobState, ShardMessage, ShardState
+from pipeline.worker_models import WorkerModels
+from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
 from schemas.options import EncodeOptions
+from schemas.rerank import RerankOptions
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +39,27 @@ class UnknownJob(PermanentError):
 
 @dataclass
 class WorkerRuntime:
-    """What a worker process holds between shards: its model, engines and job specs."""
+    """What a worker process holds between shards: its models, engines and job specs."""
 
-    model: M3Model
-    model_spec: str
+    models: WorkerModels
     store: JobStore
     hostname: str
     max_attempts: int = 3
     retry_backoff_seconds: float = 5.0
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     _engines: dict[EncodeOptions, Engine] = field(default_factory=dict)
+    _rerankers: dict[RerankOptions, RerankEngine] = field(default_factory=dict)
     _specs: dict[str, JobSpec] = field(default_factory=dict)
 
     def engine(self, options: EncodeOptions) -> Engine:
         if options not in self._engines:
-            self._engines[options] = Engine(self.model, options)
+            self._engines[options] = Engine(self.models.embedder(), options)
         return self._engines[options]
+
+    def rerank_engine(self, options: RerankOptions) -> RerankEngine:
+        if options not in self._rerankers:
+            self._rerankers[options] = RerankEngine(self.models.reranker(), options)
+        return self._rerankers[options]
 
     def job_spec(self, job_id: str) -> JobSpec:
         if job_id not in self._specs:
@@ -69,18 +78,16 @@ class ShardOutcome:
     detail: str = ""
     rows: int = 0
     tokens: int = 0
-    stats: EncodeStats | None = None  # set when this delivery encoded the shard
+    stats: EncodeStats | RerankStats | None = None  # set when this delivery ran the shard
 
 
 def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
     store, job_id, shard = runtime.store, message.job_id, message.shard
     spec = runtime.job_spec(job_id)
-    if spec.model != runtime.model_spec:
-        raise PermanentError(
-            f"job {job_id} asks for model {spec.model!r}, this worker serves "
-            f"{runtime.model_spec!r}; send the job to a queue of workers with that model"
-        )
-    digest = documents_digest(message.documents)  # hashed once: stale check and file facts
+    runtime.models.check_job_model(spec.task, job_id, spec.model)
+    if bool(message.pairs) != (spec.task is Task.RERANK):
+        raise PermanentError(f"job {job_id} is a {spec.task.value} job: this shard is not")
+    digest = documents_digest(message.items)  # hashed once: stale check and file facts
     registered = store.shard_digest(job_id, shard)
     if registered is not None and registered != digest:
         # Left in the queue by an earlier submission of this job (cancelled, then resumed
@@ -95,7 +102,7 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
         return ShardOutcome(ShardState.CANCELLED, "job cancelled")
 
     started = time.time()
-    running = {"worker": runtime.hostname, "documents": len(message.documents), "started": started}
+    running = {"worker": runtime.hostname, "documents": len(message.items), "started": started}
     changed, previous = store.mark_shard(job_id, shard, ShardState.RUNNING, _ACTIVE, running)
     if not changed:
         # Delivered again after it ended (e.g. redelivery after a slow ack): nothing to do.
@@ -128,24 +135,23 @@ def _encode_and_record(
     out = open_location(spec.out)
     if not out.is_dir():  # submit wrote _job.json there, so an object-store prefix exists too
         raise PermanentError(f"output directory {out} does not exist on {runtime.hostname}")
-    result = runtime.engine(spec.options).encode(message.documents)
-    stats = result.stats
-    table = with_fields(result.table, message.documents, spec.keep_fields)
+    table, stats, model_metadata = _compute(message, spec, runtime)
+    documents = len(message.items)
     facts = {
         "job_id": job_id,
         "shard": shard,
         "digest": digest,
-        "documents": len(message.documents),
+        "documents": documents,
         "rows": table.num_rows,
         "tokens": stats.tokens,
     }
     name = part_name(shard)
     written = write_shard(with_shard_metadata(table, facts), out / name)
 
-    store.set_model_metadata(job_id, runtime.engine(spec.options).file_metadata())
+    store.set_model_metadata(job_id, model_metadata)
     done = {
         "name": name,
-        "documents": len(message.documents),
+        "documents": documents,
         "rows": table.num_rows,
         "tokens": stats.tokens,
         "bytes": written.size(),
@@ -159,7 +165,7 @@ def _encode_and_record(
         ShardState.DONE,
         _ACTIVE,
         done,
-        documents=len(message.documents),
+        documents=documents,
         rows=table.num_rows,
         tokens=stats.tokens,
         seconds=stats.seconds,
@@ -168,6 +174,21 @@ def _encode_and_record(
     return ShardOutcome(
         ShardState.DONE, name, rows=table.num_rows, tokens=stats.tokens, stats=stats
     )
+
+
+def _compute(
+    message: ShardMessage, spec: JobSpec, runtime: WorkerRuntime
+) -> tuple[pa.Table, EncodeStats | RerankStats, dict[str, object]]:
+    """The shard's output table, its stats and the model metadata, by the job's task."""
+    if spec.task is Task.RERANK:
+        assert spec.rerank is not None  # JobSpec validates it
+        reranker = runtime.rerank_engine(spec.rerank)
+        scored = reranker.score(message.pairs)
+        return scored.table, scored.stats, reranker.file_metadata()
+    engine = runtime.engine(spec.options)
+    result = engine.encode(message.documents)
+    table = with_fields(result.table, message.documents, spec.keep_fields)
+    return table, result.stats, engine.file_metadata()
 
 
 def fail_shard(store: JobStore, message: ShardMessage, reason: str, worker: str) -> None:

@@ -73,14 +73,20 @@ def read_records(
     return _unreadable_as_reject(items, location.uri)
 
 
+def detect_pair_format(path: Location | Path | str, requested: str = "auto") -> str:
+    """detect_format for rerank input, which has no .txt form (a text holds no pair)."""
+    fmt = detect_format(path, requested)
+    if fmt == "txt":
+        raise InputError(f"{path}: rerank input is JSONL, CSV or Parquet, not .txt files")
+    return fmt
+
+
 def read_pair_records(path: Location | Path | str, fmt: str = "auto") -> Iterator[InputItem]:
     """Stream rerank input: each item is a PairRecord (producers/pairs.py) or a Reject."""
     from producers.pairs import PairShape
 
     location = open_location(path)
-    fmt = detect_format(location, fmt)
-    if fmt == "txt":
-        raise InputError(f"{location}: rerank input is JSONL, CSV or Parquet, not .txt files")
+    fmt = detect_pair_format(location, fmt)
     items = _READERS[fmt](location, shape=PairShape())
     return _unreadable_as_reject(items, location.uri)
 

@@ -33,12 +33,19 @@ from pipeline.resume import (
 )
 from pipeline.sink import part_name
 from pipeline.storage import Location, open_location
-from producers.intake import IntakeCounts, accept_documents, document_bytes
-from producers.readers import detect_format, read_records
+from producers.intake import IntakeCounts, RejectSink, accept_documents, document_bytes
+from producers.pair_intake import PairLimits, accept_pairs, cut_pair_shards
+from producers.readers import (
+    detect_format,
+    detect_pair_format,
+    read_pair_records,
+    read_records,
+)
 from producers.sharding import cut_shards
 from schemas.document import Document
-from schemas.job import JobSpec, JobState, ShardMessage, ShardState
+from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
 from schemas.options import EncodeOptions, LongDocPolicy
+from schemas.rerank import Pair, RerankOptions
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +104,8 @@ class SubmitRequest:
     resume: bool = False  # same spec, same --out: redo only the shards without a good file
     job_id: str | None = None
     poll_seconds: float = 0.5
+    task: Task = Task.EMBED
+    rerank: RerankOptions | None = None  # task rerank: truncation and batching
 
 
 @dataclass
@@ -116,10 +125,13 @@ def submit_job(
 ) -> SubmitResult:
     """Register the job, enqueue every shard, record the totals; returns once all are queued."""
     inputs = [open_location(path) for path in request.inputs]
-    formats = [detect_format(location, request.input_format) for location in inputs]
+    detect = detect_pair_format if request.task is Task.RERANK else detect_format
+    formats = [detect(location, request.input_format) for location in inputs]
     out = prepare_output_dir(request.out, request.overwrite, request.resume)
     spec = JobSpec(
         job_id=request.job_id or new_job_id(),
+        task=request.task,
+        rerank=request.rerank,
         inputs=[location.url for location in inputs],
         input_format=request.input_format,
         out=out.url,
@@ -147,27 +159,8 @@ def submit_job(
     cancelled = False
     try:
         with RejectLog(out) as rejects:
-            sources = [
-                (
-                    location.uri,
-                    read_records(
-                        location,
-                        fmt,
-                        id_field=request.id_field,
-                        text_field=request.text_field,
-                        keep_fields=request.keep_fields,
-                    ),
-                )
-                for location, fmt in zip(inputs, formats, strict=True)
-            ]
-            docs = accept_documents(
-                sources,
-                rejects,
-                counts,
-                check=lambda doc: oversize_reason(doc, request.limits, request.options),
-            )
             try:
-                for shard in cut_message_shards(docs, request.limits, request.options):
+                for shard in job_shards(request, inputs, formats, rejects, counts):
                     digest = documents_digest(shard)
                     if request.resume and already_done(store, out, job_id, shards, shard, digest):
                         skipped += 1
@@ -199,6 +192,46 @@ def submit_job(
     return SubmitResult(job_id, shards, counts, finalize_if_complete(store, job_id), skipped)
 
 
+def job_shards(
+    request: SubmitRequest,
+    inputs: list[Location],
+    formats: list[str],
+    rejects: RejectSink,
+    counts: IntakeCounts,
+) -> Iterator[list[Document]] | Iterator[list[Pair]]:
+    """The job's shards, cut from its inputs as its task reads them; rejects on the way."""
+    limits = request.limits
+    if request.task is Task.RERANK:
+        assert request.rerank is not None
+        pair_limits = PairLimits(pairs=limits.docs, bytes=limits.bytes, tokens=limits.tokens)
+        pair_sources = [
+            (location.uri, read_pair_records(location, fmt))
+            for location, fmt in zip(inputs, formats, strict=True)
+        ]
+        units = accept_pairs(pair_sources, rejects, counts, pair_limits, request.rerank)
+        return cut_pair_shards(units, pair_limits, request.rerank)
+    sources = [
+        (
+            location.uri,
+            read_records(
+                location,
+                fmt,
+                id_field=request.id_field,
+                text_field=request.text_field,
+                keep_fields=request.keep_fields,
+            ),
+        )
+        for location, fmt in zip(inputs, formats, strict=True)
+    ]
+    docs = accept_documents(
+        sources,
+        rejects,
+        counts,
+        check=lambda doc: oversize_reason(doc, limits, request.options),
+    )
+    return cut_message_shards(docs, limits, request.options)
+
+
 def spec_to_resume(spec: JobSpec, out: Location, store: JobStore) -> JobSpec:
     """The spec under the earlier job's id, once it is sure to be the same job, not running.
 
@@ -220,7 +253,12 @@ def spec_to_resume(spec: JobSpec, out: Location, store: JobStore) -> JobSpec:
 
 
 def already_done(
-    store: JobStore, out: Location, job_id: str, index: int, shard: list[Document], digest: str
+    store: JobStore,
+    out: Location,
+    job_id: str,
+    index: int,
+    shard: list[Document] | list[Pair],
+    digest: str,
 ) -> bool:
     """Whether shard `index` has a whole file made from these documents (then it is done).
 
@@ -316,11 +354,12 @@ def enqueue(
     publish: Publish,
     job_id: str,
     index: int,
-    shard: list[Document],
+    shard: list[Document] | list[Pair],
     queue: str,
     digest: str,
 ) -> None:
-    message = ShardMessage(job_id=job_id, shard=index, documents=shard)
+    kind = "pairs" if isinstance(shard[0], Pair) else "documents"
+    message = ShardMessage.model_validate({"job_id": job_id, "shard": index, kind: shard})
     info = {"documents": len(shard)}
     # Registered before it is sent, so a fast worker always finds it queued. The digest
     # lets a worker tell this message from a stale one of an earlier submission (--resume).

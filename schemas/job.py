@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from schemas.document import Document
 from schemas.options import EncodeOptions
+from schemas.rerank import Pair, RerankOptions
 
 # Job ids and queue names end up in Redis keys and log lines, never in paths; keep them plain.
 JobId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{2,63}$")]
@@ -16,6 +18,13 @@ QUEUE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 QueueName = Annotated[str, StringConstraints(pattern=QUEUE_NAME_PATTERN)]
 
 SHARD_MESSAGE_VERSION = 1
+
+
+class Task(StrEnum):
+    """What a job does: embed documents (bge-m3) or score (query, passage) pairs (reranker)."""
+
+    EMBED = "embed"
+    RERANK = "rerank"
 
 
 class JobState(StrEnum):
@@ -45,11 +54,13 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     job_id: JobId
+    task: Task = Task.EMBED
     inputs: list[str] = Field(min_length=1)
     input_format: str = "auto"
     out: str  # absolute path of the output directory, shared by producer and workers
-    model: str
-    options: EncodeOptions
+    model: str  # the embedder (task embed) or the cross-encoder (task rerank)
+    options: EncodeOptions = Field(default_factory=EncodeOptions)  # task embed only
+    rerank: RerankOptions | None = None  # task rerank only
     id_field: str = "id"
     text_field: str = "text"
     keep_fields: list[str] = Field(default_factory=list)
@@ -60,6 +71,12 @@ class JobSpec(BaseModel):
     max_queued: int = Field(ge=1)
     created_at: float
 
+    @model_validator(mode="after")
+    def _options_of_task(self) -> JobSpec:
+        if (self.task is Task.RERANK) != (self.rerank is not None):
+            raise ValueError("rerank options come with task rerank, and only with it")
+        return self
+
 
 class ShardMessage(BaseModel):
     """The one argument of the `encode_shard` task. Anything else is refused unexecuted."""
@@ -69,7 +86,23 @@ class ShardMessage(BaseModel):
     v: Literal[1] = 1  # SHARD_MESSAGE_VERSION
     job_id: JobId
     shard: int = Field(ge=0, le=9_999_999)
-    documents: list[Document] = Field(min_length=1)
+    # One kind per shard: documents for an embed job, pairs for a rerank job.
+    documents: list[Document] = Field(default_factory=list)
+    pairs: list[Pair] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ShardMessage:
+        if bool(self.documents) == bool(self.pairs):
+            raise ValueError("a shard holds documents or pairs: exactly one, non-empty")
+        return self
+
+    @property
+    def items(self) -> Sequence[Document] | Sequence[Pair]:
+        return self.documents or self.pairs
+
+    def wire(self) -> dict[str, object]:
+        """The JSON task argument: the empty kind is left out."""
+        return self.model_dump(mode="json", exclude={"pairs" if self.documents else "documents"})
 
 
 class ShardCounts(BaseModel):
@@ -85,6 +118,7 @@ class JobStatus(BaseModel):
     """What `m3pipe status JOB --json` prints."""
 
     job_id: str
+    task: Task = Task.EMBED  # for task rerank, "documents" and "rows" count pairs
     state: JobState
     submitted: bool  # the producer has enqueued every shard
     shards: ShardCounts

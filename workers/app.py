@@ -75,10 +75,13 @@ def shard_publisher(settings: Settings) -> Callable[[ShardMessage, str], None]:
     def publish(message: ShardMessage, queue: str) -> None:
         producer_app.send_task(
             TASK_ENCODE_SHARD,
-            args=[message.model_dump(mode="json")],
+            args=[message.wire()],
             queue=queue,
             task_id=f"{message.job_id}-{message.shard:05d}",
-            argsrepr=f"job={message.job_id} shard={message.shard} docs={len(message.documents)}",
+            argsrepr=f"job={message.job_id} shard={message.shard} "
+            + (
+                f"pairs={len(message.pairs)}" if message.pairs else f"docs={len(message.documents)}"
+            ),
             kwargsrepr="{}",
             retry=True,
             retry_policy=publish_retry_policy(settings.redis_retry_seconds),

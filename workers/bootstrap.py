@@ -1,4 +1,7 @@
-"""Per-process model bootstrap: each pool process loads its model once, when it starts.
+"""Per-process bootstrap: each pool process builds its runtime once, when it starts.
+
+The models of the tasks in M3PIPE_PRELOAD (default: embed) load here, so a worker whose
+model cannot load stops before taking shards; the others load on their first shard.
 
 `m3pipe worker` pins the device (CUDA_VISIBLE_DEVICES) and names the worker through the
 environment before Celery forks, so the process sees exactly one GPU, or none.
@@ -11,6 +14,7 @@ import os
 import signal
 import socket
 import time
+from typing import Any
 
 from celery.signals import worker_process_init
 
@@ -20,6 +24,8 @@ from pipeline.metrics import WorkerMetrics, serve
 from pipeline.redis_url import connect
 from pipeline.settings import Settings
 from pipeline.shard_runner import WorkerRuntime
+from pipeline.worker_models import WorkerModels
+from schemas.job import Task
 
 log = logging.getLogger(__name__)
 
@@ -36,40 +42,60 @@ def runtime() -> WorkerRuntime:
 
 
 def build_runtime(settings: Settings) -> WorkerRuntime:
-    from pipeline.model import load_model
+    """The process's runtime; the models in M3PIPE_PRELOAD load now, the others on first use."""
+    from pipeline.model import resolve_device
 
     device = None if settings.worker_device == "auto" else settings.worker_device
+    torch_device = resolve_device(device)
     hostname = os.environ.get(WORKER_NAME_ENV) or f"worker@{socket.gethostname()}"
-    started = time.perf_counter()
-    model = load_model(
-        settings.model,
-        device=device,
-        precision=settings.precision,
-        cache_dir=settings.cache_dir,
-        hub_timeout=settings.hub_timeout,
-    )
-    load_seconds = time.perf_counter() - started
     store = JobStore(connect(settings.broker, settings.redis_retry_seconds))
     key = worker_key(hostname)
     store.redis.delete(key)  # a pool process killed mid-shard left its shard marker
-    store.redis.hset(
-        key,
-        mapping={
-            "model": settings.model,
-            "device": str(model.device),
-            "pid": os.getpid(),
-            "model_load_seconds": round(load_seconds, 3),
-            "ready_at": time.time(),
-        },
-    )
-    store.redis.expire(key, _WORKER_RECORD_TTL)
-    log.info("%s: loaded %s on %s in %.1fs", hostname, settings.model, model.device, load_seconds)
+    # Written once the preloaded models are in: the record's presence means "ready".
+    record: dict[Any, Any] = {
+        "model": settings.model,
+        "rerank_model": settings.rerank_model,
+        "device": str(torch_device),
+        "pid": os.getpid(),
+    }
     metrics = WorkerMetrics()
-    metrics.loaded(hostname, str(model.device), settings.model, load_seconds)
+
+    def loader(task: Task, spec: str) -> object:
+        from pipeline.model import load_model
+        from pipeline.reranker import load_reranker
+
+        load = load_reranker if task is Task.RERANK else load_model
+        return load(
+            spec,
+            device=device,
+            precision=settings.precision,
+            cache_dir=settings.cache_dir,
+            hub_timeout=settings.hub_timeout,
+        )
+
+    def on_load(task: Task, spec: str, seconds: float) -> None:
+        log.info("%s: loaded %s model %s on %s in %.1fs", hostname, task.value, spec,
+                 torch_device, seconds)  # fmt: skip
+        metrics.loaded(hostname, str(torch_device), spec, task.value, seconds)
+        record[f"{task.value}_load_seconds"] = round(seconds, 3)
+        if "ready_at" in record:  # a model loaded on its first shard
+            store.redis.hset(key, f"{task.value}_load_seconds", round(seconds, 3))
+
+    models = WorkerModels(
+        specs={Task.EMBED: settings.model, Task.RERANK: settings.rerank_model},
+        loader=loader,
+        on_load=on_load,
+    )
+    started = time.perf_counter()
+    for task in settings.preload_tasks:
+        models.load(task)
+    record["model_load_seconds"] = round(time.perf_counter() - started, 3)
+    record["ready_at"] = time.time()
+    store.redis.hset(key, mapping=record)
+    store.redis.expire(key, _WORKER_RECORD_TTL)
     serve(metrics.registry, settings.metrics_port or 0)
     return WorkerRuntime(
-        model=model,
-        model_spec=settings.model,
+        models=models,
         store=store,
         hostname=hostname,
         max_attempts=settings.max_attempts,
@@ -86,6 +112,6 @@ def load_model_once(**_: object) -> None:
     except Exception:
         # A worker that cannot load its model must not take shards: stop it (warm shutdown)
         # instead of letting Celery restart this process in a loop.
-        log.exception("model load failed; stopping the worker")
+        log.exception("worker start-up (model load) failed; stopping the worker")
         os.kill(os.getppid(), signal.SIGTERM)
         raise

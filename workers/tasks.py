@@ -79,7 +79,8 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         runtime.metrics.shard_done(outcome.stats)
     else:
         runtime.metrics.shard_ended("failed" if outcome.state.value == "failed" else "skipped")
-    runtime.metrics.sample_device_memory(runtime.model.device)
+    for device in runtime.models.devices()[:1]:  # every model sits on the worker's one device
+        runtime.metrics.sample_device_memory(device)
     return {
         "job_id": message.job_id,
         "shard": message.shard,

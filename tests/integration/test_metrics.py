@@ -41,7 +41,9 @@ def test_worker_metrics_after_a_job(tmp_path, cli_env, workers):
     assert 0 < m[("m3pipe_padding_efficiency", ())] <= 1
     assert m[("m3pipe_shard_encode_seconds_count", ())] == 2
     assert m[("m3pipe_shard_encode_seconds_sum", ())] > 0
-    assert m[("m3pipe_model_load_seconds", ())] > 0
-    info = (("device", "cpu"), ("model", "random:tiny"), ("worker", name))
+    assert m[("m3pipe_model_load_seconds", (("task", "embed"),))] > 0
+    assert ("m3pipe_model_load_seconds", (("task", "rerank"),)) not in m  # not loaded yet
+    assert m[("m3pipe_pairs_total", ())] == 0
+    info = (("device", "cpu"), ("model", "random:tiny"), ("task", "embed"), ("worker", name))
     assert m[("m3pipe_worker_info", info)] == 1
     assert m[("process_resident_memory_bytes", ())] > 100e6  # the pool process, model loaded

@@ -79,3 +79,37 @@ def test_run_refuses_used_output_before_starting_anything(tmp_path, model_cache)
     assert result.returncode == 1
     assert "already holds output" in result.stderr and "worker(s)" not in result.stderr
     assert (out / "part-00000.parquet").read_bytes() == b"earlier output"
+
+
+def test_run_task_rerank_scores_every_pair_and_resumes_a_lost_part(tmp_path, model_cache):
+    from tests.integration.test_rerank_queue import rerank_records
+
+    records, good = rerank_records()
+    pairs_file = write_jsonl(tmp_path / "pairs.jsonl", records)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_")}
+    # M3PIPE_MODEL names a model that cannot load: a rerank run must not load the embedder.
+    env.update(
+        M3PIPE_CACHE_DIR=str(model_cache), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+        M3PIPE_MODEL=str(tmp_path / "no-such-embedder"),
+    )  # fmt: skip
+    out = tmp_path / "out"
+    args = ("run", "--task", "rerank", str(pairs_file), "--out", str(out), "--model",
+            "random:tiny", "--shard-docs", "25", "--device", "cpu", "-q")  # fmt: skip
+    first = run_cli(*args, env=env, timeout=600)
+    assert first.returncode == 3, first.stderr  # completed, 3 pairs rejected
+    assert f"{good} pairs -> {good} rows" in first.stderr
+    table = ds.dataset(out, format="parquet").to_table()
+    assert table.num_rows == good and table.column_names[:3] == ["query_id", "doc_id", "score"]
+
+    parts = sorted(out.glob("part-*.parquet"))
+    lost = parts[1]
+    lost_rows = ds.dataset(lost, format="parquet").to_table().sort_by("doc_id")
+    lost.unlink()
+    again = run_cli(*args, "--resume", env=env, timeout=600)
+    assert again.returncode == 3, again.stderr
+    assert sorted(p.name for p in out.glob("part-*.parquet")) == [p.name for p in parts]
+    redone = ds.dataset(lost, format="parquet").to_table().sort_by("doc_id")
+    assert redone.column("doc_id").equals(lost_rows.column("doc_id"))
+    assert redone.column("rank").equals(lost_rows.column("rank"))
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["counts"]["pairs"] == good and manifest["job"]["task"] == "rerank"

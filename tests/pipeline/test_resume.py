@@ -15,9 +15,10 @@ from pipeline.keys import job_key
 from pipeline.output_dir import JOB_FILE, MANIFEST
 from pipeline.resume import ResumeError, check_same_job, documents_digest, read_shard_file
 from pipeline.shard_runner import WorkerRuntime, run_shard
+from pipeline.worker_models import WorkerModels
 from producers.submit import ShardLimits, SubmitRequest, submit_job
 from schemas.document import Document
-from schemas.job import JobSpec, JobState
+from schemas.job import JobSpec, JobState, Task
 from schemas.options import EncodeOptions
 
 OPTIONS = EncodeOptions(max_length=128)
@@ -41,7 +42,8 @@ def request(tmp_path, inp, **changes) -> SubmitRequest:
 
 @pytest.fixture
 def runtime(store, tiny):
-    return WorkerRuntime(model=tiny, model_spec="random:tiny", store=store, hostname="t@host")
+    models = WorkerModels(specs={Task.EMBED: "random:tiny"}, loader=lambda task, spec: tiny)
+    return WorkerRuntime(models=models, store=store, hostname="t@host")
 
 
 def submit(req, store):
