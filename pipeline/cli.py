@@ -149,9 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli_queue import add_queue_commands
     from pipeline.cli_rerank import add_rerank_command
     from pipeline.cli_scale import add_scale_commands
+    from pipeline.cli_tenants import add_tenants_command
 
     add_rerank_command(sub)
     add_queue_commands(sub)
+    add_tenants_command(sub)
     add_scale_commands(sub)
     return parser
 

@@ -24,10 +24,17 @@ from pipeline.cli import (
     usage_error,
 )
 from pipeline.cli_rerank import add_task_option, check_no_embed_flags, rerank_options_from_args
+from pipeline.cli_tenants import (
+    add_consumer_tenant_option,
+    add_job_tenant_options,
+    consumer_queues,
+    job_tenant,
+)
 from pipeline.jobs import JobStore
 from pipeline.settings import Settings
 from schemas.job import Task
 from schemas.options import EncodeOptions
+from schemas.tenant import tenant_queue
 
 if TYPE_CHECKING:
     from producers.submit import SubmitRequest
@@ -72,6 +79,7 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     worker = sub.add_parser("worker", help="run a Celery worker pinned to one device")
     worker.add_argument("--device", help="GPU index N, or cpu (default: 0 if a GPU is present)")
     worker.add_argument("--queues", help="comma-separated queues (default: $M3PIPE_QUEUE)")
+    add_consumer_tenant_option(worker)
     worker.add_argument("--name", help="worker name (default: gpuN@host or cpu@host)")
     worker.add_argument(
         "--metrics-port",
@@ -99,6 +107,7 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
         "--out", required=True, help="output directory: a path or a URL (s3://bucket/prefix)"
     )
     add_task_option(submit)
+    add_job_tenant_options(submit)
     add_encode_options(submit)
     add_input_options(submit)
     add_shard_options(submit)
@@ -117,6 +126,7 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
 
     jobs = sub.add_parser("jobs", help="list recent jobs")
     jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--tenant", help="only this tenant's jobs")
     jobs.add_argument("--json", action="store_true")
     jobs.set_defaults(func=cmd_jobs)
 
@@ -138,6 +148,7 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1)")
     run.add_argument("--device", choices=["auto", "cpu"], default="auto", help="cpu forces CPU")
     add_task_option(run)
+    add_job_tenant_options(run)
     add_encode_options(run)
     add_input_options(run)
     add_shard_options(run)
@@ -203,7 +214,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         except ValidationError as exc:
             return usage_error(exc)
     try:
-        queues = ",".join(checked_queue(q) for q in comma_list(args.queues or settings.queue))
+        queues = ",".join(consumer_queues(args.queues, args.tenants, settings))
     except ValueError as exc:
         return usage_error(exc)
 
@@ -244,6 +255,7 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
         if args.query_max_length is not None:
             raise ValueError("--query-max-length is for --task rerank")
         model, options, rerank = args.model or settings.model, options_from_args(args), None
+    tenant, priority = job_tenant(args, settings)
     return SubmitRequest(
         inputs=list(args.inputs),
         out=args.out,
@@ -251,7 +263,9 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
         task=task,
         rerank=rerank,
         options=options,
-        queue=checked_queue(args.queue or settings.queue),
+        tenant=tenant,
+        priority=priority,
+        queue=checked_queue(tenant_queue(args.queue or settings.queue, tenant)),
         limits=limits,
         max_queued=max_queued,
         input_format=args.input_format,
@@ -305,7 +319,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.job_watch import describe, follow
 
     if args.job is None:
-        return cmd_jobs(argparse.Namespace(limit=20, json=args.json), settings)
+        return cmd_jobs(argparse.Namespace(limit=20, json=args.json, tenant=None), settings)
     store = job_store(settings)
     if not _known_job(store, args.job):
         return EXIT_FAILED
@@ -338,6 +352,8 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
 
     store = job_store(settings)
     statuses = [store.status(job_id) for job_id in store.job_ids(args.limit)]
+    if args.tenant:
+        statuses = [s for s in statuses if s.tenant == args.tenant]
     if args.json:
         print(json.dumps([s.model_dump(mode="json") for s in statuses], indent=2))
     elif not statuses:
@@ -364,12 +380,12 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     if not _known_job(store, args.job):
         return EXIT_FAILED
     letters = store.dead_letters(args.job)
-    queue = store.spec(args.job).queue
+    spec = store.spec(args.job)
     publish = shard_publisher(settings)
     sent = 0
     for shard, raw in sorted(letters.items()):
         if store.reopen_shard(args.job, shard):
-            publish(ShardMessage.model_validate_json(raw), queue)
+            publish(ShardMessage.model_validate_json(raw), spec.queue, spec.priority)
             sent += 1
     print(f"m3pipe retry: job {args.job}: {sent} shard(s) re-enqueued", file=sys.stderr)
     return EXIT_OK if sent or not letters else EXIT_FAILED

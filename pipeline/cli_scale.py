@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, usage_error
+from pipeline.cli_tenants import add_consumer_tenant_option, consumer_queues
 from pipeline.metrics import AUTOSCALER_METRICS_PORT, WORKER_METRICS_PORT
 from pipeline.settings import Settings
 
@@ -30,6 +31,7 @@ def add_scale_commands(sub: argparse._SubParsersAction) -> None:
         "--cooldown", type=float, default=60.0, help="seconds of low backlog before scaling down"
     )
     scale.add_argument("--queues", help="comma-separated queues (default: $M3PIPE_QUEUE)")
+    add_consumer_tenant_option(scale)
     scale.add_argument("--poll", type=float, default=2.0, help="seconds between backlog reads")
     scale.add_argument("--log-dir", type=Path, help="worker logs (default: a new temp dir)")
     scale.add_argument(
@@ -67,6 +69,7 @@ def add_scale_commands(sub: argparse._SubParsersAction) -> None:
 
     backlog = sub.add_parser("backlog", help="queued + in-flight shards per queue")
     backlog.add_argument("--queues", help="comma-separated queues (default: $M3PIPE_QUEUE)")
+    add_consumer_tenant_option(backlog)
     backlog.add_argument("--serve", type=int, metavar="PORT", help="serve GET /backlog as JSON")
     backlog.add_argument("--address", default="0.0.0.0", help="with --serve (default 0.0.0.0)")
     backlog.set_defaults(func=cmd_backlog)
@@ -74,7 +77,7 @@ def add_scale_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.autoscaler import Autoscaler, parse_devices
-    from pipeline.cli_queue import checked_queue, comma_list, job_store
+    from pipeline.cli_queue import job_store
     from pipeline.metrics import serve
     from pipeline.scaling import ScaleLimits
 
@@ -89,7 +92,7 @@ def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
             shards_per_worker=args.shards_per_worker,
             cooldown_seconds=args.cooldown,
         )
-        queues = [checked_queue(q) for q in comma_list(args.queues or settings.queue)]
+        queues = consumer_queues(args.queues, args.tenants, settings)
         if args.poll <= 0:
             raise ValueError("--poll must be > 0")
         for port in (args.metrics_port, args.worker_metrics_port):
@@ -151,10 +154,10 @@ def cmd_backlog(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
     from pipeline.backlog_server import backlog_report, make_server
-    from pipeline.cli_queue import checked_queue, comma_list, job_store
+    from pipeline.cli_queue import job_store
 
     try:
-        queues = [checked_queue(q) for q in comma_list(args.queues or settings.queue)]
+        queues = consumer_queues(args.queues, args.tenants, settings)
         if args.serve is not None and not 0 < args.serve < 65536:
             raise ValueError("--serve takes a port, 1-65535")
     except ValueError as exc:

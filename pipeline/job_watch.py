@@ -38,6 +38,7 @@ def describe(status: JobStatus) -> str:
         f"  tokens     {status.tokens_done:,} at {status.tokens_per_second:,.0f} tokens/s, "
         f"ETA {_duration(status.eta_seconds)}",
         f"  model      {status.model} (queue {status.queue})",
+        f"  tenant     {status.tenant}, priority {status.priority.value}",
         f"  out        {status.out}",
     ]
     if status.error:
@@ -48,7 +49,8 @@ def describe(status: JobStatus) -> str:
 def one_line(status: JobStatus) -> str:
     total = "?" if status.shards.total is None else status.shards.total
     return (
-        f"{status.job_id}  {status.state.value:<24} shards {status.shards.done}/{total}  "
+        f"{status.job_id}  {status.state.value:<24} {status.tenant}/{status.priority.value:<6} "
+        f"shards {status.shards.done}/{total}  "
         f"{status.task.value:<6} {status.documents_done:,}/{status.documents:,}  "
         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status.created_at))}"
     )

@@ -16,12 +16,14 @@ import redis
 
 from pipeline.keys import (
     JOBS_INDEX,
+    TENANTS_INDEX,
     dead_letters_key,
     job_key,
     shard_attempts_key,
     shard_digest_key,
     shard_info_key,
     shard_state_key,
+    tenant_jobs_key,
     worker_key,
 )
 from pipeline.redis_url import DEFAULT_RETRY_SECONDS, connect
@@ -139,6 +141,8 @@ class JobStore:
             mapping={"state": JobState.QUEUED.value, "created_at": spec.created_at, "submitted": 0},
         )
         self.redis.zadd(JOBS_INDEX, {spec.job_id: spec.created_at})
+        self.redis.sadd(tenant_jobs_key(spec.tenant), spec.job_id)
+        self.redis.sadd(TENANTS_INDEX, spec.tenant)
 
     def exists(self, job_id: str) -> bool:
         return bool(self.redis.exists(job_key(job_id)))
@@ -211,6 +215,9 @@ class JobStore:
             shard_digest_key(job_id),
             dead_letters_key(job_id),
         ]
+        spec = self._hget(job_key(job_id), "spec")
+        if spec is not None:
+            self.redis.srem(tenant_jobs_key(JobSpec.model_validate_json(spec).tenant), job_id)
         self.redis.delete(*keys)
         self.redis.zrem(JOBS_INDEX, job_id)
 
@@ -341,6 +348,8 @@ class JobStore:
         return JobStatus(
             job_id=job_id,
             task=spec.task,
+            tenant=spec.tenant,
+            priority=spec.priority,
             state=JobState(fields["state"]),
             submitted=submitted,
             shards=ShardCounts(

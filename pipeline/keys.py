@@ -10,6 +10,7 @@ DEFAULT_QUEUE = "m3pipe"
 TASK_ENCODE_SHARD = "m3pipe.encode_shard"
 
 JOBS_INDEX = f"{PREFIX}:jobs"  # sorted set: job id -> created_at
+TENANTS_INDEX = f"{PREFIX}:tenants"  # set: every tenant that submitted or has limits
 
 
 def job_key(job_id: str) -> str:
@@ -45,3 +46,13 @@ def dead_letters_key(job_id: str) -> str:
 def worker_key(hostname: str) -> str:
     """Hash: what a worker process loaded and when it became ready."""
     return f"{PREFIX}:worker:{hostname}"
+
+
+def tenant_key(tenant: str) -> str:
+    """Hash: a tenant's limits (max_jobs, max_queued, max_in_flight)."""
+    return f"{PREFIX}:tenant:{tenant}"
+
+
+def tenant_jobs_key(tenant: str) -> str:
+    """Set: the tenant's jobs that may still be active (ended ones are pruned on read)."""
+    return f"{PREFIX}:tenant:{tenant}:jobs"

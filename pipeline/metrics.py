@@ -76,6 +76,13 @@ class WorkerMetrics:
             ["kind"],
             registry=r,
         )
+        self.tenant_shards = Counter(
+            "m3pipe_tenant_shards", "Shard deliveries by tenant and outcome", ["tenant", "outcome"],
+            registry=r,
+        )  # fmt: skip
+        self.tenant_rows = Counter(
+            "m3pipe_tenant_rows", "Output rows written, by tenant", ["tenant"], registry=r
+        )
         for outcome in ("done", "failed", "retried", "skipped"):
             self.shards.labels(outcome)  # every series exists from the start
 
@@ -83,9 +90,11 @@ class WorkerMetrics:
         self.info.labels(worker, device, model, task).set(1)
         self.model_load_seconds.labels(task).set(seconds)
 
-    def shard_done(self, stats: Any) -> None:
+    def shard_done(self, stats: Any, tenant: str) -> None:
         """`stats`: the shard's EncodeStats (embed) or RerankStats (rerank)."""
         self.shards.labels("done").inc()
+        self.tenant_shards.labels(tenant, "done").inc()
+        self.tenant_rows.labels(tenant).inc(stats.rows)
         if hasattr(stats, "pairs"):
             self.pairs.inc(stats.pairs)
         else:
@@ -96,8 +105,9 @@ class WorkerMetrics:
         self.padding_efficiency.set(stats.padding_efficiency)
         self.encode_seconds.observe(stats.seconds)
 
-    def shard_ended(self, outcome: str) -> None:
+    def shard_ended(self, outcome: str, tenant: str) -> None:
         self.shards.labels(outcome).inc()
+        self.tenant_shards.labels(tenant, outcome).inc()
 
     def sample_device_memory(self, device: Any) -> None:
         if getattr(device, "type", None) != "cuda":

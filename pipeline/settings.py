@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pipeline.keys import DEFAULT_QUEUE
 from pipeline.redis_url import DEFAULT_BROKER_URL, DEFAULT_RETRY_SECONDS
 from schemas.job import Task
+from schemas.tenant import DEFAULT_TENANT
 
 
 def _default_cache_dir() -> Path:
@@ -30,7 +31,8 @@ class Settings(BaseSettings):
     hub_timeout: float = 10.0
 
     # Queue behaviour.
-    queue: str = DEFAULT_QUEUE
+    queue: str = DEFAULT_QUEUE  # the base queue of a pool; tenants' queues are `<queue>.<tenant>`
+    tenant: str = DEFAULT_TENANT  # of jobs submitted without --tenant
     # Seconds before an unacknowledged shard is redelivered; must exceed the longest shard.
     visibility_timeout: int = Field(default=3600, ge=1)
     # The slowest worker's throughput you plan for: shards are cut so that their worst case

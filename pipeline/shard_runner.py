@@ -157,6 +157,7 @@ def _encode_and_record(
         "bytes": written.size(),
         "worker": runtime.hostname,
         "seconds": round(time.time() - started, 3),
+        "finished_at": round(time.time(), 3),
         "padding_efficiency": round(stats.padding_efficiency, 4),
     }
     store.mark_shard(

@@ -33,6 +33,12 @@ from pipeline.resume import (
 )
 from pipeline.sink import part_name
 from pipeline.storage import Location, open_location
+from pipeline.tenants import (
+    job_quota_problem,
+    shard_quota_problem,
+    tenant_limits,
+    tenant_usage,
+)
 from producers.intake import IntakeCounts, RejectSink, accept_documents, document_bytes
 from producers.pair_intake import PairLimits, accept_pairs, cut_pair_shards
 from producers.readers import (
@@ -46,6 +52,7 @@ from schemas.document import Document
 from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
 from schemas.options import EncodeOptions, LongDocPolicy
 from schemas.rerank import Pair, RerankOptions
+from schemas.tenant import DEFAULT_TENANT, Priority
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +60,7 @@ log = logging.getLogger(__name__)
 VISIBILITY_SAFETY = 0.5
 SPECIALS = 2  # CLS and EOS per sequence
 
-Publish = Callable[[ShardMessage, str], None]  # (message, queue)
+Publish = Callable[[ShardMessage, str, Priority], None]  # (message, queue, priority)
 
 
 class SubmitCancelled(PermanentError):
@@ -106,6 +113,8 @@ class SubmitRequest:
     poll_seconds: float = 0.5
     task: Task = Task.EMBED
     rerank: RerankOptions | None = None  # task rerank: truncation and batching
+    tenant: str = DEFAULT_TENANT  # `queue` is already this tenant's queue
+    priority: Priority = Priority.NORMAL
 
 
 @dataclass
@@ -127,10 +136,13 @@ def submit_job(
     inputs = [open_location(path) for path in request.inputs]
     detect = detect_pair_format if request.task is Task.RERANK else detect_format
     formats = [detect(location, request.input_format) for location in inputs]
+    admit(store, request.tenant)
     out = prepare_output_dir(request.out, request.overwrite, request.resume)
     spec = JobSpec(
         job_id=request.job_id or new_job_id(),
         task=request.task,
+        tenant=request.tenant,
+        priority=request.priority,
         rerank=request.rerank,
         inputs=[location.url for location in inputs],
         input_format=request.input_format,
@@ -165,8 +177,11 @@ def submit_job(
                     if request.resume and already_done(store, out, job_id, shards, shard, digest):
                         skipped += 1
                     else:
-                        wait_for_room(store, job_id, request.max_queued, request.poll_seconds)
-                        enqueue(store, publish, job_id, shards, shard, request.queue, digest)
+                        wait_for_room(
+                            store, job_id, request.max_queued, request.poll_seconds, request.tenant
+                        )
+                        message = shard_message(job_id, shards, shard)
+                        enqueue(store, publish, message, request.queue, request.priority, digest)
                     shards += 1
             except SubmitCancelled:
                 cancelled = True
@@ -333,37 +348,65 @@ def oversize_reason(doc: Document, limits: ShardLimits, options: EncodeOptions) 
     return None
 
 
-def wait_for_room(store: JobStore, job_id: str, max_queued: int, poll_seconds: float) -> None:
-    """Block while the job has `max_queued` shards waiting; stop if it was cancelled."""
-    waited_since = None
+class QuotaExceeded(PermanentError):
+    """The tenant may not start another job now (its max_jobs)."""
+
+
+def admit(store: JobStore, tenant: str) -> None:
+    """Admission control, before anything is registered or written: QuotaExceeded if the
+    tenant is at its job limit."""
+    problem = job_quota_problem(tenant_limits(store, tenant), tenant_usage(store, tenant))
+    if problem is not None:
+        raise QuotaExceeded(f"refused: {problem}")
+
+
+def wait_for_room(
+    store: JobStore,
+    job_id: str,
+    max_queued: int,
+    poll_seconds: float,
+    tenant: str = DEFAULT_TENANT,
+) -> None:
+    """Block while the job has `max_queued` shards waiting, or its tenant is at a shard
+    quota (max_queued, max_in_flight); stop if the job was cancelled."""
+    said: str | None = None  # the tenant quota last reported, so it is said once
+    waited_since = time.monotonic()
     while True:
         if store.state(job_id) is JobState.CANCELLED:
             raise SubmitCancelled(f"job {job_id} was cancelled")
-        if store.queued_shards(job_id) < max_queued:
-            return
-        if waited_since is None:
-            waited_since = time.monotonic()
-        elif time.monotonic() - waited_since > 60:
-            log.info("job %s: %d shards queued, waiting for workers", job_id, max_queued)
-            waited_since = time.monotonic()
+        if store.queued_shards(job_id) >= max_queued:
+            if time.monotonic() - waited_since > 60:
+                log.info("job %s: %d shards queued, waiting for workers", job_id, max_queued)
+                waited_since = time.monotonic()
+        else:
+            usage = tenant_usage(store, tenant)
+            quota = shard_quota_problem(tenant_limits(store, tenant), usage)
+            if quota is None:
+                return
+            if quota != said:
+                log.warning("job %s waits at its tenant's quota: %s", job_id, quota)
+                said = quota
         time.sleep(poll_seconds)
+
+
+def shard_message(job_id: str, index: int, shard: list[Document] | list[Pair]) -> ShardMessage:
+    kind = "pairs" if isinstance(shard[0], Pair) else "documents"
+    return ShardMessage.model_validate({"job_id": job_id, "shard": index, kind: shard})
 
 
 def enqueue(
     store: JobStore,
     publish: Publish,
-    job_id: str,
-    index: int,
-    shard: list[Document] | list[Pair],
+    message: ShardMessage,
     queue: str,
+    priority: Priority,
     digest: str,
 ) -> None:
-    kind = "pairs" if isinstance(shard[0], Pair) else "documents"
-    message = ShardMessage.model_validate({"job_id": job_id, "shard": index, kind: shard})
-    info = {"documents": len(shard)}
+    job_id, index, count = message.job_id, message.shard, len(message.items)
+    info = {"documents": count}
     # Registered before it is sent, so a fast worker always finds it queued. The digest
     # lets a worker tell this message from a stale one of an earlier submission (--resume).
     store.set_shard_digest(job_id, index, digest)
     store.mark_shard(job_id, index, ShardState.QUEUED, [ABSENT], info)
-    store.note_documents(job_id, len(shard))
-    publish(message, queue)
+    store.note_documents(job_id, count)
+    publish(message, queue, priority)

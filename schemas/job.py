@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from schemas.document import Document
 from schemas.options import EncodeOptions
 from schemas.rerank import Pair, RerankOptions
+from schemas.tenant import DEFAULT_TENANT, Priority, TenantName
 
 # Job ids and queue names end up in Redis keys and log lines, never in paths; keep them plain.
 JobId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{2,63}$")]
@@ -55,6 +56,8 @@ class JobSpec(BaseModel):
 
     job_id: JobId
     task: Task = Task.EMBED
+    tenant: TenantName = DEFAULT_TENANT
+    priority: Priority = Priority.NORMAL
     inputs: list[str] = Field(min_length=1)
     input_format: str = "auto"
     out: str  # absolute path of the output directory, shared by producer and workers
@@ -119,6 +122,8 @@ class JobStatus(BaseModel):
 
     job_id: str
     task: Task = Task.EMBED  # for task rerank, "documents" and "rows" count pairs
+    tenant: str = DEFAULT_TENANT
+    priority: Priority = Priority.NORMAL
     state: JobState
     submitted: bool  # the producer has enqueued every shard
     shards: ShardCounts

@@ -11,6 +11,7 @@ from pipeline.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD
 from pipeline.redis_url import for_kombu, publish_retry_policy, tls_options
 from pipeline.settings import Settings
 from schemas.job import ShardMessage
+from schemas.tenant import Priority
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -68,15 +69,17 @@ def create_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-def shard_publisher(settings: Settings) -> Callable[[ShardMessage, str], None]:
-    """publish(message, queue): one shard as one JSON task, named for Flower."""
+def shard_publisher(settings: Settings) -> Callable[[ShardMessage, str, Priority], None]:
+    """publish(message, queue, priority): one shard as one JSON task, named for Flower."""
     producer_app = create_app(settings)
 
-    def publish(message: ShardMessage, queue: str) -> None:
+    def publish(message: ShardMessage, queue: str, priority: Priority) -> None:
         producer_app.send_task(
             TASK_ENCODE_SHARD,
             args=[message.wire()],
             queue=queue,
+            # Always explicit: kombu files a message without a priority under the first step.
+            priority=priority.broker_priority,
             task_id=f"{message.job_id}-{message.shard:05d}",
             argsrepr=f"job={message.job_id} shard={message.shard} "
             + (

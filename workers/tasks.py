@@ -12,7 +12,13 @@ from redis.exceptions import RedisError
 
 from pipeline.errors import PermanentError
 from pipeline.keys import TASK_ENCODE_SHARD
-from pipeline.shard_runner import UnknownJob, fail_shard, requeue_shard, run_shard
+from pipeline.shard_runner import (
+    UnknownJob,
+    WorkerRuntime,
+    fail_shard,
+    requeue_shard,
+    run_shard,
+)
 from schemas.job import ShardMessage
 from workers import bootstrap
 from workers.app import app
@@ -34,6 +40,14 @@ def parse_message(task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -
         raise Reject(f"invalid shard message: {reason}", requeue=False) from None
 
 
+def tenant_of(runtime: WorkerRuntime, message: ShardMessage) -> str:
+    """The message's tenant for the metrics; "unknown" when its job cannot be read."""
+    try:
+        return runtime.job_spec(message.job_id).tenant
+    except (PermanentError, RedisError):
+        return "unknown"
+
+
 def retry_countdown(attempt: int, base: float) -> float:
     """Exponential backoff: base, 4 x base, 16 x base... at most 10 minutes."""
     return min(base * 4 ** max(attempt - 1, 0), MAX_BACKOFF_SECONDS)
@@ -44,6 +58,7 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     message = parse_message(self.request.id, args, kwargs)
     runtime = bootstrap.runtime()
     worker = self.request.hostname or runtime.hostname
+    tenant = tenant_of(runtime, message)
     try:
         outcome = run_shard(message, runtime)
     except UnknownJob:
@@ -51,7 +66,7 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise
     except PermanentError as exc:
         # Bad data or configuration: retrying cannot help.
-        runtime.metrics.shard_ended("failed")
+        runtime.metrics.shard_ended("failed", tenant)
         fail_shard(runtime.store, message, str(exc), worker)
         raise
     except Exception as exc:
@@ -68,7 +83,7 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         except RedisError:
             log.exception("job state unreachable; shard %s handed back", message.shard)
             raise Reject(f"job state unreachable: {exc!r}", requeue=True) from exc
-        runtime.metrics.shard_ended("failed" if give_up else "retried")
+        runtime.metrics.shard_ended("failed" if give_up else "retried", tenant)
         if give_up:
             raise
         countdown = retry_countdown(attempt, runtime.retry_backoff_seconds)
@@ -76,9 +91,10 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
                     exc, countdown)  # fmt: skip
         raise self.retry(exc=exc, countdown=countdown, max_retries=None) from exc
     if outcome.stats is not None:
-        runtime.metrics.shard_done(outcome.stats)
+        runtime.metrics.shard_done(outcome.stats, tenant)
     else:
-        runtime.metrics.shard_ended("failed" if outcome.state.value == "failed" else "skipped")
+        ended = "failed" if outcome.state.value == "failed" else "skipped"
+        runtime.metrics.shard_ended(ended, tenant)
     for device in runtime.models.devices()[:1]:  # every model sits on the worker's one device
         runtime.metrics.sample_device_memory(device)
     return {

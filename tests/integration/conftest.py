@@ -65,13 +65,16 @@ class Workers:
         self.env, self.log_dir, self.store = env, log_dir, store
         self.processes: dict[str, subprocess.Popen] = {}
 
-    def start(self, count: int = 1, queue: str = "m3pipe", wait: bool = True) -> list[str]:
+    def start(
+        self, count: int = 1, queue: str = "m3pipe", wait: bool = True, tenants: str | None = None
+    ) -> list[str]:
         names = []
         for _ in range(count):
             name = f"cpu{len(self.processes)}-{uuid.uuid4().hex[:4]}@{socket.gethostname()}"
             log = open(self.log_dir / f"{name.split('@')[0]}.log", "wb")  # noqa: SIM115
+            consume = ["--tenants", tenants] if tenants else ["--queues", queue]
             self.processes[name] = subprocess.Popen(
-                [*WORKER_COMMAND, "--name", name, "--queues", queue],
+                [*WORKER_COMMAND, "--name", name, *consume],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -9,10 +9,12 @@ import time
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipeline.backlog import backlog
 from pipeline.keys import DEFAULT_QUEUE, worker_key
 from pipeline.settings import Settings
 from schemas.document import Document
 from schemas.job import ShardMessage
+from schemas.tenant import Priority
 from tests.integration.conftest import run_cli, write_jsonl
 
 SHARDS = 4
@@ -122,10 +124,12 @@ def test_duplicate_delivery_writes_one_file_and_counts_once(tmp_path, cli_env, w
     publish = shard_publisher(Settings(broker_url=cli_env["M3PIPE_BROKER_URL"]))
     first = [Document(id=r["id"], text=r["text"]) for r in records[:4]]
     for _ in range(2):  # the same shard twice more, as a redelivery would
-        publish(ShardMessage(job_id=job_id, shard=0, documents=first), DEFAULT_QUEUE)
+        publish(
+            ShardMessage(job_id=job_id, shard=0, documents=first), DEFAULT_QUEUE, Priority.NORMAL
+        )
     workers.start(1)
     assert run_cli("wait", job_id, "--timeout", "300", env=cli_env, timeout=320).returncode == 0
-    wait_until(lambda: store.redis.llen(DEFAULT_QUEUE) == 0, timeout=60)
+    wait_until(lambda: backlog(store.redis, DEFAULT_QUEUE).queued == 0, timeout=60)
     time.sleep(1)  # the duplicates are consumed after the job ended; they must change nothing
     status = store.status(job_id)
     assert (status.documents_done, status.rows_done, status.shards.done) == (8, 8, 2)

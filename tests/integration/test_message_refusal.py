@@ -9,6 +9,7 @@ import uuid
 
 from kombu import Connection, Exchange, Producer
 
+from pipeline.backlog import backlog
 from pipeline.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD
 from pipeline.redis_url import for_kombu
 from pipeline.settings import Settings
@@ -77,7 +78,7 @@ def test_pickle_bad_json_and_invalid_messages_are_refused(
     assert "invalid message" in log and "job_id" in log
     assert "Can't decode message body" in log
     assert not marker.exists()  # the pickle was never loaded
-    assert store.redis.llen(DEFAULT_QUEUE) == 0  # refused, not requeued for ever
+    assert backlog(store.redis, DEFAULT_QUEUE).queued == 0  # refused, not requeued for ever
     assert wait_for(lambda: store.redis.hlen("unacked") == 0, 10)
     assert store.job_ids() == [job_id]  # nothing was recorded for the bad messages
     assert json.loads(run_cli("status", job_id, "--json", env=cli_env).stdout)["state"] == (

@@ -44,6 +44,8 @@ def test_worker_metrics_after_a_job(tmp_path, cli_env, workers):
     assert m[("m3pipe_model_load_seconds", (("task", "embed"),))] > 0
     assert ("m3pipe_model_load_seconds", (("task", "rerank"),)) not in m  # not loaded yet
     assert m[("m3pipe_pairs_total", ())] == 0
+    assert m[("m3pipe_tenant_shards_total", (("outcome", "done"), ("tenant", "default")))] == 2
+    assert m[("m3pipe_tenant_rows_total", (("tenant", "default"),))] == 20
     info = (("device", "cpu"), ("model", "random:tiny"), ("task", "embed"), ("worker", name))
     assert m[("m3pipe_worker_info", info)] == 1
     assert m[("process_resident_memory_bytes", ())] > 100e6  # the pool process, model loaded

@@ -48,7 +48,7 @@ def runtime(store, tiny):
 
 def submit(req, store):
     sent = []
-    result = submit_job(req, store, lambda message, queue: sent.append(message))
+    result = submit_job(req, store, lambda message, queue, priority: sent.append(message))
     return result, sent
 
 

@@ -63,7 +63,9 @@ def test_submit_job_enqueues_and_accounts_every_record(store, tmp_path):
         inputs=[inp], out=tmp_path / "out", model="random:tiny", options=TRUNCATE,
         queue="q", limits=ShardLimits(docs=10, bytes=4096, tokens=100_000), max_queued=100,
     )  # fmt: skip
-    result = submit_job(request, store, lambda message, queue: sent.append((message, queue)))
+    result = submit_job(
+        request, store, lambda message, queue, priority: sent.append((message, queue))
+    )
     assert result.shards == 3 and [len(m.documents) for m, _ in sent] == [10, 10, 5]
     assert {q for _, q in sent} == {"q"} and [m.shard for m, _ in sent] == [0, 1, 2]
     assert (result.counts.input_records, result.counts.rejected) == (28, 3)
@@ -83,11 +85,11 @@ def test_a_failing_input_marks_the_job_failed(store, tmp_path):
         queue="q", limits=ShardLimits(docs=10, bytes=4096, tokens=1000), max_queued=1,
     )  # fmt: skip
     with pytest.raises(Exception, match="not found"):
-        submit_job(request, store, lambda m, q: None)
+        submit_job(request, store, lambda m, q, p: None)
     (tmp_path / "empty.jsonl").write_text("")
     request.inputs = [tmp_path / "empty.jsonl"]
     request.overwrite = True
     with pytest.raises(Exception, match="no records"):
-        submit_job(request, store, lambda m, q: None)
+        submit_job(request, store, lambda m, q, p: None)
     [job_id] = store.job_ids()
     assert store.state(job_id) is JobState.FAILED
