@@ -121,3 +121,38 @@ def test_tenant_quota_refuses_a_second_job_and_holds_a_submit_at_its_shard_limit
     assert "waits at its tenant's quota: tenant acme has 3 shard(s) queued (limit 3)" in stderr
     wait(job_id, cli_env)
     assert_every_document_once(tmp_path / "a", 10)
+
+
+def test_an_autoscaled_pool_follows_its_own_tenants_backlog_only(tmp_path, cli_env, store):
+    import signal
+
+    from tests.integration.test_autoscale import children
+    from tests.integration.test_metrics import scrape
+    from tests.integration.test_redis_auth import free_port
+
+    job_a = submit(tmp_path, cli_env, "a", 4, "--tenant", "a")
+    job_b = submit(tmp_path, cli_env, "b", 4, "--tenant", "b")
+    port = free_port()
+    log_path = tmp_path / "autoscale.log"
+    with open(log_path, "w") as log:
+        scaler = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "autoscale", "--devices", "cpu:1",
+             "--tenants", "a", "--cooldown", "0.5", "--poll", "0.2", "--metrics-port",
+             str(port), "--worker-metrics-port", "0", "--log-dir", str(tmp_path / "logs")],
+            env=cli_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait(job_a, cli_env)
+        deadline = time.monotonic() + 60
+        while children(scaler.pid):  # a's backlog is gone: back to zero, b's does not count
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        time.sleep(0.5)
+        metrics = scrape(port)
+        assert metrics[("m3pipe_autoscaler_backlog", (("queue", "m3pipe.a"),))] == 0
+        assert not any(key[0] == "m3pipe_autoscaler_backlog" and key[1] != (("queue", "m3pipe.a"),)
+                       for key in metrics)  # fmt: skip
+        assert store.status(job_b).shards.queued == 4  # untouched by a's pool
+    finally:
+        scaler.send_signal(signal.SIGTERM)
+        assert scaler.wait(timeout=120) == 0
