@@ -198,9 +198,10 @@ def options_from_args(args: argparse.Namespace) -> EncodeOptions:
 def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.engine import Engine
     from pipeline.local_encode import encode_file
-    from pipeline.model import load_model
     from pipeline.storage import open_location
+    from pipeline.worker_models import load_task_model
     from producers.jsonl import count_lines
+    from schemas.job import Task
 
     try:
         options = options_from_args(args)
@@ -216,12 +217,9 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
     if not input_found("encode", source):
         return EXIT_FAILED
 
-    model = load_model(
-        args.model or settings.model,
-        device=args.device,
-        precision=args.precision,
-        cache_dir=settings.cache_dir,
-        hub_timeout=settings.hub_timeout,
+    spec = args.model or settings.model
+    model = load_task_model(
+        Task.EMBED, spec, device=args.device, precision=args.precision, settings=settings
     )
     engine = Engine(model, options)
     show_bar = not args.quiet and sys.stderr.isatty()

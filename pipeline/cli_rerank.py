@@ -109,8 +109,10 @@ def add_rerank_command(sub: argparse._SubParsersAction) -> None:
 
 def cmd_rerank(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.local_rerank import rerank_file
-    from pipeline.reranker import RerankEngine, load_reranker
+    from pipeline.reranker import RerankEngine
     from pipeline.storage import open_location
+    from pipeline.worker_models import load_task_model
+    from schemas.job import Task
 
     try:
         options = rerank_options_from_args(args)
@@ -122,12 +124,9 @@ def cmd_rerank(args: argparse.Namespace, settings: Settings) -> int:
     if not input_found("rerank", source):
         return EXIT_FAILED
 
-    model = load_reranker(
-        args.model or settings.rerank_model,
-        device=args.device,
-        precision=args.precision,
-        cache_dir=settings.cache_dir,
-        hub_timeout=settings.hub_timeout,
+    spec = args.model or settings.rerank_model
+    model = load_task_model(
+        Task.RERANK, spec, device=args.device, precision=args.precision, settings=settings
     )
     engine = RerankEngine(model, options)
     bar = ProgressBar(None, enabled=not args.quiet and sys.stderr.isatty(), unit="pair")

@@ -21,11 +21,30 @@ from schemas.job import Task
 if TYPE_CHECKING:
     from pipeline.model import M3Model
     from pipeline.reranker import RerankModel
+    from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[Task, str], Any]  # (task, spec) -> the loaded model
 OnLoad = Callable[[Task, str, float], None]  # (task, spec, seconds) after each load
+
+
+def load_task_model(
+    task: Task, spec: str, *, device: str | None, precision: str | None, settings: Settings
+) -> Any:
+    """The model of `task` (the embedder, or the cross-encoder), with the cache and hub
+    settings every command shares; ModelLoadError if it cannot load."""
+    from pipeline.model import load_model
+    from pipeline.reranker import load_reranker
+
+    load = load_reranker if task is Task.RERANK else load_model
+    return load(
+        spec,
+        device=device,
+        precision=precision,
+        cache_dir=settings.cache_dir,
+        hub_timeout=settings.hub_timeout,
+    )
 
 
 @dataclass

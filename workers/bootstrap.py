@@ -24,7 +24,7 @@ from pipeline.metrics import WorkerMetrics, serve
 from pipeline.redis_url import connect
 from pipeline.settings import Settings
 from pipeline.shard_runner import WorkerRuntime
-from pipeline.worker_models import WorkerModels
+from pipeline.worker_models import WorkerModels, load_task_model
 from schemas.job import Task
 
 log = logging.getLogger(__name__)
@@ -61,16 +61,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     metrics = WorkerMetrics()
 
     def loader(task: Task, spec: str) -> object:
-        from pipeline.model import load_model
-        from pipeline.reranker import load_reranker
-
-        load = load_reranker if task is Task.RERANK else load_model
-        return load(
-            spec,
-            device=device,
-            precision=settings.precision,
-            cache_dir=settings.cache_dir,
-            hub_timeout=settings.hub_timeout,
+        return load_task_model(
+            task, spec, device=device, precision=settings.precision, settings=settings
         )
 
     def on_load(task: Task, spec: str, seconds: float) -> None:
