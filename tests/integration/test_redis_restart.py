@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.dataset as ds
 
@@ -17,6 +19,23 @@ def cli(*args: str, env: dict, log) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
     )
+
+
+def wait_for_socket(pid: int, deadline: float) -> None:
+    """Until process `pid` holds a socket: `m3pipe wait` opens none but its Redis one."""
+
+    def holds_socket() -> bool:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd).startswith("socket:"):
+                    return True
+            except OSError:  # closed meanwhile
+                continue
+        return False
+
+    while not holds_socket():
+        assert time.monotonic() < deadline, "`m3pipe wait` never connected to Redis"
+        time.sleep(0.05)
 
 
 def test_redis_restart_mid_job_every_id_exactly_once(
@@ -42,7 +61,10 @@ def test_redis_restart_mid_job_every_id_exactly_once(
     job_id = store.job_ids()[0]
     waiter_log = open(tmp_path / "wait.log", "w+")  # noqa: SIM115
     waiter = cli("wait", job_id, "--timeout", "400", env=cli_env, log=waiter_log)
-    time.sleep(1.5)  # `wait` is connected and polling
+    # `wait` must be connected before Redis goes (a first connection fails at once, by
+    # design): on a loaded machine its start-up alone can take seconds.
+    wait_for_socket(waiter.pid, deadline=time.monotonic() + 60)
+    time.sleep(1.0)  # and polling
 
     # The producer is still cutting shards (at most 3 queued): the restart hits it too.
     assert store.status(job_id).submitted is False
