@@ -60,26 +60,33 @@ def tenant_usage(store: JobStore, tenant: str) -> TenantUsage:
     return usage
 
 
-def job_quota_problem(limits: TenantLimits, usage: TenantUsage) -> str | None:
-    """Why the tenant may not start another job now, or None."""
-    if limits.max_jobs is not None and usage.jobs >= limits.max_jobs:
+def job_quota_problem(store: JobStore, tenant: str) -> str | None:
+    """Why the tenant may not start another job now, or None (usage read only if limited)."""
+    limits = tenant_limits(store, tenant)
+    if limits.max_jobs is None:
+        return None
+    usage = tenant_usage(store, tenant)
+    if usage.jobs >= limits.max_jobs:
         return (
-            f"tenant {usage.tenant} has {usage.jobs} active job(s), its limit is "
-            f"{limits.max_jobs}: wait for one to end (m3pipe jobs --tenant {usage.tenant}), or "
-            f"raise it (m3pipe tenants set {usage.tenant} --max-jobs N)"
+            f"tenant {tenant} has {usage.jobs} active job(s), its limit is "
+            f"{limits.max_jobs}: wait for one to end (m3pipe jobs --tenant {tenant}), or "
+            f"raise it (m3pipe tenants set {tenant} --max-jobs N)"
         )
     return None
 
 
-def shard_quota_problem(limits: TenantLimits, usage: TenantUsage) -> str | None:
-    """Why the tenant may not enqueue another shard now, or None."""
+def shard_quota_problem(store: JobStore, tenant: str) -> str | None:
+    """Why the tenant may not enqueue another shard now, or None. Called once per shard:
+    a tenant without shard limits costs one read, not a sum over its jobs."""
+    limits = tenant_limits(store, tenant)
+    if limits.max_queued is None and limits.max_in_flight is None:
+        return None
+    usage = tenant_usage(store, tenant)
     if limits.max_queued is not None and usage.queued >= limits.max_queued:
-        return (
-            f"tenant {usage.tenant} has {usage.queued} shard(s) queued (limit {limits.max_queued})"
-        )
+        return f"tenant {tenant} has {usage.queued} shard(s) queued (limit {limits.max_queued})"
     if limits.max_in_flight is not None and usage.in_flight >= limits.max_in_flight:
         return (
-            f"tenant {usage.tenant} has {usage.in_flight} shard(s) queued or running "
+            f"tenant {tenant} has {usage.in_flight} shard(s) queued or running "
             f"(limit {limits.max_in_flight})"
         )
     return None

@@ -33,12 +33,7 @@ from pipeline.resume import (
 )
 from pipeline.sink import part_name
 from pipeline.storage import Location, open_location
-from pipeline.tenants import (
-    job_quota_problem,
-    shard_quota_problem,
-    tenant_limits,
-    tenant_usage,
-)
+from pipeline.tenants import job_quota_problem, shard_quota_problem
 from producers.intake import IntakeCounts, RejectSink, accept_documents, document_bytes
 from producers.pair_intake import PairLimits, accept_pairs, cut_pair_shards
 from producers.readers import (
@@ -355,7 +350,7 @@ class QuotaExceeded(PermanentError):
 def admit(store: JobStore, tenant: str) -> None:
     """Admission control, before anything is registered or written: QuotaExceeded if the
     tenant is at its job limit."""
-    problem = job_quota_problem(tenant_limits(store, tenant), tenant_usage(store, tenant))
+    problem = job_quota_problem(store, tenant)
     if problem is not None:
         raise QuotaExceeded(f"refused: {problem}")
 
@@ -379,8 +374,7 @@ def wait_for_room(
                 log.info("job %s: %d shards queued, waiting for workers", job_id, max_queued)
                 waited_since = time.monotonic()
         else:
-            usage = tenant_usage(store, tenant)
-            quota = shard_quota_problem(tenant_limits(store, tenant), usage)
+            quota = shard_quota_problem(store, tenant)
             if quota is None:
                 return
             if quota != said:
