@@ -19,13 +19,10 @@ log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-@dataclass
-class M3Model:
-    """Everything the engine needs from a loaded bge-m3: modules, tokenizer and identity."""
+@dataclass(kw_only=True)
+class LoadedModel:
+    """What every loaded model (embedder or cross-encoder) has: tokenizer, place, identity."""
 
-    encoder: torch.nn.Module
-    colbert_linear: torch.nn.Linear | None
-    sparse_linear: torch.nn.Linear | None
     tokenizer: Any
     device: torch.device
     dtype: torch.dtype
@@ -33,6 +30,29 @@ class M3Model:
     path: Path
     revision: str | None
     fingerprint: str
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def describe(self) -> dict[str, object]:
+        """Identity written into Parquet metadata and manifests."""
+        return {
+            "model": self.spec,
+            "model_revision": self.revision,
+            "model_fingerprint": self.fingerprint,
+            "random_weights": self.spec.startswith("random:"),
+            "compute_dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+
+@dataclass(kw_only=True)
+class M3Model(LoadedModel):
+    """Everything the engine needs from a loaded bge-m3: modules, tokenizer and identity."""
+
+    encoder: torch.nn.Module
+    colbert_linear: torch.nn.Linear | None
+    sparse_linear: torch.nn.Linear | None
     dense_dim: int
     colbert_dim: int
     vocab_size: int
@@ -47,30 +67,8 @@ class M3Model:
     def eos_id(self) -> int:
         return int(self.tokenizer.eos_token_id)
 
-    @property
-    def pad_id(self) -> int:
-        return int(self.tokenizer.pad_token_id)
-
     def describe(self) -> dict[str, object]:
-        """Identity written into Parquet metadata and manifests."""
-        return {
-            **model_identity(self.spec, self.revision, self.fingerprint, self.dtype),
-            "dense_dim": self.dense_dim,
-            "colbert_dim": self.colbert_dim,
-        }
-
-
-def model_identity(
-    spec: str, revision: str | None, fingerprint: str, dtype: torch.dtype
-) -> dict[str, object]:
-    """What names a loaded model in file metadata and manifests (embedder or reranker)."""
-    return {
-        "model": spec,
-        "model_revision": revision,
-        "model_fingerprint": fingerprint,
-        "random_weights": spec.startswith("random:"),
-        "compute_dtype": str(dtype).removeprefix("torch."),
-    }
+        return {**super().describe(), "dense_dim": self.dense_dim, "colbert_dim": self.colbert_dim}
 
 
 def resolve_device(device: str | None) -> torch.device:

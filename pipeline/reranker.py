@@ -26,8 +26,8 @@ from pipeline.batching import DEFAULT_RERANK_BATCH_TOKENS, default_batch_tokens,
 from pipeline.encoder import encode_with_split, pad_batch
 from pipeline.errors import ModelLoadError
 from pipeline.model import (
+    LoadedModel,
     fingerprint_model_dir,
-    model_identity,
     resolve_device,
     resolve_dtype,
     resolve_model_path,
@@ -36,25 +36,11 @@ from schemas.output import rerank_schema
 from schemas.rerank import Pair, RerankOptions
 
 
-@dataclass
-class RerankModel:
+@dataclass(kw_only=True)
+class RerankModel(LoadedModel):
     """A loaded cross-encoder: the sequence-classification model, tokenizer and identity."""
 
     model: torch.nn.Module
-    tokenizer: Any
-    device: torch.device
-    dtype: torch.dtype
-    spec: str
-    path: Path
-    revision: str | None
-    fingerprint: str
-
-    @property
-    def pad_id(self) -> int:
-        return int(self.tokenizer.pad_token_id)
-
-    def describe(self) -> dict[str, object]:
-        return model_identity(self.spec, self.revision, self.fingerprint, self.dtype)
 
 
 def load_reranker(
