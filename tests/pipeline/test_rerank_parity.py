@@ -72,3 +72,34 @@ def test_scores_match_flagreranker_compute_score(reranker, max_length):
         table.column("score_normalized").to_numpy(), expected_norm, rtol=0, atol=1e-5
     )
     assert np.std(expected) > 0.02  # scores differ far beyond the tolerance
+
+
+def test_out_of_memory_splits_a_rerank_batch_and_scores_every_pair(reranker, monkeypatch):
+    import torch
+
+    from pipeline.errors import RetryableError
+
+    pairs = make_pairs()
+    options = RerankOptions(max_length=128, batch_tokens=100_000)  # one batch, unless split
+    expected = RerankEngine(reranker, options).score(pairs).logits
+    real_forward = RerankEngine._forward
+    sizes: list[int] = []
+
+    def forward_with_small_memory(self, sequences):
+        if len(sequences) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        sizes.append(len(sequences))
+        return real_forward(self, sequences)
+
+    monkeypatch.setattr(RerankEngine, "_forward", forward_with_small_memory)
+    result = RerankEngine(reranker, options).score(pairs)
+    assert max(sizes) <= 3 and sum(sizes) == len(pairs)
+    np.testing.assert_allclose(result.logits, expected, atol=1e-5)
+    assert result.stats.batches == len(sizes)
+
+    def always_oom(self, sequences):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(RerankEngine, "_forward", always_oom)
+    with pytest.raises(RetryableError, match="single sequence"):
+        RerankEngine(reranker, options).score(pairs[:2])
