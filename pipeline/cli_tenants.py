@@ -77,7 +77,6 @@ def cmd_tenants(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.cli_queue import job_store
     from pipeline.tenants import set_tenant_limits, tenant_limits, tenant_names, tenant_usage
 
-    store = job_store(settings)
     if args.action == "set":
         try:
             name = checked_tenant(args.name)
@@ -87,10 +86,11 @@ def cmd_tenants(args: argparse.Namespace, settings: Settings) -> int:
                 max_in_flight=args.max_in_flight,
             )
         except (ValueError, ValidationError) as exc:
-            return usage_error(exc)
-        set_tenant_limits(store, name, limits)
+            return usage_error(exc)  # before Redis is even reached
+        set_tenant_limits(job_store(settings), name, limits)
         print(f"m3pipe tenants: {name}: {describe_limits(limits)}", file=sys.stderr)
         return EXIT_OK
+    store = job_store(settings)
     names = tenant_names(store)
     queues = {name: tenant_queue(settings.queue, name) for name in names}
     waiting = backlogs(store.redis, queues.values())

@@ -62,7 +62,8 @@ class PairShape:
 
     def columns(self, available: Sequence[str], source: str) -> list[str]:
         wanted = GROUPED if "candidates" in available else FLAT
-        return require_columns(wanted, available, source)
+        hint = "rerank input has query_id, query, doc_id, passage (or candidates) columns"
+        return require_columns(wanted, available, source, hint)
 
     def id_columns(self) -> tuple[str, ...]:
         return ("query_id", "doc_id")

@@ -53,13 +53,17 @@ class RecordShape(Protocol):
         ...
 
 
-def require_columns(wanted: Sequence[str], available: Sequence[str], source: str) -> list[str]:
+def require_columns(
+    wanted: Sequence[str],
+    available: Sequence[str],
+    source: str,
+    hint: str = "use --id-field/--text-field/--keep-fields",
+) -> list[str]:
     columns = list(dict.fromkeys(wanted))
     missing = [c for c in columns if c not in available]
     if missing:
         raise InputError(
-            f"{source}: no column {missing[0]!r} (columns: {list(available)[:20]}); "
-            "use --id-field/--text-field/--keep-fields"
+            f"{source}: no column {missing[0]!r} (columns: {list(available)[:20]}); {hint}"
         )
     return columns
 

@@ -119,6 +119,18 @@ def test_rerank_refuses_bad_flags_and_inputs(tmp_path, capsys):
     ]
     assert main(args) == EXIT_FAILED
     assert "rerank input is JSONL, CSV or Parquet" in capsys.readouterr().err
+    (tmp_path / "pairs.csv").write_text("query_id,query,doc\nq,a,b\n")
+    args = [
+        "rerank",
+        str(tmp_path / "pairs.csv"),
+        "--out",
+        str(tmp_path / "c"),
+        "--model",
+        "random:tiny",
+    ]
+    assert main(args) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "no column 'doc_id'" in err and "rerank input has query_id, query, doc_id" in err
     code, _ = run(tmp_path, [])  # empty file
     assert code == EXIT_FAILED
     assert "holds no records" in capsys.readouterr().err

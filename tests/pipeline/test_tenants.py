@@ -103,3 +103,13 @@ def test_a_submit_waits_at_the_tenant_shard_quota_and_goes_on_when_shards_end(st
     assert [m.shard for m in sent] == list(range(6))
     assert result["job"].counts.documents == 6
     assert store.status(job_id).shards.done == 6
+
+
+def test_tenants_set_refuses_bad_limits_before_reaching_redis(capsys, monkeypatch):
+    from pipeline.cli import EXIT_USAGE, main
+
+    monkeypatch.setenv("M3PIPE_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    assert main(["tenants", "set", "acme", "--max-jobs", "0"]) == EXIT_USAGE
+    assert "max_jobs" in capsys.readouterr().err
+    assert main(["tenants", "set", "Acme!"]) == EXIT_USAGE
+    assert "tenant name" in capsys.readouterr().err
