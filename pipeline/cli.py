@@ -103,6 +103,33 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
         default="",
         help="comma-separated input fields carried into the output as string columns",
     )
+    add_record_limit_option(parser)
+
+
+def add_record_limit_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-record-bytes",
+        type=int,
+        help="largest input record (line, CSV record, .txt file); a larger one is rejected "
+        "while it is read (default: $M3PIPE_MAX_RECORD_BYTES, else 8 MiB)",
+    )
+
+
+def max_record_bytes(args: argparse.Namespace, settings: Settings) -> int:
+    """The record limit from the flag or the setting; ValueError when it is too small."""
+    value = args.max_record_bytes
+    if value is None:
+        return settings.max_record_bytes
+    if value < 1024:
+        raise ValueError("--max-record-bytes must be >= 1024")
+    return int(value)
+
+
+def out_arg(value: str) -> str:
+    """--out: an empty value would write into the current directory."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
 
 
 def parse_keep_fields(value: str) -> tuple[str, ...]:
@@ -129,7 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
         "URL (s3://...)",
     )
     encode.add_argument(
-        "--out", required=True, help="output directory: a path or a URL (s3://bucket/prefix)"
+        "--out",
+        required=True,
+        type=out_arg,
+        help="output directory: a path or a URL (s3://bucket/prefix)",
     )
     add_encode_options(encode)
     add_input_options(encode)
@@ -211,6 +241,7 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
         return usage_error("--shard-docs must be >= 1")
     try:
         keep_fields = parse_keep_fields(args.keep_fields)
+        record_limit = max_record_bytes(args, settings)
     except ValueError as exc:
         return usage_error(exc)
     source = open_location(args.input)
@@ -238,6 +269,7 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
             shard_docs=args.shard_docs,
             overwrite=args.overwrite,
             progress=bar,
+            max_record_bytes=record_limit,
         )
     finally:
         bar.close()
@@ -302,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args, settings))
     except PipelineError as exc:
+        print(f"m3pipe {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # a full disk, a vanished mount: said plainly, not a traceback
         print(f"m3pipe {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except RedisConnectionError as exc:

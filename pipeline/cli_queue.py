@@ -19,7 +19,9 @@ from pipeline.cli import (
     add_compute_options,
     add_encode_options,
     add_input_options,
+    max_record_bytes,
     options_from_args,
+    out_arg,
     parse_keep_fields,
     usage_error,
 )
@@ -104,7 +106,10 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
         "inputs", nargs="+", help="input files or .txt directories: paths or URLs (s3://...)"
     )
     submit.add_argument(
-        "--out", required=True, help="output directory: a path or a URL (s3://bucket/prefix)"
+        "--out",
+        required=True,
+        type=out_arg,
+        help="output directory: a path or a URL (s3://bucket/prefix)",
     )
     add_task_option(submit)
     add_job_tenant_options(submit)
@@ -143,7 +148,10 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
         "inputs", nargs="+", help="input files or .txt directories: paths or URLs (s3://...)"
     )
     run.add_argument(
-        "--out", required=True, help="output directory: a path or a URL (s3://bucket/prefix)"
+        "--out",
+        required=True,
+        type=out_arg,
+        help="output directory: a path or a URL (s3://bucket/prefix)",
     )
     run.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1)")
     run.add_argument("--device", choices=["auto", "cpu"], default="auto", help="cpu forces CPU")
@@ -275,6 +283,7 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
         overwrite=args.overwrite,
         resume=args.resume,
         poll_seconds=settings.poll_seconds,
+        max_record_bytes=max_record_bytes(args, settings),
     )
 
 

@@ -11,8 +11,11 @@ from pipeline.cli import (
     EXIT_FAILED,
     ProgressBar,
     add_compute_options,
+    add_record_limit_option,
     input_found,
     local_outcome,
+    max_record_bytes,
+    out_arg,
     usage_error,
 )
 from pipeline.settings import Settings
@@ -76,7 +79,10 @@ def add_rerank_command(sub: argparse._SubParsersAction) -> None:
         "of queries with candidates; a path or a URL (s3://...)",
     )
     rerank.add_argument(
-        "--out", required=True, help="output directory: a path or a URL (s3://bucket/prefix)"
+        "--out",
+        required=True,
+        type=out_arg,
+        help="output directory: a path or a URL (s3://bucket/prefix)",
     )
     rerank.add_argument(
         "--model",
@@ -99,6 +105,7 @@ def add_rerank_command(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="input format (default: from the name)",
     )
+    add_record_limit_option(rerank)
     rerank.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     add_compute_options(rerank)
     rerank.add_argument("--shard-pairs", type=int, default=1000, help="pairs per output file")
@@ -120,6 +127,10 @@ def cmd_rerank(args: argparse.Namespace, settings: Settings) -> int:
         return usage_error(exc)
     if args.shard_pairs < 1:
         return usage_error("--shard-pairs must be >= 1")
+    try:
+        record_limit = max_record_bytes(args, settings)
+    except ValueError as exc:
+        return usage_error(exc)
     source = open_location(args.input)
     if not input_found("rerank", source):
         return EXIT_FAILED
@@ -139,6 +150,7 @@ def cmd_rerank(args: argparse.Namespace, settings: Settings) -> int:
             shard_pairs=args.shard_pairs,
             overwrite=args.overwrite,
             progress=bar,
+            max_record_bytes=record_limit,
         )
     finally:
         bar.close()

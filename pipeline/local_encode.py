@@ -15,6 +15,7 @@ from pipeline.sink import part_name, write_shard
 from pipeline.storage import Location, open_location
 from pipeline.table import with_fields
 from producers.intake import IntakeCounts, accept_documents
+from producers.lines import DEFAULT_MAX_RECORD_BYTES
 from producers.readers import read_records
 from producers.sharding import cut_shards
 
@@ -58,6 +59,7 @@ def encode_file(
     shard_docs: int = 1000,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> EncodeSummary:
     """Encode every valid record of `input_path`; every record ends as a row or a reject."""
     started = time.time()
@@ -68,6 +70,7 @@ def encode_file(
         id_field=id_field,
         text_field=text_field,
         keep_fields=keep_fields,
+        max_record_bytes=max_record_bytes,
     )
     first = next(items, None)
     if first is None:

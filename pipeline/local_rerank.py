@@ -15,6 +15,7 @@ from pipeline.reranker import RerankEngine, RerankStats
 from pipeline.sink import part_name, write_shard
 from pipeline.storage import Location, open_location
 from producers.intake import IntakeCounts
+from producers.lines import DEFAULT_MAX_RECORD_BYTES
 from producers.pair_intake import PairLimits, accept_pairs, cut_pair_shards
 from producers.readers import read_pair_records
 
@@ -47,11 +48,12 @@ def rerank_file(
     shard_pairs: int = 1000,
     overwrite: bool = False,
     progress: Progress | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> RerankSummary:
     """Score every valid pair of `input_path`; every pair read ends as a row or a reject."""
     started = time.time()
     source = open_location(input_path)
-    items = read_pair_records(source, input_format)
+    items = read_pair_records(source, input_format, max_record_bytes)
     first = next(items, None)
     if first is None:
         raise InputError(f"{input_path} holds no records (empty file)")

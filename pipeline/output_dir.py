@@ -5,9 +5,11 @@ The directory is a Location: a local directory or an object-store prefix (s3://.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -43,7 +45,8 @@ def prepare_output_dir(
         raise OutputDirError(f"output path exists and is not a directory: {out}")
     if not out.is_local:
         _check_bucket(out)
-    out.make_dir()
+    _make_dir(out)
+    _refuse_foreign_files(out)
     if resume:
         (out / MANIFEST).delete()
         remove_stale_temp_files(out)
@@ -62,6 +65,41 @@ def prepare_output_dir(
     return out
 
 
+def _make_dir(out: Location) -> None:
+    try:
+        out.make_dir()
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocking = next(
+            (p for p in out.local_path.parents if p.exists() and not p.is_dir()), out.local_path
+        )
+        raise OutputDirError(f"cannot create {out}: {blocking} is not a directory") from exc
+    except OSError as exc:
+        raise OutputDirError(f"cannot create {out}: {exc.strerror or exc}") from exc
+
+
+def is_own_file(name: str) -> bool:
+    """Whether m3pipe writes files of this name in an output directory."""
+    return (
+        fnmatchcase(name, PART_PATTERN)
+        or name in (MANIFEST, REJECTS, JOB_FILE)
+        or (name.startswith(".") and ".tmp-" in name)  # an interrupted local write
+    )
+
+
+def _refuse_foreign_files(out: Location) -> None:
+    """m3pipe writes into an empty directory or its own output, never among other files:
+    --overwrite deletes only its own files, and a user's files must not mix with parts."""
+    foreign = sorted(loc.name for loc in out.children() if not is_own_file(loc.name))
+    if out.is_local:
+        foreign += sorted(p.name + "/" for p in out.local_path.iterdir() if p.is_dir())
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise OutputDirError(
+            f"output directory {out} holds files m3pipe did not write ({shown}): "
+            "choose an empty or new --out"
+        )
+
+
 def _check_bucket(out: Location) -> None:
     """An object store's bucket (or container) must exist: m3pipe never creates one."""
     bucket = out.path.split("/", 1)[0]
@@ -78,7 +116,9 @@ class RejectLog:
     """Collects rejects as JSON lines; the file appears under its name only when closed.
 
     Lines go to a local temp file (next to the output when it is local), so millions of
-    rejects cost disk, not memory; an object store gets the whole file in one put.
+    rejects cost disk, not memory; an object store gets the whole file in one put. A write
+    that fails (a full disk) is an OutputDirError, and a log left by an error is discarded,
+    never published: a partial `_rejects.jsonl` would hide rejects.
     """
 
     def __init__(self, directory: Location | Path | str) -> None:
@@ -92,19 +132,38 @@ class RejectLog:
         self.count = 0
 
     def add(self, reject: Reject) -> None:
-        self._handle.write(reject.model_dump_json(exclude_none=True) + "\n")
+        try:
+            self._handle.write(reject.model_dump_json(exclude_none=True) + "\n")
+        except OSError as exc:
+            raise self._failed(exc) from exc
         self.count += 1
 
     def close(self) -> None:
         if self._handle.closed:
             return
-        if self._tmp is not None:
+        try:
+            if self._tmp is not None:
+                self._handle.close()  # flushes: a full disk shows here at the latest
+                with open(self._tmp, "rb") as written:
+                    os.fsync(written.fileno())
+                os.replace(self._tmp, self.location.local_path)
+                return
+            with self._handle:
+                self._handle.seek(0)
+                self.location.write_bytes(self._handle.read().encode("utf-8"))
+        except OSError as exc:
+            self.discard()
+            raise self._failed(exc) from exc
+
+    def discard(self) -> None:
+        """Drop what was written; nothing is published."""
+        with contextlib.suppress(OSError):
             self._handle.close()
-            os.replace(self._tmp, self.location.local_path)
-            return
-        with self._handle:
-            self._handle.seek(0)
-            self.location.write_bytes(self._handle.read().encode("utf-8"))
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+    def _failed(self, exc: OSError) -> OutputDirError:
+        return OutputDirError(f"cannot write {self.location}: {exc.strerror or exc}")
 
     def __enter__(self) -> RejectLog:
         return self
@@ -115,4 +174,7 @@ class RejectLog:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()

@@ -8,7 +8,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.keys import DEFAULT_QUEUE
+from pipeline.output_roots import parse_roots
 from pipeline.redis_url import DEFAULT_BROKER_URL, DEFAULT_RETRY_SECONDS
+from producers.lines import DEFAULT_MAX_RECORD_BYTES
 from schemas.job import Task
 from schemas.tenant import DEFAULT_TENANT
 
@@ -50,6 +52,9 @@ class Settings(BaseSettings):
     shard_docs: int = Field(default=1000, ge=1)
     shard_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # largest message payload
     max_queued: int = Field(default=32, ge=1)  # shards of one job waiting in Redis at most
+    # One input record (a line, a CSV record, a .txt file, a Parquet row's text) at most;
+    # a larger one is rejected while it is read, never held whole.
+    max_record_bytes: int = Field(default=DEFAULT_MAX_RECORD_BYTES, ge=1024)
     poll_seconds: float = Field(default=0.5, gt=0)
 
     # Worker process (set by `m3pipe worker` for the pool processes it forks).
@@ -58,6 +63,15 @@ class Settings(BaseSettings):
     # the others load on their first shard and stay loaded.
     preload: str = "embed"
     precision: str = "auto"
+    # Where workers may write (comma-separated absolute paths or URL prefixes); empty: any
+    # absolute path or URL. Set it to the shared data volume: job records are not trusted.
+    output_roots: str = ""
+    # Queue entries larger than this are dropped by the worker before they are decoded.
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    # Seconds between sweeps that hand unacknowledged shards of dead workers back to the
+    # queue (once they are older than the visibility timeout).
+    restore_interval: float = Field(default=10.0, gt=0)
+
     # Port of a worker's Prometheus metrics (0: off). Unset: 9400 + N for GPU N, 9400 on CPU.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
@@ -70,6 +84,16 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown task {unknown[0]!r}: use embed, rerank or none")
         return ",".join(n for n in names if n != "none")
+
+    @field_validator("output_roots")
+    @classmethod
+    def _output_roots(cls, value: str) -> str:
+        parse_roots(value)
+        return value
+
+    @property
+    def output_root_list(self) -> tuple[str, ...]:
+        return parse_roots(self.output_roots)
 
     @property
     def preload_tasks(self) -> list[Task]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,7 +12,7 @@ from pipeline.storage import Location, commit_local, open_location
 
 ROW_GROUP_ROWS = 1024  # ColBERT rows are large: keep row groups readable piecewise
 _WRITE_OPTIONS = {"compression": "zstd", "row_group_size": ROW_GROUP_ROWS, "store_schema": True}
-STALE_TEMP_PATTERN = ".part-*.parquet.tmp-*"
+STALE_TEMP_PATTERN = ".*.tmp-*"  # any interrupted local write: parts, rejects, manifest
 
 
 def part_name(shard_index: int) -> str:
@@ -21,21 +22,28 @@ def part_name(shard_index: int) -> str:
     return f"part-{shard_index:05d}.parquet"
 
 
-def write_shard(table: pa.Table, target: Location | Path | str) -> Location:
+def write_shard(
+    table: pa.Table, target: Location | Path | str, fence: Callable[[], None] | None = None
+) -> Location:
     """Write `table` as Parquet to `target` so that nothing partial appears under its name.
 
     Local: via a hidden temp file, fsync and rename; a crash leaves at most a
     `.part-*.tmp-*` file, which readers ignore and the job's end removes. Object stores:
     the file is built in memory and put as one object (the shard's vectors are in memory
-    already, so this at most doubles them for the length of the upload).
+    already, so this at most doubles them for the length of the upload). `fence()` runs
+    right before the file becomes visible and may raise to prevent it.
     """
     location = open_location(target)
     if not location.is_local:
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer, **_WRITE_OPTIONS)
+        if fence is not None:
+            fence()
         location.write_bytes(buffer.getvalue())
         return location
-    commit_local(location.local_path, lambda tmp: pq.write_table(table, tmp, **_WRITE_OPTIONS))
+    commit_local(
+        location.local_path, lambda tmp: pq.write_table(table, tmp, **_WRITE_OPTIONS), fence
+    )
     return location
 
 

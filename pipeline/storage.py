@@ -271,17 +271,22 @@ def local_temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def commit_local(path: Path, write: Callable[[Path], object]) -> None:
+def commit_local(
+    path: Path, write: Callable[[Path], object], fence: Callable[[], None] | None = None
+) -> None:
     """`write(tmp)` to a hidden temp file, fsync it, rename it to `path`: whole or nothing.
 
     A crash leaves at most the temp file, which readers skip (leading dot) and the job's
-    end removes (see pipeline/sink.py).
+    end removes (see pipeline/sink.py). `fence()` runs just before the rename and may
+    raise to stop it (a stale attempt must not replace a committed file).
     """
     tmp = local_temp_name(path)
     try:
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        if fence is not None:
+            fence()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

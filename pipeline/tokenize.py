@@ -1,4 +1,12 @@
-"""Turn documents into model input sequences: truncated, or chunked into windows."""
+"""Turn documents into model input sequences: truncated, or chunked into windows.
+
+Only what is kept is tokenized: a long document to truncate costs a prefix a little longer
+than its window, and a long document to chunk is tokenized piece by piece into int32
+arrays, so one giant record never costs the tokenizer's ~250 bytes per byte of text.
+Pieces are cut at a space, where the XLM-RoBERTa pre-tokenizer (Metaspace) splits words,
+and only tokens of words that end before the cut are taken from a piece, so the tokens
+are the ones the whole text gives (tests/pipeline/test_tokenize.py checks it).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +18,20 @@ import numpy as np
 
 from schemas.options import EncodeOptions
 
+# Texts up to this many characters per kept token are tokenized whole, in one batch call.
+_CHARS_PER_TOKEN_GUESS = 8
+_MIN_PIECE_CHARS = 16_384
+# A piece with no space in its last this-many characters (one giant "word") is cut there
+# anyway, and tokens ending in that tail are dropped: the only case where the tokens rest
+# on the tokenizer's segmentation being local rather than on word boundaries.
+_NO_SPACE_TAIL = 4096
+
 
 @dataclass
 class TokenizedShard:
     """Sequences of one shard, in input order (a document's chunks are contiguous)."""
 
-    ids: list[list[int]]  # each with <s> ... </s>
+    ids: list[Seq[int]]  # each with <s> ... </s> (lists, or int32 arrays for long documents)
     doc_index: np.ndarray  # int64: the document each sequence belongs to
     chunk: np.ndarray  # int32: chunk number within its document (0 when not chunked)
     truncated: np.ndarray  # bool
@@ -45,14 +61,9 @@ def tokenize_texts(
     `<s> + content[:max_length-2] + </s>` equals `tokenizer(text, truncation=True,
     max_length=max_length)` for XLM-RoBERTa's template (checked when the model loads).
     """
-    content = tokenizer(
-        list(texts),
-        add_special_tokens=False,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-    )["input_ids"]
     window = options.max_length - 2
-    ids: list[list[int]] = []
+    content = _content_tokens(tokenizer, texts, window, options.chunked)
+    ids: list[Seq[int]] = []
     doc_index: list[int] = []
     chunk: list[int] = []
     truncated: list[bool] = []
@@ -61,12 +72,12 @@ def tokenize_texts(
             for number, start in enumerate(
                 chunk_starts(len(tokens), window, options.chunk_overlap)
             ):
-                ids.append([cls_id, *tokens[start : start + window], eos_id])
+                ids.append(_framed(tokens[start : start + window], cls_id, eos_id))
                 doc_index.append(index)
                 chunk.append(number)
                 truncated.append(False)
         else:
-            ids.append([cls_id, *tokens[:window], eos_id])
+            ids.append(_framed(tokens[:window], cls_id, eos_id))
             doc_index.append(index)
             chunk.append(0)
             truncated.append(len(tokens) > window)
@@ -76,3 +87,85 @@ def tokenize_texts(
         chunk=np.asarray(chunk, dtype=np.int32),
         truncated=np.asarray(truncated, dtype=bool),
     )
+
+
+def _framed(tokens: Seq[int], cls_id: int, eos_id: int) -> Seq[int]:
+    if isinstance(tokens, np.ndarray):
+        return np.concatenate(([cls_id], tokens, [eos_id])).astype(np.int32)
+    return [cls_id, *tokens, eos_id]
+
+
+def _content_tokens(tokenizer: Any, texts: Seq[str], window: int, chunked: bool) -> list[Any]:
+    """Each text's content tokens (no specials): all of them when `chunked`, else at least
+    the first `window + 1` (enough to tell truncation), tokenizing long texts by pieces."""
+    long_after = max(window * _CHARS_PER_TOKEN_GUESS, _MIN_PIECE_CHARS)
+    short = [i for i, text in enumerate(texts) if len(text) <= long_after]
+    content: list[Any] = [None] * len(texts)
+    if short:
+        batch = tokenize_plain(tokenizer, [texts[i] for i in short])
+        for i, tokens in zip(short, batch, strict=True):
+            content[i] = tokens
+    for i, text in enumerate(texts):
+        if content[i] is None:
+            content[i] = (
+                all_tokens(tokenizer, text, long_after)
+                if chunked
+                else leading_tokens(tokenizer, text, window + 1, long_after)
+            )
+    return content
+
+
+def tokenize_plain(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    return list(
+        tokenizer(
+            texts,
+            add_special_tokens=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+    )
+
+
+def leading_tokens(tokenizer: Any, text: str, count: int, piece_chars: int) -> list[int]:
+    """The first `count` content tokens of `text` (all of them if it has fewer), tokenizing
+    a prefix that doubles until it holds `count` tokens of whole words."""
+    size = piece_chars
+    while size < len(text):
+        tokens, _ = _piece_tokens(tokenizer, text, 0, size)
+        if len(tokens) >= count:
+            return tokens[:count]
+        size *= 2
+    return tokenize_plain(tokenizer, [text])[0][:count]
+
+
+def all_tokens(tokenizer: Any, text: str, piece_chars: int) -> np.ndarray:
+    """Every content token of `text`, tokenized piece by piece, as one int32 array."""
+    parts: list[np.ndarray] = []
+    start = 0
+    while len(text) - start > piece_chars:
+        tokens, start = _piece_tokens(tokenizer, text, start, start + piece_chars)
+        parts.append(np.asarray(tokens, dtype=np.int32))
+    parts.append(np.asarray(tokenize_plain(tokenizer, [text[start:]])[0], dtype=np.int32))
+    return np.concatenate(parts)
+
+
+def _piece_tokens(tokenizer: Any, text: str, start: int, end: int) -> tuple[list[int], int]:
+    """Tokens of text[start:end] up to its last space, and where the next piece starts (at
+    that space, which becomes the next word's "▁" as it does in the whole text)."""
+    cut = text.rfind(" ", max(start, end - _NO_SPACE_TAIL), end)
+    if cut <= start:  # no space near the end: cut inside the giant word, drop its tail
+        cut = end - _NO_SPACE_TAIL // 2
+    encoded = tokenizer(
+        text[start:end],
+        add_special_tokens=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        return_offsets_mapping=True,
+    )
+    limit = cut - start
+    kept: list[int] = []
+    for token, (_, stop) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True):
+        if stop > limit:
+            break
+        kept.append(token)
+    return kept, cut

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO, cast
 
@@ -13,8 +14,11 @@ from pipeline.errors import InputError, UnreadableInput
 from pipeline.storage import Location, open_location
 
 COMPRESSED_SUFFIXES = (".gz", ".zst")
+# Decompressed bytes read ahead. Small, so that the records before damage in a truncated
+# stream are still delivered: what is lost is at most this plus one compressed block.
+_DECOMPRESSED_BUFFER = 16 * 1024
 # Errors a damaged or truncated compressed stream raises part-way through.
-STREAM_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, pa.ArrowInvalid)
+STREAM_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, pa.ArrowInvalid)
 
 
 def base_suffix(name: str | Path) -> str:
@@ -61,7 +65,9 @@ def open_binary(path: Location | Path | str) -> IO[bytes]:
             return cast(IO[bytes], _GzipReader(raw))
         if suffix == ".zst":  # closing the decompressor closes `raw` too
             stream = pa.CompressedInputStream(raw, "zstd")
-            return cast(IO[bytes], io.BufferedReader(cast(io.RawIOBase, stream), 1 << 20))
+            return cast(
+                IO[bytes], io.BufferedReader(cast(io.RawIOBase, stream), _DECOMPRESSED_BUFFER)
+            )
         return raw
     except OSError as exc:
         raise UnreadableInput(f"cannot open file: {exc.strerror or exc}") from exc

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import UnreadableInput
 from pipeline.storage import Location, open_location
 from producers.compressed import STREAM_ERRORS, open_binary
+from producers.csv_records import CsvRecord, read_csv_records
+from producers.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
 from producers.validate import DocumentShape, InputItem, RecordShape
 from schemas.document import Reject
 
-# One CSV field may hold a whole long document (csv's default cap is 128 KiB).
+# Records are bounded by --max-record-bytes before the csv module sees them.
 csv.field_size_limit(2**31 - 1)
-
-
-def _has_undecodable(values: list[str]) -> bool:
-    # Bytes that are not UTF-8 arrive as lone surrogates (errors="surrogateescape").
-    return any(any("\udc80" <= ch <= "\udcff" for ch in value) for value in values)
 
 
 def read_csv(
@@ -29,51 +25,63 @@ def read_csv(
     text_field: str = "text",
     keep_fields: tuple[str, ...] = (),
     shape: RecordShape | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Iterator[InputItem]:
-    """Yield a validated record or a Reject per data row; the header names the columns."""
+    """Yield a validated record or a Reject per data row; the header names the columns.
+
+    Rows are numbered from 1 after the header; blank rows are numbered but not records.
+    """
     shape = shape or DocumentShape(id_field, text_field, keep_fields)
     location = open_location(path)
     source = location.uri
+    row_number = 0
     with open_binary(location) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
-        reader = csv.reader(text)
-        row_number = 0
+        records = read_csv_records(raw, max_record_bytes)
         try:
-            header = next(reader, None)
+            header = _header(next(records, None), max_record_bytes)
             if header is None:
                 return
             shape.columns(header, source)
-            for row_number, values in enumerate(_rows(reader, source), start=1):
-                if isinstance(values, Reject):
-                    yield InputItem(values.model_copy(update={"row": row_number}), row=row_number)
-                elif not any(values):
-                    continue  # a blank line is not a record
-                elif _has_undecodable(values):
-                    reason = "invalid UTF-8"
-                    yield InputItem(
-                        Reject(source=source, row=row_number, reason=reason), row=row_number
-                    )
+            for row_number, record in enumerate(records, start=1):
+                if record.data is not None and not record.data.strip():
+                    continue  # a blank line is not a record (",," is one, with empty fields)
+                values = _values(record, max_record_bytes, f"row {row_number}")
+                if isinstance(values, str):
+                    reject = Reject(source=source, row=row_number, reason=values)
+                    yield InputItem(reject, row=row_number)
                 elif len(values) != len(header):
                     reason = f"row has {len(values)} fields, header has {len(header)}"
-                    yield InputItem(
-                        Reject(source=source, row=row_number, reason=reason), row=row_number
-                    )
+                    reject = Reject(source=source, row=row_number, reason=reason)
+                    yield InputItem(reject, row=row_number)
                 else:
-                    record = dict(zip(header, values, strict=True))
-                    result = shape.convert(record, source=source, row=row_number)
+                    result = shape.convert(
+                        dict(zip(header, values, strict=True)), source=source, row=row_number
+                    )
                     yield InputItem(result, row=row_number)
         except STREAM_ERRORS as exc:  # e.g. a truncated .gz or .zst
             raise UnreadableInput.partway(exc, row=row_number + 1) from exc
 
 
-def _rows(reader: Iterator[list[str]], source: str) -> Iterator[list[str] | Reject]:
-    """Rows, with a row the csv module cannot parse turned into a Reject."""
-    while True:
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            yield Reject(source=source, reason=f"malformed CSV: {exc}")
-            continue
-        yield values
+def _header(record: CsvRecord | None, limit: int) -> list[str] | None:
+    if record is None:
+        return None
+    values = _values(record, limit, "the header")
+    if isinstance(values, str):
+        raise UnreadableInput(f"cannot read the CSV header: {values}", row=0)
+    return values
+
+
+def _values(record: CsvRecord, limit: int, where: str) -> list[str] | str:
+    """The record's fields, or the reason it is rejected."""
+    if record.unterminated:
+        return f"unterminated quoted field from {where} (line {record.line}) to the end of the file"
+    if record.data is None:
+        return oversize_reason(record.size, limit)
+    try:
+        text = record.data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"invalid UTF-8 at byte {exc.start} of the record"
+    try:
+        return next(csv.reader([text]), [])
+    except csv.Error as exc:
+        return f"malformed CSV: {exc}"

@@ -10,6 +10,7 @@ from typing import Any
 from pipeline.errors import UnreadableInput
 from pipeline.storage import Location, open_location
 from producers.compressed import STREAM_ERRORS, is_compressed, open_binary
+from producers.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason, read_lines
 from producers.validate import DocumentShape, InputItem, RecordShape
 from schemas.document import Reject
 
@@ -33,18 +34,27 @@ def read_jsonl(
     text_field: str = "text",
     keep_fields: tuple[str, ...] = (),
     shape: RecordShape | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Iterator[InputItem]:
-    """Yield a validated record or a Reject per non-blank line; blank lines are not records."""
+    """Yield a validated record or a Reject per non-blank line; blank lines are not records.
+
+    A line over `max_record_bytes` is rejected while it is read, never held whole.
+    """
     shape = shape or DocumentShape(id_field, text_field, keep_fields)
     location = open_location(path)
     source = location.uri
     number = 0
     with open_binary(location) as handle:
         try:
-            for number, raw in enumerate(handle, start=1):
-                if not raw.strip():
+            for line in read_lines(handle, max_record_bytes):
+                number = line.number
+                if line.data is None:
+                    reason = oversize_reason(line.size, max_record_bytes)
+                    yield InputItem(Reject(source=source, line=number, reason=reason), line=number)
                     continue
-                record = _parse_line(raw, source, number)
+                if not line.data.strip():
+                    continue
+                record = _parse_line(line.data, source, number)
                 if not isinstance(record, Reject):
                     record = shape.convert(record, source=source, line=number)
                 yield InputItem(record, line=number)
@@ -64,3 +74,5 @@ def _parse_line(raw: bytes, source: str, line: int) -> Any:
         return Reject(
             source=source, line=line, reason=f"malformed JSON: {exc.msg} at column {exc.colno}"
         )
+    except RecursionError:
+        return Reject(source=source, line=line, reason="malformed JSON: nested too deeply")

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from producers.validate import require_columns, type_name
-from schemas.document import MAX_ID_CHARS, Reject
+from schemas.document import MAX_ID_CHARS, Reject, unicode_problem
 from schemas.rerank import Pair, plain_text
 
 FLAT = ("query_id", "query", "doc_id", "passage")
@@ -44,7 +44,7 @@ def _check_id(value: object, name: str) -> str | None:
         return f"{name} is empty"
     if len(value) > MAX_ID_CHARS:
         return f"{name} is longer than {MAX_ID_CHARS} characters"
-    return None
+    return unicode_problem(value, name)
 
 
 def _check_text(value: object, name: str) -> str | None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import UnreadableInput
 from pipeline.storage import Location, open_location
 from producers.compressed import check_readable_file
+from producers.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
 from producers.validate import DocumentShape, InputItem, RecordShape
+from schemas.document import Reject
 
 BATCH_ROWS = 1024
 
@@ -23,8 +27,15 @@ def read_parquet(
     text_field: str = "text",
     keep_fields: tuple[str, ...] = (),
     shape: RecordShape | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Iterator[InputItem]:
-    """Yield a validated record or a Reject per row. Integer ids are read as decimal strings."""
+    """Yield a validated record or a Reject per row. Integer ids are read as decimal strings.
+
+    String and binary columns are decoded as UTF-8 here, so a row that is not valid UTF-8
+    is one reject. A row whose text columns hold more than `max_record_bytes` is rejected
+    before it becomes Python objects (Parquet reads it with its batch: the limit bounds
+    the copy, not the page).
+    """
     shape = shape or DocumentShape(id_field, text_field, keep_fields)
     location = open_location(path)
     check_readable_file(location)
@@ -33,10 +44,12 @@ def read_parquet(
     except OSError as exc:
         raise UnreadableInput(f"cannot open file: {exc.strerror or exc}") from exc
     with handle:
-        yield from _read_rows(handle, location.uri, shape)
+        yield from _read_rows(handle, location.uri, shape, max_record_bytes)
 
 
-def _read_rows(handle: pa.NativeFile, source: str, shape: RecordShape) -> Iterator[InputItem]:
+def _read_rows(
+    handle: pa.NativeFile, source: str, shape: RecordShape, limit: int
+) -> Iterator[InputItem]:
     try:
         parquet = pq.ParquetFile(handle)
     except (OSError, pa.ArrowInvalid) as exc:
@@ -54,8 +67,57 @@ def _read_rows(handle: pa.NativeFile, source: str, shape: RecordShape) -> Iterat
             for name in integer_ids:
                 index = batch.schema.get_field_index(name)
                 batch = batch.set_column(index, name, batch.column(index).cast(pa.string()))
-            for record in batch.to_pylist():
+            batch, texts = _texts_as_binary(batch)
+            sizes = _text_bytes(batch, texts)
+            fits = sizes <= limit
+            kept = iter(batch.filter(pa.array(fits)).to_pylist())
+            for size, fit in zip(sizes.tolist(), fits.tolist(), strict=True):
                 row += 1
+                if not fit:
+                    reject = Reject(source=source, row=row, reason=oversize_reason(size, limit))
+                    yield InputItem(reject, row=row)
+                    continue
+                record = _decoded(next(kept), texts)
+                if isinstance(record, str):
+                    yield InputItem(Reject(source=source, row=row, reason=record), row=row)
+                    continue
                 yield InputItem(shape.convert(record, source=source, row=row), row=row)
     except (OSError, pa.ArrowInvalid) as exc:
         raise UnreadableInput.partway(exc, row=row + 1) from exc
+
+
+def _texts_as_binary(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[str]]:
+    """String and binary columns as binary (a free cast): decoded row by row, so that one
+    row of invalid UTF-8 is one reject, not a failed batch."""
+    texts = []
+    for index, field in enumerate(batch.schema):
+        if pa.types.is_string(field.type) or pa.types.is_binary(field.type):
+            target = pa.binary()
+        elif pa.types.is_large_string(field.type) or pa.types.is_large_binary(field.type):
+            target = pa.large_binary()
+        else:
+            continue
+        texts.append(field.name)
+        batch = batch.set_column(index, field.name, batch.column(index).cast(target))
+    return batch, texts
+
+
+def _text_bytes(batch: pa.RecordBatch, texts: list[str]) -> np.ndarray:
+    """Bytes of text per row: its string and binary columns together."""
+    total = np.zeros(batch.num_rows, dtype=np.int64)
+    for name in texts:
+        lengths = pc.fill_null(pc.binary_length(batch.column(name)), 0)
+        total += lengths.to_numpy(zero_copy_only=False).astype(np.int64)
+    return total
+
+
+def _decoded(record: dict[str, object], texts: list[str]) -> dict[str, object] | str:
+    """The record with its text columns decoded, or why one is not UTF-8."""
+    for name in texts:
+        value = record.get(name)
+        if isinstance(value, bytes):
+            try:
+                record[name] = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"column {name!r} is not valid UTF-8 (at byte {exc.start})"
+    return record

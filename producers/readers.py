@@ -12,6 +12,7 @@ from pipeline.storage import Location, open_location
 from producers.compressed import base_suffix
 from producers.csv_reader import read_csv
 from producers.jsonl import read_jsonl
+from producers.lines import DEFAULT_MAX_RECORD_BYTES
 from producers.parquet_reader import read_parquet
 from producers.text_files import read_text_dir
 from producers.validate import InputItem
@@ -42,6 +43,12 @@ def detect_format(path: Location | Path | str, requested: str = "auto") -> str:
     location = open_location(path)
     kind = location.probe()
     if kind == FileType.Directory:
+        named = _BY_SUFFIX.get(base_suffix(location.name))
+        if named is not None:
+            raise InputError(
+                f"{location} is a directory, but its name says {named}; pass --format txt "
+                "to read the .txt files in it"
+            )
         return "txt"
     if kind == FileType.NotFound:
         raise InputError(f"input not found: {location}")
@@ -61,15 +68,23 @@ def read_records(
     id_field: str = "id",
     text_field: str = "text",
     keep_fields: tuple[str, ...] = (),
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Iterator[InputItem]:
     """Stream one input's records, each validated into a Document or a Reject.
 
     A file that cannot be opened, or the unreadable rest of a damaged one, becomes one
-    Reject (one input record) so the job goes on with the other records and files.
+    Reject (one input record) so the job goes on with the other records and files. A
+    record over `max_record_bytes` is rejected while it is read, never held whole.
     """
     location = open_location(path)
     reader = _READERS[detect_format(location, fmt)]
-    items = reader(location, id_field=id_field, text_field=text_field, keep_fields=keep_fields)
+    items = reader(
+        location,
+        id_field=id_field,
+        text_field=text_field,
+        keep_fields=keep_fields,
+        max_record_bytes=max_record_bytes,
+    )
     return _unreadable_as_reject(items, location.uri)
 
 
@@ -81,13 +96,17 @@ def detect_pair_format(path: Location | Path | str, requested: str = "auto") -> 
     return fmt
 
 
-def read_pair_records(path: Location | Path | str, fmt: str = "auto") -> Iterator[InputItem]:
+def read_pair_records(
+    path: Location | Path | str,
+    fmt: str = "auto",
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> Iterator[InputItem]:
     """Stream rerank input: each item is a PairRecord (producers/pairs.py) or a Reject."""
     from producers.pairs import PairShape
 
     location = open_location(path)
     fmt = detect_pair_format(location, fmt)
-    items = _READERS[fmt](location, shape=PairShape())
+    items = _READERS[fmt](location, shape=PairShape(), max_record_bytes=max_record_bytes)
     return _unreadable_as_reject(items, location.uri)
 
 

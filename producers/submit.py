@@ -35,6 +35,7 @@ from pipeline.sink import part_name
 from pipeline.storage import Location, open_location
 from pipeline.tenants import job_quota_problem, shard_quota_problem
 from producers.intake import IntakeCounts, RejectSink, accept_documents, document_bytes
+from producers.lines import DEFAULT_MAX_RECORD_BYTES
 from producers.pair_intake import PairLimits, accept_pairs, cut_pair_shards
 from producers.readers import (
     detect_format,
@@ -110,6 +111,7 @@ class SubmitRequest:
     rerank: RerankOptions | None = None  # task rerank: truncation and batching
     tenant: str = DEFAULT_TENANT  # `queue` is already this tenant's queue
     priority: Priority = Priority.NORMAL
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # larger records are rejected as read
 
 
 @dataclass
@@ -215,7 +217,7 @@ def job_shards(
         assert request.rerank is not None
         pair_limits = PairLimits(pairs=limits.docs, bytes=limits.bytes, tokens=limits.tokens)
         pair_sources = [
-            (location.uri, read_pair_records(location, fmt))
+            (location.uri, read_pair_records(location, fmt, request.max_record_bytes))
             for location, fmt in zip(inputs, formats, strict=True)
         ]
         units = accept_pairs(pair_sources, rejects, counts, pair_limits, request.rerank)
@@ -229,6 +231,7 @@ def job_shards(
                 id_field=request.id_field,
                 text_field=request.text_field,
                 keep_fields=request.keep_fields,
+                max_record_bytes=request.max_record_bytes,
             ),
         )
         for location, fmt in zip(inputs, formats, strict=True)

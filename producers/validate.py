@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from pipeline.errors import InputError
-from schemas.document import MAX_ID_CHARS, Document, Reject
+from schemas.document import MAX_ID_CHARS, Document, Reject, unicode_problem
 
 
 @dataclass
@@ -128,6 +128,9 @@ def record_to_document(
         return reject(f"id field {id_field!r} is empty")
     if len(doc_id) > MAX_ID_CHARS:
         return reject(f"id is longer than {MAX_ID_CHARS} characters", doc_id[:64] + "...")
+    problem = unicode_problem(doc_id, "id")
+    if problem:
+        return reject(problem, doc_id)
     if text_field not in record:
         return reject(f"missing text field {text_field!r}", doc_id)
     text = record[text_field]

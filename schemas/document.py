@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_ID_CHARS = 1024
+# A lone UTF-16 surrogate (e.g. "\\ud800" escaped in JSON) is not a character: it cannot be
+# encoded as UTF-8, so no tokenizer, Parquet file or JSON line can hold it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogate(value: str) -> bool:
+    return _SURROGATE.search(value) is not None
+
+
+def unicode_problem(value: str, what: str) -> str | None:
+    """Why `value` cannot be stored as text (NUL, lone surrogates), or None."""
+    if "\x00" in value:
+        return f"{what} contains NUL characters (binary or UTF-16 data?)"
+    if has_surrogate(value):
+        return f"{what} contains a lone surrogate (invalid Unicode)"
+    return None
+
+
+def printable(value: str) -> str:
+    """`value` with lone surrogates written as \\udXXX escapes, so it can be written out."""
+    if not has_surrogate(value):
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Document(BaseModel):
@@ -19,9 +44,10 @@ class Document(BaseModel):
 
     @field_validator("id")
     @classmethod
-    def _id_without_nul(cls, doc_id: str) -> str:
-        if "\x00" in doc_id:
-            raise ValueError("id contains NUL characters")
+    def _id_storable(cls, doc_id: str) -> str:
+        problem = unicode_problem(doc_id, "id")
+        if problem:
+            raise ValueError(problem)
         return doc_id
 
     @field_validator("text")
@@ -31,9 +57,21 @@ class Document(BaseModel):
             raise ValueError("text is empty or whitespace only")
         # NUL never occurs in real text: it marks binary or UTF-16 data, and many stores
         # downstream (PostgreSQL text, C strings) cannot hold it. Rejected, not stripped.
-        if "\x00" in text:
-            raise ValueError("text contains NUL characters (binary or UTF-16 data?)")
+        problem = unicode_problem(text, "text")
+        if problem:
+            raise ValueError(problem)
         return text
+
+    @field_validator("fields")
+    @classmethod
+    def _fields_storable(cls, fields: dict[str, str | None] | None) -> dict[str, str | None] | None:
+        for name, value in (fields or {}).items():
+            problem = unicode_problem(name, "a kept field name") or (
+                value and unicode_problem(value, f"kept field {name!r}")
+            )
+            if problem:
+                raise ValueError(printable(problem))
+        return fields
 
 
 class Reject(BaseModel):
@@ -47,3 +85,9 @@ class Reject(BaseModel):
     id: str | None = None  # the document's id (for a rerank pair: the doc_id)
     query_id: str | None = None  # rerank pairs only
     reason: str
+
+    @field_validator("source", "id", "query_id", "reason")
+    @classmethod
+    def _writable(cls, value: str | None) -> str | None:
+        # A reject must always be writable, even of an id that is not valid Unicode.
+        return None if value is None else printable(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from schemas.document import MAX_ID_CHARS
+from schemas.document import MAX_ID_CHARS, unicode_problem
 from schemas.options import MAX_SUPPORTED_LENGTH
 
 # FlagReranker's default: bge-reranker-v2-m3 is trained and evaluated at 512-1024 tokens.
@@ -33,8 +33,9 @@ def plain_text(value: str, what: str) -> str:
     """`value` if it is usable text, else ValueError saying why (blank, NUL)."""
     if not value.strip():
         raise ValueError(f"{what} is empty or whitespace only")
-    if "\x00" in value:
-        raise ValueError(f"{what} contains NUL characters (binary or UTF-16 data?)")
+    problem = unicode_problem(value, what)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -58,6 +59,7 @@ class Pair(BaseModel):
     @field_validator("query_id", "doc_id")
     @classmethod
     def _ids(cls, value: str, info: ValidationInfo) -> str:
-        if "\x00" in value:
-            raise ValueError(f"{info.field_name} contains NUL characters")
+        problem = unicode_problem(value, str(info.field_name))
+        if problem:
+            raise ValueError(problem)
         return value

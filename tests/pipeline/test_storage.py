@@ -101,10 +101,13 @@ def test_output_on_a_missing_bucket_is_refused_up_front(s3):
 def test_earlier_output_in_a_prefix_is_refused_then_cleared(s3):
     s3.put("out/part-00000.parquet", b"old")
     s3.put("out/_manifest.json", b"{}")
-    s3.put("out/notes.txt", b"not ours")
     with pytest.raises(OutputDirError, match="already holds output"):
         prepare_output_dir(s3.url("out"))
     prepare_output_dir(s3.url("out"), overwrite=True)
+    assert s3.keys("out") == []
+    s3.put("out/notes.txt", b"not ours")  # a prefix of someone else's objects: never mixed
+    with pytest.raises(OutputDirError, match=r"did not write \(notes.txt\)"):
+        prepare_output_dir(s3.url("out"), overwrite=True)
     assert s3.keys("out") == ["notes.txt"]
 
 

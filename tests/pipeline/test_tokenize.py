@@ -53,3 +53,73 @@ def test_overlap_must_fit_the_window():
         EncodeOptions(max_length=9000)
     with pytest.raises(ValidationError):
         EncodeOptions(modes="dense,bogus")
+
+
+# Long texts are tokenized by pieces (pipeline/tokenize.py); the tokens must be the whole
+# text's. The pieces are made small here so that every cut lands in the test texts.
+WORDS = ["alpha", "be", "gamma", "δέλτα", "東京", "x", "ﬁ", "naïve", "\n", "  ", "\u00a0", "9.5"]
+
+
+def _long_text(seed: int, n_words: int) -> str:
+    import random
+
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) + rng.choice(["", "", "s", "-", "."]) for _ in range(n_words))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pieces_give_the_whole_texts_tokens(tiny, seed):
+    from pipeline.tokenize import all_tokens, leading_tokens, tokenize_plain
+
+    text = _long_text(seed, 3000)
+    whole = tokenize_plain(tiny.tokenizer, [text])[0]
+    assert all_tokens(tiny.tokenizer, text, 500).tolist() == whole
+    for count in (1, 37, 800, len(whole) - 1, len(whole), len(whole) + 5):
+        assert leading_tokens(tiny.tokenizer, text, count, 300) == whole[:count]
+
+
+def test_truncation_at_the_window_edge_tokenizes_only_a_prefix(tiny, monkeypatch):
+    """A text of exactly window, window + 1 and far more tokens: the same ids and flags as
+    the whole-text tokenization, while the tokenizer never sees more than a prefix."""
+    import pipeline.tokenize as tokenize
+
+    options = EncodeOptions(max_length=130)
+    window = 128
+    base = _long_text(7, 20_000)
+    whole = tokenize.tokenize_plain(tiny.tokenizer, [base])[0]
+    # cut the text right after the token that ends the window, and one token later
+    offsets = tiny.tokenizer(base, add_special_tokens=False, return_offsets_mapping=True)[
+        "offset_mapping"
+    ]
+    exact = base[: offsets[window - 1][1]]
+    one_more = base[: offsets[window][1]]
+    texts = [exact, one_more, base]
+    seen: list[int] = []
+    real = tiny.tokenizer.__class__.__call__
+
+    def spy(self, text, *args, **kwargs):
+        seen.extend(len(t) for t in ([text] if isinstance(text, str) else text))
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(tokenize, "_MIN_PIECE_CHARS", 64)
+    monkeypatch.setattr(tiny.tokenizer.__class__, "__call__", spy)
+    shard = tokenize_texts(tiny.tokenizer, texts, options, tiny.cls_id, tiny.eos_id)
+    monkeypatch.undo()
+    reference = tiny.tokenizer(texts, truncation=True, max_length=130)["input_ids"]
+    assert [list(ids) for ids in shard.ids] == reference
+    assert shard.truncated.tolist() == [False, True, True]
+    assert len(whole) > 10 * window
+    assert max(seen) < len(base) // 10  # the long text was never tokenized whole
+
+
+def test_a_giant_word_is_truncated_from_a_prefix_with_the_same_tokens(tiny):
+    """No space to cut at: the prefix is cut inside the word and its tail's tokens dropped."""
+    import random
+
+    from pipeline.tokenize import leading_tokens, tokenize_plain
+
+    rng = random.Random(1)
+    text = "".join(rng.choice("abcdefghij東京δέ.-") for _ in range(60_000))
+    whole = tokenize_plain(tiny.tokenizer, [text])[0]
+    for count in (10, 1000, 5000):
+        assert leading_tokens(tiny.tokenizer, text, count, 16_384) == whole[:count]

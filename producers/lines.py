@@ -1,0 +1,79 @@
+"""Reading a byte stream line by line, each line bounded in memory.
+
+A line longer than the limit is never held: it is skipped while it is read, and reported
+with its size so the reader can reject it. This holds for plain and decompressed streams
+alike (a 2 GB gzip member without a newline costs one read buffer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, skipped at the start of a file
+# The default --max-record-bytes: an 8192-token document is ~30-100 KB of text; this leaves
+# a wide margin (long documents to chunk) while one record stays far from a worker's memory.
+DEFAULT_MAX_RECORD_BYTES = 8 * 1024 * 1024
+_SKIP_PIECE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Line:
+    number: int  # 1-based
+    data: bytes | None  # without its line end; None when the line was over the limit
+    size: int  # bytes of the line without its newline, counted even when it was skipped
+
+    @property
+    def oversize(self) -> bool:
+        return self.data is None
+
+
+def read_lines(
+    handle: IO[bytes],
+    max_bytes: int,
+    on_skipped: Callable[[bytes], None] | None = None,
+) -> Iterator[Line]:
+    """Every line of `handle`; a line over `max_bytes` comes with `data=None`.
+
+    `on_skipped` sees each piece of a skipped line (a CSV reader follows quotes through it).
+    A leading UTF-8 BOM is dropped, as pandas and DuckDB do.
+    """
+    number = 0
+    while piece := handle.readline(max_bytes + 1):
+        number += 1
+        if number == 1 and piece.startswith(BOM):
+            piece = piece[len(BOM) :]
+            if not piece.endswith(b"\n") and len(piece) == max_bytes + 1 - len(BOM):
+                piece += handle.readline(len(BOM))  # still a line of at most max_bytes + 1
+        if piece.endswith(b"\n"):
+            yield Line(number, piece[:-1], len(piece) - 1)
+        elif len(piece) <= max_bytes:
+            yield Line(number, piece, len(piece))  # the last line, without a newline
+        else:
+            yield Line(number, None, _skip_rest(handle, piece, on_skipped))
+
+
+def _skip_rest(handle: IO[bytes], piece: bytes, on_skipped: Callable[[bytes], None] | None) -> int:
+    """Read to the end of the current line without keeping it; its size in bytes."""
+    size = 0
+    while True:
+        ended = piece.endswith(b"\n")
+        if ended:
+            piece = piece[:-1]
+        size += len(piece)
+        if on_skipped is not None:
+            on_skipped(piece)
+        if ended:
+            return size
+        piece = handle.readline(_SKIP_PIECE)
+        if not piece:
+            return size
+
+
+def strip_line_end(data: bytes) -> bytes:
+    return data[:-1] if data.endswith(b"\r") else data
+
+
+def oversize_reason(size: int, limit: int) -> str:
+    return f"record is larger than --max-record-bytes ({size:,} > {limit:,} bytes)"

@@ -1,0 +1,101 @@
+"""Output directories under hostile conditions: a full disk, bad --out values, a directory
+of someone else's files (issue 14)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import EXIT_FAILED, EXIT_USAGE, main
+from pipeline.output_dir import OutputDirError, RejectLog, prepare_output_dir
+from schemas.document import Reject
+
+
+class _FullDisk:
+    """A file handle whose writes fail as on a full disk after `room` bytes."""
+
+    def __init__(self, handle, room):
+        self._handle, self._room = handle, room
+        self.closed = False
+
+    def write(self, data):
+        self._room -= len(data)
+        if self._room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self._handle.write(data)
+
+    def close(self):
+        self.closed = True
+        self._handle.close()
+
+
+def test_a_full_disk_while_writing_rejects_publishes_nothing(tmp_path):
+    log = RejectLog(tmp_path)
+    log._handle = _FullDisk(log._handle, room=300)
+    with pytest.raises(OutputDirError, match="No space left on device"), log:
+        for i in range(100):
+            log.add(Reject(source="in.jsonl", line=i, reason="bad"))
+    assert list(tmp_path.iterdir()) == []  # neither _rejects.jsonl nor its temp file
+
+
+def test_encode_on_a_full_disk_fails_clearly_and_publishes_no_partial_rejects(tmp_path, tiny):
+    """A real write limit (RLIMIT_FSIZE: writes past 64 KiB fail with EFBIG) in a real
+    `m3pipe encode`: exit 1 with the reason, no _rejects.jsonl, no manifest, no temp file.
+    (`tiny` builds the model first: the encode process only reads it.)"""
+    inp = tmp_path / "in.jsonl"
+    lines = [json.dumps({"id": f"good-{i}", "text": "fine text"}) for i in range(3)]
+    lines += [json.dumps({"id": f"bad-{i}", "text": ""}) for i in range(2000)]
+    inp.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "encode", str(inp), "--out", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        timeout=300,
+        env={**os.environ, "M3PIPE_MODEL": "random:tiny"},
+    )
+    assert proc.returncode == EXIT_FAILED, proc.stderr
+    assert "cannot write" in proc.stderr and "_rejects.jsonl" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_bad_out_values_are_refused_clearly(tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": "a", "text": "x"}\n')
+    args = ["encode", str(inp), "--model", "random:tiny", "-q", "--out"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, ""])
+    assert exit_info.value.code == EXIT_USAGE
+    assert "--out: must not be empty" in capsys.readouterr().err
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main([*args, str(a_file / "sub")]) == EXIT_FAILED
+    assert f"{a_file} is not a directory" in capsys.readouterr().err
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own file")
+    for extra in ([], ["--overwrite"]):
+        assert main([*args, str(mine), *extra]) == EXIT_FAILED
+        assert "holds files m3pipe did not write (notes.txt)" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_own_output_and_stale_temp_files_are_not_foreign(tmp_path):
+    for name in ("part-00000.parquet", "_manifest.json", "._rejects.jsonl.tmp-1-abc"):
+        (tmp_path / name).write_text("x")
+    prepare_output_dir(tmp_path, overwrite=True)
+    assert list(tmp_path.iterdir()) == []
