@@ -33,6 +33,7 @@ from pipeline.cli_tenants import (
     job_tenant,
 )
 from pipeline.jobs import JobStore
+from pipeline.orphans import orphaned_shards
 from pipeline.settings import Settings
 from schemas.job import Task
 from schemas.options import EncodeOptions
@@ -336,7 +337,16 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         status = follow(store, args.job, bar=sys.stderr.isatty(), poll_seconds=1.0)
     else:
         status = store.status(args.job)
-    print(status.model_dump_json(indent=2) if args.json else describe(status))
+    orphans = [] if status.state.finished else orphaned_shards(store, args.job)
+    if args.json:
+        print(json.dumps({**status.model_dump(mode="json"), "orphaned": orphans}, indent=2))
+    else:
+        print(describe(status))
+        if orphans:
+            print(
+                f"orphaned: {len(orphans)} shard(s) queued with no message anywhere "
+                f"({', '.join(map(str, orphans[:10]))}); `m3pipe retry {args.job}` re-sends them"
+            )
     return EXIT_OK
 
 
@@ -396,8 +406,25 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
         if store.reopen_shard(args.job, shard):
             publish(ShardMessage.model_validate_json(raw), spec.queue, spec.priority)
             sent += 1
+    orphans = [] if store.state(args.job).finished else orphaned_shards(store, args.job)
+    lost = []
+    for shard in orphans:
+        kept = store.retry_letter(args.job, shard)
+        if kept is None:
+            lost.append(shard)
+            continue
+        publish(ShardMessage.model_validate_json(kept), spec.queue, spec.priority)
+        sent += 1
     print(f"m3pipe retry: job {args.job}: {sent} shard(s) re-enqueued", file=sys.stderr)
-    return EXIT_OK if sent or not letters else EXIT_FAILED
+    if lost:
+        print(
+            f"m3pipe retry: {len(lost)} orphaned shard(s) have no kept message "
+            f"({', '.join(map(str, lost[:10]))}): `m3pipe cancel {args.job}`, then "
+            "`m3pipe submit --resume` with the same inputs and --out redoes them",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK if sent or not (letters or orphans) else EXIT_FAILED
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,6 +14,7 @@ from types import TracebackType
 import redis
 
 from pipeline.errors import PipelineError
+from pipeline.lifeline import dies_with_parent
 
 START_TIMEOUT_SECONDS = 15.0
 
@@ -102,7 +103,12 @@ class EmbeddedRedis:
         if self.password:
             command += ["--requirepass", self.password]
         self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+            # Stops (flushing its AOF) when the process that started it dies, however.
+            preexec_fn=dies_with_parent(signal.SIGTERM),
         )
         self._wait_ready()
         return self

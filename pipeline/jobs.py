@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -19,9 +20,11 @@ from pipeline.keys import (
     TENANTS_INDEX,
     dead_letters_key,
     job_key,
+    retry_letters_key,
     shard_attempts_key,
     shard_digest_key,
     shard_info_key,
+    shard_owner_key,
     shard_state_key,
     tenant_jobs_key,
     worker_key,
@@ -213,6 +216,8 @@ class JobStore:
             shard_info_key(job_id),
             shard_attempts_key(job_id),
             shard_digest_key(job_id),
+            shard_owner_key(job_id),
+            retry_letters_key(job_id),
             dead_letters_key(job_id),
         ]
         spec = self._hget(job_key(job_id), "spec")
@@ -280,6 +285,31 @@ class JobStore:
 
     def attempts(self, job_id: str, shard: int) -> int:
         return _int(self._hget(shard_attempts_key(job_id), str(shard)))
+
+    def take_ownership(self, job_id: str, shard: int) -> str:
+        """This delivery now owns the shard: a token only it holds (fencing)."""
+        token = uuid.uuid4().hex
+        self.redis.hset(shard_owner_key(job_id), str(shard), token)
+        return token
+
+    def owns(self, job_id: str, shard: int, token: str) -> bool:
+        """Whether the delivery holding `token` still owns the running shard: no later
+        delivery took it over and nobody ended it (the commit fence)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(shard_owner_key(job_id), str(shard))
+        pipe.hget(shard_state_key(job_id), str(shard))
+        owner, state = pipe.execute()
+        return bool(owner == token and state == ShardState.RUNNING.value)
+
+    def keep_retry_letter(self, job_id: str, shard: int, message_json: str) -> None:
+        """Keep a shard's message while it waits for a retry, so a lost retry is re-sent."""
+        self.redis.hset(retry_letters_key(job_id), str(shard), message_json)
+
+    def retry_letter(self, job_id: str, shard: int) -> str | None:
+        return self._hget(retry_letters_key(job_id), str(shard))
+
+    def drop_retry_letter(self, job_id: str, shard: int) -> None:
+        self.redis.hdel(retry_letters_key(job_id), str(shard))
 
     def dead_letter(self, job_id: str, shard: int, message_json: str) -> None:
         """Keep a failed shard's message so `m3pipe retry` can send it again."""

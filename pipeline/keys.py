@@ -9,6 +9,12 @@ PREFIX = "m3pipe"
 DEFAULT_QUEUE = "m3pipe"
 TASK_ENCODE_SHARD = "m3pipe.encode_shard"
 
+
+def shard_task_id(job_id: str, shard: int) -> str:
+    """The Celery task id of a shard's message (Flower shows it; orphan checks look for it)."""
+    return f"{job_id}-{shard:05d}"
+
+
 JOBS_INDEX = f"{PREFIX}:jobs"  # sorted set: job id -> created_at
 TENANTS_INDEX = f"{PREFIX}:tenants"  # set: every tenant that submitted or has limits
 
@@ -36,6 +42,16 @@ def shard_attempts_key(job_id: str) -> str:
 def shard_digest_key(job_id: str) -> str:
     """Hash: shard index -> sha256 of the documents registered for it (stale-message check)."""
     return f"{PREFIX}:job:{job_id}:shard-digest"
+
+
+def shard_owner_key(job_id: str) -> str:
+    """Hash: shard index -> token of the delivery now running it (fences stale attempts)."""
+    return f"{PREFIX}:job:{job_id}:shard-owner"
+
+
+def retry_letters_key(job_id: str) -> str:
+    """Hash: shard index -> the message of a shard waiting for a retry (re-sent if lost)."""
+    return f"{PREFIX}:job:{job_id}:retry-letters"
 
 
 def dead_letters_key(job_id: str) -> str:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,16 +21,19 @@ from pipeline.embedded_redis import EmbeddedRedis
 from pipeline.errors import PipelineError
 from pipeline.job_watch import exit_code, follow, unit
 from pipeline.jobs import JobStore
+from pipeline.lifeline import owned_scratch_dir
 from pipeline.output_dir import prepare_output_dir
 from pipeline.process_group import stop_process_groups
 from pipeline.resume import previous_spec
 from pipeline.settings import Settings
+from pipeline.storage import open_location
 from pipeline.worker_process import spawn_worker
 from producers.readers import detect_format, detect_pair_format
 from producers.submit import SubmitRequest, SubmitResult, submit_job
 from schemas.job import JobState, Task
 
 STOP_GRACE_SECONDS = 30.0
+SCRATCH_PREFIX = "m3pipe-run-"
 LOG_TAIL_LINES = 15
 
 
@@ -124,13 +127,16 @@ def run_local(
     prepare_output_dir(request.out, request.overwrite, request.resume)
     devices = worker_devices(workers, force_cpu)
     with contextlib.ExitStack() as stack, _sigterm_as_interrupt():
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="m3pipe-run-")))
+        scratch = owned_scratch_dir(SCRATCH_PREFIX)
+        stack.callback(shutil.rmtree, scratch, True)
         url = settings.broker_url
         broker = "configured broker"
         if url is None:
             url = stack.enter_context(EmbeddedRedis(scratch / "redis")).url
             broker = "embedded Redis"
         settings = settings.model_copy(update={"broker_url": url})
+        scratch_tmp = scratch / "tmp"
+        scratch_tmp.mkdir()
         env = {
             **os.environ,
             "M3PIPE_BROKER_URL": url,
@@ -141,6 +147,11 @@ def run_local(
             "M3PIPE_QUEUE": request.queue,
             "M3PIPE_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
             "M3PIPE_METRICS_PORT": "0",  # a one-shot run serves no metrics
+            # Its workers write this job's output and nothing else.
+            "M3PIPE_OUTPUT_ROOTS": settings.output_roots or open_location(request.out).uri,
+            # Their temp files live in the scratch directory and go with it (even after a
+            # kill -9: the next run removes a dead run's scratch directory).
+            "TMPDIR": str(scratch_tmp),
         }
         pool = WorkerPool(devices, env, scratch, tag=scratch.name[-6:])
         stack.callback(pool.stop)

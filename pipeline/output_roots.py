@@ -34,7 +34,7 @@ def allowed_output(out: str, roots: tuple[str, ...]) -> Location:
     if is_url(out) and any(part in (".", "..") for part in out.split("?", 1)[0].split("/")):
         raise OutputNotAllowed(f"output {out!r} has '.' or '..' in its path")
     location = open_location(out)
-    if roots and not any(_under(location, open_location(root)) for root in roots):
+    if roots and not any(_under(location, root) for root in roots):
         raise OutputNotAllowed(
             f"output {location} is outside the allowed roots ({', '.join(roots)}; "
             "M3PIPE_OUTPUT_ROOTS)"
@@ -42,11 +42,16 @@ def allowed_output(out: str, roots: tuple[str, ...]) -> Location:
     return location
 
 
-def _under(location: Location, root: Location) -> bool:
-    if location.is_local != root.is_local:
-        return False
+def _under(location: Location, root: str) -> bool:
+    """Whether `location` is `root` or below it (a root URL is compared as text: opening
+    it would reach out to its store)."""
     if location.is_local:
-        target, base = os.path.realpath(location.path), os.path.realpath(root.path)
-        return target == base or target.startswith(base.rstrip("/") + "/")
-    target, base = location.uri.rstrip("/"), root.uri.rstrip("/")
-    return target == base or target.startswith(base + "/")
+        if is_url(root) and not root.startswith("file://"):
+            return False
+        base = os.path.realpath(root.removeprefix("file://"))
+        target = os.path.realpath(location.path)
+    else:
+        if not is_url(root):
+            return False
+        target, base = location.uri.rstrip("/"), root.split("?", 1)[0].rstrip("/")
+    return target == base or target.startswith(base.rstrip("/") + "/")

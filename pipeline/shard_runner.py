@@ -17,10 +17,10 @@ from pipeline.errors import PermanentError
 from pipeline.job_finish import finalize_if_complete
 from pipeline.jobs import ABSENT, JobNotFound, JobStore
 from pipeline.metrics import WorkerMetrics
+from pipeline.output_roots import allowed_output
 from pipeline.reranker import RerankEngine, RerankStats
 from pipeline.resume import documents_digest, with_shard_metadata
 from pipeline.sink import part_name, write_shard
-from pipeline.storage import open_location
 from pipeline.table import with_fields
 from pipeline.worker_models import WorkerModels
 from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
@@ -37,6 +37,15 @@ class UnknownJob(PermanentError):
     """A message names a job Redis does not know: nothing to record it against."""
 
 
+class UnregisteredShard(UnknownJob):
+    """A message names a shard its job never registered (forged, or of another Redis)."""
+
+
+class StaleAttempt(PermanentError):
+    """Another delivery took the shard over or ended it while this one ran: it must not
+    write. Nothing is recorded; the owner's result stands."""
+
+
 @dataclass
 class WorkerRuntime:
     """What a worker process holds between shards: its models, engines and job specs."""
@@ -46,6 +55,7 @@ class WorkerRuntime:
     hostname: str
     max_attempts: int = 3
     retry_backoff_seconds: float = 5.0
+    output_roots: tuple[str, ...] = ()  # where jobs may write; empty: anywhere absolute
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     _engines: dict[EncodeOptions, Engine] = field(default_factory=dict)
     _rerankers: dict[RerankOptions, RerankEngine] = field(default_factory=dict)
@@ -89,6 +99,8 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
         raise PermanentError(f"job {job_id} is a {spec.task.value} job: this shard is not")
     digest = documents_digest(message.items)  # hashed once: stale check and file facts
     registered = store.shard_digest(job_id, shard)
+    if registered is None and store.shard_state(job_id, shard) == ABSENT:
+        raise UnregisteredShard(f"job {job_id} never registered shard {shard}")
     if registered is not None and registered != digest:
         # Left in the queue by an earlier submission of this job (cancelled, then resumed
         # with changed input): running it would write the old documents.
@@ -109,6 +121,7 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
         log.info("job %s shard %d already %s; skipped", job_id, shard, previous)
         return ShardOutcome(ShardState(previous), "already ended")
     attempt = store.count_attempt(job_id, shard)
+    token = store.take_ownership(job_id, shard)
     if attempt > runtime.max_attempts:
         # Earlier deliveries never finished: the worker died or lost the shard each time.
         reason = (
@@ -122,17 +135,25 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
     # take means a wedged worker (a hung device call), which a ping alone would not show.
     store.note_busy(runtime.hostname, f"{job_id}/{shard}", started)
     try:
-        return _encode_and_record(message, spec, runtime, started, digest)
+        return _encode_and_record(message, spec, runtime, started, digest, token)
+    except StaleAttempt as exc:
+        log.warning("job %s shard %d: %s", job_id, shard, exc)
+        return ShardOutcome(ShardState(store.shard_state(job_id, shard)), "stale attempt")
     finally:
         store.note_idle(runtime.hostname)
 
 
 def _encode_and_record(
-    message: ShardMessage, spec: JobSpec, runtime: WorkerRuntime, started: float, digest: str
+    message: ShardMessage,
+    spec: JobSpec,
+    runtime: WorkerRuntime,
+    started: float,
+    digest: str,
+    token: str,
 ) -> ShardOutcome:
     """Encode, write the part file atomically, mark the shard done, end the job if last."""
     store, job_id, shard = runtime.store, message.job_id, message.shard
-    out = open_location(spec.out)
+    out = allowed_output(spec.out, runtime.output_roots)
     if not out.is_dir():  # submit wrote _job.json there, so an object-store prefix exists too
         raise PermanentError(f"output directory {out} does not exist on {runtime.hostname}")
     table, stats, model_metadata = _compute(message, spec, runtime)
@@ -146,7 +167,12 @@ def _encode_and_record(
         "tokens": stats.tokens,
     }
     name = part_name(shard)
-    written = write_shard(with_shard_metadata(table, facts), out / name)
+
+    def fence() -> None:
+        if not store.owns(job_id, shard, token):
+            raise StaleAttempt("another delivery took this shard over or ended it: not written")
+
+    written = write_shard(with_shard_metadata(table, facts), out / name, fence)
 
     store.set_model_metadata(job_id, model_metadata)
     done = {
@@ -171,6 +197,7 @@ def _encode_and_record(
         tokens=stats.tokens,
         seconds=stats.seconds,
     )
+    store.drop_retry_letter(job_id, shard)
     finalize_if_complete(store, job_id)
     return ShardOutcome(
         ShardState.DONE, name, rows=table.num_rows, tokens=stats.tokens, stats=stats
@@ -198,10 +225,13 @@ def fail_shard(store: JobStore, message: ShardMessage, reason: str, worker: str)
     changed, _ = store.mark_shard(message.job_id, message.shard, ShardState.FAILED, _ACTIVE, info)
     if changed:
         store.dead_letter(message.job_id, message.shard, message.model_dump_json())
+    store.drop_retry_letter(message.job_id, message.shard)
     finalize_if_complete(store, message.job_id)
 
 
 def requeue_shard(store: JobStore, message: ShardMessage, reason: str, attempt: int) -> None:
-    """Record that a shard goes back to the queue for another attempt."""
+    """Record that a shard goes back to the queue for another attempt; its message is kept
+    until the shard ends, so `m3pipe retry` can re-send it if the retry is ever lost."""
+    store.keep_retry_letter(message.job_id, message.shard, message.model_dump_json())
     info = {"retry": attempt, "last_error": reason[:2000]}
     store.mark_shard(message.job_id, message.shard, ShardState.QUEUED, _ACTIVE, info)

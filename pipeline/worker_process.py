@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from pipeline.lifeline import dies_with_parent
 
 
 def spawn_worker(
@@ -39,4 +42,7 @@ def spawn_worker(
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Killed with its parent (`m3pipe run`, `autoscale`); its pool follows it
+            # (workers/bootstrap.py). An unacknowledged shard is redelivered as after a crash.
+            preexec_fn=dies_with_parent(signal.SIGKILL),
         )

@@ -71,11 +71,14 @@ def _read_rows(
             sizes = _text_bytes(batch, texts)
             fits = sizes <= limit
             kept = iter(batch.filter(pa.array(fits)).to_pylist())
-            for size, fit in zip(sizes.tolist(), fits.tolist(), strict=True):
+            for index, (size, fit) in enumerate(zip(sizes.tolist(), fits.tolist(), strict=True)):
                 row += 1
                 if not fit:
-                    reject = Reject(source=source, row=row, reason=oversize_reason(size, limit))
-                    yield InputItem(reject, row=row)
+                    doc_id = _small_id(batch, shape.id_columns()[-1], index)
+                    reason = oversize_reason(size, limit)
+                    yield InputItem(
+                        Reject(source=source, row=row, id=doc_id, reason=reason), row=row
+                    )
                     continue
                 record = _decoded(next(kept), texts)
                 if isinstance(record, str):
@@ -109,6 +112,16 @@ def _text_bytes(batch: pa.RecordBatch, texts: list[str]) -> np.ndarray:
         lengths = pc.fill_null(pc.binary_length(batch.column(name)), 0)
         total += lengths.to_numpy(zero_copy_only=False).astype(np.int64)
     return total
+
+
+def _small_id(batch: pa.RecordBatch, column: str, index: int) -> str | None:
+    """The row's id for its reject, when it is a short, valid string."""
+    if column not in batch.schema.names:
+        return None
+    value = batch.column(column)[index].as_py()
+    if isinstance(value, bytes) and len(value) <= 1024:
+        return value.decode("utf-8", "replace")
+    return None
 
 
 def _decoded(record: dict[str, object], texts: list[str]) -> dict[str, object] | str:

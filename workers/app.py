@@ -7,16 +7,24 @@ from typing import Any
 
 from celery import Celery
 
-from pipeline.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD
+from pipeline.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD, shard_task_id
 from pipeline.redis_url import for_kombu, publish_retry_policy, tls_options
 from pipeline.settings import Settings
 from schemas.job import ShardMessage
 from schemas.tenant import Priority
+from workers.transport import install as install_transport
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = for_kombu(settings.broker)
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        # kombu sweeps `unacked` for messages of dead workers every interval x throttle
+        # seconds (10 x 10 by default): every interval here.
+        "unacked_restore_interval": settings.restore_interval,
+        "unacked_restore_throttle": 1,
+        "max_message_bytes": settings.max_message_bytes,  # workers/transport.py
+    }
     # kombu ignores a rediss:// URL's own TLS options: hand them over explicitly.
     tls = tls_options(settings.broker)
     tls_config = {"broker_use_ssl": tls, "redis_backend_use_ssl": tls} if tls else {}
@@ -63,6 +71,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def create_app(settings: Settings | None = None) -> Celery:
+    install_transport()
     app = Celery("m3pipe")
     app.conf.update(celery_config(settings or Settings()))
     app.conf.include = ["workers.tasks"]
@@ -80,7 +89,7 @@ def shard_publisher(settings: Settings) -> Callable[[ShardMessage, str, Priority
             queue=queue,
             # Always explicit: kombu files a message without a priority under the first step.
             priority=priority.broker_priority,
-            task_id=f"{message.job_id}-{message.shard:05d}",
+            task_id=shard_task_id(message.job_id, message.shard),
             argsrepr=f"job={message.job_id} shard={message.shard} "
             + (
                 f"pairs={len(message.pairs)}" if message.pairs else f"docs={len(message.documents)}"

@@ -20,6 +20,7 @@ from celery.signals import worker_process_init
 
 from pipeline.jobs import JobStore
 from pipeline.keys import worker_key
+from pipeline.lifeline import set_parent_death_signal
 from pipeline.metrics import WorkerMetrics, serve
 from pipeline.redis_url import connect
 from pipeline.settings import Settings
@@ -93,12 +94,16 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         max_attempts=settings.max_attempts,
         retry_backoff_seconds=settings.retry_backoff_seconds,
         metrics=metrics,
+        output_roots=settings.output_root_list,
     )
 
 
 @worker_process_init.connect
 def load_model_once(**_: object) -> None:
     global _runtime
+    # A pool process never outlives its worker: if the worker is killed outright, so is it
+    # (else it would hold its shard and its device memory with nothing to report to).
+    set_parent_death_signal(signal.SIGKILL)
     try:
         _runtime = build_runtime(Settings())
     except Exception:

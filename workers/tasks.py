@@ -53,7 +53,9 @@ def retry_countdown(attempt: int, base: float) -> float:
     return min(base * 4 ** max(attempt - 1, 0), MAX_BACKOFF_SECONDS)
 
 
-@app.task(name=TASK_ENCODE_SHARD, bind=True)
+# max_retries=None: the retry count is m3pipe's (M3PIPE_MAX_ATTEMPTS, counted in Redis).
+# Celery's own default of 3 would drop the message at the fourth retry and orphan the shard.
+@app.task(name=TASK_ENCODE_SHARD, bind=True, max_retries=None)
 def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     message = parse_message(self.request.id, args, kwargs)
     runtime = bootstrap.runtime()
@@ -61,9 +63,9 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     tenant = tenant_of(runtime, message)
     try:
         outcome = run_shard(message, runtime)
-    except UnknownJob:
-        log.error("refused shard message %s: unknown job %s", self.request.id, message.job_id)
-        raise
+    except UnknownJob as exc:  # nothing to record it against: refused once, never retried
+        log.error("refused shard message %s: %s", self.request.id, exc)
+        raise Reject(str(exc), requeue=False) from None
     except PermanentError as exc:
         # Bad data or configuration: retrying cannot help.
         runtime.metrics.shard_ended("failed", tenant)
@@ -89,7 +91,7 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         countdown = retry_countdown(attempt, runtime.retry_backoff_seconds)
         log.warning("shard %s attempt %d failed (%r); retry in %.1fs", message.shard, attempt,
                     exc, countdown)  # fmt: skip
-        raise self.retry(exc=exc, countdown=countdown, max_retries=None) from exc
+        raise self.retry(exc=exc, countdown=countdown) from exc
     if outcome.stats is not None:
         runtime.metrics.shard_done(outcome.stats, tenant)
     else:

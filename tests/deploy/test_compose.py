@@ -64,6 +64,9 @@ def test_services_carry_the_documented_settings(compose):
         assert worker["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
         assert worker["stop_grace_period"] == "35m"  # longer than a shard may take
         assert "redis://:${REDIS_PASSWORD" in worker["environment"]["M3PIPE_BROKER_URL"]
+        # confined to the data volume the compose file mounts at /data
+        assert worker["environment"]["M3PIPE_OUTPUT_ROOTS"] == "${M3PIPE_OUTPUT_ROOTS:-/data}"
+        assert "./data:/data" in worker["volumes"]
     assert services["worker-cpu"]["profiles"] == ["cpu"]
     assert services["autoscaler"]["profiles"] == ["autoscale"]
     assert "M3PIPE_FLOWER_BASIC_AUTH" in services["flower"]["environment"]

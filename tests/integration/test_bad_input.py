@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +21,7 @@ from pipeline.cli import EXIT_REJECTS
 from tests.integration.conftest import run_cli
 
 BIG_TEXT = "fifty megabytes of text " * (50 * 1024 * 1024 // 24 + 1)  # just over 50 MiB
-TOO_BIG = "above the 8,388,608-byte message limit"
+TOO_BIG = "record is larger than --max-record-bytes ("  # rejected while read
 DUPLICATE = "duplicate id (first seen at"
 
 
@@ -65,6 +66,9 @@ def write_jsonl(root: Path, expected: Expected) -> Path:
         (b'["an", "array"]', "record is a JSON list, expected an object"),
         (json.dumps({"id": "big", "text": BIG_TEXT}).encode(), TOO_BIG),
         (b'{"id": "jsonl-00", "text": "again"}', DUPLICATE),
+        (b'{"id": "surrogate", "text": "x \\ud800"}', "text contains a lone surrogate"),
+        (b'{"id": "\\udfff", "text": "bad id"}', "id contains a lone surrogate"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ]
     for raw, reason in bad:
         lines.append(raw)
@@ -72,7 +76,7 @@ def write_jsonl(root: Path, expected: Expected) -> Path:
     lines.append(json.dumps({"id": "jsonl-last", "text": "after the bad ones"}).encode())
     expected.row("jsonl-last")
     path = root / "in.jsonl"
-    path.write_bytes(b"\n".join(lines) + b"\n")
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n")  # a BOM first: skipped
     return path
 
 
@@ -118,6 +122,10 @@ def write_csv(root: Path, expected: Expected) -> Path:
     with open(path, "ab") as handle:  # bytes that are not UTF-8
         handle.write(b"csv-latin1,caf\xe9\r\n")
     expected.reject("in.csv", len(rows) + 1, "invalid UTF-8")
+    with open(path, "ab") as handle:  # a quote that never closes: the rest is one reject
+        handle.write(b'csv-open,"never closed\r\ncsv-swallowed,x\r\n')
+    expected.reject("in.csv", len(rows) + 2, "unterminated quoted field from row")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # a BOM before the header
     return path
 
 
@@ -130,12 +138,15 @@ def write_parquet(root: Path, expected: Expected) -> Path:
         ("pq-nul", "a\x00b", "text contains NUL characters"),
         ("pq-big", BIG_TEXT, TOO_BIG),
         ("pq-00", "duplicate within the file", DUPLICATE),
+        ("pq-latin1", b"caf\xe9", "is not valid UTF-8"),
     ]
     for doc_id, _text, reason in bad:
         expected.reject("in.parquet", len(pairs) + 1, reason)
         pairs.append((doc_id, _text))  # type: ignore[arg-type]
     path = root / "in.parquet"
-    table = pa.table({"id": [p[0] for p in pairs], "text": [p[1] for p in pairs]})
+    # The text column is binary (as some exporters write it): decoded as UTF-8 per row.
+    texts = [t.encode() if isinstance(t, str) else t for _, t in pairs]
+    table = pa.table({"id": [p[0] for p in pairs], "text": pa.array(texts, pa.binary())})
     pq.write_table(table, path, row_group_size=4)
     return path
 
@@ -155,6 +166,15 @@ def write_text_dir(root: Path, expected: Expected) -> Path:
     for name, content, reason in bad:
         (directory / name).write_bytes(content)
         expected.reject(name, None, reason)
+    # Links are never followed (a loop, a way out of the root); a FIFO would block a read.
+    outside = root / "outside.txt"
+    outside.write_text("a file outside the input directory")
+    (directory / "leak.txt").symlink_to(outside)
+    (directory / "loop").symlink_to(directory, target_is_directory=True)
+    os.mkfifo(directory / "pipe.txt")
+    for name in ("leak.txt", "loop"):
+        expected.reject(name, None, "symbolic link, not followed")
+    expected.reject("pipe.txt", None, "not a regular file")
     return directory
 
 

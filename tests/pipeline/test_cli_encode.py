@@ -133,3 +133,53 @@ def test_console_script_runs(tmp_path, model_cache):
     )
     assert proc.returncode == EXIT_REJECTS, proc.stderr[-2000:]
     assert "1 documents -> 1 rows" in proc.stderr and "1 rejected" in proc.stderr
+
+
+def _hostile_jsonl(root):
+    good = [json.dumps({"id": f"g{i}", "text": f"good {i}"}) for i in range(4)]
+    bad = [
+        '{"id": "s", "text": "x \\ud800"}',
+        "[" * 50_000 + "]" * 50_000,
+        json.dumps({"id": "big", "text": "w " * 5000}),
+        '{"id": "cut", "text": ',
+    ]
+    path = root / "in.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(good[:2] + bad + good[2:]).encode() + b"\n")
+    return path, [f"g{i}" for i in range(4)], len(bad)
+
+
+def _hostile_csv(root):
+    path = root / "in.csv"
+    path.write_bytes(
+        b'\xef\xbb\xbfid,text\ng0,"a ""quoted"" text"\ng1,fine\nbad,caf\xe9\n'
+        + b"big,"
+        + b"w " * 5000
+        + b'\ng2,ok\ng3,"never closed\ng4,swallowed\n'
+    )
+    return path, ["g0", "g1", "g2"], 3
+
+
+def _hostile_txt(root):
+    directory = root / "docs"
+    directory.mkdir()
+    for i in range(3):
+        (directory / f"g{i}.txt").write_text(f"good {i}")
+    (directory / "big.txt").write_text("w " * 5000)
+    (directory / "loop").symlink_to(directory, target_is_directory=True)
+    (directory / "leak.txt").symlink_to(root / "in.jsonl")
+    return directory, ["g0.txt", "g1.txt", "g2.txt"], 3
+
+
+@pytest.mark.parametrize("make", [_hostile_jsonl, _hostile_csv, _hostile_txt])
+def test_a_hostile_corpus_exits_3_with_every_record_accounted_for(tmp_path, tiny, make):
+    (tmp_path / "in.jsonl").write_text("")  # a link target for the .txt case
+    inp, good_ids, bad = make(tmp_path)
+    out = tmp_path / "out"
+    assert main(_args(inp, out, "--max-record-bytes", "4096")) == EXIT_REJECTS
+    table = [pq.read_table(p) for p in sorted(out.glob("part-*.parquet"))]
+    ids = sorted(i for t in table for i in t.column("id").to_pylist())
+    assert ids == sorted(good_ids)
+    rejects = (out / "_rejects.jsonl").read_text().splitlines()
+    assert len(rejects) == bad and all(json.loads(line)["reason"] for line in rejects)
+    counts = json.loads((out / "_manifest.json").read_text())["counts"]
+    assert counts["input_records"] == counts["rows"] + counts["rejected"] == len(good_ids) + bad
