@@ -349,7 +349,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print(f"m3pipe {args.command}: interrupted", file=sys.stderr)
+        resume = (
+            "; run it again with --resume (same inputs and --out) to finish the job"
+            if args.command in ("run", "submit")
+            else ""
+        )
+        print(f"m3pipe {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
 
 

@@ -75,7 +75,7 @@ def encode_file(
     first = next(items, None)
     if first is None:
         raise InputError(f"{input_path} holds no records (empty file)")
-    out = prepare_output_dir(out_dir, overwrite)
+    out = prepare_output_dir(out_dir, overwrite, resumable=False)
     summary = EncodeSummary(out_dir=out)
     source = str(input_path)
 

@@ -57,7 +57,7 @@ def rerank_file(
     first = next(items, None)
     if first is None:
         raise InputError(f"{input_path} holds no records (empty file)")
-    out = prepare_output_dir(out_dir, overwrite)
+    out = prepare_output_dir(out_dir, overwrite, resumable=False)
     summary = RerankSummary(out_dir=out)
     limits = PairLimits(pairs=shard_pairs, bytes=SHARD_MAX_BYTES, tokens=UNBOUNDED_TOKENS)
 

@@ -112,7 +112,7 @@ def _download_with_deadline(repo_id: str, timeout: float) -> Path:
     thread.join(timeout)
     advice = (
         f"model {repo_id!r} is not in the local Hugging Face cache and the hub could not be "
-        f"reached. Download it on a machine with access (`huggingface-cli download {repo_id} "
+        f"reached. Download it on a machine with access (`hf download {repo_id} "
         f"--local-dir DIR`), copy DIR here and pass --model DIR (or set M3PIPE_MODEL=DIR); "
         f"for tests and speed work use --model random:small."
     )

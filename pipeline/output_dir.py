@@ -32,13 +32,17 @@ class OutputDirError(PermanentError):
 
 
 def prepare_output_dir(
-    target: Location | Path | str, overwrite: bool = False, resume: bool = False
+    target: Location | Path | str,
+    overwrite: bool = False,
+    resume: bool = False,
+    resumable: bool = True,
 ) -> Location:
     """Create the directory; refuse one holding earlier output unless `overwrite`, which
     clears it.
 
     `resume` keeps the part files of an earlier submission (pipeline/resume.py decides
     which still count) and drops only its manifest, so no stale manifest stays visible.
+    `resumable` says whether the command offers --resume (the queue commands do).
     """
     out = open_location(target)
     if out.probe() == pafs.FileType.File:
@@ -55,9 +59,10 @@ def prepare_output_dir(
         loc for loc in (out / MANIFEST, out / REJECTS, out / JOB_FILE) if loc.exists()
     ]
     if earlier and not overwrite:
+        resume_hint = ", or --resume an unfinished job" if resumable else ""
         raise OutputDirError(
             f"output directory {out} already holds output ({earlier[0].name}, ...): "
-            "choose another --out, pass --overwrite, or --resume an unfinished job"
+            f"choose another --out or pass --overwrite{resume_hint}"
         )
     for stale in earlier:
         stale.delete()

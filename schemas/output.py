@@ -1,4 +1,4 @@
-"""The Arrow schema of m3pipe's Parquet output (the contract in DESIGN.md)."""
+"""The Arrow schema of m3pipe's Parquet output (the contract in README.md, "Output")."""
 
 from __future__ import annotations
 

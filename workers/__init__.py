@@ -1,1 +1,1 @@
-"""Celery app and tasks (queue pipeline; see issue 3). Thin: all work is in pipeline/."""
+"""The Celery app, its transport and tasks. Thin: all work is in pipeline/."""

@@ -115,6 +115,14 @@ def workers(cli_env: dict, store: JobStore, tmp_path: Path) -> Iterator[Workers]
     pool.stop_all()
 
 
+def wait_until(predicate, timeout: float = 240.0, step: float = 0.02) -> None:
+    """Poll `predicate` until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(step)
+
+
 def write_jsonl(path: Path, records: list[object]) -> Path:
     with open(path, "w", encoding="utf-8") as handle:
         for record in records:

@@ -15,7 +15,7 @@ from pipeline.settings import Settings
 from schemas.document import Document
 from schemas.job import ShardMessage
 from schemas.tenant import Priority
-from tests.integration.conftest import run_cli, write_jsonl
+from tests.integration.conftest import run_cli, wait_until, write_jsonl
 
 SHARDS = 4
 
@@ -35,13 +35,6 @@ def submit(tmp_path, cli_env, records, shard_docs: int) -> str:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
-
-
-def wait_until(predicate, timeout: float = 240.0, step: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(step)
 
 
 def assert_exactly_once(out, records, shards: int) -> None:

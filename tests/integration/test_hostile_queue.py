@@ -18,7 +18,7 @@ from pipeline.settings import Settings
 from schemas.document import Document
 from schemas.job import JobSpec, ShardMessage, ShardState
 from schemas.options import EncodeOptions
-from tests.integration.conftest import corpus_records, run_cli, write_jsonl
+from tests.integration.conftest import corpus_records, run_cli, wait_until, write_jsonl
 from workers.app import create_app
 
 
@@ -27,13 +27,6 @@ def submit(tmp_path, cli_env, records, *extra: str, out: str = "out") -> str:
     result = run_cli("submit", str(corpus), "--out", str(tmp_path / out), *extra, env=cli_env)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
-
-
-def wait_until(predicate, timeout: float = 120.0, step: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(step)
 
 
 def ids_in(out) -> list[str]:

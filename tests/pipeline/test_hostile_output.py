@@ -44,31 +44,53 @@ def test_a_full_disk_while_writing_rejects_publishes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither _rejects.jsonl nor its temp file
 
 
-def test_encode_on_a_full_disk_fails_clearly_and_publishes_no_partial_rejects(tmp_path, tiny):
-    """A real write limit (RLIMIT_FSIZE: writes past 64 KiB fail with EFBIG) in a real
-    `m3pipe encode`: exit 1 with the reason, no _rejects.jsonl, no manifest, no temp file.
-    (`tiny` builds the model first: the encode process only reads it.)"""
-    inp = tmp_path / "in.jsonl"
+def _bad_corpus(path):
     lines = [json.dumps({"id": f"good-{i}", "text": "fine text"}) for i in range(3)]
     lines += [json.dumps({"id": f"bad-{i}", "text": ""}) for i in range(2000)]
-    inp.write_text("\n".join(lines) + "\n")
-    out = tmp_path / "out"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
-    def limit_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "encode", str(inp), "--out", str(out), "-q"],
+def _limit_file_size():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+def _m3pipe_with_a_full_disk(args, env):
+    """`m3pipe ARGS` where every file stops at 64 KiB (RLIMIT_FSIZE: writes fail, EFBIG)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
         capture_output=True,
         text=True,
-        preexec_fn=limit_file_size,
+        preexec_fn=_limit_file_size,
         timeout=300,
-        env={**os.environ, "M3PIPE_MODEL": "random:tiny"},
+        env={**os.environ, **env},
+    )
+
+
+def test_encode_on_a_full_disk_fails_clearly_and_publishes_no_partial_rejects(tmp_path, tiny):
+    """Exit 1 with the reason, no _rejects.jsonl, no manifest, no temp file. (`tiny` builds
+    the model first: the encode process only reads it.)"""
+    inp, out = _bad_corpus(tmp_path / "in.jsonl"), tmp_path / "out"
+    proc = _m3pipe_with_a_full_disk(
+        ["encode", str(inp), "--out", str(out), "-q"], {"M3PIPE_MODEL": "random:tiny"}
     )
     assert proc.returncode == EXIT_FAILED, proc.stderr
     assert "cannot write" in proc.stderr and "_rejects.jsonl" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_submit_on_a_full_disk_fails_the_job_clearly(tmp_path, redis_server, store):
+    inp, out = _bad_corpus(tmp_path / "in.jsonl"), tmp_path / "out"
+    proc = _m3pipe_with_a_full_disk(
+        ["submit", str(inp), "--out", str(out)], {"M3PIPE_BROKER_URL": redis_server.url}
+    )
+    assert proc.returncode == EXIT_FAILED, proc.stderr
+    assert "cannot write" in proc.stderr and "Traceback" not in proc.stderr
+    [job_id] = store.job_ids()
+    status = store.status(job_id)
+    assert status.state.value == "failed" and "cannot write" in (status.error or "")
+    assert sorted(p.name for p in out.iterdir()) == ["_job.json"]  # no partial rejects
 
 
 def test_bad_out_values_are_refused_clearly(tmp_path, capsys):
