@@ -29,7 +29,7 @@ from benchmarks.report import run_facts, save, spawn_side  # noqa: E402
 
 def make_corpus(tokenizer, n_docs: int, n_long: int, seed: int) -> list[str]:
     """Lognormal token lengths (median ~200), `n_long` texts of 4000-8000 tokens, none > 8192."""
-    from pipeline.synthetic_text import TextGenerator
+    from pipeline.engine.synthetic_text import TextGenerator
 
     rng = np.random.default_rng(seed)
     gen = TextGenerator(seed)
@@ -60,7 +60,7 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
     """Runs in a child process: load, encode the corpus once, report."""
     import torch
 
-    from pipeline.model import load_model
+    from pipeline.engine.model import load_model
     from pipeline.settings import Settings
 
     texts = json.loads(corpus_path.read_text())
@@ -76,7 +76,7 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
         torch.cuda.reset_peak_memory_stats()
     result: dict = {"side": side}
     if side == "engine":
-        from pipeline.engine import Engine
+        from pipeline.engine.embedder import Engine
         from schemas.document import Document
         from schemas.options import EncodeOptions
 
@@ -166,7 +166,7 @@ def main() -> int:
         print(json.dumps(run_side(args.side, args, args.corpus)))
         return 0
 
-    from pipeline.model import load_model
+    from pipeline.engine.model import load_model
     from pipeline.settings import Settings
 
     model = load_model(args.model, device="cpu", cache_dir=Settings().cache_dir)

@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def direct_side(args: argparse.Namespace, corpus: Path, out: Path) -> dict:
     """Runs in a child process: load the model, then encode the corpus file to Parquet."""
-    from pipeline.engine import Engine
-    from pipeline.local_encode import encode_file
-    from pipeline.model import load_model
+    from pipeline.engine.embedder import Engine
+    from pipeline.engine.model import load_model
+    from pipeline.local.encode import encode_file
     from pipeline.settings import Settings
     from schemas.options import EncodeOptions
 
@@ -52,10 +52,10 @@ def direct_side(args: argparse.Namespace, corpus: Path, out: Path) -> dict:
 
 
 def pipeline_side(args: argparse.Namespace, corpus: Path, out: Path) -> dict:
-    from pipeline.embedded_redis import EmbeddedRedis
-    from pipeline.jobs import JobStore
-    from pipeline.keys import worker_key
-    from pipeline.redis_url import connect
+    from pipeline.broker.redis_url import connect
+    from pipeline.jobs.keys import worker_key
+    from pipeline.jobs.store import JobStore
+    from pipeline.ops.embedded_redis import EmbeddedRedis
 
     with (
         tempfile.TemporaryDirectory(prefix="m3b-", dir="/tmp") as tmp,
@@ -110,7 +110,7 @@ def main() -> int:
 
     from bench_engine import make_corpus
 
-    from pipeline.model import load_model
+    from pipeline.engine.model import load_model
     from pipeline.settings import Settings
 
     model = load_model(args.model, device="cpu", cache_dir=Settings().cache_dir)

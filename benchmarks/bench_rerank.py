@@ -30,7 +30,7 @@ from benchmarks.report import run_facts, save, spawn_side  # noqa: E402
 
 
 def make_pairs(n_pairs: int, per_query: int, seed: int) -> list[list[str]]:
-    from pipeline.synthetic_text import TextGenerator
+    from pipeline.engine.synthetic_text import TextGenerator
 
     rng = np.random.default_rng(seed)
     gen = TextGenerator(seed)
@@ -55,7 +55,7 @@ def run_side(side: str, args: argparse.Namespace, pairs_path: Path, scores_path:
     """Runs in a child process: load, score every pair once, report."""
     import torch
 
-    from pipeline.reranker import RerankEngine, load_reranker
+    from pipeline.engine.reranker import RerankEngine, load_reranker
     from pipeline.settings import Settings
     from schemas.rerank import Pair, RerankOptions
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.keys import DEFAULT_QUEUE
-from pipeline.output_roots import parse_roots
-from pipeline.redis_url import DEFAULT_BROKER_URL, DEFAULT_RETRY_SECONDS
-from producers.lines import DEFAULT_MAX_RECORD_BYTES
+from pipeline.broker.redis_url import DEFAULT_BROKER_URL, DEFAULT_RETRY_SECONDS
+from pipeline.jobs.keys import DEFAULT_QUEUE
+from pipeline.storage.output_roots import parse_roots
+from schemas.document import DEFAULT_MAX_RECORD_BYTES
 from schemas.job import Task
 from schemas.tenant import DEFAULT_TENANT
 

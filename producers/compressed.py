@@ -11,7 +11,7 @@ from typing import IO, cast
 import pyarrow as pa
 
 from pipeline.errors import InputError, UnreadableInput
-from pipeline.storage import Location, open_location
+from pipeline.storage.location import Location, open_location
 
 COMPRESSED_SUFFIXES = (".gz", ".zst")
 # Decompressed bytes read ahead. Small, so that the records before damage in a truncated

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import UnreadableInput
-from pipeline.storage import Location, open_location
+from pipeline.storage.location import Location, open_location
 from producers.compressed import STREAM_ERRORS, open_binary
 from producers.csv_records import CsvRecord, read_csv_records
 from producers.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason

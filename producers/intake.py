@@ -21,7 +21,7 @@ class IntakeCounts:
 
 
 class RejectSink(Protocol):
-    """Anything with `add(Reject)`, e.g. pipeline.output_dir.RejectLog."""
+    """Anything with `add(Reject)`, e.g. pipeline.storage.output_dir.RejectLog."""
 
     def add(self, reject: Reject) -> None: ...
 

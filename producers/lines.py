@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from schemas.document import DEFAULT_MAX_RECORD_BYTES
+
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, skipped at the start of a file
-# The default --max-record-bytes: an 8192-token document is ~30-100 KB of text; this leaves
-# a wide margin (long documents to chunk) while one record stays far from a worker's memory.
-DEFAULT_MAX_RECORD_BYTES = 8 * 1024 * 1024
+__all__ = ["DEFAULT_MAX_RECORD_BYTES", "Line", "read_lines"]
 _SKIP_PIECE = 1 << 20
 
 

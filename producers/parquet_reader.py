@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import UnreadableInput
-from pipeline.storage import Location, open_location
+from pipeline.storage.location import Location, open_location
 from producers.compressed import check_readable_file
 from producers.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
 from producers.validate import DocumentShape, InputItem, RecordShape

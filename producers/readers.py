@@ -8,7 +8,7 @@ from pathlib import Path
 from pyarrow.fs import FileType
 
 from pipeline.errors import InputError, UnreadableInput
-from pipeline.storage import Location, open_location
+from pipeline.storage.location import Location, open_location
 from producers.compressed import base_suffix
 from producers.csv_reader import read_csv
 from producers.jsonl import read_jsonl

@@ -15,25 +15,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError, PermanentError
-from pipeline.job_finish import finalize_if_complete
-from pipeline.jobs import ABSENT, JobStore
-from pipeline.output_dir import (
-    JOB_FILE,
-    PART_PATTERN,
-    RejectLog,
-    prepare_output_dir,
-    write_json_atomic,
-)
-from pipeline.resume import (
+from pipeline.jobs.finish import finalize_if_complete
+from pipeline.jobs.resume import (
     ResumeError,
     check_same_job,
     documents_digest,
     previous_spec,
     read_shard_file,
 )
-from pipeline.sink import part_name
-from pipeline.storage import Location, open_location
-from pipeline.tenants import job_quota_problem, shard_quota_problem
+from pipeline.jobs.store import ABSENT, JobStore
+from pipeline.jobs.tenants import job_quota_problem, shard_quota_problem
+from pipeline.storage.location import Location, open_location
+from pipeline.storage.output_dir import (
+    JOB_FILE,
+    PART_PATTERN,
+    RejectLog,
+    prepare_output_dir,
+    write_json_atomic,
+)
+from pipeline.storage.sink import part_name
 from producers.intake import IntakeCounts, RejectSink, accept_documents, document_bytes
 from producers.lines import DEFAULT_MAX_RECORD_BYTES
 from producers.pair_intake import PairLimits, accept_pairs, cut_pair_shards

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.storage import Location, open_location
+from pipeline.storage.location import Location, open_location
 from producers.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
 from producers.validate import InputItem, record_to_document
 from schemas.document import Reject

@@ -7,6 +7,9 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_ID_CHARS = 1024
+# The default --max-record-bytes: an 8192-token document is ~30-100 KB of text; this leaves
+# a wide margin (long documents to chunk) while one record stays far from a worker's memory.
+DEFAULT_MAX_RECORD_BYTES = 8 * 1024 * 1024
 # A lone UTF-16 surrogate (e.g. "\\ud800" escaped in JSON) is not a character: it cannot be
 # encoded as UTF-8, so no tokenizer, Parquet file or JSON line can hold it.
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -33,7 +33,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def load(model_cache: Path):
     """load(size) -> M3Model on CPU, cached per size."""
-    from pipeline.model import load_model
+    from pipeline.engine.model import load_model
 
     loaded: dict[str, object] = {}
 
@@ -53,7 +53,7 @@ def tiny(load):
 @pytest.fixture
 def redis_server():
     """A real redis-server on a private unix socket, removed afterwards."""
-    from pipeline.embedded_redis import EmbeddedRedis
+    from pipeline.ops.embedded_redis import EmbeddedRedis
 
     # A short directory: unix socket paths are limited to about 100 bytes.
     directory = Path(f"/tmp/m3t-{uuid.uuid4().hex[:8]}")
@@ -64,8 +64,8 @@ def redis_server():
 
 @pytest.fixture
 def store(redis_server):
-    from pipeline.jobs import JobStore
-    from pipeline.redis_url import connect
+    from pipeline.broker.redis_url import connect
+    from pipeline.jobs.store import JobStore
 
     return JobStore(connect(redis_server.url))
 

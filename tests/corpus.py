@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.synthetic_text import TextGenerator
+from pipeline.engine.synthetic_text import TextGenerator
 from schemas.document import Document
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from celery import Celery
 
-from pipeline.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD, shard_task_id
-from pipeline.redis_url import for_kombu, publish_retry_policy, tls_options
+from pipeline.broker.redis_url import for_kombu, publish_retry_policy, tls_options
+from pipeline.jobs.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD, shard_task_id
 from pipeline.settings import Settings
 from schemas.job import ShardMessage
 from schemas.tenant import Priority
@@ -100,6 +100,14 @@ def shard_publisher(settings: Settings) -> Callable[[ShardMessage, str, Priority
         )
 
     return publish
+
+
+def ping_problem(name: str, timeout: float) -> str | None:
+    """Why worker `name`'s main process does not answer a control ping, or None."""
+    replies = app.control.ping(destination=[name], timeout=timeout)
+    if not any(name in reply for reply in replies):
+        return f"worker {name} did not answer a control ping within {timeout:.0f}s"
+    return None
 
 
 app = create_app()

@@ -18,14 +18,14 @@ from typing import Any
 
 from celery.signals import worker_process_init
 
-from pipeline.jobs import JobStore
-from pipeline.keys import worker_key
-from pipeline.lifeline import set_parent_death_signal
-from pipeline.metrics import WorkerMetrics, serve
-from pipeline.redis_url import connect
+from pipeline.broker.redis_url import connect
+from pipeline.jobs.keys import worker_key
+from pipeline.jobs.store import JobStore
+from pipeline.ops.lifeline import set_parent_death_signal
+from pipeline.runtime.metrics import WorkerMetrics, serve
+from pipeline.runtime.shard_runner import WorkerRuntime
+from pipeline.runtime.worker_models import WorkerModels, load_task_model
 from pipeline.settings import Settings
-from pipeline.shard_runner import WorkerRuntime
-from pipeline.worker_models import WorkerModels, load_task_model
 from schemas.job import Task
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def runtime() -> WorkerRuntime:
 
 def build_runtime(settings: Settings) -> WorkerRuntime:
     """The process's runtime; the models in M3PIPE_PRELOAD load now, the others on first use."""
-    from pipeline.model import resolve_device
+    from pipeline.engine.model import resolve_device
 
     device = None if settings.worker_device == "auto" else settings.worker_device
     torch_device = resolve_device(device)

@@ -1,4 +1,5 @@
-"""Task definitions. The body reads like a checklist; the work is in pipeline.shard_runner."""
+"""Task definitions. The body reads like a checklist; the work is in
+pipeline.runtime.shard_runner."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from pipeline.errors import PermanentError
-from pipeline.keys import TASK_ENCODE_SHARD
-from pipeline.shard_runner import (
+from pipeline.jobs.keys import TASK_ENCODE_SHARD
+from pipeline.runtime.shard_runner import (
     UnknownJob,
     WorkerRuntime,
     fail_shard,

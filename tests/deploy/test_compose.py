@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from pipeline.cli import build_parser
+from pipeline.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_WHEEL = ROOT / ".ci" / "cache" / "docker_compose-1.29.2-py2.py3-none-any.whl"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import build_parser
+from pipeline.cli.main import build_parser
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 

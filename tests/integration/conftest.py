@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.embedded_redis import EmbeddedRedis
-from pipeline.jobs import JobStore
-from pipeline.keys import worker_key
-from pipeline.process_group import stop_process_groups
+from pipeline.jobs.keys import worker_key
+from pipeline.jobs.store import JobStore
+from pipeline.ops.embedded_redis import EmbeddedRedis
+from pipeline.ops.process_group import stop_process_groups
 
 WORKER_READY_TIMEOUT = 180.0
 WORKER_COMMAND = (sys.executable, "-m", "pipeline.cli", "worker", "--device", "cpu")
@@ -36,7 +36,7 @@ def run_cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess
 @pytest.fixture(scope="session")
 def tiny_model_built(model_cache: Path) -> str:
     """Build random:tiny once, before any worker starts."""
-    from pipeline.random_model import cached_random_model
+    from pipeline.engine.random_model import cached_random_model
 
     cached_random_model("tiny", model_cache)
     return "random:tiny"

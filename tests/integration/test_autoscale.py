@@ -28,7 +28,7 @@ def children(pid: int) -> list[int]:
 def test_autoscaler_starts_two_workers_finishes_the_job_and_scales_to_zero(
     tmp_path, cli_env, store
 ):
-    from pipeline.synthetic_text import TextGenerator
+    from pipeline.engine.synthetic_text import TextGenerator
 
     gen = TextGenerator(5)
     records = [{"id": f"doc-{i:03d}", "text": gen.document(2000)} for i in range(SHARDS * 3)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from pipeline.keys import DEFAULT_QUEUE
+from pipeline.jobs.keys import DEFAULT_QUEUE
 from tests.integration.conftest import corpus_records, run_cli, write_jsonl
 
 

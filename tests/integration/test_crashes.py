@@ -9,8 +9,8 @@ import time
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.backlog import backlog
-from pipeline.keys import DEFAULT_QUEUE, worker_key
+from pipeline.broker.backlog import backlog
+from pipeline.jobs.keys import DEFAULT_QUEUE, worker_key
 from pipeline.settings import Settings
 from schemas.document import Document
 from schemas.job import ShardMessage
@@ -21,7 +21,7 @@ SHARDS = 4
 
 
 def long_records(count: int) -> list[dict[str, str]]:
-    from pipeline.synthetic_text import TextGenerator
+    from pipeline.engine.synthetic_text import TextGenerator
 
     gen = TextGenerator(3)
     return [{"id": f"doc-{i:03d}", "text": gen.document(1500)} for i in range(count)]

@@ -11,9 +11,9 @@ import time
 
 import pyarrow.dataset as ds
 
-from pipeline.backlog import UNACKED_KEY, backlog, priority_lists
-from pipeline.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD
-from pipeline.resume import documents_digest
+from pipeline.broker.backlog import UNACKED_KEY, backlog, priority_lists
+from pipeline.jobs.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD
+from pipeline.jobs.resume import documents_digest
 from pipeline.settings import Settings
 from schemas.document import Document
 from schemas.job import JobSpec, ShardMessage, ShardState
@@ -157,7 +157,7 @@ def test_a_stale_attempt_never_rewrites_a_committed_file(tmp_path, cli_env, work
     """Worker A is stopped mid-shard past the visibility timeout; the shard is redelivered
     (within the restore interval, not kombu's ~100 s), B finishes the job, A resumes: its
     write is fenced off and the job's files do not change after completion."""
-    from pipeline.synthetic_text import TextGenerator
+    from pipeline.engine.synthetic_text import TextGenerator
 
     cli_env.update(
         M3PIPE_VISIBILITY_TIMEOUT="6",

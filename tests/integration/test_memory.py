@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.keys import worker_key
+from pipeline.jobs.keys import worker_key
 from tests.integration.conftest import write_jsonl
 
 SHARDS = 200

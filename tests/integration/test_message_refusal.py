@@ -9,9 +9,9 @@ import uuid
 
 from kombu import Connection, Exchange, Producer
 
-from pipeline.backlog import backlog
-from pipeline.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD
-from pipeline.redis_url import for_kombu
+from pipeline.broker.backlog import backlog
+from pipeline.broker.redis_url import for_kombu
+from pipeline.jobs.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD
 from pipeline.settings import Settings
 from tests.integration.conftest import corpus_records, run_cli, write_jsonl
 from workers.app import create_app

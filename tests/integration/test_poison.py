@@ -10,7 +10,7 @@ import time
 
 import pyarrow.dataset as ds
 
-from pipeline.keys import worker_key
+from pipeline.jobs.keys import worker_key
 from tests.integration.conftest import corpus_records, run_cli, write_jsonl
 
 
@@ -53,7 +53,7 @@ def test_shard_that_raises_every_time_is_dead_lettered_then_retried(
 
 def test_shard_that_kills_its_worker_every_time_is_dead_lettered(tmp_path, cli_env, workers, store):
     cli_env.update(M3PIPE_MAX_ATTEMPTS="2")
-    from pipeline.synthetic_text import TextGenerator
+    from pipeline.engine.synthetic_text import TextGenerator
 
     gen = TextGenerator(1)
     records = [{"id": f"long-{i}", "text": gen.document(3000)} for i in range(8)]

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from pipeline.keys import worker_key
+from pipeline.jobs.keys import worker_key
 from tests.integration.conftest import run_cli, write_jsonl
 
 
@@ -17,7 +17,7 @@ def test_probe_catches_a_wedged_pool_process_that_a_ping_misses(tmp_path, cli_en
     missing = run_cli("probe", "--name", "nobody@nowhere", "--ping-timeout", "0", env=cli_env)
     assert missing.returncode == 1 and "no record of worker" in missing.stderr
 
-    from pipeline.synthetic_text import TextGenerator
+    from pipeline.engine.synthetic_text import TextGenerator
 
     gen = TextGenerator(2)
     records = [{"id": f"d{i}", "text": gen.document(3000)} for i in range(12)]

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.cli import EXIT_REJECTS, main
+from pipeline.cli.main import EXIT_REJECTS, main
 from tests.integration.conftest import corpus_records, run_cli, write_jsonl
 
 VECTOR_COLUMNS = ("dense", "sparse_indices", "sparse_values", "colbert")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline.embedded_redis import EmbeddedRedis
-from pipeline.jobs import JobStore
-from pipeline.redis_url import connect, redact
+from pipeline.broker.redis_url import connect, redact
+from pipeline.jobs.store import JobStore
+from pipeline.ops.embedded_redis import EmbeddedRedis
 from pipeline.settings import Settings
 from tests.integration.conftest import Workers, corpus_records, run_cli, write_jsonl
 from tests.integration.tls_proxy import TlsProxy

@@ -17,7 +17,10 @@ SHARDS = 24
 
 def cli(*args: str, env: dict, log) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 

@@ -7,7 +7,7 @@ import time
 
 import pyarrow.dataset as ds
 
-from pipeline.output_dir import MANIFEST
+from pipeline.storage.output_dir import MANIFEST
 from tests.integration.conftest import corpus_records, run_cli, write_jsonl
 
 SHARDS = 12

@@ -47,7 +47,7 @@ def alive(pid: int) -> bool:
 def test_kill_9_of_run_takes_its_children_and_the_next_run_cleans_up(
     tmp_path, cli_env, tiny_model_built
 ):
-    from pipeline.synthetic_text import TextGenerator
+    from pipeline.engine.synthetic_text import TextGenerator
 
     scratch_root = Path(tempfile.mkdtemp(prefix="m3k", dir="/tmp"))  # short: unix sockets
     env = {k: v for k, v in cli_env.items() if k != "M3PIPE_BROKER_URL"}
@@ -56,7 +56,16 @@ def test_kill_9_of_run_takes_its_children_and_the_next_run_cleans_up(
     corpus = write_jsonl(
         tmp_path / "c.jsonl", [{"id": f"d{i}", "text": gen.document(2000)} for i in range(300)]
     )
-    command = [sys.executable, "-m", "pipeline.cli", "run", str(corpus), "-q", "--workers", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli.main",
+        "run",
+        str(corpus),
+        "-q",
+        "--workers",
+        "2",
+    ]
     command += ["--shard-docs", "10"]
     run = subprocess.Popen(
         [*command, "--out", str(tmp_path / "out")],

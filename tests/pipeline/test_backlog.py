@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipeline.autoscaler import parse_devices
-from pipeline.backlog import backlog, backlogs, priority_lists
+from pipeline.broker.backlog import backlog, backlogs, priority_lists
+from pipeline.ops.autoscaler import parse_devices
 
 
 def test_backlog_counts_priority_lists_and_unacked_per_queue(store):
@@ -55,7 +55,7 @@ def test_backlog_server_serves_json_for_keda(store):
     import urllib.error
     import urllib.request
 
-    from pipeline.backlog_server import backlog_report, make_server
+    from pipeline.ops.backlog_server import backlog_report, make_server
 
     store.redis.rpush("m3pipe", "a", "b")
     server = make_server("127.0.0.1", 0, lambda: backlog_report(store.redis, ["m3pipe"]))

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.batching import padding_efficiency, plan_batches
-from pipeline.engine import Engine
+from pipeline.engine.batching import padding_efficiency, plan_batches
+from pipeline.engine.embedder import Engine
 from schemas.options import EncodeOptions
 from tests.corpus import documents, mixed_texts
 

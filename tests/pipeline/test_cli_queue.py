@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.cli_queue import pin_device
+from pipeline.cli.main import main
+from pipeline.cli.queue import pin_device
 from pipeline.settings import Settings
 from workers.app import celery_config
 
@@ -83,7 +83,7 @@ def test_bad_queue_names_and_shard_options_are_usage_errors(clean_env, tmp_path,
 
 
 def test_worker_metrics_port_defaults():
-    from pipeline.cli_queue import worker_metrics_port
+    from pipeline.cli.queue import worker_metrics_port
     from pipeline.settings import Settings
 
     unset = Settings(metrics_port=None)

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from pipeline.cli import EXIT_FAILED, EXIT_USAGE, main
-from pipeline.output_dir import OutputDirError, RejectLog, prepare_output_dir
+from pipeline.cli.main import EXIT_FAILED, EXIT_USAGE, main
+from pipeline.storage.output_dir import OutputDirError, RejectLog, prepare_output_dir
 from schemas.document import Reject
 
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from pipeline.job_finish import finalize_if_complete
-from pipeline.jobs import ABSENT, JobNotFound
+from pipeline.jobs.finish import finalize_if_complete
+from pipeline.jobs.store import ABSENT, JobNotFound
 from schemas.job import JobSpec, JobState, ShardState
 from schemas.options import EncodeOptions
 

@@ -7,14 +7,14 @@ import subprocess
 import sys
 import time
 
-from pipeline import lifeline
+from pipeline.ops import lifeline
 
 
 def test_scratch_dirs_of_dead_owners_go_and_live_ones_stay(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(lifeline.tempfile, "tempdir", None)  # re-read TMPDIR
     mine = lifeline.owned_scratch_dir("m3t-")
-    make = "from pipeline import lifeline; print(lifeline.owned_scratch_dir('m3t-'))"
+    make = "from pipeline.ops import lifeline; print(lifeline.owned_scratch_dir('m3t-'))"
     dead = subprocess.run(
         [sys.executable, "-c", make],
         capture_output=True,
@@ -35,7 +35,7 @@ def test_a_child_gets_its_signal_when_the_parent_dies(tmp_path):
     """parent -> child (dies_with_parent); SIGKILL the parent, the child goes too."""
     script = (
         "import subprocess, sys, time, signal\n"
-        "from pipeline.lifeline import dies_with_parent\n"
+        "from pipeline.ops.lifeline import dies_with_parent\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],\n"
         "                         preexec_fn=dies_with_parent(signal.SIGKILL))\n"
         "print(child.pid, flush=True)\n"

@@ -8,9 +8,9 @@ import threading
 import pytest
 import torch
 
+from pipeline.engine.model import load_model, resolve_dtype
+from pipeline.engine.random_model import SHAPES, model_config, parse_random_spec
 from pipeline.errors import ModelLoadError
-from pipeline.model import load_model, resolve_dtype
-from pipeline.random_model import SHAPES, model_config, parse_random_spec
 
 
 def test_random_specs():
@@ -81,7 +81,7 @@ def test_not_a_model(tmp_path, model_cache):
 def test_make_test_model_cli_writes_a_loadable_model(tmp_path):
     from FlagEmbedding import BGEM3FlagModel
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     target = tmp_path / "m"
     assert main(["make-test-model", str(target), "--size", "tiny", "--seed", "3"]) == 0
@@ -121,7 +121,7 @@ def test_unreachable_hub_fails_fast_with_advice(tmp_path, hub):
         """
         import time
         from pathlib import Path
-        from pipeline.model import load_model
+        from pipeline.engine.model import load_model
         from pipeline.errors import ModelLoadError
         started = time.monotonic()
         try:

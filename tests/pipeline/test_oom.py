@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import encoder
-from pipeline.engine import Engine
+from pipeline.engine import encoder
+from pipeline.engine.embedder import Engine
 from pipeline.errors import RetryableError
 from schemas.options import EncodeOptions
 from tests.corpus import documents, mixed_texts
@@ -25,7 +25,7 @@ def test_oom_splits_the_batch_and_keeps_every_document(tiny, monkeypatch):
         sizes.append(len(sequences))
         return real_forward(model, sequences, rows, modes, storage)
 
-    monkeypatch.setattr("pipeline.engine.forward_batch", forward_with_small_memory)
+    monkeypatch.setattr("pipeline.engine.embedder.forward_batch", forward_with_small_memory)
     result = Engine(tiny, options).encode(docs)
     assert max(sizes) <= 2 and sum(sizes) == len(docs)
     assert result.table.column("id").to_pylist() == expected.column("id").to_pylist()
@@ -42,7 +42,7 @@ def test_oom_on_a_single_sequence_is_retryable(tiny, monkeypatch):
     def always_oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr("pipeline.engine.forward_batch", always_oom)
+    monkeypatch.setattr("pipeline.engine.embedder.forward_batch", always_oom)
     with pytest.raises(RetryableError, match="single sequence"):
         Engine(tiny, EncodeOptions(max_length=64)).encode(documents(["a b c", "d e"]))
 
@@ -51,6 +51,6 @@ def test_other_errors_are_not_swallowed(tiny, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr("pipeline.engine.forward_batch", broken)
+    monkeypatch.setattr("pipeline.engine.embedder.forward_batch", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         Engine(tiny, EncodeOptions(max_length=64)).encode(documents(["a b c"]))

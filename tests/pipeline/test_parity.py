@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.engine import Engine
+from pipeline.engine.embedder import Engine
 from schemas.options import EncodeOptions
 from tests.corpus import documents, mixed_texts
 

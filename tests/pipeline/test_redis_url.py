@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from pipeline.redis_url import (
+from pipeline.broker.redis_url import (
     BrokerUrlError,
     connect,
     publish_retry_policy,

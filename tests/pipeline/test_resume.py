@@ -11,11 +11,11 @@ import time
 import pyarrow.dataset as ds
 import pytest
 
-from pipeline.keys import job_key
-from pipeline.output_dir import JOB_FILE, MANIFEST
-from pipeline.resume import ResumeError, check_same_job, documents_digest, read_shard_file
-from pipeline.shard_runner import WorkerRuntime, run_shard
-from pipeline.worker_models import WorkerModels
+from pipeline.jobs.keys import job_key
+from pipeline.jobs.resume import ResumeError, check_same_job, documents_digest, read_shard_file
+from pipeline.runtime.shard_runner import WorkerRuntime, run_shard
+from pipeline.runtime.worker_models import WorkerModels
+from pipeline.storage.output_dir import JOB_FILE, MANIFEST
 from producers.submit import ShardLimits, SubmitRequest, submit_job
 from schemas.document import Document
 from schemas.job import JobSpec, JobState, Task

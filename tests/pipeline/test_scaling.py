@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.scaling import ScaleLimits, desired_workers
+from pipeline.ops.scaling import ScaleLimits, desired_workers
 
 LIMITS = ScaleLimits(max_workers=4, min_workers=0, shards_per_worker=2, cooldown_seconds=30)
 

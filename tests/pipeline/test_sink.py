@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.engine import Engine
-from pipeline.sink import part_name, remove_stale_temp_files, write_shard
+from pipeline.engine.embedder import Engine
+from pipeline.storage.sink import part_name, remove_stale_temp_files, write_shard
 from schemas.options import EncodeOptions, Mode, StorageDtype
 from schemas.output import output_schema, read_output_metadata
 from tests.corpus import documents
@@ -76,7 +76,7 @@ def test_killed_writer_leaves_only_a_hidden_temp_file(tmp_path):
         f"""
         import os, signal
         import pyarrow as pa, pyarrow.parquet as pq
-        from pipeline.sink import write_shard
+        from pipeline.storage.sink import write_shard
         def write_then_die(data, where, **kwargs):
             with open(where, "wb") as handle:
                 handle.write(b"PAR1 half a file")

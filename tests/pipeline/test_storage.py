@@ -1,4 +1,4 @@
-"""pipeline/storage.py and the output layer on object stores: local, fsspec memory:// and
+"""pipeline/storage/location.py and the output layer on object stores: local, fsspec memory:// and
 S3 (a local moto server speaking real S3 over HTTP)."""
 
 import gzip
@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import EXIT_REJECTS, main
+from pipeline.cli.main import EXIT_REJECTS, main
 from pipeline.errors import InputError
-from pipeline.output_dir import OutputDirError, RejectLog, prepare_output_dir
-from pipeline.resume import previous_spec, read_shard_file, with_shard_metadata
-from pipeline.sink import write_shard
-from pipeline.storage import StorageError, open_location
+from pipeline.jobs.resume import previous_spec, read_shard_file, with_shard_metadata
+from pipeline.storage.location import StorageError, open_location
+from pipeline.storage.output_dir import OutputDirError, RejectLog, prepare_output_dir
+from pipeline.storage.sink import write_shard
 from producers.readers import detect_format, read_records
 from schemas.document import Reject
 

@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from pipeline.cli_tenants import consumer_queues
-from pipeline.settings import Settings
-from pipeline.tenants import (
+from pipeline.cli.tenants import consumer_queues
+from pipeline.jobs.tenants import (
     set_tenant_limits,
     tenant_limits,
     tenant_names,
     tenant_usage,
 )
+from pipeline.settings import Settings
 from producers.submit import QuotaExceeded, ShardLimits, SubmitRequest, submit_job
 from schemas.job import ShardState
 from schemas.options import EncodeOptions
@@ -106,7 +106,7 @@ def test_a_submit_waits_at_the_tenant_shard_quota_and_goes_on_when_shards_end(st
 
 
 def test_tenants_set_refuses_bad_limits_before_reaching_redis(capsys, monkeypatch):
-    from pipeline.cli import EXIT_USAGE, main
+    from pipeline.cli.main import EXIT_USAGE, main
 
     monkeypatch.setenv("M3PIPE_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens there
     assert main(["tenants", "set", "acme", "--max-jobs", "0"]) == EXIT_USAGE

@@ -1,8 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from pipeline.engine import Engine
-from pipeline.tokenize import chunk_starts, tokenize_texts
+from pipeline.engine.embedder import Engine
+from pipeline.engine.tokenize import chunk_starts, tokenize_texts
 from schemas.options import EncodeOptions
 from tests.corpus import documents, mixed_texts
 
@@ -55,7 +55,7 @@ def test_overlap_must_fit_the_window():
         EncodeOptions(modes="dense,bogus")
 
 
-# Long texts are tokenized by pieces (pipeline/tokenize.py); the tokens must be the whole
+# Long texts are tokenized by pieces (pipeline/engine/tokenize.py); the tokens must be the whole
 # text's. The pieces are made small here so that every cut lands in the test texts.
 WORDS = ["alpha", "be", "gamma", "δέλτα", "東京", "x", "ﬁ", "naïve", "\n", "  ", "\u00a0", "9.5"]
 
@@ -69,7 +69,7 @@ def _long_text(seed: int, n_words: int) -> str:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_pieces_give_the_whole_texts_tokens(tiny, seed):
-    from pipeline.tokenize import all_tokens, leading_tokens, tokenize_plain
+    from pipeline.engine.tokenize import all_tokens, leading_tokens, tokenize_plain
 
     text = _long_text(seed, 3000)
     whole = tokenize_plain(tiny.tokenizer, [text])[0]
@@ -81,7 +81,7 @@ def test_pieces_give_the_whole_texts_tokens(tiny, seed):
 def test_truncation_at_the_window_edge_tokenizes_only_a_prefix(tiny, monkeypatch):
     """A text of exactly window, window + 1 and far more tokens: the same ids and flags as
     the whole-text tokenization, while the tokenizer never sees more than a prefix."""
-    import pipeline.tokenize as tokenize
+    import pipeline.engine.tokenize as tokenize
 
     options = EncodeOptions(max_length=130)
     window = 128
@@ -116,7 +116,7 @@ def test_a_giant_word_is_truncated_from_a_prefix_with_the_same_tokens(tiny):
     """No space to cut at: the prefix is cut inside the word and its tail's tokens dropped."""
     import random
 
-    from pipeline.tokenize import leading_tokens, tokenize_plain
+    from pipeline.engine.tokenize import leading_tokens, tokenize_plain
 
     rng = random.Random(1)
     text = "".join(rng.choice("abcdefghij東京δέ.-") for _ in range(60_000))

@@ -4,8 +4,8 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.errors import ModelLoadError, PermanentError, RetryableError
+from pipeline.runtime.worker_models import WorkerModels
 from pipeline.settings import Settings
-from pipeline.worker_models import WorkerModels
 from schemas.job import Task
 
 

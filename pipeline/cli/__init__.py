@@ -1,0 +1,1 @@
+"""The m3pipe command: argument parsing, exit codes, progress; calls everything below it."""

@@ -1,0 +1,446 @@
+"""The queue commands of `m3pipe`: worker, submit, status, wait, jobs, cancel, run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from pipeline.cli.main import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_compute_options,
+    add_encode_options,
+    add_input_options,
+    max_record_bytes,
+    options_from_args,
+    out_arg,
+    parse_keep_fields,
+    usage_error,
+)
+from pipeline.cli.rerank import add_task_option, check_no_embed_flags, rerank_options_from_args
+from pipeline.cli.tenants import (
+    add_consumer_tenant_option,
+    add_job_tenant_options,
+    consumer_queues,
+    job_tenant,
+)
+from pipeline.jobs.orphans import orphaned_shards
+from pipeline.jobs.store import JobStore
+from pipeline.settings import Settings
+from schemas.job import Task
+from schemas.options import EncodeOptions
+from schemas.tenant import tenant_queue
+
+if TYPE_CHECKING:
+    from producers.submit import SubmitRequest
+
+EXIT_TIMEOUT = 124
+
+
+def comma_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def checked_queue(name: str) -> str:
+    """The queue name, or ValueError saying what a queue name may hold."""
+    from schemas.job import QUEUE_NAME_PATTERN
+
+    if not re.fullmatch(QUEUE_NAME_PATTERN, name):
+        raise ValueError(
+            f"queue name {name!r}: use letters, digits, '_', '.', '-' (at most 64 characters)"
+        )
+    return name
+
+
+def add_shard_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queue", help="queue to send shards to (default: $M3PIPE_QUEUE)")
+    parser.add_argument("--shard-docs", type=int, help="documents per shard (default 1000)")
+    parser.add_argument(
+        "--shard-bytes", type=int, help="largest shard message in bytes (default 8 MiB)"
+    )
+    parser.add_argument(
+        "--max-queued", type=int, help="shards of this job waiting in Redis at most (default 32)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier output in --out")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the earlier job in --out (same inputs and settings): only shards "
+        "without a good output file are encoded",
+    )
+
+
+def add_queue_commands(sub: argparse._SubParsersAction) -> None:
+    worker = sub.add_parser("worker", help="run a Celery worker pinned to one device")
+    worker.add_argument("--device", help="GPU index N, or cpu (default: 0 if a GPU is present)")
+    worker.add_argument("--queues", help="comma-separated queues (default: $M3PIPE_QUEUE)")
+    add_consumer_tenant_option(worker)
+    worker.add_argument("--name", help="worker name (default: gpuN@host or cpu@host)")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="Prometheus metrics port, 0 for none (default: $M3PIPE_METRICS_PORT, else "
+        "9400 + N for GPU N, 9400 on CPU)",
+    )
+    worker.add_argument("--model", help="embedding model (default: $M3PIPE_MODEL)")
+    worker.add_argument(
+        "--rerank-model", help="cross-encoder for rerank jobs (default: $M3PIPE_RERANK_MODEL)"
+    )
+    worker.add_argument(
+        "--preload",
+        help="tasks whose model loads at start: embed, rerank, embed,rerank or none; the "
+        "others load on their first shard (default: $M3PIPE_PRELOAD, else embed)",
+    )
+    add_compute_options(worker)
+    worker.set_defaults(func=cmd_worker)
+
+    submit = sub.add_parser("submit", help="register a job and enqueue its shards")
+    submit.add_argument(
+        "inputs", nargs="+", help="input files or .txt directories: paths or URLs (s3://...)"
+    )
+    submit.add_argument(
+        "--out",
+        required=True,
+        type=out_arg,
+        help="output directory: a path or a URL (s3://bucket/prefix)",
+    )
+    add_task_option(submit)
+    add_job_tenant_options(submit)
+    add_encode_options(submit)
+    add_input_options(submit)
+    add_shard_options(submit)
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="show a job (or the recent jobs)")
+    status.add_argument("job", nargs="?", help="job id (default: list recent jobs)")
+    status.add_argument("--watch", action="store_true", help="follow with a live progress bar")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    wait = sub.add_parser("wait", help="block until a job ends; exit 0 only if it completed")
+    wait.add_argument("job")
+    wait.add_argument("--timeout", type=float, help="give up after this many seconds (exit 124)")
+    wait.set_defaults(func=cmd_wait)
+
+    jobs = sub.add_parser("jobs", help="list recent jobs")
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--tenant", help="only this tenant's jobs")
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(func=cmd_jobs)
+
+    cancel = sub.add_parser("cancel", help="cancel a job: queued shards are skipped")
+    cancel.add_argument("job")
+    cancel.set_defaults(func=cmd_cancel)
+
+    retry = sub.add_parser("retry", help="re-enqueue a job's dead-lettered (failed) shards")
+    retry.add_argument("job")
+    retry.set_defaults(func=cmd_retry)
+
+    run = sub.add_parser("run", help="one command: Redis, workers, submit, follow, clean up")
+    run.add_argument(
+        "inputs", nargs="+", help="input files or .txt directories: paths or URLs (s3://...)"
+    )
+    run.add_argument(
+        "--out",
+        required=True,
+        type=out_arg,
+        help="output directory: a path or a URL (s3://bucket/prefix)",
+    )
+    run.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1)")
+    run.add_argument("--device", choices=["auto", "cpu"], default="auto", help="cpu forces CPU")
+    add_task_option(run)
+    add_job_tenant_options(run)
+    add_encode_options(run)
+    add_input_options(run)
+    add_shard_options(run)
+    add_compute_options(run)
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+
+# -- worker ---------------------------------------------------------------------------------
+def gpu_present() -> bool:
+    """Whether an NVIDIA GPU is visible, without initialising CUDA."""
+    return Path("/proc/driver/nvidia/gpus").is_dir() and any(
+        Path("/proc/driver/nvidia/gpus").iterdir()
+    )
+
+
+def pin_device(device: str) -> tuple[str, str]:
+    """Set CUDA_VISIBLE_DEVICES for this process and its children; (worker device, name stem)."""
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return "cpu", "cpu"
+    if not device.isdigit():
+        raise ValueError(f"--device must be a GPU index or cpu, not {device!r}")
+    os.environ["CUDA_VISIBLE_DEVICES"] = device
+    return "cuda", f"gpu{device}"
+
+
+def worker_metrics_port(flag: int | None, settings: Settings, device: str) -> int:
+    from pipeline.runtime.metrics import WORKER_METRICS_PORT
+
+    if flag is not None:
+        return flag
+    if settings.metrics_port is not None:
+        return settings.metrics_port
+    return WORKER_METRICS_PORT + (int(device) if device.isdigit() else 0)
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.bootstrap import WORKER_NAME_ENV
+
+    device = args.device or ("0" if gpu_present() else "cpu")
+    try:
+        # Before anything touches CUDA: the pool processes inherit the pinning.
+        worker_device, stem = pin_device(device)
+        if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+            raise ValueError("--metrics-port must be 0-65535")
+    except ValueError as exc:
+        return usage_error(exc)
+    name = args.name or f"{stem}@{socket.gethostname()}"
+    os.environ["M3PIPE_WORKER_DEVICE"] = worker_device
+    os.environ[WORKER_NAME_ENV] = name
+    os.environ["M3PIPE_PRECISION"] = args.precision
+    metrics_port = worker_metrics_port(args.metrics_port, settings, device)
+    os.environ["M3PIPE_METRICS_PORT"] = str(metrics_port)
+    if args.model:
+        os.environ["M3PIPE_MODEL"] = args.model
+    if args.rerank_model:
+        os.environ["M3PIPE_RERANK_MODEL"] = args.rerank_model
+    if args.preload is not None:
+        os.environ["M3PIPE_PRELOAD"] = args.preload
+        try:
+            Settings()  # the pool processes read it: refuse a bad value here, once
+        except ValidationError as exc:
+            return usage_error(exc)
+    try:
+        queues = ",".join(consumer_queues(args.queues, args.tenants, settings))
+    except ValueError as exc:
+        return usage_error(exc)
+
+    from workers.app import app
+
+    argv = ["worker", "--hostname", name, "--queues", queues, "--concurrency", "1"]
+    argv += ["--pool", "prefork", "--task-events", "--loglevel", "INFO", "--without-gossip"]
+    app.worker_main(argv)
+    return EXIT_OK
+
+
+# -- submit ---------------------------------------------------------------------------------
+def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitRequest:
+    from producers.submit import ShardLimits, SubmitRequest
+
+    def flag_or_setting(flag: int | None, setting: int) -> int:
+        return setting if flag is None else flag  # an explicit 0 is an error, not the default
+
+    limits = ShardLimits.plan(
+        flag_or_setting(args.shard_docs, settings.shard_docs),
+        flag_or_setting(args.shard_bytes, settings.shard_bytes),
+        settings.visibility_timeout,
+        settings.planned_tokens_per_second,
+    )
+    if limits.docs < 1 or limits.bytes < 1024:
+        raise ValueError("--shard-docs must be >= 1 and --shard-bytes >= 1024")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume keeps the earlier output, --overwrite deletes it: pick one")
+    max_queued = flag_or_setting(args.max_queued, settings.max_queued)
+    if max_queued < 1:
+        raise ValueError("--max-queued must be >= 1")
+    task = Task(args.task)
+    if task is Task.RERANK:
+        check_no_embed_flags(args)
+        model = args.model or settings.rerank_model
+        options, rerank = EncodeOptions(), rerank_options_from_args(args)
+    else:
+        if args.query_max_length is not None:
+            raise ValueError("--query-max-length is for --task rerank")
+        model, options, rerank = args.model or settings.model, options_from_args(args), None
+    tenant, priority = job_tenant(args, settings)
+    return SubmitRequest(
+        inputs=list(args.inputs),
+        out=args.out,
+        model=model,
+        task=task,
+        rerank=rerank,
+        options=options,
+        tenant=tenant,
+        priority=priority,
+        queue=checked_queue(tenant_queue(args.queue or settings.queue, tenant)),
+        limits=limits,
+        max_queued=max_queued,
+        input_format=args.input_format,
+        id_field=args.id_field,
+        text_field=args.text_field,
+        keep_fields=parse_keep_fields(args.keep_fields),
+        overwrite=args.overwrite,
+        resume=args.resume,
+        poll_seconds=settings.poll_seconds,
+        max_record_bytes=max_record_bytes(args, settings),
+    )
+
+
+def job_store(settings: Settings) -> JobStore:
+    return JobStore.connect(settings.broker, settings.redis_retry_seconds)
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from producers.submit import submit_job
+    from workers.app import shard_publisher
+
+    try:
+        request = submit_request(args, settings)
+    except (ValueError, ValidationError) as exc:
+        return usage_error(exc)
+    store = job_store(settings)
+
+    def registered(job_id: str) -> None:
+        print(f"m3pipe submit: job {job_id} registered; enqueueing shards", file=sys.stderr)
+
+    result = submit_job(request, store, shard_publisher(settings), registered)
+    resumed = f" ({result.skipped} already done, kept)" if request.resume else ""
+    items = "pairs" if request.task is Task.RERANK else "documents"
+    print(
+        f"m3pipe submit: {result.shards} shard(s){resumed}, {result.counts.documents} {items} "
+        f"on {request.queue}; {result.counts.rejected} rejected",
+        file=sys.stderr,
+    )
+    print(result.job_id)
+    return EXIT_OK
+
+
+# -- status, wait, jobs, cancel -------------------------------------------------------------
+def _known_job(store: JobStore, job_id: str) -> bool:
+    if store.exists(job_id):
+        return True
+    print(f"m3pipe: no job {job_id!r} in Redis", file=sys.stderr)
+    return False
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.jobs.watch import describe, follow
+
+    if args.job is None:
+        return cmd_jobs(argparse.Namespace(limit=20, json=args.json, tenant=None), settings)
+    store = job_store(settings)
+    if not _known_job(store, args.job):
+        return EXIT_FAILED
+    if args.watch:
+        status = follow(store, args.job, bar=sys.stderr.isatty(), poll_seconds=1.0)
+    else:
+        status = store.status(args.job)
+    orphans = [] if status.state.finished else orphaned_shards(store, args.job)
+    if args.json:
+        print(json.dumps({**status.model_dump(mode="json"), "orphaned": orphans}, indent=2))
+    else:
+        print(describe(status))
+        if orphans:
+            print(
+                f"orphaned: {len(orphans)} shard(s) queued with no message anywhere "
+                f"({', '.join(map(str, orphans[:10]))}); `m3pipe retry {args.job}` re-sends them"
+            )
+    return EXIT_OK
+
+
+def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.jobs.watch import exit_code, follow
+
+    store = job_store(settings)
+    if not _known_job(store, args.job):
+        return EXIT_FAILED
+    status = follow(
+        store, args.job, bar=False, poll_seconds=settings.poll_seconds, timeout=args.timeout
+    )
+    if not status.state.finished:
+        print(f"m3pipe wait: job {args.job} still {status.state.value}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    print(f"m3pipe wait: job {args.job} {status.state.value}", file=sys.stderr)
+    return exit_code(status)
+
+
+def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.jobs.watch import one_line
+
+    store = job_store(settings)
+    statuses = [store.status(job_id) for job_id in store.job_ids(args.limit)]
+    if args.tenant:
+        statuses = [s for s in statuses if s.tenant == args.tenant]
+    if args.json:
+        print(json.dumps([s.model_dump(mode="json") for s in statuses], indent=2))
+    elif not statuses:
+        print("no jobs", file=sys.stderr)
+    for status in [] if args.json else statuses:
+        print(one_line(status))
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    store = job_store(settings)
+    if not _known_job(store, args.job):
+        return EXIT_FAILED
+    state = store.cancel(args.job)
+    print(f"m3pipe cancel: job {args.job} is {state.value}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas.job import ShardMessage
+    from workers.app import shard_publisher
+
+    store = job_store(settings)
+    if not _known_job(store, args.job):
+        return EXIT_FAILED
+    letters = store.dead_letters(args.job)
+    spec = store.spec(args.job)
+    publish = shard_publisher(settings)
+    sent = 0
+    for shard, raw in sorted(letters.items()):
+        if store.reopen_shard(args.job, shard):
+            publish(ShardMessage.model_validate_json(raw), spec.queue, spec.priority)
+            sent += 1
+    orphans = [] if store.state(args.job).finished else orphaned_shards(store, args.job)
+    lost = []
+    for shard in orphans:
+        kept = store.retry_letter(args.job, shard)
+        if kept is None:
+            lost.append(shard)
+            continue
+        publish(ShardMessage.model_validate_json(kept), spec.queue, spec.priority)
+        sent += 1
+    print(f"m3pipe retry: job {args.job}: {sent} shard(s) re-enqueued", file=sys.stderr)
+    if lost:
+        print(
+            f"m3pipe retry: {len(lost)} orphaned shard(s) have no kept message "
+            f"({', '.join(map(str, lost[:10]))}): `m3pipe cancel {args.job}`, then "
+            "`m3pipe submit --resume` with the same inputs and --out redoes them",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK if sent or not (letters or orphans) else EXIT_FAILED
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.local.run import run_local
+
+    try:
+        request = submit_request(args, settings)
+    except (ValueError, ValidationError) as exc:
+        return usage_error(exc)
+    if args.workers is not None and args.workers < 1:
+        return usage_error("--workers must be >= 1")
+    return run_local(
+        request,
+        settings,
+        workers=args.workers,
+        force_cpu=args.device == "cpu",
+        precision=args.precision,
+        show_bar=not args.quiet and sys.stderr.isatty(),
+    )

@@ -1,0 +1,164 @@
+"""`m3pipe rerank` (local, no queue) and the rerank options of `submit --task rerank` / `run`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from pipeline.cli.main import (
+    EXIT_FAILED,
+    ProgressBar,
+    add_compute_options,
+    add_record_limit_option,
+    input_found,
+    local_outcome,
+    max_record_bytes,
+    out_arg,
+    usage_error,
+)
+from pipeline.settings import Settings
+from schemas.rerank import DEFAULT_RERANK_MAX_LENGTH, RerankOptions
+
+# Embedding flags with their defaults: a rerank job refuses any of them set otherwise.
+EMBED_ONLY_DEFAULTS = {
+    "modes": "dense,sparse,colbert",
+    "dtype": "float16",
+    "long_docs": "truncate",
+    "chunk_overlap": 0,
+    "id_field": "id",
+    "text_field": "text",
+    "keep_fields": "",
+}
+
+
+def add_rerank_options(parser: argparse.ArgumentParser) -> None:
+    """--query-max-length; `--max-length` and `--batch-tokens` are shared with embedding."""
+    parser.add_argument(
+        "--query-max-length",
+        type=int,
+        help="rerank: tokens of the query before pairing (default: 3/4 of --max-length)",
+    )
+
+
+def add_task_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--task",
+        choices=["embed", "rerank"],
+        default="embed",
+        help="embed documents with bge-m3 (default), or score (query, passage) pairs with "
+        "the reranker ($M3PIPE_RERANK_MODEL)",
+    )
+    add_rerank_options(parser)
+
+
+def rerank_options_from_args(args: argparse.Namespace) -> RerankOptions:
+    return RerankOptions(
+        max_length=DEFAULT_RERANK_MAX_LENGTH if args.max_length is None else args.max_length,
+        query_max_length=args.query_max_length,
+        batch_tokens=args.batch_tokens,
+    )
+
+
+def check_no_embed_flags(args: argparse.Namespace) -> None:
+    """ValueError naming the first embedding-only flag given to a rerank job."""
+    for name, default in EMBED_ONLY_DEFAULTS.items():
+        if getattr(args, name, default) != default:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} is for --task embed; a rerank job does not take it")
+    if getattr(args, "input_format", "auto") == "txt":
+        raise ValueError("rerank input is JSONL, CSV or Parquet, not .txt files")
+
+
+def add_rerank_command(sub: argparse._SubParsersAction) -> None:
+    rerank = sub.add_parser("rerank", help="score (query, passage) pairs to Parquet, no queue")
+    rerank.add_argument(
+        "input",
+        help="JSONL (.gz/.zst), CSV or Parquet of pairs (query_id, query, doc_id, passage) or "
+        "of queries with candidates; a path or a URL (s3://...)",
+    )
+    rerank.add_argument(
+        "--out",
+        required=True,
+        type=out_arg,
+        help="output directory: a path or a URL (s3://bucket/prefix)",
+    )
+    rerank.add_argument(
+        "--model",
+        help="cross-encoder dir, hub name or random:tiny|small|full "
+        "(default: $M3PIPE_RERANK_MODEL or BAAI/bge-reranker-v2-m3)",
+    )
+    rerank.add_argument(
+        "--max-length",
+        type=int,
+        help=f"tokens per pair, specials included (default {DEFAULT_RERANK_MAX_LENGTH})",
+    )
+    add_rerank_options(rerank)
+    rerank.add_argument(
+        "--batch-tokens", type=int, help="padded tokens per forward pass (default: per device)"
+    )
+    rerank.add_argument(
+        "--format",
+        dest="input_format",
+        choices=["auto", "jsonl", "csv", "parquet"],
+        default="auto",
+        help="input format (default: from the name)",
+    )
+    add_record_limit_option(rerank)
+    rerank.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
+    add_compute_options(rerank)
+    rerank.add_argument("--shard-pairs", type=int, default=1000, help="pairs per output file")
+    rerank.add_argument("--overwrite", action="store_true", help="replace earlier output in --out")
+    rerank.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    rerank.set_defaults(func=cmd_rerank)
+
+
+def cmd_rerank(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.engine.reranker import RerankEngine
+    from pipeline.local.rerank import rerank_file
+    from pipeline.runtime.worker_models import load_task_model
+    from pipeline.storage.location import open_location
+    from schemas.job import Task
+
+    try:
+        options = rerank_options_from_args(args)
+    except ValidationError as exc:
+        return usage_error(exc)
+    if args.shard_pairs < 1:
+        return usage_error("--shard-pairs must be >= 1")
+    try:
+        record_limit = max_record_bytes(args, settings)
+    except ValueError as exc:
+        return usage_error(exc)
+    source = open_location(args.input)
+    if not input_found("rerank", source):
+        return EXIT_FAILED
+
+    spec = args.model or settings.rerank_model
+    model = load_task_model(
+        Task.RERANK, spec, device=args.device, precision=args.precision, settings=settings
+    )
+    engine = RerankEngine(model, options)
+    bar = ProgressBar(None, enabled=not args.quiet and sys.stderr.isatty(), unit="pair")
+    try:
+        summary = rerank_file(
+            source,
+            args.out,
+            engine,
+            input_format=args.input_format,
+            shard_pairs=args.shard_pairs,
+            overwrite=args.overwrite,
+            progress=bar,
+            max_record_bytes=record_limit,
+        )
+    finally:
+        bar.close()
+    stats = summary.stats
+    done = (
+        f"{stats.pairs:,} pairs scored into {len(summary.files)} file(s) under "
+        f"{summary.out_dir}; {stats.tokens:,} tokens in {stats.seconds:.1f}s "
+        f"({stats.pairs_per_second:,.1f} pairs/s, padding efficiency "
+        f"{stats.padding_efficiency:.3f})"
+    )
+    return local_outcome("rerank", done, summary.out_dir, summary.rejected)

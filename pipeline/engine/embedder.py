@@ -1,0 +1,187 @@
+"""The engine: documents in, one Arrow table of dense/sparse/ColBERT rows out.
+
+Used unchanged by `m3pipe encode` and by the queue workers. Never imports Celery.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline import __version__
+from pipeline.engine.batching import default_batch_tokens, plan_batches
+from pipeline.engine.encoder import BatchOutput, encode_with_split, forward_batch
+from pipeline.engine.model import M3Model
+from pipeline.engine.table import assemble_table
+from pipeline.engine.tokenize import TokenizedShard, tokenize_texts
+from schemas.document import Document
+from schemas.options import EncodeOptions
+from schemas.output import output_schema
+
+ProgressCallback = Callable[[int, int], None]  # (documents finished, tokens) of one batch
+
+
+@dataclass
+class EncodeStats:
+    documents: int = 0
+    rows: int = 0
+    tokens: int = 0  # real tokens fed to the model, specials included
+    padded_tokens: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: EncodeStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class ShardResult:
+    table: pa.Table
+    stats: EncodeStats = field(default_factory=EncodeStats)
+
+
+class Engine:
+    """A loaded model plus encode options; stateless between calls."""
+
+    def __init__(self, model: M3Model, options: EncodeOptions) -> None:
+        self.model = model
+        self.options = options
+        self.batch_tokens = options.batch_tokens or default_batch_tokens(model.device.type)
+        self.schema = output_schema(
+            options.modes,
+            options.dtype,
+            model.dense_dim,
+            model.colbert_dim,
+            chunked=options.chunked,
+            metadata=self.file_metadata(),
+        )
+
+    def file_metadata(self) -> dict[str, object]:
+        """Written into every Parquet file's schema metadata."""
+        return {
+            **self.model.describe(),
+            "m3pipe_version": __version__,
+            "dtype": self.options.dtype.value,
+            "max_length": self.options.max_length,
+            "modes": [mode.value for mode in self.options.modes],
+            "long_docs": self.options.long_docs.value,
+            "chunk_overlap": self.options.chunk_overlap,
+        }
+
+    def tokenize(self, docs: Sequence[Document]) -> TokenizedShard:
+        return tokenize_texts(
+            self.model.tokenizer,
+            [doc.text for doc in docs],
+            self.options,
+            self.model.cls_id,
+            self.model.eos_id,
+        )
+
+    def encode(
+        self, docs: Sequence[Document], progress: ProgressCallback | None = None
+    ) -> ShardResult:
+        return self.encode_tokenized(docs, self.tokenize(docs), progress)
+
+    def encode_tokenized(
+        self,
+        docs: Sequence[Document],
+        shard: TokenizedShard,
+        progress: ProgressCallback | None = None,
+    ) -> ShardResult:
+        started = time.perf_counter()
+        lengths = shard.lengths
+        # A document is finished when its last sequence (last chunk) is encoded.
+        ends_doc = np.append(shard.doc_index[1:] != shard.doc_index[:-1], True)
+        outputs: list[BatchOutput] = []
+        stats = EncodeStats(documents=len(docs), rows=len(shard), tokens=int(lengths.sum()))
+
+        def run(rows: np.ndarray) -> BatchOutput:
+            return forward_batch(
+                self.model,
+                [shard.ids[i] for i in rows],
+                rows,
+                self.options.modes,
+                self.options.dtype,
+            )
+
+        for batch in plan_batches(lengths, self.batch_tokens):
+            for out in encode_with_split(run, batch, self._empty_cache):
+                outputs.append(out)
+                stats.batches += 1
+                stats.padded_tokens += len(out.rows) * int(lengths[out.rows].max())
+                if progress is not None:
+                    progress(int(ends_doc[out.rows].sum()), int(lengths[out.rows].sum()))
+
+        table = assemble_table(
+            outputs,
+            self.schema,
+            [doc.id for doc in docs],
+            shard.doc_index,
+            shard.chunk,
+            lengths,
+            shard.truncated,
+            self.options.modes,
+        )
+        stats.seconds = time.perf_counter() - started
+        return ShardResult(table=table, stats=stats)
+
+    def encode_stream(
+        self,
+        shards: Iterable[Sequence[Document]],
+        progress: ProgressCallback | None = None,
+    ) -> Iterator[tuple[Sequence[Document], ShardResult]]:
+        """Encode shard after shard; the next shard is tokenized while this one runs."""
+        ready: queue.Queue[tuple[Sequence[Document], TokenizedShard] | BaseException | None]
+        ready = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def tokenize_ahead() -> None:
+            try:
+                for docs in shards:
+                    item = (docs, self.tokenize(docs))
+                    while not stop.is_set():
+                        try:
+                            ready.put(item, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                ready.put(None)
+            except BaseException as exc:  # handed to the consumer, raised there
+                ready.put(exc)
+
+        worker = threading.Thread(target=tokenize_ahead, name="tokenize-ahead", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                docs, tokenized = item
+                yield docs, self.encode_tokenized(docs, tokenized, progress)
+        finally:
+            stop.set()
+            worker.join(timeout=5)
+
+    def _empty_cache(self) -> None:
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()

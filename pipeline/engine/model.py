@@ -1,0 +1,242 @@
+"""Loading bge-m3 with FlagEmbedding's own loader, from a path, a hub name or random:SIZE."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.engine.random_model import cached_random_model, parse_random_spec
+from pipeline.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(kw_only=True)
+class LoadedModel:
+    """What every loaded model (embedder or cross-encoder) has: tokenizer, place, identity."""
+
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    spec: str
+    path: Path
+    revision: str | None
+    fingerprint: str
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def describe(self) -> dict[str, object]:
+        """Identity written into Parquet metadata and manifests."""
+        return {
+            "model": self.spec,
+            "model_revision": self.revision,
+            "model_fingerprint": self.fingerprint,
+            "random_weights": self.spec.startswith("random:"),
+            "compute_dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+
+@dataclass(kw_only=True)
+class M3Model(LoadedModel):
+    """Everything the engine needs from a loaded bge-m3: modules, tokenizer and identity."""
+
+    encoder: torch.nn.Module
+    colbert_linear: torch.nn.Linear | None
+    sparse_linear: torch.nn.Linear | None
+    dense_dim: int
+    colbert_dim: int
+    vocab_size: int
+    # cls, eos, pad and unk: dropped from sparse output, as FlagEmbedding does.
+    unused_token_ids: tuple[int, ...] = field(default=())
+
+    @property
+    def cls_id(self) -> int:
+        return int(self.tokenizer.cls_token_id)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "dense_dim": self.dense_dim, "colbert_dim": self.colbert_dim}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} asked for, but CUDA is not available here")
+    return resolved
+
+
+def resolve_dtype(device: torch.device, precision: str | None) -> torch.dtype:
+    """fp32 on CPU, fp16 on CUDA unless told otherwise."""
+    if precision in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision not in PRECISIONS:
+        raise ModelLoadError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    if device.type == "cpu" and precision == "fp16":
+        raise ModelLoadError("fp16 is not supported on CPU: use fp32 (default) or bf16")
+    return PRECISIONS[precision]
+
+
+def _download_with_deadline(repo_id: str, timeout: float) -> Path:
+    """snapshot_download, giving up after `timeout` seconds with advice on what to do."""
+    from huggingface_hub import snapshot_download
+
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["path"] = snapshot_download(
+                repo_id=repo_id,
+                ignore_patterns=["flax_model.msgpack", "rust_model.ot", "tf_model.h5", "onnx/*"],
+            )
+        except Exception as exc:
+            result["error"] = exc
+
+    # A daemon thread: a hung connection must not keep the process alive at exit.
+    thread = threading.Thread(target=target, name="hub-download", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    advice = (
+        f"model {repo_id!r} is not in the local Hugging Face cache and the hub could not be "
+        f"reached. Download it on a machine with access (`hf download {repo_id} "
+        f"--local-dir DIR`), copy DIR here and pass --model DIR (or set M3PIPE_MODEL=DIR); "
+        f"for tests and speed work use --model random:small."
+    )
+    if thread.is_alive():
+        raise ModelLoadError(f"timed out after {timeout:.0f}s: {advice}")
+    if "error" in result:
+        raise ModelLoadError(f"{type(result['error']).__name__}: {advice}") from result["error"]
+    return Path(result["path"])
+
+
+def resolve_model_path(
+    spec: str, cache_dir: Path, hub_timeout: float, reranker: bool = False
+) -> tuple[Path, str | None]:
+    """The local directory of a model spec, and the hub revision when it came from the hub.
+
+    `random:SIZE` names a random embedder, or a random cross-encoder when `reranker`.
+    """
+    size = parse_random_spec(spec)
+    if size is not None:
+        return cached_random_model(size, cache_dir, reranker=reranker), None
+    local = Path(spec).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(f"{local} is not a model directory (no config.json)")
+        return local, None
+    if spec.count("/") != 1 or spec.startswith(("/", ".")):
+        raise ModelLoadError(f"model {spec!r}: no such directory, and not a hub name (org/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(repo_id=spec, local_files_only=True))
+    except Exception:
+        path = _download_with_deadline(spec, hub_timeout)
+    # Hub snapshots live under .../snapshots/<commit hash>.
+    return path, path.name
+
+
+def fingerprint_model_dir(path: Path) -> str:
+    """A cheap, stable identity of a model directory: small files hashed, weights by size."""
+    digest = hashlib.sha256()
+    for item in sorted(path.iterdir()):
+        if not item.is_file():
+            continue
+        digest.update(item.name.encode())
+        if item.suffix in (".json", ".pt", ".txt", ".model") and item.stat().st_size < 64 << 20:
+            digest.update(item.read_bytes())
+        else:
+            digest.update(str(item.stat().st_size).encode())
+    return digest.hexdigest()[:16]
+
+
+def _check_tokenizer_template(tokenizer: Any) -> None:
+    """The engine adds <s> ... </s> itself; make sure that is what this tokenizer does."""
+    plain = tokenizer("m3pipe template check", add_special_tokens=False)["input_ids"]
+    full = tokenizer("m3pipe template check")["input_ids"]
+    expected = [tokenizer.cls_token_id, *plain, tokenizer.eos_token_id]
+    if full != expected:
+        raise ModelLoadError(
+            "unsupported tokenizer: single texts are not encoded as <s> text </s> "
+            "(bge-m3 / XLM-RoBERTa layout expected)"
+        )
+
+
+def load_model(
+    spec: str,
+    *,
+    device: str | None = None,
+    precision: str | None = None,
+    cache_dir: Path,
+    hub_timeout: float = 10.0,
+    need_heads: bool = True,
+) -> M3Model:
+    """Load bge-m3 (or a random model of its architecture) through FlagEmbedding's loader."""
+    path, revision = resolve_model_path(spec, cache_dir, hub_timeout)
+    if need_heads and not (
+        (path / "colbert_linear.pt").is_file() and (path / "sparse_linear.pt").is_file()
+    ):
+        raise ModelLoadError(
+            f"{path} has no colbert_linear.pt / sparse_linear.pt: it is not a bge-m3 model "
+            "(sparse and colbert outputs need them; use --modes dense for a plain encoder)"
+        )
+    torch_device = resolve_device(device)
+    dtype = resolve_dtype(torch_device, precision)
+
+    # FlagEmbedding's own loading code: AutoModel + the two linear heads.
+    from FlagEmbedding.finetune.embedder.encoder_only.m3 import EncoderOnlyEmbedderM3Runner
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer: Any = AutoTokenizer.from_pretrained(str(path))
+        parts = EncoderOnlyEmbedderM3Runner.get_model(str(path), torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load model from {path}: {exc}") from exc
+    _check_tokenizer_template(tokenizer)
+
+    encoder = parts["model"].to(torch_device).eval()
+    attn = getattr(encoder.config, "_attn_implementation", None)
+    if attn != "sdpa":
+        log.warning("encoder attention is %r, not sdpa: expect lower speed", attn)
+    colbert = parts["colbert_linear"].to(torch_device).eval()
+    sparse = parts["sparse_linear"].to(torch_device).eval()
+    special = tokenizer.special_tokens_map
+    unused = tuple(
+        sorted(
+            {
+                int(tokenizer.convert_tokens_to_ids(special[name]))
+                for name in ("cls_token", "eos_token", "pad_token", "unk_token")
+                if name in special
+            }
+        )
+    )
+    return M3Model(
+        encoder=encoder,
+        colbert_linear=colbert,
+        sparse_linear=sparse,
+        tokenizer=tokenizer,
+        device=torch_device,
+        dtype=dtype,
+        spec=spec,
+        path=path,
+        revision=revision,
+        fingerprint=fingerprint_model_dir(path),
+        dense_dim=int(encoder.config.hidden_size),
+        colbert_dim=int(colbert.out_features),
+        vocab_size=int(encoder.config.vocab_size),
+        unused_token_ids=unused,
+    )

@@ -1,0 +1,240 @@
+"""The reranker engine: (query, passage) pairs in, one relevance logit per pair out.
+
+Semantics are FlagEmbedding's FlagReranker (`BaseReranker.compute_score_single_gpu`): the
+query is cut to `query_max_length` tokens and the passage to `max_length` tokens, each
+without specials; the pair is then built as `<s> query </s></s> passage </s>` with only the
+passage truncated to `max_length` in all; the score is the model's single logit, and the
+normalised score its sigmoid. Speed comes from batching, not from other maths: pairs are
+tokenized in bulk, sorted by length and cut into token-budget batches (as the embedding
+engine does), with an out-of-memory split instead of a smaller fixed batch size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline import __version__
+from pipeline.engine.batching import DEFAULT_RERANK_BATCH_TOKENS, default_batch_tokens, plan_batches
+from pipeline.engine.encoder import encode_with_split, pad_batch
+from pipeline.engine.model import (
+    LoadedModel,
+    fingerprint_model_dir,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_path,
+)
+from pipeline.errors import ModelLoadError
+from schemas.output import rerank_schema
+from schemas.rerank import Pair, RerankOptions
+
+
+@dataclass(kw_only=True)
+class RerankModel(LoadedModel):
+    """A loaded cross-encoder: the sequence-classification model, tokenizer and identity."""
+
+    model: torch.nn.Module
+
+
+def load_reranker(
+    spec: str,
+    *,
+    device: str | None = None,
+    precision: str | None = None,
+    cache_dir: Path,
+    hub_timeout: float = 10.0,
+) -> RerankModel:
+    """Load a cross-encoder (bge-reranker-v2-m3, or random:SIZE) with FlagReranker's loader."""
+    path, revision = resolve_model_path(spec, cache_dir, hub_timeout, reranker=True)
+    torch_device = resolve_device(device)
+    dtype = resolve_dtype(torch_device, precision)
+    from FlagEmbedding import FlagReranker
+
+    try:
+        # FlagReranker's own loading: AutoTokenizer + AutoModelForSequenceClassification.
+        loaded = FlagReranker(str(path), use_fp16=False, devices=["cpu"])
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load reranker from {path}: {exc}") from exc
+    model, tokenizer = loaded.model, loaded.tokenizer
+    labels = int(getattr(model.config, "num_labels", 0))
+    if labels != 1:
+        raise ModelLoadError(
+            f"{path} is not a one-logit cross-encoder (num_labels={labels}); "
+            "rerank needs a model like BAAI/bge-reranker-v2-m3"
+        )
+    model = model.to(device=torch_device, dtype=dtype).eval()
+    return RerankModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=torch_device,
+        dtype=dtype,
+        spec=spec,
+        path=path,
+        revision=revision,
+        fingerprint=fingerprint_model_dir(path),
+    )
+
+
+def tokenize_pairs(
+    tokenizer: Any, pairs: Sequence[Pair], options: RerankOptions
+) -> list[list[int]]:
+    """Each pair's input ids, exactly as FlagReranker builds them."""
+    max_length = options.max_length
+    queries = tokenizer(
+        [p.query for p in pairs],
+        add_special_tokens=False,
+        max_length=options.effective_query_max_length,
+        truncation=True,
+    )["input_ids"]
+    passages = tokenizer(
+        [p.passage for p in pairs], add_special_tokens=False, max_length=max_length, truncation=True
+    )["input_ids"]
+    legacy = getattr(tokenizer, "prepare_for_model", None)
+    if callable(legacy):  # transformers 4: pairs are built from the ids themselves
+        return [
+            legacy(q, d, truncation="only_second", max_length=max_length, padding=False)[
+                "input_ids"
+            ]
+            for q, d in zip(queries, passages, strict=True)
+        ]
+    # transformers 5 has no id-level pairing; FlagEmbedding (utils/tokenizer_compat.py) decodes
+    # each side with its special tokens kept and tokenizes the text pair. Same here, in bulk.
+    decode = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+    return tokenizer(
+        tokenizer.batch_decode(queries, **decode),
+        tokenizer.batch_decode(passages, **decode),
+        truncation="only_second",
+        max_length=max_length,
+        padding=False,
+    )["input_ids"]
+
+
+@dataclass
+class RerankStats:
+    pairs: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: RerankStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def rows(self) -> int:
+        return self.pairs  # one output row per pair
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs / self.seconds if self.seconds else 0.0
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+
+@dataclass
+class ScoredBatch:
+    rows: np.ndarray
+    logits: np.ndarray
+
+
+@dataclass
+class RerankResult:
+    table: pa.Table
+    logits: np.ndarray  # float32, in input order
+    stats: RerankStats = field(default_factory=RerankStats)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """FlagEmbedding's normalisation, 1 / (1 + exp(-x)), in float64."""
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+def ranks(pairs: Sequence[Pair], logits: np.ndarray) -> np.ndarray:
+    """1-based rank of each pair among its group (best score first, ties in input order);
+    0 for pairs that came without a group."""
+    out = np.zeros(len(pairs), dtype=np.int32)
+    members: dict[int, list[int]] = {}
+    for index, pair in enumerate(pairs):
+        if pair.group is not None:
+            members.setdefault(pair.group, []).append(index)
+    for rows in members.values():
+        order = sorted(rows, key=lambda i: (-float(logits[i]), i))
+        for rank, index in enumerate(order, start=1):
+            out[index] = rank
+    return out
+
+
+class RerankEngine:
+    """A loaded cross-encoder plus options; stateless between calls."""
+
+    def __init__(self, model: RerankModel, options: RerankOptions) -> None:
+        self.model = model
+        self.options = options
+        self.batch_tokens = options.batch_tokens or default_batch_tokens(
+            model.device.type, DEFAULT_RERANK_BATCH_TOKENS
+        )
+        self.schema = rerank_schema(self.file_metadata())
+
+    def file_metadata(self) -> dict[str, object]:
+        return {
+            **self.model.describe(),
+            "task": "rerank",
+            "m3pipe_version": __version__,
+            "max_length": self.options.max_length,
+            "query_max_length": self.options.effective_query_max_length,
+        }
+
+    def score(self, pairs: Sequence[Pair]) -> RerankResult:
+        started = time.perf_counter()
+        ids = tokenize_pairs(self.model.tokenizer, pairs, self.options)
+        lengths = np.array([len(seq) for seq in ids], dtype=np.int64)
+        logits = np.zeros(len(pairs), dtype=np.float32)
+        stats = RerankStats(pairs=len(pairs), tokens=int(lengths.sum()))
+
+        def run(rows: np.ndarray) -> ScoredBatch:
+            return ScoredBatch(rows, self._forward([ids[i] for i in rows]))
+
+        for batch in plan_batches(lengths, self.batch_tokens):
+            for out in encode_with_split(run, batch, self._empty_cache):
+                logits[out.rows] = out.logits
+                stats.batches += 1
+                stats.padded_tokens += len(out.rows) * int(lengths[out.rows].max())
+        group_ranks = ranks(pairs, logits)
+        table = pa.table(
+            {
+                "query_id": [p.query_id for p in pairs],
+                "doc_id": [p.doc_id for p in pairs],
+                "score": logits,
+                "score_normalized": sigmoid(logits).astype(np.float32),
+                "rank": pa.array(group_ranks, mask=group_ranks == 0, type=pa.int32()),
+                "n_tokens": lengths.astype(np.int32),
+            },
+            schema=self.schema,
+        )
+        stats.seconds = time.perf_counter() - started
+        return RerankResult(table=table, logits=logits, stats=stats)
+
+    def _forward(self, sequences: list[list[int]]) -> np.ndarray:
+        ids, mask = pad_batch(sequences, self.model.pad_id, self.model.device)
+        # Equal lengths need no mask, which lets SDPA take its fused path.
+        uniform = all(len(s) == len(sequences[0]) for s in sequences)
+        with torch.inference_mode():
+            out = self.model.model(
+                input_ids=ids, attention_mask=None if uniform else mask, return_dict=True
+            )
+            logits = out.logits.view(-1).float().cpu()
+        return logits.numpy()
+
+    def _empty_cache(self) -> None:
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,110 @@
+"""`--resume`: which shards of an earlier submission to the same output directory are done.
+
+Shards are cut deterministically from the inputs and the job spec, so shard N of a resumed
+submission holds the same documents as shard N did before if nothing changed. Each part file
+records a digest of the documents it was made from (schema metadata key `m3pipe.shard`);
+a shard is skipped only when its file exists, is whole, and carries the same digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from pipeline.errors import InputError
+from pipeline.storage.location import Location, open_location
+from pipeline.storage.output_dir import JOB_FILE
+from schemas.job import JobSpec
+from schemas.output import read_output_metadata
+
+SHARD_METADATA_KEY = b"m3pipe.shard"
+
+# Spec fields that decide how shards are cut and what each row holds. Anything else (queue,
+# max_queued, created_at) may change between the first run and the resumed one.
+SAME_ON_RESUME = (
+    "task",
+    "inputs",
+    "input_format",
+    "model",
+    "options",
+    "rerank",
+    "id_field",
+    "text_field",
+    "keep_fields",
+    "shard_docs",
+    "shard_bytes",
+    "shard_tokens",
+)
+
+
+class ResumeError(InputError):
+    """The output directory cannot be resumed with this submission."""
+
+
+def documents_digest(documents: Sequence[BaseModel]) -> str:
+    """sha256 of the shard's items (documents, or pairs), every field, in order."""
+    digest = hashlib.sha256()
+    for doc in documents:
+        digest.update(doc.model_dump_json().encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def with_shard_metadata(table: pa.Table, facts: dict[str, Any]) -> pa.Table:
+    """`table` with the shard's facts (digest, documents, rows, tokens) in its schema."""
+    metadata = dict(table.schema.metadata or {})
+    metadata[SHARD_METADATA_KEY] = json.dumps(facts, sort_keys=True).encode("utf-8")
+    return table.replace_schema_metadata(metadata)
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    facts: dict[str, Any]  # job_id, shard, digest, documents, rows, tokens
+    model: dict[str, Any]  # the engine's file metadata (model, dtype, modes...)
+
+
+def read_shard_file(target: Location | Path | str) -> ShardFile | None:
+    """What a finished part file records, or None if it is missing, damaged or too old."""
+    location = open_location(target)
+    try:
+        schema = pq.read_schema(location.path, filesystem=location.fs)
+        facts = json.loads((schema.metadata or {})[SHARD_METADATA_KEY])
+        return ShardFile(facts=dict(facts), model=read_output_metadata(schema))
+    except (OSError, pa.ArrowInvalid, KeyError, ValueError, TypeError):
+        return None
+
+
+def previous_spec(out: Location | Path | str) -> JobSpec:
+    """The spec an earlier submission left in `out`, or ResumeError."""
+    path = open_location(out) / JOB_FILE
+    try:
+        return JobSpec.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise ResumeError(
+            f"nothing to resume in {out}: no {JOB_FILE} (was it written by `m3pipe submit`?)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ResumeError(f"cannot read {path}: {exc}") from exc
+
+
+def check_same_job(previous: JobSpec, current: JobSpec) -> None:
+    """ResumeError naming every setting that differs from the earlier submission."""
+    old, new = previous.model_dump(mode="json"), current.model_dump(mode="json")
+    changed = [
+        f"{name} {new[name]!r} (was {old[name]!r})"
+        for name in SAME_ON_RESUME
+        if old.get(name) != new.get(name)
+    ]
+    if changed:
+        raise ResumeError(
+            "--resume needs the same inputs and settings as the earlier submission "
+            f"(job {previous.job_id}); changed: " + "; ".join(changed)
+        )

@@ -1,0 +1,408 @@
+"""Job state in Redis: specs, shard states and counters, read by the CLI, workers and Flower.
+
+Shard state changes go through one Lua script so the counters in the job hash stay exact
+however many times a shard is delivered: a change happens only from an allowed state, and
+a finished shard never goes back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+import redis
+
+from pipeline.broker.redis_url import DEFAULT_RETRY_SECONDS, connect
+from pipeline.jobs.keys import (
+    JOBS_INDEX,
+    TENANTS_INDEX,
+    dead_letters_key,
+    job_key,
+    retry_letters_key,
+    shard_attempts_key,
+    shard_digest_key,
+    shard_info_key,
+    shard_owner_key,
+    shard_state_key,
+    tenant_jobs_key,
+    worker_key,
+)
+from schemas.job import JobSpec, JobState, JobStatus, ShardCounts, ShardState
+
+ABSENT = "-"  # a shard never registered
+
+_TRANSITION = """
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+local oldname = old or '-'
+local allowed = false
+for s in string.gmatch(ARGV[3], '[^,]+') do
+  if s == oldname then allowed = true end
+end
+if not allowed then return {0, oldname} end
+local new = ARGV[2]
+if old then redis.call('HINCRBY', KEYS[1], 'n_' .. old, -1) end
+redis.call('HINCRBY', KEYS[1], 'n_' .. new, 1)
+redis.call('HSET', KEYS[2], ARGV[1], new)
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[4]) end
+if new == 'running' then
+  redis.call('HSETNX', KEYS[1], 'started_at', ARGV[9])
+  if redis.call('HGET', KEYS[1], 'state') == 'queued' then
+    redis.call('HSET', KEYS[1], 'state', 'running')
+  end
+elseif new == 'done' then
+  redis.call('HINCRBY', KEYS[1], 'documents_done', ARGV[5])
+  redis.call('HINCRBY', KEYS[1], 'rows_done', ARGV[6])
+  redis.call('HINCRBY', KEYS[1], 'tokens_done', ARGV[7])
+  redis.call('HINCRBYFLOAT', KEYS[1], 'encode_seconds', ARGV[8])
+  redis.call('HSET', KEYS[1], 'last_done_at', ARGV[9])
+end
+return {1, oldname}
+"""
+
+# Sets the final state once every shard has ended; never overrides an earlier final state.
+_FINISH = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'submitted', 'shards_total',
+                     'n_done', 'n_failed', 'n_cancelled')
+local state = f[1]
+if state ~= 'queued' and state ~= 'running' then return state end
+if f[2] ~= '1' then return false end
+local done, failed, cancelled = tonumber(f[4] or '0'), tonumber(f[5] or '0'),
+                                tonumber(f[6] or '0')
+if done + failed + cancelled < tonumber(f[3]) then return false end
+local final = 'completed'
+if failed > 0 then final = 'completed_with_failures' end
+if failed > 0 and done == 0 then final = 'failed' end
+redis.call('HSET', KEYS[1], 'state', final, 'finished_at', ARGV[1])
+return final
+"""
+
+_FINAL_IF_ACTIVE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' and state ~= 'running' then return state end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finished_at', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+return ARGV[1]
+"""
+
+
+# Back to work after `m3pipe retry`: only a job that ended with failures is reopened.
+_REOPEN = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'completed_with_failures' or state == 'failed' then
+  redis.call('HSET', KEYS[1], 'state', 'running')
+  redis.call('HDEL', KEYS[1], 'finished_at', 'error')
+  return 1
+end
+if state == 'running' or state == 'queued' then return 1 end
+return 0
+"""
+
+
+class JobNotFound(KeyError):
+    pass
+
+
+def _int(value: str | None) -> int:
+    return int(value) if value else 0
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+class JobStore:
+    """Reads and changes job state. Holds a redis-py client, nothing else."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._transition = client.register_script(_TRANSITION)
+        self._finish = client.register_script(_FINISH)
+        self._final_if_active = client.register_script(_FINAL_IF_ACTIVE)
+        self._reopen = client.register_script(_REOPEN)
+
+    @classmethod
+    def connect(cls, url: str, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> JobStore:
+        return cls(connect(url, retry_seconds))
+
+    # The client decodes responses (see redis_url.connect): values are str.
+    def _hget(self, key: str, field: str) -> str | None:
+        return cast(str | None, self.redis.hget(key, field))
+
+    def _hgetall(self, key: str) -> dict[str, str]:
+        return cast(dict[str, str], self.redis.hgetall(key))
+
+    # -- jobs -------------------------------------------------------------------------
+    def create(self, spec: JobSpec) -> None:
+        key = job_key(spec.job_id)
+        if not self.redis.hsetnx(key, "spec", spec.model_dump_json()):
+            raise ValueError(f"job {spec.job_id} already exists")
+        self.redis.hset(
+            key,
+            mapping={"state": JobState.QUEUED.value, "created_at": spec.created_at, "submitted": 0},
+        )
+        self.redis.zadd(JOBS_INDEX, {spec.job_id: spec.created_at})
+        self.redis.sadd(tenant_jobs_key(spec.tenant), spec.job_id)
+        self.redis.sadd(TENANTS_INDEX, spec.tenant)
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self.redis.exists(job_key(job_id)))
+
+    def spec(self, job_id: str) -> JobSpec:
+        raw = self._hget(job_key(job_id), "spec")
+        if raw is None:
+            raise JobNotFound(job_id)
+        return JobSpec.model_validate_json(raw)
+
+    def state(self, job_id: str) -> JobState:
+        raw = self._hget(job_key(job_id), "state")
+        if raw is None:
+            raise JobNotFound(job_id)
+        return JobState(raw)
+
+    def job_ids(self, limit: int = 50) -> list[str]:
+        """Most recent first."""
+        return cast(list[str], self.redis.zrevrange(JOBS_INDEX, 0, limit - 1))
+
+    def set_submitted(
+        self, job_id: str, *, shards: int, documents: int, input_records: int, rejected: int
+    ) -> None:
+        self.redis.hset(
+            job_key(job_id),
+            mapping={
+                "shards_total": shards,
+                "documents": documents,
+                "input_records": input_records,
+                "rejected": rejected,
+                "submitted": 1,
+            },
+        )
+
+    def note_resumed(self, job_id: str, documents: int, tokens: int) -> None:
+        """A shard counted done from its existing file (`--resume`), not encoded now."""
+        self.redis.hincrby(job_key(job_id), "documents_resumed", documents)
+        self.redis.hincrby(job_key(job_id), "tokens_resumed", tokens)
+
+    def note_documents(self, job_id: str, documents: int) -> None:
+        """Documents enqueued so far, while the producer is still cutting shards."""
+        self.redis.hincrby(job_key(job_id), "documents_enqueued", documents)
+
+    def set_model_metadata(self, job_id: str, metadata: dict[str, object]) -> None:
+        self.redis.hsetnx(job_key(job_id), "model_metadata", json.dumps(metadata))
+
+    def model_metadata(self, job_id: str) -> dict[str, Any] | None:
+        raw = self._hget(job_key(job_id), "model_metadata")
+        return json.loads(raw) if raw else None
+
+    def finish_if_complete(self, job_id: str) -> JobState | None:
+        """The final state if every shard has ended (setting it once), else None."""
+        result = self._finish(keys=[job_key(job_id)], args=[time.time()])
+        return JobState(result) if result else None
+
+    def end(self, job_id: str, state: JobState, error: str = "") -> JobState:
+        """Force a final state (failed submission, cancel) unless the job already ended."""
+        result = self._final_if_active(
+            keys=[job_key(job_id)], args=[state.value, time.time(), error]
+        )
+        return JobState(result)
+
+    def forget(self, job_id: str) -> None:
+        """Delete every key of a job (before `--resume` registers it afresh)."""
+        keys = [
+            job_key(job_id),
+            shard_state_key(job_id),
+            shard_info_key(job_id),
+            shard_attempts_key(job_id),
+            shard_digest_key(job_id),
+            shard_owner_key(job_id),
+            retry_letters_key(job_id),
+            dead_letters_key(job_id),
+        ]
+        spec = self._hget(job_key(job_id), "spec")
+        if spec is not None:
+            self.redis.srem(tenant_jobs_key(JobSpec.model_validate_json(spec).tenant), job_id)
+        self.redis.delete(*keys)
+        self.redis.zrem(JOBS_INDEX, job_id)
+
+    def note_error(self, job_id: str, error: str) -> None:
+        """Record why a job could not end cleanly (shown by `m3pipe status`)."""
+        self.redis.hset(job_key(job_id), "error", error[:2000])
+
+    def cancel(self, job_id: str) -> JobState:
+        if not self.exists(job_id):
+            raise JobNotFound(job_id)
+        return self.end(job_id, JobState.CANCELLED)
+
+    # -- shards -----------------------------------------------------------------------
+    def mark_shard(
+        self,
+        job_id: str,
+        shard: int,
+        new: ShardState,
+        allowed_from: Iterable[str],
+        info: Mapping[str, object] | None = None,
+        *,
+        documents: int = 0,
+        rows: int = 0,
+        tokens: int = 0,
+        seconds: float = 0.0,
+    ) -> tuple[bool, str]:
+        """Move a shard to `new` if its state is one of `allowed_from` (ABSENT for none).
+
+        Returns (changed, previous state). Counters of done shards are added once.
+        """
+        changed, old = self._transition(
+            keys=[job_key(job_id), shard_state_key(job_id), shard_info_key(job_id)],
+            args=[
+                shard,
+                new.value,
+                ",".join(allowed_from),
+                json.dumps(dict(info)) if info is not None else "",
+                documents,
+                rows,
+                tokens,
+                seconds,
+                time.time(),
+            ],
+        )
+        return bool(changed), str(old)
+
+    def shard_state(self, job_id: str, shard: int) -> str:
+        return self._hget(shard_state_key(job_id), str(shard)) or ABSENT
+
+    def set_shard_digest(self, job_id: str, shard: int, digest: str) -> None:
+        self.redis.hset(shard_digest_key(job_id), str(shard), digest)
+
+    def shard_digest(self, job_id: str, shard: int) -> str | None:
+        """The digest of the documents registered for this shard (None if unknown)."""
+        return self._hget(shard_digest_key(job_id), str(shard))
+
+    def count_attempt(self, job_id: str, shard: int) -> int:
+        """One more delivery of this shard started; returns how many have."""
+        return int(self.redis.hincrby(shard_attempts_key(job_id), str(shard), 1))
+
+    def attempts(self, job_id: str, shard: int) -> int:
+        return _int(self._hget(shard_attempts_key(job_id), str(shard)))
+
+    def take_ownership(self, job_id: str, shard: int) -> str:
+        """This delivery now owns the shard: a token only it holds (fencing)."""
+        token = uuid.uuid4().hex
+        self.redis.hset(shard_owner_key(job_id), str(shard), token)
+        return token
+
+    def owns(self, job_id: str, shard: int, token: str) -> bool:
+        """Whether the delivery holding `token` still owns the running shard: no later
+        delivery took it over and nobody ended it (the commit fence)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(shard_owner_key(job_id), str(shard))
+        pipe.hget(shard_state_key(job_id), str(shard))
+        owner, state = pipe.execute()
+        return bool(owner == token and state == ShardState.RUNNING.value)
+
+    def keep_retry_letter(self, job_id: str, shard: int, message_json: str) -> None:
+        """Keep a shard's message while it waits for a retry, so a lost retry is re-sent."""
+        self.redis.hset(retry_letters_key(job_id), str(shard), message_json)
+
+    def retry_letter(self, job_id: str, shard: int) -> str | None:
+        return self._hget(retry_letters_key(job_id), str(shard))
+
+    def drop_retry_letter(self, job_id: str, shard: int) -> None:
+        self.redis.hdel(retry_letters_key(job_id), str(shard))
+
+    def dead_letter(self, job_id: str, shard: int, message_json: str) -> None:
+        """Keep a failed shard's message so `m3pipe retry` can send it again."""
+        self.redis.hset(dead_letters_key(job_id), str(shard), message_json)
+
+    def dead_letters(self, job_id: str) -> dict[int, str]:
+        return {int(k): v for k, v in self._hgetall(dead_letters_key(job_id)).items()}
+
+    def reopen_shard(self, job_id: str, shard: int) -> bool:
+        """A dead-lettered shard goes back to queued with fresh attempts (for `retry`)."""
+        if not self._reopen(keys=[job_key(job_id)]):
+            return False
+        changed, _ = self.mark_shard(
+            job_id, shard, ShardState.QUEUED, [ShardState.FAILED.value], {"retried": True}
+        )
+        if changed:
+            self.redis.hdel(shard_attempts_key(job_id), str(shard))
+            self.redis.hdel(dead_letters_key(job_id), str(shard))
+        return changed
+
+    def queued_shards(self, job_id: str) -> int:
+        return _int(self._hget(job_key(job_id), "n_queued"))
+
+    def shard_infos(self, job_id: str) -> dict[int, dict[str, Any]]:
+        raw = self._hgetall(shard_info_key(job_id))
+        return {int(k): json.loads(v) for k, v in raw.items()}
+
+    def shard_states(self, job_id: str) -> dict[int, ShardState]:
+        raw = self._hgetall(shard_state_key(job_id))
+        return {int(k): ShardState(v) for k, v in raw.items()}
+
+    # -- workers ----------------------------------------------------------------------
+    def note_busy(self, worker: str, shard: str, started: float) -> None:
+        self.redis.hset(worker_key(worker), mapping={"shard": shard, "shard_started": started})
+
+    def note_idle(self, worker: str) -> None:
+        self.redis.hdel(worker_key(worker), "shard", "shard_started")
+        self.redis.hset(worker_key(worker), "last_shard_ended", time.time())
+
+    def worker_record(self, worker: str) -> dict[str, str]:
+        return self._hgetall(worker_key(worker))
+
+    # -- status -----------------------------------------------------------------------
+    def status(self, job_id: str) -> JobStatus:
+        fields = self._hgetall(job_key(job_id))
+        if not fields or "spec" not in fields:
+            raise JobNotFound(job_id)
+        spec = JobSpec.model_validate_json(fields["spec"])
+        submitted = fields.get("submitted") == "1"
+        started = _float(fields.get("started_at"))
+        finished = _float(fields.get("finished_at"))
+        tokens = _int(fields.get("tokens_done"))
+        documents_done = _int(fields.get("documents_done"))
+        documents = (
+            _int(fields.get("documents")) if submitted else _int(fields.get("documents_enqueued"))
+        )
+        end = finished or time.time()
+        elapsed = end - started if started else 0.0
+        # Shards found done by --resume count as done, but not towards this run's speed.
+        encoded_tokens = tokens - _int(fields.get("tokens_resumed"))
+        encoded_documents = documents_done - _int(fields.get("documents_resumed"))
+        rate = encoded_tokens / elapsed if elapsed > 0 else 0.0
+        eta = None
+        if submitted and started and encoded_documents > 0 and not finished:
+            eta = (documents - documents_done) * elapsed / encoded_documents
+        return JobStatus(
+            job_id=job_id,
+            task=spec.task,
+            tenant=spec.tenant,
+            priority=spec.priority,
+            state=JobState(fields["state"]),
+            submitted=submitted,
+            shards=ShardCounts(
+                total=_int(fields.get("shards_total")) if submitted else None,
+                queued=_int(fields.get("n_queued")),
+                running=_int(fields.get("n_running")),
+                done=_int(fields.get("n_done")),
+                failed=_int(fields.get("n_failed")),
+                cancelled=_int(fields.get("n_cancelled")),
+            ),
+            input_records=_int(fields.get("input_records")) if submitted else None,
+            documents=documents,
+            documents_done=documents_done,
+            rows_done=_int(fields.get("rows_done")),
+            rejected=_int(fields.get("rejected")) if submitted else None,
+            tokens_done=tokens,
+            tokens_per_second=round(rate, 1),
+            eta_seconds=round(eta, 1) if eta is not None else None,
+            created_at=float(fields["created_at"]),
+            started_at=started,
+            finished_at=finished,
+            out=spec.out,
+            queue=spec.queue,
+            model=spec.model,
+            error=fields.get("error"),
+        )

@@ -1,0 +1,3 @@
+"""Operating a fleet: the autoscaler, worker processes, embedded Redis, probes, backlog export,
+process lifetimes.
+"""

@@ -1,0 +1,237 @@
+"""One shard through the engine: the checklist a worker runs for each message.
+
+Load the job -> mark running -> encode -> write the file -> mark done -> end the job if last.
+No Celery here: workers/tasks.py maps the outcomes to acks, retries and failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from pipeline.engine.embedder import EncodeStats, Engine
+from pipeline.engine.reranker import RerankEngine, RerankStats
+from pipeline.engine.table import with_fields
+from pipeline.errors import PermanentError
+from pipeline.jobs.finish import finalize_if_complete
+from pipeline.jobs.resume import documents_digest, with_shard_metadata
+from pipeline.jobs.store import ABSENT, JobNotFound, JobStore
+from pipeline.runtime.metrics import WorkerMetrics
+from pipeline.runtime.worker_models import WorkerModels
+from pipeline.storage.output_roots import allowed_output
+from pipeline.storage.sink import part_name, write_shard
+from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
+from schemas.options import EncodeOptions
+from schemas.rerank import RerankOptions
+
+log = logging.getLogger(__name__)
+
+_ACTIVE = (ShardState.QUEUED.value, ShardState.RUNNING.value)
+_SPEC_CACHE_SIZE = 64
+
+
+class UnknownJob(PermanentError):
+    """A message names a job Redis does not know: nothing to record it against."""
+
+
+class UnregisteredShard(UnknownJob):
+    """A message names a shard its job never registered (forged, or of another Redis)."""
+
+
+class StaleAttempt(PermanentError):
+    """Another delivery took the shard over or ended it while this one ran: it must not
+    write. Nothing is recorded; the owner's result stands."""
+
+
+@dataclass
+class WorkerRuntime:
+    """What a worker process holds between shards: its models, engines and job specs."""
+
+    models: WorkerModels
+    store: JobStore
+    hostname: str
+    max_attempts: int = 3
+    retry_backoff_seconds: float = 5.0
+    output_roots: tuple[str, ...] = ()  # where jobs may write; empty: anywhere absolute
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    _engines: dict[EncodeOptions, Engine] = field(default_factory=dict)
+    _rerankers: dict[RerankOptions, RerankEngine] = field(default_factory=dict)
+    _specs: dict[str, JobSpec] = field(default_factory=dict)
+
+    def engine(self, options: EncodeOptions) -> Engine:
+        if options not in self._engines:
+            self._engines[options] = Engine(self.models.embedder(), options)
+        return self._engines[options]
+
+    def rerank_engine(self, options: RerankOptions) -> RerankEngine:
+        if options not in self._rerankers:
+            self._rerankers[options] = RerankEngine(self.models.reranker(), options)
+        return self._rerankers[options]
+
+    def job_spec(self, job_id: str) -> JobSpec:
+        if job_id not in self._specs:
+            if len(self._specs) >= _SPEC_CACHE_SIZE:
+                self._specs.clear()
+            try:
+                self._specs[job_id] = self.store.spec(job_id)
+            except JobNotFound:
+                raise UnknownJob(f"job {job_id} is not registered in Redis") from None
+        return self._specs[job_id]
+
+
+@dataclass
+class ShardOutcome:
+    state: ShardState
+    detail: str = ""
+    rows: int = 0
+    tokens: int = 0
+    stats: EncodeStats | RerankStats | None = None  # set when this delivery ran the shard
+
+
+def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
+    store, job_id, shard = runtime.store, message.job_id, message.shard
+    spec = runtime.job_spec(job_id)
+    runtime.models.check_job_model(spec.task, job_id, spec.model)
+    if bool(message.pairs) != (spec.task is Task.RERANK):
+        raise PermanentError(f"job {job_id} is a {spec.task.value} job: this shard is not")
+    digest = documents_digest(message.items)  # hashed once: stale check and file facts
+    registered = store.shard_digest(job_id, shard)
+    if registered is None and store.shard_state(job_id, shard) == ABSENT:
+        raise UnregisteredShard(f"job {job_id} never registered shard {shard}")
+    if registered is not None and registered != digest:
+        # Left in the queue by an earlier submission of this job (cancelled, then resumed
+        # with changed input): running it would write the old documents.
+        log.warning("job %s shard %d: stale message, not the registered documents; skipped",
+                    job_id, shard)  # fmt: skip
+        current = store.shard_state(job_id, shard)
+        state = ShardState.QUEUED if current == ABSENT else ShardState(current)
+        return ShardOutcome(state, "stale message")
+    if store.state(job_id) is JobState.CANCELLED:
+        store.mark_shard(job_id, shard, ShardState.CANCELLED, _ACTIVE)
+        return ShardOutcome(ShardState.CANCELLED, "job cancelled")
+
+    started = time.time()
+    running = {"worker": runtime.hostname, "documents": len(message.items), "started": started}
+    changed, previous = store.mark_shard(job_id, shard, ShardState.RUNNING, _ACTIVE, running)
+    if not changed:
+        # Delivered again after it ended (e.g. redelivery after a slow ack): nothing to do.
+        log.info("job %s shard %d already %s; skipped", job_id, shard, previous)
+        return ShardOutcome(ShardState(previous), "already ended")
+    attempt = store.count_attempt(job_id, shard)
+    token = store.take_ownership(job_id, shard)
+    if attempt > runtime.max_attempts:
+        # Earlier deliveries never finished: the worker died or lost the shard each time.
+        reason = (
+            f"dead-lettered: {attempt - 1} deliveries never finished "
+            "(the worker died or lost the shard each time)"
+        )
+        fail_shard(store, message, reason, runtime.hostname)
+        return ShardOutcome(ShardState.FAILED, reason)
+
+    # The shard in hand, for `m3pipe probe`: a shard held far longer than any shard may
+    # take means a wedged worker (a hung device call), which a ping alone would not show.
+    store.note_busy(runtime.hostname, f"{job_id}/{shard}", started)
+    try:
+        return _encode_and_record(message, spec, runtime, started, digest, token)
+    except StaleAttempt as exc:
+        log.warning("job %s shard %d: %s", job_id, shard, exc)
+        return ShardOutcome(ShardState(store.shard_state(job_id, shard)), "stale attempt")
+    finally:
+        store.note_idle(runtime.hostname)
+
+
+def _encode_and_record(
+    message: ShardMessage,
+    spec: JobSpec,
+    runtime: WorkerRuntime,
+    started: float,
+    digest: str,
+    token: str,
+) -> ShardOutcome:
+    """Encode, write the part file atomically, mark the shard done, end the job if last."""
+    store, job_id, shard = runtime.store, message.job_id, message.shard
+    out = allowed_output(spec.out, runtime.output_roots)
+    if not out.is_dir():  # submit wrote _job.json there, so an object-store prefix exists too
+        raise PermanentError(f"output directory {out} does not exist on {runtime.hostname}")
+    table, stats, model_metadata = _compute(message, spec, runtime)
+    documents = len(message.items)
+    facts = {
+        "job_id": job_id,
+        "shard": shard,
+        "digest": digest,
+        "documents": documents,
+        "rows": table.num_rows,
+        "tokens": stats.tokens,
+    }
+    name = part_name(shard)
+
+    def fence() -> None:
+        if not store.owns(job_id, shard, token):
+            raise StaleAttempt("another delivery took this shard over or ended it: not written")
+
+    written = write_shard(with_shard_metadata(table, facts), out / name, fence)
+
+    store.set_model_metadata(job_id, model_metadata)
+    done = {
+        "name": name,
+        "documents": documents,
+        "rows": table.num_rows,
+        "tokens": stats.tokens,
+        "bytes": written.size(),
+        "worker": runtime.hostname,
+        "seconds": round(time.time() - started, 3),
+        "finished_at": round(time.time(), 3),
+        "padding_efficiency": round(stats.padding_efficiency, 4),
+    }
+    store.mark_shard(
+        job_id,
+        shard,
+        ShardState.DONE,
+        _ACTIVE,
+        done,
+        documents=documents,
+        rows=table.num_rows,
+        tokens=stats.tokens,
+        seconds=stats.seconds,
+    )
+    store.drop_retry_letter(job_id, shard)
+    finalize_if_complete(store, job_id)
+    return ShardOutcome(
+        ShardState.DONE, name, rows=table.num_rows, tokens=stats.tokens, stats=stats
+    )
+
+
+def _compute(
+    message: ShardMessage, spec: JobSpec, runtime: WorkerRuntime
+) -> tuple[pa.Table, EncodeStats | RerankStats, dict[str, object]]:
+    """The shard's output table, its stats and the model metadata, by the job's task."""
+    if spec.task is Task.RERANK:
+        assert spec.rerank is not None  # JobSpec validates it
+        reranker = runtime.rerank_engine(spec.rerank)
+        scored = reranker.score(message.pairs)
+        return scored.table, scored.stats, reranker.file_metadata()
+    engine = runtime.engine(spec.options)
+    result = engine.encode(message.documents)
+    table = with_fields(result.table, message.documents, spec.keep_fields)
+    return table, result.stats, engine.file_metadata()
+
+
+def fail_shard(store: JobStore, message: ShardMessage, reason: str, worker: str) -> None:
+    """Dead-letter a shard: failed for good, its message kept for `m3pipe retry`."""
+    info = {"worker": worker, "error": reason[:2000], "failed_at": time.time()}
+    changed, _ = store.mark_shard(message.job_id, message.shard, ShardState.FAILED, _ACTIVE, info)
+    if changed:
+        store.dead_letter(message.job_id, message.shard, message.model_dump_json())
+    store.drop_retry_letter(message.job_id, message.shard)
+    finalize_if_complete(store, message.job_id)
+
+
+def requeue_shard(store: JobStore, message: ShardMessage, reason: str, attempt: int) -> None:
+    """Record that a shard goes back to the queue for another attempt; its message is kept
+    until the shard ends, so `m3pipe retry` can re-send it if the retry is ever lost."""
+    store.keep_retry_letter(message.job_id, message.shard, message.model_dump_json())
+    info = {"retry": attempt, "last_error": reason[:2000]}
+    store.mark_shard(message.job_id, message.shard, ShardState.QUEUED, _ACTIVE, info)

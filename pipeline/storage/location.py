@@ -1,0 +1,298 @@
+"""Where inputs are read and output is written: a local path or an object-store URL.
+
+`open_location("s3://bucket/prefix")` or `open_location("out/dir")` gives a Location: a
+filesystem (pyarrow.fs, or any fsspec one wrapped for pyarrow) and a path on it. Local
+writes keep the temp-file-and-rename commit; object-store writes are one put of bytes
+built in full beforehand, so an object appears whole under its name or not at all.
+
+Credentials never travel in a URL: the output URL is stored in Redis, in `_job.json` and
+in logs, so keys come from the environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, an instance
+or pod role, ...). A custom endpoint comes from AWS_ENDPOINT_URL or `?endpoint_override=`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import IO, ParamSpec, TypeVar, cast
+from urllib.parse import parse_qsl, urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from pipeline.errors import InputError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# Query options of pyarrow's S3/GCS/Azure URIs that would put a secret in the URL.
+_SECRET_OPTIONS = frozenset(
+    {"access_key", "secret_key", "session_token", "access_token", "account_key", "sas_token"}
+)
+_MAX_ERROR_CHARS = 500  # some filesystems' errors run to pages (e.g. a JVM search path)
+
+
+class StorageError(InputError):
+    """A URL m3pipe cannot use, or a storage location that is not what it must be."""
+
+
+def is_url(target: str | os.PathLike[str]) -> bool:
+    return isinstance(target, str) and bool(_URL.match(target))
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or directory on some filesystem. `uri` is what users see and jobs store."""
+
+    fs: pafs.FileSystem
+    path: str  # the path on `fs` (for S3: bucket/key)
+    uri: str  # an absolute local path, or the URL without a trailing slash
+    query: str = ""  # a URL's options, kept so a stored `uri` reopens the same store
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    @property
+    def local_path(self) -> Path:
+        if not self.is_local:
+            raise ValueError(f"{self.uri} is not a local path")
+        return Path(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def url(self) -> str:
+        """`uri` with its options: what reopens this location in another process."""
+        return f"{self.uri}?{self.query}" if self.query else self.uri
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __truediv__(self, name: str) -> Location:
+        """The child `name`, a relative path whose parts are plain names (no '..')."""
+        parts = name.split("/")
+        if not name or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"not a plain relative name: {name!r}")
+        path = f"{self.path.rstrip('/')}/{name}"
+        return Location(self.fs, path, f"{self.uri}/{name}", self.query)
+
+    def _info(self) -> pafs.FileInfo:
+        return _guard(self, self.fs.get_file_info, self.path)
+
+    def probe(self) -> pafs.FileType:
+        """What is at this location, for the checks a command makes before it starts.
+
+        An unreachable store or a refused request is a StorageError there: a clear message
+        at once, not a traceback. (A worker's later I/O errors stay OSErrors: retried.)
+        """
+        try:
+            return self._info().type
+        except OSError as exc:
+            raise StorageError(f"cannot reach {self.uri}: {_short(exc)}") from exc
+
+    def exists(self) -> bool:
+        return self._info().type != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        return self._info().type == pafs.FileType.Directory
+
+    def is_file(self) -> bool:
+        return self._info().type == pafs.FileType.File
+
+    def size(self) -> int:
+        info = self._info()
+        if info.type != pafs.FileType.File:
+            raise FileNotFoundError(f"not a file: {self.uri}")
+        return int(info.size)
+
+    def children(self, pattern: str = "*") -> list[Location]:
+        """The files directly in this directory whose names match `pattern`, sorted."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
+        found = [
+            self / info.base_name
+            for info in _guard(self, self.fs.get_file_info, selector)
+            if info.type == pafs.FileType.File and fnmatchcase(info.base_name, pattern)
+        ]
+        return sorted(found, key=lambda loc: loc.name)
+
+    def walk_files(self) -> Iterator[Location]:
+        """Every file under this directory, depth first: a directory's files (sorted),
+        then its subdirectories (sorted)."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
+        infos = sorted(_guard(self, self.fs.get_file_info, selector), key=lambda i: i.base_name)
+        dirs = []
+        for info in infos:
+            if info.type == pafs.FileType.File:
+                yield self / info.base_name
+            elif info.type == pafs.FileType.Directory:
+                dirs.append(self / info.base_name)
+        for sub in dirs:
+            yield from sub.walk_files()
+
+    def delete(self) -> None:
+        """Remove this file; a missing one is fine."""
+        with contextlib.suppress(FileNotFoundError):
+            _guard(self, self.fs.delete_file, self.path)
+
+    def read_bytes(self) -> bytes:
+        with self.open_input() as handle:
+            return handle.read()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode("utf-8")
+
+    def open_input(self) -> IO[bytes]:
+        """A sequential, buffered byte stream of the file."""
+        if self.is_local:
+            return open(self.path, "rb")
+        stream = _guard(self, self.fs.open_input_stream, self.path)
+        return cast(IO[bytes], io.BufferedReader(cast(io.RawIOBase, stream), 1 << 20))
+
+    def open_random_access(self) -> pa.NativeFile:
+        """A seekable handle (Parquet reads its footer first)."""
+        return _guard(self, self.fs.open_input_file, self.path)
+
+    def make_dir(self) -> None:
+        if self.is_local:
+            Path(self.path).mkdir(parents=True, exist_ok=True)
+        # Object stores have no directories: a prefix exists once an object is under it.
+
+    def write_bytes(self, data: bytes | pa.Buffer) -> None:
+        """Commit `data` under this name atomically: whole or not at all."""
+        if self.is_local:
+            _write_local_atomic(Path(self.path), data)
+            return
+        # Everything is handed over in one write: the stream is never closed (which
+        # commits the object) after a partial write of ours, only after a failed upload,
+        # which the store does not commit.
+        with _guard(self, self.fs.open_output_stream, self.path) as stream:
+            stream.write(data)
+
+
+def open_location(target: str | os.PathLike[str] | Location) -> Location:
+    """A Location for a local path (made absolute) or a URL (s3://, gs://, abfs://, ...)."""
+    if isinstance(target, Location):
+        return target
+    text = os.fspath(target)
+    if not is_url(text):
+        absolute = os.path.abspath(text)
+        return Location(pafs.LocalFileSystem(), absolute, absolute)
+    parts = urlsplit(text)
+    if parts.scheme == "file":
+        absolute = os.path.abspath(parts.path)
+        return Location(pafs.LocalFileSystem(), absolute, absolute)
+    _refuse_secrets(text)
+    base = text.split("?", 1)[0].rstrip("/")
+    fs, path = _filesystem(base, parts.query)
+    return Location(fs, path.rstrip("/"), base, parts.query)
+
+
+def _refuse_secrets(url: str) -> None:
+    parts = urlsplit(url)
+    secrets = sorted({key for key, _ in parse_qsl(parts.query)} & _SECRET_OPTIONS)
+    if parts.password is not None or secrets:
+        where = ", ".join(secrets) if secrets else "user:password"
+        raise StorageError(
+            f"credentials in a URL ({where}) would be stored in Redis, _job.json and logs; "
+            "give them through the environment instead (AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance/pod role)"
+        )
+
+
+@functools.lru_cache(maxsize=32)
+def _filesystem(base: str, query: str) -> tuple[pafs.FileSystem, str]:
+    """One filesystem object per store: S3 resolves the bucket's region when it is made."""
+    url = f"{base}?{query}" if query else base
+    try:
+        return pafs.FileSystem.from_uri(url)
+    except pa.ArrowInvalid as exc:
+        if "Unrecognized filesystem type" not in str(exc):
+            raise StorageError(f"cannot use {base}: {_short(exc)}") from exc
+    except OSError as exc:
+        raise StorageError(f"cannot use {base}: {_short(exc)}") from exc
+    return _fsspec_filesystem(url)
+
+
+def _fsspec_filesystem(url: str) -> tuple[pafs.FileSystem, str]:
+    """Schemes pyarrow lacks, through fsspec when it and the scheme's package are installed."""
+    scheme = url.split("://", 1)[0]
+    try:
+        import fsspec  # optional: only for schemes pyarrow has no filesystem for
+
+        fs, path = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        raise StorageError(
+            f"no filesystem for {scheme}:// URLs ({_short(exc)}); pyarrow reads s3://, gs://, "
+            "abfs:// and hdfs://, and fsspec schemes work when their package is installed"
+        ) from exc
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), str(path)
+
+
+def _guard(location: Location, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a filesystem call; long storage errors are cut to a readable length."""
+    try:
+        return call(*args, **kwargs)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if len(str(exc)) <= _MAX_ERROR_CHARS:
+            raise
+        raise OSError(exc.errno, f"{location.uri}: {_short(exc)}") from exc
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + " ..."
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def local_temp_name(path: Path) -> Path:
+    """The hidden name a local write goes to before its rename: `.NAME.tmp-PID-RANDOM`."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def commit_local(
+    path: Path, write: Callable[[Path], object], fence: Callable[[], None] | None = None
+) -> None:
+    """`write(tmp)` to a hidden temp file, fsync it, rename it to `path`: whole or nothing.
+
+    A crash leaves at most the temp file, which readers skip (leading dot) and the job's
+    end removes (see pipeline/storage/sink.py). `fence()` runs just before the rename and may
+    raise to stop it (a stale attempt must not replace a committed file).
+    """
+    tmp = local_temp_name(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        if fence is not None:
+            fence()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _write_local_atomic(path: Path, data: bytes | pa.Buffer) -> None:
+    commit_local(path, lambda tmp: tmp.write_bytes(memoryview(data)))

@@ -1,0 +1,185 @@
+"""The output directory layout: part-*.parquet, _manifest.json, _rejects.jsonl, _job.json.
+
+The directory is a Location: a local directory or an object-store prefix (s3://...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from fnmatch import fnmatchcase
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import pyarrow.fs as pafs
+
+from pipeline.errors import PermanentError
+from pipeline.storage.location import Location, local_temp_name, open_location
+from pipeline.storage.sink import remove_stale_temp_files
+from schemas.document import Reject
+
+MANIFEST = "_manifest.json"
+REJECTS = "_rejects.jsonl"
+JOB_FILE = "_job.json"  # the spec of the queue job writing here, for `--resume`
+PART_PATTERN = "part-*.parquet"
+
+
+class OutputDirError(PermanentError):
+    """The output directory cannot be used as asked."""
+
+
+def prepare_output_dir(
+    target: Location | Path | str,
+    overwrite: bool = False,
+    resume: bool = False,
+    resumable: bool = True,
+) -> Location:
+    """Create the directory; refuse one holding earlier output unless `overwrite`, which
+    clears it.
+
+    `resume` keeps the part files of an earlier submission (pipeline/jobs/resume.py decides
+    which still count) and drops only its manifest, so no stale manifest stays visible.
+    `resumable` says whether the command offers --resume (the queue commands do).
+    """
+    out = open_location(target)
+    if out.probe() == pafs.FileType.File:
+        raise OutputDirError(f"output path exists and is not a directory: {out}")
+    if not out.is_local:
+        _check_bucket(out)
+    _make_dir(out)
+    _refuse_foreign_files(out)
+    if resume:
+        (out / MANIFEST).delete()
+        remove_stale_temp_files(out)
+        return out
+    earlier = out.children(PART_PATTERN) + [
+        loc for loc in (out / MANIFEST, out / REJECTS, out / JOB_FILE) if loc.exists()
+    ]
+    if earlier and not overwrite:
+        resume_hint = ", or --resume an unfinished job" if resumable else ""
+        raise OutputDirError(
+            f"output directory {out} already holds output ({earlier[0].name}, ...): "
+            f"choose another --out or pass --overwrite{resume_hint}"
+        )
+    for stale in earlier:
+        stale.delete()
+    remove_stale_temp_files(out)
+    return out
+
+
+def _make_dir(out: Location) -> None:
+    try:
+        out.make_dir()
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocking = next(
+            (p for p in out.local_path.parents if p.exists() and not p.is_dir()), out.local_path
+        )
+        raise OutputDirError(f"cannot create {out}: {blocking} is not a directory") from exc
+    except OSError as exc:
+        raise OutputDirError(f"cannot create {out}: {exc.strerror or exc}") from exc
+
+
+def is_own_file(name: str) -> bool:
+    """Whether m3pipe writes files of this name in an output directory."""
+    return (
+        fnmatchcase(name, PART_PATTERN)
+        or name in (MANIFEST, REJECTS, JOB_FILE)
+        or (name.startswith(".") and ".tmp-" in name)  # an interrupted local write
+    )
+
+
+def _refuse_foreign_files(out: Location) -> None:
+    """m3pipe writes into an empty directory or its own output, never among other files:
+    --overwrite deletes only its own files, and a user's files must not mix with parts."""
+    foreign = sorted(loc.name for loc in out.children() if not is_own_file(loc.name))
+    if out.is_local:
+        foreign += sorted(p.name + "/" for p in out.local_path.iterdir() if p.is_dir())
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise OutputDirError(
+            f"output directory {out} holds files m3pipe did not write ({shown}): "
+            "choose an empty or new --out"
+        )
+
+
+def _check_bucket(out: Location) -> None:
+    """An object store's bucket (or container) must exist: m3pipe never creates one."""
+    bucket = out.path.split("/", 1)[0]
+    if out.fs.get_file_info(bucket).type != pafs.FileType.Directory:
+        raise OutputDirError(f"bucket {bucket!r} of {out} does not exist or is not readable")
+
+
+def write_json_atomic(target: Location, payload: object) -> None:
+    data = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    target.write_bytes(data.encode("utf-8"))
+
+
+class RejectLog:
+    """Collects rejects as JSON lines; the file appears under its name only when closed.
+
+    Lines go to a local temp file (next to the output when it is local), so millions of
+    rejects cost disk, not memory; an object store gets the whole file in one put. A write
+    that fails (a full disk) is an OutputDirError, and a log left by an error is discarded,
+    never published: a partial `_rejects.jsonl` would hide rejects.
+    """
+
+    def __init__(self, directory: Location | Path | str) -> None:
+        self.location = open_location(directory) / REJECTS
+        self._tmp: Path | None = None
+        if self.location.is_local:
+            self._tmp = local_temp_name(self.location.local_path)
+            self._handle: IO[str] = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115
+        else:
+            self._handle = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+        self.count = 0
+
+    def add(self, reject: Reject) -> None:
+        try:
+            self._handle.write(reject.model_dump_json(exclude_none=True) + "\n")
+        except OSError as exc:
+            raise self._failed(exc) from exc
+        self.count += 1
+
+    def close(self) -> None:
+        if self._handle.closed:
+            return
+        try:
+            if self._tmp is not None:
+                self._handle.close()  # flushes: a full disk shows here at the latest
+                with open(self._tmp, "rb") as written:
+                    os.fsync(written.fileno())
+                os.replace(self._tmp, self.location.local_path)
+                return
+            with self._handle:
+                self._handle.seek(0)
+                self.location.write_bytes(self._handle.read().encode("utf-8"))
+        except OSError as exc:
+            self.discard()
+            raise self._failed(exc) from exc
+
+    def discard(self) -> None:
+        """Drop what was written; nothing is published."""
+        with contextlib.suppress(OSError):
+            self._handle.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+    def _failed(self, exc: OSError) -> OutputDirError:
+        return OutputDirError(f"cannot write {self.location}: {exc.strerror or exc}")
+
+    def __enter__(self) -> RejectLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()

@@ -1,0 +1,62 @@
+"""The Parquet sink: one shard's table to one file, atomically."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.storage.location import Location, commit_local, open_location
+
+ROW_GROUP_ROWS = 1024  # ColBERT rows are large: keep row groups readable piecewise
+_WRITE_OPTIONS = {"compression": "zstd", "row_group_size": ROW_GROUP_ROWS, "store_schema": True}
+STALE_TEMP_PATTERN = ".*.tmp-*"  # any interrupted local write: parts, rejects, manifest
+
+
+def part_name(shard_index: int) -> str:
+    """Deterministic file name of a shard's output."""
+    if shard_index < 0:
+        raise ValueError("shard index must be >= 0")
+    return f"part-{shard_index:05d}.parquet"
+
+
+def write_shard(
+    table: pa.Table, target: Location | Path | str, fence: Callable[[], None] | None = None
+) -> Location:
+    """Write `table` as Parquet to `target` so that nothing partial appears under its name.
+
+    Local: via a hidden temp file, fsync and rename; a crash leaves at most a
+    `.part-*.tmp-*` file, which readers ignore and the job's end removes. Object stores:
+    the file is built in memory and put as one object (the shard's vectors are in memory
+    already, so this at most doubles them for the length of the upload). `fence()` runs
+    right before the file becomes visible and may raise to prevent it.
+    """
+    location = open_location(target)
+    if not location.is_local:
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, **_WRITE_OPTIONS)
+        if fence is not None:
+            fence()
+        location.write_bytes(buffer.getvalue())
+        return location
+    commit_local(
+        location.local_path, lambda tmp: pq.write_table(table, tmp, **_WRITE_OPTIONS), fence
+    )
+    return location
+
+
+def remove_stale_temp_files(directory: Location | Path | str) -> int:
+    """Delete temp files left by interrupted local writes; returns how many went.
+
+    Object-store writes leave none: an interrupted put or multipart upload never shows.
+    """
+    location = open_location(directory)
+    if not location.is_local:
+        return 0
+    removed = 0
+    for stale in location.local_path.glob(STALE_TEMP_PATTERN):
+        stale.unlink(missing_ok=True)
+        removed += 1
+    return removed
