@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
 import sys
 from pathlib import Path
@@ -13,12 +12,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from pipeline.cli.main import (
-    EXIT_FAILED,
-    EXIT_OK,
+from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
+from pipeline.cli.options import (
     add_compute_options,
     add_encode_options,
     add_input_options,
+    checked_queue,
+    job_store,
     max_record_bytes,
     options_from_args,
     out_arg,
@@ -41,23 +41,6 @@ from schemas.tenant import tenant_queue
 
 if TYPE_CHECKING:
     from producers.submit import SubmitRequest
-
-EXIT_TIMEOUT = 124
-
-
-def comma_list(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
-
-
-def checked_queue(name: str) -> str:
-    """The queue name, or ValueError saying what a queue name may hold."""
-    from schemas.job import QUEUE_NAME_PATTERN
-
-    if not re.fullmatch(QUEUE_NAME_PATTERN, name):
-        raise ValueError(
-            f"queue name {name!r}: use letters, digits, '_', '.', '-' (at most 64 characters)"
-        )
-    return name
 
 
 def add_shard_options(parser: argparse.ArgumentParser) -> None:
@@ -286,10 +269,6 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
         poll_seconds=settings.poll_seconds,
         max_record_bytes=max_record_bytes(args, settings),
     )
-
-
-def job_store(settings: Settings) -> JobStore:
-    return JobStore.connect(settings.broker, settings.redis_retry_seconds)
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:

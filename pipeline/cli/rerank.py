@@ -7,17 +7,15 @@ import sys
 
 from pydantic import ValidationError
 
-from pipeline.cli.main import (
-    EXIT_FAILED,
-    ProgressBar,
+from pipeline.cli.exit_codes import EXIT_FAILED
+from pipeline.cli.options import (
     add_compute_options,
     add_record_limit_option,
-    input_found,
-    local_outcome,
     max_record_bytes,
     out_arg,
     usage_error,
 )
+from pipeline.cli.report import ProgressBar, input_found, local_outcome
 from pipeline.settings import Settings
 from schemas.rerank import DEFAULT_RERANK_MAX_LENGTH, RerankOptions
 

@@ -11,7 +11,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from pipeline.cli.main import EXIT_FAILED, EXIT_OK, usage_error
+from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_OK
+from pipeline.cli.options import job_store, usage_error
 from pipeline.cli.tenants import add_consumer_tenant_option, consumer_queues
 from pipeline.runtime.metrics import AUTOSCALER_METRICS_PORT, WORKER_METRICS_PORT
 from pipeline.settings import Settings
@@ -76,7 +77,6 @@ def add_scale_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.cli.queue import job_store
     from pipeline.ops.autoscaler import Autoscaler, parse_devices
     from pipeline.ops.scaling import ScaleLimits
     from pipeline.runtime.metrics import serve
@@ -132,7 +132,6 @@ def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.cli.queue import job_store
     from pipeline.ops.probe import worker_problem
     from workers.app import ping_problem
     from workers.bootstrap import WORKER_NAME_ENV
@@ -154,7 +153,6 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_backlog(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from pipeline.cli.queue import job_store
     from pipeline.ops.backlog_server import backlog_report, make_server
 
     try:

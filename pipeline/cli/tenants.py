@@ -8,7 +8,8 @@ import sys
 
 from pydantic import ValidationError
 
-from pipeline.cli.main import EXIT_OK, usage_error
+from pipeline.cli.exit_codes import EXIT_OK
+from pipeline.cli.options import checked_queue, comma_list, job_store, usage_error
 from pipeline.settings import Settings
 from schemas.tenant import DEFAULT_TENANT, Priority, TenantLimits, checked_tenant, tenant_queue
 
@@ -43,7 +44,6 @@ def consumer_queues(
 ) -> list[str]:
     """The queues a worker, autoscaler or backlog reads: --queues, the --tenants' queues, or
     the base queue. ValueError on a bad name."""
-    from pipeline.cli.queue import checked_queue, comma_list
 
     tenants = [checked_tenant(t) for t in comma_list(tenants_flag or "")]
     if tenants_flag is not None and not tenants:
@@ -74,7 +74,6 @@ def add_tenants_command(sub: argparse._SubParsersAction) -> None:
 
 def cmd_tenants(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.broker.backlog import backlogs
-    from pipeline.cli.queue import job_store
     from pipeline.jobs.tenants import set_tenant_limits, tenant_limits, tenant_names, tenant_usage
 
     if args.action == "set":

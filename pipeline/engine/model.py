@@ -1,4 +1,4 @@
-"""Loading bge-m3 with FlagEmbedding's own loader, from a path, a hub name or random:SIZE."""
+"""Loading bge-m3 the way FlagEmbedding loads it, from a path, a hub name or random:SIZE."""
 
 from __future__ import annotations
 
@@ -176,6 +176,30 @@ def _check_tokenizer_template(tokenizer: Any) -> None:
         )
 
 
+def m3_parts(path: Path, dtype: torch.dtype) -> dict[str, Any]:
+    """FlagEmbedding's M3 loading (`EncoderOnlyEmbedderM3Runner.get_model`), step for step,
+    without importing FlagEmbedding: its package import pulls every model family it has and
+    breaks with some transformers releases. The parity tests compare against FlagEmbedding.
+    """
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(path), dtype=dtype)
+    hidden = int(model.config.hidden_size)
+    colbert_file, sparse_file = path / "colbert_linear.pt", path / "sparse_linear.pt"
+    colbert_state = sparse_state = None
+    if colbert_file.is_file() and sparse_file.is_file():
+        colbert_state = torch.load(colbert_file, map_location="cpu", weights_only=True)
+        sparse_state = torch.load(sparse_file, map_location="cpu", weights_only=True)
+    colbert_dim = int(colbert_state["weight"].shape[0]) if colbert_state else hidden
+    colbert = torch.nn.Linear(hidden, colbert_dim, dtype=dtype)
+    sparse = torch.nn.Linear(hidden, 1, dtype=dtype)
+    if colbert_state is not None and sparse_state is not None:
+        colbert.load_state_dict(colbert_state)
+        sparse.load_state_dict(sparse_state)
+    # else: freshly initialised heads, as FlagEmbedding does (dense-only use of an encoder)
+    return {"model": model, "colbert_linear": colbert, "sparse_linear": sparse}
+
+
 def load_model(
     spec: str,
     *,
@@ -185,7 +209,7 @@ def load_model(
     hub_timeout: float = 10.0,
     need_heads: bool = True,
 ) -> M3Model:
-    """Load bge-m3 (or a random model of its architecture) through FlagEmbedding's loader."""
+    """Load bge-m3 (or a random model of its architecture) as FlagEmbedding's loader does."""
     path, revision = resolve_model_path(spec, cache_dir, hub_timeout)
     if need_heads and not (
         (path / "colbert_linear.pt").is_file() and (path / "sparse_linear.pt").is_file()
@@ -197,14 +221,12 @@ def load_model(
     torch_device = resolve_device(device)
     dtype = resolve_dtype(torch_device, precision)
 
-    # FlagEmbedding's own loading code: AutoModel + the two linear heads.
-    from FlagEmbedding.finetune.embedder.encoder_only.m3 import EncoderOnlyEmbedderM3Runner
     from transformers import AutoTokenizer
 
     try:
         tokenizer: Any = AutoTokenizer.from_pretrained(str(path))
-        parts = EncoderOnlyEmbedderM3Runner.get_model(str(path), torch_dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as exc:
+        parts = m3_parts(path, dtype)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelLoadError(f"cannot load model from {path}: {exc}") from exc
     _check_tokenizer_template(tokenizer)
 

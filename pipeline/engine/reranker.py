@@ -51,18 +51,19 @@ def load_reranker(
     cache_dir: Path,
     hub_timeout: float = 10.0,
 ) -> RerankModel:
-    """Load a cross-encoder (bge-reranker-v2-m3, or random:SIZE) with FlagReranker's loader."""
+    """Load a cross-encoder (bge-reranker-v2-m3, or random:SIZE) as FlagReranker does."""
     path, revision = resolve_model_path(spec, cache_dir, hub_timeout, reranker=True)
     torch_device = resolve_device(device)
     dtype = resolve_dtype(torch_device, precision)
-    from FlagEmbedding import FlagReranker
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
-        # FlagReranker's own loading: AutoTokenizer + AutoModelForSequenceClassification.
-        loaded = FlagReranker(str(path), use_fp16=False, devices=["cpu"])
+        # FlagReranker's own loading, without importing FlagEmbedding (see model.m3_parts):
+        # AutoTokenizer + AutoModelForSequenceClassification from the same path.
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForSequenceClassification.from_pretrained(str(path))
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load reranker from {path}: {exc}") from exc
-    model, tokenizer = loaded.model, loaded.tokenizer
     labels = int(getattr(model.config, "num_labels", 0))
     if labels != 1:
         raise ModelLoadError(

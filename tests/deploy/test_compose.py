@@ -4,6 +4,9 @@ m3pipe command in it parses with the real CLI. No Docker engine runs here."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -23,7 +26,9 @@ def compose() -> dict:
 
 
 def compose_schema() -> dict:
-    assert SCHEMA_WHEEL.is_file(), "run .ci/fetch-compose-schema (CI and `make install` do)"
+    if not SCHEMA_WHEEL.is_file():  # a fresh clone: fetch it once (a pip download, cached)
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        subprocess.run(["bash", str(ROOT / ".ci" / "fetch-compose-schema")], env=env, check=True)
     with zipfile.ZipFile(SCHEMA_WHEEL) as wheel:
         return json.loads(wheel.read("compose/config/compose_spec.json"))
 

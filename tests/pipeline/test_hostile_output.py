@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from pipeline.cli.main import EXIT_FAILED, EXIT_USAGE, main
+from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_USAGE
+from pipeline.cli.main import main
 from pipeline.storage.output_dir import OutputDirError, RejectLog, prepare_output_dir
 from schemas.document import Reject
 

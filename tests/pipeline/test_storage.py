@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli.main import EXIT_REJECTS, main
+from pipeline.cli.exit_codes import EXIT_REJECTS
+from pipeline.cli.main import main
 from pipeline.errors import InputError
 from pipeline.jobs.resume import previous_spec, read_shard_file, with_shard_metadata
 from pipeline.storage.location import StorageError, open_location

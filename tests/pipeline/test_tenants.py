@@ -106,7 +106,8 @@ def test_a_submit_waits_at_the_tenant_shard_quota_and_goes_on_when_shards_end(st
 
 
 def test_tenants_set_refuses_bad_limits_before_reaching_redis(capsys, monkeypatch):
-    from pipeline.cli.main import EXIT_USAGE, main
+    from pipeline.cli.exit_codes import EXIT_USAGE
+    from pipeline.cli.main import main
 
     monkeypatch.setenv("M3PIPE_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens there
     assert main(["tenants", "set", "acme", "--max-jobs", "0"]) == EXIT_USAGE

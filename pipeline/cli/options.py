@@ -1,0 +1,151 @@
+"""Options shared by several commands: their flags, how they parse, and usage errors."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from pydantic import ValidationError
+
+from pipeline.cli.exit_codes import EXIT_USAGE
+from pipeline.jobs.store import JobStore
+from pipeline.settings import Settings
+from schemas.options import MAX_SUPPORTED_LENGTH, EncodeOptions
+
+
+def add_encode_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        help="model dir, hub name or random:tiny|small|full "
+        "(default: $M3PIPE_MODEL or BAAI/bge-m3)",
+    )
+    parser.add_argument(
+        "--modes",
+        default="dense,sparse,colbert",
+        help="comma-separated subset of dense,sparse,colbert",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        help="tokens per sequence, <= 8192 (default: 8192 to embed, 512 per pair to rerank)",
+    )
+    parser.add_argument(
+        "--batch-tokens", type=int, help="padded tokens per forward pass (default: per device)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float16", "float32"],
+        default="float16",
+        help="storage dtype of dense and colbert vectors",
+    )
+    parser.add_argument(
+        "--long-docs",
+        choices=["truncate", "chunk"],
+        default="truncate",
+        help="over-length documents: truncate (default) or one row per chunk",
+    )
+    parser.add_argument("--chunk-overlap", type=int, default=0, help="tokens shared by chunks")
+
+
+def add_compute_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        default="auto",
+        help="compute precision (default: fp16 on CUDA, fp32 on CPU)",
+    )
+
+
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        dest="input_format",
+        choices=["auto", "jsonl", "csv", "parquet", "txt"],
+        default="auto",
+        help="input format (default: from the name; a directory reads its .txt files)",
+    )
+    parser.add_argument("--id-field", default="id", help="id field or column (default: id)")
+    parser.add_argument("--text-field", default="text", help="text field or column")
+    parser.add_argument(
+        "--keep-fields",
+        default="",
+        help="comma-separated input fields carried into the output as string columns",
+    )
+    add_record_limit_option(parser)
+
+
+def add_record_limit_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-record-bytes",
+        type=int,
+        help="largest input record (line, CSV record, .txt file); a larger one is rejected "
+        "while it is read (default: $M3PIPE_MAX_RECORD_BYTES, else 8 MiB)",
+    )
+
+
+def max_record_bytes(args: argparse.Namespace, settings: Settings) -> int:
+    """The record limit from the flag or the setting; ValueError when it is too small."""
+    value = args.max_record_bytes
+    if value is None:
+        return settings.max_record_bytes
+    if value < 1024:
+        raise ValueError("--max-record-bytes must be >= 1024")
+    return int(value)
+
+
+def out_arg(value: str) -> str:
+    """--out: an empty value would write into the current directory."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
+def parse_keep_fields(value: str) -> tuple[str, ...]:
+    """The --keep-fields list; raises ValueError naming a field that cannot be a column."""
+    from schemas.output import RESERVED_COLUMNS
+
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    for name in names:
+        if name in RESERVED_COLUMNS:
+            raise ValueError(f"--keep-fields: {name!r} is an output column name")
+    return names
+
+
+def options_from_args(args: argparse.Namespace) -> EncodeOptions:
+    return EncodeOptions(
+        modes=args.modes,
+        max_length=MAX_SUPPORTED_LENGTH if args.max_length is None else args.max_length,
+        batch_tokens=args.batch_tokens,
+        dtype=args.dtype,
+        long_docs=args.long_docs,
+        chunk_overlap=args.chunk_overlap,
+    )
+
+
+def usage_error(problem: object) -> int:
+    if isinstance(problem, ValidationError):
+        problem = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in problem.errors()
+        )
+    print(f"m3pipe: {problem}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def comma_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def checked_queue(name: str) -> str:
+    """The queue name, or ValueError saying what a queue name may hold."""
+    from schemas.job import QUEUE_NAME_PATTERN
+
+    if not re.fullmatch(QUEUE_NAME_PATTERN, name):
+        raise ValueError(
+            f"queue name {name!r}: use letters, digits, '_', '.', '-' (at most 64 characters)"
+        )
+    return name
+
+
+def job_store(settings: Settings) -> JobStore:
+    return JobStore.connect(settings.broker, settings.redis_retry_seconds)
