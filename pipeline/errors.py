@@ -43,3 +43,63 @@ class UnreadableInput(InputError):
         where = f"line {line}" if line is not None else f"row {row}"
         message = f"read failed at {where}, the rest of the file is lost: {exc}"
         return cls(message, line=line, row=row)
+
+
+# -- where each error comes from: storage, the broker, job state, workers, submission, run --
+
+
+class StorageError(InputError):
+    """A URL m3pipe cannot use, or a storage location that is not what it must be."""
+
+
+class OutputDirError(PermanentError):
+    """The output directory cannot be used as asked."""
+
+
+class OutputNotAllowed(PermanentError):
+    """A job's output location is not one this worker may write to."""
+
+
+class BrokerUrlError(PermanentError, ValueError):
+    """M3PIPE_BROKER_URL cannot be used as written."""
+
+
+class JobNotFound(PermanentError):
+    """Redis has no job of this id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} not found in Redis")
+        self.job_id = job_id
+
+
+class ResumeError(InputError):
+    """The output directory cannot be resumed with this submission."""
+
+
+class UnknownJob(PermanentError):
+    """A message names a job Redis does not know: nothing to record it against."""
+
+
+class UnregisteredShard(UnknownJob):
+    """A message names a shard its job never registered (forged, or of another Redis)."""
+
+
+class StaleAttempt(PermanentError):
+    """Another delivery took the shard over or ended it while this one ran: it must not
+    write. Nothing is recorded; the owner's result stands."""
+
+
+class SubmitCancelled(PermanentError):
+    """The job was cancelled while its shards were being submitted."""
+
+
+class QuotaExceeded(PermanentError):
+    """The tenant may not start another job now (its max_jobs)."""
+
+
+class EmbeddedRedisError(PipelineError):
+    """The private redis-server of `m3pipe run` (or the tests) did not start."""
+
+
+class WorkersGone(PipelineError):
+    """Every worker process of `m3pipe run` exited before the job ended."""

@@ -14,15 +14,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import InputError, PermanentError
+from pipeline.errors import InputError, QuotaExceeded, ResumeError, SubmitCancelled
 from pipeline.jobs.finish import finalize_if_complete
-from pipeline.jobs.resume import (
-    ResumeError,
-    check_same_job,
-    documents_digest,
-    previous_spec,
-    read_shard_file,
-)
+from pipeline.jobs.resume import check_same_job, documents_digest, previous_spec, read_shard_file
 from pipeline.jobs.store import ABSENT, JobStore
 from pipeline.jobs.tenants import job_quota_problem, shard_quota_problem
 from pipeline.storage.location import Location, open_location
@@ -57,10 +51,6 @@ VISIBILITY_SAFETY = 0.5
 SPECIALS = 2  # CLS and EOS per sequence
 
 Publish = Callable[[ShardMessage, str, Priority], None]  # (message, queue, priority)
-
-
-class SubmitCancelled(PermanentError):
-    pass
 
 
 def new_job_id() -> str:
@@ -344,10 +334,6 @@ def oversize_reason(doc: Document, limits: ShardLimits, options: EncodeOptions) 
             f"({limits.tokens:,}) within the visibility timeout"
         )
     return None
-
-
-class QuotaExceeded(PermanentError):
-    """The tenant may not start another job now (its max_jobs)."""
 
 
 def admit(store: JobStore, tenant: str) -> None:

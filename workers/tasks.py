@@ -11,22 +11,15 @@ from celery.exceptions import Reject
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from pipeline.errors import PermanentError
+from pipeline.errors import PermanentError, UnknownJob
 from pipeline.jobs.keys import TASK_ENCODE_SHARD
-from pipeline.runtime.shard_runner import (
-    UnknownJob,
-    WorkerRuntime,
-    fail_shard,
-    requeue_shard,
-    run_shard,
-)
+from pipeline.runtime.retry_policy import after_failure
+from pipeline.runtime.shard_runner import WorkerRuntime, fail_shard, run_shard
 from schemas.job import ShardMessage
 from workers import bootstrap
 from workers.app import app
 
 log = logging.getLogger(__name__)
-
-MAX_BACKOFF_SECONDS = 600.0
 
 
 def parse_message(task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ShardMessage:
@@ -49,11 +42,6 @@ def tenant_of(runtime: WorkerRuntime, message: ShardMessage) -> str:
         return "unknown"
 
 
-def retry_countdown(attempt: int, base: float) -> float:
-    """Exponential backoff: base, 4 x base, 16 x base... at most 10 minutes."""
-    return min(base * 4 ** max(attempt - 1, 0), MAX_BACKOFF_SECONDS)
-
-
 # max_retries=None: the retry count is m3pipe's (M3PIPE_MAX_ATTEMPTS, counted in Redis).
 # Celery's own default of 3 would drop the message at the fourth retry and orphan the shard.
 @app.task(name=TASK_ENCODE_SHARD, bind=True, max_retries=None)
@@ -74,24 +62,17 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise
     except Exception as exc:
         # Transient (retryable errors, lost connections, I/O): again later, a bounded number
-        # of times. If even Redis is unreachable, hand the message back to the queue.
+        # of times (pipeline/runtime/retry_policy.py). If even Redis is unreachable, hand the
+        # message back to the queue.
         try:
-            attempt = runtime.store.attempts(message.job_id, message.shard)
-            give_up = attempt >= runtime.max_attempts
-            if give_up:
-                reason = f"dead-lettered after {attempt} attempts: {exc!r}"
-                fail_shard(runtime.store, message, reason, worker)
-            else:
-                requeue_shard(runtime.store, message, repr(exc), attempt)
+            countdown = after_failure(runtime, message, exc, worker)
         except RedisError:
             log.exception("job state unreachable; shard %s handed back", message.shard)
             raise Reject(f"job state unreachable: {exc!r}", requeue=True) from exc
-        runtime.metrics.shard_ended("failed" if give_up else "retried", tenant)
-        if give_up:
+        runtime.metrics.shard_ended("failed" if countdown is None else "retried", tenant)
+        if countdown is None:
             raise
-        countdown = retry_countdown(attempt, runtime.retry_backoff_seconds)
-        log.warning("shard %s attempt %d failed (%r); retry in %.1fs", message.shard, attempt,
-                    exc, countdown)  # fmt: skip
+        log.warning("shard %s failed (%r); retry in %.1fs", message.shard, exc, countdown)
         raise self.retry(exc=exc, countdown=countdown) from exc
     if outcome.stats is not None:
         runtime.metrics.shard_done(outcome.stats, tenant)

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import redis
 
-from pipeline.errors import PermanentError
+from pipeline.errors import BrokerUrlError
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 # How long a connected client keeps retrying while Redis is unreachable (a restart, a
@@ -37,10 +37,6 @@ def for_redis_py(url: str) -> str:
         if url.startswith(scheme):
             return "unix://" + url.removeprefix(scheme)
     return url
-
-
-class BrokerUrlError(PermanentError, ValueError):
-    """M3PIPE_BROKER_URL cannot be used as written."""
 
 
 _CERT_REQS = {

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from pipeline import __version__
-from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_OK
 from pipeline.cli.options import (
     add_compute_options,
     add_encode_options,
@@ -30,6 +29,7 @@ from pipeline.cli.rerank import add_rerank_command
 from pipeline.cli.scale import add_scale_commands
 from pipeline.cli.tenants import add_tenants_command
 from pipeline.errors import PipelineError
+from pipeline.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
         print(f"m3pipe {args.command}: interrupted{resume}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

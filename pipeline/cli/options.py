@@ -8,7 +8,7 @@ import sys
 
 from pydantic import ValidationError
 
-from pipeline.cli.exit_codes import EXIT_USAGE
+from pipeline.exit_codes import EXIT_USAGE
 from pipeline.jobs.store import JobStore
 from pipeline.settings import Settings
 from schemas.options import MAX_SUPPORTED_LENGTH, EncodeOptions

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 from pipeline.cli.options import (
     add_compute_options,
     add_encode_options,
@@ -32,6 +31,7 @@ from pipeline.cli.tenants import (
     consumer_queues,
     job_tenant,
 )
+from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 from pipeline.jobs.orphans import orphaned_shards
 from pipeline.jobs.store import JobStore
 from pipeline.settings import Settings

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from pipeline.cli.exit_codes import EXIT_OK, EXIT_REJECTS
+from pipeline.exit_codes import EXIT_OK, EXIT_REJECTS
 
 if TYPE_CHECKING:
     from pipeline.storage.location import Location

@@ -7,7 +7,6 @@ import sys
 
 from pydantic import ValidationError
 
-from pipeline.cli.exit_codes import EXIT_FAILED
 from pipeline.cli.options import (
     add_compute_options,
     add_record_limit_option,
@@ -16,6 +15,7 @@ from pipeline.cli.options import (
     usage_error,
 )
 from pipeline.cli.report import ProgressBar, input_found, local_outcome
+from pipeline.exit_codes import EXIT_FAILED
 from pipeline.settings import Settings
 from schemas.rerank import DEFAULT_RERANK_MAX_LENGTH, RerankOptions
 

@@ -11,9 +11,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_OK
 from pipeline.cli.options import job_store, usage_error
 from pipeline.cli.tenants import add_consumer_tenant_option, consumer_queues
+from pipeline.exit_codes import EXIT_FAILED, EXIT_OK
 from pipeline.runtime.metrics import AUTOSCALER_METRICS_PORT, WORKER_METRICS_PORT
 from pipeline.settings import Settings
 

@@ -8,8 +8,8 @@ import sys
 
 from pydantic import ValidationError
 
-from pipeline.cli.exit_codes import EXIT_OK
 from pipeline.cli.options import checked_queue, comma_list, job_store, usage_error
+from pipeline.exit_codes import EXIT_OK
 from pipeline.settings import Settings
 from schemas.tenant import DEFAULT_TENANT, Priority, TenantLimits, checked_tenant, tenant_queue
 

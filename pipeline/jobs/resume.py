@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from pipeline.errors import InputError
+from pipeline.errors import ResumeError
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.output_dir import JOB_FILE
 from schemas.job import JobSpec
@@ -43,10 +43,6 @@ SAME_ON_RESUME = (
     "shard_bytes",
     "shard_tokens",
 )
-
-
-class ResumeError(InputError):
-    """The output directory cannot be resumed with this submission."""
 
 
 def documents_digest(documents: Sequence[BaseModel]) -> str:

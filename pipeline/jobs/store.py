@@ -16,6 +16,7 @@ from typing import Any, cast
 import redis
 
 from pipeline.broker.redis_url import DEFAULT_RETRY_SECONDS, connect
+from pipeline.errors import JobNotFound
 from pipeline.jobs.keys import (
     JOBS_INDEX,
     TENANTS_INDEX,
@@ -99,10 +100,6 @@ end
 if state == 'running' or state == 'queued' then return 1 end
 return 0
 """
-
-
-class JobNotFound(KeyError):
-    pass
 
 
 def _int(value: str | None) -> int:

@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
 from pipeline.jobs.store import JobStore
 from schemas.job import JobState, JobStatus, Task
 
@@ -98,5 +99,5 @@ def follow(
 def exit_code(status: JobStatus) -> int:
     """0 completed cleanly, 3 completed with rejected records, 1 anything else."""
     if status.state is JobState.COMPLETED:
-        return 3 if status.rejected else 0
-    return 1
+        return EXIT_REJECTS if status.rejected else EXIT_OK
+    return EXIT_FAILED

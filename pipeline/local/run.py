@@ -17,7 +17,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import WorkersGone
+from pipeline.exit_codes import EXIT_FAILED
 from pipeline.jobs.resume import previous_spec
 from pipeline.jobs.store import JobStore
 from pipeline.jobs.watch import exit_code, follow, unit
@@ -35,10 +36,6 @@ from schemas.job import JobState, Task
 STOP_GRACE_SECONDS = 30.0
 SCRATCH_PREFIX = "m3pipe-run-"
 LOG_TAIL_LINES = 15
-
-
-class WorkersGone(PipelineError):
-    pass
 
 
 def visible_gpus() -> int:
@@ -195,7 +192,7 @@ def run_local(
         except WorkersGone as exc:
             store.end(job_id, JobState.FAILED, "every worker process exited")
             print(f"m3pipe run: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         except KeyboardInterrupt:
             store.cancel(job_id)  # on a shared broker, other workers skip what is left
             raise

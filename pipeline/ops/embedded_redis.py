@@ -13,14 +13,10 @@ from types import TracebackType
 
 import redis
 
-from pipeline.errors import PipelineError
+from pipeline.errors import EmbeddedRedisError
 from pipeline.ops.lifeline import dies_with_parent
 
 START_TIMEOUT_SECONDS = 15.0
-
-
-class EmbeddedRedisError(PipelineError):
-    pass
 
 
 def find_redis_server() -> str:

@@ -15,10 +15,10 @@ import pyarrow as pa
 from pipeline.engine.embedder import EncodeStats, Engine
 from pipeline.engine.reranker import RerankEngine, RerankStats
 from pipeline.engine.table import with_fields
-from pipeline.errors import PermanentError
+from pipeline.errors import JobNotFound, PermanentError, StaleAttempt, UnknownJob, UnregisteredShard
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.resume import documents_digest, with_shard_metadata
-from pipeline.jobs.store import ABSENT, JobNotFound, JobStore
+from pipeline.jobs.store import ABSENT, JobStore
 from pipeline.runtime.metrics import WorkerMetrics
 from pipeline.runtime.worker_models import WorkerModels
 from pipeline.storage.output_roots import allowed_output
@@ -31,19 +31,6 @@ log = logging.getLogger(__name__)
 
 _ACTIVE = (ShardState.QUEUED.value, ShardState.RUNNING.value)
 _SPEC_CACHE_SIZE = 64
-
-
-class UnknownJob(PermanentError):
-    """A message names a job Redis does not know: nothing to record it against."""
-
-
-class UnregisteredShard(UnknownJob):
-    """A message names a shard its job never registered (forged, or of another Redis)."""
-
-
-class StaleAttempt(PermanentError):
-    """Another delivery took the shard over or ended it while this one ran: it must not
-    write. Nothing is recorded; the owner's result stands."""
 
 
 @dataclass

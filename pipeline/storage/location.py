@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipeline.errors import InputError
+from pipeline.errors import StorageError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -39,10 +39,6 @@ _SECRET_OPTIONS = frozenset(
     {"access_key", "secret_key", "session_token", "access_token", "account_key", "sas_token"}
 )
 _MAX_ERROR_CHARS = 500  # some filesystems' errors run to pages (e.g. a JVM search path)
-
-
-class StorageError(InputError):
-    """A URL m3pipe cannot use, or a storage location that is not what it must be."""
 
 
 def is_url(target: str | os.PathLike[str]) -> bool:

@@ -16,7 +16,7 @@ from typing import IO
 
 import pyarrow.fs as pafs
 
-from pipeline.errors import PermanentError
+from pipeline.errors import OutputDirError
 from pipeline.storage.location import Location, local_temp_name, open_location
 from pipeline.storage.sink import remove_stale_temp_files
 from schemas.document import Reject
@@ -25,10 +25,6 @@ MANIFEST = "_manifest.json"
 REJECTS = "_rejects.jsonl"
 JOB_FILE = "_job.json"  # the spec of the queue job writing here, for `--resume`
 PART_PATTERN = "part-*.parquet"
-
-
-class OutputDirError(PermanentError):
-    """The output directory cannot be used as asked."""
 
 
 def prepare_output_dir(

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import os
 
-from pipeline.errors import PermanentError
+from pipeline.errors import OutputNotAllowed
 from pipeline.storage.location import Location, is_url, open_location
-
-
-class OutputNotAllowed(PermanentError):
-    """A job's output location is not one this worker may write to."""
 
 
 def parse_roots(value: str) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.cli.exit_codes import EXIT_REJECTS
+from pipeline.exit_codes import EXIT_REJECTS
 from tests.integration.conftest import run_cli
 
 BIG_TEXT = "fifty megabytes of text " * (50 * 1024 * 1024 // 24 + 1)  # just over 50 MiB

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.cli.exit_codes import EXIT_REJECTS
 from pipeline.cli.main import main
+from pipeline.exit_codes import EXIT_REJECTS
 from tests.integration.conftest import corpus_records, run_cli, write_jsonl
 
 VECTOR_COLUMNS = ("dense", "sparse_indices", "sparse_values", "colbert")

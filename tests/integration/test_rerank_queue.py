@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.cli.exit_codes import EXIT_OK, EXIT_REJECTS
+from pipeline.exit_codes import EXIT_OK, EXIT_REJECTS
 from pipeline.jobs.keys import worker_key
 from tests.corpus import mixed_texts
 from tests.integration.conftest import corpus_records, run_cli, write_jsonl

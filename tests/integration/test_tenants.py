@@ -10,7 +10,7 @@ import time
 
 import pyarrow.dataset as ds
 
-from pipeline.cli.exit_codes import EXIT_FAILED
+from pipeline.exit_codes import EXIT_FAILED
 from tests.integration.conftest import corpus_records, run_cli, write_jsonl
 
 

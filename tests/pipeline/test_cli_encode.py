@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
 from pipeline.cli.main import main
 from pipeline.engine.embedder import Engine
+from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
 from schemas.options import EncodeOptions
 from tests.corpus import documents, mixed_texts
 

@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_REJECTS, EXIT_USAGE
 from pipeline.cli.main import main
 from pipeline.engine.reranker import RerankEngine, load_reranker
+from pipeline.exit_codes import EXIT_FAILED, EXIT_REJECTS, EXIT_USAGE
 from schemas.rerank import Pair, RerankOptions
 from tests.corpus import mixed_texts
 

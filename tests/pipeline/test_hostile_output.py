@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
-from pipeline.cli.exit_codes import EXIT_FAILED, EXIT_USAGE
 from pipeline.cli.main import main
-from pipeline.storage.output_dir import OutputDirError, RejectLog, prepare_output_dir
+from pipeline.errors import OutputDirError
+from pipeline.exit_codes import EXIT_FAILED, EXIT_USAGE
+from pipeline.storage.output_dir import RejectLog, prepare_output_dir
 from schemas.document import Reject
 
 

@@ -6,8 +6,9 @@ import time
 
 import pytest
 
+from pipeline.errors import JobNotFound
 from pipeline.jobs.finish import finalize_if_complete
-from pipeline.jobs.store import ABSENT, JobNotFound
+from pipeline.jobs.store import ABSENT
 from schemas.job import JobSpec, JobState, ShardState
 from schemas.options import EncodeOptions
 

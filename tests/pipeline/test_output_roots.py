@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.storage.output_roots import OutputNotAllowed, allowed_output, parse_roots
+from pipeline.errors import OutputNotAllowed
+from pipeline.storage.output_roots import allowed_output, parse_roots
 
 
 def test_no_roots_allow_any_absolute_path_or_url_but_never_a_relative_one(tmp_path):

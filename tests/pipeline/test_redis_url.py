@@ -8,13 +8,8 @@ import time
 import pytest
 import redis
 
-from pipeline.broker.redis_url import (
-    BrokerUrlError,
-    connect,
-    publish_retry_policy,
-    retries_within,
-    tls_options,
-)
+from pipeline.broker.redis_url import connect, publish_retry_policy, retries_within, tls_options
+from pipeline.errors import BrokerUrlError
 
 
 def test_tls_options_come_from_a_rediss_url_and_verify_by_default():

@@ -11,8 +11,9 @@ import time
 import pyarrow.dataset as ds
 import pytest
 
+from pipeline.errors import ResumeError
 from pipeline.jobs.keys import job_key
-from pipeline.jobs.resume import ResumeError, check_same_job, documents_digest, read_shard_file
+from pipeline.jobs.resume import check_same_job, documents_digest, read_shard_file
 from pipeline.runtime.shard_runner import WorkerRuntime, run_shard
 from pipeline.runtime.worker_models import WorkerModels
 from pipeline.storage.output_dir import JOB_FILE, MANIFEST

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli.exit_codes import EXIT_REJECTS
 from pipeline.cli.main import main
-from pipeline.errors import InputError
+from pipeline.errors import InputError, OutputDirError, StorageError
+from pipeline.exit_codes import EXIT_REJECTS
 from pipeline.jobs.resume import previous_spec, read_shard_file, with_shard_metadata
-from pipeline.storage.location import StorageError, open_location
-from pipeline.storage.output_dir import OutputDirError, RejectLog, prepare_output_dir
+from pipeline.storage.location import open_location
+from pipeline.storage.output_dir import RejectLog, prepare_output_dir
 from pipeline.storage.sink import write_shard
 from producers.readers import detect_format, read_records
 from schemas.document import Reject

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from pipeline.cli.tenants import consumer_queues
+from pipeline.errors import QuotaExceeded
 from pipeline.jobs.tenants import (
     set_tenant_limits,
     tenant_limits,
@@ -16,7 +17,7 @@ from pipeline.jobs.tenants import (
     tenant_usage,
 )
 from pipeline.settings import Settings
-from producers.submit import QuotaExceeded, ShardLimits, SubmitRequest, submit_job
+from producers.submit import ShardLimits, SubmitRequest, submit_job
 from schemas.job import ShardState
 from schemas.options import EncodeOptions
 from schemas.tenant import Priority, TenantLimits, checked_tenant, tenant_queue
@@ -106,8 +107,8 @@ def test_a_submit_waits_at_the_tenant_shard_quota_and_goes_on_when_shards_end(st
 
 
 def test_tenants_set_refuses_bad_limits_before_reaching_redis(capsys, monkeypatch):
-    from pipeline.cli.exit_codes import EXIT_USAGE
     from pipeline.cli.main import main
+    from pipeline.exit_codes import EXIT_USAGE
 
     monkeypatch.setenv("M3PIPE_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens there
     assert main(["tenants", "set", "acme", "--max-jobs", "0"]) == EXIT_USAGE
