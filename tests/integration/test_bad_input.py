@@ -178,8 +178,8 @@ def write_text_dir(root: Path, expected: Expected) -> Path:
     return directory
 
 
-def test_every_reader_bad_records_all_accounted_for(tmp_path, cli_env, workers, store):
-    expected = Expected()
+def hostile_inputs(tmp_path: Path, expected: Expected) -> list[Path]:
+    """Every reader, each input with its own kinds of damage."""
     inputs = [
         write_jsonl(tmp_path, expected),
         write_truncated_gzip(tmp_path, expected),
@@ -191,22 +191,13 @@ def test_every_reader_bad_records_all_accounted_for(tmp_path, cli_env, workers, 
     not_gzip.write_text('{"id": "plain", "text": "not compressed"}\n')
     inputs.append(not_gzip)
     expected.reject("not-gzip.jsonl.gz", 1, "read failed at line 1, the rest of the file is lost")
+    return inputs
 
-    workers.start(1)
-    out = tmp_path / "out"
-    submitted = run_cli(
-        "submit", *map(str, inputs), "--out", str(out), "--shard-docs", "500", env=cli_env
-    )
-    assert submitted.returncode == 0, submitted.stderr
-    job_id = submitted.stdout.strip().splitlines()[-1]
-    waited = run_cli("wait", job_id, "--timeout", "300", env=cli_env, timeout=320)
-    assert waited.returncode == EXIT_REJECTS, waited.stdout + waited.stderr
 
-    # Rows: every good id exactly once, nothing else.
+def check_output(out: Path, expected: Expected) -> list[dict]:
+    """Every good id once, every bad record once at its place with its reason."""
     ids = ds.dataset(out, format="parquet").to_table(columns=["id"]).column("id").to_pylist()
     assert sorted(ids) == sorted(expected.rows)
-
-    # Rejects: each bad record once, at its position, with its reason.
     rejects = [json.loads(line) for line in (out / "_rejects.jsonl").read_text().splitlines()]
     found = {}
     for reject in rejects:
@@ -220,11 +211,34 @@ def test_every_reader_bad_records_all_accounted_for(tmp_path, cli_env, workers, 
     by_key = {(Path(r["source"]).name, r.get("line", r.get("row"))): r for r in rejects}
     assert by_key[("in.jsonl", 18)]["id"] == "jsonl-00"  # the duplicate
     assert by_key[("in.parquet", 10)]["id"] == "pq-big"
+    counts = json.loads((out / "_manifest.json").read_text())["counts"]
+    assert counts["input_records"] == counts["rows"] + counts["rejected"] == expected.records
+    return rejects
 
+
+def test_every_reader_bad_records_all_accounted_for(tmp_path, cli_env, workers, store):
+    expected = Expected()
+    inputs = hostile_inputs(tmp_path, expected)
+    workers.start(1)
+    out = tmp_path / "out"
+    submitted = run_cli(
+        "submit", *map(str, inputs), "--out", str(out), "--shard-docs", "500", env=cli_env
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    waited = run_cli("wait", job_id, "--timeout", "300", env=cli_env, timeout=320)
+    assert waited.returncode == EXIT_REJECTS, waited.stdout + waited.stderr
+    rejects = check_output(out, expected)
     status = json.loads(run_cli("status", job_id, "--json", env=cli_env).stdout)
     assert status["state"] == "completed"
     assert status["input_records"] == expected.records
     assert (status["documents_done"], status["rejected"]) == (len(expected.rows), len(rejects))
-    manifest = json.loads((out / "_manifest.json").read_text())
-    counts = manifest["counts"]
-    assert counts["input_records"] == counts["rows"] + counts["rejected"] == expected.records
+
+
+def test_m3pipe_run_on_the_same_corpus_exits_3_with_everything_accounted_for(tmp_path, cli_env):
+    expected = Expected()
+    inputs = hostile_inputs(tmp_path, expected)
+    env = {k: v for k, v in cli_env.items() if k != "M3PIPE_BROKER_URL"}  # its own Redis
+    ran = run_cli("run", *map(str, inputs), "--out", str(tmp_path / "out"), "-q", env=env)
+    assert ran.returncode == EXIT_REJECTS, ran.stderr[-3000:]
+    check_output(tmp_path / "out", expected)
