@@ -115,12 +115,23 @@ def workers(cli_env: dict, store: JobStore, tmp_path: Path) -> Iterator[Workers]
     pool.stop_all()
 
 
-def wait_until(predicate, timeout: float = 240.0, step: float = 0.02) -> None:
-    """Poll `predicate` until it holds; fail the test after `timeout` seconds."""
+def wait_until(
+    predicate, timeout: float = 240.0, step: float = 0.02, message: str = "timed out"
+) -> object:
+    """Poll `predicate` until it returns something true (returned); fail after `timeout` s."""
     deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, message
         time.sleep(step)
+    return result
+
+
+def submit(tmp_path: Path, env: dict, records: list[object], *flags: str, out: str = "out") -> str:
+    """`m3pipe submit` of `records` (written as corpus.jsonl) to tmp_path/OUT: the job id."""
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
+    result = run_cli("submit", str(corpus), "--out", str(tmp_path / out), *flags, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
 
 
 def write_jsonl(path: Path, records: list[object]) -> Path:

@@ -15,7 +15,7 @@ from pipeline.settings import Settings
 from schemas.document import Document
 from schemas.job import ShardMessage
 from schemas.tenant import Priority
-from tests.integration.conftest import run_cli, wait_until, write_jsonl
+from tests.integration.conftest import run_cli, submit, wait_until
 
 SHARDS = 4
 
@@ -25,16 +25,6 @@ def long_records(count: int) -> list[dict[str, str]]:
 
     gen = TextGenerator(3)
     return [{"id": f"doc-{i:03d}", "text": gen.document(1500)} for i in range(count)]
-
-
-def submit(tmp_path, cli_env, records, shard_docs: int) -> str:
-    corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
-    result = run_cli(
-        "submit", str(corpus), "--out", str(tmp_path / "out"), "--shard-docs", str(shard_docs),
-        env=cli_env,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
 
 
 def assert_exactly_once(out, records, shards: int) -> None:
@@ -54,7 +44,7 @@ def running_shard(store, job_id):
 
 def test_pool_process_killed_mid_shard(tmp_path, cli_env, workers, store):
     records = long_records(16)
-    job_id = submit(tmp_path, cli_env, records, shard_docs=4)
+    job_id = submit(tmp_path, cli_env, records, "--shard-docs", "4")
     [name] = workers.start(1)
     wait_until(lambda: store.attempts(job_id, 1) == 1)  # the second shard has started
     time.sleep(0.3)  # let some batches run
@@ -76,7 +66,7 @@ def test_whole_worker_killed_shard_redelivered_after_visibility_timeout(
     # several documents (shards are cut to fit half the timeout at that rate).
     cli_env.update(M3PIPE_VISIBILITY_TIMEOUT="10", M3PIPE_PLANNED_TOKENS_PER_SECOND="8000")
     records = long_records(8)
-    job_id = submit(tmp_path, cli_env, records, shard_docs=4)
+    job_id = submit(tmp_path, cli_env, records, "--shard-docs", "4")
     [first] = workers.start(1)
     wait_until(lambda: running_shard(store, job_id) is not None)
     time.sleep(0.3)  # let some batches run
@@ -95,7 +85,7 @@ def test_whole_worker_killed_shard_redelivered_after_visibility_timeout(
 
 def test_sigterm_finishes_the_current_shard(tmp_path, cli_env, workers, store):
     records = long_records(16)
-    job_id = submit(tmp_path, cli_env, records, shard_docs=4)
+    job_id = submit(tmp_path, cli_env, records, "--shard-docs", "4")
     [first] = workers.start(1)
     wait_until(lambda: running_shard(store, job_id) is not None)
     shard = running_shard(store, job_id)
@@ -111,7 +101,7 @@ def test_sigterm_finishes_the_current_shard(tmp_path, cli_env, workers, store):
 
 def test_duplicate_delivery_writes_one_file_and_counts_once(tmp_path, cli_env, workers, store):
     records = long_records(8)
-    job_id = submit(tmp_path, cli_env, records, shard_docs=4)
+    job_id = submit(tmp_path, cli_env, records, "--shard-docs", "4")
     from workers.app import shard_publisher
 
     publish = shard_publisher(Settings(broker_url=cli_env["M3PIPE_BROKER_URL"]))

@@ -8,12 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.integration.conftest import corpus_records, run_cli, write_jsonl
+from tests.integration.conftest import corpus_records, run_cli, wait_until, write_jsonl
 from tests.integration.test_redis_auth import free_port
 
 AUTH = "admin:flower-pw"
@@ -33,16 +32,6 @@ def get(url: str, auth: str | None = AUTH) -> tuple[int, str]:
         return 0, ""  # not listening (yet)
 
 
-def wait_for(predicate, timeout: float, message: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.3)
-    raise AssertionError(message)
-
-
 def test_flower_lists_workers_and_readable_finished_tasks(tmp_path, cli_env, workers, store):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -54,7 +43,7 @@ def test_flower_lists_workers_and_readable_finished_tasks(tmp_path, cli_env, wor
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
-        wait_for(lambda: get(f"{base}/healthcheck")[0] == 200, 60, log_path.read_text())
+        wait_until(lambda: get(f"{base}/healthcheck")[0] == 200, 60, 0.3, "Flower never answered")
         [name] = workers.start(1)
         corpus = write_jsonl(tmp_path / "c.jsonl", corpus_records(20))
         out = str(tmp_path / "out")
@@ -68,12 +57,12 @@ def test_flower_lists_workers_and_readable_finished_tasks(tmp_path, cli_env, wor
             done = len(ours) == 2 and all(t["state"] == "SUCCESS" for t in ours.values())
             return ours if done else None
 
-        tasks = wait_for(finished_tasks, 60, "Flower never saw both tasks succeed")
+        tasks = wait_until(finished_tasks, 60, 0.3, "Flower never saw both tasks succeed")
         first = tasks[f"{job_id}-00000"]
         assert first["name"] == "m3pipe.encode_shard" and first["worker"] == name
         assert first["args"] == f"job={job_id} shard=0 docs=10"  # not the documents
-        workers_seen = wait_for(
-            lambda: json.loads(get(f"{base}/api/workers?refresh=1")[1]), 60, "no workers"
+        workers_seen = wait_until(
+            lambda: json.loads(get(f"{base}/api/workers?refresh=1")[1]), 60, 0.3, "no workers"
         )
         assert name in workers_seen
         assert get(f"{base}/api/tasks", auth=None)[0] == 401

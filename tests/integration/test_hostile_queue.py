@@ -18,15 +18,8 @@ from pipeline.settings import Settings
 from schemas.document import Document
 from schemas.job import JobSpec, ShardMessage, ShardState
 from schemas.options import EncodeOptions
-from tests.integration.conftest import corpus_records, run_cli, wait_until, write_jsonl
+from tests.integration.conftest import corpus_records, run_cli, submit, wait_until
 from workers.app import create_app
-
-
-def submit(tmp_path, cli_env, records, *extra: str, out: str = "out") -> str:
-    corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
-    result = run_cli("submit", str(corpus), "--out", str(tmp_path / out), *extra, env=cli_env)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
 
 
 def ids_in(out) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 
 from kombu import Connection, Exchange, Producer
@@ -13,7 +12,7 @@ from pipeline.broker.backlog import backlog
 from pipeline.broker.redis_url import for_kombu
 from pipeline.jobs.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD
 from pipeline.settings import Settings
-from tests.integration.conftest import corpus_records, run_cli, write_jsonl
+from tests.integration.conftest import corpus_records, run_cli, wait_until, write_jsonl
 from workers.app import create_app
 
 
@@ -25,15 +24,6 @@ class Exploit:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.path}",))
-
-
-def wait_for(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_pickle_bad_json_and_invalid_messages_are_refused(
@@ -79,7 +69,7 @@ def test_pickle_bad_json_and_invalid_messages_are_refused(
     assert "Can't decode message body" in log
     assert not marker.exists()  # the pickle was never loaded
     assert backlog(store.redis, DEFAULT_QUEUE).queued == 0  # refused, not requeued for ever
-    assert wait_for(lambda: store.redis.hlen("unacked") == 0, 10)
+    wait_until(lambda: store.redis.hlen("unacked") == 0, 10)
     assert store.job_ids() == [job_id]  # nothing was recorded for the bad messages
     assert json.loads(run_cli("status", job_id, "--json", env=cli_env).stdout)["state"] == (
         "completed"

@@ -11,14 +11,7 @@ import time
 import pyarrow.dataset as ds
 
 from pipeline.jobs.keys import worker_key
-from tests.integration.conftest import corpus_records, run_cli, write_jsonl
-
-
-def submit(tmp_path, cli_env, records, *extra: str) -> str:
-    corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
-    result = run_cli("submit", str(corpus), "--out", str(tmp_path / "out"), *extra, env=cli_env)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
+from tests.integration.conftest import corpus_records, run_cli, submit
 
 
 def test_shard_that_raises_every_time_is_dead_lettered_then_retried(
