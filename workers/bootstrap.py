@@ -19,7 +19,6 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from pipeline.broker.redis_url import connect
-from pipeline.jobs.keys import worker_key
 from pipeline.jobs.store import JobStore
 from pipeline.ops.lifeline import set_parent_death_signal
 from pipeline.runtime.metrics import WorkerMetrics, serve
@@ -50,8 +49,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     torch_device = resolve_device(device)
     hostname = os.environ.get(WORKER_NAME_ENV) or f"worker@{socket.gethostname()}"
     store = JobStore(connect(settings.broker, settings.redis_retry_seconds))
-    key = worker_key(hostname)
-    store.redis.delete(key)  # a pool process killed mid-shard left its shard marker
+    store.forget_worker(hostname)
     # Written once the preloaded models are in: the record's presence means "ready".
     record: dict[Any, Any] = {
         "model": settings.model,
@@ -72,7 +70,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         metrics.loaded(hostname, str(torch_device), spec, task.value, seconds)
         record[f"{task.value}_load_seconds"] = round(seconds, 3)
         if "ready_at" in record:  # a model loaded on its first shard
-            store.redis.hset(key, f"{task.value}_load_seconds", round(seconds, 3))
+            store.note_worker_field(hostname, f"{task.value}_load_seconds", round(seconds, 3))
 
     models = WorkerModels(
         specs={Task.EMBED: settings.model, Task.RERANK: settings.rerank_model},
@@ -84,8 +82,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         models.load(task)
     record["model_load_seconds"] = round(time.perf_counter() - started, 3)
     record["ready_at"] = time.time()
-    store.redis.hset(key, mapping=record)
-    store.redis.expire(key, _WORKER_RECORD_TTL)
+    store.register_worker(hostname, record, _WORKER_RECORD_TTL)
     serve(metrics.registry, settings.metrics_port or 0)
     return WorkerRuntime(
         models=models,

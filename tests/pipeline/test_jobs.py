@@ -82,3 +82,22 @@ def test_cancel_is_final(store, tmp_path):
     assert store.finish_if_complete("job-1") is JobState.CANCELLED
     with pytest.raises(JobNotFound):
         store.cancel("other")
+
+
+def test_the_worker_record_is_written_and_read_through_the_store(store):
+    store.note_busy("w@h", "job/3", 100.0)  # a marker left by a pool process killed mid-shard
+    store.forget_worker("w@h")
+    assert store.worker_record("w@h") == {}
+    store.register_worker("w@h", {"model": "random:tiny", "pid": 7, "ready_at": 1.5}, ttl=60)
+    store.note_worker_field("w@h", "rerank_load_seconds", 2.25)
+    assert store.worker_record("w@h") == {
+        "model": "random:tiny",
+        "pid": "7",
+        "ready_at": "1.5",
+        "rerank_load_seconds": "2.25",
+    }
+    assert 0 < store.redis.ttl("m3pipe:worker:w@h") <= 60
+    store.note_busy("w@h", "job/4", 200.0)
+    assert store.worker_record("w@h")["shard"] == "job/4"
+    store.note_idle("w@h")
+    assert "shard" not in store.worker_record("w@h")
