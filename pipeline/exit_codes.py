@@ -5,4 +5,4 @@ EXIT_FAILED = 1  # failed: missing input, model not loadable, failed shards, can
 EXIT_USAGE = 2  # bad options
 EXIT_REJECTS = 3  # finished, but some input records were rejected (see _rejects.jsonl)
 EXIT_TIMEOUT = 124  # `wait --timeout` ran out
-EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
+EXIT_INTERRUPTED = 130  # Ctrl-C, and SIGTERM for `run` (128 + SIGINT, as shells report it)
