@@ -305,8 +305,13 @@ class JobStore:
     def retry_letter(self, job_id: str, shard: int) -> str | None:
         return self._hget(retry_letters_key(job_id), str(shard))
 
-    def drop_retry_letter(self, job_id: str, shard: int) -> None:
-        self.redis.hdel(retry_letters_key(job_id), str(shard))
+    def release_shard(self, job_id: str, shard: int) -> None:
+        """The shard ended: its kept retry message and its owner token are no longer needed
+        (a stale attempt's fence then fails on the ended state). One round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hdel(retry_letters_key(job_id), str(shard))
+        pipe.hdel(shard_owner_key(job_id), str(shard))
+        pipe.execute()
 
     def dead_letter(self, job_id: str, shard: int, message_json: str) -> None:
         """Keep a failed shard's message so `m3pipe retry` can send it again."""

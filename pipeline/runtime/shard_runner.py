@@ -184,7 +184,7 @@ def _encode_and_record(
         tokens=stats.tokens,
         seconds=stats.seconds,
     )
-    store.drop_retry_letter(job_id, shard)
+    store.release_shard(job_id, shard)
     finalize_if_complete(store, job_id)
     return ShardOutcome(
         ShardState.DONE, name, rows=table.num_rows, tokens=stats.tokens, stats=stats
@@ -212,7 +212,7 @@ def fail_shard(store: JobStore, message: ShardMessage, reason: str, worker: str)
     changed, _ = store.mark_shard(message.job_id, message.shard, ShardState.FAILED, _ACTIVE, info)
     if changed:
         store.dead_letter(message.job_id, message.shard, message.model_dump_json())
-    store.drop_retry_letter(message.job_id, message.shard)
+    store.release_shard(message.job_id, message.shard)
     finalize_if_complete(store, message.job_id)
 
 

@@ -101,3 +101,12 @@ def test_the_worker_record_is_written_and_read_through_the_store(store):
     assert store.worker_record("w@h")["shard"] == "job/4"
     store.note_idle("w@h")
     assert "shard" not in store.worker_record("w@h")
+
+
+def test_an_ended_shard_keeps_no_owner_token_or_retry_message(store):
+    token = store.take_ownership("job-1", 3)
+    store.keep_retry_letter("job-1", 3, "{}")
+    store.release_shard("job-1", 3)
+    assert store.retry_letter("job-1", 3) is None
+    assert not store.owns("job-1", 3, token)
+    assert store.redis.hlen("m3pipe:job:job-1:shard-owner") == 0
