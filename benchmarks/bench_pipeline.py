@@ -1,7 +1,7 @@
 """`m3pipe run` (one worker, real Redis, real worker process) vs the engine in one process.
 
 Same model, same corpus (bench_engine's), same shard size, one run each, side by side:
-  direct:   `encode_file` (what `m3pipe encode` runs): read JSONL, encode, write Parquet.
+  direct:   `process_file` (what `m3pipe encode` runs): read JSONL, encode, write Parquet.
   pipeline: `m3pipe run --workers 1` against a redis-server this script starts, so that the
             job's and the worker's timestamps can be read back afterwards.
 Model load is reported apart: the pipeline's end-to-end time runs from the later of job
@@ -31,8 +31,10 @@ def direct_side(args: argparse.Namespace, corpus: Path, out: Path) -> dict:
     """Runs in a child process: load the model, then encode the corpus file to Parquet."""
     from pipeline.engine.embedder import Engine
     from pipeline.engine.model import load_model
-    from pipeline.local.encode import encode_file
+    from pipeline.local.process import process_file
     from pipeline.settings import Settings
+    from pipeline.tasks import task_kind
+    from schemas.job import Task
     from schemas.options import EncodeOptions
 
     started = time.perf_counter()
@@ -40,7 +42,7 @@ def direct_side(args: argparse.Namespace, corpus: Path, out: Path) -> dict:
     load_seconds = time.perf_counter() - started
     engine = Engine(model, EncodeOptions())
     started = time.perf_counter()
-    summary = encode_file(corpus, out, engine, shard_docs=args.shard_docs)
+    summary = process_file(task_kind(Task.EMBED), corpus, out, engine, shard_items=args.shard_docs)
     seconds = time.perf_counter() - started
     return {
         "model_load_seconds": round(load_seconds, 3),

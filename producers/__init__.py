@@ -1,1 +1,2 @@
-"""Corpus readers, validation into documents, and sharding."""
+"""Producers: inputs/ reads, validates and cuts a corpus into shards; submit.py registers
+a job and drops its shards into Redis with backpressure."""

@@ -7,12 +7,12 @@ already has `max_queued` shards waiting in Redis, so Redis memory stays bounded 
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pipeline.errors import InputError, QuotaExceeded, ResumeError, SubmitCancelled
 from pipeline.jobs.finish import finalize_if_complete
@@ -28,56 +28,23 @@ from pipeline.storage.output_dir import (
     write_json_atomic,
 )
 from pipeline.storage.sink import part_name
-from producers.intake import IntakeCounts, RejectSink, accept_documents, document_bytes
-from producers.lines import DEFAULT_MAX_RECORD_BYTES
-from producers.pair_intake import PairLimits, accept_pairs, cut_pair_shards
-from producers.readers import (
-    detect_format,
-    detect_pair_format,
-    read_pair_records,
-    read_records,
-)
-from producers.sharding import cut_shards
+from pipeline.tasks import Reading, task_kind
+from producers.inputs.intake import IntakeCounts, RejectSink
+from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES
+from producers.inputs.sharding import ShardLimits
 from schemas.document import Document
 from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
-from schemas.options import EncodeOptions, LongDocPolicy
+from schemas.options import EncodeOptions
 from schemas.rerank import Pair, RerankOptions
 from schemas.tenant import DEFAULT_TENANT, Priority
 
 log = logging.getLogger(__name__)
-
-# Shards are cut so their worst case takes at most this share of the visibility timeout.
-VISIBILITY_SAFETY = 0.5
-SPECIALS = 2  # CLS and EOS per sequence
 
 Publish = Callable[[ShardMessage, str, Priority], None]  # (message, queue, priority)
 
 
 def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def worst_case_tokens(doc_bytes: int, options: EncodeOptions) -> int:
-    """Tokens a document can cost at most: a token covers at least one byte of text."""
-    if options.long_docs is LongDocPolicy.TRUNCATE:
-        return min(doc_bytes + SPECIALS, options.max_length)
-    stride = options.max_length - SPECIALS - options.chunk_overlap
-    chunks = max(1, math.ceil(doc_bytes / stride))
-    return chunks * options.max_length
-
-
-@dataclass(frozen=True)
-class ShardLimits:
-    docs: int
-    bytes: int
-    tokens: int  # worst-case tokens that fit the visibility timeout at the planned rate
-
-    @classmethod
-    def plan(
-        cls, docs: int, max_bytes: int, visibility_timeout: float, planned_tokens_per_second: float
-    ) -> ShardLimits:
-        tokens = int(visibility_timeout * VISIBILITY_SAFETY * planned_tokens_per_second)
-        return cls(docs=docs, bytes=max_bytes, tokens=tokens)
 
 
 @dataclass
@@ -102,6 +69,16 @@ class SubmitRequest:
     tenant: str = DEFAULT_TENANT  # `queue` is already this tenant's queue
     priority: Priority = Priority.NORMAL
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # larger records are rejected as read
+    command: Literal["submit", "run"] = "submit"  # what makes the job, for its manifest
+
+    def reading(self) -> Reading:
+        return Reading(
+            input_format=self.input_format,
+            id_field=self.id_field,
+            text_field=self.text_field,
+            keep_fields=self.keep_fields,
+            max_record_bytes=self.max_record_bytes,
+        )
 
 
 @dataclass
@@ -121,8 +98,8 @@ def submit_job(
 ) -> SubmitResult:
     """Register the job, enqueue every shard, record the totals; returns once all are queued."""
     inputs = [open_location(path) for path in request.inputs]
-    detect = detect_pair_format if request.task is Task.RERANK else detect_format
-    formats = [detect(location, request.input_format) for location in inputs]
+    kind = task_kind(request.task)
+    formats = [kind.detect_format(location, request.input_format) for location in inputs]
     admit(store, request.tenant)
     out = prepare_output_dir(request.out, request.overwrite, request.resume)
     spec = JobSpec(
@@ -140,11 +117,12 @@ def submit_job(
         text_field=request.text_field,
         keep_fields=list(request.keep_fields),
         queue=request.queue,
-        shard_docs=request.limits.docs,
+        shard_docs=request.limits.items,
         shard_bytes=request.limits.bytes,
         shard_tokens=request.limits.tokens,
         max_queued=request.max_queued,
         created_at=time.time(),
+        command=request.command,
     )
     if request.resume:
         spec = spec_to_resume(spec, out, store)
@@ -159,7 +137,7 @@ def submit_job(
     try:
         with RejectLog(out) as rejects:
             try:
-                for shard in job_shards(request, inputs, formats, rejects, counts):
+                for shard in job_shards(request, spec, inputs, formats, rejects, counts):
                     digest = documents_digest(shard)
                     if request.resume and already_done(store, out, job_id, shards, shard, digest):
                         skipped += 1
@@ -196,43 +174,21 @@ def submit_job(
 
 def job_shards(
     request: SubmitRequest,
+    spec: JobSpec,
     inputs: list[Location],
     formats: list[str],
     rejects: RejectSink,
     counts: IntakeCounts,
 ) -> Iterator[list[Document]] | Iterator[list[Pair]]:
     """The job's shards, cut from its inputs as its task reads them; rejects on the way."""
-    limits = request.limits
-    if request.task is Task.RERANK:
-        assert request.rerank is not None
-        pair_limits = PairLimits(pairs=limits.docs, bytes=limits.bytes, tokens=limits.tokens)
-        pair_sources = [
-            (location.uri, read_pair_records(location, fmt, request.max_record_bytes))
-            for location, fmt in zip(inputs, formats, strict=True)
-        ]
-        units = accept_pairs(pair_sources, rejects, counts, pair_limits, request.rerank)
-        return cut_pair_shards(units, pair_limits, request.rerank)
+    kind = task_kind(spec.task)
+    reading = request.reading()
     sources = [
-        (
-            location.uri,
-            read_records(
-                location,
-                fmt,
-                id_field=request.id_field,
-                text_field=request.text_field,
-                keep_fields=request.keep_fields,
-                max_record_bytes=request.max_record_bytes,
-            ),
-        )
+        (location.uri, kind.read(location, fmt, reading))
         for location, fmt in zip(inputs, formats, strict=True)
     ]
-    docs = accept_documents(
-        sources,
-        rejects,
-        counts,
-        check=lambda doc: oversize_reason(doc, limits, request.options),
-    )
-    return cut_message_shards(docs, limits, request.options)
+    options = kind.job_options(spec)
+    return kind.shards(sources, options, request.limits, rejects, counts, strict=True)
 
 
 def spec_to_resume(spec: JobSpec, out: Location, store: JobStore) -> JobSpec:
@@ -304,36 +260,6 @@ def remove_parts_from(out: Location, first: int) -> None:
         if number.isdigit() and int(number) >= first:
             log.info("resume: removing %s, which no shard of this submission makes", path)
             path.delete()
-
-
-def cut_message_shards(
-    docs: Iterable[Document], limits: ShardLimits, options: EncodeOptions
-) -> Iterator[list[Document]]:
-    """Shards bounded by documents, message bytes and worst-case tokens."""
-
-    def share(doc: Document) -> int:
-        # cut_shards takes one size: each limit's share of its budget, in millionths.
-        nbytes = document_bytes(doc)
-        return max(
-            math.ceil(nbytes * 1_000_000 / limits.bytes),
-            math.ceil(worst_case_tokens(nbytes, options) * 1_000_000 / limits.tokens),
-        )
-
-    return cut_shards(docs, limits.docs, 1_000_000, share)
-
-
-def oversize_reason(doc: Document, limits: ShardLimits, options: EncodeOptions) -> str | None:
-    """Why one document cannot go in any shard, or None."""
-    nbytes = document_bytes(doc)
-    if nbytes > limits.bytes:
-        return f"document is {nbytes:,} bytes, above the {limits.bytes:,}-byte message limit"
-    tokens = worst_case_tokens(nbytes, options)
-    if tokens > limits.tokens:
-        return (
-            f"document may cost up to {tokens:,} tokens, more than one shard may hold "
-            f"({limits.tokens:,}) within the visibility timeout"
-        )
-    return None
 
 
 def admit(store: JobStore, tenant: str) -> None:

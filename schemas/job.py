@@ -27,6 +27,18 @@ class Task(StrEnum):
     EMBED = "embed"
     RERANK = "rerank"
 
+    @property
+    def item(self) -> str:
+        """The noun for one unit of its work, in messages and reports."""
+        return {"embed": "document", "rerank": "pair"}[self.value]
+
+    @property
+    def count_names(self) -> tuple[str, str]:
+        """Its manifest counts: (records read, items accepted)."""
+        return {"embed": ("input_records", "documents"), "rerank": ("input_pairs", "pairs")}[
+            self.value
+        ]
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -73,6 +85,7 @@ class JobSpec(BaseModel):
     shard_tokens: int | None = Field(default=None, ge=1)  # worst-case tokens per shard
     max_queued: int = Field(ge=1)
     created_at: float
+    command: Literal["submit", "run"] = "submit"  # what made the job, for its manifest
 
     @model_validator(mode="after")
     def _options_of_task(self) -> JobSpec:
@@ -102,6 +115,11 @@ class ShardMessage(BaseModel):
     @property
     def items(self) -> Sequence[Document] | Sequence[Pair]:
         return self.documents or self.pairs
+
+    @property
+    def task(self) -> Task:
+        """The task whose items this shard holds."""
+        return Task.RERANK if self.pairs else Task.EMBED
 
     def wire(self) -> dict[str, object]:
         """The JSON task argument: the empty kind is left out."""

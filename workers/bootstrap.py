@@ -25,6 +25,7 @@ from pipeline.runtime.metrics import WorkerMetrics, serve
 from pipeline.runtime.shard_runner import WorkerRuntime
 from pipeline.runtime.worker_models import WorkerModels, load_task_model
 from pipeline.settings import Settings
+from pipeline.tasks import TASK_KINDS
 from schemas.job import Task
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             store.note_worker_field(hostname, f"{task.value}_load_seconds", round(seconds, 3))
 
     models = WorkerModels(
-        specs={Task.EMBED: settings.model, Task.RERANK: settings.rerank_model},
+        specs={task: kind.model_spec(settings) for task, kind in TASK_KINDS.items()},
         loader=loader,
         on_load=on_load,
     )

@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,17 +23,13 @@ from pipeline.cli.options import (
     usage_error,
 )
 from pipeline.cli.queue import add_queue_commands
-from pipeline.cli.report import ProgressBar, input_found, local_outcome
+from pipeline.cli.report import process_command
 from pipeline.cli.rerank import add_rerank_command
 from pipeline.cli.scale import add_scale_commands
 from pipeline.cli.tenants import add_tenants_command
 from pipeline.errors import PipelineError
 from pipeline.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from pipeline.settings import Settings
-
-if TYPE_CHECKING:
-    pass
-
 
 MODEL_COMMANDS = {
     "encode",
@@ -95,11 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.engine.embedder import Engine
-    from pipeline.local.encode import encode_file
-    from pipeline.runtime.worker_models import load_task_model
-    from pipeline.storage.location import open_location
-    from producers.jsonl import count_lines
+    from pipeline.tasks import Reading
+    from producers.inputs.jsonl import count_lines
     from schemas.job import Task
 
     try:
@@ -109,47 +101,20 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
     if args.shard_docs < 1:
         return usage_error("--shard-docs must be >= 1")
     try:
-        keep_fields = parse_keep_fields(args.keep_fields)
-        record_limit = max_record_bytes(args, settings)
-    except ValueError as exc:
-        return usage_error(exc)
-    source = open_location(args.input)
-    if not input_found("encode", source):
-        return EXIT_FAILED
-
-    spec = args.model or settings.model
-    model = load_task_model(
-        Task.EMBED, spec, device=args.device, precision=args.precision, settings=settings
-    )
-    engine = Engine(model, options)
-    show_bar = not args.quiet and sys.stderr.isatty()
-    # The line count (a full read of the file) is only worth it when a bar shows an ETA.
-    total = count_lines(source) if show_bar and source.is_file() else None
-    bar = ProgressBar(total, enabled=show_bar)
-    try:
-        summary = encode_file(
-            source,
-            args.out,
-            engine,
+        reading = Reading(
+            input_format=args.input_format,
             id_field=args.id_field,
             text_field=args.text_field,
-            keep_fields=keep_fields,
-            input_format=args.input_format,
-            shard_docs=args.shard_docs,
-            overwrite=args.overwrite,
-            progress=bar,
-            max_record_bytes=record_limit,
+            keep_fields=parse_keep_fields(args.keep_fields),
+            max_record_bytes=max_record_bytes(args, settings),
         )
-    finally:
-        bar.close()
-    stats = summary.stats
-    done = (
-        f"{summary.documents} documents -> {stats.rows} rows in {len(summary.files)} file(s) "
-        f"under {summary.out_dir}; {stats.tokens:,} tokens in {stats.seconds:.1f}s "
-        f"({stats.tokens_per_second:,.0f} tokens/s, padding efficiency "
-        f"{stats.padding_efficiency:.3f})"
-    )
-    return local_outcome("encode", done, summary.out_dir, summary.rejected)
+    except ValueError as exc:
+        return usage_error(exc)
+    # The line count (a full read of the file) is only worth it when a bar shows an ETA.
+    return process_command(
+        Task.EMBED, args, settings, options, reading, args.shard_docs,
+        total=lambda source: count_lines(source) if source.is_file() else None,
+    )  # fmt: skip
 
 
 def cmd_make_test_model(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -220,6 +221,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- submit ---------------------------------------------------------------------------------
 def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitRequest:
+    from pipeline.tasks import task_kind
     from producers.submit import ShardLimits, SubmitRequest
 
     def flag_or_setting(flag: int | None, setting: int) -> int:
@@ -231,7 +233,7 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
         settings.visibility_timeout,
         settings.planned_tokens_per_second,
     )
-    if limits.docs < 1 or limits.bytes < 1024:
+    if limits.items < 1 or limits.bytes < 1024:
         raise ValueError("--shard-docs must be >= 1 and --shard-bytes >= 1024")
     if args.resume and args.overwrite:
         raise ValueError("--resume keeps the earlier output, --overwrite deletes it: pick one")
@@ -239,14 +241,15 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
     if max_queued < 1:
         raise ValueError("--max-queued must be >= 1")
     task = Task(args.task)
+    model = args.model or task_kind(task).model_spec(settings)
+    # The flags differ by task: each task's own, the other's refused.
     if task is Task.RERANK:
         check_no_embed_flags(args)
-        model = args.model or settings.rerank_model
         options, rerank = EncodeOptions(), rerank_options_from_args(args)
     else:
         if args.query_max_length is not None:
             raise ValueError("--query-max-length is for --task rerank")
-        model, options, rerank = args.model or settings.model, options_from_args(args), None
+        options, rerank = options_from_args(args), None
     tenant, priority = job_tenant(args, settings)
     return SubmitRequest(
         inputs=list(args.inputs),
@@ -286,10 +289,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
     result = submit_job(request, store, shard_publisher(settings), registered)
     resumed = f" ({result.skipped} already done, kept)" if request.resume else ""
-    items = "pairs" if request.task is Task.RERANK else "documents"
     print(
-        f"m3pipe submit: {result.shards} shard(s){resumed}, {result.counts.documents} {items} "
-        f"on {request.queue}; {result.counts.rejected} rejected",
+        f"m3pipe submit: {result.shards} shard(s){resumed}, {result.counts.documents} "
+        f"{request.task.item}s on {request.queue}; {result.counts.rejected} rejected",
         file=sys.stderr,
     )
     print(result.job_id)
@@ -410,7 +412,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.local.run import run_local
 
     try:
-        request = submit_request(args, settings)
+        request = replace(submit_request(args, settings), command="run")
     except (ValueError, ValidationError) as exc:
         return usage_error(exc)
     if args.workers is not None and args.workers < 1:

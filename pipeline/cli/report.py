@@ -1,15 +1,21 @@
-"""What local commands show: a progress bar while they run, one summary line at the end."""
+"""The local commands (`encode`, `rerank`): their body, a progress bar while they run,
+one summary line at the end."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pipeline.exit_codes import EXIT_OK, EXIT_REJECTS
+from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
+from pipeline.settings import Settings
+from schemas.job import Task
 
 if TYPE_CHECKING:
     from pipeline.storage.location import Location
+    from pipeline.tasks import Reading
 
 
 class ProgressBar:
@@ -53,3 +59,51 @@ def local_outcome(command: str, done: str, out_dir: Location, rejected: int) -> 
     rejects = f" (see {out_dir / '_rejects.jsonl'})" if rejected else ""
     print(f"m3pipe {command}: {done}; {rejected} rejected{rejects}", file=sys.stderr)
     return EXIT_REJECTS if rejected else EXIT_OK
+
+
+def process_command(
+    task: Task,
+    args: argparse.Namespace,
+    settings: Settings,
+    options: object,
+    reading: Reading,
+    shard_items: int,
+    total: Callable[[Location], int | None] | None = None,
+) -> int:
+    """The body of `m3pipe encode` and `m3pipe rerank`: load the task's model, run the
+    input through it with a progress bar, print the summary; exit 3 if records were
+    rejected. `total` counts the input's items for the bar's ETA (when it shows)."""
+    from pipeline.local.process import process_file
+    from pipeline.storage.location import open_location
+    from pipeline.tasks import task_kind
+
+    kind = task_kind(task)
+    source = open_location(args.input)
+    if not input_found(kind.command, source):
+        return EXIT_FAILED
+    model = kind.load_model(
+        args.model or kind.model_spec(settings),
+        device=args.device,
+        precision=args.precision,
+        cache_dir=settings.cache_dir,
+        hub_timeout=settings.hub_timeout,
+    )
+    engine = kind.engine(model, options)
+    show_bar = not args.quiet and sys.stderr.isatty()
+    count = total(source) if total is not None and show_bar else None
+    bar = ProgressBar(count, enabled=show_bar, unit=kind.item)
+    try:
+        summary = process_file(
+            kind,
+            source,
+            args.out,
+            engine,
+            reading=reading,
+            shard_items=shard_items,
+            overwrite=args.overwrite,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    done = kind.summary(summary.stats, summary.accepted, len(summary.files), summary.out_dir)
+    return local_outcome(kind.command, done, summary.out_dir, summary.rejected)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pydantic import ValidationError
 
@@ -14,8 +13,7 @@ from pipeline.cli.options import (
     out_arg,
     usage_error,
 )
-from pipeline.cli.report import ProgressBar, input_found, local_outcome
-from pipeline.exit_codes import EXIT_FAILED
+from pipeline.cli.report import process_command
 from pipeline.settings import Settings
 from schemas.rerank import DEFAULT_RERANK_MAX_LENGTH, RerankOptions
 
@@ -113,10 +111,7 @@ def add_rerank_command(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_rerank(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.engine.reranker import RerankEngine
-    from pipeline.local.rerank import rerank_file
-    from pipeline.runtime.worker_models import load_task_model
-    from pipeline.storage.location import open_location
+    from pipeline.tasks import Reading
     from schemas.job import Task
 
     try:
@@ -126,37 +121,9 @@ def cmd_rerank(args: argparse.Namespace, settings: Settings) -> int:
     if args.shard_pairs < 1:
         return usage_error("--shard-pairs must be >= 1")
     try:
-        record_limit = max_record_bytes(args, settings)
+        reading = Reading(
+            input_format=args.input_format, max_record_bytes=max_record_bytes(args, settings)
+        )
     except ValueError as exc:
         return usage_error(exc)
-    source = open_location(args.input)
-    if not input_found("rerank", source):
-        return EXIT_FAILED
-
-    spec = args.model or settings.rerank_model
-    model = load_task_model(
-        Task.RERANK, spec, device=args.device, precision=args.precision, settings=settings
-    )
-    engine = RerankEngine(model, options)
-    bar = ProgressBar(None, enabled=not args.quiet and sys.stderr.isatty(), unit="pair")
-    try:
-        summary = rerank_file(
-            source,
-            args.out,
-            engine,
-            input_format=args.input_format,
-            shard_pairs=args.shard_pairs,
-            overwrite=args.overwrite,
-            progress=bar,
-            max_record_bytes=record_limit,
-        )
-    finally:
-        bar.close()
-    stats = summary.stats
-    done = (
-        f"{stats.pairs:,} pairs scored into {len(summary.files)} file(s) under "
-        f"{summary.out_dir}; {stats.tokens:,} tokens in {stats.seconds:.1f}s "
-        f"({stats.pairs_per_second:,.1f} pairs/s, padding efficiency "
-        f"{stats.padding_efficiency:.3f})"
-    )
-    return local_outcome("rerank", done, summary.out_dir, summary.rejected)
+    return process_command(Task.RERANK, args, settings, options, reading, args.shard_pairs)

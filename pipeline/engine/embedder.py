@@ -19,6 +19,7 @@ from pipeline import __version__
 from pipeline.engine.batching import default_batch_tokens, plan_batches
 from pipeline.engine.encoder import BatchOutput, encode_with_split, forward_batch
 from pipeline.engine.model import M3Model
+from pipeline.engine.stats import BatchStats
 from pipeline.engine.table import assemble_table
 from pipeline.engine.tokenize import TokenizedShard, tokenize_texts
 from schemas.document import Document
@@ -29,25 +30,9 @@ ProgressCallback = Callable[[int, int], None]  # (documents finished, tokens) of
 
 
 @dataclass
-class EncodeStats:
+class EncodeStats(BatchStats):
     documents: int = 0
     rows: int = 0
-    tokens: int = 0  # real tokens fed to the model, specials included
-    padded_tokens: int = 0
-    batches: int = 0
-    seconds: float = 0.0
-
-    def add(self, other: EncodeStats) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    @property
-    def padding_efficiency(self) -> float:
-        return self.tokens / self.padded_tokens if self.padded_tokens else 1.0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
 
 
 @dataclass

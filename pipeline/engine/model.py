@@ -164,6 +164,43 @@ def fingerprint_model_dir(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from and where it runs: what every loader resolves first."""
+
+    spec: str
+    path: Path
+    revision: str | None
+    device: torch.device
+    dtype: torch.dtype
+
+    def identity(self) -> dict[str, Any]:
+        """The LoadedModel fields besides the tokenizer."""
+        return {
+            "spec": self.spec,
+            "path": self.path,
+            "revision": self.revision,
+            "fingerprint": fingerprint_model_dir(self.path),
+            "device": self.device,
+            "dtype": self.dtype,
+        }
+
+
+def locate_model(
+    spec: str,
+    *,
+    device: str | None,
+    precision: str | None,
+    cache_dir: Path,
+    hub_timeout: float,
+    reranker: bool = False,
+) -> ModelSource:
+    """The model's files (downloaded if need be), device and compute dtype."""
+    path, revision = resolve_model_path(spec, cache_dir, hub_timeout, reranker=reranker)
+    torch_device = resolve_device(device)
+    return ModelSource(spec, path, revision, torch_device, resolve_dtype(torch_device, precision))
+
+
 def _check_tokenizer_template(tokenizer: Any) -> None:
     """The engine adds <s> ... </s> itself; make sure that is what this tokenizer does."""
     plain = tokenizer("m3pipe template check", add_special_tokens=False)["input_ids"]
@@ -210,7 +247,10 @@ def load_model(
     need_heads: bool = True,
 ) -> M3Model:
     """Load bge-m3 (or a random model of its architecture) as FlagEmbedding's loader does."""
-    path, revision = resolve_model_path(spec, cache_dir, hub_timeout)
+    source = locate_model(
+        spec, device=device, precision=precision, cache_dir=cache_dir, hub_timeout=hub_timeout
+    )
+    path = source.path
     if need_heads and not (
         (path / "colbert_linear.pt").is_file() and (path / "sparse_linear.pt").is_file()
     ):
@@ -218,24 +258,21 @@ def load_model(
             f"{path} has no colbert_linear.pt / sparse_linear.pt: it is not a bge-m3 model "
             "(sparse and colbert outputs need them; use --modes dense for a plain encoder)"
         )
-    torch_device = resolve_device(device)
-    dtype = resolve_dtype(torch_device, precision)
-
     from transformers import AutoTokenizer
 
     try:
         tokenizer: Any = AutoTokenizer.from_pretrained(str(path))
-        parts = m3_parts(path, dtype)
+        parts = m3_parts(path, source.dtype)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelLoadError(f"cannot load model from {path}: {exc}") from exc
     _check_tokenizer_template(tokenizer)
 
-    encoder = parts["model"].to(torch_device).eval()
+    encoder = parts["model"].to(source.device).eval()
     attn = getattr(encoder.config, "_attn_implementation", None)
     if attn != "sdpa":
         log.warning("encoder attention is %r, not sdpa: expect lower speed", attn)
-    colbert = parts["colbert_linear"].to(torch_device).eval()
-    sparse = parts["sparse_linear"].to(torch_device).eval()
+    colbert = parts["colbert_linear"].to(source.device).eval()
+    sparse = parts["sparse_linear"].to(source.device).eval()
     special = tokenizer.special_tokens_map
     unused = tuple(
         sorted(
@@ -251,12 +288,7 @@ def load_model(
         colbert_linear=colbert,
         sparse_linear=sparse,
         tokenizer=tokenizer,
-        device=torch_device,
-        dtype=dtype,
-        spec=spec,
-        path=path,
-        revision=revision,
-        fingerprint=fingerprint_model_dir(path),
+        **source.identity(),
         dense_dim=int(encoder.config.hidden_size),
         colbert_dim=int(colbert.out_features),
         vocab_size=int(encoder.config.vocab_size),

@@ -24,13 +24,8 @@ import torch
 from pipeline import __version__
 from pipeline.engine.batching import DEFAULT_RERANK_BATCH_TOKENS, default_batch_tokens, plan_batches
 from pipeline.engine.encoder import encode_with_split, pad_batch
-from pipeline.engine.model import (
-    LoadedModel,
-    fingerprint_model_dir,
-    resolve_device,
-    resolve_dtype,
-    resolve_model_path,
-)
+from pipeline.engine.model import LoadedModel, locate_model
+from pipeline.engine.stats import BatchStats
 from pipeline.errors import ModelLoadError
 from schemas.output import rerank_schema
 from schemas.rerank import Pair, RerankOptions
@@ -52,9 +47,15 @@ def load_reranker(
     hub_timeout: float = 10.0,
 ) -> RerankModel:
     """Load a cross-encoder (bge-reranker-v2-m3, or random:SIZE) as FlagReranker does."""
-    path, revision = resolve_model_path(spec, cache_dir, hub_timeout, reranker=True)
-    torch_device = resolve_device(device)
-    dtype = resolve_dtype(torch_device, precision)
+    source = locate_model(
+        spec,
+        device=device,
+        precision=precision,
+        cache_dir=cache_dir,
+        hub_timeout=hub_timeout,
+        reranker=True,
+    )
+    path = source.path
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
@@ -70,17 +71,8 @@ def load_reranker(
             f"{path} is not a one-logit cross-encoder (num_labels={labels}); "
             "rerank needs a model like BAAI/bge-reranker-v2-m3"
         )
-    model = model.to(device=torch_device, dtype=dtype).eval()
-    return RerankModel(
-        model=model,
-        tokenizer=tokenizer,
-        device=torch_device,
-        dtype=dtype,
-        spec=spec,
-        path=path,
-        revision=revision,
-        fingerprint=fingerprint_model_dir(path),
-    )
+    model = model.to(device=source.device, dtype=source.dtype).eval()
+    return RerankModel(model=model, tokenizer=tokenizer, **source.identity())
 
 
 def tokenize_pairs(
@@ -118,16 +110,8 @@ def tokenize_pairs(
 
 
 @dataclass
-class RerankStats:
+class RerankStats(BatchStats):
     pairs: int = 0
-    tokens: int = 0
-    padded_tokens: int = 0
-    batches: int = 0
-    seconds: float = 0.0
-
-    def add(self, other: RerankStats) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     @property
     def rows(self) -> int:
@@ -136,10 +120,6 @@ class RerankStats:
     @property
     def pairs_per_second(self) -> float:
         return self.pairs / self.seconds if self.seconds else 0.0
-
-    @property
-    def padding_efficiency(self) -> float:
-        return self.tokens / self.padded_tokens if self.padded_tokens else 1.0
 
 
 @dataclass

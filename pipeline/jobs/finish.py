@@ -11,7 +11,7 @@ from pipeline.storage.location import open_location
 from pipeline.storage.manifest import build_manifest
 from pipeline.storage.output_dir import MANIFEST, PART_PATTERN, write_json_atomic
 from pipeline.storage.sink import remove_stale_temp_files
-from schemas.job import JobState, JobStatus, ShardState, Task
+from schemas.job import JobState, JobStatus, ShardState
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,7 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
     out = open_location(spec.out)
     infos = store.shard_infos(job_id)
     states = store.shard_states(job_id)
-    # A rerank job counts pairs where an embed job counts records and documents.
-    read, accepted = (
-        ("input_pairs", "pairs") if spec.task is Task.RERANK else ("input_records", "documents")
-    )
+    read, accepted = spec.task.count_names  # records and documents, or pairs
     files: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     present = {part.name for part in out.children(PART_PATTERN)}  # one listing, not a stat each
@@ -62,7 +59,7 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
             failures.append({"shard": shard, **info})
     status = store.status(job_id)
     manifest = build_manifest(
-        job={"command": "submit", "job_id": job_id, **spec.model_dump(mode="json")},
+        job={"command": spec.command, "job_id": job_id, **spec.model_dump(mode="json")},
         model=store.model_metadata(job_id),
         files=files,
         counts={

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
 from pipeline.jobs.store import JobStore
-from schemas.job import JobState, JobStatus, Task
+from schemas.job import JobState, JobStatus
 
 
 def _duration(seconds: float | None) -> str:
@@ -20,7 +20,7 @@ def _duration(seconds: float | None) -> str:
 
 def unit(status: JobStatus) -> str:
     """What the job's items are: documents to embed, or pairs to score."""
-    return "pairs" if status.task is Task.RERANK else "documents"
+    return f"{status.task.item}s"
 
 
 def describe(status: JobStatus) -> str:

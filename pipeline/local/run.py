@@ -29,9 +29,9 @@ from pipeline.ops.worker_process import spawn_worker
 from pipeline.settings import Settings
 from pipeline.storage.location import open_location
 from pipeline.storage.output_dir import prepare_output_dir
-from producers.readers import detect_format, detect_pair_format
+from pipeline.tasks import task_kind
 from producers.submit import SubmitRequest, SubmitResult, submit_job
-from schemas.job import JobState, Task
+from schemas.job import JobState
 
 STOP_GRACE_SECONDS = 30.0
 SCRATCH_PREFIX = "m3pipe-run-"
@@ -100,10 +100,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def model_env(task: Task) -> str:
-    return "M3PIPE_RERANK_MODEL" if task is Task.RERANK else "M3PIPE_MODEL"
-
-
 def run_local(
     request: SubmitRequest,
     settings: Settings,
@@ -116,9 +112,9 @@ def run_local(
     from workers.app import shard_publisher
 
     # Fail on bad inputs or a used output directory before starting any process.
-    detect = detect_pair_format if request.task is Task.RERANK else detect_format
+    kind = task_kind(request.task)
     for path in request.inputs:
-        detect(path, request.input_format)
+        kind.detect_format(path, request.input_format)
     if request.resume:
         previous_spec(request.out)  # something to resume, before starting anything
     prepare_output_dir(request.out, request.overwrite, request.resume)
@@ -138,7 +134,7 @@ def run_local(
             **os.environ,
             "M3PIPE_BROKER_URL": url,
             # The job's model, loaded at start; a worker of `run` serves this job only.
-            model_env(request.task): request.model,
+            kind.model_env: request.model,
             "M3PIPE_PRELOAD": request.task.value,
             "M3PIPE_PRECISION": precision,
             "M3PIPE_QUEUE": request.queue,

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-import pyarrow as pa
-
-from pipeline.engine.embedder import EncodeStats, Engine
-from pipeline.engine.reranker import RerankEngine, RerankStats
-from pipeline.engine.table import with_fields
+from pipeline.engine.stats import BatchStats
 from pipeline.errors import JobNotFound, PermanentError, StaleAttempt, UnknownJob, UnregisteredShard
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.resume import documents_digest, with_shard_metadata
@@ -23,9 +20,8 @@ from pipeline.runtime.metrics import WorkerMetrics
 from pipeline.runtime.worker_models import WorkerModels
 from pipeline.storage.output_roots import allowed_output
 from pipeline.storage.sink import part_name, write_shard
+from pipeline.tasks import TaskEngine, task_kind
 from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
-from schemas.options import EncodeOptions
-from schemas.rerank import RerankOptions
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +40,16 @@ class WorkerRuntime:
     retry_backoff_seconds: float = 5.0
     output_roots: tuple[str, ...] = ()  # where jobs may write; empty: anywhere absolute
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
-    _engines: dict[EncodeOptions, Engine] = field(default_factory=dict)
-    _rerankers: dict[RerankOptions, RerankEngine] = field(default_factory=dict)
+    _engines: dict[tuple[Task, Hashable], TaskEngine] = field(default_factory=dict)
     _specs: dict[str, JobSpec] = field(default_factory=dict)
 
-    def engine(self, options: EncodeOptions) -> Engine:
-        if options not in self._engines:
-            self._engines[options] = Engine(self.models.embedder(), options)
-        return self._engines[options]
-
-    def rerank_engine(self, options: RerankOptions) -> RerankEngine:
-        if options not in self._rerankers:
-            self._rerankers[options] = RerankEngine(self.models.reranker(), options)
-        return self._rerankers[options]
+    def engine(self, spec: JobSpec) -> TaskEngine:
+        """The engine for the job's task and options, made on first use and kept."""
+        kind = task_kind(spec.task)
+        key = (spec.task, kind.job_options(spec))
+        if key not in self._engines:
+            self._engines[key] = kind.engine(self.models.for_shard(spec.task), key[1])
+        return self._engines[key]
 
     def job_spec(self, job_id: str) -> JobSpec:
         if job_id not in self._specs:
@@ -75,14 +68,14 @@ class ShardOutcome:
     detail: str = ""
     rows: int = 0
     tokens: int = 0
-    stats: EncodeStats | RerankStats | None = None  # set when this delivery ran the shard
+    stats: BatchStats | None = None  # set when this delivery ran the shard
 
 
 def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
     store, job_id, shard = runtime.store, message.job_id, message.shard
     spec = runtime.job_spec(job_id)
     runtime.models.check_job_model(spec.task, job_id, spec.model)
-    if bool(message.pairs) != (spec.task is Task.RERANK):
+    if message.task is not spec.task:
         raise PermanentError(f"job {job_id} is a {spec.task.value} job: this shard is not")
     digest = documents_digest(message.items)  # hashed once: stale check and file facts
     registered = store.shard_digest(job_id, shard)
@@ -143,7 +136,9 @@ def _encode_and_record(
     out = allowed_output(spec.out, runtime.output_roots)
     if not out.is_dir():  # submit wrote _job.json there, so an object-store prefix exists too
         raise PermanentError(f"output directory {out} does not exist on {runtime.hostname}")
-    table, stats, model_metadata = _compute(message, spec, runtime)
+    engine = runtime.engine(spec)
+    computed = task_kind(spec.task).compute(engine, message.items, spec.keep_fields)
+    table, stats = computed.table, computed.stats
     documents = len(message.items)
     facts = {
         "job_id": job_id,
@@ -161,7 +156,7 @@ def _encode_and_record(
 
     written = write_shard(with_shard_metadata(table, facts), out / name, fence)
 
-    store.set_model_metadata(job_id, model_metadata)
+    store.set_model_metadata(job_id, engine.file_metadata())
     done = {
         "name": name,
         "documents": documents,
@@ -189,21 +184,6 @@ def _encode_and_record(
     return ShardOutcome(
         ShardState.DONE, name, rows=table.num_rows, tokens=stats.tokens, stats=stats
     )
-
-
-def _compute(
-    message: ShardMessage, spec: JobSpec, runtime: WorkerRuntime
-) -> tuple[pa.Table, EncodeStats | RerankStats, dict[str, object]]:
-    """The shard's output table, its stats and the model metadata, by the job's task."""
-    if spec.task is Task.RERANK:
-        assert spec.rerank is not None  # JobSpec validates it
-        reranker = runtime.rerank_engine(spec.rerank)
-        scored = reranker.score(message.pairs)
-        return scored.table, scored.stats, reranker.file_metadata()
-    engine = runtime.engine(spec.options)
-    result = engine.encode(message.documents)
-    table = with_fields(result.table, message.documents, spec.keep_fields)
-    return table, result.stats, engine.file_metadata()
 
 
 def fail_shard(store: JobStore, message: ShardMessage, reason: str, worker: str) -> None:

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PermanentError, RetryableError
+from pipeline.tasks import task_kind
 from schemas.job import Task
 
 if TYPE_CHECKING:
-    from pipeline.engine.model import M3Model
-    from pipeline.engine.reranker import RerankModel
     from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,11 +33,7 @@ def load_task_model(
 ) -> Any:
     """The model of `task` (the embedder, or the cross-encoder), with the cache and hub
     settings every command shares; ModelLoadError if it cannot load."""
-    from pipeline.engine.model import load_model
-    from pipeline.engine.reranker import load_reranker
-
-    load = load_reranker if task is Task.RERANK else load_model
-    return load(
+    return task_kind(task).load_model(
         spec,
         device=device,
         precision=precision,
@@ -90,12 +85,6 @@ class WorkerModels:
             return self.load(task)
         except PermanentError as exc:
             raise RetryableError(f"cannot load the {task.value} model: {exc}") from exc
-
-    def embedder(self) -> M3Model:
-        return self.for_shard(Task.EMBED)
-
-    def reranker(self) -> RerankModel:
-        return self.for_shard(Task.RERANK)
 
     def devices(self) -> list[Any]:
         return [model.device for model in self._loaded.values()]

@@ -56,6 +56,7 @@ def test_job_reads_and_writes_s3_and_resume_redoes_only_a_lost_part(s3, cli_env,
     assert sorted(table.column("id").to_pylist()) == sorted(ids)  # every document once
     manifest = json.loads(s3.get("out/_manifest.json"))
     assert manifest["job"]["out"] == out and manifest["job"]["inputs"] == inputs
+    assert manifest["job"]["command"] == "submit"
     assert manifest["counts"]["rows"] == len(ids) and manifest["counts"]["rejected"] == 2
     assert [f["name"] for f in manifest["files"]] == parts
     for entry in manifest["files"]:

@@ -52,6 +52,7 @@ def test_run_without_broker_completes_and_leaves_no_process(
     assert sorted(ids) == [f"doc-{i:05d}" for i in range(60)]
     manifest = json.loads((out / "_manifest.json").read_text())
     assert len(manifest["files"]) == 4 and manifest["counts"]["rows"] == 60
+    assert manifest["job"]["command"] == "run"  # not "submit": run made this job
     assert processes_with_marker(marker) == []
 
 

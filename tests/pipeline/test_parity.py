@@ -36,7 +36,8 @@ def reference(load):
     return _reference
 
 
-@pytest.mark.parametrize("size", ["tiny", "small"])
+# The small model is the slow tier: the tiny one checks the same code in the fast tier.
+@pytest.mark.parametrize("size", ["tiny", pytest.param("small", marks=pytest.mark.integration)])
 @pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 1e-5), ("float16", 2e-3)])
 def test_outputs_match_flagembedding(load, reference, size, dtype, tolerance):
     model = load(size)

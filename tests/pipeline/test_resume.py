@@ -35,7 +35,7 @@ def write_corpus(path, count=50, changed: dict[int, str] | None = None):
 def request(tmp_path, inp, **changes) -> SubmitRequest:
     fields = dict(
         inputs=[inp], out=tmp_path / "out", model="random:tiny", options=OPTIONS, queue="q",
-        limits=ShardLimits(docs=10, bytes=1 << 20, tokens=100_000), max_queued=100,
+        limits=ShardLimits(items=10, bytes=1 << 20, tokens=100_000), max_queued=100,
     )  # fmt: skip
     fields.update(changes)
     return SubmitRequest(**fields)

@@ -26,7 +26,7 @@ def test_failures_retry_with_backoff_then_dead_letter_at_max_attempts(tmp_path, 
     inp.write_text("".join(json.dumps({"id": f"d{i}", "text": "x"}) + "\n" for i in range(3)))
     request = SubmitRequest(
         inputs=[inp], out=tmp_path / "out", model="random:tiny", options=EncodeOptions(),
-        queue="q", limits=ShardLimits(docs=10, bytes=1 << 20, tokens=100_000), max_queued=10,
+        queue="q", limits=ShardLimits(items=10, bytes=1 << 20, tokens=100_000), max_queued=10,
     )  # fmt: skip
     sent = []
     job_id = submit_job(request, store, lambda m, *_: sent.append(m)).job_id

@@ -16,7 +16,7 @@ from pipeline.jobs.resume import previous_spec, read_shard_file, with_shard_meta
 from pipeline.storage.location import open_location
 from pipeline.storage.output_dir import RejectLog, prepare_output_dir
 from pipeline.storage.sink import write_shard
-from producers.readers import detect_format, read_records
+from producers.inputs.readers import detect_format, read_records
 from schemas.document import Reject
 
 

@@ -46,7 +46,7 @@ def request(tmp_path, name: str, docs: int, tenant: str, max_queued: int = 100) 
     )
     return SubmitRequest(
         inputs=[inp], out=tmp_path / name, model="random:tiny", options=EncodeOptions(),
-        queue=tenant_queue("q", tenant), limits=ShardLimits(docs=1, bytes=4096, tokens=10**6),
+        queue=tenant_queue("q", tenant), limits=ShardLimits(items=1, bytes=4096, tokens=10**6),
         max_queued=max_queued, tenant=tenant, priority=Priority.HIGH, poll_seconds=0.02,
     )  # fmt: skip
 

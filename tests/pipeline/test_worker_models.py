@@ -33,9 +33,9 @@ def models(fail_first=0):
 def test_each_model_loads_on_first_use_once_and_is_kept():
     held, calls, loads = models()
     assert not held.loaded(Task.RERANK) and held.devices() == []
-    first = held.reranker()
-    assert held.reranker() is first and first.spec == "rerank-dir"
-    assert held.embedder().task is Task.EMBED
+    first = held.for_shard(Task.RERANK)
+    assert held.for_shard(Task.RERANK) is first and first.spec == "rerank-dir"
+    assert held.for_shard(Task.EMBED).task is Task.EMBED
     assert calls == [(Task.RERANK, "rerank-dir"), (Task.EMBED, "random:tiny")]
     assert loads == [(Task.RERANK, "rerank-dir", True), (Task.EMBED, "random:tiny", True)]
     assert held.devices() == ["cpu", "cpu"]
@@ -46,8 +46,8 @@ def test_a_load_failure_on_a_shard_is_retryable_and_the_next_shard_loads_again()
     with pytest.raises(
         RetryableError, match="cannot load the rerank model: cannot load rerank-dir"
     ):
-        held.reranker()
-    assert held.reranker().spec == "rerank-dir"
+        held.for_shard(Task.RERANK)
+    assert held.for_shard(Task.RERANK).spec == "rerank-dir"
     assert len(calls) == 2
     # Loading at start (preload) keeps the error permanent: the worker stops.
     held, _, _ = models(fail_first=1)

@@ -4,9 +4,9 @@ import json
 import pytest
 
 from pipeline.errors import InputError
-from producers.jsonl import count_lines, read_jsonl
-from producers.sharding import cut_shards
-from producers.validate import DuplicateIds, record_to_document
+from producers.inputs.jsonl import count_lines, read_jsonl
+from producers.inputs.sharding import cut_shards
+from producers.inputs.validate import DuplicateIds, record_to_document
 from schemas.document import Document, Reject
 
 

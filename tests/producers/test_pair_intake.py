@@ -4,21 +4,17 @@ import json
 
 import pytest
 
-from producers.intake import IntakeCounts
-from producers.pair_intake import (
-    PairLimits,
-    accept_pairs,
-    cut_pair_shards,
-    pair_bytes,
-    worst_case_pair_tokens,
-)
-from producers.readers import read_pair_records
+from pipeline.tasks.rerank import cut_pair_shards, oversize_reason, worst_case_pair_tokens
+from producers.inputs.intake import IntakeCounts
+from producers.inputs.pair_intake import accept_pairs, pair_bytes
+from producers.inputs.readers import read_pair_records
+from producers.inputs.sharding import ShardLimits
 from schemas.job import JobSpec, ShardMessage, Task
 from schemas.options import EncodeOptions
 from schemas.rerank import Pair, RerankOptions
 
 OPTIONS = RerankOptions(max_length=64)
-ROOMY = PairLimits(pairs=1000, bytes=1 << 30, tokens=1 << 40)
+ROOMY = ShardLimits(items=1000, bytes=1 << 30, tokens=1 << 40)
 
 
 class Rejects(list):
@@ -40,7 +36,12 @@ def intake(tmp_path, records, limits=ROOMY):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     rejects, counts = Rejects(), IntakeCounts()
     units = list(
-        accept_pairs([(str(path), read_pair_records(path))], rejects, counts, limits, OPTIONS)
+        accept_pairs(
+            [(str(path), read_pair_records(path))],
+            rejects,
+            counts,
+            check=lambda unit: oversize_reason(unit, limits, OPTIONS),
+        )
     )
     assert counts.balanced()
     return units, rejects, counts
@@ -69,7 +70,7 @@ def test_duplicate_pairs_first_wins_and_groups_are_numbered(tmp_path):
 
 def test_a_group_above_the_message_limit_is_rejected_whole_with_a_reason(tmp_path):
     big = grouped("big", 5, passage="x" * 300)
-    limits = PairLimits(pairs=1000, bytes=1000, tokens=1 << 40)
+    limits = ShardLimits(items=1000, bytes=1000, tokens=1 << 40)
     units, rejects, counts = intake(tmp_path, [grouped("small", 2), big], limits)
     assert [u[0].query_id for u in units] == ["small"]
     assert [r.id for r in rejects] == [f"big-d{i}" for i in range(5)]
@@ -87,7 +88,7 @@ def test_shards_hold_whole_groups_within_the_limits():
 
     units = [unit("a", 2, 0), unit("b", 2, 1), unit("c", 5, 2), unit("d", 1, 3), unit("e", 1, 4)]
     shards = list(
-        cut_pair_shards(units, PairLimits(pairs=3, bytes=1 << 30, tokens=1 << 40), OPTIONS)
+        cut_pair_shards(units, ShardLimits(items=3, bytes=1 << 30, tokens=1 << 40), OPTIONS)
     )
     assert [[p.query_id for p in s] for s in shards] == [
         ["a", "a"],
@@ -98,7 +99,7 @@ def test_shards_hold_whole_groups_within_the_limits():
     # Bytes bound shards as well: two units' bytes do not fit one shard here.
     one = sum(pair_bytes(p) for p in units[0])
     by_bytes = list(
-        cut_pair_shards(units[:2], PairLimits(pairs=100, bytes=one + 1, tokens=1 << 40), OPTIONS)
+        cut_pair_shards(units[:2], ShardLimits(items=100, bytes=one + 1, tokens=1 << 40), OPTIONS)
     )
     assert [len(s) for s in by_bytes] == [2, 2]
     # So do worst-case tokens: a pair costs at most max_length tokens.

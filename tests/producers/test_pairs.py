@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import InputError
-from producers.pairs import PairRecord
-from producers.readers import read_pair_records
+from producers.inputs.pairs import PairRecord
+from producers.inputs.readers import read_pair_records
 from schemas.document import Reject
 
 

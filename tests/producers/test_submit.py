@@ -6,15 +6,9 @@ import json
 
 import pytest
 
-from producers.intake import document_bytes
-from producers.submit import (
-    ShardLimits,
-    SubmitRequest,
-    cut_message_shards,
-    oversize_reason,
-    submit_job,
-    worst_case_tokens,
-)
+from pipeline.tasks.embed import cut_document_shards, oversize_reason, worst_case_tokens
+from producers.inputs.intake import document_bytes
+from producers.submit import ShardLimits, SubmitRequest, submit_job
 from schemas.document import Document
 from schemas.job import JobState, ShardState
 from schemas.options import EncodeOptions
@@ -36,8 +30,8 @@ def test_limits_follow_the_visibility_timeout():
 
 def test_shards_respect_every_limit():
     docs = [Document(id=f"d{i}", text="x" * (50 + i)) for i in range(200)]
-    limits = ShardLimits(docs=30, bytes=2000, tokens=1500)
-    shards = list(cut_message_shards(docs, limits, TRUNCATE))
+    limits = ShardLimits(items=30, bytes=2000, tokens=1500)
+    shards = list(cut_document_shards(docs, limits, TRUNCATE))
     assert [d.id for shard in shards for d in shard] == [d.id for d in docs]
     for shard in shards:
         assert len(shard) <= 30
@@ -46,7 +40,7 @@ def test_shards_respect_every_limit():
 
 
 def test_oversize_documents_are_named():
-    limits = ShardLimits(docs=10, bytes=4096, tokens=3000)
+    limits = ShardLimits(items=10, bytes=4096, tokens=3000)
     assert "message limit" in oversize_reason(Document(id="a", text="x" * 5000), limits, TRUNCATE)
     assert "visibility timeout" in oversize_reason(Document(id="b", text="x" * 4000), limits, CHUNK)
     assert oversize_reason(Document(id="c", text="x" * 4000), limits, TRUNCATE) is None
@@ -61,7 +55,7 @@ def test_submit_job_enqueues_and_accounts_every_record(store, tmp_path):
     sent = []
     request = SubmitRequest(
         inputs=[inp], out=tmp_path / "out", model="random:tiny", options=TRUNCATE,
-        queue="q", limits=ShardLimits(docs=10, bytes=4096, tokens=100_000), max_queued=100,
+        queue="q", limits=ShardLimits(items=10, bytes=4096, tokens=100_000), max_queued=100,
     )  # fmt: skip
     result = submit_job(
         request, store, lambda message, queue, priority: sent.append((message, queue))
@@ -82,7 +76,7 @@ def test_submit_job_enqueues_and_accounts_every_record(store, tmp_path):
 def test_a_failing_input_marks_the_job_failed(store, tmp_path):
     request = SubmitRequest(
         inputs=[tmp_path / "missing.jsonl"], out=tmp_path / "out", model="m", options=TRUNCATE,
-        queue="q", limits=ShardLimits(docs=10, bytes=4096, tokens=1000), max_queued=1,
+        queue="q", limits=ShardLimits(items=10, bytes=4096, tokens=1000), max_queued=1,
     )  # fmt: skip
     with pytest.raises(Exception, match="not found"):
         submit_job(request, store, lambda m, q, p: None)

@@ -9,13 +9,13 @@ from pyarrow.fs import FileType
 
 from pipeline.errors import InputError, UnreadableInput
 from pipeline.storage.location import Location, open_location
-from producers.compressed import base_suffix
-from producers.csv_reader import read_csv
-from producers.jsonl import read_jsonl
-from producers.lines import DEFAULT_MAX_RECORD_BYTES
-from producers.parquet_reader import read_parquet
-from producers.text_files import read_text_dir
-from producers.validate import InputItem
+from producers.inputs.compressed import base_suffix
+from producers.inputs.csv_reader import read_csv
+from producers.inputs.jsonl import read_jsonl
+from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES
+from producers.inputs.parquet_reader import read_parquet
+from producers.inputs.text_files import read_text_dir
+from producers.inputs.validate import InputItem
 from schemas.document import Reject
 
 FORMATS = ("auto", "jsonl", "csv", "parquet", "txt")
@@ -101,8 +101,8 @@ def read_pair_records(
     fmt: str = "auto",
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Iterator[InputItem]:
-    """Stream rerank input: each item is a PairRecord (producers/pairs.py) or a Reject."""
-    from producers.pairs import PairShape
+    """Stream rerank input: each item is a PairRecord (producers/inputs/pairs.py) or a Reject."""
+    from producers.inputs.pairs import PairShape
 
     location = open_location(path)
     fmt = detect_pair_format(location, fmt)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from pipeline.errors import UnreadableInput
 from pipeline.storage.location import Location, open_location
-from producers.compressed import STREAM_ERRORS, open_binary
-from producers.csv_records import CsvRecord, read_csv_records
-from producers.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
-from producers.validate import DocumentShape, InputItem, RecordShape
+from producers.inputs.compressed import STREAM_ERRORS, open_binary
+from producers.inputs.csv_records import CsvRecord, read_csv_records
+from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
+from producers.inputs.validate import DocumentShape, InputItem, RecordShape
 from schemas.document import Reject
 
 # Records are bounded by --max-record-bytes before the csv module sees them.

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import UnreadableInput
 from pipeline.storage.location import Location, open_location
-from producers.compressed import check_readable_file
-from producers.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
-from producers.validate import DocumentShape, InputItem, RecordShape
+from producers.inputs.compressed import check_readable_file
+from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
+from producers.inputs.validate import DocumentShape, InputItem, RecordShape
 from schemas.document import Reject
 
 BATCH_ROWS = 1024

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from producers.validate import DuplicateIds, InputItem
+from producers.inputs.validate import DuplicateIds, InputItem
 from schemas.document import Document, Reject
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from pipeline.errors import UnreadableInput
 from pipeline.storage.location import Location, open_location
-from producers.compressed import STREAM_ERRORS, is_compressed, open_binary
-from producers.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason, read_lines
-from producers.validate import DocumentShape, InputItem, RecordShape
+from producers.inputs.compressed import STREAM_ERRORS, is_compressed, open_binary
+from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason, read_lines
+from producers.inputs.validate import DocumentShape, InputItem, RecordShape
 from schemas.document import Reject
 
 

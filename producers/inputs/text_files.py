@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pipeline.errors import InputError
 from pipeline.storage.location import Location, open_location
-from producers.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
-from producers.validate import InputItem, record_to_document
+from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
+from producers.inputs.validate import InputItem, record_to_document
 from schemas.document import Reject
 
 TEXT_SUFFIX = ".txt"

@@ -1,4 +1,4 @@
-"""From rerank input records to shards of pairs: duplicates and oversize go to rejects.
+"""From rerank input records to units of pairs: duplicates and refused units go to rejects.
 
 A unit is what must stay in one shard: one query's candidates (ranked together, so never
 split) or a single flat pair. Units get a group number at intake; the worker ranks pairs
@@ -7,18 +7,13 @@ within a group.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from producers.intake import IntakeCounts, RejectSink
-from producers.pairs import PairRecord
-from producers.sharding import cut_unit_shards
-from producers.validate import InputItem
+from producers.inputs.intake import IntakeCounts, RejectSink
+from producers.inputs.pairs import PairRecord
+from producers.inputs.validate import InputItem
 from schemas.document import Reject
-from schemas.rerank import Pair, RerankOptions
-
-SPECIALS = 4  # <s> query </s></s> passage </s>
+from schemas.rerank import Pair
 
 
 def pair_bytes(pair: Pair) -> int:
@@ -28,21 +23,6 @@ def pair_bytes(pair: Pair) -> int:
 
 def pair_texts(pair: Pair) -> tuple[str, str, str, str]:
     return (pair.query_id, pair.query, pair.doc_id, pair.passage)
-
-
-def worst_case_pair_tokens(pair: Pair, options: RerankOptions) -> int:
-    """Tokens a pair can cost at most: a token covers at least one byte of text."""
-    text = len(pair.query.encode("utf-8")) + len(pair.passage.encode("utf-8"))
-    return min(text + SPECIALS, options.max_length)
-
-
-@dataclass(frozen=True)
-class PairLimits:
-    """What one shard may hold: pairs, message bytes, worst-case tokens."""
-
-    pairs: int
-    bytes: int
-    tokens: int
 
 
 class DuplicatePairs:
@@ -64,11 +44,12 @@ def accept_pairs(
     sources: Iterable[tuple[str, Iterable[InputItem]]],
     rejects: RejectSink,
     counts: IntakeCounts,
-    limits: PairLimits,
-    options: RerankOptions,
+    *,
+    check: Callable[[Sequence[Pair]], str | None] | None = None,
 ) -> Iterator[list[Pair]]:
     """Units of valid pairs; every pair read is counted once, as accepted or as rejected.
 
+    `check` returns the reason to reject a whole unit (e.g. too large), or None.
     `counts` is in pairs: `documents` holds the pairs accepted.
     """
     duplicates = DuplicatePairs()
@@ -99,7 +80,7 @@ def accept_pairs(
             if record.grouped:
                 unit = [pair.model_copy(update={"group": group}) for pair in unit]
                 group += 1
-            reason = oversize_reason(unit, limits, options)
+            reason = check(unit) if check is not None else None
             if reason is not None:
                 for pair in unit:
                     rejects.add(_reject(item, source, pair, reason))
@@ -118,39 +99,3 @@ def _reject(item: InputItem, source: str, pair: Pair, reason: str) -> Reject:
         query_id=pair.query_id,
         reason=reason,
     )
-
-
-def oversize_reason(unit: Sequence[Pair], limits: PairLimits, options: RerankOptions) -> str | None:
-    """Why a unit cannot go in any shard, or None."""
-    what = "the query's candidates take" if len(unit) > 1 else "the pair takes"
-    nbytes = sum(pair_bytes(pair) for pair in unit)
-    if nbytes > limits.bytes:
-        return (
-            f"{what} {nbytes:,} bytes, above the {limits.bytes:,}-byte message limit "
-            "(a query's candidates are never split: send fewer per query, or raise "
-            "--shard-bytes)"
-        )
-    tokens = sum(worst_case_pair_tokens(pair, options) for pair in unit)
-    if tokens > limits.tokens:
-        return (
-            f"{what} up to {tokens:,} tokens, more than one shard may hold "
-            f"({limits.tokens:,}) within the visibility timeout"
-        )
-    return None
-
-
-def cut_pair_shards(
-    units: Iterable[Sequence[Pair]], limits: PairLimits, options: RerankOptions
-) -> Iterator[list[Pair]]:
-    """Shards of whole units, bounded by pairs, message bytes and worst-case tokens."""
-
-    def share(unit: Sequence[Pair]) -> int:
-        # One size for the cutter: the larger of each limit's share, in millionths.
-        nbytes = sum(pair_bytes(pair) for pair in unit)
-        tokens = sum(worst_case_pair_tokens(pair, options) for pair in unit)
-        return max(
-            math.ceil(nbytes * 1_000_000 / limits.bytes),
-            math.ceil(tokens * 1_000_000 / limits.tokens),
-        )
-
-    return cut_unit_shards(units, limits.pairs, 1_000_000, share)

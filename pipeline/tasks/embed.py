@@ -1,0 +1,161 @@
+"""Embedding: documents in, bge-m3 dense / sparse / ColBERT rows out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.tasks.kind import Check, Computed, Progress, Reading, TaskKind
+from producers.inputs.intake import IntakeCounts, RejectSink, accept_documents, document_bytes
+from producers.inputs.readers import detect_format, read_records
+from producers.inputs.sharding import ShardLimits, UnitSize, cut_sized_shards, over_limit
+from producers.inputs.validate import InputItem
+from schemas.document import Document
+from schemas.job import JobSpec, Task
+from schemas.options import EncodeOptions, LongDocPolicy
+
+if TYPE_CHECKING:
+    from pipeline.engine.embedder import EncodeStats, Engine
+    from pipeline.engine.model import M3Model
+    from pipeline.storage.location import Location
+
+SPECIALS = 2  # CLS and EOS per sequence
+
+
+def worst_case_tokens(doc_bytes: int, options: EncodeOptions) -> int:
+    """Tokens a document can cost at most: a token covers at least one byte of text."""
+    if options.long_docs is LongDocPolicy.TRUNCATE:
+        return min(doc_bytes + SPECIALS, options.max_length)
+    stride = options.max_length - SPECIALS - options.chunk_overlap
+    chunks = max(1, math.ceil(doc_bytes / stride))
+    return chunks * options.max_length
+
+
+def document_size(doc: Document, options: EncodeOptions) -> UnitSize:
+    nbytes = document_bytes(doc)
+    return UnitSize(nbytes, worst_case_tokens(nbytes, options))
+
+
+def oversize_reason(doc: Document, limits: ShardLimits, options: EncodeOptions) -> str | None:
+    """Why one document cannot go in any shard, or None."""
+    size = document_size(doc, options)
+    over = over_limit(size, limits)
+    if over == "bytes":
+        return f"document is {size.bytes:,} bytes, above the {limits.bytes:,}-byte message limit"
+    if over == "tokens":
+        return (
+            f"document may cost up to {size.tokens:,} tokens, more than one shard may hold "
+            f"({limits.tokens:,}) within the visibility timeout"
+        )
+    return None
+
+
+def cut_document_shards(
+    docs: Iterable[Document], limits: ShardLimits, options: EncodeOptions
+) -> Iterator[list[Document]]:
+    """Shards bounded by documents, message bytes and worst-case tokens."""
+    units = ([doc] for doc in docs)
+    return cut_sized_shards(units, limits, lambda unit: document_size(unit[0], options))
+
+
+class EmbedTask(TaskKind):
+    task = Task.EMBED
+    command = "encode"
+    model_setting = "model"
+
+    def detect_format(self, location: Location | Path | str, requested: str = "auto") -> str:
+        return detect_format(location, requested)
+
+    def read(self, location: Location, fmt: str, reading: Reading) -> Iterator[InputItem]:
+        return read_records(
+            location,
+            fmt,
+            id_field=reading.id_field,
+            text_field=reading.text_field,
+            keep_fields=reading.keep_fields,
+            max_record_bytes=reading.max_record_bytes,
+        )
+
+    def accept(
+        self,
+        sources: Iterable[tuple[str, Iterable[InputItem]]],
+        rejects: RejectSink,
+        counts: IntakeCounts,
+        check: Check | None,
+    ) -> Iterator[list[Document]]:
+        docs = accept_documents(
+            sources, rejects, counts, check=(lambda doc: check([doc])) if check else None
+        )
+        return ([doc] for doc in docs)
+
+    def unit_size(self, unit: Sequence[Document], options: EncodeOptions) -> UnitSize:
+        return document_size(unit[0], options)
+
+    def oversize_reason(
+        self, unit: Sequence[Document], limits: ShardLimits, options: EncodeOptions
+    ) -> str | None:
+        return oversize_reason(unit[0], limits, options)
+
+    def model_loader(self) -> Callable[..., M3Model]:
+        from pipeline.engine.model import load_model
+
+        return load_model
+
+    def job_options(self, spec: JobSpec) -> Hashable:
+        return spec.options
+
+    def engine(self, model: M3Model, options: EncodeOptions) -> Engine:
+        from pipeline.engine.embedder import Engine
+
+        return Engine(model, options)
+
+    def compute(
+        self, engine: Engine, items: Sequence[Document], keep_fields: Sequence[str] = ()
+    ) -> Computed:
+        return self._computed(engine.encode(items), items, keep_fields)
+
+    def compute_stream(
+        self,
+        engine: Engine,
+        shards: Iterable[Sequence[Document]],
+        keep_fields: Sequence[str] = (),
+        progress: Progress | None = None,
+    ) -> Iterator[tuple[Sequence[Document], Computed]]:
+        # The engine tokenizes the next shard while this one runs, and reports per batch.
+        for shard, result in engine.encode_stream(shards, progress):
+            yield shard, self._computed(result, shard, keep_fields)
+
+    @staticmethod
+    def _computed(result: Any, docs: Sequence[Document], keep_fields: Sequence[str]) -> Computed:
+        from pipeline.engine.table import with_fields
+
+        table = with_fields(result.table, docs, keep_fields)
+        return Computed(table=table, stats=result.stats, rows=table.num_rows)
+
+    def new_stats(self) -> EncodeStats:
+        from pipeline.engine.embedder import EncodeStats
+
+        return EncodeStats()
+
+    def manifest_job(self, reading: Reading, engine: Engine) -> dict[str, object]:
+        return {
+            "id_field": reading.id_field,
+            "text_field": reading.text_field,
+            "options": engine.options.model_dump(mode="json"),
+        }
+
+    def manifest_stats(self, stats: EncodeStats) -> dict[str, object]:
+        return {
+            "encode_seconds": round(stats.seconds, 3),
+            "tokens_per_second": round(stats.tokens_per_second, 1),
+        }
+
+    def summary(self, stats: EncodeStats, accepted: int, files: int, out: object) -> str:
+        return (
+            f"{accepted} documents -> {stats.rows} rows in {files} file(s) under {out}; "
+            f"{stats.tokens:,} tokens in {stats.seconds:.1f}s "
+            f"({stats.tokens_per_second:,.0f} tokens/s, padding efficiency "
+            f"{stats.padding_efficiency:.3f})"
+        )
