@@ -94,27 +94,25 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
     from producers.inputs.jsonl import count_lines
     from schemas.job import Task
 
-    try:
-        options = options_from_args(args)
-    except ValidationError as exc:
-        return usage_error(exc)
-    if args.shard_docs < 1:
-        return usage_error("--shard-docs must be >= 1")
-    try:
-        reading = Reading(
+    def reading() -> Reading:
+        return Reading(
             input_format=args.input_format,
             id_field=args.id_field,
             text_field=args.text_field,
             keep_fields=parse_keep_fields(args.keep_fields),
             max_record_bytes=max_record_bytes(args, settings),
         )
-    except ValueError as exc:
-        return usage_error(exc)
-    # The line count (a full read of the file) is only worth it when a bar shows an ETA.
+
     return process_command(
-        Task.EMBED, args, settings, options, reading, args.shard_docs,
+        Task.EMBED,
+        args,
+        settings,
+        options=lambda: options_from_args(args),
+        reading=reading,
+        shard_flag="--shard-docs",
+        # A line count (a full read of the file) is only worth it for a bar's ETA.
         total=lambda source: count_lines(source) if source.is_file() else None,
-    )  # fmt: skip
+    )
 
 
 def cmd_make_test_model(args: argparse.Namespace, settings: Settings) -> int:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pipeline.cli.options import usage_error
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
 from pipeline.settings import Settings
 from schemas.job import Task
@@ -65,14 +66,23 @@ def process_command(
     task: Task,
     args: argparse.Namespace,
     settings: Settings,
-    options: object,
-    reading: Reading,
-    shard_items: int,
+    *,
+    options: Callable[[], object],
+    reading: Callable[[], Reading],
+    shard_flag: str,
     total: Callable[[Location], int | None] | None = None,
 ) -> int:
-    """The body of `m3pipe encode` and `m3pipe rerank`: load the task's model, run the
+    """The body of `m3pipe encode` and `m3pipe rerank`: check the flags (`options` and
+    `reading` parse them; a ValueError is a usage error), load the task's model, run the
     input through it with a progress bar, print the summary; exit 3 if records were
     rejected. `total` counts the input's items for the bar's ETA (when it shows)."""
+    shard_items = getattr(args, shard_flag.removeprefix("--").replace("-", "_"))
+    try:
+        task_options, task_reading = options(), reading()
+    except ValueError as exc:  # pydantic's ValidationError included
+        return usage_error(exc)
+    if shard_items < 1:
+        return usage_error(f"{shard_flag} must be >= 1")
     from pipeline.local.process import process_file
     from pipeline.storage.location import open_location
     from pipeline.tasks import task_kind
@@ -88,7 +98,7 @@ def process_command(
         cache_dir=settings.cache_dir,
         hub_timeout=settings.hub_timeout,
     )
-    engine = kind.engine(model, options)
+    engine = kind.engine(model, task_options)
     show_bar = not args.quiet and sys.stderr.isatty()
     count = total(source) if total is not None and show_bar else None
     bar = ProgressBar(count, enabled=show_bar, unit=kind.item)
@@ -98,12 +108,14 @@ def process_command(
             source,
             args.out,
             engine,
-            reading=reading,
+            reading=task_reading,
             shard_items=shard_items,
             overwrite=args.overwrite,
             progress=bar,
         )
     finally:
         bar.close()
-    done = kind.summary(summary.stats, summary.accepted, len(summary.files), summary.out_dir)
+    done = kind.summary(
+        summary.stats, summary.accepted, summary.rows, len(summary.files), summary.out_dir
+    )
     return local_outcome(kind.command, done, summary.out_dir, summary.rejected)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from pydantic import ValidationError
-
 from pipeline.cli.options import (
     add_compute_options,
     add_record_limit_option,
     max_record_bytes,
     out_arg,
-    usage_error,
 )
 from pipeline.cli.report import process_command
 from pipeline.settings import Settings
@@ -114,16 +111,15 @@ def cmd_rerank(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.tasks import Reading
     from schemas.job import Task
 
-    try:
-        options = rerank_options_from_args(args)
-    except ValidationError as exc:
-        return usage_error(exc)
-    if args.shard_pairs < 1:
-        return usage_error("--shard-pairs must be >= 1")
-    try:
-        reading = Reading(
-            input_format=args.input_format, max_record_bytes=max_record_bytes(args, settings)
-        )
-    except ValueError as exc:
-        return usage_error(exc)
-    return process_command(Task.RERANK, args, settings, options, reading, args.shard_pairs)
+    def reading() -> Reading:
+        limit = max_record_bytes(args, settings)
+        return Reading(input_format=args.input_format, max_record_bytes=limit)
+
+    return process_command(
+        Task.RERANK,
+        args,
+        settings,
+        options=lambda: rerank_options_from_args(args),
+        reading=reading,
+        shard_flag="--shard-pairs",
+    )

@@ -64,6 +64,8 @@ class EmbedTask(TaskKind):
     task = Task.EMBED
     command = "encode"
     model_setting = "model"
+    seconds_name = "encode_seconds"
+    rate_name = "tokens_per_second"
 
     def detect_format(self, location: Location | Path | str, requested: str = "auto") -> str:
         return detect_format(location, requested)
@@ -145,17 +147,3 @@ class EmbedTask(TaskKind):
             "text_field": reading.text_field,
             "options": engine.options.model_dump(mode="json"),
         }
-
-    def manifest_stats(self, stats: EncodeStats) -> dict[str, object]:
-        return {
-            "encode_seconds": round(stats.seconds, 3),
-            "tokens_per_second": round(stats.tokens_per_second, 1),
-        }
-
-    def summary(self, stats: EncodeStats, accepted: int, files: int, out: object) -> str:
-        return (
-            f"{accepted} documents -> {stats.rows} rows in {files} file(s) under {out}; "
-            f"{stats.tokens:,} tokens in {stats.seconds:.1f}s "
-            f"({stats.tokens_per_second:,.0f} tokens/s, padding efficiency "
-            f"{stats.padding_efficiency:.3f})"
-        )

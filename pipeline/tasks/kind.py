@@ -63,6 +63,8 @@ class TaskKind(ABC):
     task: ClassVar[Task]
     command: ClassVar[str]  # the no-queue command: `m3pipe encode`, `m3pipe rerank`
     model_setting: ClassVar[str]  # the Settings field (and M3PIPE_* variable) naming its model
+    seconds_name: ClassVar[str]  # its compute time in the manifest's stats
+    rate_name: ClassVar[str]  # its throughput: a property of its stats, reported as is
 
     @property
     def item(self) -> str:
@@ -184,10 +186,18 @@ class TaskKind(ABC):
     def manifest_job(self, reading: Reading, engine: Any) -> dict[str, object]:
         """The `job` section of a local run's manifest (beside command, inputs)."""
 
-    @abstractmethod
     def manifest_stats(self, stats: Any) -> dict[str, object]:
         """This task's figures in a manifest's `stats`, beside wall_seconds."""
+        return {
+            self.seconds_name: round(stats.seconds, 3),
+            self.rate_name: round(getattr(stats, self.rate_name), 1),
+        }
 
-    @abstractmethod
-    def summary(self, stats: Any, accepted: int, files: int, out: object) -> str:
+    def summary(self, stats: Any, accepted: int, rows: int, files: int, out: object) -> str:
         """The line `m3pipe encode` / `rerank` prints about the work done."""
+        rate, unit = getattr(stats, self.rate_name), self.rate_name.replace("_per_second", "/s")
+        return (
+            f"{accepted:,} {self.item}s -> {rows:,} rows in {files} file(s) under {out}; "
+            f"{stats.tokens:,} tokens in {stats.seconds:.1f}s ({rate:,.1f} {unit}, "
+            f"padding efficiency {stats.padding_efficiency:.3f})"
+        )

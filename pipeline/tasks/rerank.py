@@ -71,6 +71,8 @@ class RerankTask(TaskKind):
     task = Task.RERANK
     command = "rerank"
     model_setting = "rerank_model"
+    seconds_name = "score_seconds"
+    rate_name = "pairs_per_second"
 
     def detect_format(self, location: Location | Path | str, requested: str = "auto") -> str:
         return detect_pair_format(location, requested)
@@ -122,17 +124,3 @@ class RerankTask(TaskKind):
 
     def manifest_job(self, reading: Reading, engine: RerankEngine) -> dict[str, object]:
         return {"task": "rerank", "rerank": engine.options.model_dump(mode="json")}
-
-    def manifest_stats(self, stats: RerankStats) -> dict[str, object]:
-        return {
-            "score_seconds": round(stats.seconds, 3),
-            "pairs_per_second": round(stats.pairs_per_second, 1),
-        }
-
-    def summary(self, stats: RerankStats, accepted: int, files: int, out: object) -> str:
-        return (
-            f"{stats.pairs:,} pairs scored into {files} file(s) under {out}; "
-            f"{stats.tokens:,} tokens in {stats.seconds:.1f}s "
-            f"({stats.pairs_per_second:,.1f} pairs/s, padding efficiency "
-            f"{stats.padding_efficiency:.3f})"
-        )
