@@ -13,12 +13,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from pipeline import __version__
 from pipeline.cli.options import (
-    add_compute_options,
     add_encode_options,
     add_input_options,
+    add_process_command,
     max_record_bytes,
     options_from_args,
-    out_arg,
     parse_keep_fields,
     usage_error,
 )
@@ -55,25 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    encode = sub.add_parser("encode", help="encode a JSONL file to Parquet, no queue")
-    encode.add_argument(
-        "input",
-        help="JSONL (.gz/.zst), CSV, Parquet, or a directory of .txt files; a path or a "
-        "URL (s3://...)",
+    def encode_options(encode: argparse.ArgumentParser) -> None:
+        add_encode_options(encode)
+        add_input_options(encode)
+
+    encode = add_process_command(
+        sub,
+        "encode",
+        summary="encode a JSONL file to Parquet, no queue",
+        input_help="JSONL (.gz/.zst), CSV, Parquet, or a directory of .txt files; a path or "
+        "a URL (s3://...)",
+        shard_flag="--shard-docs",
+        shard_help="documents per output file",
+        add_task_options=encode_options,
     )
-    encode.add_argument(
-        "--out",
-        required=True,
-        type=out_arg,
-        help="output directory: a path or a URL (s3://bucket/prefix)",
-    )
-    add_encode_options(encode)
-    add_input_options(encode)
-    encode.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
-    add_compute_options(encode)
-    encode.add_argument("--shard-docs", type=int, default=1000, help="documents per output file")
-    encode.add_argument("--overwrite", action="store_true", help="replace earlier output in --out")
-    encode.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     encode.set_defaults(func=cmd_encode)
 
     make = sub.add_parser("make-test-model", help="write a random bge-m3-architecture model")

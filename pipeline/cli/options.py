@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 
 from pydantic import ValidationError
 
@@ -149,3 +150,32 @@ def checked_queue(name: str) -> str:
 
 def job_store(settings: Settings) -> JobStore:
     return JobStore.connect(settings.broker, settings.redis_retry_seconds)
+
+
+def add_process_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    *,
+    summary: str,
+    input_help: str,
+    shard_flag: str,
+    shard_help: str,
+    add_task_options: Callable[[argparse.ArgumentParser], None],
+) -> argparse.ArgumentParser:
+    """A no-queue command (`encode`, `rerank`): input, --out, the task's own flags, then
+    the flags every such command shares."""
+    command = sub.add_parser(name, help=summary)
+    command.add_argument("input", help=input_help)
+    command.add_argument(
+        "--out",
+        required=True,
+        type=out_arg,
+        help="output directory: a path or a URL (s3://bucket/prefix)",
+    )
+    add_task_options(command)
+    command.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
+    add_compute_options(command)
+    command.add_argument(shard_flag, type=int, default=1000, help=shard_help)
+    command.add_argument("--overwrite", action="store_true", help="replace earlier output in --out")
+    command.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return command

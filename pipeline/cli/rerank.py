@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli.options import (
-    add_compute_options,
+    add_process_command,
     add_record_limit_option,
     max_record_bytes,
-    out_arg,
 )
 from pipeline.cli.report import process_command
 from pipeline.settings import Settings
@@ -65,45 +64,40 @@ def check_no_embed_flags(args: argparse.Namespace) -> None:
 
 
 def add_rerank_command(sub: argparse._SubParsersAction) -> None:
-    rerank = sub.add_parser("rerank", help="score (query, passage) pairs to Parquet, no queue")
-    rerank.add_argument(
-        "input",
-        help="JSONL (.gz/.zst), CSV or Parquet of pairs (query_id, query, doc_id, passage) or "
-        "of queries with candidates; a path or a URL (s3://...)",
+    def rerank_options(rerank: argparse.ArgumentParser) -> None:
+        rerank.add_argument(
+            "--model",
+            help="cross-encoder dir, hub name or random:tiny|small|full "
+            "(default: $M3PIPE_RERANK_MODEL or BAAI/bge-reranker-v2-m3)",
+        )
+        rerank.add_argument(
+            "--max-length",
+            type=int,
+            help=f"tokens per pair, specials included (default {DEFAULT_RERANK_MAX_LENGTH})",
+        )
+        add_rerank_options(rerank)
+        rerank.add_argument(
+            "--batch-tokens", type=int, help="padded tokens per forward pass (default: per device)"
+        )
+        rerank.add_argument(
+            "--format",
+            dest="input_format",
+            choices=["auto", "jsonl", "csv", "parquet"],
+            default="auto",
+            help="input format (default: from the name)",
+        )
+        add_record_limit_option(rerank)
+
+    rerank = add_process_command(
+        sub,
+        "rerank",
+        summary="score (query, passage) pairs to Parquet, no queue",
+        input_help="JSONL (.gz/.zst), CSV or Parquet of pairs (query_id, query, doc_id, "
+        "passage) or of queries with candidates; a path or a URL (s3://...)",
+        shard_flag="--shard-pairs",
+        shard_help="pairs per output file",
+        add_task_options=rerank_options,
     )
-    rerank.add_argument(
-        "--out",
-        required=True,
-        type=out_arg,
-        help="output directory: a path or a URL (s3://bucket/prefix)",
-    )
-    rerank.add_argument(
-        "--model",
-        help="cross-encoder dir, hub name or random:tiny|small|full "
-        "(default: $M3PIPE_RERANK_MODEL or BAAI/bge-reranker-v2-m3)",
-    )
-    rerank.add_argument(
-        "--max-length",
-        type=int,
-        help=f"tokens per pair, specials included (default {DEFAULT_RERANK_MAX_LENGTH})",
-    )
-    add_rerank_options(rerank)
-    rerank.add_argument(
-        "--batch-tokens", type=int, help="padded tokens per forward pass (default: per device)"
-    )
-    rerank.add_argument(
-        "--format",
-        dest="input_format",
-        choices=["auto", "jsonl", "csv", "parquet"],
-        default="auto",
-        help="input format (default: from the name)",
-    )
-    add_record_limit_option(rerank)
-    rerank.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
-    add_compute_options(rerank)
-    rerank.add_argument("--shard-pairs", type=int, default=1000, help="pairs per output file")
-    rerank.add_argument("--overwrite", action="store_true", help="replace earlier output in --out")
-    rerank.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     rerank.set_defaults(func=cmd_rerank)
 
 
