@@ -1,12 +1,15 @@
-"""Engine vs FlagEmbedding's BGEM3FlagModel.encode on the same model and corpus, one run.
+"""The engine at each precision vs FlagEmbedding's BGEM3FlagModel.encode, one run.
 
 Each side runs in its own fresh process (clean peak-RSS figures), one after the other, on a
 deterministic mixed-length corpus: lognormal lengths, some texts over 4000 tokens, none over
-8192. Both compute dense + sparse + ColBERT. Prints a table and saves JSON under
-benchmarks/results/.
+8192. All compute dense + sparse + ColBERT. Each engine side also measures the matmul peak
+of its compute dtype in the same process (benchmarks/mfu.py) and reports MFU; every
+precision's outputs are compared with fp32's (dense, ColBERT and sparse agreement).
+Prints the figures and saves JSON under benchmarks/results/.
 
-    python benchmarks/bench_engine.py --model random:small            # CPU target run
-    python benchmarks/bench_engine.py --device cuda --model random:full
+    python benchmarks/bench_engine.py --model random:small            # CPU, auto vs fp32
+    python benchmarks/bench_engine.py --model random:full --docs 100 --no-flag
+    python benchmarks/bench_engine.py --device cuda --model random:full --precisions fp16,bf16
 """
 
 from __future__ import annotations
@@ -27,14 +30,20 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import run_facts, save, spawn_side  # noqa: E402
 
 
-def make_corpus(tokenizer, n_docs: int, n_long: int, seed: int) -> list[str]:
-    """Lognormal token lengths (median ~200), `n_long` texts of 4000-8000 tokens, none > 8192."""
+def make_corpus(
+    tokenizer, n_docs: int, n_long: int, seed: int, fixed_tokens: int | None = None
+) -> list[str]:
+    """Lognormal token lengths (median ~200), `n_long` texts of 4000-8000 tokens, none > 8192;
+    or, with `fixed_tokens`, texts a little longer than that (cut to it by --max-length)."""
     from pipeline.engine.synthetic_text import TextGenerator
 
     rng = np.random.default_rng(seed)
     gen = TextGenerator(seed)
-    targets = np.clip(rng.lognormal(np.log(200), 1.0, n_docs), 8, 3500).astype(int)
-    targets[rng.choice(n_docs, n_long, replace=False)] = rng.integers(4000, 8000, n_long)
+    if fixed_tokens:
+        targets = np.full(n_docs, int(fixed_tokens * 1.2))
+    else:
+        targets = np.clip(rng.lognormal(np.log(200), 1.0, n_docs), 8, 3500).astype(int)
+        targets[rng.choice(n_docs, n_long, replace=False)] = rng.integers(4000, 8000, n_long)
     texts = []
     for target in targets:
         words = max(1, int(target / 2))
@@ -57,49 +66,69 @@ def rss_mb() -> float:
 
 
 def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
-    """Runs in a child process: load, encode the corpus once, report."""
+    """Runs in a child process: load, encode the corpus once, report. `side` is
+    `engine:PRECISION` or `flagembedding:PRECISION`."""
     import torch
 
+    from benchmarks.mfu import matmul_peak, model_flops, peak_shapes
     from pipeline.engine.model import load_model
     from pipeline.settings import Settings
 
+    kind, precision = side.split(":")
     texts = json.loads(corpus_path.read_text())
     model = load_model(
-        args.model, device=args.device, precision=args.precision, cache_dir=Settings().cache_dir
+        args.model, device=args.device, precision=precision, cache_dir=Settings().cache_dir
     )
     lengths = np.array(
-        [len(x) for x in model.tokenizer(texts, truncation=True, max_length=8192)["input_ids"]]
+        [
+            len(x)
+            for x in model.tokenizer(texts, truncation=True, max_length=args.max_length)[
+                "input_ids"
+            ]
+        ]
     )
+    config = model.encoder.config
     rss_loaded = rss_mb()
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result: dict = {"side": side}
-    if side == "engine":
+    result: dict = {"side": side, "compute_dtype": str(model.dtype).removeprefix("torch.")}
+    if kind == "engine":
         from pipeline.engine.embedder import Engine
         from schemas.document import Document
         from schemas.options import EncodeOptions
 
         engine = Engine(
-            model, EncodeOptions(max_length=8192, batch_tokens=args.batch_tokens, dtype=args.dtype)
+            model,
+            EncodeOptions(
+                max_length=args.max_length, batch_tokens=args.batch_tokens, dtype=args.dtype
+            ),
         )
         docs = [Document(id=str(i), text=t) for i, t in enumerate(texts)]
         shards = [docs[i : i + args.shard_docs] for i in range(0, len(docs), args.shard_docs)]
         sync()
         start = time.perf_counter()
         stats_padded = stats_tokens = rows = 0
+        tables = []
         for _, shard in engine.encode_stream(shards):
             stats_padded += shard.stats.padded_tokens
             stats_tokens += shard.stats.tokens
             rows += shard.table.num_rows
+            tables.append(shard.table)
         sync()
         seconds = time.perf_counter() - start
+        if args.dump_dir is not None:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.concat_tables(tables), args.dump_dir / f"{precision}.parquet")
         result.update(
             padding_efficiency=stats_tokens / stats_padded,
             rows=rows,
             batch_tokens=engine.batch_tokens,
             storage_dtype=args.dtype,
         )
+        rows_per_batch = engine.batch_tokens
     else:
         from FlagEmbedding import BGEM3FlagModel
 
@@ -115,7 +144,7 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
         out = flag.encode(
             texts,
             batch_size=args.flag_batch_size,
-            max_length=8192,
+            max_length=args.max_length,
             return_dense=True,
             return_sparse=True,
             return_colbert_vecs=True,
@@ -132,11 +161,21 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
             rows=len(out["dense_vecs"]),
             batch_size=args.flag_batch_size,
         )
+        rows_per_batch = 4096
     tokens = int(lengths.sum())
+    flops = model_flops(config, lengths.tolist(), head_outputs=int(model.colbert_dim) + 1)
+    achieved = flops / seconds / 1e9
+    peak = matmul_peak(
+        str(model.device), model.dtype, peak_shapes(config, rows_per_batch), args.peak_seconds
+    )
     result.update(
         seconds=round(seconds, 3),
         tokens=tokens,
         tokens_per_second=round(tokens / seconds, 1),
+        gflop_per_token=round(flops / tokens / 1e9, 4),
+        achieved_gflops=round(achieved, 1),
+        matmul_peak=peak,
+        mfu=round(achieved / peak["gflops"], 4),
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         rss_after_load_mb=round(rss_loaded, 1),
     )
@@ -145,21 +184,48 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
     return result
 
 
+def precision_agreement(dump_dir: Path, precisions: list[str]) -> dict:
+    """Each precision's outputs against fp32's (when fp32 ran)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.engine.agreement import agreement, table_outputs
+
+    if "fp32" not in precisions:
+        return {}
+    reference = table_outputs(pq.read_table(dump_dir / "fp32.parquet"))
+    found = {}
+    for precision in precisions:
+        if precision != "fp32":
+            other = table_outputs(pq.read_table(dump_dir / f"{precision}.parquet"))
+            pairs = zip(other, reference, strict=True)
+            dense, colbert, sparse = ((a, b) for a, b in pairs)
+            found[f"{precision}_vs_fp32"] = agreement(dense, colbert, sparse).as_dict()
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="random:small")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="auto")
+    parser.add_argument(
+        "--precisions", default="auto,fp32", help="engine sides, compared with fp32's outputs"
+    )
+    parser.add_argument("--flag-precision", default="fp32", help="FlagEmbedding's side")
+    parser.add_argument("--no-flag", action="store_true", help="skip FlagEmbedding's side")
     parser.add_argument("--docs", type=int, default=600)
     parser.add_argument("--long-docs", type=int, default=6, help="texts of 4000-8000 tokens")
+    parser.add_argument("--fixed-tokens", type=int, help="every text this many tokens instead")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-tokens", type=int, default=None)
     parser.add_argument("--shard-docs", type=int, default=1000)
-    parser.add_argument("--dtype", default="float16")
+    parser.add_argument("--dtype", default="float32", help="storage dtype of the vectors")
+    parser.add_argument("--max-length", type=int, default=8192)
     parser.add_argument("--flag-batch-size", type=int, default=32)
+    parser.add_argument("--peak-seconds", type=float, default=1.0, help="per matmul shape")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--side", choices=["engine", "flagembedding"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--dump-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.side:  # child process
@@ -169,22 +235,34 @@ def main() -> int:
     from pipeline.engine.model import load_model
     from pipeline.settings import Settings
 
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     model = load_model(args.model, device="cpu", cache_dir=Settings().cache_dir)
-    texts = make_corpus(model.tokenizer, args.docs, args.long_docs, args.seed)
-    lengths = [len(x) for x in model.tokenizer(texts)["input_ids"]]
+    texts = make_corpus(model.tokenizer, args.docs, args.long_docs, args.seed, args.fixed_tokens)
+    tokenized = model.tokenizer(texts, truncation=True, max_length=args.max_length)
+    lengths = [len(x) for x in tokenized["input_ids"]]
     del model
+    sides: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         corpus_path = Path(tmp) / "corpus.json"
         corpus_path.write_text(json.dumps(texts))
-        sides = {}
-        for side in ("engine", "flagembedding"):
-            result = spawn_side(__file__, ["--side", side, "--corpus", str(corpus_path)])
+        names = [f"engine:{p}" for p in precisions]
+        names += [] if args.no_flag else [f"flagembedding:{args.flag_precision}"]
+        for side in names:
+            extra = ["--side", side, "--corpus", str(corpus_path), "--dump-dir", tmp]
+            result = spawn_side(__file__, extra)
             if result is None:
                 return 1
             sides[side] = result
-            print(f"{side:>14}: {sides[side]}", flush=True)
+            print(f"{side:>20}: {result}", flush=True)
+        accuracy = precision_agreement(Path(tmp), precisions)
 
-    engine, flag = sides["engine"], sides["flagembedding"]
+    first = sides[f"engine:{precisions[0]}"]
+    ratios: dict[str, float] = {}
+    for side, result in sides.items():
+        if side != f"engine:{precisions[0]}":
+            ratios[f"tokens_per_second_vs_{side}"] = round(
+                first["tokens_per_second"] / result["tokens_per_second"], 3
+            )
     report = {
         "benchmark": "bench_engine",
         "model": args.model,
@@ -196,25 +274,13 @@ def main() -> int:
             "over_4000": sum(n > 4000 for n in lengths),
             "seed": args.seed,
         },
-        "engine": engine,
-        "flagembedding": flag,
-        "ratios": {
-            "tokens_per_second": round(engine["tokens_per_second"] / flag["tokens_per_second"], 3),
-            "peak_rss": round(engine["peak_rss_mb"] / flag["peak_rss_mb"], 3),
-            "rss_growth_over_load": round(
-                (engine["peak_rss_mb"] - engine["rss_after_load_mb"])
-                / max(flag["peak_rss_mb"] - flag["rss_after_load_mb"], 1e-9),
-                3,
-            ),
-        },
-        "targets": {
-            "tokens_per_second_ratio": ">= 3.0",
-            "peak_rss_ratio": "<= 0.5",
-            "engine_padding_efficiency": ">= 0.95",
-        },
+        "sides": sides,
+        "ratios": ratios,
+        "accuracy": accuracy,
+        "mfu_formula": "benchmarks/mfu.py: 2n(4d^2+2df) + 4n^2 d per layer, plus the heads",
         **run_facts(),
     }
-    print(json.dumps(report["ratios"]), f"padding efficiency {engine['padding_efficiency']:.3f}")
+    print(json.dumps(ratios), json.dumps(accuracy))
     save(report, "engine", args.device, args.model, args.out)
     return 0
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -111,12 +110,18 @@ def main() -> int:
         return 0
 
     from bench_engine import make_corpus
+    from mfu import matmul_peak, model_flops, peak_shapes
+    from report import run_facts
 
     from pipeline.engine.model import load_model
     from pipeline.settings import Settings
 
     model = load_model(args.model, device="cpu", cache_dir=Settings().cache_dir)
     texts = make_corpus(model.tokenizer, args.docs, args.long_docs, args.seed)
+    lengths = [len(x) for x in model.tokenizer(texts, truncation=True)["input_ids"]]
+    flops = model_flops(model.encoder.config, lengths, head_outputs=int(model.colbert_dim) + 1)
+    # Both sides compute in the model's default CPU precision; its matmul peak, measured now.
+    peak = matmul_peak("cpu", model.dtype, peak_shapes(model.encoder.config, 16384))
     del model
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.jsonl"
@@ -137,6 +142,9 @@ def main() -> int:
         print(f"pipeline: {pipeline}", flush=True)
 
     assert direct["tokens"] == pipeline["tokens"], "both sides must encode the same tokens"
+    for side in (direct, pipeline):
+        achieved = flops / side["seconds"] / 1e9
+        side.update(achieved_gflops=round(achieved, 1), mfu=round(achieved / peak["gflops"], 4))
     report = {
         "benchmark": "bench_pipeline",
         "model": args.model,
@@ -151,8 +159,9 @@ def main() -> int:
             ),
         },
         "target": {"tokens_per_second": ">= 0.85"},
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "matmul_peak": peak,
+        "gflop_per_token": round(flops / sum(lengths) / 1e9, 4),
+        **run_facts(),
     }
     out = (
         args.out

@@ -79,11 +79,24 @@ def run_side(side: str, args: argparse.Namespace, pairs_path: Path, scores_path:
         sync()
         seconds = time.perf_counter() - start
         scores = scored.logits.astype(float).tolist()
+        # MFU: the pairs' real token lengths through the encoder (the one-logit head is
+        # negligible), against the matmul peak of the compute dtype in this process.
+        from benchmarks.mfu import matmul_peak, model_flops, peak_shapes
+
+        config = model.model.config
+        flops = model_flops(config, table_lengths(scored.table))
+        peak = matmul_peak(
+            str(model.device), model.dtype, peak_shapes(config, engine.batch_tokens), 1.0
+        )
         result.update(
             padding_efficiency=round(scored.stats.padding_efficiency, 4),
             batches=scored.stats.batches,
             tokens=scored.stats.tokens,
             batch_tokens=engine.batch_tokens,
+            compute_dtype=str(model.dtype).removeprefix("torch."),
+            achieved_gflops=round(flops / seconds / 1e9, 1),
+            matmul_peak=peak,
+            mfu=round(flops / seconds / 1e9 / peak["gflops"], 4),
         )
     else:
         from FlagEmbedding import FlagReranker
@@ -113,6 +126,10 @@ def run_side(side: str, args: argparse.Namespace, pairs_path: Path, scores_path:
     if torch.cuda.is_available() and args.device != "cpu":
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return result
+
+
+def table_lengths(table) -> list[int]:
+    return [int(n) for n in table.column("n_tokens").to_pylist()]
 
 
 def median_run(results: list[dict]) -> dict:

@@ -28,13 +28,35 @@ def spawn_side(script: str, side_args: list[str]) -> dict | None:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def cpu_facts() -> dict:
+    """The CPU's model name and the matmul-related instruction sets it reports."""
+    wanted = {"amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni"}
+    name, flags = platform.processor(), set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split()) & wanted
+                    break
+    except OSError:
+        pass
+    return {"cpu": name, "cpu_flags": sorted(flags)}
+
+
 def run_facts() -> dict:
     """Host, command line and date, for the report."""
+    import torch
+
     return {
         "host": {
             "python": platform.python_version(),
+            "torch": torch.__version__,
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
+            **cpu_facts(),
         },
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

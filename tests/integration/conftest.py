@@ -17,6 +17,7 @@ import pytest
 from pipeline.jobs.keys import worker_key
 from pipeline.jobs.store import JobStore
 from pipeline.ops.embedded_redis import EmbeddedRedis
+from pipeline.ops.lifeline import dies_with_parent
 from pipeline.ops.process_group import stop_process_groups
 
 WORKER_READY_TIMEOUT = 180.0
@@ -79,6 +80,7 @@ class Workers:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=dies_with_parent(),  # none left behind if pytest itself is killed
             )
             names.append(name)
         if wait:

@@ -1,0 +1,80 @@
+"""Model FLOPs, the matmul peak measured in the same run, and MFU = achieved / peak.
+
+FLOPs of one sequence of n tokens through an encoder of L layers, hidden size d and
+feed-forward size f (multiply-adds count 2):
+
+    per layer: 2n(4d^2 + 2df)   the Q, K, V and output projections and the two FFN matmuls
+             + 4n^2 d           the attention scores (QK^T) and their use (AV)
+    heads:     2n d c + 2n d    ColBERT projection (c outputs) and sparse weight (1 output)
+
+Embeddings, layer norms, softmax and activations are left out (not matmul work), as in the
+usual MFU convention; so MFU slightly understates what the hardware did.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def encoder_flops(
+    lengths: Iterable[int], layers: int, hidden: int, ffn: int, head_outputs: int = 0
+) -> float:
+    """Matmul FLOPs of encoding sequences of these lengths (see the module docstring)."""
+    total = 0.0
+    for n in lengths:
+        per_layer = 2 * n * (4 * hidden**2 + 2 * hidden * ffn) + 4 * n * n * hidden
+        total += layers * per_layer + 2 * n * hidden * head_outputs
+    return total
+
+
+def model_flops(config: Any, lengths: Sequence[int], head_outputs: int = 0) -> float:
+    """`encoder_flops` with the sizes of a transformers config (XLM-RoBERTa layout)."""
+    return encoder_flops(
+        lengths,
+        int(config.num_hidden_layers),
+        int(config.hidden_size),
+        int(config.intermediate_size),
+        head_outputs,
+    )
+
+
+def matmul_peak(
+    device: str, dtype: Any, shapes: Sequence[tuple[int, int, int]], seconds: float = 1.0
+) -> dict[str, Any]:
+    """The best FLOP/s of torch.matmul over `shapes` (m, k, n), each run for ~`seconds`
+    after a warm-up; returns the best and every shape's figure."""
+    import torch
+
+    figures = {}
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device).to(dtype)
+        b = torch.randn(k, n, device=device).to(dtype)
+        with torch.inference_mode():
+            torch.matmul(a, b)  # warm-up: kernel choice, packing
+            sync()
+            runs, started = 0, time.perf_counter()
+            while True:
+                torch.matmul(a, b)
+                runs += 1
+                sync()
+                elapsed = time.perf_counter() - started
+                if elapsed >= seconds:
+                    break
+        figures[f"{m}x{k}x{n}"] = round(2 * m * k * n * runs / elapsed / 1e9, 1)
+    best = max(figures, key=figures.__getitem__)
+    return {"gflops": figures[best], "shape": best, "shapes": figures}
+
+
+def peak_shapes(config: Any, tokens: int) -> list[tuple[int, int, int]]:
+    """Square GEMMs plus the model's own: its FFN and QKV projections at `tokens` rows."""
+    hidden, ffn = int(config.hidden_size), int(config.intermediate_size)
+    return [
+        (2048, 2048, 2048),
+        (4096, 4096, 4096),
+        (tokens, hidden, ffn),
+        (tokens, ffn, hidden),
+        (tokens, hidden, 3 * hidden),
+    ]
