@@ -1,0 +1,31 @@
+"""benchmarks/gpu_check.sh, dry run on CPU: every step of the GPU check but CUDA itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_gpu_check_runs_every_step_and_writes_its_figures(tmp_path):
+    env = {**os.environ, "RESULTS": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    engine = json.loads((tmp_path / "engine-cpu-random-tiny.json").read_text())
+    assert set(engine["sides"]) == {"engine:auto", "engine:fp32", "flagembedding:fp32"}
+    for side in engine["sides"].values():
+        assert side["tokens"] == engine["corpus"]["tokens"] and side["seconds"] > 0
+        assert side["matmul_peak"]["gflops"] > 0 and 0 < side["mfu"] < 1.5
+    agreement = engine["accuracy"]["auto_vs_fp32"]
+    assert agreement["dense_cosine_min"] > 0.99 and agreement["sparse_jaccard_min"] > 0.9
+    fixed = json.loads((tmp_path / "engine-cpu-random-tiny-512.json").read_text())
+    assert fixed["corpus"]["max_tokens"] == 512 and fixed["corpus"]["docs"] == 8
+    rerank = json.loads((tmp_path / "rerank-cpu-random-tiny.json").read_text())
+    assert rerank["engine"]["mfu"] > 0 and rerank["engine"]["matmul_peak"]["gflops"] > 0
