@@ -11,6 +11,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# The suite computes in fp32, FlagEmbedding's exact mode: its comparisons across paths
+# (queue vs local, CLI vs engine) need arithmetic that does not depend on batch makeup.
+# tests/pipeline/test_precision.py covers auto (bf16 on CPUs with native bf16).
+os.environ["M3PIPE_PRECISION"] = "fp32"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,7 +43,9 @@ def load(model_cache: Path):
 
     def _load(size: str):
         if size not in loaded:
-            loaded[size] = load_model(f"random:{size}", device="cpu", cache_dir=model_cache)
+            loaded[size] = load_model(
+                f"random:{size}", device="cpu", precision="fp32", cache_dir=model_cache
+            )
         return loaded[size]
 
     return _load

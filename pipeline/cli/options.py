@@ -53,8 +53,9 @@ def add_compute_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         choices=["auto", "fp32", "fp16", "bf16"],
-        default="auto",
-        help="compute precision (default: fp16 on CUDA, fp32 on CPU)",
+        help="compute precision (default: $M3PIPE_PRECISION, else auto: fp16 on CUDA; on CPU "
+        "bf16 where it multiplies bf16 natively (AMX, AVX512-BF16), else fp32). fp32 is "
+        "FlagEmbedding-exact",
     )
 
 

@@ -193,7 +193,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     name = args.name or f"{stem}@{socket.gethostname()}"
     os.environ["M3PIPE_WORKER_DEVICE"] = worker_device
     os.environ[WORKER_NAME_ENV] = name
-    os.environ["M3PIPE_PRECISION"] = args.precision
+    os.environ["M3PIPE_PRECISION"] = args.precision or settings.precision
     metrics_port = worker_metrics_port(args.metrics_port, settings, device)
     os.environ["M3PIPE_METRICS_PORT"] = str(metrics_port)
     if args.model:
@@ -422,6 +422,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         settings,
         workers=args.workers,
         force_cpu=args.device == "cpu",
-        precision=args.precision,
+        precision=args.precision or settings.precision,
         show_bar=not args.quiet and sys.stderr.isatty(),
     )

@@ -94,7 +94,7 @@ def process_command(
     model = kind.load_model(
         args.model or kind.model_spec(settings),
         device=args.device,
-        precision=args.precision,
+        precision=args.precision or settings.precision,
         cache_dir=settings.cache_dir,
         hub_timeout=settings.hub_timeout,
     )

@@ -43,7 +43,7 @@ def test_run_without_broker_completes_and_leaves_no_process(
     out = tmp_path / "out"
     result = run_cli(
         "run", str(corpus), "--out", str(out), "--model", tiny_model_built,
-        "--workers", "2", "--shard-docs", "15", "--device", "cpu",
+        "--workers", "2", "--shard-docs", "15", "--device", "cpu", "--precision", "bf16",
         env=env, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -53,6 +53,7 @@ def test_run_without_broker_completes_and_leaves_no_process(
     manifest = json.loads((out / "_manifest.json").read_text())
     assert len(manifest["files"]) == 4 and manifest["counts"]["rows"] == 60
     assert manifest["job"]["command"] == "run"  # not "submit": run made this job
+    assert manifest["model"]["compute_dtype"] == "bfloat16"  # --precision reached the workers
     assert processes_with_marker(marker) == []
 
 

@@ -15,7 +15,7 @@ from tests.corpus import mixed_texts
 
 @pytest.fixture(scope="module")
 def reranker(model_cache):
-    return load_reranker("random:tiny", device="cpu", cache_dir=model_cache)
+    return load_reranker("random:tiny", device="cpu", precision="fp32", cache_dir=model_cache)
 
 
 def pair_records() -> list[dict]:
