@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # a larger one is rejected while it is read, never held whole.
     max_record_bytes: int = Field(default=DEFAULT_MAX_RECORD_BYTES, ge=1024)
     poll_seconds: float = Field(default=0.5, gt=0)
+    # Seconds an ended job's Redis keys are kept (its state, shard records, dead letters):
+    # Redis memory stays bounded job after job. 0 keeps them until `m3pipe` forgets them.
+    job_ttl: int = Field(default=7 * 24 * 3600, ge=0)
 
     # Worker process (set by `m3pipe worker` for the pool processes it forks).
     worker_device: str = "auto"  # cpu | cuda | auto

@@ -17,7 +17,7 @@ from typing import Literal
 from pipeline.errors import InputError, QuotaExceeded, ResumeError, SubmitCancelled
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.resume import check_same_job, documents_digest, previous_spec, read_shard_file
-from pipeline.jobs.store import ABSENT, JobStore
+from pipeline.jobs.store import ABSENT, DEFAULT_JOB_TTL, JobStore
 from pipeline.jobs.tenants import job_quota_problem, shard_quota_problem
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.output_dir import (
@@ -70,6 +70,7 @@ class SubmitRequest:
     priority: Priority = Priority.NORMAL
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # larger records are rejected as read
     command: Literal["submit", "run"] = "submit"  # what makes the job, for its manifest
+    job_ttl: int = DEFAULT_JOB_TTL  # seconds its Redis keys are kept once it ends
 
     def reading(self) -> Reading:
         return Reading(
@@ -128,7 +129,7 @@ def submit_job(
         spec = spec_to_resume(spec, out, store)
     job_id = spec.job_id
     write_json_atomic(out / JOB_FILE, spec.model_dump(mode="json"))
-    store.create(spec)
+    store.create(spec, request.job_ttl)
     if on_registered is not None:
         on_registered(job_id)
     counts = IntakeCounts()

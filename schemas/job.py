@@ -160,3 +160,4 @@ class JobStatus(BaseModel):
     queue: str
     model: str
     error: str | None = None
+    expires_at: float | None = None  # when Redis forgets the ended job (M3PIPE_JOB_TTL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -32,6 +33,7 @@ from pipeline.cli.tenants import (
     consumer_queues,
     job_tenant,
 )
+from pipeline.errors import JobNotFound
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 from pipeline.jobs.orphans import orphaned_shards
 from pipeline.jobs.store import JobStore
@@ -270,6 +272,7 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
         overwrite=args.overwrite,
         resume=args.resume,
         poll_seconds=settings.poll_seconds,
+        job_ttl=settings.job_ttl,
         max_record_bytes=max_record_bytes(args, settings),
     )
 
@@ -302,7 +305,10 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 def _known_job(store: JobStore, job_id: str) -> bool:
     if store.exists(job_id):
         return True
-    print(f"m3pipe: no job {job_id!r} in Redis", file=sys.stderr)
+    print(
+        f"m3pipe: no job {job_id!r} in Redis (an ended job is forgotten after M3PIPE_JOB_TTL)",
+        file=sys.stderr,
+    )
     return False
 
 
@@ -351,7 +357,10 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.jobs.watch import one_line
 
     store = job_store(settings)
-    statuses = [store.status(job_id) for job_id in store.job_ids(args.limit)]
+    statuses = []
+    for job_id in store.job_ids(args.limit):
+        with contextlib.suppress(JobNotFound):  # expired since it was listed
+            statuses.append(store.status(job_id))
     if args.tenant:
         statuses = [s for s in statuses if s.tenant == args.tenant]
     if args.json:

@@ -59,6 +59,20 @@ def dead_letters_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:dead-letters"
 
 
+def job_keys(job_id: str) -> list[str]:
+    """Every key of one job, its hash first: forgotten together, expiring together."""
+    return [
+        job_key(job_id),
+        shard_state_key(job_id),
+        shard_info_key(job_id),
+        shard_attempts_key(job_id),
+        shard_digest_key(job_id),
+        shard_owner_key(job_id),
+        retry_letters_key(job_id),
+        dead_letters_key(job_id),
+    ]
+
+
 def worker_key(hostname: str) -> str:
     """Hash: what a worker process loaded and when it became ready."""
     return f"{PREFIX}:worker:{hostname}"

@@ -22,6 +22,7 @@ from pipeline.jobs.keys import (
     TENANTS_INDEX,
     dead_letters_key,
     job_key,
+    job_keys,
     retry_letters_key,
     shard_attempts_key,
     shard_digest_key,
@@ -34,6 +35,7 @@ from pipeline.jobs.keys import (
 from schemas.job import JobSpec, JobState, JobStatus, ShardCounts, ShardState
 
 ABSENT = "-"  # a shard never registered
+DEFAULT_JOB_TTL = 7 * 24 * 3600  # an ended job's keys are kept a week (M3PIPE_JOB_TTL)
 
 _TRANSITION = """
 local old = redis.call('HGET', KEYS[2], ARGV[1])
@@ -63,8 +65,22 @@ end
 return {1, oldname}
 """
 
+# An ended job's keys (KEYS, the job hash first) expire `ttl` seconds after it ended (the
+# job's own setting, from submit; 0 keeps them). ARGV[1] of the caller is the time now.
+_EXPIRE_ENDED = """
+local function expire_ended(now)
+  local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or '0')
+  if ttl > 0 then
+    redis.call('HSET', KEYS[1], 'expires_at', tonumber(now) + ttl)
+    for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
+  end
+end
+"""
+
 # Sets the final state once every shard has ended; never overrides an earlier final state.
-_FINISH = """
+_FINISH = (
+    _EXPIRE_ENDED
+    + """
 local f = redis.call('HMGET', KEYS[1], 'state', 'submitted', 'shards_total',
                      'n_done', 'n_failed', 'n_cancelled')
 local state = f[1]
@@ -77,16 +93,22 @@ local final = 'completed'
 if failed > 0 then final = 'completed_with_failures' end
 if failed > 0 and done == 0 then final = 'failed' end
 redis.call('HSET', KEYS[1], 'state', final, 'finished_at', ARGV[1])
+expire_ended(ARGV[1])
 return final
 """
+)
 
-_FINAL_IF_ACTIVE = """
+_FINAL_IF_ACTIVE = (
+    _EXPIRE_ENDED
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'queued' and state ~= 'running' then return state end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finished_at', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+expire_ended(ARGV[2])
 return ARGV[1]
 """
+)
 
 
 # Back to work after `m3pipe retry`: only a job that ended with failures is reopened.
@@ -94,7 +116,8 @@ _REOPEN = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'completed_with_failures' or state == 'failed' then
   redis.call('HSET', KEYS[1], 'state', 'running')
-  redis.call('HDEL', KEYS[1], 'finished_at', 'error')
+  redis.call('HDEL', KEYS[1], 'finished_at', 'error', 'expires_at')
+  for i = 1, #KEYS do redis.call('PERSIST', KEYS[i]) end
   return 1
 end
 if state == 'running' or state == 'queued' then return 1 end
@@ -132,13 +155,19 @@ class JobStore:
         return cast(dict[str, str], self.redis.hgetall(key))
 
     # -- jobs -------------------------------------------------------------------------
-    def create(self, spec: JobSpec) -> None:
+    def create(self, spec: JobSpec, ttl: int = DEFAULT_JOB_TTL) -> None:
+        """Register a job; its keys expire `ttl` seconds after it ends (0: kept)."""
         key = job_key(spec.job_id)
         if not self.redis.hsetnx(key, "spec", spec.model_dump_json()):
             raise ValueError(f"job {spec.job_id} already exists")
         self.redis.hset(
             key,
-            mapping={"state": JobState.QUEUED.value, "created_at": spec.created_at, "submitted": 0},
+            mapping={
+                "state": JobState.QUEUED.value,
+                "created_at": spec.created_at,
+                "submitted": 0,
+                "ttl": max(0, int(ttl)),
+            },
         )
         self.redis.zadd(JOBS_INDEX, {spec.job_id: spec.created_at})
         self.redis.sadd(tenant_jobs_key(spec.tenant), spec.job_id)
@@ -160,8 +189,18 @@ class JobStore:
         return JobState(raw)
 
     def job_ids(self, limit: int = 50) -> list[str]:
-        """Most recent first."""
-        return cast(list[str], self.redis.zrevrange(JOBS_INDEX, 0, limit - 1))
+        """Most recent first; jobs whose keys expired leave the index as they are met."""
+        ids = cast(list[str], self.redis.zrevrange(JOBS_INDEX, 0, limit - 1))
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(job_key(job_id))
+        present = pipe.execute()
+        gone = [job_id for job_id, found in zip(ids, present, strict=True) if not found]
+        if gone:
+            self.redis.zrem(JOBS_INDEX, *gone)
+        return [job_id for job_id, found in zip(ids, present, strict=True) if found]
 
     def set_submitted(
         self, job_id: str, *, shards: int, documents: int, input_records: int, rejected: int
@@ -195,28 +234,19 @@ class JobStore:
 
     def finish_if_complete(self, job_id: str) -> JobState | None:
         """The final state if every shard has ended (setting it once), else None."""
-        result = self._finish(keys=[job_key(job_id)], args=[time.time()])
+        result = self._finish(keys=job_keys(job_id), args=[time.time()])
         return JobState(result) if result else None
 
     def end(self, job_id: str, state: JobState, error: str = "") -> JobState:
         """Force a final state (failed submission, cancel) unless the job already ended."""
         result = self._final_if_active(
-            keys=[job_key(job_id)], args=[state.value, time.time(), error]
+            keys=job_keys(job_id), args=[state.value, time.time(), error]
         )
         return JobState(result)
 
     def forget(self, job_id: str) -> None:
         """Delete every key of a job (before `--resume` registers it afresh)."""
-        keys = [
-            job_key(job_id),
-            shard_state_key(job_id),
-            shard_info_key(job_id),
-            shard_attempts_key(job_id),
-            shard_digest_key(job_id),
-            shard_owner_key(job_id),
-            retry_letters_key(job_id),
-            dead_letters_key(job_id),
-        ]
+        keys = job_keys(job_id)
         spec = self._hget(job_key(job_id), "spec")
         if spec is not None:
             self.redis.srem(tenant_jobs_key(JobSpec.model_validate_json(spec).tenant), job_id)
@@ -322,7 +352,7 @@ class JobStore:
 
     def reopen_shard(self, job_id: str, shard: int) -> bool:
         """A dead-lettered shard goes back to queued with fresh attempts (for `retry`)."""
-        if not self._reopen(keys=[job_key(job_id)]):
+        if not self._reopen(keys=job_keys(job_id)):
             return False
         changed, _ = self.mark_shard(
             job_id, shard, ShardState.QUEUED, [ShardState.FAILED.value], {"retried": True}
@@ -423,4 +453,5 @@ class JobStore:
             queue=spec.queue,
             model=spec.model,
             error=fields.get("error"),
+            expires_at=_float(fields.get("expires_at")),
         )

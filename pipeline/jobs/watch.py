@@ -44,7 +44,13 @@ def describe(status: JobStatus) -> str:
     ]
     if status.error:
         lines.append(f"  error      {status.error}")
+    if status.expires_at:
+        lines.append(f"  kept until {_when(status.expires_at)} (then Redis forgets the job)")
     return "\n".join(lines)
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
 def one_line(status: JobStatus) -> str:
@@ -53,7 +59,8 @@ def one_line(status: JobStatus) -> str:
         f"{status.job_id}  {status.state.value:<24} {status.tenant}/{status.priority.value:<6} "
         f"shards {status.shards.done}/{total}  "
         f"{status.task.value:<6} {status.documents_done:,}/{status.documents:,}  "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status.created_at))}"
+        f"{_when(status.created_at)}"
+        + (f"  kept until {_when(status.expires_at)}" if status.expires_at else "")
     )
 
 

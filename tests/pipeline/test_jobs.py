@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.errors import JobNotFound
 from pipeline.jobs.finish import finalize_if_complete
+from pipeline.jobs.keys import JOBS_INDEX, job_key, job_keys
 from pipeline.jobs.store import ABSENT
 from schemas.job import JobSpec, JobState, ShardState
 from schemas.options import EncodeOptions
@@ -110,3 +111,34 @@ def test_an_ended_shard_keeps_no_owner_token_or_retry_message(store):
     assert store.retry_letter("job-1", 3) is None
     assert not store.owns("job-1", 3, token)
     assert store.redis.hlen("m3pipe:job:job-1:shard-owner") == 0
+
+
+def test_an_ended_jobs_keys_expire_after_its_ttl_and_leave_the_index(store, tmp_path):
+    store.create(make_spec(tmp_path), ttl=3600)
+    store.mark_shard("job-1", 0, Q, [ABSENT], {"documents": 1})
+    store.mark_shard("job-1", 0, F, ACTIVE, {"error": "boom"})
+    store.dead_letter("job-1", 0, '{"message": 1}')
+    keys = [key for key in job_keys("job-1") if store.redis.exists(key)]
+    assert len(keys) >= 4 and all(store.redis.ttl(key) == -1 for key in keys)  # running: kept
+    store.set_submitted("job-1", shards=1, documents=1, input_records=1, rejected=0)
+    assert store.finish_if_complete("job-1") is JobState.FAILED
+    assert all(3590 < store.redis.ttl(key) <= 3600 for key in keys)  # every key, not the hash
+    status = store.status("job-1")
+    assert status.expires_at == pytest.approx(status.finished_at + 3600)
+
+    # `m3pipe retry` puts the job back to work: nothing of it may expire meanwhile.
+    assert store.reopen_shard("job-1", 0)
+    assert all(store.redis.ttl(key) == -1 for key in keys if store.redis.exists(key))
+    assert store.status("job-1").expires_at is None
+
+    # Once its keys are gone, the job leaves the index the next time jobs are listed.
+    store.create(make_spec(tmp_path, "job-2"), ttl=60)
+    assert store.cancel("job-2") is JobState.CANCELLED and store.redis.ttl(job_key("job-2")) > 0
+    store.redis.delete(*job_keys("job-2"))  # what the expiry does
+    assert store.job_ids() == ["job-1"] and store.redis.zscore(JOBS_INDEX, "job-2") is None
+
+
+def test_a_ttl_of_zero_keeps_an_ended_job(store, tmp_path):
+    store.create(make_spec(tmp_path), ttl=0)
+    store.cancel("job-1")
+    assert store.redis.ttl(job_key("job-1")) == -1 and store.status("job-1").expires_at is None
