@@ -142,3 +142,14 @@ def test_a_ttl_of_zero_keeps_an_ended_job(store, tmp_path):
     store.create(make_spec(tmp_path), ttl=0)
     store.cancel("job-1")
     assert store.redis.ttl(job_key("job-1")) == -1 and store.status("job-1").expires_at is None
+
+
+def test_status_and_jobs_say_until_when_an_ended_job_is_kept(store, tmp_path):
+    from pipeline.jobs.watch import describe, one_line
+
+    store.create(make_spec(tmp_path), ttl=3600)
+    assert "kept until" not in describe(store.status("job-1"))  # running: kept
+    store.cancel("job-1")
+    status = store.status("job-1")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(status.expires_at))
+    assert f"kept until {when}" in describe(status) and f"kept until {when}" in one_line(status)
