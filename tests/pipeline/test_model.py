@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from pipeline.engine.model import load_model, resolve_dtype
+from pipeline.engine.model import load_model
 from pipeline.engine.random_model import SHAPES, model_config, parse_random_spec
 from pipeline.errors import ModelLoadError
 
@@ -44,14 +44,6 @@ def test_random_model_loads_through_flagembedding(tiny):
     assert tiny.unused_token_ids == (0, 1, 2, 3)  # <s> <pad> </s> <unk>
     assert (tiny.path / "colbert_linear.pt").is_file()
     assert tiny.describe()["random_weights"] is True
-
-
-def test_precision_rules():
-    assert resolve_dtype(torch.device("cpu"), None) == torch.float32
-    assert resolve_dtype(torch.device("cuda"), None) == torch.float16
-    assert resolve_dtype(torch.device("cuda"), "bf16") == torch.bfloat16
-    with pytest.raises(ModelLoadError, match="fp16 is not supported on CPU"):
-        resolve_dtype(torch.device("cpu"), "fp16")
 
 
 def test_cuda_asked_without_cuda(model_cache):

@@ -33,6 +33,7 @@ def test_auto_is_bf16_only_where_the_cpu_multiplies_bf16_natively(monkeypatch, f
     assert resolve_dtype(CPU, "fp32") is torch.float32  # the exact mode, whatever the CPU
     assert resolve_dtype(CPU, "bf16") is torch.bfloat16
     assert resolve_dtype(torch.device("cuda"), "auto") is torch.float16
+    assert resolve_dtype(torch.device("cuda"), "bf16") is torch.bfloat16
     with pytest.raises(ModelLoadError, match="fp16 is not supported on CPU"):
         resolve_dtype(CPU, "fp16")
 
