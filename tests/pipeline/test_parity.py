@@ -77,10 +77,10 @@ def test_outputs_match_flagembedding(load, reference, size, dtype, tolerance):
         )
 
 
-# bf16 (what auto picks on CPUs with native bf16) against FlagEmbedding in fp32. Measured
-# on this corpus: dense and ColBERT cosines >= 0.99995 (tiny and small); sparse weighted
-# Jaccard mean 0.987 / 0.984, min 0.898 / 0.959 (a text of one or two terms whose small
-# weights move ~10%). docs/engine.md has the random:full figures.
+# bf16 (--precision bf16) against FlagEmbedding in fp32. Measured on this corpus: dense and
+# ColBERT cosines >= 0.99995 (tiny and small); sparse weighted Jaccard mean 0.987 / 0.984,
+# min 0.898 / 0.959 (a text of one or two terms whose small weights move ~10%).
+# docs/engine.md has the random:full figures, where sparse agrees far less.
 BF16_BOUND = {
     "dense_cosine_min": 0.9999,
     "colbert_cosine_min": 0.9999,

@@ -1,5 +1,5 @@
-"""Compute precision: auto is bf16 only on CPUs that multiply bf16 natively, fp32 is the
-exact mode, and the choice made is what every file records."""
+"""Compute precision: auto is fp32 (exact) on CPU and fp16 on CUDA, bf16 is a choice the CPU's
+flags advise on, and the choice made is what every file records."""
 
 from __future__ import annotations
 
@@ -11,31 +11,40 @@ import torch
 
 from pipeline.cli.main import main
 from pipeline.engine import model as model_module
-from pipeline.engine.model import resolve_dtype
+from pipeline.engine.model import precision_advice, resolve_dtype
 from pipeline.errors import ModelLoadError
 from schemas.output import read_output_metadata
 
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize(
-    ("flags", "auto"),
-    [
-        ({"avx512f", "avx512_bf16"}, torch.bfloat16),  # AVX512-BF16 (Zen 4, Cooper Lake)
-        ({"amx_tile", "amx_bf16"}, torch.bfloat16),  # AMX (Sapphire Rapids and later)
-        ({"avx512f", "avx2"}, torch.float32),  # bf16 would be emulated: slower than fp32
-        (set(), torch.float32),  # no /proc/cpuinfo
-    ],
-)
-def test_auto_is_bf16_only_where_the_cpu_multiplies_bf16_natively(monkeypatch, flags, auto):
-    monkeypatch.setattr(model_module, "cpu_flags", lambda: frozenset(flags))
-    assert resolve_dtype(CPU, "auto") is auto and resolve_dtype(CPU, None) is auto
-    assert resolve_dtype(CPU, "fp32") is torch.float32  # the exact mode, whatever the CPU
+def test_auto_is_fp32_on_cpu_and_fp16_on_cuda():
+    assert resolve_dtype(CPU, "auto") is torch.float32 and resolve_dtype(CPU, None) is torch.float32
     assert resolve_dtype(CPU, "bf16") is torch.bfloat16
     assert resolve_dtype(torch.device("cuda"), "auto") is torch.float16
     assert resolve_dtype(torch.device("cuda"), "bf16") is torch.bfloat16
     with pytest.raises(ModelLoadError, match="fp16 is not supported on CPU"):
         resolve_dtype(CPU, "fp16")
+    with pytest.raises(ModelLoadError, match="unknown precision"):
+        resolve_dtype(CPU, "int4")
+
+
+@pytest.mark.parametrize(
+    ("flags", "dtype", "advice"),
+    [
+        ({"avx512f", "avx512_bf16"}, torch.float32, "runs ~1.8x faster"),  # Zen 4, Cooper Lake
+        ({"amx_tile", "amx_bf16"}, torch.float32, "runs ~1.8x faster"),  # Sapphire Rapids
+        ({"avx512f", "avx512_bf16"}, torch.bfloat16, None),  # the fast choice, made
+        ({"avx512f", "avx2"}, torch.bfloat16, "emulated and slower than fp32"),
+        ({"avx512f", "avx2"}, torch.float32, None),
+        (set(), torch.float32, None),  # no /proc/cpuinfo
+    ],
+)
+def test_the_cpu_flags_decide_what_users_are_told(monkeypatch, flags, dtype, advice):
+    monkeypatch.setattr(model_module, "cpu_flags", lambda: frozenset(flags))
+    said = precision_advice(CPU, dtype)
+    assert said is None if advice is None else advice in said
+    assert precision_advice(torch.device("cuda"), dtype) is None
 
 
 def test_this_machine_reports_its_cpu_flags():
