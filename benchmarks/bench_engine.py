@@ -76,9 +76,18 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
 
     kind, precision = side.split(":")
     texts = json.loads(corpus_path.read_text())
+    # int8 is measured here only (torch dynamic quantisation of every Linear, fp32 elsewhere):
+    # m3pipe does not offer it, see docs/engine.md.
     model = load_model(
-        args.model, device=args.device, precision=precision, cache_dir=Settings().cache_dir
+        args.model,
+        device=args.device,
+        precision="fp32" if precision == "int8" else precision,
+        cache_dir=Settings().cache_dir,
     )
+    if precision == "int8":
+        model.encoder = torch.ao.quantization.quantize_dynamic(
+            model.encoder, {torch.nn.Linear}, dtype=torch.qint8
+        )
     lengths = np.array(
         [
             len(x)
@@ -92,7 +101,8 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result: dict = {"side": side, "compute_dtype": str(model.dtype).removeprefix("torch.")}
+    compute = "int8-dynamic" if precision == "int8" else str(model.dtype).removeprefix("torch.")
+    result: dict = {"side": side, "compute_dtype": compute}
     if kind == "engine":
         from pipeline.engine.embedder import Engine
         from schemas.document import Document
@@ -165,8 +175,13 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
     tokens = int(lengths.sum())
     flops = model_flops(config, lengths.tolist(), head_outputs=int(model.colbert_dim) + 1)
     achieved = flops / seconds / 1e9
-    peak = matmul_peak(
-        str(model.device), model.dtype, peak_shapes(config, rows_per_batch), args.peak_seconds
+    # No int8 peak is measured (quantised GEMMs are not torch.matmul): no MFU for int8.
+    peak = (
+        None
+        if precision == "int8"
+        else matmul_peak(
+            str(model.device), model.dtype, peak_shapes(config, rows_per_batch), args.peak_seconds
+        )
     )
     result.update(
         seconds=round(seconds, 3),
@@ -175,7 +190,7 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
         gflop_per_token=round(flops / tokens / 1e9, 4),
         achieved_gflops=round(achieved, 1),
         matmul_peak=peak,
-        mfu=round(achieved / peak["gflops"], 4),
+        mfu=round(achieved / peak["gflops"], 4) if peak else None,
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         rss_after_load_mb=round(rss_loaded, 1),
     )
