@@ -135,3 +135,23 @@ def test_rerank_refuses_bad_flags_and_inputs(tmp_path, capsys):
     code, _ = run(tmp_path, [])  # empty file
     assert code == EXIT_FAILED
     assert "holds no records" in capsys.readouterr().err
+
+
+def test_locally_a_query_larger_than_a_shard_is_scored_in_a_shard_of_its_own(
+    tmp_path, monkeypatch, reranker
+):
+    # No queue message to fit: a unit over the byte bound forms its own shard, never a reject.
+    import pipeline.local.process as process
+
+    monkeypatch.setattr(process, "SHARD_MAX_BYTES", 2000)
+    big = {"query_id": "big", "query": "q", "candidates": [
+        {"doc_id": f"b{i}", "passage": "word " * 100} for i in range(6)
+    ]}  # fmt: skip
+    small = {"query_id": "small", "query": "q", "doc_id": "s", "passage": "short"}
+    code, out = run(tmp_path, [small, big, small | {"doc_id": "t"}])
+    assert code == 0
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert [f["pairs"] for f in manifest["files"]] == [1, 6, 1]  # the 3 KB group alone
+    ranks = pq.read_table(out / manifest["files"][1]["name"])["rank"].to_pylist()
+    assert sorted(ranks) == [1, 2, 3, 4, 5, 6]
+    assert (out / "_rejects.jsonl").read_text() == ""
