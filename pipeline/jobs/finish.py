@@ -38,15 +38,13 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
         return None
     spec = store.spec(job_id)
     out = open_location(spec.out)
-    infos = store.shard_infos(job_id)
-    states = store.shard_states(job_id)
     read, accepted = spec.task.count_names  # records and documents, or pairs
     files: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     present = {part.name for part in out.children(PART_PATTERN)}  # one listing, not a stat each
-    for shard in sorted(states):
-        info = infos.get(shard, {})
-        if states[shard] is ShardState.DONE:
+    # Shard by shard in batches: a job of a million shards never blocks Redis for long.
+    for shard, state, info in store.shard_records(job_id):
+        if state is ShardState.DONE:
             if info["name"] not in present:
                 # Someone removed a finished file: count it as failed rather than lie.
                 store.mark_shard(job_id, shard, ShardState.FAILED, [ShardState.DONE.value])
@@ -55,8 +53,10 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
                 continue
             entry = {"name": info["name"], accepted: info["documents"]}
             files.append({**entry, **{k: info[k] for k in ("rows", "tokens", "bytes")}})
-        elif states[shard] is ShardState.FAILED:
+        elif state is ShardState.FAILED:
             failures.append({"shard": shard, **info})
+    files.sort(key=lambda entry: entry["name"])  # part names sort as their shards do
+    failures.sort(key=lambda entry: entry["shard"])
     status = store.status(job_id)
     manifest = build_manifest(
         job={"command": spec.command, "job_id": job_id, **spec.model_dump(mode="json")},
@@ -86,9 +86,9 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
         # running for ever. Its shards have already failed for the same reason.
         log.error("job %s: cannot write %s: %s", job_id, MANIFEST, exc)
         store.note_error(job_id, f"cannot write {out / MANIFEST}: {exc.strerror or exc}")
-    state = store.finish_if_complete(job_id)
-    log.info("job %s ended: %s", job_id, state)
-    return state
+    final = store.finish_if_complete(job_id)
+    log.info("job %s ended: %s", job_id, final)
+    return final
 
 
 def _wall(status: JobStatus) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, cast
 
 import redis
@@ -372,6 +372,30 @@ class JobStore:
     def shard_states(self, job_id: str) -> dict[int, ShardState]:
         raw = self._hgetall(shard_state_key(job_id))
         return {int(k): ShardState(v) for k, v in raw.items()}
+
+    def shard_records(
+        self, job_id: str, batch: int = 1000
+    ) -> Iterator[tuple[int, ShardState, dict[str, Any]]]:
+        """Every shard's state and info, read `batch` at a time (HSCAN, then HMGET of their
+        infos): no single command holds Redis for long, however many shards the job has."""
+        seen: set[int] = set()  # HSCAN may return a field twice while the hash grows
+        pending: list[tuple[int, ShardState]] = []
+
+        def flush() -> Iterator[tuple[int, ShardState, dict[str, Any]]]:
+            infos = self.redis.hmget(shard_info_key(job_id), [str(s) for s, _ in pending])
+            for (shard, state), info in zip(pending, infos, strict=True):
+                yield shard, state, json.loads(info) if info else {}
+            pending.clear()
+
+        for field, value in self.redis.hscan_iter(shard_state_key(job_id), count=batch):
+            shard = int(field)
+            if shard not in seen:
+                seen.add(shard)
+                pending.append((shard, ShardState(value)))
+            if len(pending) >= batch:
+                yield from flush()
+        if pending:
+            yield from flush()
 
     # -- workers ----------------------------------------------------------------------
     # The worker record (`m3pipe:worker:<name>`) is written and read here only: its presence

@@ -153,3 +153,15 @@ def test_status_and_jobs_say_until_when_an_ended_job_is_kept(store, tmp_path):
     status = store.status("job-1")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(status.expires_at))
     assert f"kept until {when}" in describe(status) and f"kept until {when}" in one_line(status)
+
+
+def test_shard_records_come_in_batches_each_once_with_its_info(store, tmp_path):
+    store.create(make_spec(tmp_path))
+    for shard in range(2500):
+        store.mark_shard("job-1", shard, Q, [ABSENT], {"documents": shard})
+    store.mark_shard("job-1", 7, F, ACTIVE, {"error": "boom"})
+    records = list(store.shard_records("job-1", batch=300))
+    assert sorted(shard for shard, _, _ in records) == list(range(2500))  # each once
+    by_shard = {shard: (state, info) for shard, state, info in records}
+    assert by_shard[7] == (F, {"error": "boom"})
+    assert by_shard[1234] == (Q, {"documents": 1234})
