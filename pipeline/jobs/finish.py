@@ -39,7 +39,7 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
     spec = store.spec(job_id)
     out = open_location(spec.out)
     read, accepted = spec.task.count_names  # records and documents, or pairs
-    files: list[dict[str, Any]] = []
+    files: list[tuple[int, dict[str, Any]]] = []  # (shard, entry): listed in shard order
     failures: list[dict[str, Any]] = []
     present = {part.name for part in out.children(PART_PATTERN)}  # one listing, not a stat each
     # Shard by shard in batches: a job of a million shards never blocks Redis for long.
@@ -52,16 +52,16 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
                 failures.append({"shard": shard, **info})
                 continue
             entry = {"name": info["name"], accepted: info["documents"]}
-            files.append({**entry, **{k: info[k] for k in ("rows", "tokens", "bytes")}})
+            files.append((shard, {**entry, **{k: info[k] for k in ("rows", "tokens", "bytes")}}))
         elif state is ShardState.FAILED:
             failures.append({"shard": shard, **info})
-    files.sort(key=lambda entry: entry["name"])  # part names sort as their shards do
+    files.sort(key=lambda item: item[0])  # by number: part-100000 comes after part-99999
     failures.sort(key=lambda entry: entry["shard"])
     status = store.status(job_id)
     manifest = build_manifest(
         job={"command": spec.command, "job_id": job_id, **spec.model_dump(mode="json")},
         model=store.model_metadata(job_id),
-        files=files,
+        files=[entry for _, entry in files],
         counts={
             read: status.input_records or 0,
             accepted: status.documents,

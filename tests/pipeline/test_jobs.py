@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -10,6 +11,7 @@ from pipeline.errors import JobNotFound
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.keys import JOBS_INDEX, job_key, job_keys
 from pipeline.jobs.store import ABSENT
+from pipeline.storage.sink import part_name
 from schemas.job import JobSpec, JobState, ShardState
 from schemas.options import EncodeOptions
 
@@ -165,3 +167,18 @@ def test_shard_records_come_in_batches_each_once_with_its_info(store, tmp_path):
     by_shard = {shard: (state, info) for shard, state, info in records}
     assert by_shard[7] == (F, {"error": "boom"})
     assert by_shard[1234] == (Q, {"documents": 1234})
+
+
+def test_the_manifest_lists_files_in_shard_order_past_five_digits(store, tmp_path):
+    store.create(make_spec(tmp_path))
+    shards = [100000, 99999, 5]
+    for shard in shards:
+        name = part_name(shard)
+        (tmp_path / name).write_bytes(b"x")
+        store.mark_shard("job-1", shard, Q, [ABSENT], {"documents": 1})
+        done = {"name": name, "documents": 1, "rows": 1, "tokens": 1, "bytes": 1}
+        store.mark_shard("job-1", shard, D, ACTIVE, done, documents=1)
+    store.set_submitted("job-1", shards=3, documents=3, input_records=3, rejected=0)
+    assert finalize_if_complete(store, "job-1") is JobState.COMPLETED
+    manifest = json.loads((tmp_path / "_manifest.json").read_text())
+    assert [f["name"] for f in manifest["files"]] == [part_name(s) for s in sorted(shards)]
