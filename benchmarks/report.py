@@ -30,20 +30,19 @@ def spawn_side(script: str, side_args: list[str]) -> dict | None:
 
 def cpu_facts() -> dict:
     """The CPU's model name and the matmul-related instruction sets it reports."""
+    from pipeline.engine.model import cpu_flags
+
     wanted = {"amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni"}
-    name, flags = platform.processor(), set()
+    name = platform.processor()
     try:
         with open("/proc/cpuinfo") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split()) & wanted
-                    break
+            name = next(
+                (line.split(":", 1)[1].strip() for line in info if line.startswith("model name")),
+                name,
+            )
     except OSError:
         pass
-    return {"cpu": name, "cpu_flags": sorted(flags)}
+    return {"cpu": name, "cpu_flags": sorted(cpu_flags() & wanted)}
 
 
 def run_facts() -> dict:

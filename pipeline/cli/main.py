@@ -103,6 +103,7 @@ def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
         settings,
         options=lambda: options_from_args(args),
         reading=reading,
+        shard_items=args.shard_docs,
         shard_flag="--shard-docs",
         # A line count (a full read of the file) is only worth it for a bar's ETA.
         total=lambda source: count_lines(source) if source.is_file() else None,

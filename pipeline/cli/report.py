@@ -69,14 +69,15 @@ def process_command(
     *,
     options: Callable[[], object],
     reading: Callable[[], Reading],
+    shard_items: int,
     shard_flag: str,
     total: Callable[[Location], int | None] | None = None,
 ) -> int:
     """The body of `m3pipe encode` and `m3pipe rerank`: check the flags (`options` and
     `reading` parse them; a ValueError is a usage error), load the task's model, run the
     input through it with a progress bar, print the summary; exit 3 if records were
-    rejected. `total` counts the input's items for the bar's ETA (when it shows)."""
-    shard_items = getattr(args, shard_flag.removeprefix("--").replace("-", "_"))
+    rejected. `shard_items` is the value of `shard_flag`; `total` counts the input's items
+    for the bar's ETA (when it shows)."""
     try:
         task_options, task_reading = options(), reading()
     except ValueError as exc:  # pydantic's ValidationError included

@@ -115,5 +115,6 @@ def cmd_rerank(args: argparse.Namespace, settings: Settings) -> int:
         settings,
         options=lambda: rerank_options_from_args(args),
         reading=reading,
+        shard_items=args.shard_pairs,
         shard_flag="--shard-pairs",
     )
