@@ -65,13 +65,14 @@ def test_scores_match_flagreranker_compute_score(reranker, max_length):
     engine = RerankEngine(reranker, RerankOptions(max_length=max_length, batch_tokens=2048))
     result = engine.score(pairs)
     assert result.stats.batches > 3
-    np.testing.assert_allclose(result.logits, expected, rtol=0, atol=1e-5)
+    # fp32 logits near 5 computed in other batch shapes (other GEMM blockings): observed
+    # differences reach 1.05e-5 absolute, 2e-6 relative, so the bound is relative too.
+    tol = {"rtol": 1e-5, "atol": 1e-5}
+    np.testing.assert_allclose(result.logits, expected, **tol)
     table = result.table
-    np.testing.assert_allclose(table.column("score").to_numpy(), expected, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(
-        table.column("score_normalized").to_numpy(), expected_norm, rtol=0, atol=1e-5
-    )
-    assert np.std(expected) > 0.02  # scores differ far beyond the tolerance
+    np.testing.assert_allclose(table.column("score").to_numpy(), expected, **tol)
+    np.testing.assert_allclose(table.column("score_normalized").to_numpy(), expected_norm, **tol)
+    assert np.std(expected) > 0.02  # scores differ far beyond the tolerance (~6e-5 here)
 
 
 def test_out_of_memory_splits_a_rerank_batch_and_scores_every_pair(reranker, monkeypatch):
