@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from producers.inputs.validate import DuplicateIds, InputItem
+from producers.inputs.first_seen import FirstSeen
+from producers.inputs.validate import InputItem
 from schemas.document import Document, Reject
 
 
@@ -24,6 +25,18 @@ class RejectSink(Protocol):
     """Anything with `add(Reject)`, e.g. pipeline.storage.output_dir.RejectLog."""
 
     def add(self, reject: Reject) -> None: ...
+
+
+class DuplicateIds:
+    """Policy: the first record with an id wins; later ones are rejected, naming the first."""
+
+    def __init__(self, seen: FirstSeen) -> None:
+        self._seen = seen
+
+    def check(self, doc: Document, where: str) -> str | None:
+        """None for a new id, else the reason to reject this record."""
+        first = self._seen.first(doc.id, where)
+        return None if first is None else f"duplicate id (first seen at {first})"
 
 
 def document_bytes(doc: Document) -> int:
@@ -47,26 +60,27 @@ def accept_documents(
 
     Every item read is counted once: as a document yielded, or as a reject written.
     """
-    duplicates = DuplicateIds()
-    for source, items in sources:
-        for item in items:
-            counts.input_records += 1
-            result = item.result
-            if isinstance(result, Document):
-                where = item.file or f"{source} {item.where}"
-                reason = duplicates.check(result, where)
-                if reason is None and check is not None:
-                    reason = check(result)
-                if reason is None:
-                    counts.documents += 1
-                    yield result
-                    continue
-                result = Reject(
-                    source=item.file or source,
-                    line=item.line,
-                    row=item.row,
-                    id=result.id,
-                    reason=reason,
-                )
-            rejects.add(result)
-            counts.rejected += 1
+    with FirstSeen() as seen:
+        duplicates = DuplicateIds(seen)
+        for source, items in sources:
+            for item in items:
+                counts.input_records += 1
+                result = item.result
+                if isinstance(result, Document):
+                    where = item.file or f"{source} {item.where}"
+                    reason = duplicates.check(result, where)
+                    if reason is None and check is not None:
+                        reason = check(result)
+                    if reason is None:
+                        counts.documents += 1
+                        yield result
+                        continue
+                    result = Reject(
+                        source=item.file or source,
+                        line=item.line,
+                        row=item.row,
+                        id=result.id,
+                        reason=reason,
+                    )
+                rejects.add(result)
+                counts.rejected += 1

@@ -7,8 +7,10 @@ within a group.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from producers.inputs.first_seen import FirstSeen
 from producers.inputs.intake import IntakeCounts, RejectSink
 from producers.inputs.pairs import PairRecord
 from producers.inputs.validate import InputItem
@@ -28,14 +30,12 @@ def pair_texts(pair: Pair) -> tuple[str, str, str, str]:
 class DuplicatePairs:
     """Policy: the first (query_id, doc_id) wins; later ones are rejected, naming the first."""
 
-    def __init__(self) -> None:
-        self._first_seen: dict[tuple[str, str], str] = {}
+    def __init__(self, seen: FirstSeen) -> None:
+        self._seen = seen
 
     def check(self, pair: Pair, where: str) -> str | None:
-        key = (pair.query_id, pair.doc_id)
-        first = self._first_seen.get(key)
+        first = self._seen.first(json.dumps([pair.query_id, pair.doc_id]), where)
         if first is None:
-            self._first_seen[key] = where
             return None
         return f"duplicate pair (query_id, doc_id) (first seen at {first})"
 
@@ -52,42 +52,43 @@ def accept_pairs(
     `check` returns the reason to reject a whole unit (e.g. too large), or None.
     `counts` is in pairs: `documents` holds the pairs accepted.
     """
-    duplicates = DuplicatePairs()
-    group = 0
-    for source, items in sources:
-        for item in items:
-            record = item.result
-            if not isinstance(record, PairRecord):  # a record that held no pair at all
-                counts.input_records += 1
-                counts.rejected += 1
-                rejects.add(record)
-                continue
-            counts.input_records += len(record.pairs) + len(record.rejects)
-            for reject in record.rejects:
-                rejects.add(reject)
-                counts.rejected += 1
-            where = f"{item.file or source} {item.where}"
-            unit: list[Pair] = []
-            for pair in record.pairs:
-                reason = duplicates.check(pair, where)
-                if reason is None:
-                    unit.append(pair)
-                else:
-                    rejects.add(_reject(item, source, pair, reason))
+    with FirstSeen() as seen:
+        duplicates = DuplicatePairs(seen)
+        group = 0
+        for source, items in sources:
+            for item in items:
+                record = item.result
+                if not isinstance(record, PairRecord):  # a record that held no pair at all
+                    counts.input_records += 1
                     counts.rejected += 1
-            if not unit:
-                continue
-            if record.grouped:
-                unit = [pair.model_copy(update={"group": group}) for pair in unit]
-                group += 1
-            reason = check(unit) if check is not None else None
-            if reason is not None:
-                for pair in unit:
-                    rejects.add(_reject(item, source, pair, reason))
-                counts.rejected += len(unit)
-                continue
-            counts.documents += len(unit)
-            yield unit
+                    rejects.add(record)
+                    continue
+                counts.input_records += len(record.pairs) + len(record.rejects)
+                for reject in record.rejects:
+                    rejects.add(reject)
+                    counts.rejected += 1
+                where = f"{item.file or source} {item.where}"
+                unit: list[Pair] = []
+                for pair in record.pairs:
+                    reason = duplicates.check(pair, where)
+                    if reason is None:
+                        unit.append(pair)
+                    else:
+                        rejects.add(_reject(item, source, pair, reason))
+                        counts.rejected += 1
+                if not unit:
+                    continue
+                if record.grouped:
+                    unit = [pair.model_copy(update={"group": group}) for pair in unit]
+                    group += 1
+                reason = check(unit) if check is not None else None
+                if reason is not None:
+                    for pair in unit:
+                        rejects.add(_reject(item, source, pair, reason))
+                    counts.rejected += len(unit)
+                    continue
+                counts.documents += len(unit)
+                yield unit
 
 
 def _reject(item: InputItem, source: str, pair: Pair, reason: str) -> Reject:

@@ -149,18 +149,3 @@ def _as_field(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, default=str)
-
-
-class DuplicateIds:
-    """Policy: the first record with an id wins; later ones are rejected, naming the first."""
-
-    def __init__(self) -> None:
-        self._first_seen: dict[str, str] = {}
-
-    def check(self, doc: Document, where: str) -> str | None:
-        """None for a new id, else the reason to reject this record."""
-        first = self._first_seen.get(doc.id)
-        if first is None:
-            self._first_seen[doc.id] = where
-            return None
-        return f"duplicate id (first seen at {first})"

@@ -6,7 +6,7 @@ import pytest
 from pipeline.errors import InputError
 from producers.inputs.jsonl import count_lines, read_jsonl
 from producers.inputs.sharding import cut_shards
-from producers.inputs.validate import DuplicateIds, record_to_document
+from producers.inputs.validate import record_to_document
 from schemas.document import Document, Reject
 
 
@@ -69,15 +69,6 @@ def test_missing_directory_and_truncated_gzip(tmp_path):
         list(read_jsonl(cut))
     lost_from = int(info.value.line)
     assert 1000 < lost_from < 5000  # the readable half came through first
-
-
-def test_duplicate_policy_first_wins():
-    dupes = DuplicateIds()
-    assert dupes.check(Document(id="a", text="x"), "line 1") is None
-    assert dupes.check(Document(id="b", text="x"), "line 2") is None
-    assert (
-        dupes.check(Document(id="a", text="y"), "line 3") == "duplicate id (first seen at line 1)"
-    )
 
 
 def test_long_ids_are_rejected_not_truncated():
