@@ -117,6 +117,6 @@ def process_command(
     finally:
         bar.close()
     done = kind.summary(
-        summary.stats, summary.accepted, summary.rows, len(summary.files), summary.out_dir
+        summary.stats, summary.accepted, summary.rows, summary.parts, summary.out_dir
     )
     return local_outcome(kind.command, done, summary.out_dir, summary.rejected)

@@ -6,11 +6,12 @@ import logging
 import time
 from typing import Any
 
+from pipeline.errors import OutputDirError
 from pipeline.jobs.store import JobStore
-from pipeline.storage.location import open_location
-from pipeline.storage.manifest import build_manifest
-from pipeline.storage.output_dir import MANIFEST, PART_PATTERN, write_json_atomic
-from pipeline.storage.sink import remove_stale_temp_files
+from pipeline.storage.location import Location, open_location
+from pipeline.storage.manifest import MANIFEST_FAILURES, build_manifest
+from pipeline.storage.output_dir import MANIFEST, PART_PATTERN, ShardLog, write_json_atomic
+from pipeline.storage.sink import part_name, remove_stale_temp_files
 from schemas.job import JobState, JobStatus, ShardState
 
 log = logging.getLogger(__name__)
@@ -39,36 +40,40 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
     spec = store.spec(job_id)
     out = open_location(spec.out)
     read, accepted = spec.task.count_names  # records and documents, or pairs
-    files: list[tuple[int, dict[str, Any]]] = []  # (shard, entry): listed in shard order
-    failures: list[dict[str, Any]] = []
-    present = {part.name for part in out.children(PART_PATTERN)}  # one listing, not a stat each
-    # Shard by shard in batches: a job of a million shards never blocks Redis for long.
-    for shard, state, info in store.shard_records(job_id):
+    total = status.shards.total or 0
+    present = part_bitmap(out, total)  # one listing, not a stat per file
+    failures: list[dict[str, Any]] = []  # the first few, for the manifest
+    failed = parts = 0
+    shard_log = _BestEffortShardLog(out)
+    # In shard order, a batch at a time: constant memory, Redis never blocked for long.
+    for shard, state, info in store.shard_records(job_id, total):
+        if state is ShardState.DONE and not present[shard]:
+            # Someone removed a finished file: count it as failed rather than lie.
+            store.mark_shard(job_id, shard, ShardState.FAILED, [ShardState.DONE.value])
+            state = ShardState.FAILED
+            info = {**info, "error": "output file missing after the shard finished"}
         if state is ShardState.DONE:
-            if info["name"] not in present:
-                # Someone removed a finished file: count it as failed rather than lie.
-                store.mark_shard(job_id, shard, ShardState.FAILED, [ShardState.DONE.value])
-                info = {**info, "error": "output file missing after the shard finished"}
-                failures.append({"shard": shard, **info})
-                continue
+            parts += 1
             entry = {"name": info["name"], accepted: info["documents"]}
-            files.append((shard, {**entry, **{k: info[k] for k in ("rows", "tokens", "bytes")}}))
+            entry |= {key: info[key] for key in ("rows", "tokens", "bytes")}
+            shard_log.add({"shard": shard, "state": state.value, **entry})
         elif state is ShardState.FAILED:
-            failures.append({"shard": shard, **info})
-    files.sort(key=lambda item: item[0])  # by number: part-100000 comes after part-99999
-    failures.sort(key=lambda entry: entry["shard"])
+            failed += 1
+            if len(failures) < MANIFEST_FAILURES:
+                failures.append({"shard": shard, **info})
+            shard_log.add({"shard": shard, "state": state.value, **info})
     status = store.status(job_id)
     manifest = build_manifest(
         job={"command": spec.command, "job_id": job_id, **spec.model_dump(mode="json")},
         model=store.model_metadata(job_id),
-        files=[entry for _, entry in files],
+        parts=parts,
         counts={
             read: status.input_records or 0,
             accepted: status.documents,
             "rows": status.rows_done,
             "rejected": status.rejected or 0,
             "tokens": status.tokens_done,
-            "failed_shards": len(failures),
+            "failed_shards": failed,
         },
         stats={
             "shards": status.shards.total,
@@ -78,17 +83,58 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
         failures=failures,
     )
     try:
+        shard_log.close()
         # Temp files of writes cut short by a crash are hidden, but no longer needed.
         remove_stale_temp_files(out)
         write_json_atomic(out / MANIFEST, manifest)
-    except OSError as exc:
+    except (OSError, OutputDirError) as exc:
         # The job still ends: an output directory gone or read-only must not leave it
         # running for ever. Its shards have already failed for the same reason.
         log.error("job %s: cannot write %s: %s", job_id, MANIFEST, exc)
-        store.note_error(job_id, f"cannot write {out / MANIFEST}: {exc.strerror or exc}")
+        problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        store.note_error(job_id, f"cannot write {out / MANIFEST}: {problem}")
     final = store.finish_if_complete(job_id)
     log.info("job %s ended: %s", job_id, final)
     return final
+
+
+def part_bitmap(out: Location, shards: int) -> bytearray:
+    """present[shard] is 1 where `out` holds that shard's part file: a byte per shard (1 MB
+    for a million shards), where a set of names would cost ~100 bytes each."""
+    present = bytearray(shards)
+    for name in out.child_names(PART_PATTERN):
+        number = name.removeprefix("part-").removesuffix(".parquet")
+        if number.isdigit() and int(number) < shards and part_name(int(number)) == name:
+            present[int(number)] = 1
+    return present
+
+
+class _BestEffortShardLog:
+    """The shard log, or nothing once writing it failed: the loop that writes it also finds
+    missing files, and must go on. The failure is raised again by close()."""
+
+    def __init__(self, out: Location) -> None:
+        self._error: OSError | OutputDirError | None = None
+        self._log: ShardLog | None = None
+        try:
+            self._log = ShardLog(out)
+        except OSError as exc:
+            self._error = exc
+
+    def add(self, entry: dict[str, Any]) -> None:
+        if self._log is None:
+            return
+        try:
+            self._log.add(entry)
+        except OutputDirError as exc:
+            self._log.discard()
+            self._log, self._error = None, exc
+
+    def close(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._log is not None:
+            self._log.close()
 
 
 def _wall(status: JobStatus) -> float:

@@ -374,28 +374,23 @@ class JobStore:
         return {int(k): ShardState(v) for k, v in raw.items()}
 
     def shard_records(
-        self, job_id: str, batch: int = 1000
-    ) -> Iterator[tuple[int, ShardState, dict[str, Any]]]:
-        """Every shard's state and info, read `batch` at a time (HSCAN, then HMGET of their
-        infos): no single command holds Redis for long, however many shards the job has."""
-        seen: set[int] = set()  # HSCAN may return a field twice while the hash grows
-        pending: list[tuple[int, ShardState]] = []
-
-        def flush() -> Iterator[tuple[int, ShardState, dict[str, Any]]]:
-            infos = self.redis.hmget(shard_info_key(job_id), [str(s) for s, _ in pending])
-            for (shard, state), info in zip(pending, infos, strict=True):
-                yield shard, state, json.loads(info) if info else {}
-            pending.clear()
-
-        for field, value in self.redis.hscan_iter(shard_state_key(job_id), count=batch):
-            shard = int(field)
-            if shard not in seen:
-                seen.add(shard)
-                pending.append((shard, ShardState(value)))
-            if len(pending) >= batch:
-                yield from flush()
-        if pending:
-            yield from flush()
+        self, job_id: str, shards: int, batch: int = 1000
+    ) -> Iterator[tuple[int, ShardState | None, dict[str, Any]]]:
+        """Shards 0..shards-1 in order with their state (None if it has none) and info, read
+        `batch` at a time (one round trip of two HMGETs): no command holds Redis for long
+        and nothing is kept per shard, however many shards the job has."""
+        for start in range(0, shards, batch):
+            fields = [str(shard) for shard in range(start, min(start + batch, shards))]
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hmget(shard_state_key(job_id), fields)
+            pipe.hmget(shard_info_key(job_id), fields)
+            states, infos = pipe.execute()
+            for field, state, info in zip(fields, states, infos, strict=True):
+                yield (
+                    int(field),
+                    ShardState(state) if state else None,
+                    json.loads(info) if info else {},
+                )
 
     # -- workers ----------------------------------------------------------------------
     # The worker record (`m3pipe:worker:<name>`) is written and read here only: its presence

@@ -13,12 +13,19 @@ from pipeline.engine.stats import BatchStats
 from pipeline.errors import InputError
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.manifest import build_manifest
-from pipeline.storage.output_dir import MANIFEST, RejectLog, prepare_output_dir, write_json_atomic
+from pipeline.storage.output_dir import (
+    MANIFEST,
+    RejectLog,
+    ShardLog,
+    prepare_output_dir,
+    write_json_atomic,
+)
 from pipeline.storage.sink import part_name, write_shard
 from pipeline.tasks import Reading, TaskKind
 from pipeline.tasks.kind import Progress
 from producers.inputs.intake import IntakeCounts
 from producers.inputs.sharding import UNBOUNDED, ShardLimits
+from schemas.job import ShardState
 
 # A shard's texts are held in memory with its output; bound them by bytes too. A larger
 # unit (one huge document, one query's many candidates) forms a shard of its own.
@@ -30,11 +37,8 @@ class LocalSummary:
     out_dir: Location
     stats: BatchStats
     intake: IntakeCounts = field(default_factory=IntakeCounts)  # in the task's items
-    files: list[dict[str, object]] = field(default_factory=list)
-
-    @property
-    def rows(self) -> int:
-        return sum(int(str(entry["rows"])) for entry in self.files)
+    parts: int = 0
+    rows: int = 0
 
     @property
     def input_records(self) -> int:
@@ -74,7 +78,7 @@ def process_file(
     limits = ShardLimits(items=shard_items, bytes=SHARD_MAX_BYTES, tokens=UNBOUNDED)
     item_counts = kind.counts
 
-    with RejectLog(out) as rejects:
+    with RejectLog(out) as rejects, ShardLog(out) as shard_log:
         sources = [(source.uri, itertools.chain([first], items))]
         shards = kind.shards(sources, engine.options, limits, rejects, summary.intake, strict=False)
         computed = kind.compute_stream(engine, shards, reading.keep_fields, progress)
@@ -82,8 +86,12 @@ def process_file(
             name = part_name(index)
             written = write_shard(result.table, out / name)
             summary.stats.add(result.stats)
-            summary.files.append(
+            summary.parts += 1
+            summary.rows += result.rows
+            shard_log.add(
                 {
+                    "shard": index,
+                    "state": ShardState.DONE.value,
                     "name": name,
                     item_counts[1]: len(shard),
                     "rows": result.rows,
@@ -117,7 +125,7 @@ def _manifest(
             "batch_tokens": engine.batch_tokens,
         },
         model=engine.file_metadata(),
-        files=summary.files,
+        parts=summary.parts,
         counts={
             read: summary.input_records,
             accepted: summary.accepted,

@@ -113,6 +113,13 @@ class Location:
             raise FileNotFoundError(f"not a file: {self.uri}")
         return int(info.size)
 
+    def child_names(self, pattern: str = "*") -> Iterator[str]:
+        """Names of the files directly in this directory that match `pattern`, unsorted."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
+        for info in _guard(self, self.fs.get_file_info, selector):
+            if info.type == pafs.FileType.File and fnmatchcase(info.base_name, pattern):
+                yield info.base_name
+
     def children(self, pattern: str = "*") -> list[Location]:
         """The files directly in this directory whose names match `pattern`, sorted."""
         selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)

@@ -1,4 +1,5 @@
-"""The output directory layout: part-*.parquet, _manifest.json, _rejects.jsonl, _job.json.
+"""The output directory layout: part-*.parquet, _manifest.json, _shards.jsonl,
+_rejects.jsonl, _job.json.
 
 The directory is a Location: a local directory or an object-store prefix (s3://...).
 """
@@ -9,10 +10,11 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any, Self
 
 import pyarrow.fs as pafs
 
@@ -22,6 +24,7 @@ from pipeline.storage.sink import remove_stale_temp_files
 from schemas.document import Reject
 
 MANIFEST = "_manifest.json"
+SHARDS = "_shards.jsonl"  # one line per shard: its part file and counts, or its failure
 REJECTS = "_rejects.jsonl"
 JOB_FILE = "_job.json"  # the spec of the queue job writing here, for `--resume`
 PART_PATTERN = "part-*.parquet"
@@ -49,10 +52,11 @@ def prepare_output_dir(
     _refuse_foreign_files(out)
     if resume:
         (out / MANIFEST).delete()
+        (out / SHARDS).delete()
         remove_stale_temp_files(out)
         return out
     earlier = out.children(PART_PATTERN) + [
-        loc for loc in (out / MANIFEST, out / REJECTS, out / JOB_FILE) if loc.exists()
+        loc for loc in (out / MANIFEST, out / SHARDS, out / REJECTS, out / JOB_FILE) if loc.exists()
     ]
     if earlier and not overwrite:
         resume_hint = ", or --resume an unfinished job" if resumable else ""
@@ -82,7 +86,7 @@ def is_own_file(name: str) -> bool:
     """Whether m3pipe writes files of this name in an output directory."""
     return (
         fnmatchcase(name, PART_PATTERN)
-        or name in (MANIFEST, REJECTS, JOB_FILE)
+        or name in (MANIFEST, SHARDS, REJECTS, JOB_FILE)
         or (name.startswith(".") and ".tmp-" in name)  # an interrupted local write
     )
 
@@ -113,17 +117,17 @@ def write_json_atomic(target: Location, payload: object) -> None:
     target.write_bytes(data.encode("utf-8"))
 
 
-class RejectLog:
-    """Collects rejects as JSON lines; the file appears under its name only when closed.
+class JsonLinesLog:
+    """Collects JSON lines; the file appears under its name only when closed.
 
     Lines go to a local temp file (next to the output when it is local), so millions of
-    rejects cost disk, not memory; an object store gets the whole file in one put. A write
+    lines cost disk, not memory; an object store gets the whole file in one put. A write
     that fails (a full disk) is an OutputDirError, and a log left by an error is discarded,
     never published: a partial `_rejects.jsonl` would hide rejects.
     """
 
-    def __init__(self, directory: Location | Path | str) -> None:
-        self.location = open_location(directory) / REJECTS
+    def __init__(self, directory: Location | Path | str, name: str) -> None:
+        self.location = open_location(directory) / name
         self._tmp: Path | None = None
         if self.location.is_local:
             self._tmp = local_temp_name(self.location.local_path)
@@ -132,9 +136,9 @@ class RejectLog:
             self._handle = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
         self.count = 0
 
-    def add(self, reject: Reject) -> None:
+    def add_line(self, line: str) -> None:
         try:
-            self._handle.write(reject.model_dump_json(exclude_none=True) + "\n")
+            self._handle.write(line + "\n")
         except OSError as exc:
             raise self._failed(exc) from exc
         self.count += 1
@@ -166,7 +170,7 @@ class RejectLog:
     def _failed(self, exc: OSError) -> OutputDirError:
         return OutputDirError(f"cannot write {self.location}: {exc.strerror or exc}")
 
-    def __enter__(self) -> RejectLog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -179,3 +183,35 @@ class RejectLog:
             self.close()
         else:
             self.discard()
+
+
+class RejectLog(JsonLinesLog):
+    """`_rejects.jsonl`: one line per rejected record, with its source, position and reason."""
+
+    def __init__(self, directory: Location | Path | str) -> None:
+        super().__init__(directory, REJECTS)
+
+    def add(self, reject: Reject) -> None:
+        self.add_line(reject.model_dump_json(exclude_none=True))
+
+
+class ShardLog(JsonLinesLog):
+    """`_shards.jsonl`: one line per shard in shard order, what the manifest sums up."""
+
+    def __init__(self, directory: Location | Path | str) -> None:
+        super().__init__(directory, SHARDS)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self.add_line(json.dumps(entry, sort_keys=True))
+
+
+def read_shard_log(directory: Location | Path | str) -> Iterator[dict[str, Any]]:
+    """The entries of a finished output's `_shards.jsonl`, one at a time."""
+    with (open_location(directory) / SHARDS).open_input() as handle:
+        for line in handle:
+            yield json.loads(line)
+
+
+def part_entries(directory: Location | Path | str) -> list[dict[str, Any]]:
+    """The shards that made a part file, in shard order (for tests and small outputs)."""
+    return [entry for entry in read_shard_log(directory) if entry["state"] == "done"]

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipeline.storage.output_dir import part_entries
 from tests.integration.conftest import corpus_records, run_cli
 
 SHARD_DOCS = 5
@@ -51,15 +52,15 @@ def test_job_reads_and_writes_s3_and_resume_redoes_only_a_lost_part(s3, cli_env,
 
     keys = s3.keys("out")
     parts = [k for k in keys if k.startswith("part-")]
-    assert keys == ["_job.json", "_manifest.json", "_rejects.jsonl", *parts]  # nothing else
+    assert keys == ["_job.json", "_manifest.json", "_rejects.jsonl", "_shards.jsonl", *parts]
     table = ds.dataset(f"{s3.name}/out", filesystem=s3.fs, format="parquet").to_table()
     assert sorted(table.column("id").to_pylist()) == sorted(ids)  # every document once
     manifest = json.loads(s3.get("out/_manifest.json"))
     assert manifest["job"]["out"] == out and manifest["job"]["inputs"] == inputs
     assert manifest["job"]["command"] == "submit"
     assert manifest["counts"]["rows"] == len(ids) and manifest["counts"]["rejected"] == 2
-    assert [f["name"] for f in manifest["files"]] == parts
-    for entry in manifest["files"]:
+    assert [f["name"] for f in part_entries(out)] == parts
+    for entry in part_entries(out):
         assert entry["bytes"] == s3.fs.get_file_info(f"{s3.name}/out/{entry['name']}").size
     rejects = [json.loads(line) for line in s3.get("out/_rejects.jsonl").decode().splitlines()]
     assert sorted(r["source"] for r in rejects) == [

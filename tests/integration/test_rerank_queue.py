@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from pipeline.exit_codes import EXIT_OK, EXIT_REJECTS
 from pipeline.jobs.keys import worker_key
+from pipeline.storage.output_dir import part_entries
 from tests.corpus import mixed_texts
 from tests.integration.conftest import corpus_records, run_cli, write_jsonl
 
@@ -117,7 +118,7 @@ def test_rerank_job_every_pair_scored_once_with_ranks_then_an_embed_job_on_the_s
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["counts"]["pairs"] == good and manifest["counts"]["input_pairs"] == good + 3
     assert manifest["job"]["task"] == "rerank" and manifest["model"]["task"] == "rerank"
-    assert sum(f["pairs"] for f in manifest["files"]) == good
+    assert sum(f["pairs"] for f in part_entries(out)) == good
     rejects = [json.loads(line) for line in (out / "_rejects.jsonl").read_text().splitlines()]
     assert sorted(r["query_id"] for r in rejects) == ["bad", "flat0", "q3"]
 

@@ -11,6 +11,7 @@ import pytest
 from pipeline.cli.main import main
 from pipeline.engine.embedder import Engine
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
+from pipeline.storage.output_dir import part_entries
 from schemas.options import EncodeOptions
 from tests.corpus import documents, mixed_texts
 
@@ -46,6 +47,7 @@ def test_clean_input_encodes_every_record(tmp_path, tiny):
     assert sorted(p.name for p in out.iterdir()) == [
         "_manifest.json",
         "_rejects.jsonl",
+        "_shards.jsonl",
         "part-00000.parquet",
         "part-00001.parquet",
         "part-00002.parquet",
@@ -61,7 +63,7 @@ def test_clean_input_encodes_every_record(tmp_path, tiny):
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["counts"]["input_records"] == manifest["counts"]["documents"] == len(texts)
     assert manifest["counts"]["rejected"] == 0
-    assert [f["name"] for f in manifest["files"]] == [f"part-0000{i}.parquet" for i in range(3)]
+    assert [f["name"] for f in part_entries(out)] == [f"part-0000{i}.parquet" for i in range(3)]
     assert manifest["model"]["model"] == "random:tiny"
     assert (out / "_rejects.jsonl").read_text() == ""
 

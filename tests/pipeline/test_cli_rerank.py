@@ -9,6 +9,7 @@ import pytest
 from pipeline.cli.main import main
 from pipeline.engine.reranker import RerankEngine, load_reranker
 from pipeline.exit_codes import EXIT_FAILED, EXIT_REJECTS, EXIT_USAGE
+from pipeline.storage.output_dir import part_entries
 from schemas.rerank import Pair, RerankOptions
 from tests.corpus import mixed_texts
 
@@ -98,7 +99,7 @@ def test_rerank_scores_every_pair_once_ranks_each_query_and_rejects_bad_pairs(tm
         "rejected": 3,
         "tokens": int(table.column("n_tokens").to_numpy().sum()),
     }
-    assert sum(f["pairs"] for f in manifest["files"]) == pairs
+    assert sum(f["pairs"] for f in part_entries(out)) == pairs
     assert manifest["model"]["task"] == "rerank" and manifest["model"]["max_length"] == 128
     assert pq.read_schema(out / "part-00000.parquet").field("rank").nullable
 
@@ -150,8 +151,8 @@ def test_locally_a_query_larger_than_a_shard_is_scored_in_a_shard_of_its_own(
     small = {"query_id": "small", "query": "q", "doc_id": "s", "passage": "short"}
     code, out = run(tmp_path, [small, big, small | {"doc_id": "t"}])
     assert code == 0
-    manifest = json.loads((out / "_manifest.json").read_text())
-    assert [f["pairs"] for f in manifest["files"]] == [1, 6, 1]  # the 3 KB group alone
-    ranks = pq.read_table(out / manifest["files"][1]["name"])["rank"].to_pylist()
+    entries = part_entries(out)
+    assert [f["pairs"] for f in entries] == [1, 6, 1]  # the 3 KB group alone
+    ranks = pq.read_table(out / entries[1]["name"])["rank"].to_pylist()
     assert sorted(ranks) == [1, 2, 3, 4, 5, 6]
     assert (out / "_rejects.jsonl").read_text() == ""

@@ -11,6 +11,7 @@ from pipeline.errors import JobNotFound
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.keys import JOBS_INDEX, job_key, job_keys
 from pipeline.jobs.store import ABSENT
+from pipeline.storage.output_dir import part_entries, read_shard_log
 from pipeline.storage.sink import part_name
 from schemas.job import JobSpec, JobState, ShardState
 from schemas.options import EncodeOptions
@@ -64,7 +65,7 @@ def test_job_ends_once_every_shard_ended_and_manifest_lists_files(store, tmp_pat
     import json
 
     manifest = json.loads((tmp_path / "_manifest.json").read_text())
-    assert [f["name"] for f in manifest["files"]] == ["part-00000.parquet"]
+    assert [f["name"] for f in part_entries(tmp_path)] == ["part-00000.parquet"]
     assert manifest["failed_shards"][0]["error"] == "boom"
     assert manifest["counts"]["input_records"] == 3
 
@@ -157,28 +158,62 @@ def test_status_and_jobs_say_until_when_an_ended_job_is_kept(store, tmp_path):
     assert f"kept until {when}" in describe(status) and f"kept until {when}" in one_line(status)
 
 
-def test_shard_records_come_in_batches_each_once_with_its_info(store, tmp_path):
+def test_shard_records_come_in_order_in_batches_each_once_with_its_info(store, tmp_path):
     store.create(make_spec(tmp_path))
     for shard in range(2500):
         store.mark_shard("job-1", shard, Q, [ABSENT], {"documents": shard})
     store.mark_shard("job-1", 7, F, ACTIVE, {"error": "boom"})
-    records = list(store.shard_records("job-1", batch=300))
-    assert sorted(shard for shard, _, _ in records) == list(range(2500))  # each once
-    by_shard = {shard: (state, info) for shard, state, info in records}
-    assert by_shard[7] == (F, {"error": "boom"})
-    assert by_shard[1234] == (Q, {"documents": 1234})
-
-
-def test_the_manifest_lists_files_in_shard_order_past_five_digits(store, tmp_path):
-    store.create(make_spec(tmp_path))
-    shards = [100000, 99999, 5]
-    for shard in shards:
-        name = part_name(shard)
-        (tmp_path / name).write_bytes(b"x")
+    records = list(store.shard_records("job-1", 2500, batch=300))
+    assert [shard for shard, _, _ in records] == list(range(2500))  # each once, in order
+    assert records[7] == (7, F, {"error": "boom"})
+    assert records[1234] == (1234, Q, {"documents": 1234})
+    # Past five digits numeric order is not name order (part-100000 < part-99999).
+    for shard in (100_000, 99_999):
         store.mark_shard("job-1", shard, Q, [ABSENT], {"documents": 1})
-        done = {"name": name, "documents": 1, "rows": 1, "tokens": 1, "bytes": 1}
+    tail = [(s, state) for s, state, _ in store.shard_records("job-1", 100_001) if s > 99_990]
+    assert tail == [(s, None) for s in range(99_991, 99_999)] + [(99_999, Q), (100_000, Q)]
+
+
+def test_finalisation_writes_a_small_manifest_and_a_shard_log_in_shard_order(store, tmp_path):
+    store.create(make_spec(tmp_path))
+    for shard in (2, 0, 1, 3):  # ended out of order
+        name = part_name(shard)
+        store.mark_shard("job-1", shard, Q, [ABSENT], {"documents": 1})
+        if shard == 3:
+            store.mark_shard("job-1", shard, F, ACTIVE, {"error": "boom"})
+            continue
+        (tmp_path / name).write_bytes(b"x")
+        done = {"name": name, "documents": 1, "rows": 1, "tokens": 5, "bytes": 1}
         store.mark_shard("job-1", shard, D, ACTIVE, done, documents=1)
-    store.set_submitted("job-1", shards=3, documents=3, input_records=3, rejected=0)
-    assert finalize_if_complete(store, "job-1") is JobState.COMPLETED
+    store.set_submitted("job-1", shards=4, documents=4, input_records=4, rejected=0)
+    assert finalize_if_complete(store, "job-1") is JobState.COMPLETED_WITH_FAILURES
+    log = list(read_shard_log(tmp_path))
+    assert [(e["shard"], e["state"]) for e in log] == [
+        (0, "done"), (1, "done"), (2, "done"), (3, "failed")
+    ]  # fmt: skip
+    assert log[0] == {
+        "shard": 0, "state": "done", "name": part_name(0), "documents": 1, "rows": 1,
+        "tokens": 5, "bytes": 1,
+    }  # fmt: skip
+    assert log[3]["error"] == "boom"
     manifest = json.loads((tmp_path / "_manifest.json").read_text())
-    assert [f["name"] for f in manifest["files"]] == [part_name(s) for s in sorted(shards)]
+    assert manifest["parts"] == 3 and manifest["shards_file"] == "_shards.jsonl"
+    assert manifest["counts"]["failed_shards"] == 1
+    assert [f["shard"] for f in manifest["failed_shards"]] == [3]
+    assert "files" not in manifest  # per-shard detail lives in the log only
+
+
+def test_the_manifest_lists_a_bounded_number_of_failures(store, tmp_path):
+    from pipeline.storage.manifest import MANIFEST_FAILURES
+
+    store.create(make_spec(tmp_path))
+    shards = MANIFEST_FAILURES + 20
+    for shard in range(shards):
+        store.mark_shard("job-1", shard, Q, [ABSENT], {"documents": 1})
+        store.mark_shard("job-1", shard, F, ACTIVE, {"error": f"boom {shard}"})
+    store.set_submitted("job-1", shards=shards, documents=shards, input_records=shards, rejected=0)
+    assert finalize_if_complete(store, "job-1") is JobState.FAILED
+    manifest = json.loads((tmp_path / "_manifest.json").read_text())
+    assert len(manifest["failed_shards"]) == MANIFEST_FAILURES
+    assert manifest["counts"]["failed_shards"] == shards
+    assert sum(1 for entry in read_shard_log(tmp_path) if entry["state"] == "failed") == shards

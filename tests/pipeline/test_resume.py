@@ -16,7 +16,7 @@ from pipeline.jobs.keys import job_key
 from pipeline.jobs.resume import check_same_job, documents_digest, read_shard_file
 from pipeline.runtime.shard_runner import WorkerRuntime, run_shard
 from pipeline.runtime.worker_models import WorkerModels
-from pipeline.storage.output_dir import JOB_FILE, MANIFEST
+from pipeline.storage.output_dir import JOB_FILE, MANIFEST, part_entries
 from producers.submit import ShardLimits, SubmitRequest, submit_job
 from schemas.document import Document
 from schemas.job import JobSpec, JobState, Task
@@ -102,9 +102,9 @@ def test_resume_sends_only_shards_without_a_good_file(tmp_path, store, runtime):
     ids = ds.dataset(out, format="parquet").to_table(columns=["id"]).column("id").to_pylist()
     assert sorted(ids) == [f"d{i:02d}" for i in range(50)]
     manifest = json.loads((out / MANIFEST).read_text())
-    assert len(manifest["files"]) == 5 and manifest["counts"]["rows"] == 50
+    assert len(part_entries(out)) == 5 and manifest["counts"]["rows"] == 50
     assert manifest["model"]["model"] == "random:tiny"
-    assert manifest["counts"]["tokens"] == sum(f["tokens"] for f in manifest["files"])
+    assert manifest["counts"]["tokens"] == sum(f["tokens"] for f in part_entries(out))
 
 
 def test_resume_redoes_shards_whose_documents_changed_and_drops_extra_files(

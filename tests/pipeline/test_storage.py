@@ -14,7 +14,7 @@ from pipeline.errors import InputError, OutputDirError, StorageError
 from pipeline.exit_codes import EXIT_REJECTS
 from pipeline.jobs.resume import previous_spec, read_shard_file, with_shard_metadata
 from pipeline.storage.location import open_location
-from pipeline.storage.output_dir import RejectLog, prepare_output_dir
+from pipeline.storage.output_dir import RejectLog, part_entries, prepare_output_dir
 from pipeline.storage.sink import write_shard
 from producers.inputs.readers import detect_format, read_records
 from schemas.document import Reject
@@ -173,6 +173,7 @@ def test_m3pipe_encode_reads_and_writes_s3(s3, tiny):
     assert s3.keys("out") == [
         "_manifest.json",
         "_rejects.jsonl",
+        "_shards.jsonl",
         "part-00000.parquet",
         "part-00001.parquet",
         "part-00002.parquet",
@@ -182,8 +183,8 @@ def test_m3pipe_encode_reads_and_writes_s3(s3, tiny):
     assert sorted(table.column("id").to_pylist()) == sorted(f"d{i}" for i in range(7))
     manifest = json.loads(s3.get("out/_manifest.json"))
     assert manifest["counts"]["rows"] == 7 and manifest["counts"]["rejected"] == 1
-    assert [f["bytes"] for f in manifest["files"]] == [
-        s3fs.get_file_info(f"{s3.name}/out/{f['name']}").size for f in manifest["files"]
+    assert [f["bytes"] for f in part_entries(s3.url("out"))] == [
+        s3fs.get_file_info(f"{s3.name}/out/{f['name']}").size for f in part_entries(s3.url("out"))
     ]
     assert not any(".tmp" in key for key in s3.keys("out"))
 
