@@ -1,4 +1,4 @@
-"""What grows with the corpus: the producer's memory and speed, and Redis's memory.
+"""What grows with the corpus: the producer's memory and speed, Redis, finalisation.
 
 producer: a synthetic JSONL corpus of N short documents (1 in 1,000 a duplicate id) goes
 through the real `m3pipe submit` against a redis-server this script starts, with no
@@ -6,14 +6,24 @@ workers (--max-queued above the shard count, so the producer never waits). The p
 process's RSS and the job's document counter are sampled as it runs. Reported:
 documents/s, peak RSS, RSS growth per document (a least-squares slope over the second half
 of the run, once caches have filled), Redis memory per document and per shard, and the
-extrapolation of both to 10^9 documents. Prints and saves JSON.
+extrapolation of both to 10^9 documents.
 
-    python benchmarks/bench_scale.py --documents 10000000
+index: the producer's duplicate index alone (producers/inputs/first_seen.py), --keys keys
+offered in a row (1 in 200 a repeat), its RSS sampled: the memory bound and the cost per key.
+
+finalise: a job of --shards done shards (their part files empty, their state set through
+JobStore as workers set it) is finalised in a fresh process: its wall time and peak RSS,
+the sizes of `_manifest.json` and `_shards.jsonl`, and Redis's bytes per shard of job state.
+
+Prints and saves JSON (one file per run; the parts run are its keys).
+
+    python benchmarks/bench_scale.py --parts producer,index,finalise --documents 10000000
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -25,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from report import spawn_side  # noqa: E402
 
 BILLION = 10**9
 
@@ -52,6 +64,19 @@ def rss_bytes(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def reset_peak() -> int:
+    """Reset this process's RSS high-water mark (Linux: clear_refs 5); its RSS now."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    return rss_bytes(os.getpid()) or 0
+
+
+def peak_since_reset() -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 def slope(points: list[tuple[int, int]]) -> float:
@@ -134,22 +159,156 @@ def producer(args: argparse.Namespace) -> dict:
     }
 
 
+def index(args: argparse.Namespace) -> dict:
+    """Runs in a fresh process: the duplicate index alone, RSS sampled every 1M keys."""
+    from producers.inputs.first_seen import FirstSeen
+
+    samples: list[tuple[int, int]] = []
+    repeats = 0
+    baseline = reset_peak()
+    started = time.perf_counter()
+    with FirstSeen(args.tmp) as seen:
+        first = seen.first
+        for i in range(args.keys):
+            key = f"doc-{i // 2 if i % 200 == 199 else i}"
+            if first(key, f"corpus.jsonl line {i + 1}") is not None:
+                repeats += 1
+            if i % 1_000_000 == 0:
+                samples.append((i, rss_bytes(os.getpid()) or 0))
+        seconds = time.perf_counter() - started
+        disk = sum(path.stat().st_size for path in seen.directory.iterdir())
+    peak = peak_since_reset()
+    second_half = [(keys, rss) for keys, rss in samples if keys >= args.keys // 2]
+    growth = slope(second_half) if len(second_half) >= 3 else None
+    return {
+        "keys": args.keys,
+        "repeats_found": repeats,
+        "seconds": round(seconds, 1),
+        "microseconds_per_key": round(seconds / args.keys * 1e6, 2),
+        "rss_before_bytes": baseline,
+        "peak_rss_bytes": peak,
+        "rss_growth_bytes_per_key": None if growth is None else round(growth, 3),
+        "disk_bytes": disk,
+        "disk_bytes_per_key": round(disk / args.keys, 1),
+        "samples": [{"keys": k, "rss_bytes": r} for k, r in samples],
+    }
+
+
+def finalise_setup(args: argparse.Namespace, redis_url: str, out: Path) -> str:
+    """A job whose --shards shards are all done, as workers leave it."""
+    from pipeline.broker.redis_url import connect
+    from pipeline.jobs.store import ABSENT, JobStore
+    from pipeline.storage.sink import part_name
+    from schemas.job import JobSpec, ShardState
+    from schemas.options import EncodeOptions
+
+    store = JobStore(connect(redis_url))
+    spec = JobSpec(
+        job_id="bench-finalise", inputs=["corpus.jsonl"], out=str(out), model="random:tiny",
+        options=EncodeOptions(), queue="m3pipe", shard_docs=1000, shard_bytes=1 << 24,
+        max_queued=1 << 30, created_at=time.time(),
+    )  # fmt: skip
+    store.create(spec)
+    out.mkdir(parents=True)
+    running = [ShardState.QUEUED.value, ShardState.RUNNING.value]
+    for shard in range(args.shards):
+        name = part_name(shard)
+        (out / name).touch()
+        store.mark_shard(spec.job_id, shard, ShardState.QUEUED, [ABSENT], {"documents": 1000})
+        info = {"name": name, "documents": 1000, "rows": 1000, "tokens": 60_000,
+                "bytes": 1_500_000, "worker": "celery@gpu-node-017-3", "seconds": 4.2}  # fmt: skip
+        store.mark_shard(
+            spec.job_id, shard, ShardState.DONE, running, info,
+            documents=1000, rows=1000, tokens=60_000, seconds=4.2,
+        )  # fmt: skip
+    store.set_submitted(
+        spec.job_id, shards=args.shards, documents=1000 * args.shards,
+        input_records=1000 * args.shards, rejected=0,
+    )  # fmt: skip
+    return spec.job_id
+
+
+def finalise_side(args: argparse.Namespace) -> dict:
+    """Runs in a fresh process: finalise the job the parent set up."""
+    from pipeline.broker.redis_url import connect
+    from pipeline.jobs.finish import finalize_if_complete
+    from pipeline.jobs.store import JobStore
+
+    store = JobStore(connect(args.redis_url))
+    store.spec(args.job_id)  # imports and connection settled before the baseline
+    before = reset_peak()
+    started = time.perf_counter()
+    state = finalize_if_complete(store, args.job_id)
+    seconds = time.perf_counter() - started
+    peak = peak_since_reset()
+    return {"state": str(state), "seconds": round(seconds, 2), "rss_before_bytes": before,
+            "peak_rss_bytes": peak}  # fmt: skip
+
+
+def finalise(args: argparse.Namespace) -> dict:
+    from pipeline.broker.redis_url import connect
+    from pipeline.ops.embedded_redis import EmbeddedRedis
+    from pipeline.storage.output_dir import MANIFEST, SHARDS
+
+    with tempfile.TemporaryDirectory(prefix="m3scale-", dir=args.tmp) as tmp:
+        out = Path(tmp) / "out"
+        with EmbeddedRedis(Path(tmp)) as server:
+            redis = connect(server.url)
+            before = int(redis.info("memory")["used_memory"])
+            started = time.perf_counter()
+            job_id = finalise_setup(args, server.url, out)
+            setup = time.perf_counter() - started
+            per_shard = (int(redis.info("memory")["used_memory"]) - before) / args.shards
+            side = spawn_side(__file__, ["--side", "finalise", "--redis-url", server.url,
+                                         "--job-id", job_id])  # fmt: skip
+            if side is None:
+                raise SystemExit("the finalising process failed")
+        manifest_bytes = (out / MANIFEST).stat().st_size
+        log_bytes = (out / SHARDS).stat().st_size
+    return {
+        "shards": args.shards,
+        "setup_seconds": round(setup, 1),
+        "redis_bytes_per_shard": round(per_shard),
+        **side,
+        "manifest_bytes": manifest_bytes,
+        "shards_log_bytes": log_bytes,
+        "shards_log_bytes_per_shard": round(log_bytes / args.shards, 1),
+    }
+
+
 def main() -> int:
     from report import run_facts, save
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="producer,index,finalise")
     parser.add_argument("--documents", type=int, default=1_000_000)
+    parser.add_argument("--keys", type=int, default=10_000_000, help="index: keys offered")
+    parser.add_argument("--shards", type=int, default=100_000, help="finalise: shards")
     parser.add_argument("--shard-docs", type=int, default=1000)
     parser.add_argument("--model", default="random:tiny")
     parser.add_argument("--sample-seconds", type=float, default=1.0)
     parser.add_argument("--tmp", default=None, help="where the corpus and Redis go")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--side", choices=["index", "finalise"], help=argparse.SUPPRESS)
+    parser.add_argument("--redis-url", help=argparse.SUPPRESS)
+    parser.add_argument("--job-id", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    result = producer(args)
-    summary = {k: v for k, v in result.items() if k != "samples"}
-    for key, value in summary.items():
-        print(f"{key:42} {value:,}" if isinstance(value, int) else f"{key:42} {value}")
-    save({**run_facts(), "producer": result}, "scale", "cpu", args.model, args.out)
+    if args.side:
+        print(json.dumps(index(args) if args.side == "index" else finalise_side(args)))
+        return 0
+    parts = {"producer": lambda: producer(args), "finalise": lambda: finalise(args),
+             "index": lambda: spawn_side(__file__, ["--side", "index"])}  # fmt: skip
+    report = run_facts()
+    for name in args.parts.split(","):
+        result = parts[name]()
+        if result is None:
+            raise SystemExit(f"{name} failed")
+        print(f"-- {name}")
+        for key, value in result.items():
+            if key != "samples":
+                print(f"{key:42} {value:,}" if isinstance(value, int) else f"{key:42} {value}")
+        report[name] = result
+    save(report, "scale", "cpu", args.model, args.out)
     return 0
 
 

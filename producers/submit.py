@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from pipeline.errors import InputError, QuotaExceeded, ResumeError, SubmitCancelled
 from pipeline.jobs.finish import finalize_if_complete
@@ -31,6 +31,7 @@ from pipeline.storage.sink import part_name
 from pipeline.tasks import Reading, task_kind
 from producers.inputs.intake import IntakeCounts, RejectSink
 from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES
+from producers.inputs.references import shard_reference
 from producers.inputs.sharding import ShardLimits
 from schemas.document import Document
 from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
@@ -71,6 +72,7 @@ class SubmitRequest:
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # larger records are rejected as read
     command: Literal["submit", "run"] = "submit"  # what makes the job, for its manifest
     job_ttl: int = DEFAULT_JOB_TTL  # seconds its Redis keys are kept once it ends
+    inline_shards: bool = False  # text in the messages even where a reference would do
 
     def reading(self) -> Reading:
         return Reading(
@@ -124,6 +126,7 @@ def submit_job(
         max_queued=request.max_queued,
         created_at=time.time(),
         command=request.command,
+        max_record_bytes=request.max_record_bytes,
     )
     if request.resume:
         spec = spec_to_resume(spec, out, store)
@@ -135,6 +138,8 @@ def submit_job(
     counts = IntakeCounts()
     shards = skipped = 0
     cancelled = False
+    # Shards may point at these inputs (by index in the spec) instead of carrying text.
+    references = None if request.inline_shards else {loc.uri: i for i, loc in enumerate(inputs)}
     try:
         with RejectLog(out) as rejects:
             try:
@@ -146,7 +151,7 @@ def submit_job(
                         wait_for_room(
                             store, job_id, request.max_queued, request.poll_seconds, request.tenant
                         )
-                        message = shard_message(job_id, shards, shard)
+                        message = shard_message(job_id, shards, shard, digest, references)
                         enqueue(store, publish, message, request.queue, request.priority, digest)
                     shards += 1
             except SubmitCancelled:
@@ -299,8 +304,20 @@ def wait_for_room(
         time.sleep(poll_seconds)
 
 
-def shard_message(job_id: str, index: int, shard: list[Document] | list[Pair]) -> ShardMessage:
+def shard_message(
+    job_id: str,
+    index: int,
+    shard: list[Document] | list[Pair],
+    digest: str = "",
+    references: Mapping[str, int] | None = None,
+) -> ShardMessage:
+    """The shard's message: by reference to the inputs (URI -> index) where every document
+    can be pointed at, else with its documents or pairs."""
     kind = "pairs" if isinstance(shard[0], Pair) else "documents"
+    if references is not None and kind == "documents":
+        ref = shard_reference(cast(list[Document], shard), references, digest)
+        if ref is not None:
+            return ShardMessage(job_id=job_id, shard=index, ref=ref)
     return ShardMessage.model_validate({"job_id": job_id, "shard": index, kind: shard})
 
 
@@ -312,7 +329,7 @@ def enqueue(
     priority: Priority,
     digest: str,
 ) -> None:
-    job_id, index, count = message.job_id, message.shard, len(message.items)
+    job_id, index, count = message.job_id, message.shard, message.size
     info = {"documents": count}
     # Registered before it is sent, so a fast worker always finds it queued. The digest
     # lets a worker tell this message from a stale one of an earlier submission (--resume).

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 MAX_ID_CHARS = 1024
 # The default --max-record-bytes: an 8192-token document is ~30-100 KB of text; this leaves
@@ -35,6 +36,16 @@ def printable(value: str) -> str:
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a reader found a document: its line of a plain JSONL input and its bytes."""
+
+    source: str  # the input's URI
+    line: int
+    start: int
+    end: int  # past its newline
+
+
 class Document(BaseModel):
     """A document to embed. `id` is opaque to m3pipe: it is stored, never used as a path."""
 
@@ -44,6 +55,18 @@ class Document(BaseModel):
     text: str
     # Extra input columns carried into the output (`--keep-fields`), as strings.
     fields: dict[str, str | None] | None = None
+    # Set by a reader that can point at the document (never part of its JSON): the producer
+    # then sends the shard by reference.
+    _origin: Origin | None = PrivateAttr(default=None)
+
+    @property
+    def origin(self) -> Origin | None:
+        return self._origin
+
+    def found_at(self, origin: Origin) -> Document:
+        """This document, noted as read at `origin`."""
+        self._origin = origin
+        return self
 
     @field_validator("id")
     @classmethod

@@ -8,9 +8,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from schemas.document import Document
+from schemas.document import DEFAULT_MAX_RECORD_BYTES, Document
 from schemas.options import EncodeOptions
 from schemas.rerank import Pair, RerankOptions
+from schemas.shard_ref import ShardRef
 from schemas.tenant import DEFAULT_TENANT, Priority, TenantName
 
 # Job ids and queue names end up in Redis keys and log lines, never in paths; keep them plain.
@@ -86,6 +87,8 @@ class JobSpec(BaseModel):
     max_queued: int = Field(ge=1)
     created_at: float
     command: Literal["submit", "run"] = "submit"  # what made the job, for its manifest
+    # Workers reading shards by reference apply the producer's record limit too.
+    max_record_bytes: int = Field(default=DEFAULT_MAX_RECORD_BYTES, ge=1)
 
     @model_validator(mode="after")
     def _options_of_task(self) -> JobSpec:
@@ -102,19 +105,27 @@ class ShardMessage(BaseModel):
     v: Literal[1] = 1  # SHARD_MESSAGE_VERSION
     job_id: JobId
     shard: int = Field(ge=0, le=9_999_999)
-    # One kind per shard: documents for an embed job, pairs for a rerank job.
+    # One kind per shard: documents for an embed job, pairs for a rerank job, or where
+    # an embed job's documents are in its inputs (schemas/shard_ref.py).
     documents: list[Document] = Field(default_factory=list)
     pairs: list[Pair] = Field(default_factory=list)
+    ref: ShardRef | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> ShardMessage:
-        if bool(self.documents) == bool(self.pairs):
-            raise ValueError("a shard holds documents or pairs: exactly one, non-empty")
+        if [bool(self.documents), bool(self.pairs), self.ref is not None].count(True) != 1:
+            raise ValueError("a shard holds documents, pairs or a reference: exactly one")
         return self
 
     @property
     def items(self) -> Sequence[Document] | Sequence[Pair]:
+        """The documents or pairs it carries (none for a reference: the worker reads them)."""
         return self.documents or self.pairs
+
+    @property
+    def size(self) -> int:
+        """Documents or pairs in the shard."""
+        return self.ref.documents if self.ref is not None else len(self.items)
 
     @property
     def task(self) -> Task:
@@ -122,8 +133,9 @@ class ShardMessage(BaseModel):
         return Task.RERANK if self.pairs else Task.EMBED
 
     def wire(self) -> dict[str, object]:
-        """The JSON task argument: the empty kind is left out."""
-        return self.model_dump(mode="json", exclude={"pairs" if self.documents else "documents"})
+        """The JSON task argument: the empty kinds are left out."""
+        empty = {"documents": not self.documents, "pairs": not self.pairs, "ref": not self.ref}
+        return self.model_dump(mode="json", exclude={k for k, none in empty.items() if none})
 
 
 class ShardCounts(BaseModel):

@@ -91,9 +91,8 @@ def shard_publisher(settings: Settings) -> Callable[[ShardMessage, str, Priority
             priority=priority.broker_priority,
             task_id=shard_task_id(message.job_id, message.shard),
             argsrepr=f"job={message.job_id} shard={message.shard} "
-            + (
-                f"pairs={len(message.pairs)}" if message.pairs else f"docs={len(message.documents)}"
-            ),
+            + f"{'pairs' if message.pairs else 'docs'}={message.size}"
+            + (" (by reference)" if message.ref is not None else ""),
             kwargsrepr="{}",
             retry=True,
             retry_policy=publish_retry_policy(settings.redis_retry_seconds),

@@ -55,6 +55,13 @@ def add_shard_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-queued", type=int, help="shards of this job waiting in Redis at most (default 32)"
     )
+    parser.add_argument(
+        "--inline-shards",
+        action="store_true",
+        help="send the documents' text in shard messages, for workers that cannot read the "
+        "inputs (by default a shard of a plain JSONL input names its byte ranges and lines, "
+        "and workers read them)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace earlier output in --out")
     parser.add_argument(
         "--resume",
@@ -274,6 +281,7 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
         poll_seconds=settings.poll_seconds,
         job_ttl=settings.job_ttl,
         max_record_bytes=max_record_bytes(args, settings),
+        inline_shards=args.inline_shards,
     )
 
 

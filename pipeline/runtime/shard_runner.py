@@ -77,7 +77,9 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
     runtime.models.check_job_model(spec.task, job_id, spec.model)
     if message.task is not spec.task:
         raise PermanentError(f"job {job_id} is a {spec.task.value} job: this shard is not")
-    digest = documents_digest(message.items)  # hashed once: stale check and file facts
+    # Hashed once: stale check and file facts. A reference carries the digest of the
+    # documents it points at; reading them back checks it.
+    digest = message.ref.digest if message.ref is not None else documents_digest(message.items)
     registered = store.shard_digest(job_id, shard)
     if registered is None and store.shard_state(job_id, shard) == ABSENT:
         raise UnregisteredShard(f"job {job_id} never registered shard {shard}")
@@ -94,7 +96,7 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
         return ShardOutcome(ShardState.CANCELLED, "job cancelled")
 
     started = time.time()
-    running = {"worker": runtime.hostname, "documents": len(message.items), "started": started}
+    running = {"worker": runtime.hostname, "documents": message.size, "started": started}
     changed, previous = store.mark_shard(job_id, shard, ShardState.RUNNING, _ACTIVE, running)
     if not changed:
         # Delivered again after it ended (e.g. redelivery after a slow ack): nothing to do.
@@ -137,9 +139,11 @@ def _encode_and_record(
     if not out.is_dir():  # submit wrote _job.json there, so an object-store prefix exists too
         raise PermanentError(f"output directory {out} does not exist on {runtime.hostname}")
     engine = runtime.engine(spec)
-    computed = task_kind(spec.task).compute(engine, message.items, spec.keep_fields)
+    kind = task_kind(spec.task)
+    items = kind.shard_items(message, spec)  # read from the inputs for a reference
+    computed = kind.compute(engine, items, spec.keep_fields)
     table, stats = computed.table, computed.stats
-    documents = len(message.items)
+    documents = len(items)
     facts = {
         "job_id": job_id,
         "shard": shard,

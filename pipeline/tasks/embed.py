@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 from pipeline.tasks.kind import Check, Computed, Progress, Reading, TaskKind
 from producers.inputs.intake import IntakeCounts, RejectSink, accept_documents, document_bytes
 from producers.inputs.readers import detect_format, read_records
+from producers.inputs.references import read_reference
 from producers.inputs.sharding import ShardLimits, UnitSize, cut_sized_shards, over_limit
-from producers.inputs.validate import InputItem
+from producers.inputs.validate import DocumentShape, InputItem
 from schemas.document import Document
-from schemas.job import JobSpec, Task
+from schemas.job import JobSpec, ShardMessage, Task
 from schemas.options import EncodeOptions, LongDocPolicy
 
 if TYPE_CHECKING:
@@ -91,6 +92,12 @@ class EmbedTask(TaskKind):
             sources, rejects, counts, check=(lambda doc: check([doc])) if check else None
         )
         return ([doc] for doc in docs)
+
+    def shard_items(self, message: ShardMessage, spec: JobSpec) -> Sequence[Document]:
+        if message.ref is None:
+            return message.documents
+        shape = DocumentShape(spec.id_field, spec.text_field, tuple(spec.keep_fields))
+        return read_reference(message.ref, spec.inputs, shape, spec.max_record_bytes)
 
     def unit_size(self, unit: Sequence[Document], options: EncodeOptions) -> UnitSize:
         return document_size(unit[0], options)

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from pipeline.errors import PermanentError
 from producers.inputs.intake import IntakeCounts, RejectSink
 from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES
 from producers.inputs.sharding import ShardLimits, UnitSize, cut_sized_shards
 from producers.inputs.validate import InputItem
-from schemas.job import JobSpec, Task
+from schemas.job import JobSpec, ShardMessage, Task
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -156,6 +157,13 @@ class TaskKind(ABC):
     @abstractmethod
     def engine(self, model: Any, options: Any) -> TaskEngine:
         """An engine for the loaded model and this task's options."""
+
+    def shard_items(self, message: ShardMessage, spec: JobSpec) -> Sequence[Any]:
+        """What a worker computes for a message: the items it carries, or, for a shard by
+        reference, those read from the job's inputs (kinds that make references read them)."""
+        if message.ref is not None:
+            raise PermanentError(f"a {self.task.value} shard never comes by reference")
+        return message.items
 
     @abstractmethod
     def compute(

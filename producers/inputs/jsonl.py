@@ -12,7 +12,7 @@ from pipeline.storage.location import Location, open_location
 from producers.inputs.compressed import STREAM_ERRORS, is_compressed, open_binary
 from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason, read_lines
 from producers.inputs.validate import DocumentShape, InputItem, RecordShape
-from schemas.document import Reject
+from schemas.document import Document, Origin, Reject
 
 
 def count_lines(path: Location | Path | str) -> int:
@@ -43,6 +43,9 @@ def read_jsonl(
     shape = shape or DocumentShape(id_field, text_field, keep_fields)
     location = open_location(path)
     source = location.uri
+    # Only a plain file can be read back from a byte offset: its documents know where they
+    # are, and the producer may send their shards by reference.
+    plain = not is_compressed(location)
     number = 0
     with open_binary(location) as handle:
         try:
@@ -54,12 +57,20 @@ def read_jsonl(
                     continue
                 if not line.data.strip():
                     continue
-                record = _parse_line(line.data, source, number)
-                if not isinstance(record, Reject):
-                    record = shape.convert(record, source=source, line=number)
+                record = jsonl_record(line.data, source, number, shape)
+                if plain and isinstance(record, Document):
+                    record.found_at(Origin(source, number, line.start, line.end))
                 yield InputItem(record, line=number)
         except STREAM_ERRORS as exc:  # e.g. a truncated .gz or .zst
             raise UnreadableInput.partway(exc, line=number + 1) from exc
+
+
+def jsonl_record(data: bytes, source: str, line: int, shape: RecordShape) -> Any:
+    """What one non-blank JSONL line holds: the shape's record (a Document...) or a Reject."""
+    record = _parse_line(data, source, line)
+    if isinstance(record, Reject):
+        return record
+    return shape.convert(record, source=source, line=line)
 
 
 def _parse_line(raw: bytes, source: str, line: int) -> Any:

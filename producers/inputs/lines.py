@@ -23,6 +23,8 @@ class Line:
     number: int  # 1-based
     data: bytes | None  # without its line end; None when the line was over the limit
     size: int  # bytes of the line without its newline, counted even when it was skipped
+    start: int = 0  # byte offset of the line in the stream (a skipped BOM counted)
+    end: int = 0  # byte offset just past the line and its newline
 
     @property
     def oversize(self) -> bool:
@@ -33,29 +35,42 @@ def read_lines(
     handle: IO[bytes],
     max_bytes: int,
     on_skipped: Callable[[bytes], None] | None = None,
+    *,
+    strip_bom: bool = True,
 ) -> Iterator[Line]:
     """Every line of `handle`; a line over `max_bytes` comes with `data=None`.
 
     `on_skipped` sees each piece of a skipped line (a CSV reader follows quotes through it).
-    A leading UTF-8 BOM is dropped, as pandas and DuckDB do.
+    A leading UTF-8 BOM is dropped, as pandas and DuckDB do (`strip_bom`: a stream that
+    starts mid-file has none to drop).
     """
     number = 0
+    offset = 0
     while piece := handle.readline(max_bytes + 1):
         number += 1
-        if number == 1 and piece.startswith(BOM):
+        start = offset
+        if number == 1 and strip_bom and piece.startswith(BOM):
+            start = len(BOM)
             piece = piece[len(BOM) :]
             if not piece.endswith(b"\n") and len(piece) == max_bytes + 1 - len(BOM):
                 piece += handle.readline(len(BOM))  # still a line of at most max_bytes + 1
         if piece.endswith(b"\n"):
-            yield Line(number, piece[:-1], len(piece) - 1)
+            offset = start + len(piece)
+            yield Line(number, piece[:-1], len(piece) - 1, start, offset)
         elif len(piece) <= max_bytes:
-            yield Line(number, piece, len(piece))  # the last line, without a newline
+            offset = start + len(piece)
+            yield Line(number, piece, len(piece), start, offset)  # the last, without a newline
         else:
-            yield Line(number, None, _skip_rest(handle, piece, on_skipped))
+            size, newline = _skip_rest(handle, piece, on_skipped)
+            offset = start + size + newline
+            yield Line(number, None, size, start, offset)
 
 
-def _skip_rest(handle: IO[bytes], piece: bytes, on_skipped: Callable[[bytes], None] | None) -> int:
-    """Read to the end of the current line without keeping it; its size in bytes."""
+def _skip_rest(
+    handle: IO[bytes], piece: bytes, on_skipped: Callable[[bytes], None] | None
+) -> tuple[int, int]:
+    """Read to the end of the current line without keeping it: its size in bytes, and 1 if
+    a newline ended it (0 at the end of the stream)."""
     size = 0
     while True:
         ended = piece.endswith(b"\n")
@@ -65,10 +80,10 @@ def _skip_rest(handle: IO[bytes], piece: bytes, on_skipped: Callable[[bytes], No
         if on_skipped is not None:
             on_skipped(piece)
         if ended:
-            return size
+            return size, 1
         piece = handle.readline(_SKIP_PIECE)
         if not piece:
-            return size
+            return size, 0
 
 
 def strip_line_end(data: bytes) -> bytes:

@@ -60,7 +60,7 @@ def test_flower_lists_workers_and_readable_finished_tasks(tmp_path, cli_env, wor
         tasks = wait_until(finished_tasks, 60, 0.3, "Flower never saw both tasks succeed")
         first = tasks[f"{job_id}-00000"]
         assert first["name"] == "m3pipe.encode_shard" and first["worker"] == name
-        assert first["args"] == f"job={job_id} shard=0 docs=10"  # not the documents
+        assert first["args"] == f"job={job_id} shard=0 docs=10 (by reference)"  # no text
         workers_seen = wait_until(
             lambda: json.loads(get(f"{base}/api/workers?refresh=1")[1]), 60, 0.3, "no workers"
         )

@@ -126,11 +126,13 @@ def test_rerank_job_every_pair_scored_once_with_ranks_then_an_embed_job_on_the_s
     loaded = [store.redis.hget(worker_key(n), "rerank_load_seconds") for n in names]
     assert any(loaded)
 
-    # The same workers take an embed job next: each task's model, one queue.
+    # The same workers take an embed job next: each task's model, one queue (its text in
+    # the messages: the other tests send embed shards by reference).
     corpus = write_jsonl(tmp_path / "docs.jsonl", corpus_records(30))
     embed = run_cli(
-        "submit", str(corpus), "--out", str(tmp_path / "embed"), "--shard-docs", "10", env=cli_env
-    )
+        "submit", str(corpus), "--out", str(tmp_path / "embed"), "--shard-docs", "10",
+        "--inline-shards", env=cli_env,
+    )  # fmt: skip
     assert embed.returncode == 0, embed.stderr
     embed_id = embed.stdout.strip().splitlines()[-1]
     assert (

@@ -151,9 +151,8 @@ def test_a_stale_message_from_before_a_resume_is_not_run(tmp_path, store, runtim
         "stale message",  # shard 0: other documents
         "already ended",  # shards 1-4: the same documents, already done
     }
-    assert read_shard_file(out / "part-00000.parquet").facts["digest"] == documents_digest(
-        new[0].documents
-    )
+    assert new[0].ref is not None  # a plain JSONL input: shards by reference
+    assert read_shard_file(out / "part-00000.parquet").facts["digest"] == new[0].ref.digest
     assert store.state(first.job_id) is JobState.COMPLETED
 
 
@@ -170,3 +169,27 @@ def test_resume_refuses_other_settings_a_running_job_and_an_empty_directory(tmp_
         submit(request(tmp_path, inp, resume=True, out=tmp_path / "fresh"), store)
     spec = JobSpec.model_validate_json((tmp_path / "out" / JOB_FILE).read_text())
     check_same_job(spec, spec.model_copy(update={"queue": "x", "max_queued": 3}))
+
+
+def test_shards_by_reference_write_what_inline_shards_write(tmp_path, store, runtime):
+    inp = write_corpus(tmp_path / "in.jsonl", count=30)
+    _, refs = submit(request(tmp_path, inp), store)
+    _, texts = submit(request(tmp_path, inp, out=tmp_path / "inline", inline_shards=True), store)
+    assert all(m.ref is not None and not m.documents for m in refs)
+    assert all(m.ref is None and len(m.documents) == 10 for m in texts)
+    for message in refs + texts:
+        assert run_shard(message, runtime).state.value == "done"
+    tables = [ds.dataset(tmp_path / d, format="parquet").to_table() for d in ("out", "inline")]
+    assert tables[0].num_rows == 30 and tables[0].equals(tables[1])
+
+
+def test_a_reference_to_a_changed_input_fails_its_shard(tmp_path, store, runtime):
+    from producers.inputs.references import InputChanged
+
+    inp = write_corpus(tmp_path / "in.jsonl", count=20)
+    _, sent = submit(request(tmp_path, inp), store)
+    run_shard(sent[0], runtime)
+    write_corpus(inp, count=20, changed={15: "edited"})  # in shard 1, after submit
+    with pytest.raises(InputChanged, match="no longer hold the documents accepted at submit"):
+        run_shard(sent[1], runtime)  # workers/tasks.py fails it for good: a PermanentError
+    assert not (tmp_path / "out" / "part-00001.parquet").exists()

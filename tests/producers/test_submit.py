@@ -60,7 +60,8 @@ def test_submit_job_enqueues_and_accounts_every_record(store, tmp_path):
     result = submit_job(
         request, store, lambda message, queue, priority: sent.append((message, queue))
     )
-    assert result.shards == 3 and [len(m.documents) for m, _ in sent] == [10, 10, 5]
+    assert result.shards == 3 and [m.size for m, _ in sent] == [10, 10, 5]
+    assert all(m.ref is not None and not m.documents for m, _ in sent)  # by reference
     assert {q for _, q in sent} == {"q"} and [m.shard for m, _ in sent] == [0, 1, 2]
     assert (result.counts.input_records, result.counts.rejected) == (28, 3)
     status = store.status(result.job_id)

@@ -1,0 +1,121 @@
+"""Shards by reference (schemas/shard_ref.py): made by the producer, read back by a worker.
+
+The producer has read, validated and accepted the shard's documents; when each knows its
+line of a plain JSONL input (Document.origin), the shard goes out as byte ranges and runs
+of line numbers. The worker reads those ranges with the same line reader and record
+parser, and the result must be the very documents the producer accepted: same count, same
+digest. A file changed (or replaced) since submit fails the shard with that reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+from pipeline.errors import InputError
+from pipeline.jobs.resume import documents_digest
+from pipeline.storage.location import open_location
+from producers.inputs.jsonl import jsonl_record
+from producers.inputs.lines import read_lines
+from producers.inputs.validate import RecordShape
+from schemas.document import Document, Origin
+from schemas.shard_ref import Segment, ShardRef
+
+# A gap of skipped bytes (rejected or duplicate records, blank lines) larger than this
+# starts a new segment, so a worker never reads much that is not its shard's.
+MAX_GAP_BYTES = 64 * 1024
+
+
+class InputChanged(InputError):
+    """The referenced input no longer holds the documents the producer accepted."""
+
+
+def shard_reference(
+    shard: Sequence[Document], inputs: Mapping[str, int], digest: str
+) -> ShardRef | None:
+    """The shard as a reference to the inputs (URI -> index in the job's inputs), or None
+    if a document cannot be pointed at (read from a compressed or non-JSONL input)."""
+    origins: list[tuple[int, Origin]] = []
+    for doc in shard:
+        origin = doc.origin
+        if origin is None or origin.source not in inputs:
+            return None
+        origins.append((inputs[origin.source], origin))
+    segments: list[Segment] = []
+    group: list[Origin] = []
+    group_input = -1
+    for index, origin in origins:
+        if group and (
+            index != group_input
+            or origin.start - group[-1].end > MAX_GAP_BYTES
+            or origin.line <= group[-1].line  # never backwards (not made by the readers)
+        ):
+            segments.append(_segment(group_input, group))
+            group = []
+        group_input = index
+        group.append(origin)
+    segments.append(_segment(group_input, group))
+    return ShardRef(segments=segments, documents=len(shard), digest=digest)
+
+
+def _segment(input_index: int, origins: list[Origin]) -> Segment:
+    runs: list[tuple[int, int]] = []
+    for origin in origins:
+        if runs and runs[-1][1] == origin.line - 1:
+            runs[-1] = (runs[-1][0], origin.line)
+        else:
+            runs.append((origin.line, origin.line))
+    return Segment(
+        input=input_index,
+        start=origins[0].start,
+        end=origins[-1].end,
+        first_line=origins[0].line,
+        runs=runs,
+    )
+
+
+def read_reference(
+    ref: ShardRef,
+    inputs: Sequence[str],
+    shape: RecordShape,
+    max_record_bytes: int,
+) -> list[Document]:
+    """The shard's documents, read from the job's inputs; InputChanged if they are not the
+    ones the producer accepted."""
+    documents: list[Document] = []
+    for segment in ref.segments:
+        if segment.input >= len(inputs):
+            raise InputChanged(f"the shard names input {segment.input}; the job has {len(inputs)}")
+        documents.extend(_read_segment(segment, inputs[segment.input], shape, max_record_bytes))
+    if len(documents) != ref.documents or documents_digest(documents) != ref.digest:
+        raise InputChanged(
+            f"{inputs[ref.segments[0].input]}: the referenced lines no longer hold the "
+            "documents accepted at submit (was the input changed?): resubmit the job"
+        )
+    return documents
+
+
+def _read_segment(
+    segment: Segment, uri: str, shape: RecordShape, max_record_bytes: int
+) -> Iterator[Document]:
+    location = open_location(uri)
+    wanted = iter(segment.runs)
+    low, high = next(wanted)
+    try:
+        handle = location.open_range(segment.start, segment.end)
+    except FileNotFoundError:
+        raise InputChanged(f"{uri} is gone: workers read a shard's documents from it") from None
+    with handle:
+        lines = read_lines(handle, max_record_bytes, strip_bom=False)
+        for line in lines:
+            number = segment.first_line + line.number - 1
+            while number > high:
+                nxt = next(wanted, None)
+                if nxt is None:
+                    return
+                low, high = nxt
+            if number < low:
+                continue
+            record = None if line.data is None else jsonl_record(line.data, uri, number, shape)
+            if not isinstance(record, Document):
+                raise InputChanged(f"{uri} line {number} no longer holds the document read there")
+            yield record
