@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_ID_CHARS = 1024
 # The default --max-record-bytes: an 8192-token document is ~30-100 KB of text; this leaves
@@ -55,18 +55,10 @@ class Document(BaseModel):
     text: str
     # Extra input columns carried into the output (`--keep-fields`), as strings.
     fields: dict[str, str | None] | None = None
-    # Set by a reader that can point at the document (never part of its JSON): the producer
-    # then sends the shard by reference.
-    _origin: Origin | None = PrivateAttr(default=None)
-
-    @property
-    def origin(self) -> Origin | None:
-        return self._origin
-
-    def found_at(self, origin: Origin) -> Document:
-        """This document, noted as read at `origin`."""
-        self._origin = origin
-        return self
+    # Set by a reader that can point at the document: the producer then sends its shard by
+    # reference. Never serialised; a worker ignores it. (A field, not a private attribute:
+    # those cost ~2 us per document to set up.)
+    origin: Origin | None = Field(default=None, exclude=True, repr=False)
 
     @field_validator("id")
     @classmethod

@@ -12,7 +12,7 @@ from pipeline.storage.location import Location, open_location
 from producers.inputs.compressed import STREAM_ERRORS, is_compressed, open_binary
 from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason, read_lines
 from producers.inputs.validate import DocumentShape, InputItem, RecordShape
-from schemas.document import Document, Origin, Reject
+from schemas.document import Origin, Reject
 
 
 def count_lines(path: Location | Path | str) -> int:
@@ -57,20 +57,21 @@ def read_jsonl(
                     continue
                 if not line.data.strip():
                     continue
-                record = jsonl_record(line.data, source, number, shape)
-                if plain and isinstance(record, Document):
-                    record.found_at(Origin(source, number, line.start, line.end))
+                origin = Origin(source, number, line.start, line.end) if plain else None
+                record = jsonl_record(line.data, source, number, shape, origin)
                 yield InputItem(record, line=number)
         except STREAM_ERRORS as exc:  # e.g. a truncated .gz or .zst
             raise UnreadableInput.partway(exc, line=number + 1) from exc
 
 
-def jsonl_record(data: bytes, source: str, line: int, shape: RecordShape) -> Any:
+def jsonl_record(
+    data: bytes, source: str, line: int, shape: RecordShape, origin: Origin | None = None
+) -> Any:
     """What one non-blank JSONL line holds: the shape's record (a Document...) or a Reject."""
     record = _parse_line(data, source, line)
     if isinstance(record, Reject):
         return record
-    return shape.convert(record, source=source, line=line)
+    return shape.convert(record, source=source, line=line, origin=origin)
 
 
 def _parse_line(raw: bytes, source: str, line: int) -> Any:

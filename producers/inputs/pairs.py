@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from producers.inputs.validate import require_columns, type_name
-from schemas.document import MAX_ID_CHARS, Reject, unicode_problem
+from schemas.document import MAX_ID_CHARS, Origin, Reject, unicode_problem
 from schemas.rerank import Pair, plain_text
 
 FLAT = ("query_id", "query", "doc_id", "passage")
@@ -69,7 +69,13 @@ class PairShape:
         return ("query_id", "doc_id")
 
     def convert(
-        self, record: Any, *, source: str, line: int | None = None, row: int | None = None
+        self,
+        record: Any,
+        *,
+        source: str,
+        line: int | None = None,
+        row: int | None = None,
+        origin: Origin | None = None,  # pairs always travel inline
     ) -> PairRecord | Reject:
         def reject(reason: str, doc_id: object = None, query_id: object = None) -> Reject:
             return Reject(

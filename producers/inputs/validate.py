@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from pipeline.errors import InputError
-from schemas.document import MAX_ID_CHARS, Document, Reject, unicode_problem
+from schemas.document import MAX_ID_CHARS, Document, Origin, Reject, unicode_problem
 
 
 @dataclass
@@ -47,9 +47,16 @@ class RecordShape(Protocol):
         ...
 
     def convert(
-        self, record: Any, *, source: str, line: int | None = None, row: int | None = None
+        self,
+        record: Any,
+        *,
+        source: str,
+        line: int | None = None,
+        row: int | None = None,
+        origin: Origin | None = None,
     ) -> Any:
-        """The record validated (a Document, ...) or a Reject."""
+        """The record validated (a Document, ...) or a Reject; `origin`: where it was read,
+        for a shape that keeps it."""
         ...
 
 
@@ -85,7 +92,13 @@ class DocumentShape:
         return (self.id_field,)
 
     def convert(
-        self, record: Any, *, source: str, line: int | None = None, row: int | None = None
+        self,
+        record: Any,
+        *,
+        source: str,
+        line: int | None = None,
+        row: int | None = None,
+        origin: Origin | None = None,
     ) -> Document | Reject:
         return record_to_document(
             record,
@@ -95,6 +108,7 @@ class DocumentShape:
             id_field=self.id_field,
             text_field=self.text_field,
             keep_fields=self.keep_fields,
+            origin=origin,
         )
 
 
@@ -111,6 +125,7 @@ def record_to_document(
     id_field: str = "id",
     text_field: str = "text",
     keep_fields: tuple[str, ...] = (),
+    origin: Origin | None = None,
 ) -> Document | Reject:
     """A Document, or a Reject saying exactly what is wrong with the record."""
 
@@ -138,7 +153,7 @@ def record_to_document(
         return reject(f"text field {text_field!r} must be a string, got {type_name(text)}", doc_id)
     fields = {name: _as_field(record.get(name)) for name in keep_fields} if keep_fields else None
     try:
-        return Document(id=doc_id, text=text, fields=fields)
+        return Document(id=doc_id, text=text, fields=fields, origin=origin)
     except ValidationError as exc:
         reason = "; ".join(err["msg"].removeprefix("Value error, ") for err in exc.errors())
         return reject(reason, doc_id)
