@@ -15,9 +15,16 @@ finalise: a job of --shards done shards (their part files empty, their state set
 JobStore as workers set it) is finalised in a fresh process: its wall time and peak RSS,
 the sizes of `_manifest.json` and `_shards.jsonl`, and Redis's bytes per shard of job state.
 
+machinery: --pipeline-documents short documents through submit -> Redis -> one worker ->
+Parquet (random:tiny, one thread per process), after a job of a tenth as many on the same
+warm worker: CPU microseconds per document of the producer, Redis and the worker outside the
+engine (reading references, tokenizing, Parquet, job state, Celery), and the engine's.
+
 Prints and saves JSON (one file per run; the parts run are its keys).
 
     python benchmarks/bench_scale.py --parts producer,index,finalise --documents 10000000
+    python benchmarks/bench_scale.py --parts machinery --pipeline-documents 100000 \
+        --out benchmarks/results/scale-machinery-cpu-random-tiny.json
 """
 
 from __future__ import annotations
@@ -276,14 +283,129 @@ def finalise(args: argparse.Namespace) -> dict:
     }
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """user + system CPU seconds of `root` and its live descendants (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    members = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in members and pid not in members:
+                members.add(pid)
+                grew = True
+    return sum(cpu.get(pid, 0.0) for pid in members)
+
+
+def machinery(args: argparse.Namespace) -> dict:
+    """Short documents through submit -> Redis -> one worker -> Parquet, one thread each.
+
+    Two jobs on the same warm worker, of N/10 and N documents: the per-document figures are
+    the differences divided by 0.9 N, so start-up (imports, the worker's model) drops out.
+    The engine's share is its measured time from tokens to table (forward and output)."""
+    from pipeline.broker.redis_url import connect
+    from pipeline.jobs.keys import job_key, worker_key
+    from pipeline.jobs.store import JobStore
+    from pipeline.ops.embedded_redis import EmbeddedRedis
+    from pipeline.ops.process_group import stop_process_groups
+
+    sizes = (args.pipeline_documents // 10, args.pipeline_documents)
+    runs = []
+    with (
+        tempfile.TemporaryDirectory(prefix="m3scale-", dir=args.tmp) as tmp,
+        EmbeddedRedis(Path(tmp)) as server,
+    ):
+        assert server.process is not None
+        redis_pid = server.process.pid
+        redis = connect(server.url)
+        store = JobStore(redis)
+        env = {**os.environ, "M3PIPE_BROKER_URL": server.url, "HF_HUB_OFFLINE": "1",
+               "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+               "M3PIPE_MODEL": args.model, "M3PIPE_PRECISION": "fp32"}  # fmt: skip
+        name = "bench@scale"
+        cli = [sys.executable, "-m", "pipeline.cli"]
+        with open(Path(tmp) / "worker.log", "wb") as log:
+            worker = subprocess.Popen(
+                [*cli, "worker", "--device", "cpu", "--name", name],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 300
+            while not redis.exists(worker_key(name)):
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit((Path(tmp) / "worker.log").read_text()[-3000:])
+                time.sleep(0.2)
+            for documents in sizes:
+                corpus = Path(tmp) / f"corpus-{documents}.jsonl"
+                write_corpus(corpus, documents)
+                worker_before = tree_cpu_seconds(worker.pid)
+                redis_before = tree_cpu_seconds(redis_pid)
+                started = time.perf_counter()
+                submit = subprocess.Popen(
+                    [*cli, "submit", str(corpus), "--out", str(Path(tmp) / f"out-{documents}"),
+                     "--shard-docs", str(args.shard_docs)],
+                    env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                _, status, usage = os.wait4(submit.pid, 0)
+                if os.waitstatus_to_exitcode(status) != 0:
+                    raise SystemExit("m3pipe submit failed")
+                job_id = submit.stdout.read().decode().split()[-1]  # type: ignore[union-attr]
+                while store.state(job_id).value not in ("completed", "failed"):
+                    time.sleep(0.05)
+                runs.append({
+                    "documents": documents,
+                    "wall_seconds": time.perf_counter() - started,
+                    "producer": usage.ru_utime + usage.ru_stime,
+                    "redis": tree_cpu_seconds(redis_pid) - redis_before,
+                    "worker": tree_cpu_seconds(worker.pid) - worker_before,
+                    "engine": float(redis.hget(job_key(job_id), "encode_seconds") or 0),
+                })  # fmt: skip
+        finally:
+            stop_process_groups([worker], grace_seconds=30)
+    small, big = runs
+    count = big["documents"] - small["documents"]
+
+    def per_doc(key: str) -> float:
+        return round((big[key] - small[key]) / count * 1e6, 1)
+
+    figures = {
+        "producer": per_doc("producer"),
+        "redis": per_doc("redis"),
+        "worker_outside_engine": round(per_doc("worker") - per_doc("engine"), 1),
+    }
+    return {
+        "runs": [
+            {k: round(v, 2) if isinstance(v, float) else v for k, v in run.items()} for run in runs
+        ],
+        "microseconds_per_document": {**figures, "engine": per_doc("engine")},
+        "outside_engine_microseconds_per_document": round(sum(figures.values()), 1),
+        "bound_by": max(figures, key=figures.__getitem__),
+    }
+
+
 def main() -> int:
     from report import run_facts, save
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="producer,index,finalise")
+    parser.add_argument("--parts", default="producer,index,finalise,machinery")
     parser.add_argument("--documents", type=int, default=1_000_000)
     parser.add_argument("--keys", type=int, default=10_000_000, help="index: keys offered")
     parser.add_argument("--shards", type=int, default=100_000, help="finalise: shards")
+    parser.add_argument(
+        "--pipeline-documents", type=int, default=50_000, help="machinery: documents"
+    )
     parser.add_argument("--shard-docs", type=int, default=1000)
     parser.add_argument("--model", default="random:tiny")
     parser.add_argument("--sample-seconds", type=float, default=1.0)
@@ -297,7 +419,8 @@ def main() -> int:
         print(json.dumps(index(args) if args.side == "index" else finalise_side(args)))
         return 0
     parts = {"producer": lambda: producer(args), "finalise": lambda: finalise(args),
-             "index": lambda: spawn_side(__file__, ["--side", "index"])}  # fmt: skip
+             "index": lambda: spawn_side(__file__, ["--side", "index"]),
+             "machinery": lambda: machinery(args)}  # fmt: skip
     report = run_facts()
     for name in args.parts.split(","):
         result = parts[name]()

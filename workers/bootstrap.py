@@ -77,6 +77,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         specs={task: kind.model_spec(settings) for task, kind in TASK_KINDS.items()},
         loader=loader,
         on_load=on_load,
+        on_load_failed=lambda task, spec: metrics.model_load_failures.labels(task.value).inc(),
     )
     started = time.perf_counter()
     for task in settings.preload_tasks:

@@ -106,7 +106,9 @@ class Engine:
             )
 
         for batch in plan_batches(lengths, self.batch_tokens):
-            for out in encode_with_split(run, batch, self._empty_cache):
+            pieces = encode_with_split(run, batch, self._empty_cache)
+            stats.oom_splits += len(pieces) - 1
+            for out in pieces:
                 outputs.append(out)
                 stats.batches += 1
                 stats.padded_tokens += len(out.rows) * int(lengths[out.rows].max())

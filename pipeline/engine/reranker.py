@@ -186,7 +186,9 @@ class RerankEngine:
             return ScoredBatch(rows, self._forward([ids[i] for i in rows]))
 
         for batch in plan_batches(lengths, self.batch_tokens):
-            for out in encode_with_split(run, batch, self._empty_cache):
+            pieces = encode_with_split(run, batch, self._empty_cache)
+            stats.oom_splits += len(pieces) - 1
+            for out in pieces:
                 logits[out.rows] = out.logits
                 stats.batches += 1
                 stats.padded_tokens += len(out.rows) * int(lengths[out.rows].max())

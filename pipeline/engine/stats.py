@@ -12,6 +12,7 @@ class BatchStats:
     padded_tokens: int = 0
     batches: int = 0
     seconds: float = 0.0
+    oom_splits: int = 0  # batches split in two after the device ran out of memory
 
     def add(self, other: Self) -> None:
         for item in fields(self):

@@ -72,8 +72,21 @@ class WorkerMetrics:
         )  # fmt: skip
         self.device_memory = Gauge(
             "m3pipe_device_memory_bytes",
-            "CUDA memory: allocated, reserved, peak allocated (GPU workers only)",
+            "CUDA memory: allocated, reserved, peak allocated, total (GPU workers only)",
             ["kind"],
+            registry=r,
+        )
+        self.oom_splits = Counter(
+            "m3pipe_oom_splits", "Batches split in two after running out of device memory",
+            registry=r,
+        )  # fmt: skip
+        self.model_load_failures = Counter(
+            "m3pipe_model_load_failures", "Failed attempts to load a task's model", ["task"],
+            registry=r,
+        )  # fmt: skip
+        self.shard_started = Gauge(
+            "m3pipe_shard_started_timestamp_seconds",
+            "When the shard in hand started (unix time); 0 while idle: a wedged worker's ages",
             registry=r,
         )
         self.tenant_shards = Counter(
@@ -85,6 +98,8 @@ class WorkerMetrics:
         )
         for outcome in ("done", "failed", "retried", "skipped"):
             self.shards.labels(outcome)  # every series exists from the start
+        for task in ("embed", "rerank"):
+            self.model_load_failures.labels(task)
 
     def loaded(self, worker: str, device: str, model: str, task: str, seconds: float) -> None:
         self.info.labels(worker, device, model, task).set(1)
@@ -104,6 +119,7 @@ class WorkerMetrics:
         self.padded_tokens.inc(stats.padded_tokens)
         self.padding_efficiency.set(stats.padding_efficiency)
         self.encode_seconds.observe(stats.seconds)
+        self.oom_splits.inc(stats.oom_splits)
 
     def shard_ended(self, outcome: str, tenant: str) -> None:
         self.shards.labels(outcome).inc()
@@ -117,6 +133,9 @@ class WorkerMetrics:
         self.device_memory.labels("allocated").set(torch.cuda.memory_allocated(device))
         self.device_memory.labels("reserved").set(torch.cuda.memory_reserved(device))
         self.device_memory.labels("peak").set(torch.cuda.max_memory_allocated(device))
+        self.device_memory.labels("total").set(
+            torch.cuda.get_device_properties(device).total_memory
+        )
 
 
 class AutoscalerMetrics:

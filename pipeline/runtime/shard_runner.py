@@ -116,12 +116,14 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
     # The shard in hand, for `m3pipe probe`: a shard held far longer than any shard may
     # take means a wedged worker (a hung device call), which a ping alone would not show.
     store.note_busy(runtime.hostname, f"{job_id}/{shard}", started)
+    runtime.metrics.shard_started.set(started)
     try:
         return _encode_and_record(message, spec, runtime, started, digest, token)
     except StaleAttempt as exc:
         log.warning("job %s shard %d: %s", job_id, shard, exc)
         return ShardOutcome(ShardState(store.shard_state(job_id, shard)), "stale attempt")
     finally:
+        runtime.metrics.shard_started.set(0)
         store.note_idle(runtime.hostname)
 
 

@@ -47,6 +47,7 @@ class WorkerModels:
     specs: dict[Task, str]
     loader: Loader
     on_load: OnLoad | None = None
+    on_load_failed: Callable[[Task, str], None] | None = None
     _loaded: dict[Task, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -71,7 +72,12 @@ class WorkerModels:
             if task not in self._loaded:
                 spec = self.specs[task]
                 started = time.perf_counter()
-                self._loaded[task] = self.loader(task, spec)
+                try:
+                    self._loaded[task] = self.loader(task, spec)
+                except Exception:
+                    if self.on_load_failed is not None:
+                        self.on_load_failed(task, spec)
+                    raise
                 seconds = time.perf_counter() - started
                 log.info("loaded %s model %s in %.1fs", task.value, spec, seconds)
                 if self.on_load is not None:

@@ -7,6 +7,7 @@ import torch
 from pipeline.engine import encoder
 from pipeline.engine.embedder import Engine
 from pipeline.errors import RetryableError
+from pipeline.runtime.metrics import WorkerMetrics
 from schemas.options import EncodeOptions
 from tests.corpus import documents, mixed_texts
 
@@ -14,7 +15,8 @@ from tests.corpus import documents, mixed_texts
 def test_oom_splits_the_batch_and_keeps_every_document(tiny, monkeypatch):
     docs = documents(mixed_texts())
     options = EncodeOptions(max_length=512, batch_tokens=100_000)
-    expected = Engine(tiny, options).encode(docs).table
+    unsplit = Engine(tiny, options).encode(docs)
+    expected = unsplit.table
 
     real_forward = encoder.forward_batch
     sizes: list[int] = []
@@ -28,6 +30,11 @@ def test_oom_splits_the_batch_and_keeps_every_document(tiny, monkeypatch):
     monkeypatch.setattr("pipeline.engine.embedder.forward_batch", forward_with_small_memory)
     result = Engine(tiny, options).encode(docs)
     assert max(sizes) <= 2 and sum(sizes) == len(docs)
+    splits = len(sizes) - unsplit.stats.batches  # each split makes one batch two
+    assert splits > 0 and result.stats.oom_splits == splits
+    metrics = WorkerMetrics()
+    metrics.shard_done(result.stats, "default")
+    assert metrics.registry.get_sample_value("m3pipe_oom_splits_total") == splits
     assert result.table.column("id").to_pylist() == expected.column("id").to_pylist()
     for name in ("dense", "n_tokens", "sparse_indices"):
         got = result.table.column(name).to_pylist()

@@ -82,7 +82,8 @@ def test_out_of_memory_splits_a_rerank_batch_and_scores_every_pair(reranker, mon
 
     pairs = make_pairs()
     options = RerankOptions(max_length=128, batch_tokens=100_000)  # one batch, unless split
-    expected = RerankEngine(reranker, options).score(pairs).logits
+    unsplit = RerankEngine(reranker, options).score(pairs)
+    expected = unsplit.logits
     real_forward = RerankEngine._forward
     sizes: list[int] = []
 
@@ -95,6 +96,7 @@ def test_out_of_memory_splits_a_rerank_batch_and_scores_every_pair(reranker, mon
     monkeypatch.setattr(RerankEngine, "_forward", forward_with_small_memory)
     result = RerankEngine(reranker, options).score(pairs)
     assert max(sizes) <= 3 and sum(sizes) == len(pairs)
+    assert result.stats.oom_splits == len(sizes) - unsplit.stats.batches > 0
     np.testing.assert_allclose(result.logits, expected, atol=1e-5)
     assert result.stats.batches == len(sizes)
 

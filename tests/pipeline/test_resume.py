@@ -193,3 +193,25 @@ def test_a_reference_to_a_changed_input_fails_its_shard(tmp_path, store, runtime
     with pytest.raises(InputChanged, match="no longer hold the documents accepted at submit"):
         run_shard(sent[1], runtime)  # workers/tasks.py fails it for good: a PermanentError
     assert not (tmp_path / "out" / "part-00001.parquet").exists()
+
+
+def test_the_worker_metric_shows_when_its_shard_started_and_clears_it(
+    tmp_path, store, runtime, monkeypatch
+):
+    from pipeline.tasks import task_kind
+
+    _, sent = submit(request(tmp_path, write_corpus(tmp_path / "in.jsonl", count=10)), store)
+    gauge = "m3pipe_shard_started_timestamp_seconds"
+    seen = []
+    embed = type(task_kind(Task.EMBED))
+    real = embed.compute
+
+    def compute(self, engine, items, keep_fields=()):
+        seen.append(runtime.metrics.registry.get_sample_value(gauge))
+        return real(self, engine, items, keep_fields)
+
+    monkeypatch.setattr(embed, "compute", compute)
+    before = time.time()
+    run_shard(sent[0], runtime)
+    assert before - 1 <= seen[0] <= time.time()  # what M3pipeWorkerWedged ages
+    assert runtime.metrics.registry.get_sample_value(gauge) == 0

@@ -43,12 +43,14 @@ def test_each_model_loads_on_first_use_once_and_is_kept():
 
 def test_a_load_failure_on_a_shard_is_retryable_and_the_next_shard_loads_again():
     held, calls, _ = models(fail_first=1)
+    failed: list[tuple[Task, str]] = []
+    held.on_load_failed = lambda task, spec: failed.append((task, spec))  # the metric's hook
     with pytest.raises(
         RetryableError, match="cannot load the rerank model: cannot load rerank-dir"
     ):
         held.for_shard(Task.RERANK)
     assert held.for_shard(Task.RERANK).spec == "rerank-dir"
-    assert len(calls) == 2
+    assert len(calls) == 2 and failed == [(Task.RERANK, "rerank-dir")]
     # Loading at start (preload) keeps the error permanent: the worker stops.
     held, _, _ = models(fail_first=1)
     with pytest.raises(ModelLoadError):
