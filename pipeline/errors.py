@@ -56,6 +56,10 @@ class OutputDirError(PermanentError):
     """The output directory cannot be used as asked."""
 
 
+class InputNotAllowed(PermanentError):
+    """A shard by reference names an input outside the allowed roots."""
+
+
 class OutputNotAllowed(PermanentError):
     """A job's output location is not one this worker may write to."""
 

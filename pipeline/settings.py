@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     # Where workers may write (comma-separated absolute paths or URL prefixes); empty: any
     # absolute path or URL. Set it to the shared data volume: job records are not trusted.
     output_roots: str = ""
+    # Where workers may read the inputs of shards sent by reference; empty: anywhere.
+    input_roots: str = ""
     # Queue entries larger than this are dropped by the worker before they are decoded.
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     # Seconds between sweeps that hand unacknowledged shards of dead workers back to the
@@ -94,9 +96,19 @@ class Settings(BaseSettings):
         parse_roots(value)
         return value
 
+    @field_validator("input_roots")
+    @classmethod
+    def _input_roots(cls, value: str) -> str:
+        parse_roots(value, "input")
+        return value
+
     @property
     def output_root_list(self) -> tuple[str, ...]:
         return parse_roots(self.output_roots)
+
+    @property
+    def input_root_list(self) -> tuple[str, ...]:
+        return parse_roots(self.input_roots, "input")
 
     @property
     def preload_tasks(self) -> list[Task]:

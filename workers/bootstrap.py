@@ -94,6 +94,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         retry_backoff_seconds=settings.retry_backoff_seconds,
         metrics=metrics,
         output_roots=settings.output_root_list,
+        input_roots=settings.input_root_list,
     )
 
 

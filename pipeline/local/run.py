@@ -142,6 +142,9 @@ def run_local(
             "M3PIPE_METRICS_PORT": "0",  # a one-shot run serves no metrics
             # Its workers write this job's output and nothing else.
             "M3PIPE_OUTPUT_ROOTS": settings.output_roots or open_location(request.out).uri,
+            # ... and read (shards by reference) this job's inputs and nothing else.
+            "M3PIPE_INPUT_ROOTS": settings.input_roots
+            or ",".join(open_location(path).uri for path in request.inputs),
             # Their temp files live in the scratch directory and go with it (even after a
             # kill -9: the next run removes a dead run's scratch directory).
             "TMPDIR": str(scratch_tmp),

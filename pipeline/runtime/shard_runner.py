@@ -18,7 +18,7 @@ from pipeline.jobs.resume import documents_digest, with_shard_metadata
 from pipeline.jobs.store import ABSENT, JobStore
 from pipeline.runtime.metrics import WorkerMetrics
 from pipeline.runtime.worker_models import WorkerModels
-from pipeline.storage.output_roots import allowed_output
+from pipeline.storage.output_roots import allowed_input, allowed_output
 from pipeline.storage.sink import part_name, write_shard
 from pipeline.tasks import TaskEngine, task_kind
 from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
@@ -39,6 +39,7 @@ class WorkerRuntime:
     max_attempts: int = 3
     retry_backoff_seconds: float = 5.0
     output_roots: tuple[str, ...] = ()  # where jobs may write; empty: anywhere absolute
+    input_roots: tuple[str, ...] = ()  # where shards by reference may be read; empty: anywhere
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     _engines: dict[tuple[Task, Hashable], TaskEngine] = field(default_factory=dict)
     _specs: dict[str, JobSpec] = field(default_factory=dict)
@@ -140,6 +141,10 @@ def _encode_and_record(
     out = allowed_output(spec.out, runtime.output_roots)
     if not out.is_dir():  # submit wrote _job.json there, so an object-store prefix exists too
         raise PermanentError(f"output directory {out} does not exist on {runtime.hostname}")
+    if message.ref is not None:  # the job record names the inputs: confined like its output
+        for index in {segment.input for segment in message.ref.segments}:
+            if index < len(spec.inputs):
+                allowed_input(spec.inputs[index], runtime.input_roots)
     engine = runtime.engine(spec)
     kind = task_kind(spec.task)
     items = kind.shard_items(message, spec)  # read from the inputs for a reference

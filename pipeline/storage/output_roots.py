@@ -1,39 +1,52 @@
-"""Where a worker may write: an absolute path or a URL, under M3PIPE_OUTPUT_ROOTS when set.
+"""Where a worker may write (M3PIPE_OUTPUT_ROOTS) and read inputs (M3PIPE_INPUT_ROOTS):
+absolute paths or URLs, below one of the roots when they are set.
 
-A job's output location comes from its record in Redis, which anything that can write to
-Redis can forge. A worker therefore never resolves a relative path against its own working
-directory, and with roots configured (docker-compose and the Kubernetes manifests set them
-to the data volume) it writes only below one of them, links resolved.
+A job's output location and inputs come from its record in Redis, which anything that can
+write to Redis can forge. A worker therefore never resolves a relative path against its own
+working directory, and with roots configured (docker-compose and the Kubernetes manifests
+set them to the data volume) it writes, and reads shards by reference, only below one of
+them, links resolved.
 """
 
 from __future__ import annotations
 
 import os
 
-from pipeline.errors import OutputNotAllowed
+from pipeline.errors import InputNotAllowed, OutputNotAllowed, PermanentError
 from pipeline.storage.location import Location, is_url, open_location
 
 
-def parse_roots(value: str) -> tuple[str, ...]:
-    """M3PIPE_OUTPUT_ROOTS: comma-separated absolute paths or URL prefixes."""
+def parse_roots(value: str, what: str = "output") -> tuple[str, ...]:
+    """M3PIPE_OUTPUT_ROOTS or M3PIPE_INPUT_ROOTS: comma-separated absolute paths or URL
+    prefixes."""
     roots = tuple(part.strip() for part in value.split(",") if part.strip())
     for root in roots:
         if not is_url(root) and not os.path.isabs(root):
-            raise ValueError(f"output root {root!r} must be an absolute path or a URL")
+            raise ValueError(f"{what} root {root!r} must be an absolute path or a URL")
     return roots
 
 
 def allowed_output(out: str, roots: tuple[str, ...]) -> Location:
     """The job's output Location, or OutputNotAllowed saying why it may not be written."""
-    if not is_url(out) and not os.path.isabs(out):
-        raise OutputNotAllowed(f"output {out!r} is a relative path: jobs name absolute ones")
-    if is_url(out) and any(part in (".", "..") for part in out.split("?", 1)[0].split("/")):
-        raise OutputNotAllowed(f"output {out!r} has '.' or '..' in its path")
-    location = open_location(out)
+    return _allowed(out, roots, "output", "M3PIPE_OUTPUT_ROOTS", OutputNotAllowed)
+
+
+def allowed_input(uri: str, roots: tuple[str, ...]) -> Location:
+    """A job input a worker is to read, or InputNotAllowed saying why it may not."""
+    return _allowed(uri, roots, "input", "M3PIPE_INPUT_ROOTS", InputNotAllowed)
+
+
+def _allowed(
+    target: str, roots: tuple[str, ...], what: str, setting: str, error: type[PermanentError]
+) -> Location:
+    if not is_url(target) and not os.path.isabs(target):
+        raise error(f"{what} {target!r} is a relative path: jobs name absolute ones")
+    if is_url(target) and any(part in (".", "..") for part in target.split("?", 1)[0].split("/")):
+        raise error(f"{what} {target!r} has '.' or '..' in its path")
+    location = open_location(target)
     if roots and not any(_under(location, root) for root in roots):
-        raise OutputNotAllowed(
-            f"output {location} is outside the allowed roots ({', '.join(roots)}; "
-            "M3PIPE_OUTPUT_ROOTS)"
+        raise error(
+            f"{what} {location} is outside the allowed roots ({', '.join(roots)}; {setting})"
         )
     return location
 

@@ -215,3 +215,16 @@ def test_the_worker_metric_shows_when_its_shard_started_and_clears_it(
     run_shard(sent[0], runtime)
     assert before - 1 <= seen[0] <= time.time()  # what M3pipeWorkerWedged ages
     assert runtime.metrics.registry.get_sample_value(gauge) == 0
+
+
+def test_a_reference_is_read_only_under_the_input_roots(tmp_path, store, runtime):
+    from pipeline.errors import InputNotAllowed
+
+    (tmp_path / "data").mkdir()
+    inp = write_corpus(tmp_path / "data" / "in.jsonl", count=10)
+    _, sent = submit(request(tmp_path, inp), store)
+    runtime.input_roots = (str(tmp_path / "elsewhere"),)  # a forged job's input is not here
+    with pytest.raises(InputNotAllowed, match="outside the allowed roots"):
+        run_shard(sent[0], runtime)
+    runtime.input_roots = (str(tmp_path / "data"),)
+    assert run_shard(sent[0], runtime).state.value == "done"
