@@ -217,3 +217,16 @@ def test_an_unreachable_store_is_a_clear_error_before_anything_starts(monkeypatc
         prepare_output_dir(url.format("out"))
     with pytest.raises(StorageError, match=r"cannot reach s3://bucket/in\.jsonl"):
         detect_format(url.format("in.jsonl"))
+
+
+def test_parts_keep_dictionaries_and_statistics_for_scalar_columns_only(tmp_path):
+    vectors = pa.array([[0.5, 0.25], [0.125, 1.0]], type=pa.list_(pa.float32(), 2))
+    table = pa.table({"id": ["a", "b"], "dense": vectors, "n_tokens": pa.array([3, 4], pa.int32())})
+    write_shard(table, tmp_path / "part-00000.parquet")
+    meta = pq.ParquetFile(tmp_path / "part-00000.parquet").metadata.row_group(0)
+    columns = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert columns["id"].has_dictionary_page and columns["id"].is_stats_set
+    assert columns["n_tokens"].statistics.min == 3
+    dense = columns["dense.list.element"]
+    assert not dense.has_dictionary_page and not dense.is_stats_set
+    assert pq.read_table(tmp_path / "part-00000.parquet").equals(table)
