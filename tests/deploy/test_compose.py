@@ -71,6 +71,8 @@ def test_services_carry_the_documented_settings(compose):
         assert "redis://:${REDIS_PASSWORD" in worker["environment"]["M3PIPE_BROKER_URL"]
         # confined to the data volume the compose file mounts at /data
         assert worker["environment"]["M3PIPE_OUTPUT_ROOTS"] == "${M3PIPE_OUTPUT_ROOTS:-/data}"
+        assert worker["environment"]["M3PIPE_INPUT_ROOTS"] == "${M3PIPE_INPUT_ROOTS:-/data}"
+        assert worker["environment"]["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
         assert "./data:/data" in worker["volumes"]
     assert services["worker-cpu"]["profiles"] == ["cpu"]
     assert services["autoscaler"]["profiles"] == ["autoscale"]

@@ -84,6 +84,8 @@ def test_worker_has_one_gpu_a_long_grace_and_a_probe_beyond_ping(objects):
     assert env["M3PIPE_WORKER_NAME"]["value"] == "gpu0@$(POD_NAME)"  # the probe's --name
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert env["M3PIPE_OUTPUT_ROOTS"]["value"] == mounts["data"]  # writes confined to /data
+    assert env["M3PIPE_INPUT_ROOTS"]["value"] == mounts["data"]  # and reads by reference
+    assert env["PYTORCH_CUDA_ALLOC_CONF"]["value"] == "expandable_segments:True"
     assert "$(M3PIPE_WORKER_NAME)" in container["args"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     claim = volumes["data"]["persistentVolumeClaim"]["claimName"]
