@@ -118,30 +118,19 @@ class Location:
         local directory is read as it goes (constant memory); an object store's listing
         comes whole from pyarrow (~400 bytes per file while it is held)."""
         if self.is_local:
-            try:
-                with os.scandir(self.path) as entries:
-                    for entry in entries:
-                        if fnmatchcase(entry.name, pattern) and entry.is_file(
-                            follow_symlinks=False
-                        ):
-                            yield entry.name
-            except FileNotFoundError:
-                return
-            return
+            return _local_file_names(Path(self.path), pattern)
+        return self._listed_names(pattern)
+
+    def children(self, pattern: str = "*") -> list[Location]:
+        """The files directly in this directory whose names match `pattern`, sorted."""
+        return [self / name for name in sorted(self._listed_names(pattern))]
+
+    def _listed_names(self, pattern: str) -> Iterator[str]:
+        """pyarrow's listing of the files directly in this directory matching `pattern`."""
         selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
         for info in _guard(self, self.fs.get_file_info, selector):
             if info.type == pafs.FileType.File and fnmatchcase(info.base_name, pattern):
                 yield info.base_name
-
-    def children(self, pattern: str = "*") -> list[Location]:
-        """The files directly in this directory whose names match `pattern`, sorted."""
-        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
-        found = [
-            self / info.base_name
-            for info in _guard(self, self.fs.get_file_info, selector)
-            if info.type == pafs.FileType.File and fnmatchcase(info.base_name, pattern)
-        ]
-        return sorted(found, key=lambda loc: loc.name)
 
     def walk_files(self) -> Iterator[Location]:
         """Every file under this directory, depth first: a directory's files (sorted),

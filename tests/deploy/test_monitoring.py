@@ -29,6 +29,10 @@ def promtool() -> str:
     return found
 
 
+def run_promtool(*args: str, cwd: Path = PROMETHEUS) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool(), *args], cwd=cwd, capture_output=True, text=True)
+
+
 def exported_names() -> set[str]:
     """Every series name the worker and the autoscaler expose, as Prometheus scrapes it."""
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
@@ -40,19 +44,13 @@ def exported_names() -> set[str]:
 
 
 def test_the_config_and_its_rules_pass_promtool_check():
-    result = subprocess.run(
-        [promtool(), "check", "config", "prometheus.yml"],
-        cwd=PROMETHEUS, capture_output=True, text=True,
-    )  # fmt: skip
+    result = run_promtool("check", "config", "prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_each_alert_fires_where_its_unit_test_says():
-    result = subprocess.run(
-        [promtool(), "test", "rules", "alerts_test.yml"],
-        cwd=PROMETHEUS, capture_output=True, text=True,
-    )  # fmt: skip
+    result = run_promtool("test", "rules", "alerts_test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -90,9 +88,7 @@ def test_the_dashboard_queries_parse_and_name_exported_metrics(tmp_path):
         {"record": f"m3pipe:dashboard_query_{n}", "expr": query} for n, query in enumerate(queries)
     ]}]}  # fmt: skip
     (tmp_path / "queries.yml").write_text(yaml.safe_dump(rules))
-    result = subprocess.run(
-        [promtool(), "check", "rules", "queries.yml"], cwd=tmp_path, capture_output=True, text=True
-    )
+    result = run_promtool("check", "rules", "queries.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

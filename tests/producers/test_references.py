@@ -119,10 +119,10 @@ def test_a_shard_across_two_inputs_and_a_big_gap_has_segments(tmp_path):
     assert [(s.input, s.runs) for s in ref.segments] == [
         (0, [(1, 1)]), (0, [(3, 3)]), (1, [(1, 1), (3, 3)])
     ]  # fmt: skip
-    assert len(ShardMessage_json(ref)) < 600  # bytes per shard, not per document
+    assert len(message_json(ref)) < 600  # bytes per shard, not per document
 
 
-def ShardMessage_json(ref: ShardRef) -> str:
+def message_json(ref: ShardRef) -> str:
     from schemas.job import ShardMessage
 
     return ShardMessage(job_id="job-1", shard=0, ref=ref).model_dump_json()
