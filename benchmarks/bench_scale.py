@@ -20,11 +20,15 @@ Parquet (random:tiny, one thread per process), after a job of a tenth as many on
 warm worker: CPU microseconds per document of the producer, Redis and the worker outside the
 engine (reading references, tokenizing, Parquet, job state, Celery), and the engine's.
 
+reuse: --reuse-documents documents encoded, then re-encoded with --reuse-changed of them
+edited, fully and with `--reuse` (benchmarks/scale_reuse.py): the wall-time ratio.
+
 Prints and saves JSON (one file per run; the parts run are its keys).
 
     python benchmarks/bench_scale.py --parts producer,index,finalise --documents 10000000
     python benchmarks/bench_scale.py --parts machinery --pipeline-documents 100000 \
         --out benchmarks/results/scale-machinery-cpu-random-tiny.json
+    python benchmarks/bench_scale.py --parts reuse --model random:small --reuse-documents 2000
 """
 
 from __future__ import annotations
@@ -395,6 +399,13 @@ def machinery(args: argparse.Namespace) -> dict:
     }
 
 
+def reuse_part(args: argparse.Namespace) -> dict:
+    from scale_reuse import reuse
+
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        return reuse(args, Path(tmp))
+
+
 def main() -> int:
     from report import run_facts, save
 
@@ -406,6 +417,9 @@ def main() -> int:
     parser.add_argument(
         "--pipeline-documents", type=int, default=50_000, help="machinery: documents"
     )
+    parser.add_argument("--reuse-documents", type=int, default=2000, help="reuse: documents")
+    parser.add_argument("--reuse-changed", type=float, default=0.02, help="reuse: share edited")
+    parser.add_argument("--reuse-max-length", type=int, default=8192)
     parser.add_argument("--shard-docs", type=int, default=1000)
     parser.add_argument("--model", default="random:tiny")
     parser.add_argument("--sample-seconds", type=float, default=1.0)
@@ -420,7 +434,7 @@ def main() -> int:
         return 0
     parts = {"producer": lambda: producer(args), "finalise": lambda: finalise(args),
              "index": lambda: spawn_side(__file__, ["--side", "index"]),
-             "machinery": lambda: machinery(args)}  # fmt: skip
+             "machinery": lambda: machinery(args), "reuse": lambda: reuse_part(args)}  # fmt: skip
     report = run_facts()
     for name in args.parts.split(","):
         result = parts[name]()

@@ -80,6 +80,10 @@ class ResumeError(InputError):
     """The output directory cannot be resumed with this submission."""
 
 
+class ReuseError(InputError):
+    """`--reuse` names something whose rows cannot be reused by this job."""
+
+
 class UnknownJob(PermanentError):
     """A message names a job Redis does not know: nothing to record it against."""
 

@@ -6,6 +6,7 @@ already has `max_queued` shards waiting in Redis, so Redis memory stays bounded 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
-from pipeline.errors import InputError, QuotaExceeded, ResumeError, SubmitCancelled
+from pipeline.errors import InputError, QuotaExceeded, ResumeError, ReuseError, SubmitCancelled
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.resume import check_same_job, documents_digest, previous_spec, read_shard_file
 from pipeline.jobs.store import ABSENT, DEFAULT_JOB_TTL, JobStore
@@ -32,11 +33,13 @@ from pipeline.tasks import Reading, task_kind
 from producers.inputs.intake import IntakeCounts, RejectSink
 from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES
 from producers.inputs.references import shard_reference
+from producers.inputs.reuse_index import ReuseIndex, open_reusable
 from producers.inputs.sharding import ShardLimits
 from schemas.document import Document
 from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
 from schemas.options import EncodeOptions
 from schemas.rerank import Pair, RerankOptions
+from schemas.reuse import ReuseRun
 from schemas.tenant import DEFAULT_TENANT, Priority
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ class SubmitRequest:
     command: Literal["submit", "run"] = "submit"  # what makes the job, for its manifest
     job_ttl: int = DEFAULT_JOB_TTL  # seconds its Redis keys are kept once it ends
     inline_shards: bool = False  # text in the messages even where a reference would do
+    reuse: Path | str | None = None  # a previous output to copy unchanged documents from
 
     def reading(self) -> Reading:
         return Reading(
@@ -91,6 +95,7 @@ class SubmitResult:
     counts: IntakeCounts
     state: JobState | None  # the final state if the job already ended
     skipped: int = 0  # shards found done by --resume
+    reuse: tuple[int, int] | None = None  # --reuse: (documents to copy, previous ones dropped)
 
 
 def submit_job(
@@ -104,6 +109,13 @@ def submit_job(
     kind = task_kind(request.task)
     formats = [kind.detect_format(location, request.input_format) for location in inputs]
     admit(store, request.tenant)
+    previous = None
+    if request.reuse is not None:
+        if not task_kind(request.task).reusable:
+            raise ReuseError(f"--reuse does not apply to {request.task.value} jobs")
+        previous = open_reusable(
+            request.reuse, request.out, request.model, request.options, request.keep_fields
+        )
     out = prepare_output_dir(request.out, request.overwrite, request.resume)
     spec = JobSpec(
         job_id=request.job_id or new_job_id(),
@@ -127,6 +139,7 @@ def submit_job(
         created_at=time.time(),
         command=request.command,
         max_record_bytes=request.max_record_bytes,
+        reuse=previous.location.url if previous is not None else None,
     )
     if request.resume:
         spec = spec_to_resume(spec, out, store)
@@ -140,22 +153,32 @@ def submit_job(
     cancelled = False
     # Shards may point at these inputs (by index in the spec) instead of carrying text.
     references = None if request.inline_shards else {loc.uri: i for i, loc in enumerate(inputs)}
+    reuse: tuple[int, int] | None = None
     try:
-        with RejectLog(out) as rejects:
+        with contextlib.ExitStack() as stack:
+            rejects = stack.enter_context(RejectLog(out))
+            index = stack.enter_context(ReuseIndex(previous)) if previous is not None else None
             try:
                 for shard in job_shards(request, spec, inputs, formats, rejects, counts):
                     digest = documents_digest(shard)
+                    # Planned for every shard, resumed or not, so the counts cover the job.
+                    runs = None
+                    if index is not None:
+                        runs = index.plan(cast(list[Document], shard), request.keep_fields)
                     if request.resume and already_done(store, out, job_id, shards, shard, digest):
                         skipped += 1
                     else:
                         wait_for_room(
                             store, job_id, request.max_queued, request.poll_seconds, request.tenant
                         )
-                        message = shard_message(job_id, shards, shard, digest, references)
+                        message = shard_message(job_id, shards, shard, digest, references, runs)
                         enqueue(store, publish, message, request.queue, request.priority, digest)
                     shards += 1
             except SubmitCancelled:
                 cancelled = True
+            if index is not None:
+                reuse = (index.reused, index.dropped)
+                store.set_reuse_plan(job_id, reused=index.reused, dropped=index.dropped)
         if request.resume and not cancelled:
             remove_parts_from(out, shards)
         if not counts.balanced():
@@ -171,11 +194,12 @@ def submit_job(
         store.end(job_id, JobState.FAILED, f"submission failed: {exc}")
         raise
     if cancelled:
-        return SubmitResult(job_id, shards, counts, JobState.CANCELLED, skipped)
+        return SubmitResult(job_id, shards, counts, JobState.CANCELLED, skipped, reuse)
     if counts.input_records == 0:
         store.end(job_id, JobState.FAILED, "the inputs hold no records")
         raise InputError("the inputs hold no records (empty files?)")
-    return SubmitResult(job_id, shards, counts, finalize_if_complete(store, job_id), skipped)
+    final = finalize_if_complete(store, job_id)
+    return SubmitResult(job_id, shards, counts, final, skipped, reuse)
 
 
 def job_shards(
@@ -310,15 +334,19 @@ def shard_message(
     shard: list[Document] | list[Pair],
     digest: str = "",
     references: Mapping[str, int] | None = None,
+    reuse: list[ReuseRun] | None = None,
 ) -> ShardMessage:
     """The shard's message: by reference to the inputs (URI -> index) where every document
-    can be pointed at, else with its documents or pairs."""
+    can be pointed at, else with its documents or pairs; `reuse`: rows to copy, if any."""
     kind = "pairs" if isinstance(shard[0], Pair) else "documents"
+    runs = reuse or None
     if references is not None and kind == "documents":
         ref = shard_reference(cast(list[Document], shard), references, digest)
         if ref is not None:
-            return ShardMessage(job_id=job_id, shard=index, ref=ref)
-    return ShardMessage.model_validate({"job_id": job_id, "shard": index, kind: shard})
+            return ShardMessage(job_id=job_id, shard=index, ref=ref, reuse=runs)
+    return ShardMessage.model_validate(
+        {"job_id": job_id, "shard": index, kind: shard, "reuse": runs}
+    )
 
 
 def enqueue(

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from schemas.document import DEFAULT_MAX_RECORD_BYTES, Document
 from schemas.options import EncodeOptions
 from schemas.rerank import Pair, RerankOptions
+from schemas.reuse import MAX_REUSE_RUNS, ReuseRun, runs_problem
 from schemas.shard_ref import ShardRef
 from schemas.tenant import DEFAULT_TENANT, Priority, TenantName
 
@@ -89,11 +90,16 @@ class JobSpec(BaseModel):
     command: Literal["submit", "run"] = "submit"  # what made the job, for its manifest
     # Workers reading shards by reference apply the producer's record limit too.
     max_record_bytes: int = Field(default=DEFAULT_MAX_RECORD_BYTES, ge=1)
+    # `--reuse`: the previous output (absolute path or URL) unchanged documents are copied
+    # from; workers read it under their input or output roots.
+    reuse: str | None = None
 
     @model_validator(mode="after")
     def _options_of_task(self) -> JobSpec:
         if (self.task is Task.RERANK) != (self.rerank is not None):
             raise ValueError("rerank options come with task rerank, and only with it")
+        if self.reuse is not None and self.task is not Task.EMBED:
+            raise ValueError("--reuse applies to embed jobs only")
         return self
 
 
@@ -110,11 +116,19 @@ class ShardMessage(BaseModel):
     documents: list[Document] = Field(default_factory=list)
     pairs: list[Pair] = Field(default_factory=list)
     ref: ShardRef | None = None
+    # Documents copied from the job's previous output (`--reuse`), not encoded.
+    reuse: list[ReuseRun] | None = Field(default=None, max_length=MAX_REUSE_RUNS)
 
     @model_validator(mode="after")
     def _one_kind(self) -> ShardMessage:
         if [bool(self.documents), bool(self.pairs), self.ref is not None].count(True) != 1:
             raise ValueError("a shard holds documents, pairs or a reference: exactly one")
+        if self.reuse is not None:
+            if self.pairs:
+                raise ValueError("rerank shards reuse nothing")
+            problem = runs_problem(self.reuse, self.size)
+            if problem:
+                raise ValueError(problem)
         return self
 
     @property
@@ -134,7 +148,12 @@ class ShardMessage(BaseModel):
 
     def wire(self) -> dict[str, object]:
         """The JSON task argument: the empty kinds are left out."""
-        empty = {"documents": not self.documents, "pairs": not self.pairs, "ref": not self.ref}
+        empty = {
+            "documents": not self.documents,
+            "pairs": not self.pairs,
+            "ref": not self.ref,
+            "reuse": self.reuse is None,
+        }
         return self.model_dump(mode="json", exclude={k for k, none in empty.items() if none})
 
 
@@ -173,3 +192,5 @@ class JobStatus(BaseModel):
     model: str
     error: str | None = None
     expires_at: float | None = None  # when Redis forgets the ended job (M3PIPE_JOB_TTL)
+    documents_reused: int | None = None  # --reuse: copied from the previous output so far
+    documents_dropped: int | None = None  # --reuse: the previous output's, not in the input

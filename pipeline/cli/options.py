@@ -47,6 +47,13 @@ def add_encode_options(parser: argparse.ArgumentParser) -> None:
         help="over-length documents: truncate (default) or one row per chunk",
     )
     parser.add_argument("--chunk-overlap", type=int, default=0, help="tokens shared by chunks")
+    parser.add_argument(
+        "--reuse",
+        metavar="PREVIOUS_OUT",
+        type=out_arg,
+        help="a finished output of the same model and options (a path or URL): documents "
+        "whose id, text and kept fields are unchanged are copied from it, not encoded",
+    )
 
 
 def add_compute_options(parser: argparse.ArgumentParser) -> None:

@@ -282,6 +282,7 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
         job_ttl=settings.job_ttl,
         max_record_bytes=max_record_bytes(args, settings),
         inline_shards=args.inline_shards,
+        reuse=args.reuse,
     )
 
 
@@ -300,9 +301,13 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
     result = submit_job(request, store, shard_publisher(settings), registered)
     resumed = f" ({result.skipped} already done, kept)" if request.resume else ""
+    reused = ""
+    if result.reuse is not None:
+        planned, dropped = result.reuse
+        reused = f"; {planned:,} to copy from {request.reuse}, {dropped:,} of it dropped"
     print(
         f"m3pipe submit: {result.shards} shard(s){resumed}, {result.counts.documents} "
-        f"{request.task.item}s on {request.queue}; {result.counts.rejected} rejected",
+        f"{request.task.item}s on {request.queue}; {result.counts.rejected} rejected{reused}",
         file=sys.stderr,
     )
     print(result.job_id)

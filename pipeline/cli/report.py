@@ -113,10 +113,16 @@ def process_command(
             shard_items=shard_items,
             overwrite=args.overwrite,
             progress=bar,
+            reuse=getattr(args, "reuse", None),
         )
     finally:
         bar.close()
     done = kind.summary(
         summary.stats, summary.accepted, summary.rows, summary.parts, summary.out_dir
     )
+    if summary.reused is not None:
+        done += (
+            f"; {summary.reused:,} reused, {summary.accepted - summary.reused:,} encoded, "
+            f"{summary.dropped:,} of the previous output dropped"
+        )
     return local_outcome(kind.command, done, summary.out_dir, summary.rejected)

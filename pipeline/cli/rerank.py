@@ -22,6 +22,7 @@ EMBED_ONLY_DEFAULTS = {
     "id_field": "id",
     "text_field": "text",
     "keep_fields": "",
+    "reuse": None,
 }
 
 

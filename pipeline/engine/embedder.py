@@ -70,6 +70,10 @@ class Engine:
         }
 
     def tokenize(self, docs: Sequence[Document]) -> TokenizedShard:
+        if not docs:  # every document of a shard reused (`--reuse`): nothing to encode
+            return TokenizedShard(
+                [], np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, bool)
+            )
         return tokenize_texts(
             self.model.tokenizer,
             [doc.text for doc in docs],
@@ -90,6 +94,8 @@ class Engine:
         progress: ProgressCallback | None = None,
     ) -> ShardResult:
         started = time.perf_counter()
+        if not docs:
+            return ShardResult(table=self.schema.empty_table())
         lengths = shard.lengths
         # A document is finished when its last sequence (last chunk) is encoded.
         ends_doc = np.append(shard.doc_index[1:] != shard.doc_index[:-1], True)

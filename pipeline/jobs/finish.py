@@ -55,7 +55,9 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
         if state is ShardState.DONE:
             parts += 1
             entry = {"name": info["name"], accepted: info["documents"]}
-            entry |= {key: info[key] for key in ("rows", "tokens", "bytes")}
+            entry |= {
+                key: info[key] for key in ("rows", "tokens", "bytes", "reused") if key in info
+            }
             shard_log.add({"shard": shard, "state": state.value, **entry})
         elif state is ShardState.FAILED:
             failed += 1
@@ -63,18 +65,25 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
                 failures.append({"shard": shard, **info})
             shard_log.add({"shard": shard, "state": state.value, **info})
     status = store.status(job_id)
+    counts = {
+        read: status.input_records or 0,
+        accepted: status.documents,
+        "rows": status.rows_done,
+        "rejected": status.rejected or 0,
+        "tokens": status.tokens_done,
+        "failed_shards": failed,
+    }
+    if status.documents_reused is not None:
+        counts |= {
+            "reused": status.documents_reused,
+            "encoded": status.documents_done - status.documents_reused,
+            "dropped": status.documents_dropped or 0,
+        }
     manifest = build_manifest(
         job={"command": spec.command, "job_id": job_id, **spec.model_dump(mode="json")},
         model=store.model_metadata(job_id),
         parts=parts,
-        counts={
-            read: status.input_records or 0,
-            accepted: status.documents,
-            "rows": status.rows_done,
-            "rejected": status.rejected or 0,
-            "tokens": status.tokens_done,
-            "failed_shards": failed,
-        },
+        counts=counts,
         stats={
             "shards": status.shards.total,
             "wall_seconds": round(_wall(status), 3),

@@ -42,6 +42,7 @@ SAME_ON_RESUME = (
     "shard_docs",
     "shard_bytes",
     "shard_tokens",
+    "reuse",
 )
 
 

@@ -61,6 +61,7 @@ elseif new == 'done' then
   redis.call('HINCRBY', KEYS[1], 'tokens_done', ARGV[7])
   redis.call('HINCRBYFLOAT', KEYS[1], 'encode_seconds', ARGV[8])
   redis.call('HSET', KEYS[1], 'last_done_at', ARGV[9])
+  if ARGV[10] ~= '0' then redis.call('HINCRBY', KEYS[1], 'documents_reused', ARGV[10]) end
 end
 return {1, oldname}
 """
@@ -221,6 +222,13 @@ class JobStore:
         self.redis.hincrby(job_key(job_id), "documents_resumed", documents)
         self.redis.hincrby(job_key(job_id), "tokens_resumed", tokens)
 
+    def set_reuse_plan(self, job_id: str, *, reused: int, dropped: int) -> None:
+        """--reuse: documents the producer found unchanged in the previous output, and the
+        previous output's documents no longer in the input."""
+        self.redis.hset(
+            job_key(job_id), mapping={"reuse_planned": reused, "documents_dropped": dropped}
+        )
+
     def note_documents(self, job_id: str, documents: int) -> None:
         """Documents enqueued so far, while the producer is still cutting shards."""
         self.redis.hincrby(job_key(job_id), "documents_enqueued", documents)
@@ -275,10 +283,12 @@ class JobStore:
         rows: int = 0,
         tokens: int = 0,
         seconds: float = 0.0,
+        reused: int = 0,
     ) -> tuple[bool, str]:
         """Move a shard to `new` if its state is one of `allowed_from` (ABSENT for none).
 
-        Returns (changed, previous state). Counters of done shards are added once.
+        Returns (changed, previous state). Counters of done shards (documents, rows,
+        tokens, seconds, documents copied by --reuse) are added once.
         """
         changed, old = self._transition(
             keys=[job_key(job_id), shard_state_key(job_id), shard_info_key(job_id)],
@@ -292,6 +302,7 @@ class JobStore:
                 tokens,
                 seconds,
                 time.time(),
+                reused,
             ],
         )
         return bool(changed), str(old)
@@ -473,4 +484,10 @@ class JobStore:
             model=spec.model,
             error=fields.get("error"),
             expires_at=_float(fields.get("expires_at")),
+            documents_reused=_int(fields.get("documents_reused")) if spec.reuse else None,
+            documents_dropped=(
+                _int(fields.get("documents_dropped"))
+                if spec.reuse and "documents_dropped" in fields
+                else None
+            ),
         )

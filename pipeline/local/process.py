@@ -3,14 +3,17 @@ directory, in this process, no queue. Every record read ends as a row or a rejec
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.engine.stats import BatchStats
-from pipeline.errors import InputError
+from pipeline.errors import InputError, ReuseError
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.manifest import build_manifest
 from pipeline.storage.output_dir import (
@@ -20,10 +23,17 @@ from pipeline.storage.output_dir import (
     prepare_output_dir,
     write_json_atomic,
 )
+from pipeline.storage.previous_output import (
+    PreviousOutput,
+    identity,
+    identity_difference,
+)
 from pipeline.storage.sink import part_name, write_shard
 from pipeline.tasks import Reading, TaskKind
 from pipeline.tasks.kind import Progress
+from pipeline.tasks.reuse import ReuseSplit, merge_in_order, split_for_reuse
 from producers.inputs.intake import IntakeCounts
+from producers.inputs.reuse_index import ReuseIndex
 from producers.inputs.sharding import UNBOUNDED, ShardLimits
 from schemas.job import ShardState
 
@@ -39,6 +49,8 @@ class LocalSummary:
     intake: IntakeCounts = field(default_factory=IntakeCounts)  # in the task's items
     parts: int = 0
     rows: int = 0
+    reused: int | None = None  # with --reuse: documents copied from the previous output
+    dropped: int | None = None  # ... and its documents no longer in the input
 
     @property
     def input_records(self) -> int:
@@ -63,9 +75,11 @@ def process_file(
     shard_items: int = 1000,
     overwrite: bool = False,
     progress: Progress | None = None,
+    reuse: Location | Path | str | None = None,
 ) -> LocalSummary:
     """Run every valid record of `input_path` through `engine` (made by `kind`), writing
-    part files, the rejects log and the manifest."""
+    part files, the rejects log and the manifest. `reuse`: a previous output of the same
+    model and options whose rows of unchanged documents are copied, not encoded."""
     started = time.time()
     reading = reading or Reading()
     source = open_location(input_path)
@@ -73,38 +87,98 @@ def process_file(
     first = next(items, None)
     if first is None:
         raise InputError(f"{input_path} holds no records (empty file)")
+    previous = None
+    if reuse is not None:
+        if not kind.reusable:
+            raise ReuseError(f"--reuse does not apply to `m3pipe {kind.command}`")
+        previous = check_reusable(reuse, out_dir, engine, reading)
     out = prepare_output_dir(out_dir, overwrite, resumable=False)
     summary = LocalSummary(out_dir=out, stats=kind.new_stats())
     limits = ShardLimits(items=shard_items, bytes=SHARD_MAX_BYTES, tokens=UNBOUNDED)
     item_counts = kind.counts
+    keep = reading.keep_fields
 
-    with RejectLog(out) as rejects, ShardLog(out) as shard_log:
+    with contextlib.ExitStack() as stack:
+        rejects = stack.enter_context(RejectLog(out))
+        shard_log = stack.enter_context(ShardLog(out))
+        index = stack.enter_context(ReuseIndex(previous)) if previous is not None else None
         sources = [(source.uri, itertools.chain([first], items))]
         shards = kind.shards(sources, engine.options, limits, rejects, summary.intake, strict=False)
-        computed = kind.compute_stream(engine, shards, reading.keep_fields, progress)
-        for index, (shard, result) in enumerate(computed):
-            name = part_name(index)
-            written = write_shard(result.table, out / name)
+        splits: deque[tuple[Sequence[Any], ReuseSplit | None]] = deque()
+        to_compute = _split_shards(shards, splits, kind, engine, index, keep)
+        computed = kind.compute_stream(engine, to_compute, keep, progress)
+        for number, (_, result) in enumerate(computed):
+            shard, split = splits.popleft()
+            table = result.table
+            if split is not None:
+                table = merge_in_order(table, split.copied, shard)
+            table = kind.part_table(table, shard, keep)
+            name = part_name(number)
+            written = write_shard(table, out / name)
             summary.stats.add(result.stats)
             summary.parts += 1
-            summary.rows += result.rows
-            shard_log.add(
-                {
-                    "shard": index,
-                    "state": ShardState.DONE.value,
-                    "name": name,
-                    item_counts[1]: len(shard),
-                    "rows": result.rows,
-                    "tokens": result.stats.tokens,
-                    "bytes": written.size(),
-                }
-            )
+            summary.rows += table.num_rows
+            entry = {
+                "shard": number,
+                "state": ShardState.DONE.value,
+                "name": name,
+                item_counts[1]: len(shard),
+                "rows": table.num_rows,
+                "tokens": result.stats.tokens,
+                "bytes": written.size(),
+            }
+            if split is not None:
+                entry["reused"] = split.reused
+                summary.reused = (summary.reused or 0) + split.reused
+            shard_log.add(entry)
+        if index is not None:
+            summary.reused, summary.dropped = summary.reused or 0, index.dropped
     if not summary.intake.balanced():
         raise AssertionError("record accounting does not add up")  # a bug, never bad input
     write_json_atomic(
         out / MANIFEST, _manifest(kind, summary, engine, source.uri, reading, started)
     )
     return summary
+
+
+def check_reusable(
+    reuse: Location | Path | str, out_dir: Location | Path | str, engine: Any, reading: Reading
+) -> PreviousOutput:
+    """The previous output, once it is sure its rows are what this run would write."""
+    previous = PreviousOutput.open(reuse)
+    if previous.location.uri == open_location(out_dir).uri:
+        raise ReuseError("--reuse needs another output directory than --out")
+    difference = identity_difference(previous.identity, identity(engine.file_metadata()))
+    if difference:
+        raise ReuseError(f"--reuse {previous.location} was made otherwise: {difference}")
+    if previous.keep_fields != list(reading.keep_fields):
+        raise ReuseError(
+            f"--reuse {previous.location} kept fields {previous.keep_fields}, "
+            f"this run keeps {list(reading.keep_fields)}"
+        )
+    return previous
+
+
+def _split_shards(
+    shards: Iterator[Sequence[Any]],
+    splits: deque[tuple[Sequence[Any], ReuseSplit | None]],
+    kind: TaskKind,
+    engine: Any,
+    index: ReuseIndex | None,
+    keep_fields: Sequence[str],
+) -> Iterator[Sequence[Any]]:
+    """What to compute of each shard: all of it, or what `--reuse` cannot copy. Runs in the
+    engine's tokenizing thread, so the copies are read while the model works."""
+    for shard in shards:
+        if index is None:
+            splits.append((shard, None))
+            yield shard
+            continue
+        runs = index.plan(shard, keep_fields)
+        schema = kind.compute(engine, [], keep_fields).table.schema
+        split = split_for_reuse(shard, runs, index.previous, engine, schema, keep_fields)
+        splits.append((shard, split))
+        yield split.to_encode
 
 
 def _manifest(
@@ -117,6 +191,19 @@ def _manifest(
 ) -> dict[str, object]:
     stats = summary.stats
     read, accepted = kind.counts
+    counts = {
+        read: summary.input_records,
+        accepted: summary.accepted,
+        "rows": summary.rows,
+        "rejected": summary.rejected,
+        "tokens": stats.tokens,
+    }
+    if summary.reused is not None:
+        counts |= {
+            "reused": summary.reused,
+            "encoded": summary.accepted - summary.reused,
+            "dropped": summary.dropped or 0,
+        }
     return build_manifest(
         job={
             "command": kind.command,
@@ -126,13 +213,7 @@ def _manifest(
         },
         model=engine.file_metadata(),
         parts=summary.parts,
-        counts={
-            read: summary.input_records,
-            accepted: summary.accepted,
-            "rows": summary.rows,
-            "rejected": summary.rejected,
-            "tokens": stats.tokens,
-        },
+        counts=counts,
         stats={
             **kind.manifest_stats(stats),
             "wall_seconds": round(time.time() - started, 3),

@@ -118,6 +118,7 @@ def run_local(
     if request.resume:
         previous_spec(request.out)  # something to resume, before starting anything
     prepare_output_dir(request.out, request.overwrite, request.resume)
+    reused = [request.reuse] if request.reuse is not None else []
     devices = worker_devices(workers, force_cpu)
     with contextlib.ExitStack() as stack, _sigterm_as_interrupt():
         scratch = owned_scratch_dir(SCRATCH_PREFIX)
@@ -142,9 +143,10 @@ def run_local(
             "M3PIPE_METRICS_PORT": "0",  # a one-shot run serves no metrics
             # Its workers write this job's output and nothing else.
             "M3PIPE_OUTPUT_ROOTS": settings.output_roots or open_location(request.out).uri,
-            # ... and read (shards by reference) this job's inputs and nothing else.
+            # ... and read (shards by reference) this job's inputs, and the output it
+            # reuses, and nothing else.
             "M3PIPE_INPUT_ROOTS": settings.input_roots
-            or ",".join(open_location(path).uri for path in request.inputs),
+            or ",".join(open_location(path).uri for path in [*request.inputs, *reused]),
             # Their temp files live in the scratch directory and go with it (even after a
             # kill -9: the next run removes a dead run's scratch directory).
             "TMPDIR": str(scratch_tmp),

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import JobNotFound, PermanentError, StaleAttempt, UnknownJob, UnregisteredShard
@@ -18,9 +19,12 @@ from pipeline.jobs.resume import documents_digest, with_shard_metadata
 from pipeline.jobs.store import ABSENT, JobStore
 from pipeline.runtime.metrics import WorkerMetrics
 from pipeline.runtime.worker_models import WorkerModels
-from pipeline.storage.output_roots import allowed_input, allowed_output
+from pipeline.storage.output_roots import allowed_input, allowed_output, allowed_reuse
+from pipeline.storage.previous_output import PreviousOutput
 from pipeline.storage.sink import part_name, write_shard
 from pipeline.tasks import TaskEngine, task_kind
+from pipeline.tasks.kind import Computed
+from pipeline.tasks.reuse import compute_with_reuse
 from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
 
 log = logging.getLogger(__name__)
@@ -146,9 +150,8 @@ def _encode_and_record(
             if index < len(spec.inputs):
                 allowed_input(spec.inputs[index], runtime.input_roots)
     engine = runtime.engine(spec)
-    kind = task_kind(spec.task)
-    items = kind.shard_items(message, spec)  # read from the inputs for a reference
-    computed = kind.compute(engine, items, spec.keep_fields)
+    items = task_kind(spec.task).shard_items(message, spec)  # read from the inputs for a ref
+    computed, reused = _compute(message, spec, runtime, engine, items)
     table, stats = computed.table, computed.stats
     documents = len(items)
     facts = {
@@ -159,6 +162,7 @@ def _encode_and_record(
         "rows": table.num_rows,
         "tokens": stats.tokens,
     }
+    table = task_kind(spec.task).part_table(table, items, spec.keep_fields)
     name = part_name(shard)
 
     def fence() -> None:
@@ -179,6 +183,8 @@ def _encode_and_record(
         "finished_at": round(time.time(), 3),
         "padding_efficiency": round(stats.padding_efficiency, 4),
     }
+    if message.reuse is not None:
+        done["reused"] = reused
     store.mark_shard(
         job_id,
         shard,
@@ -189,12 +195,29 @@ def _encode_and_record(
         rows=table.num_rows,
         tokens=stats.tokens,
         seconds=stats.seconds,
+        reused=reused,
     )
     store.release_shard(job_id, shard)
     finalize_if_complete(store, job_id)
     return ShardOutcome(
         ShardState.DONE, name, rows=table.num_rows, tokens=stats.tokens, stats=stats
     )
+
+
+def _compute(
+    message: ShardMessage,
+    spec: JobSpec,
+    runtime: WorkerRuntime,
+    engine: TaskEngine,
+    items: Sequence[Any],
+) -> tuple[Computed, int]:
+    """The shard's output and how many of its documents were copied (`--reuse`)."""
+    kind = task_kind(spec.task)
+    if message.reuse and spec.reuse is not None:
+        location = allowed_reuse(spec.reuse, runtime.input_roots, runtime.output_roots)
+        previous = PreviousOutput.at(location)
+        return compute_with_reuse(kind, engine, items, message.reuse, previous, spec.keep_fields)
+    return kind.compute(engine, items, spec.keep_fields), 0
 
 
 def fail_shard(store: JobStore, message: ShardMessage, reason: str, worker: str) -> None:

@@ -36,6 +36,25 @@ def allowed_input(uri: str, roots: tuple[str, ...]) -> Location:
     return _allowed(uri, roots, "input", "M3PIPE_INPUT_ROOTS", InputNotAllowed)
 
 
+def allowed_reuse(
+    uri: str, input_roots: tuple[str, ...], output_roots: tuple[str, ...]
+) -> Location:
+    """A previous output (`--reuse`) to copy rows from: readable below an input root (as
+    inputs are: anywhere absolute when none is set) or below an output root."""
+    try:
+        return allowed_input(uri, input_roots)
+    except InputNotAllowed:
+        if not output_roots:
+            raise
+        try:
+            return allowed_output(uri, output_roots)
+        except OutputNotAllowed:
+            raise InputNotAllowed(
+                f"previous output {uri} is outside the allowed input roots "
+                f"({', '.join(input_roots)}) and output roots ({', '.join(output_roots)})"
+            ) from None
+
+
 def _allowed(
     target: str, roots: tuple[str, ...], what: str, setting: str, error: type[PermanentError]
 ) -> Location:

@@ -18,6 +18,8 @@ from schemas.job import JobSpec, ShardMessage, Task
 from schemas.options import EncodeOptions, LongDocPolicy
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from pipeline.engine.embedder import EncodeStats, Engine
     from pipeline.engine.model import M3Model
     from pipeline.storage.location import Location
@@ -67,6 +69,7 @@ class EmbedTask(TaskKind):
     model_setting = "model"
     seconds_name = "encode_seconds"
     rate_name = "tokens_per_second"
+    reusable = True
 
     def detect_format(self, location: Location | Path | str, requested: str = "auto") -> str:
         return detect_format(location, requested)
@@ -143,6 +146,13 @@ class EmbedTask(TaskKind):
         table = with_fields(result.table, docs, keep_fields)
         return Computed(table=table, stats=result.stats, rows=table.num_rows)
 
+    def part_table(
+        self, table: pa.Table, items: Sequence[Document], keep_fields: Sequence[str] = ()
+    ) -> pa.Table:
+        from pipeline.storage.previous_output import with_document_digests
+
+        return with_document_digests(table, items, keep_fields)  # what --reuse checks
+
     def new_stats(self) -> EncodeStats:
         from pipeline.engine.embedder import EncodeStats
 
@@ -152,5 +162,6 @@ class EmbedTask(TaskKind):
         return {
             "id_field": reading.id_field,
             "text_field": reading.text_field,
+            "keep_fields": list(reading.keep_fields),
             "options": engine.options.model_dump(mode="json"),
         }

@@ -66,6 +66,7 @@ class TaskKind(ABC):
     model_setting: ClassVar[str]  # the Settings field (and M3PIPE_* variable) naming its model
     seconds_name: ClassVar[str]  # its compute time in the manifest's stats
     rate_name: ClassVar[str]  # its throughput: a property of its stats, reported as is
+    reusable: ClassVar[bool] = False  # whether `--reuse` can copy its rows from an output
 
     @property
     def item(self) -> str:
@@ -184,6 +185,13 @@ class TaskKind(ABC):
             if progress is not None:
                 progress(len(shard), computed.stats.tokens)
             yield shard, computed
+
+    def part_table(
+        self, table: pa.Table, items: Sequence[Any], keep_fields: Sequence[str] = ()
+    ) -> pa.Table:
+        """What a part file holds: the computed rows, plus what the kind records about the
+        items they were made from (for `--reuse`)."""
+        return table
 
     @abstractmethod
     def new_stats(self) -> BatchStats:

@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -82,3 +83,49 @@ def test_job_reads_and_writes_s3_and_resume_redoes_only_a_lost_part(s3, cli_env,
     assert [i for i, info in sorted(infos.items()) if not info.get("resumed")] == [2]
     table = ds.dataset(f"{s3.name}/out", filesystem=s3.fs, format="parquet").to_table()
     assert sorted(table.column("id").to_pylist()) == sorted(ids)
+
+
+def test_run_reuses_an_output_in_the_bucket(s3, cli_env, workers, tmp_path):
+    """`m3pipe submit` writes a first output to S3; `m3pipe run --reuse` of an edited corpus
+    copies the unchanged documents from it, and equals a full local encode row for row."""
+    cli_env.update(s3.server.env())
+    common = ("--shard-docs", "10", "--dtype", "float32", "--max-length", "128")
+    records = corpus_records(40)
+    first = s3.put("in/v1.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
+    submitted = run_cli("submit", first, "--out", s3.url("v1"), *common, env=cli_env)
+    assert submitted.returncode == 0, submitted.stderr
+    workers.start(1)
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    assert run_cli("wait", job_id, "--timeout", "240", env=cli_env, timeout=260).returncode == 0
+
+    edited = [dict(r) for r in records if r["id"] not in ("doc-00007", "doc-00031")]
+    for record in edited[12:15]:
+        record["text"] += " (edited)"
+    edited.insert(20, {"id": "new", "text": "a new document"})
+    text = "".join(json.dumps(r) + "\n" for r in edited)
+    second = s3.put("in/v2.jsonl", text.encode())
+    ran = run_cli("run", second, "--out", s3.url("v2"), "--reuse", s3.url("v1"), *common,
+                  "--workers", "1", "--device", "cpu", env=cli_env, timeout=600)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    manifest = json.loads(s3.get("v2/_manifest.json"))
+    counts = manifest["counts"]
+    assert (counts["reused"], counts["encoded"], counts["dropped"]) == (35, 4, 2)
+
+    local = tmp_path / "v2.jsonl"
+    local.write_text(text)
+    full = run_cli("encode", str(local), "--out", str(tmp_path / "full"), *common, env=cli_env)
+    assert full.returncode == 0, full.stderr
+    got = ds.dataset(f"{s3.name}/v2", filesystem=s3.fs, format="parquet").to_table()
+    want = ds.dataset(tmp_path / "full", format="parquet").to_table()
+    assert got.column("id").to_pylist() == want.column("id").to_pylist()
+    assert got.column("sparse_indices").equals(want.column("sparse_indices"))
+    for name in ("dense", "colbert", "sparse_values"):
+        np.testing.assert_allclose(values(got, name), values(want, name), atol=1e-5)
+
+
+def values(table: pa.Table, name: str) -> np.ndarray:
+    """Every float of a (nested) list column, flat."""
+    array = table.column(name).combine_chunks()
+    while pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type):
+        array = array.flatten()
+    return array.to_numpy()

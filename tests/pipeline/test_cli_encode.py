@@ -187,3 +187,18 @@ def test_a_hostile_corpus_exits_3_with_every_record_accounted_for(tmp_path, tiny
     assert len(rejects) == bad and all(json.loads(line)["reason"] for line in rejects)
     counts = json.loads((out / "_manifest.json").read_text())["counts"]
     assert counts["input_records"] == counts["rows"] + counts["rejected"] == len(good_ids) + bad
+
+
+def test_reuse_reports_what_it_copied(tmp_path, capsys):
+    records = [{"id": f"d{i}", "text": f"document number {i}"} for i in range(12)]
+    inp = _write_jsonl(tmp_path / "in.jsonl", records)
+    assert main(_args(inp, tmp_path / "v1")) == EXIT_OK
+    records[3]["text"] = "changed"
+    _write_jsonl(inp, records[:-1])
+    assert main(_args(inp, tmp_path / "v2", "--reuse", str(tmp_path / "v1"))) == EXIT_OK
+    assert "10 reused, 1 encoded, 1 of the previous output dropped" in capsys.readouterr().err
+    assert (
+        main(_args(inp, tmp_path / "v3", "--reuse", str(tmp_path / "v1"), "--modes", "dense"))
+        == EXIT_FAILED
+    )
+    assert "modes ['dense']" in capsys.readouterr().err

@@ -79,6 +79,8 @@ def test_bad_queue_names_and_shard_options_are_usage_errors(clean_env, tmp_path,
     assert main(["submit", str(inp), "--out", out, "--shard-docs", "0"]) == 2
     assert main(["run", str(inp), "--out", out, "--workers", "0"]) == 2
     assert main(["submit", str(inp), "--out", out, "--keep-fields", "dense"]) == 2
+    assert main(["submit", str(inp), "--out", out, "--task", "rerank", "--reuse", out]) == 2
+    assert "--reuse is for --task embed" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

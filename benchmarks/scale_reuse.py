@@ -1,0 +1,87 @@
+"""bench_scale's `reuse` part: re-indexing a corpus where 2% of the documents changed.
+
+One process, the model loaded once (its load is not in any figure): `m3pipe encode` of the
+corpus (the previous output), then of the edited corpus twice, side by side: a full encode
+and one with `--reuse` of the previous output. Reported: both wall times and their ratio,
+and the reuse run's parts: building the on-disk index of the previous output (per document)
+and everything else (planning, reading and checking the copied rows, encoding the changed
+documents, writing). Documents: synthetic multilingual text, lognormal lengths (median ~120
+tokens, at most --reuse-max-length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_corpus(path: Path, texts: list[str]) -> None:
+    with path.open("w", encoding="utf-8") as out:
+        for i, text in enumerate(texts):
+            out.write(json.dumps({"id": f"doc-{i:07d}", "text": text}, ensure_ascii=False) + "\n")
+
+
+def reuse(args: argparse.Namespace, tmp: Path) -> dict:
+    from pipeline.engine.embedder import Engine
+    from pipeline.engine.model import load_model
+    from pipeline.engine.synthetic_text import TextGenerator
+    from pipeline.local.process import process_file
+    from pipeline.settings import Settings
+    from pipeline.storage.previous_output import PreviousOutput
+    from pipeline.tasks import task_kind
+    from producers.inputs.reuse_index import ReuseIndex
+    from schemas.job import Task
+    from schemas.options import EncodeOptions
+
+    documents, changed_every = args.reuse_documents, round(1 / args.reuse_changed)
+    rng = np.random.default_rng(0)
+    generator = TextGenerator(0)
+    words = np.clip(rng.lognormal(np.log(60), 0.8, documents), 3, 3000).astype(int)
+    texts = [generator.document(int(n)) for n in words]
+    write_corpus(tmp / "v1.jsonl", texts)
+    edited = [t + " (edited)" if i % changed_every == 0 else t for i, t in enumerate(texts)]
+    write_corpus(tmp / "v2.jsonl", edited)
+
+    model = load_model(args.model, device="cpu", precision=None, cache_dir=Settings().cache_dir)
+    engine = Engine(model, EncodeOptions(max_length=args.reuse_max_length))
+    kind = task_kind(Task.EMBED)
+
+    def encode(name: str, source: str, previous: Path | None = None) -> tuple[float, object]:
+        started = time.perf_counter()
+        summary = process_file(kind, tmp / source, tmp / name, engine,
+                               shard_items=args.shard_docs, reuse=previous)  # fmt: skip
+        return time.perf_counter() - started, summary
+
+    first_seconds, first = encode("v1", "v1.jsonl")
+    full_seconds, full = encode("full", "v2.jsonl")
+    reuse_seconds, reused = encode("reused", "v2.jsonl", tmp / "v1")
+    started = time.perf_counter()
+    with ReuseIndex(PreviousOutput.open(tmp / "v1")) as index:
+        index_seconds = time.perf_counter() - started
+        indexed = index.indexed
+    return {
+        "documents": documents,
+        "changed": sum(1 for i in range(documents) if i % changed_every == 0),
+        "tokens": first.stats.tokens,
+        "max_length": args.reuse_max_length,
+        "first_encode_seconds": round(first_seconds, 2),
+        "full_encode_seconds": round(full_seconds, 2),
+        "reuse_encode_seconds": round(reuse_seconds, 2),
+        "reuse_over_full": round(reuse_seconds / full_seconds, 4),
+        "reused": reused.reused,
+        "encoded": reused.accepted - reused.reused,
+        "encoded_tokens": reused.stats.tokens,
+        "full_tokens": full.stats.tokens,
+        "index_build_seconds": round(index_seconds, 3),
+        "index_us_per_document": round(index_seconds / indexed * 1e6, 2),
+        "reuse_rest_us_per_document": round(
+            (reuse_seconds - index_seconds - reused.stats.seconds) / documents * 1e6, 1
+        ),
+        "output_bytes_per_document": round(
+            sum(p.stat().st_size for p in (tmp / "full").glob("part-*")) / documents, 1
+        ),
+    }

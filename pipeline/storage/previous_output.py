@@ -1,0 +1,188 @@
+"""A finished output read back for `--reuse`: its identity, its documents, their rows.
+
+Every part file records, beside its rows, a 16-byte digest of each document it was made from
+(schema metadata key `m3pipe.documents`, in row order, one per document however many chunk
+rows it has): the document's text and kept fields. A later job whose document has the same
+id and digest, under the same model identity and options, copies its rows instead of
+encoding it again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import ReuseError
+from pipeline.storage.location import Location, open_location
+from pipeline.storage.output_dir import MANIFEST, PART_PATTERN
+from pipeline.storage.sink import part_name
+from schemas.document import Document
+
+log = logging.getLogger(__name__)
+
+DOCUMENT_DIGESTS_KEY = b"m3pipe.documents"
+DIGEST_BYTES = 16
+# File metadata that may differ between two outputs whose rows are interchangeable.
+NOT_IDENTITY = frozenset({"m3pipe_version"})
+
+
+def document_digest(doc: Document, keep_fields: Sequence[str] = ()) -> bytes:
+    """What a document's rows are made from: its text and the kept fields' values."""
+    digest = hashlib.blake2b(doc.text.encode("utf-8"), digest_size=DIGEST_BYTES)
+    fields = doc.fields or {}
+    for name in keep_fields:
+        value = fields.get(name)
+        digest.update(b"\x00" + name.encode("utf-8") + b"\x00")
+        digest.update(b"\x01" if value is None else b"\x02" + value.encode("utf-8"))
+    return digest.digest()
+
+
+def with_document_digests(
+    table: pa.Table, docs: Sequence[Document], keep_fields: Sequence[str] = ()
+) -> pa.Table:
+    """`table` (the rows of `docs`, in order) with each document's digest in its metadata."""
+    packed = b"".join(document_digest(doc, keep_fields) for doc in docs)
+    metadata = dict(table.schema.metadata or {})
+    metadata[DOCUMENT_DIGESTS_KEY] = base64.b64encode(packed)
+    return table.replace_schema_metadata(metadata)
+
+
+def identity(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """The model identity and options in a file's or manifest's metadata that decide what
+    its rows hold."""
+    return {key: value for key, value in (metadata or {}).items() if key not in NOT_IDENTITY}
+
+
+def identity_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """What differs between two identities, in words, or None."""
+    changed = [
+        f"{key} {new.get(key)!r} (was {old.get(key)!r})"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+    return "; ".join(changed) or None
+
+
+def document_starts(row_ids: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The first row of each document (a run of equal ids: its chunks), then the row count;
+    and each document's id."""
+    starts = [row for row in range(len(row_ids)) if row == 0 or row_ids[row] != row_ids[row - 1]]
+    return np.array([*starts, len(row_ids)], dtype=np.int64), [row_ids[row] for row in starts]
+
+
+@dataclass(frozen=True)
+class PreviousPart:
+    """One part file: its rows, where each document's rows start, and their digests."""
+
+    number: int
+    table: pa.Table
+    starts: np.ndarray  # the first row of each document, then the row count
+    ids: list[str]  # each document's id
+    digests: bytes  # DIGEST_BYTES per document, in order
+    identity: dict[str, Any]
+
+    def document(self, row: int) -> int | None:
+        """The ordinal of the document whose rows start at `row`, or None."""
+        ordinal = int(np.searchsorted(self.starts, row))
+        if ordinal < len(self.starts) - 1 and self.starts[ordinal] == row:
+            return ordinal
+        return None
+
+    def digest(self, ordinal: int) -> bytes:
+        return self.digests[ordinal * DIGEST_BYTES : (ordinal + 1) * DIGEST_BYTES]
+
+
+class PreviousOutput:
+    """A finished m3pipe output directory (local or object store), read for `--reuse`."""
+
+    def __init__(self, location: Location, manifest: dict[str, Any]) -> None:
+        self.location = location
+        self.manifest = manifest
+
+    @classmethod
+    def at(cls, target: Location | Path | str) -> PreviousOutput:
+        """Its part files only, its manifest unread: what a worker copies rows from."""
+        return cls(open_location(target), {})
+
+    @classmethod
+    def open(cls, target: Location | Path | str) -> PreviousOutput:
+        location = open_location(target)
+        try:
+            manifest = json.loads((location / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise ReuseError(
+                f"--reuse {location}: no {MANIFEST} there (not a finished m3pipe output)"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise ReuseError(f"--reuse {location}: cannot read {MANIFEST}: {exc}") from exc
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("job"), dict):
+            raise ReuseError(f"--reuse {location}: {MANIFEST} is not an m3pipe manifest")
+        if manifest["job"].get("task", "embed") != "embed" or "options" not in manifest["job"]:
+            raise ReuseError(f"--reuse {location}: not the output of an embed job")
+        return cls(location, manifest)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return identity(self.manifest.get("model"))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.manifest["job"]["options"])
+
+    @property
+    def keep_fields(self) -> list[str]:
+        return list(self.manifest["job"].get("keep_fields") or [])
+
+    @property
+    def documents(self) -> int:
+        return int((self.manifest.get("counts") or {}).get("documents") or 0)
+
+    def part_numbers(self) -> Iterator[int]:
+        """The numbers of its part files, unsorted (a streamed listing)."""
+        for name in self.location.child_names(PART_PATTERN):
+            number = name.removeprefix("part-").removesuffix(".parquet")
+            if number.isdigit() and part_name(int(number)) == name:
+                yield int(number)
+
+    def read_part(self, number: int, columns: list[str] | None = None) -> PreviousPart:
+        """Part `number` (only `columns`, `id` always included), or ReuseError if it is
+        missing, damaged or made without document digests."""
+        path = self.location / part_name(number)
+        try:
+            schema = pq.read_schema(path.path, filesystem=path.fs)
+            wanted = None if columns is None else ["id", *(c for c in columns if c != "id")]
+            table = pq.read_table(path.path, filesystem=path.fs, columns=wanted)
+            digests = base64.b64decode((schema.metadata or {})[DOCUMENT_DIGESTS_KEY], validate=True)
+            model = json.loads((schema.metadata or {}).get(b"m3pipe", b"{}"))
+        except KeyError:
+            raise ReuseError(f"{path} records no document digests (an older m3pipe?)") from None
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            raise ReuseError(f"cannot read {path}: {exc}") from exc
+        starts, ids = document_starts(table.column("id").to_pylist())
+        if len(digests) != len(ids) * DIGEST_BYTES:
+            raise ReuseError(f"{path}: its document digests do not match its rows")
+        return PreviousPart(number, table, starts, ids, digests, identity(model))
+
+    def entries(self) -> Iterator[tuple[str, int, int, int, bytes]]:
+        """(id, part, first row, rows, digest) of every document, a part at a time. A part
+        that cannot be read is skipped with a warning: its documents are encoded again."""
+        for number in self.part_numbers():
+            try:
+                part = self.read_part(number, columns=["id"])
+            except ReuseError as exc:
+                log.warning("--reuse: %s; its documents will be encoded", exc)
+                continue
+            starts = part.starts.tolist()
+            for ordinal, doc_id in enumerate(part.ids):
+                start, end = starts[ordinal], starts[ordinal + 1]
+                yield doc_id, number, start, end - start, part.digest(ordinal)

@@ -1,0 +1,96 @@
+"""A throwaway RocksDB under the temp directory: the producer's on-disk scratch space.
+
+Memory is its write buffers and block cache (bounded by the constants below); the rest is on
+disk. Bloom filters make a lookup of a missing key, the common case, cost no disk read.
+Partitioned index and filter blocks are charged to the cache, so they do not grow with the
+keys either. docs/scale.md has the measured figures.
+
+Set TMPDIR to put it on a disk with room: a full disk fails the submission with RocksDB's
+error, never silently.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from rocksdict import (
+    BlockBasedIndexType,
+    BlockBasedOptions,
+    Cache,
+    DBCompressionType,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteOptions,
+)
+
+WRITE_BUFFER_BYTES = 16 << 20  # per memtable; at most two in memory
+BLOCK_CACHE_BYTES = 32 << 20  # data, index and filter blocks read back
+BLOOM_BITS_PER_KEY = 10  # ~1% of lookups of a missing key read a block from disk
+
+
+class ScratchDb:
+    """A throwaway RocksDB under the temp directory (`parent`), deleted on close: bytes
+    keys and values, memory bounded by the constants above, no write-ahead log."""
+
+    def __init__(
+        self,
+        prefix: str,
+        parent: Path | str | None = None,
+        write_buffer_bytes: int = WRITE_BUFFER_BYTES,
+    ) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        self._db: Rdict | None = None
+        try:
+            self._db = Rdict(str(self.directory), _options(write_buffer_bytes))
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+        writes = WriteOptions()
+        # Nothing to recover after a crash: no write-ahead log. The attribute is a
+        # property; rocksdict's stub wrongly declares a method.
+        writes.disable_wal = True  # type: ignore[method-assign,assignment]
+        self._db.set_write_options(writes)
+
+    @property
+    def db(self) -> Rdict:
+        if self._db is None:
+            raise ValueError(f"{self.directory} is closed")
+        return self._db
+
+    def write(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        """Put many keys in one write (several times faster than one put each)."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in pairs:
+            batch.put(key, value)
+        self.db.write(batch)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _options(write_buffer_bytes: int) -> Options:
+    options = Options(raw_mode=True)  # bytes in, bytes out: no pickling
+    options.create_if_missing(True)
+    table = BlockBasedOptions()
+    table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+    # Index and filter blocks count against the cache (else they grow with the keys).
+    # Partitioned: a lookup loads only the index and filter partitions it needs.
+    table.set_index_type(BlockBasedIndexType.two_level_index_search())
+    table.set_partition_filters(True)
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_top_level_index_and_filter(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
+    options.set_block_based_table_factory(table)
+    options.set_write_buffer_size(write_buffer_bytes)
+    options.set_max_write_buffer_number(2)
+    options.set_compression_type(DBCompressionType.lz4())
+    options.set_max_background_jobs(2)
+    options.set_keep_log_file_num(1)
+    return options

@@ -1,0 +1,358 @@
+"""`--reuse`: unchanged documents are copied from a previous output, the rest encoded, and
+the result is row for row what a full encode gives. Real files, random:tiny on CPU.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.engine.embedder import Engine
+from pipeline.errors import InputNotAllowed, ReuseError
+from pipeline.local.process import process_file
+from pipeline.runtime.shard_runner import run_shard
+from pipeline.storage.output_dir import MANIFEST, read_shard_log
+from pipeline.storage.previous_output import (
+    DOCUMENT_DIGESTS_KEY,
+    PreviousOutput,
+    document_digest,
+)
+from pipeline.tasks import Reading, task_kind
+from pipeline.tasks.reuse import compute_with_reuse
+from producers.inputs.reuse_index import ReuseIndex
+from schemas.document import Document
+from schemas.job import Task
+from schemas.options import EncodeOptions, LongDocPolicy, StorageDtype
+from schemas.reuse import ReuseRun
+
+EMBED = task_kind(Task.EMBED)
+# float32 storage, so copied and re-encoded vectors compare at the parity bound.
+OPTIONS = EncodeOptions(max_length=64, dtype=StorageDtype.FLOAT32)
+WORDS = ["alpha", "beta", "gamma", "delta", "эпсилон", "ζήτα", "日本語", "emoji 🙂"]
+
+
+def corpus(count: int, seed: int = 0) -> list[dict[str, str]]:
+    rng = np.random.default_rng(seed)
+    return [
+        {"id": f"d{i:03d}", "text": " ".join(rng.choice(WORDS, rng.integers(2, 40)))}
+        for i in range(count)
+    ]
+
+
+def write(path: Path, records: list[dict[str, str]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
+def encode(tmp_path, tiny, name, records, reuse=None, options=OPTIONS, reading=None, docs=16):
+    source = write(tmp_path / f"{name}.jsonl", records)
+    engine = Engine(tiny, options)
+    return process_file(
+        EMBED, source, tmp_path / name, engine, reading=reading, shard_items=docs, reuse=reuse
+    )
+
+
+def rows(directory: Path) -> pa.Table:
+    return pq.read_table(sorted(directory.glob("part-*.parquet")))
+
+
+def assert_same_rows(got: pa.Table, want: pa.Table) -> None:
+    """Row for row: equal ids, tokens, sparse terms; vectors within the parity bound (copied
+    rows were computed in other batches: GEMM blocking moves the last bits)."""
+    assert got.column_names == want.column_names
+    for name in got.column_names:
+        left, right = got.column(name).to_pylist(), want.column(name).to_pylist()
+        if name in ("dense", "sparse_values"):
+            for a, b in zip(left, right, strict=True):
+                np.testing.assert_allclose(a, b, atol=1e-5)
+        elif name == "colbert":
+            for a, b in zip(left, right, strict=True):
+                np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)
+        else:
+            assert left == right, name
+
+
+def edited(records: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Some changed, some gone, some new, some moved: what a re-index meets."""
+    new = [dict(r) for r in records if r["id"] not in ("d003", "d040")]  # dropped
+    for record in new[20:23]:
+        record["text"] += " (edited)"
+    new.insert(30, {"id": "fresh-1", "text": "a new document"})
+    new.append({"id": "fresh-2", "text": "another new one"})
+    new.insert(5, new.pop(len(new) - 3))  # moved to another shard, unchanged
+    return new
+
+
+def test_reuse_copies_unchanged_documents_and_equals_a_full_encode(tmp_path, tiny):
+    records = corpus(60)
+    encode(tmp_path, tiny, "v1", records)
+    reused = encode(tmp_path, tiny, "v2", edited(records), reuse=tmp_path / "v1")
+    full = encode(tmp_path, tiny, "full", edited(records))
+
+    assert_same_rows(rows(tmp_path / "v2"), rows(tmp_path / "full"))
+    # 60 - 2 dropped - 3 edited = 55 copied; 3 edited + 2 new encoded
+    assert (reused.reused, reused.dropped) == (55, 2)
+    counts = json.loads((tmp_path / "v2" / MANIFEST).read_text())["counts"]
+    assert counts | {"reused": 55, "encoded": 5, "dropped": 2} == counts
+    assert counts["documents"] == 60 and counts["rows"] == 60
+    # Only the encoded documents cost tokens.
+    assert 0 < reused.stats.tokens < full.stats.tokens / 5
+    assert sum(entry["reused"] for entry in read_shard_log(tmp_path / "v2")) == 55
+
+
+def test_reuse_of_a_reused_output_and_of_an_unchanged_corpus(tmp_path, tiny):
+    records = corpus(40)
+    encode(tmp_path, tiny, "v1", records)
+    again = encode(tmp_path, tiny, "v2", records, reuse=tmp_path / "v1")
+    assert (again.reused, again.dropped, again.stats.tokens) == (40, 0, 0)
+    # Nothing encoded: the files are the previous rows, the digests carried on.
+    assert rows(tmp_path / "v2").equals(rows(tmp_path / "v1"))
+    third = encode(tmp_path, tiny, "v3", edited(records), reuse=tmp_path / "v2")
+    assert (third.reused, third.dropped) == (36, 1)  # d003 gone (no d040 here), 3 edited
+
+
+def test_chunked_documents_and_kept_fields(tmp_path, tiny):
+    options = EncodeOptions(
+        max_length=16, long_docs=LongDocPolicy.CHUNK, dtype=StorageDtype.FLOAT32
+    )
+    reading = Reading(keep_fields=("title",))
+    records = [{**r, "title": f"t{i}"} for i, r in enumerate(corpus(30, seed=1))]
+    encode(tmp_path, tiny, "v1", records, options=options, reading=reading, docs=7)
+    changed = [dict(r) for r in records]
+    changed[4]["title"] = "a new title"  # same text, another kept field: encoded again
+    changed[9]["text"] += " and more words to make another chunk or two"
+    summary = encode(tmp_path, tiny, "v2", changed, reuse=tmp_path / "v1", options=options,
+                     reading=reading, docs=7)  # fmt: skip
+    encode(tmp_path, tiny, "full", changed, options=options, reading=reading, docs=7)
+    got = rows(tmp_path / "v2")
+    assert max(got.column("chunk").to_pylist()) > 0  # chunk rows really were copied
+    assert_same_rows(got, rows(tmp_path / "full"))
+    assert summary.reused == 28
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"options": EncodeOptions(max_length=32, dtype=StorageDtype.FLOAT32)}, "max_length"),
+        ({"options": EncodeOptions(max_length=64)}, "dtype"),
+        ({"reading": Reading(keep_fields=("title",))}, "kept fields"),
+    ],
+)
+def test_an_output_of_other_options_is_refused(tmp_path, tiny, change, message):
+    records = [{**r, "title": "t"} for r in corpus(5)]
+    encode(tmp_path, tiny, "v1", records)
+    with pytest.raises(ReuseError, match=message):
+        encode(tmp_path, tiny, "v2", records, reuse=tmp_path / "v1", **change)
+    assert not (tmp_path / "v2").exists()  # refused before anything was written
+
+
+def test_what_is_not_a_reusable_output_is_refused(tmp_path, tiny):
+    records = corpus(5)
+    with pytest.raises(ReuseError, match=r"no _manifest\.json"):
+        encode(tmp_path, tiny, "v2", records, reuse=tmp_path / "missing")
+    encode(tmp_path, tiny, "v1", records)
+    with pytest.raises(ReuseError, match="another output directory"):
+        encode(tmp_path, tiny, "v1", records, reuse=tmp_path / "v1")
+    (tmp_path / "v1" / MANIFEST).write_text("[1, 2]")
+    with pytest.raises(ReuseError, match="not an m3pipe manifest"):
+        encode(tmp_path, tiny, "v3", records, reuse=tmp_path / "v1")
+
+
+def strip_digests(part: Path) -> None:
+    table = pq.read_table(part)
+    metadata = {k: v for k, v in table.schema.metadata.items() if k != DOCUMENT_DIGESTS_KEY}
+    pq.write_table(table.replace_schema_metadata(metadata), part)
+
+
+def test_unreadable_previous_parts_are_encoded_again(tmp_path, tiny):
+    records = corpus(48)
+    encode(tmp_path, tiny, "v1", records)
+    strip_digests(tmp_path / "v1" / "part-00000.parquet")  # as an older m3pipe wrote it
+    (tmp_path / "v1" / "part-00001.parquet").write_bytes(b"PAR1 garbage")
+    summary = encode(tmp_path, tiny, "v2", records, reuse=tmp_path / "v1")
+    encode(tmp_path, tiny, "full", records)
+    assert summary.reused == 16  # the third part only
+    assert_same_rows(rows(tmp_path / "v2"), rows(tmp_path / "full"))
+
+
+@pytest.fixture
+def previous(tmp_path, tiny) -> PreviousOutput:
+    encode(tmp_path, tiny, "v1", corpus(20), docs=10)
+    return PreviousOutput.at(tmp_path / "v1")
+
+
+def docs_of(records: list[dict[str, str]]) -> list[Document]:
+    return [Document(id=r["id"], text=r["text"]) for r in records]
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [
+        [ReuseRun(at=0, count=5, part=0, row=1, rows=5)],  # rows of other documents
+        [ReuseRun(at=0, count=5, part=0, row=0, rows=6)],  # more rows than its documents
+        [ReuseRun(at=0, count=5, part=7, row=0, rows=5)],  # no such part
+        [ReuseRun(at=0, count=5, part=1, row=0, rows=5)],  # another part's documents
+        [ReuseRun(at=0, count=20, part=0, row=0, rows=20)],  # past the part's end
+    ],
+)
+def test_a_forged_or_outdated_plan_only_makes_the_worker_encode(previous, tiny, runs):
+    engine = Engine(tiny, OPTIONS)
+    docs = docs_of(corpus(10))
+    computed, reused = compute_with_reuse(EMBED, engine, docs, runs, previous)
+    assert reused == 0
+    assert_same_rows(computed.table, EMBED.compute(engine, docs).table)
+
+
+def test_a_changed_text_under_the_same_id_is_encoded(previous, tiny):
+    engine = Engine(tiny, OPTIONS)
+    docs = docs_of(corpus(10))
+    docs[2] = Document(id=docs[2].id, text="changed after the plan was made")
+    runs = [ReuseRun(at=0, count=10, part=0, row=0, rows=10)]
+    computed, reused = compute_with_reuse(EMBED, engine, docs, runs, previous)
+    assert reused == 0  # the run fails as a whole: its rows are checked together
+    assert_same_rows(computed.table, EMBED.compute(engine, docs).table)
+    runs = [ReuseRun(at=0, count=2, part=0, row=0, rows=2),
+            ReuseRun(at=3, count=7, part=0, row=3, rows=7)]  # fmt: skip
+    computed, reused = compute_with_reuse(EMBED, engine, docs, runs, previous)
+    assert reused == 9
+    assert_same_rows(computed.table, EMBED.compute(engine, docs).table)
+
+
+def test_rows_of_another_model_are_never_copied(previous, tiny):
+    part = previous.location.local_path / "part-00000.parquet"
+    table = pq.read_table(part)
+    model = json.loads(table.schema.metadata[b"m3pipe"])
+    model["model_fingerprint"] = "another-model"
+    metadata = {**table.schema.metadata, b"m3pipe": json.dumps(model).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), part)
+    engine = Engine(tiny, OPTIONS)
+    docs = docs_of(corpus(10))
+    runs = [ReuseRun(at=0, count=10, part=0, row=0, rows=10)]
+    computed, reused = compute_with_reuse(EMBED, engine, docs, runs, previous)
+    assert reused == 0
+    assert_same_rows(computed.table, EMBED.compute(engine, docs).table)
+
+
+def test_the_index_plans_runs_and_counts(tmp_path, tiny):
+    records = corpus(30)
+    encode(tmp_path, tiny, "v1", records, docs=10)
+    with ReuseIndex(PreviousOutput.open(tmp_path / "v1")) as index:
+        assert index.indexed == 30
+        docs = docs_of(records[5:15])  # across two parts: two runs
+        docs[3] = Document(id=docs[3].id, text="changed")
+        assert index.plan(docs) == [
+            ReuseRun(at=0, count=3, part=0, row=5, rows=3),
+            ReuseRun(at=4, count=1, part=0, row=9, rows=1),
+            ReuseRun(at=5, count=5, part=1, row=0, rows=5),
+        ]
+        assert index.plan(docs_of([{"id": "new", "text": "x"}, records[29]])) == [
+            ReuseRun(at=1, count=1, part=2, row=9, rows=1)
+        ]
+        assert (index.matched, index.reused, index.dropped) == (11, 10, 19)
+        directory = index._scratch.directory
+        assert directory.exists()
+    assert not directory.exists()  # the on-disk index goes with the job
+
+
+def test_the_digest_covers_text_and_kept_fields_only():
+    doc = Document(id="a", text="x", fields={"k": "1", "other": "2"})
+    assert document_digest(doc) == document_digest(Document(id="b", text="x"))
+    assert document_digest(doc, ["k"]) != document_digest(doc)
+    assert document_digest(doc, ["k"]) == document_digest(
+        Document(id="a", text="x", fields={"k": "1", "other": "changed"}), ["k"]
+    )
+    none = Document(id="a", text="x", fields={"k": None})
+    empty = Document(id="a", text="x", fields={"k": ""})
+    assert document_digest(none, ["k"]) != document_digest(empty, ["k"])
+
+
+def test_every_part_records_one_digest_per_document(tmp_path, tiny):
+    options = EncodeOptions(max_length=16, long_docs=LongDocPolicy.CHUNK)
+    records = corpus(12)
+    encode(tmp_path, tiny, "v1", records, options=options, docs=12)
+    table = pq.read_table(tmp_path / "v1" / "part-00000.parquet")
+    assert table.num_rows > 12
+    packed = base64.b64decode(table.schema.metadata[DOCUMENT_DIGESTS_KEY])
+    assert packed == b"".join(document_digest(d) for d in docs_of(records))
+
+
+# -- queue jobs: the producer plans, the worker copies (real Redis, in-process runner) -----
+
+
+@pytest.fixture
+def runtime(store, tiny):
+    from pipeline.runtime.shard_runner import WorkerRuntime
+    from pipeline.runtime.worker_models import WorkerModels
+
+    models = WorkerModels(specs={Task.EMBED: "random:tiny"}, loader=lambda task, spec: tiny)
+    return WorkerRuntime(models=models, store=store, hostname="t@host")
+
+
+def queue_job(tmp_path, store, runtime, name, records, run=True, **changes):
+    from pipeline.runtime.shard_runner import run_shard
+    from producers.submit import ShardLimits, SubmitRequest, submit_job
+
+    fields = dict(
+        inputs=[write(tmp_path / f"{name}.jsonl", records)], out=tmp_path / name,
+        model="random:tiny", options=OPTIONS, queue="q", max_queued=100,
+        limits=ShardLimits(items=16, bytes=1 << 20, tokens=100_000),
+    )  # fmt: skip
+    sent = []
+    request = SubmitRequest(**(fields | changes))
+    result = submit_job(request, store, lambda message, queue, priority: sent.append(message))
+    for message in sent if run else ():
+        run_shard(message, runtime)
+    return result, sent
+
+
+def test_a_queue_job_reuses_and_counts_in_its_manifest(tmp_path, store, runtime, tiny):
+    records = corpus(60)
+    queue_job(tmp_path, store, runtime, "v1", records)
+    result, sent = queue_job(tmp_path, store, runtime, "v2", edited(records),
+                             reuse=str(tmp_path / "v1"))  # fmt: skip
+    assert result.reuse == (55, 2)
+    # A run per stretch of unchanged documents: shard 0 has a deletion, a moved document
+    # and its neighbours. Bytes per shard in Redis, not per document.
+    assert [len(m.reuse or ()) for m in sent] == [4, 2, 3, 2]
+    assert all(len(m.model_dump_json()) < 800 for m in sent)  # shards by reference
+    status = store.status(result.job_id)
+    assert (status.documents_reused, status.documents_dropped) == (55, 2)
+    manifest = json.loads((tmp_path / "v2" / MANIFEST).read_text())
+    assert manifest["job"]["reuse"] == str(tmp_path / "v1")
+    counts = manifest["counts"]
+    assert (counts["reused"], counts["encoded"], counts["dropped"]) == (55, 5, 2)
+    encode(tmp_path, tiny, "full", edited(records))
+    assert_same_rows(rows(tmp_path / "v2"), rows(tmp_path / "full"))
+
+
+def test_submit_refuses_an_output_of_other_options_before_registering(tmp_path, store, runtime):
+    records = corpus(8)
+    queue_job(tmp_path, store, runtime, "v1", records)
+    jobs = store.job_ids()
+    with pytest.raises(ReuseError, match="max_length 32"):
+        queue_job(tmp_path, store, runtime, "v2", records, reuse=str(tmp_path / "v1"),
+                  options=EncodeOptions(max_length=32, dtype=StorageDtype.FLOAT32))  # fmt: skip
+    with pytest.raises(ReuseError, match="model 'random:small'"):
+        queue_job(tmp_path, store, runtime, "v2", records, reuse=str(tmp_path / "v1"),
+                  model="random:small")  # fmt: skip
+    assert store.job_ids() == jobs and not (tmp_path / "v2").exists()
+
+
+def test_workers_read_a_previous_output_only_below_their_roots(tmp_path, store, runtime):
+    records = corpus(8)
+    queue_job(tmp_path, store, runtime, "v1", records)
+    runtime.input_roots = (str(tmp_path / "elsewhere"),)
+    runtime.output_roots = (str(tmp_path / "v2"),)
+    _, sent = queue_job(tmp_path, store, runtime, "v2", records, run=False,
+                        reuse=str(tmp_path / "v1"), inline_shards=True)  # fmt: skip
+    with pytest.raises(InputNotAllowed, match="outside the allowed input roots"):
+        run_shard(sent[0], runtime)
+    runtime.output_roots = (str(tmp_path),)  # below an output root: read, rows copied
+    run_shard(sent[0], runtime)
+    assert store.status(sent[0].job_id).documents_reused == 8
