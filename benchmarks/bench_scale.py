@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from report import spawn_side  # noqa: E402
+from report import peak_since_reset, reset_peak, rss_bytes, spawn_side  # noqa: E402
 
 BILLION = 10**9
 
@@ -64,30 +64,6 @@ def write_corpus(path: Path, documents: int) -> int:
                 lines.append(f'{{"id": "doc-{doc_id}", "text": "{text}"}}\n')
             out.write("".join(lines))
     return path.stat().st_size
-
-
-def rss_bytes(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def reset_peak() -> int:
-    """Reset this process's RSS high-water mark (Linux: clear_refs 5); its RSS now."""
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
-    return rss_bytes(os.getpid()) or 0
-
-
-def peak_since_reset() -> int:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
 
 
 def slope(points: list[tuple[int, int]]) -> float:

@@ -70,3 +70,27 @@ def save(report: dict, prefix: str, device: str, model: str, out: Path | None) -
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {path}")
     return path
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak() -> int:
+    """Reset this process's RSS high-water mark (Linux: clear_refs 5); its RSS now."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    return rss_bytes(os.getpid()) or 0
+
+
+def peak_since_reset() -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024

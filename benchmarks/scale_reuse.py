@@ -31,7 +31,7 @@ def reuse(args: argparse.Namespace, tmp: Path) -> dict:
     from pipeline.engine.synthetic_text import TextGenerator
     from pipeline.local.process import process_file
     from pipeline.settings import Settings
-    from pipeline.storage.previous_output import PreviousOutput
+    from pipeline.storage.finished_output import FinishedOutput
     from pipeline.tasks import task_kind
     from producers.inputs.reuse_index import ReuseIndex
     from schemas.job import Task
@@ -60,7 +60,7 @@ def reuse(args: argparse.Namespace, tmp: Path) -> dict:
     full_seconds, full = encode("full", "v2.jsonl")
     reuse_seconds, reused = encode("reused", "v2.jsonl", tmp / "v1")
     started = time.perf_counter()
-    with ReuseIndex(PreviousOutput.open(tmp / "v1")) as index:
+    with ReuseIndex(FinishedOutput.open(tmp / "v1")) as index:
         index_seconds = time.perf_counter() - started
         indexed = index.indexed
     return {

@@ -80,6 +80,10 @@ class ResumeError(InputError):
     """The output directory cannot be resumed with this submission."""
 
 
+class OutputUnreadable(InputError):
+    """A directory read as a finished m3pipe output is not one (or cannot be read)."""
+
+
 class ReuseError(InputError):
     """`--reuse` names something whose rows cannot be reused by this job."""
 

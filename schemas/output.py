@@ -72,3 +72,20 @@ def rerank_schema(metadata: Mapping[str, object] | None = None) -> pa.Schema:
         pa.field("n_tokens", pa.int32(), nullable=False),
     ]
     return pa.schema(fields, metadata=_schema_metadata(metadata))
+
+
+def search_results_schema(metadata: Mapping[str, object] | None = None) -> pa.Schema:
+    """Columns of `m3pipe search` results: one row per (run, query, ranked document). `score`
+    ranks within the run (for the rerank run: the cross-encoder's logit); the three mode
+    scores are the document's own (null where a mode was not scored)."""
+    fields = [
+        pa.field("run", pa.string(), nullable=False),  # dense, sparse, colbert, hybrid, rerank
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),  # 1 = best
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("dense", pa.float32(), nullable=True),
+        pa.field("sparse", pa.float32(), nullable=True),
+        pa.field("colbert", pa.float32(), nullable=True),
+    ]
+    return pa.schema(fields, metadata=_schema_metadata(metadata))

@@ -21,6 +21,7 @@ from celery.signals import worker_process_init
 from pipeline.broker.redis_url import connect
 from pipeline.jobs.store import JobStore
 from pipeline.ops.lifeline import set_parent_death_signal
+from pipeline.runtime.gpu_utilization import register_gpu_utilization
 from pipeline.runtime.metrics import WorkerMetrics, serve
 from pipeline.runtime.shard_runner import WorkerRuntime
 from pipeline.runtime.worker_models import WorkerModels, load_task_model
@@ -85,6 +86,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     record["model_load_seconds"] = round(time.perf_counter() - started, 3)
     record["ready_at"] = time.time()
     store.register_worker(hostname, record, _WORKER_RECORD_TTL)
+    if torch_device.type == "cuda":
+        register_gpu_utilization(metrics.registry)
     serve(metrics.registry, settings.metrics_port or 0)
     return WorkerRuntime(
         models=models,

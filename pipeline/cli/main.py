@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from pipeline import __version__
+from pipeline.cli.models import add_model_commands
 from pipeline.cli.options import (
     add_encode_options,
     add_input_options,
@@ -25,6 +26,7 @@ from pipeline.cli.queue import add_queue_commands
 from pipeline.cli.report import process_command
 from pipeline.cli.rerank import add_rerank_command
 from pipeline.cli.scale import add_scale_commands
+from pipeline.cli.search import add_search_commands
 from pipeline.cli.tenants import add_tenants_command
 from pipeline.errors import PipelineError
 from pipeline.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
@@ -36,6 +38,8 @@ MODEL_COMMANDS = {
     "make-test-model",
     "worker",
     "run",
+    "search",
+    "fetch-model",
 }  # the ones that import torch
 
 
@@ -80,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_queue_commands(sub)
     add_tenants_command(sub)
     add_scale_commands(sub)
+    add_search_commands(sub)
+    add_model_commands(sub)
     return parser
 
 

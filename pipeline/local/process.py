@@ -14,6 +14,12 @@ from typing import Any
 
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import InputError, ReuseError
+from pipeline.storage.finished_output import (
+    FinishedOutput,
+    identity,
+    identity_difference,
+    open_for_reuse,
+)
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.manifest import build_manifest
 from pipeline.storage.output_dir import (
@@ -22,11 +28,6 @@ from pipeline.storage.output_dir import (
     ShardLog,
     prepare_output_dir,
     write_json_atomic,
-)
-from pipeline.storage.previous_output import (
-    PreviousOutput,
-    identity,
-    identity_difference,
 )
 from pipeline.storage.sink import part_name, write_shard
 from pipeline.tasks import Reading, TaskKind
@@ -143,9 +144,9 @@ def process_file(
 
 def check_reusable(
     reuse: Location | Path | str, out_dir: Location | Path | str, engine: Any, reading: Reading
-) -> PreviousOutput:
+) -> FinishedOutput:
     """The previous output, once it is sure its rows are what this run would write."""
-    previous = PreviousOutput.open(reuse)
+    previous = open_for_reuse(reuse)
     if previous.location.uri == open_location(out_dir).uri:
         raise ReuseError("--reuse needs another output directory than --out")
     difference = identity_difference(previous.identity, identity(engine.file_metadata()))

@@ -19,8 +19,8 @@ from pipeline.jobs.resume import documents_digest, with_shard_metadata
 from pipeline.jobs.store import ABSENT, JobStore
 from pipeline.runtime.metrics import WorkerMetrics
 from pipeline.runtime.worker_models import WorkerModels
+from pipeline.storage.finished_output import FinishedOutput
 from pipeline.storage.output_roots import allowed_input, allowed_output, allowed_reuse
-from pipeline.storage.previous_output import PreviousOutput
 from pipeline.storage.sink import part_name, write_shard
 from pipeline.tasks import TaskEngine, task_kind
 from pipeline.tasks.kind import Computed
@@ -215,7 +215,7 @@ def _compute(
     kind = task_kind(spec.task)
     if message.reuse and spec.reuse is not None:
         location = allowed_reuse(spec.reuse, runtime.input_roots, runtime.output_roots)
-        previous = PreviousOutput.at(location)
+        previous = FinishedOutput.at(location)
         return compute_with_reuse(kind, engine, items, message.reuse, previous, spec.keep_fields)
     return kind.compute(engine, items, spec.keep_fields), 0
 

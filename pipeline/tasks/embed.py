@@ -149,7 +149,7 @@ class EmbedTask(TaskKind):
     def part_table(
         self, table: pa.Table, items: Sequence[Document], keep_fields: Sequence[str] = ()
     ) -> pa.Table:
-        from pipeline.storage.previous_output import with_document_digests
+        from pipeline.storage.finished_output import with_document_digests
 
         return with_document_digests(table, items, keep_fields)  # what --reuse checks
 

@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import ReuseError
-from pipeline.storage.previous_output import (
-    PreviousOutput,
+from pipeline.storage.finished_output import (
+    FinishedOutput,
     PreviousPart,
     document_digest,
     identity,
@@ -44,7 +44,7 @@ class ReuseSplit:
 def split_for_reuse(
     docs: Sequence[Document],
     runs: Sequence[ReuseRun],
-    previous: PreviousOutput,
+    previous: FinishedOutput,
     engine: TaskEngine,
     schema: pa.Schema,
     keep_fields: Sequence[str] = (),
@@ -72,7 +72,7 @@ def split_for_reuse(
 
 
 def _read_part(
-    previous: PreviousOutput, number: int, schema: pa.Schema, wanted: dict[str, object]
+    previous: FinishedOutput, number: int, schema: pa.Schema, wanted: dict[str, object]
 ) -> PreviousPart | None:
     try:
         part = previous.read_part(number, columns=schema.names)
@@ -129,7 +129,7 @@ def compute_with_reuse(
     engine: TaskEngine,
     docs: Sequence[Document],
     runs: Sequence[ReuseRun],
-    previous: PreviousOutput,
+    previous: FinishedOutput,
     keep_fields: Sequence[str] = (),
 ) -> tuple[Computed, int]:
     """One shard's output, its planned rows copied: (computed, documents reused)."""

@@ -14,8 +14,8 @@ from pathlib import Path
 from types import TracebackType
 
 from pipeline.errors import ReuseError
+from pipeline.storage.finished_output import FinishedOutput, document_digest, open_for_reuse
 from pipeline.storage.location import Location, open_location
-from pipeline.storage.previous_output import PreviousOutput, document_digest
 from producers.inputs.scratch_db import ScratchDb
 from schemas.document import Document
 from schemas.options import EncodeOptions
@@ -31,12 +31,12 @@ def open_reusable(
     model: str,
     options: EncodeOptions,
     keep_fields: Sequence[str],
-) -> PreviousOutput:
+) -> FinishedOutput:
     """The previous output of `--reuse`, once it is sure to hold rows of this model and
     options (ReuseError naming what differs). The model's exact identity (revision, weights
     fingerprint, compute precision) is known once a worker loads it: workers check it per
     shard and encode what they cannot copy."""
-    previous = PreviousOutput.open(previous_out)
+    previous = open_for_reuse(previous_out)
     if previous.location.uri == open_location(out).uri:
         raise ReuseError("--reuse needs another output directory than --out")
     old = {**previous.options, "model": previous.identity.get("model")}
@@ -56,7 +56,7 @@ def open_reusable(
 class ReuseIndex:
     """Use as a context manager: the index is deleted on exit."""
 
-    def __init__(self, previous: PreviousOutput, parent: Path | str | None = None) -> None:
+    def __init__(self, previous: FinishedOutput, parent: Path | str | None = None) -> None:
         self.previous = previous
         self.indexed = 0  # documents of the previous output
         self.matched = 0  # documents planned whose id the previous output has

@@ -74,6 +74,17 @@ def test_services_carry_the_documented_settings(compose):
         assert worker["environment"]["M3PIPE_INPUT_ROOTS"] == "${M3PIPE_INPUT_ROOTS:-/data}"
         assert worker["environment"]["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
         assert "./data:/data" in worker["volumes"]
+    for name in ("worker-gpu0", "worker-gpu1", "worker-cpu"):
+        worker = services[name]
+        assert worker["environment"]["HF_HUB_OFFLINE"] == "1"  # models from the cache volume
+        assert worker["depends_on"]["fetch-model"] == {
+            "condition": "service_completed_successfully"
+        }
+        assert "model-cache:/cache" in worker["volumes"]
+    fetch = services["fetch-model"]
+    assert fetch["command"][:2] == ["m3pipe", "fetch-model"] and fetch["restart"] == "no"
+    assert "model-cache:/cache" in fetch["volumes"]
+    assert "HF_HUB_OFFLINE" not in fetch["environment"]
     assert services["worker-cpu"]["profiles"] == ["cpu"]
     assert services["autoscaler"]["profiles"] == ["autoscale"]
     assert "M3PIPE_FLOWER_BASIC_AUTH" in services["flower"]["environment"]

@@ -96,6 +96,31 @@ def test_worker_has_one_gpu_a_long_grace_and_a_probe_beyond_ping(objects):
     assert store_secret["secretRef"] == {"name": "m3pipe-object-store", "optional": True}
 
 
+def test_workers_load_the_models_from_a_cache_the_fetch_job_fills(objects):
+    worker = objects[("Deployment", "m3pipe-worker")]["spec"]["template"]["spec"]
+    [container] = worker["containers"]
+    env = env_of(container)
+    assert env["HF_HUB_OFFLINE"]["value"] == "1"  # never a download on scale-up
+    cache = {v["name"]: v for v in worker["volumes"]}["cache"]["persistentVolumeClaim"]
+    assert cache["readOnly"] is True
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "cache")
+    assert mount["readOnly"] is True
+    pvc = objects[("PersistentVolumeClaim", cache["claimName"])]
+    assert "ReadOnlyMany" in pvc["spec"]["accessModes"]
+
+    job = objects[("Job", "m3pipe-fetch-model")]["spec"]["template"]["spec"]
+    [fetch] = job["containers"]
+    args = build_parser().parse_args(fetch["args"][1:])
+    assert fetch["args"][:2] == ["m3pipe", "fetch-model"] and args.timeout >= 1800
+    assert fetch["image"] == container["image"]  # the same HF_HOME and cache layout
+    job_cache = {v["name"]: v for v in job["volumes"]}["cache"]["persistentVolumeClaim"]
+    assert job_cache["claimName"] == cache["claimName"] and not job_cache.get("readOnly")
+    job_mount = next(m for m in fetch["volumeMounts"] if m["name"] == "cache")
+    assert job_mount["mountPath"] == mount["mountPath"]
+    for model in ("M3PIPE_MODEL", "M3PIPE_RERANK_MODEL"):  # the models the workers load
+        assert env_of(fetch)[model]["value"] == env[model]["value"]
+
+
 def test_keda_scales_the_worker_on_backlog_including_in_flight(objects):
     scaled = objects[("ScaledObject", "m3pipe-worker")]
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.runtime.gpu_utilization import register_gpu_utilization
 from pipeline.runtime.metrics import AutoscalerMetrics, WorkerMetrics
+from tests.fake_nvml import FakeNvml
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
@@ -37,7 +39,9 @@ def exported_names() -> set[str]:
     """Every series name the worker and the autoscaler expose, as Prometheus scrapes it."""
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     names = set()
-    for metrics in (WorkerMetrics(), AutoscalerMetrics()):
+    worker = WorkerMetrics()
+    register_gpu_utilization(worker.registry, FakeNvml())  # what a GPU worker adds
+    for metrics in (worker, AutoscalerMetrics()):
         for family in metrics.registry.collect():
             names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
     return names
@@ -100,5 +104,6 @@ def test_the_dashboard_shows_what_an_operator_needs():
         "m3pipe_padded_tokens_total", "m3pipe_shards_total", "m3pipe_tenant_shards_total",
         "m3pipe_shard_encode_seconds_bucket", "m3pipe_device_memory_bytes",
         "m3pipe_oom_splits_total", "m3pipe_model_load_failures_total",
+        "m3pipe_gpu_utilization_ratio",
     ):  # fmt: skip
         assert metric in queries, f"the dashboard has no panel on {metric}"

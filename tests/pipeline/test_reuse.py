@@ -17,12 +17,12 @@ from pipeline.engine.embedder import Engine
 from pipeline.errors import InputNotAllowed, ReuseError
 from pipeline.local.process import process_file
 from pipeline.runtime.shard_runner import run_shard
-from pipeline.storage.output_dir import MANIFEST, read_shard_log
-from pipeline.storage.previous_output import (
+from pipeline.storage.finished_output import (
     DOCUMENT_DIGESTS_KEY,
-    PreviousOutput,
+    FinishedOutput,
     document_digest,
 )
+from pipeline.storage.output_dir import MANIFEST, read_shard_log
 from pipeline.tasks import Reading, task_kind
 from pipeline.tasks.reuse import compute_with_reuse
 from producers.inputs.reuse_index import ReuseIndex
@@ -182,9 +182,9 @@ def test_unreadable_previous_parts_are_encoded_again(tmp_path, tiny):
 
 
 @pytest.fixture
-def previous(tmp_path, tiny) -> PreviousOutput:
+def previous(tmp_path, tiny) -> FinishedOutput:
     encode(tmp_path, tiny, "v1", corpus(20), docs=10)
-    return PreviousOutput.at(tmp_path / "v1")
+    return FinishedOutput.at(tmp_path / "v1")
 
 
 def docs_of(records: list[dict[str, str]]) -> list[Document]:
@@ -242,7 +242,7 @@ def test_rows_of_another_model_are_never_copied(previous, tiny):
 def test_the_index_plans_runs_and_counts(tmp_path, tiny):
     records = corpus(30)
     encode(tmp_path, tiny, "v1", records, docs=10)
-    with ReuseIndex(PreviousOutput.open(tmp_path / "v1")) as index:
+    with ReuseIndex(FinishedOutput.open(tmp_path / "v1")) as index:
         assert index.indexed == 30
         docs = docs_of(records[5:15])  # across two parts: two runs
         docs[3] = Document(id=docs[3].id, text="changed")

@@ -1,4 +1,5 @@
-"""A finished output read back for `--reuse`: its identity, its documents, their rows.
+"""A finished embed output read back: its manifest and identity, its part files, and each
+document's rows and digest (for `--reuse`; `m3pipe search` streams the same parts).
 
 Every part file records, beside its rows, a 16-byte digest of each document it was made from
 (schema metadata key `m3pipe.documents`, in row order, one per document however many chunk
@@ -22,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import ReuseError
+from pipeline.errors import OutputUnreadable, ReuseError
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.output_dir import MANIFEST, PART_PATTERN
 from pipeline.storage.sink import part_name
@@ -102,33 +103,34 @@ class PreviousPart:
         return self.digests[ordinal * DIGEST_BYTES : (ordinal + 1) * DIGEST_BYTES]
 
 
-class PreviousOutput:
-    """A finished m3pipe output directory (local or object store), read for `--reuse`."""
+class FinishedOutput:
+    """A finished m3pipe embed output directory (local or object store)."""
 
     def __init__(self, location: Location, manifest: dict[str, Any]) -> None:
         self.location = location
         self.manifest = manifest
 
     @classmethod
-    def at(cls, target: Location | Path | str) -> PreviousOutput:
+    def at(cls, target: Location | Path | str) -> FinishedOutput:
         """Its part files only, its manifest unread: what a worker copies rows from."""
         return cls(open_location(target), {})
 
     @classmethod
-    def open(cls, target: Location | Path | str) -> PreviousOutput:
+    def open(cls, target: Location | Path | str) -> FinishedOutput:
         location = open_location(target)
         try:
             manifest = json.loads((location / MANIFEST).read_text())
         except FileNotFoundError:
-            raise ReuseError(
-                f"--reuse {location}: no {MANIFEST} there (not a finished m3pipe output)"
+            raise OutputUnreadable(
+                f"{location}: no {MANIFEST} there (not a finished m3pipe output)"
             ) from None
         except (OSError, ValueError) as exc:
-            raise ReuseError(f"--reuse {location}: cannot read {MANIFEST}: {exc}") from exc
+            raise OutputUnreadable(f"{location}: cannot read {MANIFEST}: {exc}") from exc
         if not isinstance(manifest, dict) or not isinstance(manifest.get("job"), dict):
-            raise ReuseError(f"--reuse {location}: {MANIFEST} is not an m3pipe manifest")
-        if manifest["job"].get("task", "embed") != "embed" or "options" not in manifest["job"]:
-            raise ReuseError(f"--reuse {location}: not the output of an embed job")
+            raise OutputUnreadable(f"{location}: {MANIFEST} is not an m3pipe manifest")
+        job = manifest["job"]
+        if job.get("task", "embed") != "embed" or not isinstance(job.get("options"), dict):
+            raise OutputUnreadable(f"{location}: not the output of an embed job")
         return cls(location, manifest)
 
     @property
@@ -146,6 +148,11 @@ class PreviousOutput:
     @property
     def documents(self) -> int:
         return int((self.manifest.get("counts") or {}).get("documents") or 0)
+
+    @property
+    def inputs(self) -> list[str]:
+        """The inputs it was made from (URIs)."""
+        return [str(uri) for uri in self.manifest["job"].get("inputs") or []]
 
     def part_numbers(self) -> Iterator[int]:
         """The numbers of its part files, unsorted (a streamed listing)."""
@@ -186,3 +193,11 @@ class PreviousOutput:
             for ordinal, doc_id in enumerate(part.ids):
                 start, end = starts[ordinal], starts[ordinal + 1]
                 yield doc_id, number, start, end - start, part.digest(ordinal)
+
+
+def open_for_reuse(target: Location | Path | str) -> FinishedOutput:
+    """FinishedOutput.open, its refusal worded for `--reuse`."""
+    try:
+        return FinishedOutput.open(target)
+    except OutputUnreadable as exc:
+        raise ReuseError(f"--reuse {exc}") from None

@@ -1,0 +1,146 @@
+"""`m3pipe search` scoring speed: query-document pairs per second, per mode and hybrid.
+
+The index is synthetic, of bge-m3's shape (dense 1024, ColBERT 1024 per token, float16;
+--doc-tokens tokens per document on average, lognormal; ~--doc-tokens/3 sparse terms from a
+250,002-token vocabulary), written as m3pipe part files with a manifest: scoring cost
+depends on shapes, not on what the vectors mean. Queries are random too (16 tokens each).
+Each mode is timed alone, then the three together as the hybrid (one pass, as `search`
+does), through the real streaming path (pipeline/retrieval: part files read back, scored,
+top-100 kept). Peak RSS is reported: it must not grow with the index.
+
+    python benchmarks/bench_search.py --documents 4000 --queries 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import peak_since_reset, reset_peak, run_facts, save  # noqa: E402
+
+DIM = 1024
+VOCAB = 250_002
+
+
+def unit(rng: np.random.Generator, rows: int) -> np.ndarray:
+    x = rng.standard_normal((rows, DIM), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write_index(path: Path, documents: int, doc_tokens: int, shard: int, seed: int) -> dict:
+    from pipeline.storage.sink import part_name, write_shard
+    from schemas.options import Mode, StorageDtype
+    from schemas.output import output_schema
+
+    rng = np.random.default_rng(seed)
+    path.mkdir()
+    identity = {"model": "synthetic", "model_fingerprint": "synthetic", "model_revision": None,
+                "dense_dim": DIM, "colbert_dim": DIM}  # fmt: skip
+    schema = output_schema(tuple(Mode), StorageDtype.FLOAT16, DIM, DIM, metadata=identity)
+    tokens = 0
+    for number, start in enumerate(range(0, documents, shard)):
+        n = min(shard, documents - start)
+        lengths = np.clip(rng.lognormal(np.log(doc_tokens), 0.6, n), 4, 8192).astype(int)
+        tokens += int(lengths.sum())
+        terms = [np.unique(rng.integers(4, VOCAB, max(1, t // 3))) for t in lengths]
+        colbert = unit(rng, int(lengths.sum())).astype(np.float16)
+        table = pa.table({
+            "id": [f"doc-{start + i}" for i in range(n)],
+            "dense": pa.FixedSizeListArray.from_arrays(
+                unit(rng, n).astype(np.float16).ravel(), DIM),
+            "sparse_indices": pa.array([t.astype(np.int32) for t in terms]),
+            "sparse_values": pa.array([rng.random(len(t), dtype=np.float32) for t in terms]),
+            "colbert": pa.ListArray.from_arrays(
+                np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
+                pa.FixedSizeListArray.from_arrays(colbert.ravel(), DIM)),
+            "n_tokens": lengths.astype(np.int32) + 1,
+            "truncated": np.zeros(n, bool),
+        }, schema=schema)  # fmt: skip
+        write_shard(table, path / part_name(number))
+    manifest = {"job": {"task": "embed", "options": {"modes": [m.value for m in Mode],
+                                                      "max_length": 8192}},
+                "model": identity, "counts": {"documents": documents}}  # fmt: skip
+    (path / "_manifest.json").write_text(json.dumps(manifest))
+    return {"documents": documents, "tokens": tokens}
+
+
+def queries(count: int, seed: int):
+    from pipeline.retrieval.scores import Vectors
+
+    rng = np.random.default_rng(seed + 1)
+    per = 16
+    terms = [np.unique(rng.integers(4, VOCAB, 8)) for _ in range(count)]
+    return Vectors(
+        ids=[f"q{i}" for i in range(count)],
+        dense=unit(rng, count),
+        sparse_indices=np.concatenate(terms),
+        sparse_values=rng.random(sum(len(t) for t in terms), dtype=np.float32),
+        sparse_offsets=np.concatenate([[0], np.cumsum([len(t) for t in terms])]),
+        colbert=unit(rng, count * per),
+        colbert_offsets=np.arange(0, count * per + 1, per),
+    )
+
+
+def main() -> int:
+    from pipeline.retrieval.search import HYBRID, SearchRequest, score_index
+    from pipeline.storage.finished_output import FinishedOutput
+    from schemas.options import Mode
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--documents", type=int, default=4000)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--doc-tokens", type=int, default=120)
+    parser.add_argument("--shard-docs", type=int, default=1000)
+    parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    report = run_facts()
+    with tempfile.TemporaryDirectory() as tmp:
+        index_dir = Path(tmp) / "index"
+        started = time.perf_counter()
+        report["index"] = write_index(
+            index_dir, args.documents, args.doc_tokens, args.shard_docs, 0
+        )
+        report["index"]["bytes"] = sum(p.stat().st_size for p in index_dir.glob("part-*"))
+        report["index"]["seconds_to_write"] = round(time.perf_counter() - started, 1)
+        index = FinishedOutput.open(index_dir)
+        vectors = queries(args.queries, 0)
+        before = reset_peak()  # the index was built here: measure the search alone
+        sides = {mode.value: ((mode,), {m: float(m is mode) for m in Mode}, (mode.value,))
+                 for mode in Mode}  # fmt: skip
+        weights = {Mode.DENSE: 0.4, Mode.SPARSE: 0.2, Mode.COLBERT: 0.4}
+        sides[HYBRID] = (tuple(Mode), weights, (HYBRID,))
+        for name, (modes, side_weights, runs) in sides.items():
+            request = SearchRequest(index=index_dir, queries="", out="", top_k=args.top_k,
+                                    weights=side_weights, runs=runs)  # fmt: skip
+            started = time.perf_counter()
+            _, documents = score_index(index, vectors, modes, request)
+            seconds = time.perf_counter() - started
+            report[name] = {
+                "seconds": round(seconds, 3),
+                "pairs_per_second": round(documents * args.queries / seconds),
+                "documents_per_second": round(documents / seconds, 1),
+            }
+            print(f"{name:8} {seconds:8.2f}s  {documents * args.queries / seconds:14,.0f} "
+                  f"query-document pairs/s")  # fmt: skip
+        report["rss_before_mb"] = round(before / 2**20)
+        report["peak_rss_mb"] = round(peak_since_reset() / 2**20)
+        report["queries"] = args.queries
+        print(f"index {report['index']}; RSS {report['rss_before_mb']} MB before scoring, "
+              f"peak {report['peak_rss_mb']} MB while scoring")  # fmt: skip
+    save(report, "search", "cpu", "synthetic-bge-m3-shape", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Reading an m3pipe output back as bge-m3 intends: hybrid search and its evaluation."""

@@ -1,0 +1,90 @@
+"""An m3pipe output streamed as batches of document vectors: part file after part file, a
+few hundred rows at a time, so memory is bounded by the batch, never by the index.
+
+A chunked output (`--long-docs chunk`) has several rows per document, one after another in
+one part file; a batch never splits them, and a document scores its best chunk (the usual
+max-passage rule), so every result is one document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.retrieval.scores import Vectors
+from pipeline.storage.finished_output import FinishedOutput
+from pipeline.storage.sink import part_name
+from schemas.options import Mode
+
+BATCH_ROWS = 256
+
+_COLUMNS = {
+    Mode.DENSE: ["dense"],
+    Mode.SPARSE: ["sparse_indices", "sparse_values"],
+    Mode.COLBERT: ["colbert"],
+}
+
+
+def document_batches(
+    index: FinishedOutput, modes: tuple[Mode, ...], rows: int | None = None
+) -> Iterator[tuple[Vectors, np.ndarray]]:
+    """(vectors of a batch of rows, the first row of each document in it, then the row
+    count)."""
+    columns = ["id", *(name for mode in modes for name in _COLUMNS[mode])]
+    for number in sorted(index.part_numbers()):
+        path = index.location / part_name(number)
+        parquet = pq.ParquetFile(path.path, filesystem=path.fs)
+        carry: pa.RecordBatch | None = None
+        for batch in parquet.iter_batches(batch_size=rows or BATCH_ROWS, columns=columns):
+            if carry is not None:
+                batch = pa.Table.from_batches([carry, batch]).combine_chunks().to_batches()[0]
+            ids = batch.column("id").to_pylist()
+            last_start = _last_document_start(ids)
+            if last_start == 0:
+                carry = batch  # one document so far: its chunks may go on
+                continue
+            yield batch_vectors(batch.slice(0, last_start), ids[:last_start])
+            carry = batch.slice(last_start)
+        if carry is not None and carry.num_rows:
+            yield batch_vectors(carry, carry.column("id").to_pylist())
+
+
+def _last_document_start(ids: list[str]) -> int:
+    last = len(ids) - 1
+    while last > 0 and ids[last - 1] == ids[-1]:
+        last -= 1
+    return last
+
+
+def batch_vectors(batch: pa.RecordBatch, ids: list[str]) -> tuple[Vectors, np.ndarray]:
+    """The vectors of rows in m3pipe's output columns, and where each document's rows start."""
+    starts = [row for row in range(len(ids)) if row == 0 or ids[row] != ids[row - 1]]
+    vectors = Vectors(ids=ids)
+    names = batch.schema.names
+    if "dense" in names:
+        dense = batch.column("dense")
+        vectors.dense = _floats(dense.flatten()).reshape(len(dense), dense.type.list_size)
+    if "sparse_indices" in names:
+        indices, values = batch.column("sparse_indices"), batch.column("sparse_values")
+        vectors.sparse_offsets = _offsets(indices)
+        vectors.sparse_indices = indices.flatten().to_numpy()
+        vectors.sparse_values = _floats(values.flatten())
+    if "colbert" in names:
+        colbert = batch.column("colbert")
+        inner = colbert.flatten()
+        vectors.colbert_offsets = _offsets(colbert)
+        dim = colbert.type.value_type.list_size
+        vectors.colbert = _floats(inner.flatten()).reshape(len(inner), dim)
+    return vectors, np.array([*starts, len(ids)], dtype=np.int64)
+
+
+def _offsets(array: pa.Array) -> np.ndarray:
+    offsets = array.offsets.to_numpy()
+    return (offsets - offsets[0]).astype(np.int64)
+
+
+def _floats(array: pa.Array) -> np.ndarray:
+    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.float32)

@@ -1,0 +1,279 @@
+"""`m3pipe search` and `m3pipe eval`: bge-m3's scores equal FlagEmbedding's, the streamed
+top-K equals scoring everything at once, and the judgements give trec_eval's figures.
+Real outputs of random:tiny, read back from Parquet."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli.main import main
+from pipeline.engine.embedder import Engine
+from pipeline.exit_codes import EXIT_OK, EXIT_USAGE
+from pipeline.local.process import process_file
+from pipeline.retrieval import search as search_module
+from pipeline.retrieval.evaluate import EvalError, evaluate, read_qrels, read_runs
+from pipeline.retrieval.index import document_batches
+from pipeline.retrieval.scores import colbert_scores, dense_scores, hybrid, sparse_scores
+from pipeline.retrieval.search import SearchError, SearchRequest, encode_queries, search
+from pipeline.storage.finished_output import FinishedOutput
+from pipeline.tasks import task_kind
+from schemas.document import Document
+from schemas.job import Task
+from schemas.options import EncodeOptions, LongDocPolicy, Mode, StorageDtype
+from tests.corpus import mixed_texts
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "search"
+ALL_RUNS = ("dense", "sparse", "colbert", "hybrid")
+WEIGHTS = {Mode.DENSE: 0.4, Mode.SPARSE: 0.2, Mode.COLBERT: 0.4}
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
+def build_index(tmp_path, tiny, texts, options=None, name="index") -> Path:
+    records = [{"id": f"doc-{i:03d}", "text": text} for i, text in enumerate(texts)]
+    source = write_jsonl(tmp_path / f"{name}.jsonl", records)
+    options = options or EncodeOptions(max_length=256, dtype=StorageDtype.FLOAT32)
+    process_file(task_kind(Task.EMBED), source, tmp_path / name, Engine(tiny, options),
+                 shard_items=7)  # fmt: skip
+    return tmp_path / name
+
+
+def corpus() -> list[str]:
+    return [text[:400] for text in mixed_texts()] + [f"filler document {i}" for i in range(25)]
+
+
+def test_scores_equal_flagembeddings_on_the_same_weights(tmp_path, tiny):
+    """compute_lexical_matching_score, colbert_score and compute_score's hybrid."""
+    from FlagEmbedding import BGEM3FlagModel
+
+    texts = corpus()[:12]
+    queries = ["a question about the documents", texts[3][:60], "другой вопрос 🙂"]
+    flag = BGEM3FlagModel(str(tiny.path), use_fp16=False, devices="cpu")
+    got_q = flag.encode(queries, max_length=256, return_dense=True, return_sparse=True,
+                        return_colbert_vecs=True)  # fmt: skip
+    got_d = flag.encode(texts, max_length=256, return_dense=True, return_sparse=True,
+                        return_colbert_vecs=True)  # fmt: skip
+
+    index = FinishedOutput.open(build_index(tmp_path, tiny, texts))
+    modes = tuple(Mode)
+    vectors = encode_queries(tiny, index, [Document(id=f"q{i}", text=q)
+                                           for i, q in enumerate(queries)], modes)  # fmt: skip
+    batches = list(document_batches(index, modes, rows=5))
+    dense = np.concatenate([dense_scores(vectors, batch) for batch, _ in batches])
+    sparse = np.concatenate([sparse_scores(vectors, batch) for batch, _ in batches])
+    colbert = np.concatenate([colbert_scores(vectors, batch) for batch, _ in batches])
+    for q in range(len(queries)):
+        for d in range(len(texts)):
+            lexical = flag.compute_lexical_matching_score(
+                got_q["lexical_weights"][q], got_d["lexical_weights"][d]
+            )
+            assert sparse[d, q] == pytest.approx(lexical, rel=1e-4, abs=1e-6)
+            late = float(flag.colbert_score(got_q["colbert_vecs"][q], got_d["colbert_vecs"][d]))
+            assert colbert[d, q] == pytest.approx(late, abs=1e-5)
+            assert dense[d, q] == pytest.approx(
+                float(got_q["dense_vecs"][q] @ got_d["dense_vecs"][d]), abs=1e-5
+            )
+    # compute_score on (query, passage) pairs, one pair a batch (no padding), our weights.
+    pairs = [(queries[0], texts[d]) for d in range(4)]
+    weights = [0.4, 0.2, 0.4]
+    want = {key: [] for key in ("dense", "sparse", "colbert", "colbert+sparse+dense")}
+    for pair in pairs:
+        scores = flag.compute_score([pair], batch_size=1, max_query_length=256,
+                                    max_passage_length=256,
+                                    weights_for_different_modes=weights)  # fmt: skip
+        for key in want:
+            want[key].append(scores[key][0])
+    combined = hybrid({Mode.DENSE: dense, Mode.SPARSE: sparse, Mode.COLBERT: colbert}, WEIGHTS)
+    np.testing.assert_allclose(dense[:4, 0], want["dense"], atol=1e-5)
+    np.testing.assert_allclose(sparse[:4, 0], want["sparse"], atol=1e-5)
+    np.testing.assert_allclose(colbert[:4, 0], want["colbert"], atol=1e-5)
+    np.testing.assert_allclose(combined[:4, 0], want["colbert+sparse+dense"], atol=1e-5)
+
+
+def run_search(tmp_path, tiny, index, queries, **changes):
+    fields = {"runs": ALL_RUNS, **changes}
+    request = SearchRequest(index=index, queries=queries, out=tmp_path / "results.parquet",
+                            **fields)  # fmt: skip
+    summary = search(request, tiny)
+    return summary, pq.read_table(tmp_path / "results.parquet")
+
+
+def test_streamed_top_k_equals_scoring_everything(tmp_path, tiny, monkeypatch):
+    texts = corpus()
+    index = build_index(tmp_path, tiny, texts)
+    queries = write_jsonl(tmp_path / "q.jsonl", [
+        {"id": "exact", "text": texts[5]}, {"id": "short", "text": "filler document"},
+        {"id": "other", "text": "国際 news on shards and vectors"}])  # fmt: skip
+    monkeypatch.setattr("pipeline.retrieval.index.BATCH_ROWS", 4)  # many batches, few rows
+    summary, table = run_search(tmp_path, tiny, index, queries, top_k=5)
+    assert (summary.queries, summary.documents) == (3, len(texts))
+
+    # Everything scored at once, in one batch, then sorted.
+    opened = FinishedOutput.open(index)
+    vectors = encode_queries(tiny, opened, search_module.read_queries(
+        SearchRequest(index=index, queries=queries, out="unused")), tuple(Mode))  # fmt: skip
+    parts = [batch for batch, _ in document_batches(opened, tuple(Mode), rows=10_000)]
+    ids = [doc_id for batch in parts for doc_id in batch.ids]
+    every = {mode: np.concatenate([scorer(vectors, batch) for batch in parts])
+             for mode, scorer in ((Mode.DENSE, dense_scores), (Mode.SPARSE, sparse_scores),
+                                  (Mode.COLBERT, colbert_scores))}  # fmt: skip
+    every_run = {**{m.value: s for m, s in every.items()}, "hybrid": hybrid(every, WEIGHTS)}
+    rows = table.to_pylist()
+    for run, scores in every_run.items():
+        for q, query in enumerate(["exact", "short", "other"]):
+            want = sorted(scores[:, q], reverse=True)[:5]
+            got = [r for r in rows if r["run"] == run and r["query_id"] == query]
+            assert [r["rank"] for r in got] == [1, 2, 3, 4, 5]
+            # The five best scores, each the document's own (documents whose scores tie
+            # within float noise may swap at the cut: other batches, other GEMM blocking).
+            np.testing.assert_allclose([r["score"] for r in got], want, atol=1e-6)
+            for r in got:
+                d = ids.index(r["doc_id"])
+                assert r["score"] == pytest.approx(float(scores[d, q]), abs=1e-6), (run, query)
+                assert r["dense"] == pytest.approx(float(every[Mode.DENSE][d, q]), abs=1e-6)
+    # A query that is a document's text finds it first: identical vectors.
+    for run in ("dense", "colbert"):
+        assert next(r for r in rows if r["run"] == run and r["query_id"] == "exact")[
+            "doc_id"] == "doc-005"  # fmt: skip
+
+
+def test_a_chunked_index_returns_each_document_once_with_its_best_chunk(tmp_path, tiny):
+    options = EncodeOptions(
+        max_length=24, long_docs=LongDocPolicy.CHUNK, dtype=StorageDtype.FLOAT32
+    )
+    texts = corpus()[:15]
+    index = build_index(tmp_path, tiny, texts, options)
+    assert pq.read_table(sorted(index.glob("part-*"))[0]).num_rows > 7  # chunk rows
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"id": "q", "text": texts[2][:50]}])
+    _, table = run_search(tmp_path, tiny, index, queries, top_k=15)
+    for run in ALL_RUNS:
+        ids = [r["doc_id"] for r in table.to_pylist() if r["run"] == run]
+        assert sorted(ids) == sorted(f"doc-{i:03d}" for i in range(15)), run
+    hybrid_rows = [r for r in table.to_pylist() if r["run"] == "hybrid"]
+    for row in hybrid_rows:  # the components are the best chunk's own
+        want = (0.4 * row["dense"] + 0.2 * row["sparse"] + 0.4 * row["colbert"]) / 1.0
+        assert row["score"] == pytest.approx(want, abs=1e-5)
+
+
+def test_search_refuses_what_it_cannot_do_honestly(tmp_path, tiny):
+    index = build_index(tmp_path, tiny, corpus()[:5],
+                        EncodeOptions(max_length=64, modes=("dense", "sparse")))  # fmt: skip
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"id": "q", "text": "x"}])
+    with pytest.raises(SearchError, match="no colbert vectors"):
+        run_search(tmp_path, tiny, index, queries)
+    _, table = run_search(tmp_path, tiny, index, queries,
+                          weights={Mode.DENSE: 1, Mode.SPARSE: 1, Mode.COLBERT: 0},
+                          runs=("dense", "hybrid"))  # fmt: skip
+    assert set(table.column("colbert").to_pylist()) == {None}
+    manifest = json.loads((index / "_manifest.json").read_text())
+    manifest["model"]["model_fingerprint"] = "of-another-model"
+    (index / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SearchError, match="model_fingerprint"):
+        run_search(tmp_path, tiny, index, queries, runs=("dense",))
+    manifest["model"]["model_fingerprint"] = tiny.fingerprint
+    (index / "_manifest.json").write_text(json.dumps(manifest))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\nnot json\n')
+    with pytest.raises(SearchError, match=r"2 bad query record\(s\).*appears twice"):
+        run_search(tmp_path, tiny, index, bad, runs=("dense",))
+    with pytest.raises(SearchError, match="not a finished m3pipe output"):
+        run_search(tmp_path, tiny, tmp_path, queries)
+
+
+def test_rerank_orders_the_hybrid_candidates_by_the_cross_encoder(tmp_path, tiny, model_cache):
+    from pipeline.engine.reranker import RerankEngine, load_reranker
+    from schemas.rerank import Pair, RerankOptions
+
+    texts = corpus()[:10]
+    index = build_index(tmp_path, tiny, texts)
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"id": "q1", "text": "filler"},
+                                                  {"id": "q2", "text": texts[1][:80]}])  # fmt: skip
+    engine = RerankEngine(load_reranker("random:tiny", device="cpu", cache_dir=model_cache),
+                          RerankOptions())  # fmt: skip
+    request = SearchRequest(index=index, queries=queries, out=tmp_path / "r.parquet",
+                            top_k=6, rerank_top_k=4)  # fmt: skip
+    summary = search(request, tiny, engine)
+    rows = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert summary.reranked == 8
+    for query, text in (("q1", "filler"), ("q2", texts[1][:80])):
+        candidates = [r["doc_id"] for r in rows if r["run"] == "hybrid" and r["query_id"] == query][
+            :4
+        ]
+        reranked = [r for r in rows if r["run"] == "rerank" and r["query_id"] == query]
+        assert sorted(r["doc_id"] for r in reranked) == sorted(candidates)
+        passages = {f"doc-{i:03d}": t for i, t in enumerate(texts)}
+        logits = engine.score([Pair(query_id=query, query=text, doc_id=d, passage=passages[d])
+                               for d in candidates]).logits  # fmt: skip
+        want = sorted(zip(candidates, logits, strict=True), key=lambda x: -x[1])
+        assert [r["doc_id"] for r in reranked] == [d for d, _ in want]
+        np.testing.assert_allclose([r["score"] for r in reranked], [s for _, s in want], atol=1e-5)
+
+
+def test_eval_gives_trec_eval_figures(tmp_path):
+    qrels = write_jsonl(tmp_path / "qrels.jsonl", [
+        {"query_id": "q1", "doc_id": "a", "relevance": 1},
+        {"query_id": "q2", "doc_id": "b", "relevance": 2},
+        {"query_id": "q2", "doc_id": "c", "relevance": 0},
+        {"query_id": "q3", "doc_id": "z", "relevance": 1}])  # fmt: skip
+    results = tmp_path / "results.parquet"
+    import pyarrow as pa
+
+    from schemas.output import search_results_schema
+
+    rows = [
+        ("hybrid", "q1", 1, "x"),
+        ("hybrid", "q1", 2, "a"),  # q1: relevant at rank 2
+        ("hybrid", "q2", 1, "b"),  # q2: at rank 1
+        ("dense", "q1", 1, "a"),
+    ]  # dense has no results for q2 and q3: they count 0
+    table = pa.table({"run": [r[0] for r in rows], "query_id": [r[1] for r in rows],
+                      "rank": [r[2] for r in rows], "doc_id": [r[3] for r in rows],
+                      "score": [-1.0 * r[2] for r in rows], "dense": [None] * 4,
+                      "sparse": [None] * 4, "colbert": [None] * 4},
+                     schema=search_results_schema())  # fmt: skip
+    pq.write_table(table, results)
+    evaluation = evaluate(read_qrels(qrels), read_runs(results))
+    assert evaluation.queries == 3
+    hybrid_run = evaluation.runs["hybrid"]
+    assert hybrid_run["RR@10"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert hybrid_run["nDCG@10"] == pytest.approx((1 / math.log2(3) + 1 + 0) / 3)
+    assert hybrid_run["R@100"] == pytest.approx(2 / 3)
+    assert evaluation.runs["dense"]["RR@10"] == pytest.approx(1 / 3)
+    trec = tmp_path / "qrels.txt"
+    trec.write_text("q1 0 a 1\nq2 0 b 2\nq2 0 c 0\nq3 0 z 1\n")
+    assert evaluate(read_qrels(trec), read_runs(results)).runs == evaluation.runs
+    trec.write_text("q1 0 a\nq2 0 b two\n")
+    with pytest.raises(EvalError, match="2 bad judgement line"):
+        read_qrels(trec)
+    with pytest.raises(EvalError, match="not a results file"):
+        read_runs(qrels)
+
+
+def test_search_and_eval_from_the_command_line_on_the_example_set(tmp_path, capsys):
+    index, results = tmp_path / "index", tmp_path / "results.parquet"
+    corpus_file = EXAMPLES / "corpus.jsonl"
+    assert main(["encode", str(corpus_file), "--out", str(index), "--model", "random:tiny",
+                 "-q"]) == EXIT_OK  # fmt: skip
+    args = ["search", str(index), "--queries", str(EXAMPLES / "queries.jsonl"), "--out",
+            str(results), "--runs", "dense,sparse,colbert,hybrid", "--top-k", "10"]  # fmt: skip
+    assert main(args) == EXIT_OK
+    assert "6 queries x 24 documents" in capsys.readouterr().err
+    assert main(args) == EXIT_USAGE  # the results exist: --overwrite to replace them
+    assert main([*args, "--weights", "1,0"]) == EXIT_USAGE
+    assert main([*args, "--runs", "bm25", "--overwrite"]) == EXIT_USAGE
+    figures = tmp_path / "eval.json"
+    assert main(["eval", "--qrels", str(EXAMPLES / "qrels.txt"), "--results", str(results),
+                 "--json", str(figures)]) == EXIT_OK  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "nDCG@10" in printed and "(6 judged queries)" in printed
+    report = json.loads(figures.read_text())
+    assert set(report["runs"]) == set(ALL_RUNS) and report["queries"] == 6
