@@ -19,7 +19,6 @@ from schemas.rerank import Pair
 
 if TYPE_CHECKING:
     from pipeline.engine.reranker import RerankEngine
-    from pipeline.retrieval.search import SearchRequest
 
 Ranked = list[tuple[str, float, np.ndarray]]
 
@@ -50,14 +49,15 @@ def rerank_candidates(
     index: FinishedOutput,
     queries: list[Document],
     candidates: TopK,
-    request: SearchRequest,
+    k: int,
+    corpus: list[str],
 ) -> dict[str, Ranked]:
-    """Per query, its hybrid candidates ordered by the cross-encoder's logit (each with
-    the hybrid's component scores). A candidate whose text is not found is left out."""
-    k = request.rerank_top_k or request.top_k
+    """Per query, its best `k` hybrid candidates ordered by the cross-encoder's logit (each
+    with the hybrid's component scores), their texts read from `corpus` (default: the
+    index's inputs). A candidate whose text is not found is left out."""
     lists = [candidates.ranked(number)[:k] for number in range(len(queries))]
     wanted = {doc_id for ranked in lists for doc_id, _, _ in ranked}
-    texts = passages(index, list(request.corpus) or index.inputs, wanted)
+    texts = passages(index, corpus or index.inputs, wanted)
     pairs: list[Pair] = []
     parts: list[np.ndarray] = []
     for group, (query, ranked) in enumerate(zip(queries, lists, strict=True)):

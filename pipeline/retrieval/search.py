@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from pipeline.errors import InputError, OutputUnreadable
 from pipeline.retrieval.index import batch_vectors, document_batches
+from pipeline.retrieval.rerank import rerank_candidates
 from pipeline.retrieval.scores import SCORERS, Vectors, hybrid
 from pipeline.retrieval.topk import TopK
 from pipeline.storage.finished_output import FinishedOutput
@@ -219,8 +220,6 @@ def search(
     request: SearchRequest, model: M3Model, reranker: RerankEngine | None = None
 ) -> SearchSummary:
     """Run `request` with the loaded query `model` (and cross-encoder); write the results."""
-    from pipeline.retrieval.rerank import rerank_candidates
-
     index = open_index(request.index)
     modes = plan_modes(index, request)
     check_model(index, model.describe())
@@ -231,7 +230,10 @@ def search(
     seconds = time.perf_counter() - started
     reranked = None
     if reranker is not None:
-        reranked = rerank_candidates(reranker, index, queries, runs[HYBRID], request)
+        k = request.rerank_top_k or request.top_k
+        reranked = rerank_candidates(
+            reranker, index, queries, runs[HYBRID], k, list(request.corpus)
+        )
     metadata = {
         "index": index.location.uri,
         "model": index.identity.get("model"),
