@@ -58,7 +58,7 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     except PermanentError as exc:
         # Bad data or configuration: retrying cannot help.
         runtime.metrics.shard_ended("failed", tenant)
-        fail_shard(runtime.store, message, str(exc), worker)
+        fail_shard(runtime, message, str(exc), worker)
         raise
     except Exception as exc:
         # Transient (retryable errors, lost connections, I/O): again later, a bounded number

@@ -395,6 +395,8 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.jobs.letters import LetterLost, read_letter
+    from pipeline.storage.location import open_location
     from schemas.job import ShardMessage
     from workers.app import shard_publisher
 
@@ -405,12 +407,18 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     spec = store.spec(args.job)
     publish = shard_publisher(settings)
     sent = 0
+    lost = []
     for shard, raw in sorted(letters.items()):
+        try:
+            message = read_letter(raw, open_location(spec.out))
+        except LetterLost as exc:
+            print(f"m3pipe retry: shard {shard}: {exc}", file=sys.stderr)
+            lost.append(shard)
+            continue
         if store.reopen_shard(args.job, shard):
-            publish(ShardMessage.model_validate_json(raw), spec.queue, spec.priority)
+            publish(message, spec.queue, spec.priority)
             sent += 1
     orphans = [] if store.state(args.job).finished else orphaned_shards(store, args.job)
-    lost = []
     for shard in orphans:
         kept = store.retry_letter(args.job, shard)
         if kept is None:
@@ -421,7 +429,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     print(f"m3pipe retry: job {args.job}: {sent} shard(s) re-enqueued", file=sys.stderr)
     if lost:
         print(
-            f"m3pipe retry: {len(lost)} orphaned shard(s) have no kept message "
+            f"m3pipe retry: {len(lost)} shard(s) have no kept message "
             f"({', '.join(map(str, lost[:10]))}): `m3pipe cancel {args.job}`, then "
             "`m3pipe submit --resume` with the same inputs and --out redoes them",
             file=sys.stderr,

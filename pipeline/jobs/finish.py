@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from pipeline.errors import OutputDirError
+from pipeline.jobs.letters import remove_finished_letters
 from pipeline.jobs.store import JobStore
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.manifest import MANIFEST_FAILURES, build_manifest
@@ -93,8 +94,10 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
     )
     try:
         shard_log.close()
-        # Temp files of writes cut short by a crash are hidden, but no longer needed.
+        # Temp files of writes cut short by a crash are hidden, but no longer needed; so
+        # are the dead letters of shards that were retried and finished.
         remove_stale_temp_files(out)
+        remove_finished_letters(store, job_id, out)
         write_json_atomic(out / MANIFEST, manifest)
     except (OSError, OutputDirError) as exc:
         # The job still ends: an output directory gone or read-only must not leave it

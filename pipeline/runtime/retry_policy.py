@@ -26,7 +26,7 @@ def after_failure(
     store = runtime.store
     attempt = store.attempts(message.job_id, message.shard)
     if attempt >= runtime.max_attempts:
-        fail_shard(store, message, f"dead-lettered after {attempt} attempts: {exc!r}", worker)
+        fail_shard(runtime, message, f"dead-lettered after {attempt} attempts: {exc!r}", worker)
         return None
     requeue_shard(store, message, repr(exc), attempt)
     return retry_countdown(attempt, runtime.retry_backoff_seconds)

@@ -13,13 +13,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.engine.stats import BatchStats
-from pipeline.errors import JobNotFound, PermanentError, StaleAttempt, UnknownJob, UnregisteredShard
+from pipeline.errors import (
+    JobNotFound,
+    PermanentError,
+    PipelineError,
+    StaleAttempt,
+    UnknownJob,
+    UnregisteredShard,
+)
 from pipeline.jobs.finish import finalize_if_complete
+from pipeline.jobs.letters import make_letter
 from pipeline.jobs.resume import documents_digest, with_shard_metadata
 from pipeline.jobs.store import ABSENT, JobStore
 from pipeline.runtime.metrics import WorkerMetrics
 from pipeline.runtime.worker_models import WorkerModels
 from pipeline.storage.finished_output import FinishedOutput
+from pipeline.storage.location import Location
 from pipeline.storage.output_roots import allowed_input, allowed_output, allowed_reuse
 from pipeline.storage.sink import part_name, write_shard
 from pipeline.tasks import TaskEngine, task_kind
@@ -115,7 +124,7 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
             f"dead-lettered: {attempt - 1} deliveries never finished "
             "(the worker died or lost the shard each time)"
         )
-        fail_shard(store, message, reason, runtime.hostname)
+        fail_shard(runtime, message, reason, runtime.hostname)
         return ShardOutcome(ShardState.FAILED, reason)
 
     # The shard in hand, for `m3pipe probe`: a shard held far longer than any shard may
@@ -220,14 +229,25 @@ def _compute(
     return kind.compute(engine, items, spec.keep_fields), 0
 
 
-def fail_shard(store: JobStore, message: ShardMessage, reason: str, worker: str) -> None:
-    """Dead-letter a shard: failed for good, its message kept for `m3pipe retry`."""
+def fail_shard(runtime: WorkerRuntime, message: ShardMessage, reason: str, worker: str) -> None:
+    """Dead-letter a shard: failed for good, its message kept for `m3pipe retry` (in Redis,
+    or in the job's output directory when it carries documents: pipeline/jobs/letters.py)."""
+    store = runtime.store
     info = {"worker": worker, "error": reason[:2000], "failed_at": time.time()}
     changed, _ = store.mark_shard(message.job_id, message.shard, ShardState.FAILED, _ACTIVE, info)
     if changed:
-        store.dead_letter(message.job_id, message.shard, message.model_dump_json())
+        out = letters_home(runtime, message.job_id)
+        store.dead_letter(message.job_id, message.shard, make_letter(message, out))
     store.release_shard(message.job_id, message.shard)
     finalize_if_complete(store, message.job_id)
+
+
+def letters_home(runtime: WorkerRuntime, job_id: str) -> Location | None:
+    """The job's output directory if this worker may write there, else None."""
+    try:
+        return allowed_output(runtime.job_spec(job_id).out, runtime.output_roots)
+    except PipelineError:
+        return None
 
 
 def requeue_shard(store: JobStore, message: ShardMessage, reason: str, attempt: int) -> None:

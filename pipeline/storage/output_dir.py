@@ -1,5 +1,6 @@
 """The output directory layout: part-*.parquet, _manifest.json, _shards.jsonl,
-_rejects.jsonl, _job.json.
+_rejects.jsonl, _job.json, and _letters/ (the messages of failed shards, while they may be
+retried).
 
 The directory is a Location: a local directory or an object-store prefix (s3://...).
 """
@@ -28,6 +29,7 @@ SHARDS = "_shards.jsonl"  # one line per shard: its part file and counts, or its
 REJECTS = "_rejects.jsonl"
 JOB_FILE = "_job.json"  # the spec of the queue job writing here, for `--resume`
 PART_PATTERN = "part-*.parquet"
+LETTERS_DIR = "_letters"  # failed shards' messages too large for Redis (pipeline/jobs/letters.py)
 
 
 def prepare_output_dir(
@@ -53,11 +55,13 @@ def prepare_output_dir(
     if resume:
         (out / MANIFEST).delete()
         (out / SHARDS).delete()
+        _remove_letters(out)  # the resumed job re-sends every shard without a good file
         remove_stale_temp_files(out)
         return out
     earlier = out.children(PART_PATTERN) + [
         loc for loc in (out / MANIFEST, out / SHARDS, out / REJECTS, out / JOB_FILE) if loc.exists()
     ]
+    earlier += (out / LETTERS_DIR).children("shard-*.json")
     if earlier and not overwrite:
         resume_hint = ", or --resume an unfinished job" if resumable else ""
         raise OutputDirError(
@@ -68,6 +72,11 @@ def prepare_output_dir(
         stale.delete()
     remove_stale_temp_files(out)
     return out
+
+
+def _remove_letters(out: Location) -> None:
+    for letter in (out / LETTERS_DIR).children("shard-*.json"):
+        letter.delete()
 
 
 def _make_dir(out: Location) -> None:
@@ -96,7 +105,9 @@ def _refuse_foreign_files(out: Location) -> None:
     --overwrite deletes only its own files, and a user's files must not mix with parts."""
     foreign = sorted(loc.name for loc in out.children() if not is_own_file(loc.name))
     if out.is_local:
-        foreign += sorted(p.name + "/" for p in out.local_path.iterdir() if p.is_dir())
+        foreign += sorted(
+            p.name + "/" for p in out.local_path.iterdir() if p.is_dir() and p.name != LETTERS_DIR
+        )
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise OutputDirError(
