@@ -182,7 +182,7 @@ def index(args: argparse.Namespace) -> dict:
 
 
 def finalise_setup(args: argparse.Namespace, redis_url: str, out: Path) -> str:
-    """A job whose --shards shards are all done, as workers leave it."""
+    """A job whose --shards shards are all done, as submit and workers leave it."""
     from pipeline.broker.redis_url import connect
     from pipeline.jobs.store import ABSENT, JobStore
     from pipeline.storage.sink import part_name
@@ -197,17 +197,25 @@ def finalise_setup(args: argparse.Namespace, redis_url: str, out: Path) -> str:
     )  # fmt: skip
     store.create(spec)
     out.mkdir(parents=True)
-    running = [ShardState.QUEUED.value, ShardState.RUNNING.value]
+    active = [ShardState.QUEUED.value, ShardState.RUNNING.value]
+    digest = "0" * 64
     for shard in range(args.shards):
-        name = part_name(shard)
-        (out / name).touch()
+        (out / part_name(shard)).touch()
+        # What submit and one worker's delivery leave behind, call for call.
+        store.set_shard_digest(spec.job_id, shard, digest)
         store.mark_shard(spec.job_id, shard, ShardState.QUEUED, [ABSENT], {"documents": 1000})
-        info = {"name": name, "documents": 1000, "rows": 1000, "tokens": 60_000,
-                "bytes": 1_500_000, "worker": "celery@gpu-node-017-3", "seconds": 4.2}  # fmt: skip
+        running = {"worker": "celery@gpu-node-017-3", "documents": 1000, "started": time.time()}
+        store.mark_shard(spec.job_id, shard, ShardState.RUNNING, active, running)
+        store.count_attempt(spec.job_id, shard)
+        store.take_ownership(spec.job_id, shard)
+        info = {"documents": 1000, "rows": 1000, "tokens": 60_000, "bytes": 1_500_000,
+                "worker": "celery@gpu-node-017-3", "seconds": 4.213,
+                "finished_at": round(time.time(), 3), "padding_efficiency": 0.9513}  # fmt: skip
         store.mark_shard(
-            spec.job_id, shard, ShardState.DONE, running, info,
+            spec.job_id, shard, ShardState.DONE, active, info,
             documents=1000, rows=1000, tokens=60_000, seconds=4.2,
         )  # fmt: skip
+        store.release_shard(spec.job_id, shard)
     store.set_submitted(
         spec.job_id, shards=args.shards, documents=1000 * args.shards,
         input_records=1000 * args.shards, rejected=0,

@@ -260,7 +260,6 @@ def already_done(
         return False
     facts = found.facts
     info = {
-        "name": path.name,
         "documents": len(shard),
         "rows": facts["rows"],
         "tokens": facts["tokens"],

@@ -55,7 +55,7 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
             info = {**info, "error": "output file missing after the shard finished"}
         if state is ShardState.DONE:
             parts += 1
-            entry = {"name": info["name"], accepted: info["documents"]}
+            entry = {"name": part_name(shard), accepted: info["documents"]}
             entry |= {
                 key: info[key] for key in ("rows", "tokens", "bytes", "reused") if key in info
             }

@@ -56,6 +56,9 @@ if new == 'running' then
     redis.call('HSET', KEYS[1], 'state', 'running')
   end
 elseif new == 'done' then
+  -- Its digest tells a stale message while the shard may still run; once done, any
+  -- later message finds it ended. (The attempt count stays: how many deliveries it took.)
+  redis.call('HDEL', KEYS[4], ARGV[1])
   redis.call('HINCRBY', KEYS[1], 'documents_done', ARGV[5])
   redis.call('HINCRBY', KEYS[1], 'rows_done', ARGV[6])
   redis.call('HINCRBY', KEYS[1], 'tokens_done', ARGV[7])
@@ -288,10 +291,16 @@ class JobStore:
         """Move a shard to `new` if its state is one of `allowed_from` (ABSENT for none).
 
         Returns (changed, previous state). Counters of done shards (documents, rows,
-        tokens, seconds, documents copied by --reuse) are added once.
+        tokens, seconds, documents copied by --reuse) are added once; a done shard's digest
+        is dropped.
         """
         changed, old = self._transition(
-            keys=[job_key(job_id), shard_state_key(job_id), shard_info_key(job_id)],
+            keys=[
+                job_key(job_id),
+                shard_state_key(job_id),
+                shard_info_key(job_id),
+                shard_digest_key(job_id),
+            ],
             args=[
                 shard,
                 new.value,
@@ -317,12 +326,20 @@ class JobStore:
         """The digest of the documents registered for this shard (None if unknown)."""
         return self._hget(shard_digest_key(job_id), str(shard))
 
+    # Attempts are one byte per shard in a string (BITFIELD u8, saturating at 255: far above
+    # any M3PIPE_MAX_ATTEMPTS), not a hash field: ~1 byte a shard instead of ~90.
     def count_attempt(self, job_id: str, shard: int) -> int:
         """One more delivery of this shard started; returns how many have."""
-        return int(self.redis.hincrby(shard_attempts_key(job_id), str(shard), 1))
+        [count] = (
+            self.redis.bitfield(shard_attempts_key(job_id), default_overflow="SAT")
+            .incrby("u8", f"#{shard}", 1)
+            .execute()
+        )
+        return int(count)
 
     def attempts(self, job_id: str, shard: int) -> int:
-        return _int(self._hget(shard_attempts_key(job_id), str(shard)))
+        [count] = self.redis.bitfield(shard_attempts_key(job_id)).get("u8", f"#{shard}").execute()
+        return int(count or 0)
 
     def take_ownership(self, job_id: str, shard: int) -> str:
         """This delivery now owns the shard: a token only it holds (fencing)."""
@@ -369,7 +386,7 @@ class JobStore:
             job_id, shard, ShardState.QUEUED, [ShardState.FAILED.value], {"retried": True}
         )
         if changed:
-            self.redis.hdel(shard_attempts_key(job_id), str(shard))
+            self.redis.bitfield(shard_attempts_key(job_id)).set("u8", f"#{shard}", 0).execute()
             self.redis.hdel(dead_letters_key(job_id), str(shard))
         return changed
 

@@ -181,8 +181,7 @@ def _encode_and_record(
     written = write_shard(with_shard_metadata(table, facts), out / name, fence)
 
     store.set_model_metadata(job_id, engine.file_metadata())
-    done = {
-        "name": name,
+    done = {  # its part file's name follows from the shard number: not stored per shard
         "documents": documents,
         "rows": table.num_rows,
         "tokens": stats.tokens,
