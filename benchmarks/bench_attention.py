@@ -1,0 +1,86 @@
+"""Attention alone on the CPU in bf16: which kernel could replace PyTorch's flash kernel.
+
+One encoder layer's attention shape ([1, 16 heads, L, 64], bge-m3's), side by side in one
+process: `scaled_dot_product_attention` (what the engine runs), a blocked attention of bf16
+GEMMs with an fp32 softmax (256 query rows at a time), and `flex_attention` compiled by
+inductor (its CPU template; compile time reported apart). GFLOP/s = 4 L^2 d heads / time,
+best of 3; error = max |out - fp32 SDPA|.
+
+    python benchmarks/bench_attention.py --lengths 512,2048,4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import run_facts, save  # noqa: E402
+
+HEADS, HEAD_DIM, BLOCK = 16, 64, 256
+
+
+def best_seconds(fn, *args, reps: int = 3) -> float:  # type: ignore[no-untyped-def]
+    fn(*args)
+    best = float("inf")
+    for _ in range(reps):
+        started = time.perf_counter()
+        fn(*args)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def blocked(q, k, v):  # type: ignore[no-untyped-def]
+    import torch
+
+    out = torch.empty_like(q)
+    scale = q.shape[-1] ** -0.5
+    keys = k.transpose(-1, -2)
+    for start in range(0, q.shape[-2], BLOCK):
+        scores = torch.matmul(q[..., start : start + BLOCK, :], keys)
+        weights = torch.softmax(scores.float() * scale, dim=-1).to(q.dtype)
+        out[..., start : start + BLOCK, :] = torch.matmul(weights, v)
+    return out
+
+
+def main() -> int:
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention.flex_attention import flex_attention
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", default="512,2048,4096")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    flex = torch.compile(flex_attention, dynamic=False)
+    report = run_facts()
+    report["lengths"] = {}
+    for length in (int(x) for x in args.lengths.split(",")):
+        q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, dtype=torch.bfloat16) for _ in range(3))
+        flops = 4 * HEADS * length * length * HEAD_DIM
+        with torch.no_grad():
+            reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+            started = time.perf_counter()
+            flex(q, k, v)
+            compile_seconds = time.perf_counter() - started
+            sides = {"sdpa": F.scaled_dot_product_attention, "blocked": blocked, "flex": flex}
+            row: dict[str, object] = {"flex_first_call_seconds": round(compile_seconds, 1)}
+            for name, fn in sides.items():
+                seconds = best_seconds(fn, q, k, v)
+                error = (fn(q, k, v).float() - reference).abs().max().item()
+                row[name] = {"gflops": round(flops / seconds / 1e9, 1), "max_error": error}
+        report["lengths"][length] = row
+        print(f"L={length}: " + ", ".join(
+            f"{name} {row[name]['gflops']} GFLOP/s" for name in sides  # type: ignore[index]
+        ))  # fmt: skip
+    save(report, "attention", "cpu", "bf16", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
