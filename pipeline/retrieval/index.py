@@ -14,8 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import OutputUnreadable
 from pipeline.retrieval.scores import Vectors
 from pipeline.storage.finished_output import FinishedOutput
+from pipeline.storage.location import Location
 from pipeline.storage.sink import part_name
 from schemas.options import Mode
 
@@ -36,20 +38,30 @@ def document_batches(
     columns = ["id", *(name for mode in modes for name in _COLUMNS[mode])]
     for number in sorted(index.part_numbers()):
         path = index.location / part_name(number)
-        parquet = pq.ParquetFile(path.path, filesystem=path.fs)
-        carry: pa.RecordBatch | None = None
-        for batch in parquet.iter_batches(batch_size=rows or BATCH_ROWS, columns=columns):
-            if carry is not None:
-                batch = pa.Table.from_batches([carry, batch]).combine_chunks().to_batches()[0]
-            ids = batch.column("id").to_pylist()
-            last_start = _last_document_start(ids)
-            if last_start == 0:
-                carry = batch  # one document so far: its chunks may go on
-                continue
-            yield batch_vectors(batch.slice(0, last_start), ids[:last_start])
-            carry = batch.slice(last_start)
-        if carry is not None and carry.num_rows:
-            yield batch_vectors(carry, carry.column("id").to_pylist())
+        try:
+            yield from _part_batches(path, columns, rows or BATCH_ROWS)
+        except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
+            # An exact search that skipped a part would silently miss documents.
+            raise OutputUnreadable(f"{path} is not a readable m3pipe part file: {exc}") from exc
+
+
+def _part_batches(
+    path: Location, columns: list[str], rows: int
+) -> Iterator[tuple[Vectors, np.ndarray]]:
+    parquet = pq.ParquetFile(path.path, filesystem=path.fs)
+    carry: pa.RecordBatch | None = None
+    for batch in parquet.iter_batches(batch_size=rows, columns=columns):
+        if carry is not None:
+            batch = pa.Table.from_batches([carry, batch]).combine_chunks().to_batches()[0]
+        ids = batch.column("id").to_pylist()
+        last_start = _last_document_start(ids)
+        if last_start == 0:
+            carry = batch  # one document so far: its chunks may go on
+            continue
+        yield batch_vectors(batch.slice(0, last_start), ids[:last_start])
+        carry = batch.slice(last_start)
+    if carry is not None and carry.num_rows:
+        yield batch_vectors(carry, carry.column("id").to_pylist())
 
 
 def _last_document_start(ids: list[str]) -> int:

@@ -177,6 +177,7 @@ def score_index(
     runs = {run: TopK(len(queries), request.top_k, extras=len(Mode)) for run in request.runs}
     documents = 0
     for batch, starts in document_batches(index, modes):
+        check_dimensions(queries, batch, index)
         by_mode = {mode: SCORERS[mode](queries, batch) for mode in modes}
         # (rows, queries, each mode) with NaN for a mode not scored
         components = np.full((len(batch), len(queries), len(Mode)), np.nan, dtype=np.float32)
@@ -191,6 +192,17 @@ def score_index(
             chosen = np.take_along_axis(components, rows[:, :, None], axis=0)
             top.add(best, doc_ids, chosen)
     return runs, documents
+
+
+def check_dimensions(queries: Vectors, batch: Vectors, index: FinishedOutput) -> None:
+    """A part whose vectors are not the index's size (damaged, or another model's)."""
+    for name in ("dense", "colbert"):
+        ours, theirs = getattr(queries, name), getattr(batch, name)
+        if ours is not None and theirs is not None and ours.shape[1] != theirs.shape[1]:
+            raise SearchError(
+                f"{index.location} holds {name} vectors of {theirs.shape[1]} dimensions next to "
+                f"{batch.ids[0]!r}; its model gives {ours.shape[1]}"
+            )
 
 
 def results_table(queries: list[Document], runs: dict[str, TopK],

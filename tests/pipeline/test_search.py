@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.cli.main import main
 from pipeline.engine.embedder import Engine
+from pipeline.errors import OutputUnreadable
 from pipeline.exit_codes import EXIT_OK, EXIT_USAGE
 from pipeline.local.process import process_file
 from pipeline.retrieval import search as search_module
@@ -277,3 +278,19 @@ def test_search_and_eval_from_the_command_line_on_the_example_set(tmp_path, caps
     assert "nDCG@10" in printed and "(6 judged queries)" in printed
     report = json.loads(figures.read_text())
     assert set(report["runs"]) == set(ALL_RUNS) and report["queries"] == 6
+
+
+def test_a_damaged_or_foreign_part_fails_the_search_clearly(tmp_path, tiny):
+    import pyarrow as pa
+
+    index = build_index(tmp_path, tiny, corpus()[:10])
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"id": "q", "text": "x"}])
+    part = index / "part-00001.parquet"
+    table = pq.read_table(part)
+    wide = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(table.num_rows * 8, np.float32)), 8)
+    pq.write_table(table.set_column(table.schema.get_field_index("dense"), "dense", wide), part)
+    with pytest.raises(SearchError, match="dense vectors of 8 dimensions"):
+        run_search(tmp_path, tiny, index, queries, runs=("dense",))
+    part.write_bytes(b"PAR1 not really")
+    with pytest.raises(OutputUnreadable, match=r"part-00001\.parquet is not a readable"):
+        run_search(tmp_path, tiny, index, queries)
