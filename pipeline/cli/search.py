@@ -112,7 +112,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     index = open_index(args.index)
     model = load_query_model(args, settings, str(args.model or index.identity.get("model")))
     reranker = load_reranker(args, settings) if args.rerank_model else None
-    summary = search(request, model, reranker)
+    summary = search(request, model, reranker, index)
     reranked = f"; {summary.reranked:,} candidates reranked" if reranker is not None else ""
     print(
         f"m3pipe search: {summary.queries:,} queries x {summary.documents:,} documents in "

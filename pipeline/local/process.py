@@ -18,7 +18,6 @@ from pipeline.storage.finished_output import (
     FinishedOutput,
     identity,
     identity_difference,
-    open_for_reuse,
 )
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.manifest import build_manifest
@@ -34,7 +33,7 @@ from pipeline.tasks import Reading, TaskKind
 from pipeline.tasks.kind import Progress
 from pipeline.tasks.reuse import ReuseSplit, merge_in_order, split_for_reuse
 from producers.inputs.intake import IntakeCounts
-from producers.inputs.reuse_index import ReuseIndex
+from producers.inputs.reuse_index import ReuseIndex, open_reusable
 from producers.inputs.sharding import UNBOUNDED, ShardLimits
 from schemas.job import ShardState
 
@@ -145,18 +144,12 @@ def process_file(
 def check_reusable(
     reuse: Location | Path | str, out_dir: Location | Path | str, engine: Any, reading: Reading
 ) -> FinishedOutput:
-    """The previous output, once it is sure its rows are what this run would write."""
-    previous = open_for_reuse(reuse)
-    if previous.location.uri == open_location(out_dir).uri:
-        raise ReuseError("--reuse needs another output directory than --out")
+    """The previous output, once it is sure its rows are what this run would write: the
+    checks a producer makes, then the loaded model's whole identity."""
+    previous = open_reusable(reuse, out_dir, engine.model.spec, engine.options, reading.keep_fields)
     difference = identity_difference(previous.identity, identity(engine.file_metadata()))
     if difference:
         raise ReuseError(f"--reuse {previous.location} was made otherwise: {difference}")
-    if previous.keep_fields != list(reading.keep_fields):
-        raise ReuseError(
-            f"--reuse {previous.location} kept fields {previous.keep_fields}, "
-            f"this run keeps {list(reading.keep_fields)}"
-        )
     return previous
 
 
@@ -170,13 +163,14 @@ def _split_shards(
 ) -> Iterator[Sequence[Any]]:
     """What to compute of each shard: all of it, or what `--reuse` cannot copy. Runs in the
     engine's tokenizing thread, so the copies are read while the model works."""
-    for shard in shards:
-        if index is None:
+    if index is None:
+        for shard in shards:
             splits.append((shard, None))
             yield shard
-            continue
+        return
+    schema = kind.compute(engine, [], keep_fields).table.schema  # what this run writes
+    for shard in shards:
         runs = index.plan(shard, keep_fields)
-        schema = kind.compute(engine, [], keep_fields).table.schema
         split = split_for_reuse(shard, runs, index.previous, engine, schema, keep_fields)
         splits.append((shard, split))
         yield split.to_encode

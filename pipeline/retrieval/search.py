@@ -229,10 +229,14 @@ def results_table(queries: list[Document], runs: dict[str, TopK],
 
 
 def search(
-    request: SearchRequest, model: M3Model, reranker: RerankEngine | None = None
+    request: SearchRequest,
+    model: M3Model,
+    reranker: RerankEngine | None = None,
+    index: FinishedOutput | None = None,
 ) -> SearchSummary:
-    """Run `request` with the loaded query `model` (and cross-encoder); write the results."""
-    index = open_index(request.index)
+    """Run `request` with the loaded query `model` (and cross-encoder); write the results.
+    `index`: `request.index` already opened (its manifest is then not read again)."""
+    index = index or open_index(request.index)
     modes = plan_modes(index, request)
     check_model(index, model.describe())
     queries = read_queries(request)

@@ -166,11 +166,12 @@ class FinishedOutput:
         missing, damaged or made without document digests."""
         path = self.location / part_name(number)
         try:
-            schema = pq.read_schema(path.path, filesystem=path.fs)
             wanted = None if columns is None else ["id", *(c for c in columns if c != "id")]
+            # One read: the table's schema carries the file's metadata.
             table = pq.read_table(path.path, filesystem=path.fs, columns=wanted)
-            digests = base64.b64decode((schema.metadata or {})[DOCUMENT_DIGESTS_KEY], validate=True)
-            model = json.loads((schema.metadata or {}).get(b"m3pipe", b"{}"))
+            metadata = table.schema.metadata or {}
+            digests = base64.b64decode(metadata[DOCUMENT_DIGESTS_KEY], validate=True)
+            model = json.loads(metadata.get(b"m3pipe", b"{}"))
         except KeyError:
             raise ReuseError(f"{path} records no document digests (an older m3pipe?)") from None
         except (OSError, pa.ArrowException, ValueError) as exc:

@@ -9,12 +9,11 @@ bounded, the rest is on disk (~13-25 bytes per key after compression).
 from __future__ import annotations
 
 from pathlib import Path
-from types import TracebackType
 
-from producers.inputs.scratch_db import WRITE_BUFFER_BYTES, ScratchDb
+from producers.inputs.scratch_db import WRITE_BUFFER_BYTES, ScratchDb, ScratchIndex
 
 
-class FirstSeen:
+class FirstSeen(ScratchIndex):
     """`first(key, where)`: None the first time a key is offered (it is remembered with
     `where`), else the `where` it was first offered with. Use as a context manager: the
     index is deleted on exit."""
@@ -36,17 +35,3 @@ class FirstSeen:
     @property
     def directory(self) -> Path:
         return self._scratch.directory
-
-    def close(self) -> None:
-        self._scratch.close()
-
-    def __enter__(self) -> FirstSeen:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -11,12 +11,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 from pipeline.errors import ReuseError
 from pipeline.storage.finished_output import FinishedOutput, document_digest, open_for_reuse
 from pipeline.storage.location import Location, open_location
-from producers.inputs.scratch_db import ScratchDb
+from producers.inputs.scratch_db import ScratchDb, ScratchIndex
 from schemas.document import Document
 from schemas.options import EncodeOptions
 from schemas.reuse import ReuseRun
@@ -47,13 +46,13 @@ def open_reusable(
         if old.get(name) != new.get(name)
     ]
     if previous.keep_fields != list(keep_fields):
-        changed.append(f"keep_fields {list(keep_fields)} (was {previous.keep_fields})")
+        changed.append(f"kept fields {list(keep_fields)} (was {previous.keep_fields})")
     if changed:
         raise ReuseError(f"--reuse {previous.location} was made otherwise: " + "; ".join(changed))
     return previous
 
 
-class ReuseIndex:
+class ReuseIndex(ScratchIndex):
     """Use as a context manager: the index is deleted on exit."""
 
     def __init__(self, previous: FinishedOutput, parent: Path | str | None = None) -> None:
@@ -106,17 +105,3 @@ class ReuseIndex:
             else:
                 runs.append([at, 1, part, row, rows])
         return [ReuseRun(at=a, count=c, part=p, row=r, rows=n) for a, c, p, r, n in runs]
-
-    def close(self) -> None:
-        self._scratch.close()
-
-    def __enter__(self) -> ReuseIndex:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

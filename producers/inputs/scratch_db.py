@@ -14,6 +14,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from rocksdict import (
     BlockBasedIndexType,
@@ -72,6 +74,26 @@ class ScratchDb:
             self._db.close()
             self._db = None
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class ScratchIndex:
+    """An index kept in a ScratchDb (`_scratch`): use as a context manager, deleted on exit."""
+
+    _scratch: ScratchDb
+
+    def close(self) -> None:
+        self._scratch.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def _options(write_buffer_bytes: int) -> Options:
