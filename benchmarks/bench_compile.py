@@ -26,6 +26,7 @@ def main() -> int:
     parser.add_argument("--model", default="random:full")
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--shapes", default="8x512,1x4096", help="BATCHxLENGTH,...")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -38,23 +39,26 @@ def main() -> int:
     from pipeline.settings import Settings
 
     model = load_model(
-        args.model, device="cpu", precision=args.precision, cache_dir=Settings().cache_dir
+        args.model, device=args.device, precision=args.precision, cache_dir=Settings().cache_dir
     )
     encoder, config = model.encoder, model.encoder.config
     inductor.freezing = True  # weights become constants: prepacked for the CPU GEMMs
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
 
     def timed(run, ids, reps):
         with torch.inference_mode():
+            sync()
             started = time.perf_counter()
             for _ in range(reps):
                 out = run(input_ids=ids, return_dict=True).last_hidden_state
+            sync()
         return (time.perf_counter() - started) / reps, out
 
-    peak = matmul_peak("cpu", model.dtype, peak_shapes(config, 4096))
+    peak = matmul_peak(str(model.device), model.dtype, peak_shapes(config, 4096))
     results = []
     for shape in args.shapes.split(","):
         batch, length = (int(x) for x in shape.split("x"))
-        ids = torch.randint(5, 1000, (batch, length))
+        ids = torch.randint(5, 1000, (batch, length), device=model.device)
         flops = model_flops(config, [length] * batch)
         timed(encoder, ids, 1)  # warm-up
         eager, reference = timed(encoder, ids, args.reps)
@@ -83,9 +87,10 @@ def main() -> int:
         "precision": args.precision,
         "matmul_peak": peak,
         "shapes": results,
+        "device": args.device,
         **run_facts(),
     }
-    save(report, f"compile-{args.precision}", "cpu", args.model, args.out)
+    save(report, f"compile-{args.precision}", args.device, args.model, args.out)
     return 0
 
 

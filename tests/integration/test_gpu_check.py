@@ -27,5 +27,23 @@ def test_the_gpu_check_runs_every_step_and_writes_its_figures(tmp_path):
     assert agreement["dense_cosine_min"] > 0.99 and agreement["sparse_jaccard_min"] > 0.9
     fixed = json.loads((tmp_path / "engine-cpu-random-tiny-512.json").read_text())
     assert fixed["corpus"]["max_tokens"] == 512 and fixed["corpus"]["docs"] == 8
+    assert fixed["accuracy"] == {} and fixed["failed_sides"] == []
     rerank = json.loads((tmp_path / "rerank-cpu-random-tiny.json").read_text())
     assert rerank["engine"]["mfu"] > 0 and rerank["engine"]["matmul_peak"]["gflops"] > 0
+    compiled = json.loads((tmp_path / "compile-cpu-random-tiny.json").read_text())
+    assert compiled["shapes"][0]["shape"] == "2x64" and compiled["shapes"][0]["speedup"] > 0
+
+
+def test_a_side_that_fails_is_reported_and_the_others_still_saved(tmp_path):
+    # fp16 is refused on the CPU: FlagEmbedding's side fails, the engine's figures remain.
+    out = tmp_path / "engine.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_engine.py"), "--model", "random:tiny",
+         "--docs", "4", "--long-docs", "0", "--precisions", "fp32", "--flag-precision", "fp16",
+         "--peak-seconds", "0.05", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["failed_sides"] == ["flagembedding:fp16"]
+    assert report["sides"]["engine:fp32"]["tokens"] == report["corpus"]["tokens"]
