@@ -103,19 +103,11 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
         torch.cuda.reset_peak_memory_stats()
     compute = "int8-dynamic" if precision == "int8" else str(model.dtype).removeprefix("torch.")
     result: dict = {"side": side, "compute_dtype": compute}
-    if kind in ("engine", "engine-sync"):
-        from pipeline.engine import embedder
+    if kind == "engine":
         from pipeline.engine.embedder import Engine
         from schemas.document import Document
         from schemas.options import EncodeOptions
 
-        if kind == "engine-sync":  # the engine before batches overlapped: each one waited for
-            real = embedder.forward_batch
-
-            def waiting(*a, **k):
-                return real(*a, **k, deferred=False)
-
-            embedder.forward_batch = waiting  # type: ignore[assignment]
         engine = Engine(
             model,
             EncodeOptions(
@@ -290,11 +282,6 @@ def main() -> int:
     parser.add_argument("--flag-precision", default="fp32", help="FlagEmbedding's side")
     parser.add_argument("--no-flag", action="store_true", help="skip FlagEmbedding's side")
     parser.add_argument(
-        "--sync-side",
-        action="store_true",
-        help="also run each engine side with every batch waited for (no overlap)",
-    )
-    parser.add_argument(
         "--process", action="store_true", help="also time a whole `m3pipe encode` process"
     )
     parser.add_argument("--process-precision", default="auto")
@@ -342,7 +329,6 @@ def main() -> int:
         corpus_path = Path(tmp) / "corpus.json"
         corpus_path.write_text(json.dumps(texts))
         names = [f"engine:{p}" for p in precisions]
-        names += [f"engine-sync:{p}" for p in precisions if args.sync_side]
         names += [] if args.no_flag else [f"flagembedding:{args.flag_precision}"]
         for side in names:
             extra = ["--side", side, "--corpus", str(corpus_path)]

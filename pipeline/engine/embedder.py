@@ -8,7 +8,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -18,12 +17,7 @@ import torch
 
 from pipeline import __version__
 from pipeline.engine.batching import default_batch_tokens, plan_batches
-from pipeline.engine.encoder import (
-    BatchOutput,
-    PendingBatch,
-    encode_with_split,
-    forward_batch,
-)
+from pipeline.engine.encoder import BatchOutput, encode_with_split, forward_batch
 from pipeline.engine.model import M3Model
 from pipeline.engine.stats import BatchStats
 from pipeline.engine.table import assemble_table
@@ -108,7 +102,7 @@ class Engine:
         outputs: list[BatchOutput] = []
         stats = EncodeStats(documents=len(docs), rows=len(shard), tokens=int(lengths.sum()))
 
-        def run(rows: np.ndarray) -> PendingBatch:
+        def run(rows: np.ndarray) -> BatchOutput:
             return forward_batch(
                 self.model,
                 [shard.ids[i] for i in rows],
@@ -117,25 +111,15 @@ class Engine:
                 self.options.dtype,
             )
 
-        def finish(pending: PendingBatch) -> None:
-            out = pending.result()
-            outputs.append(out)
-            stats.batches += 1
-            stats.padded_tokens += len(out.rows) * int(lengths[out.rows].max())
-            if progress is not None:
-                progress(int(ends_doc[out.rows].sum()), int(lengths[out.rows].sum()))
-
-        # One batch in flight: the host finishes batch n while the device runs batch n + 1.
-        in_flight: deque[PendingBatch] = deque()
         for batch in plan_batches(lengths, self.batch_tokens):
             pieces = encode_with_split(run, batch, self._empty_cache)
             stats.oom_splits += len(pieces) - 1
-            for piece in pieces:
-                in_flight.append(piece)
-                while len(in_flight) > 1:
-                    finish(in_flight.popleft())
-        while in_flight:
-            finish(in_flight.popleft())
+            for out in pieces:
+                outputs.append(out)
+                stats.batches += 1
+                stats.padded_tokens += len(out.rows) * int(lengths[out.rows].max())
+                if progress is not None:
+                    progress(int(ends_doc[out.rows].sum()), int(lengths[out.rows].sum()))
 
         table = assemble_table(
             outputs,
