@@ -397,7 +397,6 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.jobs.letters import LetterLost, read_letter
     from pipeline.storage.location import open_location
-    from schemas.job import ShardMessage
     from workers.app import shard_publisher
 
     store = job_store(settings)
@@ -424,7 +423,13 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
         if kept is None:
             lost.append(shard)
             continue
-        publish(ShardMessage.model_validate_json(kept), spec.queue, spec.priority)
+        try:
+            message = read_letter(kept, open_location(spec.out))
+        except LetterLost as exc:
+            print(f"m3pipe retry: shard {shard}: {exc}", file=sys.stderr)
+            lost.append(shard)
+            continue
+        publish(message, spec.queue, spec.priority)
         sent += 1
     print(f"m3pipe retry: job {args.job}: {sent} shard(s) re-enqueued", file=sys.stderr)
     if lost:

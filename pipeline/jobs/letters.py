@@ -1,4 +1,6 @@
-"""Dead letters: what is kept of a failed shard so that `m3pipe retry` can send it again.
+"""Letters: what is kept of a failed shard so that `m3pipe retry` can send it again (a dead
+letter), and of a shard waiting for its next attempt, in case that retry is lost (a retry
+letter). Both are made and read back the same way.
 
 A shard by reference is a few hundred bytes: its message is kept in Redis as it is. A shard
 that carries its documents (compressed, CSV or Parquet inputs, `--inline-shards`, rerank

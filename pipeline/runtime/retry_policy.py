@@ -28,5 +28,5 @@ def after_failure(
     if attempt >= runtime.max_attempts:
         fail_shard(runtime, message, f"dead-lettered after {attempt} attempts: {exc!r}", worker)
         return None
-    requeue_shard(store, message, repr(exc), attempt)
+    requeue_shard(runtime, message, repr(exc), attempt)
     return retry_countdown(attempt, runtime.retry_backoff_seconds)

@@ -249,9 +249,12 @@ def letters_home(runtime: WorkerRuntime, job_id: str) -> Location | None:
         return None
 
 
-def requeue_shard(store: JobStore, message: ShardMessage, reason: str, attempt: int) -> None:
+def requeue_shard(runtime: WorkerRuntime, message: ShardMessage, reason: str, attempt: int) -> None:
     """Record that a shard goes back to the queue for another attempt; its message is kept
-    until the shard ends, so `m3pipe retry` can re-send it if the retry is ever lost."""
-    store.keep_retry_letter(message.job_id, message.shard, message.model_dump_json())
+    until the shard ends, so `m3pipe retry` can re-send it if the retry is ever lost (in
+    Redis, or in the output directory when it carries documents, as a dead letter is)."""
+    store = runtime.store
+    out = letters_home(runtime, message.job_id)
+    store.keep_retry_letter(message.job_id, message.shard, make_letter(message, out))
     info = {"retry": attempt, "last_error": reason[:2000]}
     store.mark_shard(message.job_id, message.shard, ShardState.QUEUED, _ACTIVE, info)

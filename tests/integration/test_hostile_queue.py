@@ -10,6 +10,7 @@ import signal
 import time
 
 import pyarrow.dataset as ds
+import pytest
 
 from pipeline.broker.backlog import UNACKED_KEY, backlog, priority_lists
 from pipeline.jobs.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD
@@ -40,16 +41,23 @@ def test_every_attempt_count_works(tmp_path, cli_env, workers, store):
     assert "dead-lettered after 6 attempts" in store.shard_infos(job_id)[1]["error"]
 
 
-def test_a_lost_retry_is_found_by_status_and_resent_by_retry(tmp_path, cli_env, workers, store):
+@pytest.mark.parametrize("shards", ["by-reference", "inline"])
+def test_a_lost_retry_is_found_by_status_and_resent_by_retry(
+    tmp_path, cli_env, workers, store, shards
+):
     """A shard waiting for its retry whose message is lost with its worker: `status` names
-    the orphan, `retry` re-sends the message kept for it, the job completes."""
+    the orphan, `retry` re-sends the message kept for it (read back from the output
+    directory when the shard carries its documents), the job completes."""
     cli_env.update(M3PIPE_RETRY_BACKOFF_SECONDS="60")  # the retry waits in the worker
     records = corpus_records(20)
-    job_id = submit(tmp_path, cli_env, records, "--shard-docs", "10")
+    inline = ["--inline-shards"] if shards == "inline" else []
+    job_id = submit(tmp_path, cli_env, records, "--shard-docs", "10", *inline)
     blocker = tmp_path / "out" / "part-00001.parquet"
     blocker.mkdir()
     [name] = workers.start(1)
     wait_until(lambda: store.retry_letter(job_id, 1) is not None, timeout=120)
+    if inline:
+        assert "spilled" in json.loads(store.retry_letter(job_id, 1) or "{}")
     wait_until(lambda: store.shard_state(job_id, 0) == "done", timeout=120)
     wait_until(lambda: "retry in" in workers.log(name), timeout=30)
     os.killpg(workers.processes[name].pid, signal.SIGKILL)

@@ -1,4 +1,4 @@
-"""Dead letters: a failed shard that carries its documents is kept in the job's output
+"""Letters: a failed (or retried) shard that carries its documents is kept in the job's output
 directory, not in Redis; `m3pipe retry` reads it back, and the job's end removes it once the
 shard is done. Real Redis, the real shard runner in-process, random:tiny."""
 
@@ -15,6 +15,7 @@ from pipeline.jobs.letters import (
     letter_name,
     read_letter,
 )
+from pipeline.runtime.retry_policy import after_failure
 from pipeline.runtime.shard_runner import WorkerRuntime, fail_shard, run_shard
 from pipeline.runtime.worker_models import WorkerModels
 from pipeline.storage.location import open_location
@@ -108,3 +109,23 @@ def test_overwrite_and_resume_clear_letters_and_the_directory_is_not_foreign(tmp
         prepare_output_dir(out)
     prepare_output_dir(out, overwrite=True)
     assert list((out / LETTERS_DIR).iterdir()) == []
+
+
+def test_a_retry_letter_of_a_shard_carrying_documents_is_kept_the_same_way(
+    tmp_path, store, runtime
+):
+    """A shard waiting for its next attempt: its kept message (for a lost retry) is a
+    pointer too; the shard's end drops the pointer, the job's end the finished letter."""
+    job_id, sent = submitted(tmp_path, store, inline=True)
+    store.mark_shard(job_id, 0, ShardState.RUNNING, ["queued", "running"])
+    store.count_attempt(job_id, 0)
+    assert after_failure(runtime, sent[0], OSError("disk hiccup"), "t@host") is not None
+    kept = store.retry_letter(job_id, 0)
+    assert kept is not None and len(kept) < 300
+    out = open_location(tmp_path / "out")
+    assert read_letter(kept, out).model_dump_json() == sent[0].model_dump_json()
+    run_shard(read_letter(kept, out), runtime)
+    assert store.retry_letter(job_id, 0) is None
+    run_shard(sent[1], runtime)
+    assert finalize_if_complete(store, job_id) is JobState.COMPLETED
+    assert not (out / letter_name(0)).exists()
