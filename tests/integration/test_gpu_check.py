@@ -30,8 +30,12 @@ def test_the_gpu_check_runs_every_step_and_writes_its_figures(tmp_path):
     assert fixed["accuracy"] == {} and fixed["failed_sides"] == []
     rerank = json.loads((tmp_path / "rerank-cpu-random-tiny.json").read_text())
     assert rerank["engine"]["mfu"] > 0 and rerank["engine"]["matmul_peak"]["gflops"] > 0
-    compiled = json.loads((tmp_path / "compile-cpu-random-tiny.json").read_text())
-    assert compiled["shapes"][0]["shape"] == "2x64" and compiled["shapes"][0]["speedup"] > 0
+    profiled = json.loads((tmp_path / "profile-cpu-random-tiny.json").read_text())
+    assert set(profiled["runs"]) == {"float16", "float32"} and profiled["top_operators"]
+    for run in profiled["runs"].values():
+        assert run["tokens"] > 0 and run["stage_seconds"]["batches"] > 0
+        assert abs(sum(v for k, v in run["stage_share"].items() if "thread" not in k) - 1) < 0.01
+    assert (tmp_path / "profile-cpu-random-tiny.txt").read_text().strip()
 
 
 def test_a_side_that_fails_is_reported_and_the_others_still_saved(tmp_path):
