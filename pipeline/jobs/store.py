@@ -69,6 +69,45 @@ end
 return {1, oldname}
 """
 
+# A done shard's info is most of what a job keeps in Redis per shard, kept until the job's
+# keys expire: it is written as its values in a fixed order (~60 bytes) rather than JSON
+# with the keys (~180). Any other info (queued, running, failed, retried, resumed) is JSON,
+# which never starts with the tag.
+_DONE_TAG = "d1|"
+_DONE_INTS = ("documents", "rows", "tokens", "bytes")
+_DONE_FLOATS = ("seconds", "finished_at", "padding_efficiency")
+_DONE_KEYS = frozenset((*_DONE_INTS, *_DONE_FLOATS, "worker"))
+
+
+def encode_info(info: Mapping[str, object]) -> str:
+    """A shard's info as stored: compact for a done shard's usual facts, else JSON."""
+    keys = set(info)
+    compact = (keys == _DONE_KEYS or keys == _DONE_KEYS | {"reused"}) and (
+        all(type(info[k]) is int for k in _DONE_INTS)
+        and all(type(info[k]) in (int, float) for k in _DONE_FLOATS)
+        and type(info.get("reused", 0)) is int
+        and isinstance(info["worker"], str)
+    )
+    if not compact:
+        return json.dumps(dict(info))
+    values = [repr(info[k]) for k in (*_DONE_INTS, *_DONE_FLOATS)]
+    values.append(repr(info["reused"]) if "reused" in info else "")
+    return _DONE_TAG + "|".join([*values, str(info["worker"])])  # the worker last: any text
+
+
+def decode_info(raw: str) -> dict[str, Any]:
+    """The info `encode_info` stored."""
+    if not raw.startswith(_DONE_TAG):
+        return dict(json.loads(raw))
+    *values, reused, worker = raw.removeprefix(_DONE_TAG).split("|", len(_DONE_KEYS))
+    info: dict[str, Any] = {k: int(v) for k, v in zip(_DONE_INTS, values, strict=False)}
+    info.update((k, float(v)) for k, v in zip(_DONE_FLOATS, values[len(_DONE_INTS) :], strict=True))
+    info["worker"] = worker
+    if reused:
+        info["reused"] = int(reused)
+    return info
+
+
 # An ended job's keys (KEYS, the job hash first) expire `ttl` seconds after it ended (the
 # job's own setting, from submit; 0 keeps them). ARGV[1] of the caller is the time now.
 _EXPIRE_ENDED = """
@@ -305,7 +344,7 @@ class JobStore:
                 shard,
                 new.value,
                 ",".join(allowed_from),
-                json.dumps(dict(info)) if info is not None else "",
+                encode_info(info) if info is not None else "",
                 documents,
                 rows,
                 tokens,
@@ -395,7 +434,7 @@ class JobStore:
 
     def shard_infos(self, job_id: str) -> dict[int, dict[str, Any]]:
         raw = self._hgetall(shard_info_key(job_id))
-        return {int(k): json.loads(v) for k, v in raw.items()}
+        return {int(k): decode_info(v) for k, v in raw.items()}
 
     def shard_states(self, job_id: str) -> dict[int, ShardState]:
         raw = self._hgetall(shard_state_key(job_id))
@@ -417,7 +456,7 @@ class JobStore:
                 yield (
                     int(field),
                     ShardState(state) if state else None,
-                    json.loads(info) if info else {},
+                    decode_info(info) if info else {},
                 )
 
     # -- workers ----------------------------------------------------------------------
