@@ -33,8 +33,9 @@ def _in_order(
     """Ragged per-row data of batches that ran in any order, back in row order.
 
     Each part is (rows, counts, flat): row `rows[i]` owns the next `counts[i]` items of
-    `flat`. Every item is copied once, straight to its place: no Arrow `take` over nested
-    lists (~0.2 GB/s, the engine's bottleneck on a GPU) and no intermediate concatenation.
+    `flat`. Every item is copied once, straight to its place, with no intermediate
+    concatenation (Arrow's `take` over the nested lists did the same work more slowly:
+    0.22 against 0.18 s for a 512k-token shard of 1,024-wide float32 vectors, warm, here).
     """
     counts = np.zeros(n_rows, dtype=np.int64)
     for rows, part_counts, _ in parts:
