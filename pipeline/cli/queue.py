@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -397,6 +398,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.jobs.letters import LetterLost, read_letter
     from pipeline.storage.location import open_location
+    from schemas.job import ShardMessage
     from workers.app import shard_publisher
 
     store = job_store(settings)
@@ -405,32 +407,31 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     letters = store.dead_letters(args.job)
     spec = store.spec(args.job)
     publish = shard_publisher(settings)
+    out = functools.cache(lambda: open_location(spec.out))  # opened once, if a letter needs it
     sent = 0
-    lost = []
-    for shard, raw in sorted(letters.items()):
+    lost: list[int] = []
+
+    def kept_message(shard: int, letter: str | None) -> ShardMessage | None:
+        """The message a letter keeps; None (the shard counted lost) if there is none."""
         try:
-            message = read_letter(raw, open_location(spec.out))
+            if letter is not None:
+                return read_letter(letter, out())
         except LetterLost as exc:
             print(f"m3pipe retry: shard {shard}: {exc}", file=sys.stderr)
-            lost.append(shard)
-            continue
-        if store.reopen_shard(args.job, shard):
+        lost.append(shard)
+        return None
+
+    for shard, raw in sorted(letters.items()):
+        message = kept_message(shard, raw)
+        if message is not None and store.reopen_shard(args.job, shard):
             publish(message, spec.queue, spec.priority)
             sent += 1
     orphans = [] if store.state(args.job).finished else orphaned_shards(store, args.job)
     for shard in orphans:
-        kept = store.retry_letter(args.job, shard)
-        if kept is None:
-            lost.append(shard)
-            continue
-        try:
-            message = read_letter(kept, open_location(spec.out))
-        except LetterLost as exc:
-            print(f"m3pipe retry: shard {shard}: {exc}", file=sys.stderr)
-            lost.append(shard)
-            continue
-        publish(message, spec.queue, spec.priority)
-        sent += 1
+        message = kept_message(shard, store.retry_letter(args.job, shard))
+        if message is not None:
+            publish(message, spec.queue, spec.priority)
+            sent += 1
     print(f"m3pipe retry: job {args.job}: {sent} shard(s) re-enqueued", file=sys.stderr)
     if lost:
         print(

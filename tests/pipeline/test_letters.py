@@ -129,3 +129,20 @@ def test_a_retry_letter_of_a_shard_carrying_documents_is_kept_the_same_way(
     run_shard(sent[1], runtime)
     assert finalize_if_complete(store, job_id) is JobState.COMPLETED
     assert not (out / letter_name(0)).exists()
+
+
+def test_retry_counts_a_changed_letter_lost_and_says_the_way_out(
+    tmp_path, store, runtime, redis_server, monkeypatch, capsys
+):
+    from pipeline.cli.main import main
+
+    job_id, sent = submitted(tmp_path, store, inline=True)
+    fail_shard(runtime, sent[0], "a permanent failure", "t@host")
+    (tmp_path / "out" / letter_name(0)).write_text(sent[1].model_dump_json())  # forged
+    monkeypatch.setenv("M3PIPE_BROKER_URL", redis_server.url)
+    assert main(["retry", job_id]) != 0
+    err = capsys.readouterr().err
+    assert "shard 0: dead letter" in err and "is not the message that failed" in err
+    # Shard 1 was never delivered (its message was only collected here): orphaned, none kept.
+    assert "0 shard(s) re-enqueued" in err and "2 shard(s) have no kept message (0, 1)" in err
+    assert store.shard_state(job_id, 0) == ShardState.FAILED.value  # not reopened
