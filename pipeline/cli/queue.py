@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import json
 import os
 import socket
@@ -300,6 +301,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     def registered(job_id: str) -> None:
         print(f"m3pipe submit: job {job_id} registered; enqueueing shards", file=sys.stderr)
 
+    # What is loaded by now lives as long as the process: kept out of the collector's
+    # full passes, which otherwise scan it every ~70k documents (~0.5 us a document).
+    gc.freeze()
     result = submit_job(request, store, shard_publisher(settings), registered)
     resumed = f" ({result.skipped} already done, kept)" if request.resume else ""
     reused = ""

@@ -41,9 +41,11 @@ def document_size(doc: Document, options: EncodeOptions) -> UnitSize:
     return UnitSize(nbytes, worst_case_tokens(nbytes, options))
 
 
-def oversize_reason(doc: Document, limits: ShardLimits, options: EncodeOptions) -> str | None:
-    """Why one document cannot go in any shard, or None."""
-    size = document_size(doc, options)
+def oversize_reason(
+    doc: Document, limits: ShardLimits, options: EncodeOptions, size: UnitSize | None = None
+) -> str | None:
+    """Why one document cannot go in any shard, or None; `size`: its document_size."""
+    size = size or document_size(doc, options)
     over = over_limit(size, limits)
     if over == "bytes":
         return f"document is {size.bytes:,} bytes, above the {limits.bytes:,}-byte message limit"
@@ -106,9 +108,13 @@ class EmbedTask(TaskKind):
         return document_size(unit[0], options)
 
     def oversize_reason(
-        self, unit: Sequence[Document], limits: ShardLimits, options: EncodeOptions
+        self,
+        unit: Sequence[Document],
+        limits: ShardLimits,
+        options: EncodeOptions,
+        size: UnitSize | None = None,
     ) -> str | None:
-        return oversize_reason(unit[0], limits, options)
+        return oversize_reason(unit[0], limits, options, size)
 
     def model_loader(self) -> Callable[..., M3Model]:
         from pipeline.engine.model import load_model

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from pipeline.errors import PermanentError
 from producers.inputs.intake import IntakeCounts, RejectSink
@@ -110,8 +110,14 @@ class TaskKind(ABC):
         """A unit's message bytes and worst-case tokens."""
 
     @abstractmethod
-    def oversize_reason(self, unit: Sequence[Any], limits: ShardLimits, options: Any) -> str | None:
-        """Why a unit fits no shard (a reject reason), or None."""
+    def oversize_reason(
+        self,
+        unit: Sequence[Any],
+        limits: ShardLimits,
+        options: Any,
+        size: UnitSize | None = None,
+    ) -> str | None:
+        """Why a unit fits no shard (a reject reason), or None; `size`: its unit_size."""
 
     def shards(
         self,
@@ -126,11 +132,20 @@ class TaskKind(ABC):
         """Shards cut from (source name, items) pairs within `limits`. `strict`: a unit
         over a limit is rejected (a queue message must fit); else it forms its own shard."""
 
+        # The check and the cutter each need a unit's size, one right after the other: it is
+        # measured once (the unit is known by its first item, held here so it stays alive).
+        measured: list[Any] = [None, None]
+
+        def size(unit: Sequence[Any]) -> UnitSize:
+            if unit[0] is not measured[0]:
+                measured[:] = [unit[0], self.unit_size(unit, options)]
+            return cast(UnitSize, measured[1])
+
         def check(unit: Sequence[Any]) -> str | None:
-            return self.oversize_reason(unit, limits, options)
+            return self.oversize_reason(unit, limits, options, size(unit))
 
         units = self.accept(sources, rejects, counts, check if strict else None)
-        return cut_sized_shards(units, limits, lambda unit: self.unit_size(unit, options))
+        return cut_sized_shards(units, limits, size)
 
     # -- the model ------------------------------------------------------------------------
     @abstractmethod

@@ -40,11 +40,14 @@ def unit_size(unit: Sequence[Pair], options: RerankOptions) -> UnitSize:
 
 
 def oversize_reason(
-    unit: Sequence[Pair], limits: ShardLimits, options: RerankOptions
+    unit: Sequence[Pair],
+    limits: ShardLimits,
+    options: RerankOptions,
+    size: UnitSize | None = None,
 ) -> str | None:
-    """Why a unit cannot go in any shard, or None."""
+    """Why a unit cannot go in any shard, or None; `size`: its unit_size."""
     what = "the query's candidates take" if len(unit) > 1 else "the pair takes"
-    size = unit_size(unit, options)
+    size = size or unit_size(unit, options)
     over = over_limit(size, limits)
     if over == "bytes":
         return (
@@ -93,9 +96,13 @@ class RerankTask(TaskKind):
         return unit_size(unit, options)
 
     def oversize_reason(
-        self, unit: Sequence[Pair], limits: ShardLimits, options: RerankOptions
+        self,
+        unit: Sequence[Pair],
+        limits: ShardLimits,
+        options: RerankOptions,
+        size: UnitSize | None = None,
     ) -> str | None:
-        return oversize_reason(unit, limits, options)
+        return oversize_reason(unit, limits, options, size)
 
     def model_loader(self) -> Callable[..., RerankModel]:
         from pipeline.engine.reranker import load_reranker

@@ -9,6 +9,7 @@ bounded, the rest is on disk (~13-25 bytes per key after compression).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 from producers.inputs.scratch_db import WRITE_BUFFER_BYTES, ScratchDb, ScratchIndex
 
@@ -31,6 +32,26 @@ class FirstSeen(ScratchIndex):
             db.put(raw, where.encode("utf-8", "surrogatepass"))
             return None
         return bytes(found).decode("utf-8", "surrogatepass")
+
+    def first_many(self, keys: list[str], wheres: list[str]) -> list[str | None]:
+        """`first` for each key in turn (a key repeated among them is found at its first
+        place), with one lookup and one write for them all: ~2x faster a key."""
+        raw = [key.encode("utf-8", "surrogatepass") for key in keys]
+        # One multi-get (rocksdict's stub types the list argument too narrowly).
+        stored = cast(list[bytes | None], self._scratch.db.get(cast(list[Any], raw)))
+        new: dict[bytes, bytes] = {}
+        answers: list[str | None] = []
+        for key, where, found in zip(raw, wheres, stored, strict=True):
+            if found is None:
+                found = new.get(key)
+                if found is None:
+                    new[key] = where.encode("utf-8", "surrogatepass")
+                    answers.append(None)
+                    continue
+            answers.append(bytes(found).decode("utf-8", "surrogatepass"))
+        if new:
+            self._scratch.write(list(new.items()))
+        return answers
 
     @property
     def directory(self) -> Path:

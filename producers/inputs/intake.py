@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -9,6 +10,8 @@ from typing import Protocol
 from producers.inputs.first_seen import FirstSeen
 from producers.inputs.validate import InputItem
 from schemas.document import Document, Reject
+
+DUPLICATE_BATCH = 1024  # records read ahead so their ids are looked up together
 
 
 @dataclass
@@ -35,13 +38,22 @@ class DuplicateIds:
 
     def check(self, doc: Document, where: str) -> str | None:
         """None for a new id, else the reason to reject this record."""
-        first = self._seen.first(doc.id, where)
-        return None if first is None else f"duplicate id (first seen at {first})"
+        return self.check_many([doc], [where])[0]
+
+    def check_many(self, docs: list[Document], wheres: list[str]) -> list[str | None]:
+        """`check` for each document in turn, in one look-up of the index."""
+        firsts = self._seen.first_many([doc.id for doc in docs], wheres)
+        return [
+            None if first is None else f"duplicate id (first seen at {first})" for first in firsts
+        ]
 
 
 def document_bytes(doc: Document) -> int:
     """Bytes a document takes in a shard message (text, id and kept fields, UTF-8)."""
-    size = len(doc.text.encode("utf-8")) + len(doc.id.encode("utf-8"))
+    text, doc_id = doc.text, doc.id  # an ASCII string's length is its UTF-8 size
+    size = (len(text) if text.isascii() else len(text.encode("utf-8"))) + (
+        len(doc_id) if doc_id.isascii() else len(doc_id.encode("utf-8"))
+    )
     if doc.fields:
         size += sum(len(k) + len((v or "").encode("utf-8")) for k, v in doc.fields.items())
     return size
@@ -63,24 +75,29 @@ def accept_documents(
     with FirstSeen() as seen:
         duplicates = DuplicateIds(seen)
         for source, items in sources:
-            for item in items:
-                counts.input_records += 1
-                result = item.result
-                if isinstance(result, Document):
-                    where = item.file or f"{source} {item.where}"
-                    reason = duplicates.check(result, where)
-                    if reason is None and check is not None:
-                        reason = check(result)
-                    if reason is None:
-                        counts.documents += 1
-                        yield result
-                        continue
-                    result = Reject(
-                        source=item.file or source,
-                        line=item.line,
-                        row=item.row,
-                        id=result.id,
-                        reason=reason,
-                    )
-                rejects.add(result)
-                counts.rejected += 1
+            # Looked up a batch at a time; decided, counted and yielded in order.
+            reading = iter(items)
+            while batch := list(itertools.islice(reading, DUPLICATE_BATCH)):
+                docs = [item for item in batch if isinstance(item.result, Document)]
+                wheres = [item.file or f"{source} {item.where}" for item in docs]
+                verdicts = iter(duplicates.check_many([item.result for item in docs], wheres))
+                for item in batch:
+                    counts.input_records += 1
+                    result = item.result
+                    if isinstance(result, Document):
+                        reason = next(verdicts)
+                        if reason is None and check is not None:
+                            reason = check(result)
+                        if reason is None:
+                            counts.documents += 1
+                            yield result
+                            continue
+                        result = Reject(
+                            source=item.file or source,
+                            line=item.line,
+                            row=item.row,
+                            id=result.id,
+                            reason=reason,
+                        )
+                    rejects.add(result)
+                    counts.rejected += 1

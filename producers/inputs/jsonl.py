@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UnreadableInput
 from pipeline.storage.location import Location, open_location
 from producers.inputs.compressed import STREAM_ERRORS, is_compressed, open_binary
-from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason, read_lines
+from producers.inputs.lines import (
+    BLOCK_BYTES,
+    COMPRESSED_BLOCK_BYTES,
+    DEFAULT_MAX_RECORD_BYTES,
+    Line,
+    LineBlock,
+    oversize_reason,
+    read_line_blocks,
+)
 from producers.inputs.validate import DocumentShape, InputItem, RecordShape
 from schemas.document import Origin, Reject
 
@@ -46,22 +54,61 @@ def read_jsonl(
     # Only a plain file can be read back from a byte offset: its documents know where they
     # are, and the producer may send their shards by reference.
     plain = not is_compressed(location)
+    block_bytes = BLOCK_BYTES if plain else COMPRESSED_BLOCK_BYTES
     number = 0
     with open_binary(location) as handle:
         try:
-            for line in read_lines(handle, max_record_bytes):
-                number = line.number
-                if line.data is None:
-                    reason = oversize_reason(line.size, max_record_bytes)
+            for block in read_line_blocks(handle, max_record_bytes, block_bytes=block_bytes):
+                if isinstance(block, Line):  # over the limit, skipped
+                    number = block.number
+                    reason = oversize_reason(block.size, max_record_bytes)
                     yield InputItem(Reject(source=source, line=number, reason=reason), line=number)
                     continue
-                if not line.data.strip():
-                    continue
-                origin = Origin(source, number, line.start, line.end) if plain else None
-                record = jsonl_record(line.data, source, number, shape, origin)
-                yield InputItem(record, line=number)
+                yield from _block_items(block, source, shape, plain)
+                number = block.number + len(block.lines) - 1
         except STREAM_ERRORS as exc:  # e.g. a truncated .gz or .zst
             raise UnreadableInput.partway(exc, line=number + 1) from exc
+
+
+def _block_items(
+    block: LineBlock, source: str, shape: RecordShape, plain: bool
+) -> Iterator[InputItem]:
+    """The items of a block's non-blank lines. The common line (UTF-8 JSON, a plainly
+    valid document) takes a fast path; anything else the exact one, `jsonl_record`, which
+    gives the reason a line is rejected."""
+    quick = shape.quick if isinstance(shape, DocumentShape) else None
+    offset = block.start
+    last = block.number + len(block.lines) - 1
+    for number, data in enumerate(block.lines, block.number):
+        start = offset
+        offset += len(data) + (1 if number < last or block.last_newline else 0)
+        if not data.strip():
+            continue
+        origin = Origin(source, number, start, offset) if plain else None
+        value = _fast_json(data)
+        if value is _NOT_PARSED:
+            record = jsonl_record(data, source, number, shape, origin)
+        else:
+            record = quick(value, origin) if quick is not None else None
+            if record is None:
+                record = shape.convert(value, source=source, line=number, origin=origin)
+        yield InputItem(record, line=number)
+
+
+_NOT_PARSED = object()
+# json.loads without its per-call Python wrapper (typeshed does not declare the attribute).
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _fast_json(data: bytes) -> Any:
+    """What `json.loads(data.decode("utf-8"))` returns, or _NOT_PARSED if that would raise
+    (then `jsonl_record` says why)."""
+    try:
+        text = data.decode("utf-8").strip(" \t\n\r")  # JSON's whitespace, as json.loads
+        value, end = _scan(text, 0)
+    except (UnicodeDecodeError, StopIteration, ValueError, RecursionError):
+        return _NOT_PARSED
+    return value if end == len(text) else _NOT_PARSED
 
 
 def jsonl_record(

@@ -17,7 +17,7 @@ from pipeline.storage.location import open_location
 from producers.inputs.jsonl import jsonl_record
 from producers.inputs.lines import read_lines
 from producers.inputs.validate import RecordShape
-from schemas.document import Document, Origin
+from schemas.document import Document
 from schemas.shard_ref import Segment, ShardRef
 
 # A gap of skipped bytes (rejected or duplicate records, blank lines) larger than this
@@ -33,43 +33,50 @@ def shard_reference(
     shard: Sequence[Document], inputs: Mapping[str, int], digest: str
 ) -> ShardRef | None:
     """The shard as a reference to the inputs (URI -> index in the job's inputs), or None
-    if a document cannot be pointed at (read from a compressed or non-JSONL input)."""
-    origins: list[tuple[int, Origin]] = []
+    if a document cannot be pointed at (read from a compressed or non-JSONL input).
+
+    One pass, no objects per document: it runs for every document a producer submits."""
+    segments: list[Segment] = []
+    runs: list[list[int]] = []  # of the segment being built: [first, last] line numbers
+    index = start = end = first_line = last_line = 0
     for doc in shard:
         origin = doc.origin
-        if origin is None or origin.source not in inputs:
+        if origin is None:
             return None
-        origins.append((inputs[origin.source], origin))
-    segments: list[Segment] = []
-    group: list[Origin] = []
-    group_input = -1
-    for index, origin in origins:
-        if group and (
-            index != group_input
-            or origin.start - group[-1].end > MAX_GAP_BYTES
-            or origin.line <= group[-1].line  # never backwards (not made by the readers)
+        source, line, line_start, line_end = origin
+        input_index = inputs.get(source)
+        if input_index is None:
+            return None
+        if runs and (
+            input_index != index
+            or line_start - end > MAX_GAP_BYTES
+            or line <= last_line  # never backwards (not made by the readers)
         ):
-            segments.append(_segment(group_input, group))
-            group = []
-        group_input = index
-        group.append(origin)
-    segments.append(_segment(group_input, group))
+            segments.append(_segment(index, start, end, first_line, runs))
+            runs = []
+        if not runs:
+            index, start, first_line = input_index, line_start, line
+            runs.append([line, line])
+        elif runs[-1][1] == line - 1:
+            runs[-1][1] = line
+        else:
+            runs.append([line, line])
+        end, last_line = line_end, line
+    if not runs:
+        return None
+    segments.append(_segment(index, start, end, first_line, runs))
     return ShardRef(segments=segments, documents=len(shard), digest=digest)
 
 
-def _segment(input_index: int, origins: list[Origin]) -> Segment:
-    runs: list[tuple[int, int]] = []
-    for origin in origins:
-        if runs and runs[-1][1] == origin.line - 1:
-            runs[-1] = (runs[-1][0], origin.line)
-        else:
-            runs.append((origin.line, origin.line))
+def _segment(
+    input_index: int, start: int, end: int, first_line: int, runs: list[list[int]]
+) -> Segment:
     return Segment(
         input=input_index,
-        start=origins[0].start,
-        end=origins[-1].end,
-        first_line=origins[0].line,
-        runs=runs,
+        start=start,
+        end=end,
+        first_line=first_line,
+        runs=[(low, high) for low, high in runs],
     )
 
 

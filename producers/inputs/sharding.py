@@ -7,7 +7,6 @@ the visibility timeout).
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -60,9 +59,9 @@ def cut_sized_shards(
     def share(unit: Sequence[T]) -> int:
         # One size for the cutter: the larger of each limit's share, in millionths.
         measured = size(unit)
-        return max(
-            math.ceil(measured.bytes * 1_000_000 / limits.bytes),
-            math.ceil(measured.tokens * 1_000_000 / limits.tokens),
+        return max(  # integer ceilings
+            -(-measured.bytes * 1_000_000 // limits.bytes),
+            -(-measured.tokens * 1_000_000 // limits.tokens),
         )
 
     return cut_unit_shards(units, limits.items, 1_000_000, share)

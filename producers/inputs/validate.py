@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pydantic import ValidationError
 
 from pipeline.errors import InputError
-from schemas.document import MAX_ID_CHARS, Document, Origin, Reject, unicode_problem
+from schemas.document import MAX_ID_CHARS, Document, Origin, Reject, storable, unicode_problem
 
 
-@dataclass
-class InputItem:
+class InputItem(NamedTuple):
     """One input record, validated: where it was read and what it became."""
 
     result: Any  # what the task's RecordShape made of it (a Document, pairs...) or a Reject
@@ -110,6 +109,26 @@ class DocumentShape:
             keep_fields=self.keep_fields,
             origin=origin,
         )
+
+    def quick(self, record: Any, origin: Origin | None = None) -> Document | None:
+        """The Document for a record that is plainly valid (an object whose id and text are
+        storable strings, the id within its length and the text not blank), made without
+        pydantic; None for anything else, which `convert` then judges with its reasons.
+        Kept fields always take `convert`."""
+        if self.keep_fields or type(record) is not dict:
+            return None
+        doc_id = record.get(self.id_field)
+        text = record.get(self.text_field)
+        if (
+            type(doc_id) is str
+            and type(text) is str
+            and 0 < len(doc_id) <= MAX_ID_CHARS
+            and storable(doc_id)
+            and storable(text)
+            and text.strip()
+        ):
+            return Document.trusted(doc_id, text, origin)
+        return None
 
 
 def type_name(value: object) -> str:

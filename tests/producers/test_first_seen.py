@@ -52,6 +52,22 @@ def test_it_answers_like_a_dict(keys):
             expected.setdefault(key, str(n))
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcdef"), max_size=8), max_size=8))
+def test_batched_lookups_answer_like_one_at_a_time(batches):
+    """Keys repeated inside one batch and across batches: the first place always wins."""
+    expected: dict[str, str] = {}
+    n = 0
+    with FirstSeen() as seen:
+        for batch in batches:
+            wheres = [str(n + i) for i in range(len(batch))]
+            answers = seen.first_many(list(batch), wheres)
+            for key, where, answer in zip(batch, wheres, answers, strict=True):
+                assert answer == expected.get(key)
+                expected.setdefault(key, where)
+            n += len(batch)
+
+
 def test_pair_keys_do_not_run_together():
     with FirstSeen() as seen:
         pairs = DuplicatePairs(seen)

@@ -2,12 +2,15 @@ import gzip
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.errors import InputError
-from producers.inputs.jsonl import count_lines, read_jsonl
+from producers.inputs.jsonl import count_lines, jsonl_record, read_jsonl
+from producers.inputs.lines import oversize_reason, read_lines
 from producers.inputs.sharding import cut_shards
-from producers.inputs.validate import record_to_document
-from schemas.document import Document, Reject
+from producers.inputs.validate import DocumentShape, InputItem, record_to_document
+from schemas.document import Document, Origin, Reject
 
 
 def _reasons(path, **kwargs):
@@ -83,3 +86,78 @@ def test_cut_shards_by_count_and_size():
     assert sum(len(s) for s in shards) == 7
     with pytest.raises(ValueError):
         list(cut_shards(docs, max_docs=0))
+
+
+# -- the fast path against the exact one -------------------------------------------------
+
+nasty = st.text(
+    alphabet=st.one_of(
+        st.sampled_from(['"', "\\", "\n", "\r", " ", "\t", "\ufeff", "\x00", "\x0b", "é", "東"]),
+        st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+        st.characters(),
+    ),
+    max_size=30,
+)
+values = st.one_of(st.none(), st.integers(), st.booleans(), nasty, st.just(""), st.just("x" * 1100))
+fine = st.text(alphabet="abcé東 ", min_size=1, max_size=8).filter(str.strip)
+poisoned = st.builds(  # storable but for one NUL or lone surrogate
+    lambda a, poison, b: a + poison + b, fine, st.sampled_from(["\x00", "\ud800", "\udfff"]), fine
+)
+records = st.fixed_dictionaries(
+    {"id": st.one_of(fine, poisoned, values), "text": st.one_of(fine, poisoned, nasty, values)},
+    optional={"other": values},
+).map(lambda r: {k: v for k, v in r.items() if v is not None or k == "other"})
+json_lines = st.builds(
+    lambda r, ascii_only: json.dumps(r, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass"),
+    records,
+    st.booleans(),  # escaped (\ud800, \u0000) or raw (invalid UTF-8 for a surrogate)
+)
+lines = st.one_of(
+    json_lines,
+    json_lines.map(lambda line: b"  " + line + b" \r"),
+    st.binary(max_size=30),
+    st.sampled_from([b"", b"   ", b"\x0b", b"[1, 2]", b'"text"', b"\xef\xbb\xbf{}", b"{} {}"]),
+    st.just(b"[" * 5000 + b"]" * 5000),  # deeper than the parser's recursion limit
+)
+
+
+def exact_items(path, shape, limit):
+    """What read_jsonl gave before its fast path: every line through jsonl_record."""
+    items = []
+    with open(path, "rb") as handle:
+        for line in read_lines(handle, limit):
+            if line.data is None:
+                reason = oversize_reason(line.size, limit)
+                items.append(
+                    InputItem(
+                        Reject(source=str(path), line=line.number, reason=reason), line.number
+                    )
+                )
+            elif line.data.strip():
+                origin = Origin(str(path), line.number, line.start, line.end)
+                record = jsonl_record(line.data, str(path), line.number, shape, origin)
+                items.append(InputItem(record, line=line.number))
+    return items
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=st.lists(lines, max_size=15),
+    end=st.sampled_from([b"\n", b""]),
+    keep=st.booleans(),
+)
+def test_fast_path_gives_what_the_exact_path_gives(tmp_path_factory, body, end, keep):
+    """Same documents (ids, texts, origins), same rejects with the same reasons, for any
+    line: valid, invalid UTF-8, bad JSON, wrong types, NUL, surrogates, too long, nested."""
+    path = tmp_path_factory.mktemp("fast") / "d.jsonl"
+    path.write_bytes(b"\n".join(body) + end)
+    shape = DocumentShape(keep_fields=("other",) if keep else ())
+    limit = 2048
+    got = list(read_jsonl(path, shape=shape, max_record_bytes=limit))
+    expected = exact_items(path, shape, limit)
+    assert [(i.line, type(i.result)) for i in got] == [(i.line, type(i.result)) for i in expected]
+    for fast, exact in zip(got, expected, strict=True):
+        assert fast.result == exact.result
+        if isinstance(fast.result, Document):
+            assert fast.result.model_dump_json() == exact.result.model_dump_json()
+            assert fast.result.origin == exact.result.origin
