@@ -52,15 +52,19 @@ from report import peak_since_reset, reset_peak, rss_bytes, spawn_side  # noqa: 
 BILLION = 10**9
 
 
-def write_corpus(path: Path, documents: int) -> int:
-    """Short documents (~70 bytes of text); every 1,000th repeats an earlier id."""
+def write_corpus(path: Path, documents: int, doc_bytes: int = 0) -> int:
+    """Short documents (~70 bytes of text, or words up to ~`doc_bytes` bytes a line);
+    every 1,000th repeats an earlier id."""
     words = ["index", "shard", "vector", "sparse", "dense", "token", "query", "corpus"]
+    filler = " ".join(words[(i * 5) % 8] for i in range(max(doc_bytes, 0) // 6 + 1))
     with path.open("w", encoding="utf-8") as out:
         for start in range(0, documents, 100_000):
             lines = []
             for i in range(start, min(start + 100_000, documents)):
                 doc_id = i - 500 if i % 1000 == 999 else i
                 text = f"document {i} on {words[i % 8]} and {words[(i // 8) % 8]} at scale {i % 97}"
+                if doc_bytes:
+                    text = (text + " " + filler)[: max(doc_bytes - 30, len(text))]
                 lines.append(f'{{"id": "doc-{doc_id}", "text": "{text}"}}\n')
             out.write("".join(lines))
     return path.stat().st_size
@@ -84,7 +88,7 @@ def producer(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="m3scale-", dir=args.tmp) as tmp:
         corpus = Path(tmp) / "corpus.jsonl"
         started = time.perf_counter()
-        corpus_bytes = write_corpus(corpus, args.documents)
+        corpus_bytes = write_corpus(corpus, args.documents, args.doc_bytes)
         print(
             f"corpus: {args.documents:,} documents, {corpus_bytes / 1e6:.0f} MB "
             f"({time.perf_counter() - started:.0f} s to write)",
@@ -127,6 +131,7 @@ def producer(args: argparse.Namespace) -> dict:
     redis_bytes = redis_after - redis_before
     return {
         "documents": args.documents,
+        "bytes_per_document": round(corpus_bytes / args.documents, 1),
         "corpus_bytes": corpus_bytes,
         "shards": shards,
         "seconds": round(seconds, 1),
@@ -405,6 +410,9 @@ def main() -> int:
     parser.add_argument("--reuse-changed", type=float, default=0.02, help="reuse: share edited")
     parser.add_argument("--reuse-max-length", type=int, default=8192)
     parser.add_argument("--shard-docs", type=int, default=1000)
+    parser.add_argument(
+        "--doc-bytes", type=int, default=0, help="producer: ~bytes per JSONL line (0: ~80)"
+    )
     parser.add_argument("--model", default="random:tiny")
     parser.add_argument("--sample-seconds", type=float, default=1.0)
     parser.add_argument("--tmp", default=None, help="where the corpus and Redis go")

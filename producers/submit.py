@@ -311,9 +311,10 @@ def wait_for_room(
     said: str | None = None  # the tenant quota last reported, so it is said once
     waited_since = time.monotonic()
     while True:
-        if store.state(job_id) is JobState.CANCELLED:
+        state, queued = store.state_and_queued(job_id)
+        if state is JobState.CANCELLED:
             raise SubmitCancelled(f"job {job_id} was cancelled")
-        if store.queued_shards(job_id) >= max_queued:
+        if queued >= max_queued:
             if time.monotonic() - waited_since > 60:
                 log.info("job %s: %d shards queued, waiting for workers", job_id, max_queued)
                 waited_since = time.monotonic()
@@ -356,11 +357,7 @@ def enqueue(
     priority: Priority,
     digest: str,
 ) -> None:
-    job_id, index, count = message.job_id, message.shard, message.size
-    info = {"documents": count}
     # Registered before it is sent, so a fast worker always finds it queued. The digest
     # lets a worker tell this message from a stale one of an earlier submission (--resume).
-    store.set_shard_digest(job_id, index, digest)
-    store.mark_shard(job_id, index, ShardState.QUEUED, [ABSENT], info)
-    store.note_documents(job_id, count)
+    store.queue_shard(message.job_id, message.shard, digest, message.size)
     publish(message, queue, priority)

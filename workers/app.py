@@ -94,6 +94,8 @@ def shard_publisher(settings: Settings) -> Callable[[ShardMessage, str, Priority
             + f"{'pairs' if message.pairs else 'docs'}={message.size}"
             + (" (by reference)" if message.ref is not None else ""),
             kwargsrepr="{}",
+            # The job's state in Redis is what is watched: no result channel per shard.
+            ignore_result=True,
             retry=True,
             retry_policy=publish_retry_policy(settings.redis_retry_seconds),
         )

@@ -313,6 +313,31 @@ class JobStore:
         return self.end(job_id, JobState.CANCELLED)
 
     # -- shards -----------------------------------------------------------------------
+    def queue_shard(self, job_id: str, shard: int, digest: str, documents: int) -> bool:
+        """Register a shard about to be sent: its digest, QUEUED (from no state), its
+        documents counted as enqueued; one round trip. False if it had a state already."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(shard_digest_key(job_id), str(shard), digest)
+        self._transition(
+            keys=self._transition_keys(job_id),
+            args=self._transition_args(
+                shard, ShardState.QUEUED, [ABSENT], {"documents": documents}
+            ),
+            client=pipe,
+        )
+        pipe.hincrby(job_key(job_id), "documents_enqueued", documents)
+        _, (changed, _old), _ = pipe.execute()
+        return bool(changed)
+
+    def state_and_queued(self, job_id: str) -> tuple[JobState, int]:
+        """The job's state and its shards waiting in the queue, in one round trip."""
+        state, queued = cast(
+            list[str | None], self.redis.hmget(job_key(job_id), ["state", "n_queued"])
+        )
+        if state is None:
+            raise JobNotFound(job_id)
+        return JobState(state), _int(queued)
+
     def mark_shard(
         self,
         job_id: str,
@@ -334,26 +359,46 @@ class JobStore:
         is dropped.
         """
         changed, old = self._transition(
-            keys=[
-                job_key(job_id),
-                shard_state_key(job_id),
-                shard_info_key(job_id),
-                shard_digest_key(job_id),
-            ],
-            args=[
-                shard,
-                new.value,
-                ",".join(allowed_from),
-                encode_info(info) if info is not None else "",
-                documents,
-                rows,
-                tokens,
-                seconds,
-                time.time(),
-                reused,
-            ],
+            keys=self._transition_keys(job_id),
+            args=self._transition_args(
+                shard, new, allowed_from, info, documents, rows, tokens, seconds, reused
+            ),
         )
         return bool(changed), str(old)
+
+    @staticmethod
+    def _transition_keys(job_id: str) -> list[str]:
+        return [
+            job_key(job_id),
+            shard_state_key(job_id),
+            shard_info_key(job_id),
+            shard_digest_key(job_id),
+        ]
+
+    @staticmethod
+    def _transition_args(
+        shard: int,
+        new: ShardState,
+        allowed_from: Iterable[str],
+        info: Mapping[str, object] | None = None,
+        documents: int = 0,
+        rows: int = 0,
+        tokens: int = 0,
+        seconds: float = 0.0,
+        reused: int = 0,
+    ) -> list[str | int | float]:
+        return [
+            shard,
+            new.value,
+            ",".join(allowed_from),
+            encode_info(info) if info is not None else "",
+            documents,
+            rows,
+            tokens,
+            seconds,
+            time.time(),
+            reused,
+        ]
 
     def shard_state(self, job_id: str, shard: int) -> str:
         return self._hget(shard_state_key(job_id), str(shard)) or ABSENT

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.tasks.kind import Check, Computed, Progress, Reading, TaskKind
+from producers.inputs.document_shards import document_shards
 from producers.inputs.intake import IntakeCounts, RejectSink, accept_documents, document_bytes
 from producers.inputs.readers import detect_format, read_records
 from producers.inputs.references import read_reference
@@ -97,6 +98,29 @@ class EmbedTask(TaskKind):
             sources, rejects, counts, check=(lambda doc: check([doc])) if check else None
         )
         return ([doc] for doc in docs)
+
+    def shards(
+        self,
+        sources: Iterable[tuple[str, Iterable[InputItem]]],
+        options: EncodeOptions,
+        limits: ShardLimits,
+        rejects: RejectSink,
+        counts: IntakeCounts,
+        *,
+        strict: bool,
+    ) -> Iterator[list[Document]]:
+        # What TaskKind.shards makes, in one loop a document (the producer's hot path).
+        def oversize(doc: Document, size: UnitSize) -> str:
+            return oversize_reason(doc, limits, options, size) or ""
+
+        return document_shards(
+            sources,
+            rejects,
+            counts,
+            limits,
+            lambda nbytes: worst_case_tokens(nbytes, options),
+            oversize if strict else None,
+        )
 
     def shard_items(self, message: ShardMessage, spec: JobSpec) -> Sequence[Document]:
         if message.ref is None:
