@@ -8,16 +8,15 @@ third of the producer's time.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Iterator
 
 from producers.inputs.first_seen import FirstSeen
 from producers.inputs.intake import (
-    DUPLICATE_BATCH,
     DuplicateIds,
     IntakeCounts,
     RejectSink,
     document_bytes,
+    read_batches,
 )
 from producers.inputs.sharding import ShardLimits, UnitSize
 from producers.inputs.validate import InputItem
@@ -48,8 +47,7 @@ def document_shards(
     with FirstSeen() as seen:
         duplicates = DuplicateIds(seen)
         for source, items in sources:
-            reading = iter(items)
-            while batch := list(itertools.islice(reading, DUPLICATE_BATCH)):
+            for batch in read_batches(items):
                 docs = [item for item in batch if isinstance(item.result, Document)]
                 wheres = [item.file or f"{source} {item.where}" for item in docs]
                 verdicts = iter(duplicates.check_many([item.result for item in docs], wheres))

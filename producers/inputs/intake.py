@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -11,7 +10,27 @@ from producers.inputs.first_seen import FirstSeen
 from producers.inputs.validate import InputItem
 from schemas.document import Document, Reject
 
-DUPLICATE_BATCH = 1024  # records read ahead so their ids are looked up together
+# Records read ahead so their ids are looked up together: at most this many, holding at
+# most ~DUPLICATE_BATCH_BYTES of text (a batch of long documents stays small in memory).
+DUPLICATE_BATCH = 1024
+DUPLICATE_BATCH_BYTES = 1 << 20
+
+
+def read_batches(items: Iterable[InputItem]) -> Iterator[list[InputItem]]:
+    """`items` in order, in lists of up to DUPLICATE_BATCH items and, past the first,
+    DUPLICATE_BATCH_BYTES characters of document text."""
+    batch: list[InputItem] = []
+    size = 0
+    for item in items:
+        batch.append(item)
+        result = item.result
+        if isinstance(result, Document):
+            size += len(result.text)
+        if len(batch) >= DUPLICATE_BATCH or size >= DUPLICATE_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 @dataclass
@@ -76,8 +95,7 @@ def accept_documents(
         duplicates = DuplicateIds(seen)
         for source, items in sources:
             # Looked up a batch at a time; decided, counted and yielded in order.
-            reading = iter(items)
-            while batch := list(itertools.islice(reading, DUPLICATE_BATCH)):
+            for batch in read_batches(items):
                 docs = [item for item in batch if isinstance(item.result, Document)]
                 wheres = [item.file or f"{source} {item.where}" for item in docs]
                 verdicts = iter(duplicates.check_many([item.result for item in docs], wheres))

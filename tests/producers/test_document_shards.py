@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from pipeline.tasks.embed import EmbedTask
 from pipeline.tasks.kind import TaskKind
-from producers.inputs.intake import IntakeCounts
+from producers.inputs.intake import IntakeCounts, read_batches
 from producers.inputs.sharding import ShardLimits
 from producers.inputs.validate import InputItem
 from schemas.document import Document, Reject
@@ -87,3 +87,17 @@ def test_documents_that_fill_a_shard_exactly_share_it():
             strict=True,
         )
         assert [len(shard) for shard in shards] == [2, 2]
+
+
+def test_read_ahead_for_the_id_lookup_is_bounded_in_bytes():
+    """Long documents come in small batches: at most ~1 MB of text read ahead, not 1,024
+    documents (which at the 8 MB record limit would be 8 GB)."""
+    docs = [InputItem(Document(id=f"d{i}", text="w" * 300_000), line=i) for i in range(10)]
+    batches = list(read_batches(docs))
+    assert [len(batch) for batch in batches] == [4, 4, 2]
+    assert [item for batch in batches for item in batch] == docs
+    assert [len(batch) for batch in read_batches(items_of(3000))] == [1024, 1024, 952]
+
+
+def items_of(count: int) -> list[InputItem]:
+    return [InputItem(Document(id=f"d{i}", text="t"), line=i) for i in range(count)]
