@@ -73,10 +73,7 @@ def read_jsonl(
 def _block_items(
     block: LineBlock, source: str, shape: RecordShape, plain: bool
 ) -> Iterator[InputItem]:
-    """The items of a block's non-blank lines. The common line (UTF-8 JSON, a plainly
-    valid document) takes a fast path; anything else the exact one, `jsonl_record`, which
-    gives the reason a line is rejected."""
-    quick = shape.quick if isinstance(shape, DocumentShape) else None
+    """The items of a block's non-blank lines."""
     offset = block.start
     last = block.number + len(block.lines) - 1
     for number, data in enumerate(block.lines, block.number):
@@ -85,14 +82,21 @@ def _block_items(
         if not data.strip():
             continue
         origin = Origin(source, number, start, offset) if plain else None
-        value = _fast_json(data)
-        if value is _NOT_PARSED:
-            record = jsonl_record(data, source, number, shape, origin)
-        else:
-            record = quick(value, origin) if quick is not None else None
-            if record is None:
-                record = shape.convert(value, source=source, line=number, origin=origin)
-        yield InputItem(record, line=number)
+        yield InputItem(line_record(data, source, number, shape, origin), line=number)
+
+
+def line_record(
+    data: bytes, source: str, line: int, shape: RecordShape, origin: Origin | None = None
+) -> Any:
+    """`jsonl_record`, with a fast path for the common line: UTF-8 JSON of a plainly valid
+    document. Anything else takes `jsonl_record`, which gives the reason it is rejected."""
+    value = _fast_json(data)
+    if value is _NOT_PARSED:
+        return jsonl_record(data, source, line, shape, origin)
+    record = shape.quick(value, origin) if isinstance(shape, DocumentShape) else None
+    if record is None:
+        record = shape.convert(value, source=source, line=line, origin=origin)
+    return record
 
 
 _NOT_PARSED = object()

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pipeline.errors import InputError
 from pipeline.jobs.resume import documents_digest
 from pipeline.storage.location import open_location
-from producers.inputs.jsonl import jsonl_record
+from producers.inputs.jsonl import line_record
 from producers.inputs.lines import read_lines
 from producers.inputs.validate import RecordShape
 from schemas.document import Document
@@ -122,7 +122,7 @@ def _read_segment(
                 low, high = nxt
             if number < low:
                 continue
-            record = None if line.data is None else jsonl_record(line.data, uri, number, shape)
+            record = None if line.data is None else line_record(line.data, uri, number, shape)
             if not isinstance(record, Document):
                 raise InputChanged(f"{uri} line {number} no longer holds the document read there")
             yield record
