@@ -152,21 +152,23 @@ def producer(args: argparse.Namespace) -> dict:
 
 
 def index(args: argparse.Namespace) -> dict:
-    """Runs in a fresh process: the duplicate index alone, RSS sampled every 1M keys."""
+    """Runs in a fresh process: the duplicate index alone, offered keys in batches of
+    1,024 as the producer does (FirstSeen.first_many), RSS sampled every ~1M keys."""
     from producers.inputs.first_seen import FirstSeen
+    from producers.inputs.intake import DUPLICATE_BATCH
 
     samples: list[tuple[int, int]] = []
     repeats = 0
     baseline = reset_peak()
     started = time.perf_counter()
     with FirstSeen(args.tmp) as seen:
-        first = seen.first
-        for i in range(args.keys):
-            key = f"doc-{i // 2 if i % 200 == 199 else i}"
-            if first(key, f"corpus.jsonl line {i + 1}") is not None:
-                repeats += 1
-            if i % 1_000_000 == 0:
-                samples.append((i, rss_bytes(os.getpid()) or 0))
+        for start in range(0, args.keys, DUPLICATE_BATCH):
+            numbers = range(start, min(start + DUPLICATE_BATCH, args.keys))
+            keys = [f"doc-{i // 2 if i % 200 == 199 else i}" for i in numbers]
+            wheres = [f"corpus.jsonl line {i + 1}" for i in numbers]
+            repeats += sum(1 for first in seen.first_many(keys, wheres) if first is not None)
+            if start % 1_000_000 < DUPLICATE_BATCH:
+                samples.append((start, rss_bytes(os.getpid()) or 0))
         seconds = time.perf_counter() - started
         disk = sum(path.stat().st_size for path in seen.directory.iterdir())
     peak = peak_since_reset()
