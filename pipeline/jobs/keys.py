@@ -24,14 +24,38 @@ def job_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
-def shard_state_key(job_id: str) -> str:
-    """Hash: shard index -> ShardState value."""
+# Shard states and infos live in hashes of SHARD_BUCKET shards each, not one hash per job:
+# a small hash is stored as a listpack, a few bytes a field, where a large one costs ~70
+# bytes of Redis's own per field (docs/scale.md). The job hash's `buckets` field counts them.
+SHARD_BUCKET = 100
+
+
+def shard_state_base(job_id: str) -> str:
+    """The name the state buckets share: `<base>:<n>` holds shards n*SHARD_BUCKET on."""
     return f"{PREFIX}:job:{job_id}:shard-state"
 
 
-def shard_info_key(job_id: str) -> str:
-    """Hash: shard index -> JSON details (documents, file, worker, error...)."""
+def shard_info_base(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:shard-info"
+
+
+def shard_state_key(job_id: str, shard: int) -> str:
+    """Hash: shard index -> ShardState value, for the shards of `shard`'s bucket."""
+    return f"{shard_state_base(job_id)}:{shard // SHARD_BUCKET}"
+
+
+def shard_info_key(job_id: str, shard: int) -> str:
+    """Hash: shard index -> details (documents, file, worker, error...), by bucket."""
+    return f"{shard_info_base(job_id)}:{shard // SHARD_BUCKET}"
+
+
+def shard_bucket_keys(job_id: str, buckets: int) -> list[str]:
+    """Every state and info bucket of a job with `buckets` buckets."""
+    return [
+        f"{base}:{n}"
+        for n in range(buckets)
+        for base in (shard_state_base(job_id), shard_info_base(job_id))
+    ]
 
 
 def shard_attempts_key(job_id: str) -> str:
@@ -60,11 +84,13 @@ def dead_letters_key(job_id: str) -> str:
 
 
 def job_keys(job_id: str) -> list[str]:
-    """Every key of one job, its hash first: forgotten together, expiring together."""
+    """Every key of one job, its hash first, then the bases of its shard buckets (the
+    scripts that expire and keep a job's keys reach its buckets through them): forgotten
+    together, expiring together."""
     return [
         job_key(job_id),
-        shard_state_key(job_id),
-        shard_info_key(job_id),
+        shard_state_base(job_id),
+        shard_info_base(job_id),
         shard_attempts_key(job_id),
         shard_digest_key(job_id),
         shard_owner_key(job_id),

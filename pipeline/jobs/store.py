@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
 
 import redis
@@ -19,12 +19,14 @@ from pipeline.broker.redis_url import DEFAULT_RETRY_SECONDS, connect
 from pipeline.errors import JobNotFound
 from pipeline.jobs.keys import (
     JOBS_INDEX,
+    SHARD_BUCKET,
     TENANTS_INDEX,
     dead_letters_key,
     job_key,
     job_keys,
     retry_letters_key,
     shard_attempts_key,
+    shard_bucket_keys,
     shard_digest_key,
     shard_info_key,
     shard_owner_key,
@@ -45,6 +47,10 @@ for s in string.gmatch(ARGV[3], '[^,]+') do
   if s == oldname then allowed = true end
 end
 if not allowed then return {0, oldname} end
+local bucket = tonumber(ARGV[11])
+if bucket >= tonumber(redis.call('HGET', KEYS[1], 'buckets') or '0') then
+  redis.call('HSET', KEYS[1], 'buckets', bucket + 1)
+end
 local new = ARGV[2]
 if old then redis.call('HINCRBY', KEYS[1], 'n_' .. old, -1) end
 redis.call('HINCRBY', KEYS[1], 'n_' .. new, 1)
@@ -108,17 +114,34 @@ def decode_info(raw: str) -> dict[str, Any]:
     return info
 
 
-# An ended job's keys (KEYS, the job hash first) expire `ttl` seconds after it ended (the
-# job's own setting, from submit; 0 keeps them). ARGV[1] of the caller is the time now.
-_EXPIRE_ENDED = """
+# A job's shard buckets (keys.SHARD_BUCKET), reached from the bucket bases KEYS[2] and
+# KEYS[3] and the job hash's count (standalone Redis: these keys are not declared).
+_EACH_BUCKET = """
+local function each_bucket(command, ...)
+  local n = tonumber(redis.call('HGET', KEYS[1], 'buckets') or '0')
+  for b = 0, n - 1 do
+    redis.call(command, KEYS[2] .. ':' .. b, ...)
+    redis.call(command, KEYS[3] .. ':' .. b, ...)
+  end
+end
+"""
+
+# An ended job's keys (KEYS, the job hash first, and its buckets) expire `ttl` seconds after
+# it ended (the job's own setting, from submit; 0 keeps them). ARGV[1] of the caller is the
+# time now.
+_EXPIRE_ENDED = (
+    _EACH_BUCKET
+    + """
 local function expire_ended(now)
   local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or '0')
   if ttl > 0 then
     redis.call('HSET', KEYS[1], 'expires_at', tonumber(now) + ttl)
     for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
+    each_bucket('EXPIRE', ttl)
   end
 end
 """
+)
 
 # Sets the final state once every shard has ended; never overrides an earlier final state.
 _FINISH = (
@@ -155,17 +178,21 @@ return ARGV[1]
 
 
 # Back to work after `m3pipe retry`: only a job that ended with failures is reopened.
-_REOPEN = """
+_REOPEN = (
+    _EACH_BUCKET
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'completed_with_failures' or state == 'failed' then
   redis.call('HSET', KEYS[1], 'state', 'running')
   redis.call('HDEL', KEYS[1], 'finished_at', 'error', 'expires_at')
   for i = 1, #KEYS do redis.call('PERSIST', KEYS[i]) end
+  each_bucket('PERSIST')
   return 1
 end
 if state == 'running' or state == 'queued' then return 1 end
 return 0
 """
+)
 
 
 def _int(value: str | None) -> int:
@@ -296,11 +323,12 @@ class JobStore:
 
     def forget(self, job_id: str) -> None:
         """Delete every key of a job (before `--resume` registers it afresh)."""
-        keys = job_keys(job_id)
+        keys = job_keys(job_id) + shard_bucket_keys(job_id, self._buckets(job_id))
         spec = self._hget(job_key(job_id), "spec")
         if spec is not None:
             self.redis.srem(tenant_jobs_key(JobSpec.model_validate_json(spec).tenant), job_id)
-        self.redis.delete(*keys)
+        for start in range(0, len(keys), 1000):
+            self.redis.delete(*keys[start : start + 1000])
         self.redis.zrem(JOBS_INDEX, job_id)
 
     def note_error(self, job_id: str, error: str) -> None:
@@ -319,7 +347,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(shard_digest_key(job_id), str(shard), digest)
         self._transition(
-            keys=self._transition_keys(job_id),
+            keys=self._transition_keys(job_id, shard),
             args=self._transition_args(
                 shard, ShardState.QUEUED, [ABSENT], {"documents": documents}
             ),
@@ -359,7 +387,7 @@ class JobStore:
         is dropped.
         """
         changed, old = self._transition(
-            keys=self._transition_keys(job_id),
+            keys=self._transition_keys(job_id, shard),
             args=self._transition_args(
                 shard, new, allowed_from, info, documents, rows, tokens, seconds, reused
             ),
@@ -367,11 +395,11 @@ class JobStore:
         return bool(changed), str(old)
 
     @staticmethod
-    def _transition_keys(job_id: str) -> list[str]:
+    def _transition_keys(job_id: str, shard: int) -> list[str]:
         return [
             job_key(job_id),
-            shard_state_key(job_id),
-            shard_info_key(job_id),
+            shard_state_key(job_id, shard),
+            shard_info_key(job_id, shard),
             shard_digest_key(job_id),
         ]
 
@@ -398,10 +426,11 @@ class JobStore:
             seconds,
             time.time(),
             reused,
+            shard // SHARD_BUCKET,
         ]
 
     def shard_state(self, job_id: str, shard: int) -> str:
-        return self._hget(shard_state_key(job_id), str(shard)) or ABSENT
+        return self._hget(shard_state_key(job_id, shard), str(shard)) or ABSENT
 
     def set_shard_digest(self, job_id: str, shard: int, digest: str) -> None:
         self.redis.hset(shard_digest_key(job_id), str(shard), digest)
@@ -436,7 +465,7 @@ class JobStore:
         delivery took it over and nobody ended it (the commit fence)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(shard_owner_key(job_id), str(shard))
-        pipe.hget(shard_state_key(job_id), str(shard))
+        pipe.hget(shard_state_key(job_id, shard), str(shard))
         owner, state = pipe.execute()
         return bool(owner == token and state == ShardState.RUNNING.value)
 
@@ -477,26 +506,44 @@ class JobStore:
     def queued_shards(self, job_id: str) -> int:
         return _int(self._hget(job_key(job_id), "n_queued"))
 
+    def _buckets(self, job_id: str) -> int:
+        return _int(self._hget(job_key(job_id), "buckets"))
+
+    def _all_buckets(self, job_id: str, key: Callable[[str, int], str]) -> dict[str, str]:
+        """Every field of a job's buckets of one kind (`key`: the bucket of a shard)."""
+        fields: dict[str, str] = {}
+        for bucket in range(self._buckets(job_id)):
+            fields.update(self._hgetall(key(job_id, bucket * SHARD_BUCKET)))
+        return fields
+
     def shard_infos(self, job_id: str) -> dict[int, dict[str, Any]]:
-        raw = self._hgetall(shard_info_key(job_id))
+        raw = self._all_buckets(job_id, shard_info_key)
         return {int(k): decode_info(v) for k, v in raw.items()}
 
     def shard_states(self, job_id: str) -> dict[int, ShardState]:
-        raw = self._hgetall(shard_state_key(job_id))
+        raw = self._all_buckets(job_id, shard_state_key)
         return {int(k): ShardState(v) for k, v in raw.items()}
 
     def shard_records(
         self, job_id: str, shards: int, batch: int = 1000
     ) -> Iterator[tuple[int, ShardState | None, dict[str, Any]]]:
         """Shards 0..shards-1 in order with their state (None if it has none) and info, read
-        `batch` at a time (one round trip of two HMGETs): no command holds Redis for long
+        `batch` at a time (one round trip, two HMGETs per bucket): no command holds Redis for long
         and nothing is kept per shard, however many shards the job has."""
         for start in range(0, shards, batch):
-            fields = [str(shard) for shard in range(start, min(start + batch, shards))]
+            numbers = range(start, min(start + batch, shards))
             pipe = self.redis.pipeline(transaction=False)
-            pipe.hmget(shard_state_key(job_id), fields)
-            pipe.hmget(shard_info_key(job_id), fields)
-            states, infos = pipe.execute()
+            first = start
+            while first < numbers.stop:  # the batch's part of each bucket it spans
+                end = min((first // SHARD_BUCKET + 1) * SHARD_BUCKET, numbers.stop)
+                wanted = [str(shard) for shard in range(first, end)]
+                pipe.hmget(shard_state_key(job_id, first), wanted)
+                pipe.hmget(shard_info_key(job_id, first), wanted)
+                first = end
+            replies = pipe.execute()
+            states = [state for reply in replies[0::2] for state in reply]
+            infos = [info for reply in replies[1::2] for info in reply]
+            fields = [str(shard) for shard in numbers]
             for field, state, info in zip(fields, states, infos, strict=True):
                 yield (
                     int(field),

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.errors import JobNotFound
 from pipeline.jobs.finish import finalize_if_complete
-from pipeline.jobs.keys import JOBS_INDEX, job_key, job_keys
+from pipeline.jobs.keys import JOBS_INDEX, job_key
 from pipeline.jobs.store import ABSENT
 from pipeline.storage.output_dir import part_entries, read_shard_log
 from pipeline.storage.sink import part_name
@@ -120,11 +120,14 @@ def test_an_ended_jobs_keys_expire_after_its_ttl_and_leave_the_index(store, tmp_
     store.create(make_spec(tmp_path), ttl=3600)
     store.mark_shard("job-1", 0, Q, [ABSENT], {"documents": 1})
     store.mark_shard("job-1", 0, F, ACTIVE, {"error": "boom"})
+    store.mark_shard("job-1", 250, Q, [ABSENT], {"documents": 1})  # a third bucket
+    store.mark_shard("job-1", 250, D, [Q.value], {"documents": 1})
     store.dead_letter("job-1", 0, '{"message": 1}')
-    keys = [key for key in job_keys("job-1") if store.redis.exists(key)]
-    assert len(keys) >= 4 and all(store.redis.ttl(key) == -1 for key in keys)  # running: kept
-    store.set_submitted("job-1", shards=1, documents=1, input_records=1, rejected=0)
-    assert store.finish_if_complete("job-1") is JobState.FAILED
+    keys = sorted(store.redis.scan_iter("m3pipe:job:job-1*"))
+    assert len(keys) == 6 and all(store.redis.ttl(key) == -1 for key in keys)  # running: kept
+    assert {"m3pipe:job:job-1:shard-state:0", "m3pipe:job:job-1:shard-info:2"} <= set(keys)
+    store.set_submitted("job-1", shards=2, documents=2, input_records=2, rejected=0)
+    assert store.finish_if_complete("job-1") is JobState.COMPLETED_WITH_FAILURES
     assert all(3590 < store.redis.ttl(key) <= 3600 for key in keys)  # every key, not the hash
     status = store.status("job-1")
     assert status.expires_at == pytest.approx(status.finished_at + 3600)
@@ -137,7 +140,7 @@ def test_an_ended_jobs_keys_expire_after_its_ttl_and_leave_the_index(store, tmp_
     # Once its keys are gone, the job leaves the index the next time jobs are listed.
     store.create(make_spec(tmp_path, "job-2"), ttl=60)
     assert store.cancel("job-2") is JobState.CANCELLED and store.redis.ttl(job_key("job-2")) > 0
-    store.redis.delete(*job_keys("job-2"))  # what the expiry does
+    store.redis.delete(*store.redis.scan_iter("m3pipe:job:job-2*"))  # what the expiry does
     assert store.job_ids() == ["job-1"] and store.redis.zscore(JOBS_INDEX, "job-2") is None
 
 
@@ -165,6 +168,7 @@ def test_shard_records_come_in_order_in_batches_each_once_with_its_info(store, t
     store.mark_shard("job-1", 7, F, ACTIVE, {"error": "boom"})
     records = list(store.shard_records("job-1", 2500, batch=300))
     assert [shard for shard, _, _ in records] == list(range(2500))  # each once, in order
+    assert list(store.shard_records("job-1", 2500, batch=130)) == records  # across buckets
     assert records[7] == (7, F, {"error": "boom"})
     assert records[1234] == (1234, Q, {"documents": 1234})
     # Past five digits numeric order is not name order (part-100000 < part-99999).
@@ -172,6 +176,12 @@ def test_shard_records_come_in_order_in_batches_each_once_with_its_info(store, t
         store.mark_shard("job-1", shard, Q, [ABSENT], {"documents": 1})
     tail = [(s, state) for s, state, _ in store.shard_records("job-1", 100_001) if s > 99_990]
     assert tail == [(s, None) for s in range(99_991, 99_999)] + [(99_999, Q), (100_000, Q)]
+    # Whole-job reads and forgetting reach every bucket, however sparse.
+    states = store.shard_states("job-1")
+    assert len(states) == 2502 and states[7] is F and states[100_000] is Q
+    assert store.shard_infos("job-1")[1234] == {"documents": 1234}
+    store.forget("job-1")
+    assert list(store.redis.scan_iter("m3pipe:job:job-1*")) == []
 
 
 def test_finalisation_writes_a_small_manifest_and_a_shard_log_in_shard_order(store, tmp_path):
