@@ -510,10 +510,16 @@ class JobStore:
         return _int(self._hget(job_key(job_id), "buckets"))
 
     def _all_buckets(self, job_id: str, key: Callable[[str, int], str]) -> dict[str, str]:
-        """Every field of a job's buckets of one kind (`key`: the bucket of a shard)."""
+        """Every field of a job's buckets of one kind (`key`: the bucket of a shard), read
+        100 buckets a round trip (each HGETALL is short: Redis is never held for long)."""
         fields: dict[str, str] = {}
-        for bucket in range(self._buckets(job_id)):
-            fields.update(self._hgetall(key(job_id, bucket * SHARD_BUCKET)))
+        buckets = self._buckets(job_id)
+        for start in range(0, buckets, 100):
+            pipe = self.redis.pipeline(transaction=False)
+            for bucket in range(start, min(start + 100, buckets)):
+                pipe.hgetall(key(job_id, bucket * SHARD_BUCKET))
+            for reply in pipe.execute():
+                fields.update(reply)
         return fields
 
     def shard_infos(self, job_id: str) -> dict[int, dict[str, Any]]:
