@@ -48,9 +48,7 @@ def document_shards(
         duplicates = DuplicateIds(seen)
         for source, items in sources:
             for batch in read_batches(items):
-                docs = [item for item in batch if isinstance(item.result, Document)]
-                wheres = [item.file or f"{source} {item.where}" for item in docs]
-                verdicts = iter(duplicates.check_many([item.result for item in docs], wheres))
+                verdicts = duplicates.batch_verdicts(batch, source)
                 for item in batch:
                     counts.input_records += 1
                     doc = item.result

@@ -66,6 +66,12 @@ class DuplicateIds:
             None if first is None else f"duplicate id (first seen at {first})" for first in firsts
         ]
 
+    def batch_verdicts(self, batch: list[InputItem], source: str) -> Iterator[str | None]:
+        """`check` for the documents of a batch of items read from `source`, in order."""
+        docs = [item for item in batch if isinstance(item.result, Document)]
+        wheres = [item.file or f"{source} {item.where}" for item in docs]
+        return iter(self.check_many([item.result for item in docs], wheres))
+
 
 def document_bytes(doc: Document) -> int:
     """Bytes a document takes in a shard message (text, id and kept fields, UTF-8)."""
@@ -96,9 +102,7 @@ def accept_documents(
         for source, items in sources:
             # Looked up a batch at a time; decided, counted and yielded in order.
             for batch in read_batches(items):
-                docs = [item for item in batch if isinstance(item.result, Document)]
-                wheres = [item.file or f"{source} {item.where}" for item in docs]
-                verdicts = iter(duplicates.check_many([item.result for item in docs], wheres))
+                verdicts = duplicates.batch_verdicts(batch, source)
                 for item in batch:
                     counts.input_records += 1
                     result = item.result
