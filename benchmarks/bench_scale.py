@@ -2,8 +2,9 @@
 
 producer: a synthetic JSONL corpus of N short documents (1 in 1,000 a duplicate id) goes
 through the real `m3pipe submit` against a redis-server this script starts, with no
-workers (--max-queued above the shard count, so the producer never waits). The producer
-process's RSS and the job's document counter are sampled as it runs. Reported:
+workers (--max-queued above the shard count, so the producer never waits). The RSS of the
+producer's processes together (it and its reading process) and the job's document counter
+are sampled as it runs. Reported:
 documents/s, peak RSS, RSS growth per document (a least-squares slope over the second half
 of the run, once caches have filled), Redis memory per document and per shard, and the
 extrapolation of both to 10^9 documents.
@@ -47,7 +48,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from report import peak_since_reset, reset_peak, rss_bytes, spawn_side  # noqa: E402
+from report import (  # noqa: E402
+    peak_since_reset,
+    process_tree,
+    reset_peak,
+    rss_bytes,
+    spawn_side,
+    tree_rss_bytes,
+)
 
 BILLION = 10**9
 
@@ -109,7 +117,7 @@ def producer(args: argparse.Namespace) -> dict:
             job_id: str | None = None
             while proc.poll() is None:
                 time.sleep(args.sample_seconds)
-                rss = rss_bytes(proc.pid)
+                rss = tree_rss_bytes(proc.pid)  # the producer and its reading process
                 if job_id is None:
                     ids = store.job_ids()
                     job_id = ids[0] if ids else None
@@ -118,12 +126,13 @@ def producer(args: argparse.Namespace) -> dict:
                 queued = int(redis.hget(job_key(job_id), "documents_enqueued") or 0)
                 samples.append((time.perf_counter() - started, queued, rss))
             seconds = time.perf_counter() - started
-            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+            largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
             if proc.returncode != 0:
                 raise SystemExit(f"m3pipe submit exited {proc.returncode}")
             redis_after = int(redis.info("memory")["used_memory"])
     if not samples:
         raise SystemExit("no samples: the run was shorter than --sample-seconds")
+    peak = max(rss for _, _, rss in samples)
     second_half = [(docs, rss) for _, docs, rss in samples if docs >= args.documents // 2]
     if len(second_half) < 3:
         raise SystemExit("too few samples in the second half: lower --sample-seconds")
@@ -137,7 +146,10 @@ def producer(args: argparse.Namespace) -> dict:
         "seconds": round(seconds, 1),
         "documents_per_second": round(args.documents / seconds),
         "megabytes_per_second": round(corpus_bytes / seconds / 1e6, 1),
+        # The producer and its reading process together, sampled; and the largest one
+        # process's own high-water mark.
         "peak_rss_bytes": peak,
+        "peak_rss_largest_process_bytes": largest,
         "rss_growth_bytes_per_document": round(growth, 3),
         "rss_at_1e9_documents_bytes_extrapolated": round(
             peak + growth * (BILLION - args.documents)
@@ -281,27 +293,8 @@ def finalise(args: argparse.Namespace) -> dict:
 def tree_cpu_seconds(root: int) -> float:
     """user + system CPU seconds of `root` and its live descendants (from /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
-    members = {root}
-    grew = True
-    while grew:
-        grew = False
-        for pid, parent in parents.items():
-            if parent in members and pid not in members:
-                members.add(pid)
-                grew = True
-    return sum(cpu.get(pid, 0.0) for pid in members)
+    tree = process_tree(root)
+    return sum((int(fields[11]) + int(fields[12])) / ticks for fields in tree.values())
 
 
 def machinery(args: argparse.Namespace) -> dict:

@@ -83,6 +83,35 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
+def process_tree(root: int) -> dict[int, list[str]]:
+    """`root` and its live descendants: pid -> the fields of /proc/PID/stat after the name."""
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                stats[int(entry)] = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+    members = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, fields in stats.items():
+            if int(fields[1]) in members and pid not in members:
+                members.add(pid)
+                grew = True
+    return {pid: stats[pid] for pid in members if pid in stats}
+
+
+def tree_rss_bytes(root: int) -> int | None:
+    """RSS of `root` and its live descendants together (a producer and its reader)."""
+    sizes = [rss_bytes(pid) for pid in process_tree(root)]
+    known = [size for size in sizes if size is not None]
+    return sum(known) if known else None
+
+
 def reset_peak() -> int:
     """Reset this process's RSS high-water mark (Linux: clear_refs 5); its RSS now."""
     with open("/proc/self/clear_refs", "w") as refs:

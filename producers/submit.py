@@ -32,7 +32,7 @@ from pipeline.storage.sink import part_name
 from pipeline.tasks import Reading, task_kind
 from producers.inputs.intake import IntakeCounts, RejectSink
 from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES
-from producers.inputs.references import shard_reference
+from producers.inputs.references import ReferencedShard, shard_reference
 from producers.inputs.reuse_index import ReuseIndex, open_reusable
 from producers.inputs.sharding import ShardLimits
 from schemas.document import Document
@@ -160,12 +160,17 @@ def submit_job(
             index = stack.enter_context(ReuseIndex(previous)) if previous is not None else None
             try:
                 for shard in job_shards(request, spec, inputs, formats, rejects, counts):
-                    digest = documents_digest(shard)
+                    if isinstance(shard, ReferencedShard):
+                        digest, documents = shard.ref.digest, shard.ref.documents
+                    else:
+                        digest, documents = documents_digest(shard), len(shard)
                     # Planned for every shard, resumed or not, so the counts cover the job.
                     runs = None
                     if index is not None:
                         runs = index.plan(cast(list[Document], shard), request.keep_fields)
-                    if request.resume and already_done(store, out, job_id, shards, shard, digest):
+                    if request.resume and already_done(
+                        store, out, job_id, shards, documents, digest
+                    ):
                         skipped += 1
                     else:
                         wait_for_room(
@@ -209,15 +214,24 @@ def job_shards(
     formats: list[str],
     rejects: RejectSink,
     counts: IntakeCounts,
-) -> Iterator[list[Document]] | Iterator[list[Pair]]:
-    """The job's shards, cut from its inputs as its task reads them; rejects on the way."""
+) -> Iterator[list[Document]] | Iterator[list[Pair]] | Iterator[ReferencedShard]:
+    """The job's shards, cut from its inputs as its task reads them; rejects on the way.
+
+    By reference alone where the task can (every input a plain JSONL file, shards not
+    inline, nothing reused: `--reuse` plans each shard from its documents)."""
     kind = task_kind(spec.task)
     reading = request.reading()
+    options = kind.job_options(spec)
+    if not request.inline_shards and request.reuse is None:
+        referenced = kind.referenced_shards(
+            inputs, formats, reading, options, request.limits, rejects, counts
+        )
+        if referenced is not None:
+            return referenced
     sources = [
         (location.uri, kind.read(location, fmt, reading))
         for location, fmt in zip(inputs, formats, strict=True)
     ]
-    options = kind.job_options(spec)
     return kind.shards(sources, options, request.limits, rejects, counts, strict=True)
 
 
@@ -246,10 +260,11 @@ def already_done(
     out: Location,
     job_id: str,
     index: int,
-    shard: list[Document] | list[Pair],
+    documents: int,
     digest: str,
 ) -> bool:
-    """Whether shard `index` has a whole file made from these documents (then it is done).
+    """Whether shard `index` (of `documents` items) has a whole file made from these
+    documents (then it is done).
 
     A file made from other documents is removed, so a stale file never stays visible.
     """
@@ -260,7 +275,7 @@ def already_done(
         return False
     facts = found.facts
     info = {
-        "documents": len(shard),
+        "documents": documents,
         "rows": facts["rows"],
         "tokens": facts["tokens"],
         "bytes": path.size(),
@@ -272,12 +287,12 @@ def already_done(
         ShardState.DONE,
         [ABSENT],
         info,
-        documents=len(shard),
+        documents=documents,
         rows=int(facts["rows"]),
         tokens=int(facts["tokens"]),
     )
-    store.note_documents(job_id, len(shard))
-    store.note_resumed(job_id, len(shard), int(facts["tokens"]))
+    store.note_documents(job_id, documents)
+    store.note_resumed(job_id, documents, int(facts["tokens"]))
     store.set_model_metadata(job_id, found.model)
     return True
 
@@ -331,15 +346,17 @@ def wait_for_room(
 def shard_message(
     job_id: str,
     index: int,
-    shard: list[Document] | list[Pair],
+    shard: list[Document] | list[Pair] | ReferencedShard,
     digest: str = "",
     references: Mapping[str, int] | None = None,
     reuse: list[ReuseRun] | None = None,
 ) -> ShardMessage:
     """The shard's message: by reference to the inputs (URI -> index) where every document
     can be pointed at, else with its documents or pairs; `reuse`: rows to copy, if any."""
-    kind = "pairs" if isinstance(shard[0], Pair) else "documents"
     runs = reuse or None
+    if isinstance(shard, ReferencedShard):
+        return ShardMessage(job_id=job_id, shard=index, ref=shard.ref, reuse=runs)
+    kind = "pairs" if isinstance(shard[0], Pair) else "documents"
     if references is not None and kind == "documents":
         ref = shard_reference(cast(list[Document], shard), references, digest)
         if ref is not None:

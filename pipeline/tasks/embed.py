@@ -8,10 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.tasks.kind import Check, Computed, Progress, Reading, TaskKind
+from producers.inputs.column_shards import column_shards
+from producers.inputs.columns import read_columns
+from producers.inputs.compressed import is_compressed
 from producers.inputs.document_shards import document_shards
 from producers.inputs.intake import IntakeCounts, RejectSink, accept_documents, document_bytes
+from producers.inputs.read_ahead import read_ahead
 from producers.inputs.readers import detect_format, read_records
-from producers.inputs.references import read_reference
+from producers.inputs.references import ReferencedShard, read_reference
 from producers.inputs.sharding import ShardLimits, UnitSize, cut_sized_shards, over_limit
 from producers.inputs.validate import DocumentShape, InputItem
 from schemas.document import Document
@@ -46,7 +50,11 @@ def oversize_reason(
     doc: Document, limits: ShardLimits, options: EncodeOptions, size: UnitSize | None = None
 ) -> str | None:
     """Why one document cannot go in any shard, or None; `size`: its document_size."""
-    size = size or document_size(doc, options)
+    return size_reason(size or document_size(doc, options), limits)
+
+
+def size_reason(size: UnitSize, limits: ShardLimits) -> str | None:
+    """Why a document of this size cannot go in any shard, or None."""
     over = over_limit(size, limits)
     if over == "bytes":
         return f"document is {size.bytes:,} bytes, above the {limits.bytes:,}-byte message limit"
@@ -120,6 +128,34 @@ class EmbedTask(TaskKind):
             limits,
             lambda nbytes: worst_case_tokens(nbytes, options),
             oversize if strict else None,
+        )
+
+    def referenced_shards(
+        self,
+        inputs: Sequence[Location],
+        formats: Sequence[str],
+        reading: Reading,
+        options: EncodeOptions,
+        limits: ShardLimits,
+        rejects: RejectSink,
+        counts: IntakeCounts,
+    ) -> Iterator[ReferencedShard] | None:
+        # Plain JSONL inputs only: the others cannot be pointed at by byte ranges.
+        if any(
+            fmt != "jsonl" or is_compressed(loc) for loc, fmt in zip(inputs, formats, strict=True)
+        ):
+            return None
+        shape = DocumentShape(reading.id_field, reading.text_field, reading.keep_fields)
+        urls = [location.url for location in inputs]  # reopened in the reading process
+        blocks = read_ahead(read_columns, urls, shape, reading.max_record_bytes)
+        return column_shards(
+            blocks,
+            {location.uri: i for i, location in enumerate(inputs)},
+            rejects,
+            counts,
+            limits,
+            lambda nbytes: worst_case_tokens(nbytes, options),
+            lambda size: size_reason(size, limits) or "",
         )
 
     def shard_items(self, message: ShardMessage, spec: JobSpec) -> Sequence[Document]:

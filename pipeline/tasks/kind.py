@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 from pipeline.errors import PermanentError
 from producers.inputs.intake import IntakeCounts, RejectSink
 from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES
+from producers.inputs.references import ReferencedShard
 from producers.inputs.sharding import ShardLimits, UnitSize, cut_sized_shards
 from producers.inputs.validate import InputItem
 from schemas.job import JobSpec, ShardMessage, Task
@@ -118,6 +119,20 @@ class TaskKind(ABC):
         size: UnitSize | None = None,
     ) -> str | None:
         """Why a unit fits no shard (a reject reason), or None; `size`: its unit_size."""
+
+    def referenced_shards(
+        self,
+        inputs: Sequence[Location],
+        formats: Sequence[str],
+        reading: Reading,
+        options: Any,
+        limits: ShardLimits,
+        rejects: RejectSink,
+        counts: IntakeCounts,
+    ) -> Iterator[ReferencedShard] | None:
+        """What `shards` would cut (strict), as references made without the units, where
+        this task can read its inputs so; else None (the default)."""
+        return None
 
     def shards(
         self,

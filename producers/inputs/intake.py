@@ -62,9 +62,7 @@ class DuplicateIds:
     def check_many(self, docs: list[Document], wheres: list[str]) -> list[str | None]:
         """`check` for each document in turn, in one look-up of the index."""
         firsts = self._seen.first_many([doc.id for doc in docs], wheres)
-        return [
-            None if first is None else f"duplicate id (first seen at {first})" for first in firsts
-        ]
+        return [None if first is None else duplicate_reason(first) for first in firsts]
 
     def batch_verdicts(self, batch: list[InputItem], source: str) -> Iterator[str | None]:
         """`check` for the documents of a batch of items read from `source`, in order."""
@@ -73,15 +71,25 @@ class DuplicateIds:
         return iter(self.check_many([item.result for item in docs], wheres))
 
 
+def duplicate_reason(first: str) -> str:
+    """Why a record whose id was first seen at `first` is rejected."""
+    return f"duplicate id (first seen at {first})"
+
+
 def document_bytes(doc: Document) -> int:
     """Bytes a document takes in a shard message (text, id and kept fields, UTF-8)."""
-    text, doc_id = doc.text, doc.id  # an ASCII string's length is its UTF-8 size
-    size = (len(text) if text.isascii() else len(text.encode("utf-8"))) + (
-        len(doc_id) if doc_id.isascii() else len(doc_id.encode("utf-8"))
-    )
+    size = plain_document_bytes(doc.id, doc.text)
     if doc.fields:
         size += sum(len(k) + len((v or "").encode("utf-8")) for k, v in doc.fields.items())
     return size
+
+
+def plain_document_bytes(doc_id: str, text: str) -> int:
+    """`document_bytes` of a document without kept fields."""
+    # An ASCII string's length is its UTF-8 size.
+    return (len(text) if text.isascii() else len(text.encode("utf-8"))) + (
+        len(doc_id) if doc_id.isascii() else len(doc_id.encode("utf-8"))
+    )
 
 
 def accept_documents(

@@ -54,18 +54,24 @@ def read_jsonl(
     # Only a plain file can be read back from a byte offset: its documents know where they
     # are, and the producer may send their shards by reference.
     plain = not is_compressed(location)
-    block_bytes = BLOCK_BYTES if plain else COMPRESSED_BLOCK_BYTES
-    number = 0
+    for block in jsonl_blocks(location, max_record_bytes):
+        if isinstance(block, Line):  # over the limit, skipped
+            reason = oversize_reason(block.size, max_record_bytes)
+            yield InputItem(Reject(source=source, line=block.number, reason=reason), block.number)
+        else:
+            yield from _block_items(block, source, shape, plain)
+
+
+def jsonl_blocks(location: Location, max_record_bytes: int) -> Iterator[LineBlock | Line]:
+    """The input's lines, in blocks; a line over `max_record_bytes` alone, not held.
+    UnreadableInput (naming the first line not read) when the stream fails partway."""
+    block_bytes = COMPRESSED_BLOCK_BYTES if is_compressed(location) else BLOCK_BYTES
+    number = 0  # the last line delivered
     with open_binary(location) as handle:
         try:
             for block in read_line_blocks(handle, max_record_bytes, block_bytes=block_bytes):
-                if isinstance(block, Line):  # over the limit, skipped
-                    number = block.number
-                    reason = oversize_reason(block.size, max_record_bytes)
-                    yield InputItem(Reject(source=source, line=number, reason=reason), line=number)
-                    continue
-                yield from _block_items(block, source, shape, plain)
-                number = block.number + len(block.lines) - 1
+                yield block
+                number = block.number if isinstance(block, Line) else block.last_number
         except STREAM_ERRORS as exc:  # e.g. a truncated .gz or .zst
             raise UnreadableInput.partway(exc, line=number + 1) from exc
 
@@ -90,8 +96,8 @@ def line_record(
 ) -> Any:
     """`jsonl_record`, with a fast path for the common line: UTF-8 JSON of a plainly valid
     document. Anything else takes `jsonl_record`, which gives the reason it is rejected."""
-    value = _fast_json(data)
-    if value is _NOT_PARSED:
+    value = fast_json(data)
+    if value is NOT_PARSED:
         return jsonl_record(data, source, line, shape, origin)
     record = shape.quick(value, origin) if isinstance(shape, DocumentShape) else None
     if record is None:
@@ -99,20 +105,20 @@ def line_record(
     return record
 
 
-_NOT_PARSED = object()
+NOT_PARSED = object()
 # json.loads without its per-call Python wrapper (typeshed does not declare the attribute).
 _scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
-def _fast_json(data: bytes) -> Any:
-    """What `json.loads(data.decode("utf-8"))` returns, or _NOT_PARSED if that would raise
+def fast_json(data: bytes) -> Any:
+    """What `json.loads(data.decode("utf-8"))` returns, or NOT_PARSED if that would raise
     (then `jsonl_record` says why)."""
     try:
         text = data.decode("utf-8").strip(" \t\n\r")  # JSON's whitespace, as json.loads
         value, end = _scan(text, 0)
     except (UnicodeDecodeError, StopIteration, ValueError, RecursionError):
-        return _NOT_PARSED
-    return value if end == len(text) else _NOT_PARSED
+        return NOT_PARSED
+    return value if end == len(text) else NOT_PARSED
 
 
 def jsonl_record(

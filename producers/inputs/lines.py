@@ -46,6 +46,10 @@ class LineBlock(NamedTuple):
     lines: list[bytes]
     last_newline: bool = True
 
+    @property
+    def last_number(self) -> int:
+        return self.number + len(self.lines) - 1
+
     def each(self) -> Iterator[Line]:
         offset = self.start
         last = len(self.lines) - 1

@@ -10,6 +10,7 @@ digest. A file changed (or replaced) since submit fails the shard with that reas
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from pipeline.errors import InputError
 from pipeline.jobs.resume import documents_digest
@@ -29,18 +30,32 @@ class InputChanged(InputError):
     """The referenced input no longer holds the documents the producer accepted."""
 
 
+@dataclass(frozen=True)
+class ReferencedShard:
+    """A shard cut from documents known only by where they are and their digests
+    (producers/inputs/column_shards.py): its reference is all there is of it."""
+
+    ref: ShardRef
+
+
 def shard_reference(
     shard: Sequence[Document], inputs: Mapping[str, int], digest: str
 ) -> ShardRef | None:
     """The shard as a reference to the inputs (URI -> index in the job's inputs), or None
-    if a document cannot be pointed at (read from a compressed or non-JSONL input).
+    if a document cannot be pointed at (read from a compressed or non-JSONL input)."""
+    return origins_reference([doc.origin for doc in shard], inputs, digest)
 
-    One pass, no objects per document: it runs for every document a producer submits."""
+
+def origins_reference(
+    origins: Sequence[tuple[str, int, int, int] | None], inputs: Mapping[str, int], digest: str
+) -> ShardRef | None:
+    """The reference to a shard of documents found at these places, in order; None if one
+    cannot be pointed at. One pass, no objects per document: it runs for every document a
+    producer submits."""
     segments: list[Segment] = []
     runs: list[list[int]] = []  # of the segment being built: [first, last] line numbers
     index = start = end = first_line = last_line = 0
-    for doc in shard:
-        origin = doc.origin
+    for origin in origins:
         if origin is None:
             return None
         source, line, line_start, line_end = origin
@@ -65,7 +80,7 @@ def shard_reference(
     if not runs:
         return None
     segments.append(_segment(index, start, end, first_line, runs))
-    return ShardRef(segments=segments, documents=len(shard), digest=digest)
+    return ShardRef(segments=segments, documents=len(origins), digest=digest)
 
 
 def _segment(

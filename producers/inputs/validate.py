@@ -111,10 +111,15 @@ class DocumentShape:
         )
 
     def quick(self, record: Any, origin: Origin | None = None) -> Document | None:
-        """The Document for a record that is plainly valid (an object whose id and text are
-        storable strings, the id within its length and the text not blank), made without
-        pydantic; None for anything else, which `convert` then judges with its reasons.
-        Kept fields always take `convert`."""
+        """The Document for a record that is plainly valid (`plain`), made without
+        pydantic; None for anything else, which `convert` then judges with its reasons."""
+        plain = self.plain(record)
+        return None if plain is None else Document.trusted(plain[0], plain[1], origin)
+
+    def plain(self, record: Any) -> tuple[str, str] | None:
+        """(id, text) of a record that is plainly valid: an object whose id and text are
+        storable strings, the id within its length and the text not blank; None for
+        anything else. Kept fields always take `convert`."""
         if self.keep_fields or type(record) is not dict:
             return None
         doc_id = record.get(self.id_field)
@@ -127,7 +132,7 @@ class DocumentShape:
             and storable(text)
             and text.strip()
         ):
-            return Document.trusted(doc_id, text, origin)
+            return doc_id, text
         return None
 
 

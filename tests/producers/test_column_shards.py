@@ -1,0 +1,155 @@
+"""Shards cut from columns are what the document path cuts from the same inputs: the same
+references and digests, the same rejects with the same reasons, the same counts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.jobs.resume import documents_digest
+from pipeline.storage.location import open_location
+from pipeline.tasks.embed import EmbedTask, size_reason, worst_case_tokens
+from pipeline.tasks.kind import Reading
+from producers.inputs.column_shards import column_shards
+from producers.inputs.columns import read_columns
+from producers.inputs.intake import IntakeCounts
+from producers.inputs.jsonl import read_jsonl
+from producers.inputs.references import shard_reference
+from producers.inputs.sharding import ShardLimits
+from producers.inputs.validate import DocumentShape
+from schemas.document import Reject
+from schemas.options import EncodeOptions, LongDocPolicy
+from tests.producers.jsonl_lines import jsonl_bytes, lines
+
+
+class Rejects(list[Reject]):
+    def add(self, reject: Reject) -> None:
+        self.append(reject)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    files=st.lists(st.tuples(lines, st.booleans(), st.booleans()), min_size=1, max_size=3),
+    keep=st.booleans(),
+    shard_items=st.integers(min_value=1, max_value=7),
+    shard_bytes=st.integers(min_value=50, max_value=1500),
+    shard_tokens=st.integers(min_value=100, max_value=1500),
+    chunk=st.booleans(),
+    max_record_bytes=st.sampled_from([150, 8 << 20]),
+)
+def test_columns_cut_what_the_document_path_cuts(
+    tmp_path_factory, files, keep, shard_items, shard_bytes, shard_tokens, chunk, max_record_bytes
+):
+    folder = tmp_path_factory.mktemp("cut")
+    paths = []
+    for n, (body, bom, last_newline) in enumerate(files):
+        path = folder / f"in{n}.jsonl"
+        path.write_bytes(jsonl_bytes(body, bom, last_newline))
+        paths.append(path)
+    limits = ShardLimits(items=shard_items, bytes=shard_bytes, tokens=shard_tokens)
+    options = EncodeOptions(
+        max_length=64, long_docs=LongDocPolicy.CHUNK if chunk else LongDocPolicy.TRUNCATE
+    )
+    shape = DocumentShape(keep_fields=("lang",) if keep else ())
+    inputs = {open_location(path).uri: i for i, path in enumerate(paths)}
+
+    def by_documents() -> tuple[list[str], Rejects, IntakeCounts]:
+        rejects, counts = Rejects(), IntakeCounts()
+        sources = [
+            (uri, read_jsonl(uri, shape=shape, max_record_bytes=max_record_bytes)) for uri in inputs
+        ]
+        shards = EmbedTask().shards(sources, options, limits, rejects, counts, strict=True)
+        refs = [shard_reference(shard, inputs, documents_digest(shard)) for shard in shards]
+        assert None not in refs  # every document of a plain input can be pointed at
+        return [ref.model_dump_json() for ref in refs if ref], rejects, counts
+
+    def by_columns() -> tuple[list[str], Rejects, IntakeCounts]:
+        rejects, counts = Rejects(), IntakeCounts()
+        shards = column_shards(
+            read_columns(paths, shape, max_record_bytes),
+            inputs,
+            rejects,
+            counts,
+            limits,
+            lambda nbytes: worst_case_tokens(nbytes, options),
+            lambda size: size_reason(size, limits) or "",
+        )
+        return [shard.ref.model_dump_json() for shard in shards], rejects, counts
+
+    expected = by_documents()
+    assert by_columns() == expected
+    assert expected[2].balanced()
+
+
+def test_documents_that_fill_a_shard_exactly_share_it(tmp_path):
+    """Two documents of half the byte limit each fit one shard: the limit is inclusive."""
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(f'{{"id": "d{i}", "text": "{"w" * 48}"}}\n' for i in range(4)))
+    limits = ShardLimits(items=10, bytes=100, tokens=10_000)
+    shards = column_shards(
+        read_columns([path], DocumentShape(), 1000),
+        {open_location(path).uri: 0},
+        Rejects(),
+        IntakeCounts(),
+        limits,
+        lambda nbytes: nbytes,
+        str,
+    )
+    assert [shard.ref.documents for shard in shards] == [2, 2]
+
+
+def test_the_embed_task_reads_plain_jsonl_in_a_reading_process(tmp_path):
+    plain = tmp_path / "in.jsonl"
+    plain.write_text("".join(f'{{"id": "d{i % 7}", "text": "t{i}"}}\n' for i in range(20)))
+    packed = tmp_path / "in.jsonl.gz"
+    packed.write_bytes(b"")
+    task, options, limits = (
+        EmbedTask(),
+        EncodeOptions(),
+        ShardLimits(items=4, bytes=1 << 20, tokens=1 << 20),
+    )
+    rejects, counts = Rejects(), IntakeCounts()
+    plain_loc, packed_loc = open_location(plain), open_location(packed)
+    shards = task.referenced_shards(
+        [plain_loc], ["jsonl"], Reading(), options, limits, rejects, counts
+    )
+    assert shards is not None
+    assert [shard.ref.documents for shard in shards] == [4, 3]
+    assert len(rejects) == 13 and counts.balanced() and counts.input_records == 20
+    both = task.referenced_shards(
+        [plain_loc, packed_loc], ["jsonl", "jsonl"], Reading(), options, limits, rejects, counts
+    )
+    assert both is None  # a compressed input cannot be pointed at: the document path
+
+
+def test_no_reading_process_is_left_behind_when_the_producer_stops_early(tmp_path):
+    """The child is terminated when its consumer stops: nothing of it outlives a submit."""
+    script = f"""
+import multiprocessing
+from pathlib import Path
+from pipeline.storage.location import open_location
+from pipeline.tasks.embed import EmbedTask
+from pipeline.tasks.kind import Reading
+from producers.inputs.intake import IntakeCounts
+from producers.inputs.sharding import ShardLimits
+from schemas.options import EncodeOptions
+path = Path({str(tmp_path)!r}) / "in.jsonl"
+path.write_text("".join('{{"id": "d%d", "text": "t"}}\\n' % i for i in range(300000)))
+class Sink(list):
+    add = list.append
+limits = ShardLimits(items=10, bytes=1 << 20, tokens=1 << 20)
+shards = EmbedTask().referenced_shards(
+    [open_location(path)], ["jsonl"], Reading(), EncodeOptions(), limits, Sink(), IntakeCounts())
+next(shards)
+assert len(multiprocessing.active_children()) == 1
+shards.close()
+assert multiprocessing.active_children() == []
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "ok", done.stderr
