@@ -4,6 +4,8 @@ are consumed, and a dead child a failure, never a hang."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -50,3 +52,19 @@ def test_a_child_that_dies_fails_the_consumer_and_one_that_cannot_send_its_error
         list(read_ahead(dying))
     with pytest.raises(ReadAheadFailed, match="Unpicklable"):
         list(read_ahead(unpicklable))
+
+
+def test_a_script_without_a_main_guard_can_read_ahead(tmp_path):
+    """The child never re-imports the caller's main module (multiprocessing's spawn would,
+    and fail a script that reads ahead at import time)."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from producers.inputs.read_ahead import read_ahead\n"
+        "from tests.producers.test_read_ahead import counting\n"
+        "print(sum(read_ahead(counting, 100)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.stdout.strip() == "4950", done.stderr
