@@ -38,6 +38,7 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SECRET_OPTIONS = frozenset(
     {"access_key", "secret_key", "session_token", "access_token", "account_key", "sas_token"}
 )
+UPLOAD_CHUNK_BYTES = 8 << 20  # what `upload` holds at a time
 _MAX_ERROR_CHARS = 500  # some filesystems' errors run to pages (e.g. a JVM search path)
 
 
@@ -195,6 +196,24 @@ class Location:
         # which the store does not commit.
         with _guard(self, self.fs.open_output_stream, self.path) as stream:
             stream.write(data)
+
+    def upload(self, source: IO[bytes]) -> None:
+        """Commit the rest of `source` under this name on an object store, streamed
+        UPLOAD_CHUNK_BYTES at a time (memory does not grow with the file): whole or not at
+        all. (A local file is written in place, then renamed, by its writer.)"""
+        if self.is_local:
+            raise ValueError(f"{self.uri} is local: write it in place")
+        try:
+            with _guard(self, self.fs.open_output_stream, self.path) as stream:
+                while chunk := source.read(UPLOAD_CHUNK_BYTES):
+                    stream.write(chunk)
+        except BaseException:
+            # Closing the stream commits what it was given (pyarrow cannot abort an
+            # upload), so a read of `source` that failed partway would leave part of it
+            # visible: it is deleted. A failed upload commits nothing to delete.
+            with contextlib.suppress(OSError):
+                self.delete()
+            raise
 
 
 def _local_file_names(directory: Path, pattern: str) -> Iterator[str]:

@@ -8,6 +8,7 @@ The directory is a Location: a local directory or an object-store prefix (s3://.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any, Self, cast
 
 import pyarrow.fs as pafs
 
@@ -132,7 +133,8 @@ class JsonLinesLog:
     """Collects JSON lines; the file appears under its name only when closed.
 
     Lines go to a local temp file (next to the output when it is local), so millions of
-    lines cost disk, not memory; an object store gets the whole file in one put. A write
+    lines cost disk, not memory; an object store gets the file streamed from it when closed
+    (`Location.upload`: what the store may have committed of a copy cut short is deleted). A write
     that fails (a full disk) is an OutputDirError, and a log left by an error is discarded,
     never published: a partial `_rejects.jsonl` would hide rejects.
     """
@@ -165,8 +167,10 @@ class JsonLinesLog:
                 os.replace(self._tmp, self.location.local_path)
                 return
             with self._handle:
-                self._handle.seek(0)
-                self.location.write_bytes(self._handle.read().encode("utf-8"))
+                self._handle.flush()
+                lines = cast(IO[bytes], cast(io.TextIOWrapper, self._handle).buffer)
+                lines.seek(0)
+                self.location.upload(lines)
         except OSError as exc:
             self.discard()
             raise self._failed(exc) from exc

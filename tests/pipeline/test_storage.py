@@ -13,6 +13,7 @@ from pipeline.cli.main import main
 from pipeline.errors import InputError, OutputDirError, StorageError
 from pipeline.exit_codes import EXIT_REJECTS
 from pipeline.jobs.resume import previous_spec, read_shard_file, with_shard_metadata
+from pipeline.storage import location as location_module
 from pipeline.storage.location import open_location
 from pipeline.storage.output_dir import RejectLog, part_entries, prepare_output_dir
 from pipeline.storage.sink import write_shard
@@ -137,6 +138,25 @@ def test_rejects_reach_s3_whole_when_closed(s3):
         assert s3.keys("out") == []  # nothing visible before close
     lines = s3.get("out/_rejects.jsonl").decode().splitlines()
     assert [json.loads(x)["line"] for x in lines] == [1, 2, 3]
+
+
+def test_a_log_streams_to_s3_in_chunks_and_one_cut_short_leaves_no_object(s3, monkeypatch):
+    monkeypatch.setattr(location_module, "UPLOAD_CHUNK_BYTES", 1000)
+    with RejectLog(s3.url("out")) as rejects:
+        for line in range(500):  # ~40 kB: dozens of chunks
+            rejects.add(Reject(source="in.jsonl", line=line + 1, reason="bad"))
+    lines = s3.get("out/_rejects.jsonl").decode().splitlines()
+    assert [json.loads(x)["line"] for x in lines] == list(range(1, 501))
+
+    class FailingHalfway(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            if self.tell() >= 3000:
+                raise OSError(5, "Input/output error")
+            return super().read(size)
+
+    with pytest.raises(OSError, match="Input/output"):
+        open_location(s3.url("out/_shards.jsonl")).upload(FailingHalfway(b"x" * 10_000))
+    assert s3.keys("out") == ["_rejects.jsonl"]  # the 3000 bytes sent were not left there
 
 
 def test_every_reader_reads_from_s3(s3, tmp_path):
