@@ -42,7 +42,8 @@ def corpus(path: Path, shards: int) -> Path:
 
 
 def submit_peak_rss_mb(corpus_path: Path, out: Path, env: dict) -> float:
-    """Run `m3pipe submit` to the end; its peak RSS (VmHWM, read until it exits).
+    """Run `m3pipe submit` to the end; the peak RSS of it and its reading process (each
+    one's VmHWM, read until it exits, summed: at least their peak together).
 
     Not ru_maxrss: Linux carries the high-water mark across exec, so a child forked from
     this (large) test process would report the test's own RSS.
@@ -53,13 +54,25 @@ def submit_peak_rss_mb(corpus_path: Path, out: Path, env: dict) -> float:
          "--max-length", "64"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    peak = 0.0
+    peaks: dict[int, float] = {}
     while process.poll() is None:
-        with contextlib.suppress(OSError, AssertionError):  # exiting: /proc entry going
-            peak = max(peak, status_mb(process.pid, "VmHWM"))
+        for pid in (process.pid, *children(process.pid)):
+            with contextlib.suppress(OSError, AssertionError):  # exiting: /proc entry going
+                peaks[pid] = max(peaks.get(pid, 0.0), status_mb(pid, "VmHWM"))
         time.sleep(0.02)
     assert process.returncode == 0
-    return peak
+    assert len(peaks) == 2, peaks  # the producer and its reading process were both seen
+    return sum(peaks.values())
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
 
 
 def test_worker_and_producer_memory_stay_flat(tmp_path, cli_env, workers, store):
