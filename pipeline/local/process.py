@@ -8,6 +8,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,10 @@ def process_file(
         splits: deque[tuple[Sequence[Any], ReuseSplit | None]] = deque()
         to_compute = _split_shards(shards, splits, kind, engine, index, keep)
         computed = kind.compute_stream(engine, to_compute, keep, progress)
+        # A part is written (zstd, pyarrow: the GIL released) while the next shard is
+        # computed; at most one write waits, so at most two shards' tables are held.
+        writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="m3pipe-write"))
+        pending: tuple[Future[Location], dict[str, Any]] | None = None
         for number, (_, result) in enumerate(computed):
             shard, split = splits.popleft()
             table = result.table
@@ -114,7 +119,7 @@ def process_file(
                 table = merge_in_order(table, split.copied, shard)
             table = kind.part_table(table, shard, keep)
             name = part_name(number)
-            written = write_shard(table, out / name)
+            writing = writer.submit(write_shard, table, out / name)
             summary.stats.add(result.stats)
             summary.parts += 1
             summary.rows += table.num_rows
@@ -125,12 +130,15 @@ def process_file(
                 item_counts[1]: len(shard),
                 "rows": table.num_rows,
                 "tokens": result.stats.tokens,
-                "bytes": written.size(),
             }
             if split is not None:
                 entry["reused"] = split.reused
                 summary.reused = (summary.reused or 0) + split.reused
-            shard_log.add(entry)
+            if pending is not None:
+                _log_written(shard_log, *pending)
+            pending = (writing, entry)
+        if pending is not None:
+            _log_written(shard_log, *pending)
         if index is not None:
             summary.reused, summary.dropped = summary.reused or 0, index.dropped
     if not summary.intake.balanced():
@@ -139,6 +147,11 @@ def process_file(
         out / MANIFEST, _manifest(kind, summary, engine, source.uri, reading, started)
     )
     return summary
+
+
+def _log_written(shard_log: ShardLog, writing: Future[Location], entry: dict[str, Any]) -> None:
+    """The shard's log line, once its part is written (a failed write is raised here)."""
+    shard_log.add({**entry, "bytes": writing.result().size()})
 
 
 def check_reusable(
