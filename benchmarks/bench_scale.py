@@ -22,7 +22,8 @@ warm worker: CPU microseconds per document of the producer, Redis and the worker
 engine (reading references, tokenizing, Parquet, job state, Celery), and the engine's.
 
 reuse: --reuse-documents documents encoded, then re-encoded with --reuse-changed of them
-edited, fully and with `--reuse` (benchmarks/scale_reuse.py): the wall-time ratio.
+edited, fully and with `--reuse` (--reuse-repeats times: a run of a few seconds is noisy
+on a shared machine; benchmarks/scale_reuse.py): the wall-time ratio of the median.
 
 Prints and saves JSON (one file per run; the parts run are its keys).
 
@@ -405,6 +406,9 @@ def main() -> int:
     parser.add_argument("--reuse-documents", type=int, default=2000, help="reuse: documents")
     parser.add_argument("--reuse-changed", type=float, default=0.02, help="reuse: share edited")
     parser.add_argument("--reuse-max-length", type=int, default=8192)
+    parser.add_argument(
+        "--reuse-repeats", type=int, default=3, help="reuse: runs with --reuse (the median)"
+    )
     parser.add_argument("--shard-docs", type=int, default=1000)
     parser.add_argument(
         "--doc-bytes", type=int, default=0, help="producer: ~bytes per JSONL line (0: ~80)"
