@@ -3,10 +3,10 @@
 One process, the model loaded once (its load is not in any figure): `m3pipe encode` of the
 corpus (the previous output), then of the edited corpus, side by side: a full encode and
 --reuse-repeats with `--reuse` of the previous output (the median counts). Reported: both
-wall times and their ratio, and the reuse run's parts: building the on-disk index of the previous output (per document)
-and everything else (planning, reading and checking the copied rows, encoding the changed
-documents, writing). Documents: synthetic multilingual text, lognormal lengths (median ~120
-tokens, at most --reuse-max-length).
+wall times and their ratio, and the reuse run's parts: building the on-disk index of the
+previous output (per document) and everything else (planning, reading and checking the
+copied rows, encoding the changed documents, writing). Documents: synthetic multilingual
+text, lognormal lengths (median ~120 tokens, at most --reuse-max-length).
 """
 
 from __future__ import annotations
