@@ -50,7 +50,13 @@ def column_shards(
 
     with FirstSeen() as seen, _closed_after(blocks) as reading:
         for block in reading:
-            source, ids, lines, starts, ends = block[:5]
+            source, ids, lines, starts, ends = (
+                block.source,
+                block.ids,
+                block.lines,
+                block.starts,
+                block.ends,
+            )
             sizes, block_digests = block.sizes, block.digests
             firsts = seen.first_many(ids, [f"{source} line {number}" for number in lines])
             pending = iter(block.rejects)
