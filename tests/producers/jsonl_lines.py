@@ -5,6 +5,7 @@ line."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from hypothesis import strategies as st
 
@@ -45,6 +46,20 @@ huge_lines = st.integers(min_value=200, max_value=2000).map(
 lines = st.lists(st.one_of(document_lines, document_lines, bad_lines, huge_lines), max_size=40)
 
 
+# Input files: each its lines, whether it starts with a BOM, whether it ends with a newline.
+jsonl_files = st.lists(st.tuples(lines, st.booleans(), st.booleans()), min_size=1, max_size=3)
+
+
 def jsonl_bytes(body: list[bytes], bom: bool, last_newline: bool) -> bytes:
     data = (b"\xef\xbb\xbf" if bom else b"") + b"\n".join(body)
     return data + b"\n" if last_newline and body else data
+
+
+def write_inputs(folder: Path, drawn: list[tuple[list[bytes], bool, bool]]) -> list[Path]:
+    """The drawn `jsonl_files` written as in0.jsonl, in1.jsonl... in `folder`."""
+    paths = []
+    for n, (body, bom, last_newline) in enumerate(drawn):
+        path = folder / f"in{n}.jsonl"
+        path.write_bytes(jsonl_bytes(body, bom, last_newline))
+        paths.append(path)
+    return paths

@@ -21,7 +21,7 @@ from producers.inputs.sharding import ShardLimits
 from producers.inputs.validate import DocumentShape
 from schemas.document import Reject
 from schemas.options import EncodeOptions, LongDocPolicy
-from tests.producers.jsonl_lines import jsonl_bytes, lines
+from tests.producers.jsonl_lines import jsonl_files, write_inputs
 
 
 class Rejects(list[Reject]):
@@ -29,9 +29,9 @@ class Rejects(list[Reject]):
         self.append(reject)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
-    files=st.lists(st.tuples(lines, st.booleans(), st.booleans()), min_size=1, max_size=3),
+    files=jsonl_files,
     keep=st.booleans(),
     shard_items=st.integers(min_value=1, max_value=7),
     shard_bytes=st.integers(min_value=50, max_value=1500),
@@ -42,12 +42,7 @@ class Rejects(list[Reject]):
 def test_columns_cut_what_the_document_path_cuts(
     tmp_path_factory, files, keep, shard_items, shard_bytes, shard_tokens, chunk, max_record_bytes
 ):
-    folder = tmp_path_factory.mktemp("cut")
-    paths = []
-    for n, (body, bom, last_newline) in enumerate(files):
-        path = folder / f"in{n}.jsonl"
-        path.write_bytes(jsonl_bytes(body, bom, last_newline))
-        paths.append(path)
+    paths = write_inputs(tmp_path_factory.mktemp("cut"), files)
     limits = ShardLimits(items=shard_items, bytes=shard_bytes, tokens=shard_tokens)
     options = EncodeOptions(
         max_length=64, long_docs=LongDocPolicy.CHUNK if chunk else LongDocPolicy.TRUNCATE
@@ -127,7 +122,7 @@ def test_the_embed_task_reads_plain_jsonl_in_a_reading_process(tmp_path):
 def test_no_reading_process_is_left_behind_when_the_producer_stops_early(tmp_path):
     """The child is killed when its consumer stops: nothing of it outlives a submit."""
     path = tmp_path / "in.jsonl"
-    path.write_text("".join(f'{{"id": "d{i}", "text": "t"}}\n' for i in range(300_000)))
+    path.write_text("".join(f'{{"id": "d{i}", "text": "t"}}\n' for i in range(100_000)))
     limits = ShardLimits(items=10, bytes=1 << 20, tokens=1 << 20)
     before = children()
     shards = EmbedTask().referenced_shards(

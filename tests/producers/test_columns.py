@@ -17,7 +17,7 @@ from producers.inputs.jsonl import read_jsonl
 from producers.inputs.lines import read_line_blocks
 from producers.inputs.validate import DocumentShape
 from schemas.document import Document
-from tests.producers.jsonl_lines import jsonl_bytes, lines
+from tests.producers.jsonl_lines import jsonl_files, write_inputs
 
 Row = tuple[str, int, int, int, int, bytes]  # id, line, start, end, bytes, digest
 
@@ -50,9 +50,9 @@ def flatten(blocks: list[DocumentColumns]) -> tuple[list[Row], list[tuple[int, s
     return docs, rejects
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
-    files=st.lists(st.tuples(lines, st.booleans(), st.booleans()), min_size=1, max_size=3),
+    files=jsonl_files,
     keep=st.booleans(),
     block_bytes=st.sampled_from([64, 300, 1 << 20]),
     max_record_bytes=st.sampled_from([150, 1000, 8 << 20]),
@@ -60,12 +60,7 @@ def flatten(blocks: list[DocumentColumns]) -> tuple[list[Row], list[tuple[int, s
 def test_columns_hold_what_read_jsonl_reads(
     tmp_path_factory, files, keep, block_bytes, max_record_bytes
 ):
-    folder = tmp_path_factory.mktemp("columns")
-    paths = []
-    for n, (body, bom, last_newline) in enumerate(files):
-        path = folder / f"in{n}.jsonl"
-        path.write_bytes(jsonl_bytes(body, bom, last_newline))
-        paths.append(path)
+    paths = write_inputs(tmp_path_factory.mktemp("columns"), files)
     shape = DocumentShape(keep_fields=("lang",) if keep else ())
     with mock.patch("producers.inputs.jsonl.BLOCK_BYTES", block_bytes):
         blocks = list(read_columns(paths, shape, max_record_bytes))
