@@ -24,6 +24,7 @@ from pipeline.storage.location import Location, open_location
 from producers.inputs.intake import document_bytes, plain_document_bytes
 from producers.inputs.jsonl import fast_json, jsonl_blocks, line_record
 from producers.inputs.lines import Line, LineBlock, oversize_reason
+from producers.inputs.readers import unreadable_reject
 from producers.inputs.validate import DocumentShape
 from schemas.document import Document, Origin, Reject
 
@@ -43,8 +44,10 @@ class DocumentColumns(NamedTuple):
     digests: bytes  # item_digest of each, DIGEST_BYTES apiece
     rejects: list[tuple[int, Reject]]  # (documents before it in these columns, reject)
 
-    def digest(self, k: int) -> bytes:
-        return self.digests[k * DIGEST_BYTES : (k + 1) * DIGEST_BYTES]
+    @classmethod
+    def rejected(cls, source: str, reject: Reject) -> DocumentColumns:
+        """One record, rejected."""
+        return cls(source, [], array("q"), array("q"), array("q"), array("q"), b"", [(0, reject)])
 
 
 def read_columns(
@@ -61,23 +64,21 @@ def read_columns(
             for block in jsonl_blocks(location, max_record_bytes):
                 yield _columns(block, source, shape, max_record_bytes)
         except UnreadableInput as exc:
-            reject = Reject(source=source, line=exc.line, row=exc.row, reason=str(exc))
-            yield DocumentColumns(
-                source, [], array("q"), array("q"), array("q"), array("q"), b"", [(0, reject)]
-            )
+            yield DocumentColumns.rejected(source, unreadable_reject(exc, source))
 
 
 def _columns(
     block: LineBlock | Line, source: str, shape: DocumentShape, max_record_bytes: int
 ) -> DocumentColumns:
+    if isinstance(block, Line):  # over the limit, skipped
+        reason = oversize_reason(block.size, max_record_bytes)
+        return DocumentColumns.rejected(
+            source, Reject(source=source, line=block.number, reason=reason)
+        )
     ids: list[str] = []
     lines, starts, ends, sizes = array("q"), array("q"), array("q"), array("q")
     digests: list[bytes] = []
     rejects: list[tuple[int, Reject]] = []
-    if isinstance(block, Line):  # over the limit, skipped
-        reason = oversize_reason(block.size, max_record_bytes)
-        rejects.append((0, Reject(source=source, line=block.number, reason=reason)))
-        return DocumentColumns(source, ids, lines, starts, ends, sizes, b"", rejects)
     quick = not shape.keep_fields
     offset = block.start
     last = block.last_number

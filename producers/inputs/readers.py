@@ -114,5 +114,9 @@ def _unreadable_as_reject(items: Iterator[InputItem], source: str) -> Iterator[I
     try:
         yield from items
     except UnreadableInput as exc:
-        reject = Reject(source=source, line=exc.line, row=exc.row, reason=str(exc))
-        yield InputItem(reject, line=exc.line, row=exc.row)
+        yield InputItem(unreadable_reject(exc, source), line=exc.line, row=exc.row)
+
+
+def unreadable_reject(exc: UnreadableInput, source: str) -> Reject:
+    """The one reject for an input, or the rest of one, that cannot be read."""
+    return Reject(source=source, line=exc.line, row=exc.row, reason=str(exc))
