@@ -49,16 +49,18 @@ def message_task_ids(client: redis.Redis, queue: str) -> set[str]:
 
 
 def _missing(store: JobStore, job_id: str, queue: str) -> dict[int, str]:
-    queued = [s for s, state in store.shard_states(job_id).items() if state is ShardState.QUEUED]
-    if not queued:
+    """Queued shards with no message, each with its info as it stands (to see a change).
+
+    Memory follows the messages and the queued shards (both bounded by --max-queued), not
+    the job: its shard states are streamed, and only the missing shards' infos are read.
+    """
+    if store.queued_shards(job_id) == 0:
         return {}
-    present = message_task_ids(store.redis, queue)
-    infos = store.shard_infos(job_id)
-    return {
-        shard: repr(infos.get(shard))
-        for shard in queued
-        if shard_task_id(job_id, shard) not in present
-    }
+    queued = list(store.shards_in_state(job_id, ShardState.QUEUED))
+    present = message_task_ids(store.redis, queue)  # after: a message sent meanwhile shows
+    missing = [shard for shard in queued if shard_task_id(job_id, shard) not in present]
+    infos = store.infos_of(job_id, missing)
+    return {shard: repr(infos.get(shard)) for shard in missing}
 
 
 def orphaned_shards(

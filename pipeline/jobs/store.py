@@ -509,26 +509,44 @@ class JobStore:
     def _buckets(self, job_id: str) -> int:
         return _int(self._hget(job_key(job_id), "buckets"))
 
-    def _all_buckets(self, job_id: str, key: Callable[[str, int], str]) -> dict[str, str]:
+    def _bucket_fields(
+        self, job_id: str, key: Callable[[str, int], str]
+    ) -> Iterator[tuple[str, str]]:
         """Every field of a job's buckets of one kind (`key`: the bucket of a shard), read
-        100 buckets a round trip (each HGETALL is short: Redis is never held for long)."""
-        fields: dict[str, str] = {}
+        100 buckets a round trip (each HGETALL is short: Redis is never held for long) and
+        yielded as read: what is kept is the caller's choice."""
         buckets = self._buckets(job_id)
         for start in range(0, buckets, 100):
             pipe = self.redis.pipeline(transaction=False)
             for bucket in range(start, min(start + 100, buckets)):
                 pipe.hgetall(key(job_id, bucket * SHARD_BUCKET))
             for reply in pipe.execute():
-                fields.update(reply)
-        return fields
+                yield from reply.items()
 
+    def shards_in_state(self, job_id: str, state: ShardState) -> Iterator[int]:
+        """The job's shards now in `state`, unsorted, streamed (a job of a million shards
+        costs what the caller keeps)."""
+        for field, value in self._bucket_fields(job_id, shard_state_key):
+            if value == state.value:
+                yield int(field)
+
+    def infos_of(self, job_id: str, shards: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """The info of each of `shards` that has one, in one round trip."""
+        numbers = list(shards)
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in numbers:
+            pipe.hget(shard_info_key(job_id, shard), str(shard))
+        replies = pipe.execute() if numbers else []
+        return {s: decode_info(raw) for s, raw in zip(numbers, replies, strict=True) if raw}
+
+    # The whole job at once, a dict entry per shard: for tests and small jobs (production
+    # paths stream: shard_records, shards_in_state).
     def shard_infos(self, job_id: str) -> dict[int, dict[str, Any]]:
-        raw = self._all_buckets(job_id, shard_info_key)
-        return {int(k): decode_info(v) for k, v in raw.items()}
+        fields = self._bucket_fields(job_id, shard_info_key)
+        return {int(k): decode_info(v) for k, v in fields}
 
     def shard_states(self, job_id: str) -> dict[int, ShardState]:
-        raw = self._all_buckets(job_id, shard_state_key)
-        return {int(k): ShardState(v) for k, v in raw.items()}
+        return {int(k): ShardState(v) for k, v in self._bucket_fields(job_id, shard_state_key)}
 
     def shard_records(
         self, job_id: str, shards: int, batch: int = 1000

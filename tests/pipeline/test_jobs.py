@@ -184,6 +184,22 @@ def test_shard_records_come_in_order_in_batches_each_once_with_its_info(store, t
     assert list(store.redis.scan_iter("m3pipe:job:job-1*")) == []
 
 
+def test_shards_in_a_state_are_streamed_across_buckets_and_infos_read_for_those_asked(
+    store, tmp_path
+):
+    store.create(make_spec(tmp_path))
+    for shard in range(450):
+        store.mark_shard("job-1", shard, Q, [ABSENT], {"documents": shard})
+    for shard in range(0, 450, 7):
+        store.mark_shard("job-1", shard, F, ACTIVE, {"error": "x"})
+    queued = store.shards_in_state("job-1", Q)
+    assert not isinstance(queued, list | set | dict)  # a stream, not the job at once
+    assert sorted(queued) == [shard for shard in range(450) if shard % 7]
+    assert sorted(store.shards_in_state("job-1", F)) == list(range(0, 450, 7))
+    assert store.infos_of("job-1", [3, 7, 10_000]) == {3: {"documents": 3}, 7: {"error": "x"}}
+    assert store.infos_of("job-1", []) == {}
+
+
 def test_finalisation_writes_a_small_manifest_and_a_shard_log_in_shard_order(store, tmp_path):
     store.create(make_spec(tmp_path))
     for shard in (2, 0, 1, 3):  # ended out of order
