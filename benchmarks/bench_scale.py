@@ -15,6 +15,8 @@ offered in a row (1 in 200 a repeat), its RSS sampled: the memory bound and the 
 finalise: a job of --shards done shards (their part files empty, their state set through
 JobStore as workers set it) is finalised in a fresh process: its wall time and peak RSS,
 the sizes of `_manifest.json` and `_shards.jsonl`, and Redis's bytes per shard of job state.
+With --store s3 the output is on a local S3 server (moto, as the tests start it), and the
+job is finalised twice side by side: its parts listed a page at a time and whole.
 
 machinery: --pipeline-documents short documents through submit -> Redis -> one worker ->
 Parquet (random:tiny, one thread per process), after a job of a tenth as many on the same
@@ -202,26 +204,49 @@ def index(args: argparse.Namespace) -> dict:
     }
 
 
-def finalise_setup(args: argparse.Namespace, redis_url: str, out: Path) -> str:
-    """A job whose --shards shards are all done, as submit and workers leave it."""
+def put_empty_parts(out: str, shards: int) -> None:
+    """An empty part file for each shard: local files, or objects put 16 at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.storage.location import open_location
+    from pipeline.storage.sink import part_name
+
+    location = open_location(out)
+    location.make_dir()
+    if location.is_local:
+        for shard in range(shards):
+            (location.local_path / part_name(shard)).touch()
+        return
+    from pipeline.storage.s3_listing import paged_s3_client
+
+    client = paged_s3_client(location.query, "")  # boto3: half the time of pyarrow's puts
+    bucket, _, prefix = location.path.partition("/")
+    with ThreadPoolExecutor(16) as pool:
+        for _ in pool.map(
+            lambda n: client.put_object(Bucket=bucket, Key=f"{prefix}/{part_name(n)}", Body=b""),
+            range(shards),
+        ):
+            pass
+
+
+def finalise_setup(args: argparse.Namespace, redis_url: str, out: str, job_id: str) -> str:
+    """A job whose --shards shards are all done, as submit and workers leave it (its
+    part files put beforehand)."""
     from pipeline.broker.redis_url import connect
     from pipeline.jobs.store import ABSENT, JobStore
-    from pipeline.storage.sink import part_name
     from schemas.job import JobSpec, ShardState
     from schemas.options import EncodeOptions
 
     store = JobStore(connect(redis_url))
     spec = JobSpec(
-        job_id="bench-finalise", inputs=["corpus.jsonl"], out=str(out), model="random:tiny",
+        job_id=job_id, inputs=["corpus.jsonl"], out=out, model="random:tiny",
         options=EncodeOptions(), queue="m3pipe", shard_docs=1000, shard_bytes=1 << 24,
         max_queued=1 << 30, created_at=time.time(),
     )  # fmt: skip
     store.create(spec)
-    out.mkdir(parents=True)
     active = [ShardState.QUEUED.value, ShardState.RUNNING.value]
     digest = "0" * 64
     for shard in range(args.shards):
-        (out / part_name(shard)).touch()
         # What submit and one worker's delivery leave behind, call for call.
         store.set_shard_digest(spec.job_id, shard, digest)
         store.mark_shard(spec.job_id, shard, ShardState.QUEUED, [ABSENT], {"documents": 1000})
@@ -250,8 +275,16 @@ def finalise_side(args: argparse.Namespace) -> dict:
     from pipeline.jobs.finish import finalize_if_complete
     from pipeline.jobs.store import JobStore
 
+    if args.listing == "pyarrow":  # as without boto3: the whole listing at once
+        import pipeline.storage.location
+
+        pipeline.storage.location.paged_s3_client = lambda *_: None  # type: ignore[assignment]
+    from pipeline.storage.location import open_location
+    from pipeline.storage.output_dir import LETTERS_DIR
+
     store = JobStore(connect(args.redis_url))
-    store.spec(args.job_id)  # imports and connection settled before the baseline
+    # Imports, connections and clients settled before the baseline: a listing of nothing.
+    list((open_location(store.spec(args.job_id).out) / LETTERS_DIR).child_names())
     before = reset_peak()
     started = time.perf_counter()
     state = finalize_if_complete(store, args.job_id)
@@ -262,34 +295,65 @@ def finalise_side(args: argparse.Namespace) -> dict:
 
 
 def finalise(args: argparse.Namespace) -> dict:
+    """Local output: one finalisation. S3 (--store s3, a local moto server): the same job
+    finalised twice, side by side, listing its parts a page at a time (boto3) and whole
+    (pyarrow); each a fresh process."""
     from pipeline.broker.redis_url import connect
     from pipeline.ops.embedded_redis import EmbeddedRedis
+    from pipeline.storage.location import open_location
     from pipeline.storage.output_dir import MANIFEST, SHARDS
 
     with tempfile.TemporaryDirectory(prefix="m3scale-", dir=args.tmp) as tmp:
-        out = Path(tmp) / "out"
-        with EmbeddedRedis(Path(tmp)) as server:
-            redis = connect(server.url)
-            before = int(redis.info("memory")["used_memory"])
-            started = time.perf_counter()
-            job_id = finalise_setup(args, server.url, out)
-            setup = time.perf_counter() - started
-            per_shard = (int(redis.info("memory")["used_memory"]) - before) / args.shards
-            side = spawn_side(__file__, ["--side", "finalise", "--redis-url", server.url,
-                                         "--job-id", job_id])  # fmt: skip
-            if side is None:
-                raise SystemExit("the finalising process failed")
-        manifest_bytes = (out / MANIFEST).stat().st_size
-        log_bytes = (out / SHARDS).stat().st_size
-    return {
-        "shards": args.shards,
-        "setup_seconds": round(setup, 1),
-        "redis_bytes_per_shard": round(per_shard),
-        **side,
+        server = start_s3(Path(tmp)) if args.store == "s3" else None
+        listings = ["paged", "pyarrow"] if server else ["local"]
+        out = f"s3://{server.new_bucket()}/out" if server else str(Path(tmp) / "out")
+        started = time.perf_counter()
+        put_empty_parts(out, args.shards)  # the jobs' shared output
+        parts_seconds = time.perf_counter() - started
+        sides = {}
+        try:
+            with EmbeddedRedis(Path(tmp)) as redis_server:
+                redis = connect(redis_server.url)
+                for listing in listings:
+                    before = int(redis.info("memory")["used_memory"])
+                    started = time.perf_counter()
+                    job_id = finalise_setup(args, redis_server.url, out, f"bench-{listing}")
+                    setup = time.perf_counter() - started
+                    per_shard = (int(redis.info("memory")["used_memory"]) - before) / args.shards
+                    side = spawn_side(__file__, ["--side", "finalise", "--listing", listing,
+                                                 "--redis-url", redis_server.url,
+                                                 "--job-id", job_id])  # fmt: skip
+                    if side is None:
+                        raise SystemExit("the finalising process failed")
+                    growth = side["peak_rss_bytes"] - side["rss_before_bytes"]
+                    sides[listing] = {
+                        "setup_seconds": round(setup + parts_seconds, 1),
+                        "redis_bytes_per_shard": round(per_shard),
+                        **side,
+                        "rss_growth_bytes_per_shard": round(growth / args.shards, 1),
+                    }
+            location = open_location(out)
+            manifest_bytes, log_bytes = (location / MANIFEST).size(), (location / SHARDS).size()
+        finally:
+            if server is not None:
+                server.stop()
+    result: dict = {"shards": args.shards, "store": args.store}
+    result |= sides.get("local", {"listings": sides})
+    return result | {
         "manifest_bytes": manifest_bytes,
         "shards_log_bytes": log_bytes,
         "shards_log_bytes_per_shard": round(log_bytes / args.shards, 1),
     }
+
+
+def start_s3(tmp: Path):  # -> tests.s3_server.S3Server
+    """The tests' local S3 server (moto), this process's AWS_* variables pointing at it
+    (the finalising processes inherit them)."""
+    from tests.s3_server import S3Server
+
+    server = S3Server(tmp / "moto.log")
+    os.environ.update(server.env())
+    return server
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -401,6 +465,9 @@ def main() -> int:
     parser.add_argument("--keys", type=int, default=10_000_000, help="index: keys offered")
     parser.add_argument("--shards", type=int, default=100_000, help="finalise: shards")
     parser.add_argument(
+        "--store", choices=["local", "s3"], default="local", help="finalise: where the output is"
+    )
+    parser.add_argument(
         "--pipeline-documents", type=int, default=50_000, help="machinery: documents"
     )
     parser.add_argument("--reuse-documents", type=int, default=2000, help="reuse: documents")
@@ -420,6 +487,7 @@ def main() -> int:
     parser.add_argument("--side", choices=["index", "finalise"], help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--job-id", help=argparse.SUPPRESS)
+    parser.add_argument("--listing", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         print(json.dumps(index(args) if args.side == "index" else finalise_side(args)))

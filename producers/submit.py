@@ -299,11 +299,11 @@ def already_done(
 
 def remove_parts_from(out: Location, first: int) -> None:
     """Part files numbered `first` and above belong to no shard of this submission."""
-    for path in out.children(PART_PATTERN):
-        number = path.name.removeprefix("part-").removesuffix(".parquet")
+    for name in out.child_names(PART_PATTERN):  # streamed: deleting as it lists is fine
+        number = name.removeprefix("part-").removesuffix(".parquet")
         if number.isdigit() and int(number) >= first:
-            log.info("resume: removing %s, which no shard of this submission makes", path)
-            path.delete()
+            log.info("resume: removing %s, which no shard of this submission makes", out / name)
+            (out / name).delete()
 
 
 def admit(store: JobStore, tenant: str) -> None:

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline.errors import StorageError
+from pipeline.storage.s3_listing import paged_s3_client, s3_file_names
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -115,11 +116,16 @@ class Location:
         return int(info.size)
 
     def child_names(self, pattern: str = "*") -> Iterator[str]:
-        """Names of the files directly in this directory that match `pattern`, unsorted. A
-        local directory is read as it goes (constant memory); an object store's listing
-        comes whole from pyarrow (~400 bytes per file while it is held)."""
+        """Names of the files directly in this directory that match `pattern`, unsorted,
+        in constant memory: a local directory is read as it goes, S3 a page of keys at a
+        time (with boto3, pipeline/storage/s3_listing.py). Other object stores' listings
+        come whole from pyarrow (~400 bytes per file while it is held)."""
         if self.is_local:
             return _local_file_names(Path(self.path), pattern)
+        if isinstance(self.fs, pafs.S3FileSystem):
+            client = paged_s3_client(self.query, self.fs.region)
+            if client is not None:
+                return s3_file_names(client, self.path, pattern)
         return self._listed_names(pattern)
 
     def children(self, pattern: str = "*") -> list[Location]:

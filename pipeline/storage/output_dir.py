@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -31,6 +32,7 @@ REJECTS = "_rejects.jsonl"
 JOB_FILE = "_job.json"  # the spec of the queue job writing here, for `--resume`
 PART_PATTERN = "part-*.parquet"
 LETTERS_DIR = "_letters"  # failed shards' messages too large for Redis (pipeline/jobs/letters.py)
+_FOREIGN_SHOWN = 3  # foreign files named in the refusal
 
 
 def prepare_output_dir(
@@ -59,24 +61,36 @@ def prepare_output_dir(
         _remove_letters(out)  # the resumed job re-sends every shard without a good file
         remove_stale_temp_files(out)
         return out
-    earlier = out.children(PART_PATTERN) + [
-        loc for loc in (out / MANIFEST, out / SHARDS, out / REJECTS, out / JOB_FILE) if loc.exists()
-    ]
-    earlier += (out / LETTERS_DIR).children("shard-*.json")
-    if earlier and not overwrite:
+    # Streamed, not listed whole: an earlier output may hold a million part files.
+    earlier = itertools.chain(
+        (
+            loc
+            for loc in (out / MANIFEST, out / SHARDS, out / REJECTS, out / JOB_FILE)
+            if loc.exists()
+        ),
+        (out / name for name in out.child_names(PART_PATTERN)),
+        _letters(out),
+    )
+    first = next(earlier, None)
+    if first is not None and not overwrite:
         resume_hint = ", or --resume an unfinished job" if resumable else ""
         raise OutputDirError(
-            f"output directory {out} already holds output ({earlier[0].name}, ...): "
+            f"output directory {out} already holds output ({first.name}, ...): "
             f"choose another --out or pass --overwrite{resume_hint}"
         )
-    for stale in earlier:
+    for stale in itertools.chain([first] if first else [], earlier):
         stale.delete()
     remove_stale_temp_files(out)
     return out
 
 
+def _letters(out: Location) -> Iterator[Location]:
+    letters = out / LETTERS_DIR
+    return (letters / name for name in letters.child_names("shard-*.json"))
+
+
 def _remove_letters(out: Location) -> None:
-    for letter in (out / LETTERS_DIR).children("shard-*.json"):
+    for letter in _letters(out):
         letter.delete()
 
 
@@ -104,17 +118,32 @@ def is_own_file(name: str) -> bool:
 def _refuse_foreign_files(out: Location) -> None:
     """m3pipe writes into an empty directory or its own output, never among other files:
     --overwrite deletes only its own files, and a user's files must not mix with parts."""
-    foreign = sorted(loc.name for loc in out.children() if not is_own_file(loc.name))
-    if out.is_local:
-        foreign += sorted(
-            p.name + "/" for p in out.local_path.iterdir() if p.is_dir() and p.name != LETTERS_DIR
-        )
+    # Streamed, and stopped at the few it names: an earlier output may be a million parts.
+    names = (
+        _local_foreign(out.local_path)
+        if out.is_local
+        else (name for name in out.child_names() if not is_own_file(name))
+    )
+    foreign = sorted(itertools.islice(names, _FOREIGN_SHOWN + 1))
     if foreign:
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        shown = ", ".join(foreign[:_FOREIGN_SHOWN])
+        shown += ", ..." if len(foreign) > _FOREIGN_SHOWN else ""
         raise OutputDirError(
             f"output directory {out} holds files m3pipe did not write ({shown}): "
             "choose an empty or new --out"
         )
+
+
+def _local_foreign(directory: Path) -> Iterator[str]:
+    """What in `directory` m3pipe did not write, read as it goes: directories but the
+    letters' (as `name/`), and anything not a regular file of ours (a symlink too)."""
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name != LETTERS_DIR:
+                    yield entry.name + "/"
+            elif not (entry.is_file(follow_symlinks=False) and is_own_file(entry.name)):
+                yield entry.name
 
 
 def _check_bucket(out: Location) -> None:

@@ -123,3 +123,20 @@ def test_own_output_and_stale_temp_files_are_not_foreign(tmp_path):
         (tmp_path / name).write_text("x")
     prepare_output_dir(tmp_path, overwrite=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_symlink_or_a_directory_in_an_output_is_foreign_and_left_alone(tmp_path):
+    """A link named like a part file is not one of ours: --overwrite must not take it for
+    output, nor follow it."""
+    out, target = tmp_path / "out", tmp_path / "elsewhere.parquet"
+    out.mkdir()
+    target.write_text("the user's")
+    (out / "part-00000.parquet").symlink_to(target)
+    with pytest.raises(OutputDirError, match=r"did not write \(part-00000.parquet\)"):
+        prepare_output_dir(out, overwrite=True)
+    (out / "part-00000.parquet").unlink()
+    (out / "data").mkdir()
+    (out / "_letters").mkdir()  # its own: failed shards' messages
+    with pytest.raises(OutputDirError, match=r"did not write \(data/\)"):
+        prepare_output_dir(out, overwrite=True)
+    assert target.read_text() == "the user's"

@@ -4,6 +4,7 @@ S3 (a local moto server speaking real S3 over HTTP)."""
 import gzip
 import io
 import json
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,6 +15,7 @@ from pipeline.errors import InputError, OutputDirError, StorageError
 from pipeline.exit_codes import EXIT_REJECTS
 from pipeline.jobs.resume import previous_spec, read_shard_file, with_shard_metadata
 from pipeline.storage import location as location_module
+from pipeline.storage import s3_listing
 from pipeline.storage.location import open_location
 from pipeline.storage.output_dir import RejectLog, part_entries, prepare_output_dir
 from pipeline.storage.sink import write_shard
@@ -85,6 +87,39 @@ def test_s3_round_trip_listing_and_deletes(s3):
     assert s3.keys("out") == ["_manifest.json", "part-00000.parquet"]
 
 
+def test_an_s3_listing_comes_a_page_at_a_time_and_names_what_pyarrow_names(s3, monkeypatch):
+    monkeypatch.setattr(s3_listing, "PAGE_KEYS", 2)
+    keys = [f"out/part-{n:05d}.parquet" for n in range(5)]
+    keys += ["out/_manifest.json", "out/_letters/shard-00001.json", "out/sub/part-00009.parquet"]
+    for key in keys:
+        s3.put(key, b"x")
+    s3.put("outer/part-00007.parquet", b"x")  # shares the prefix's text, not its directory
+    out = open_location(s3.url("out"))
+    for pattern in ("*", "part-*.parquet", "_*"):
+        paged = sorted(out.child_names(pattern))
+        assert paged == [loc.name for loc in out.children(pattern)]  # pyarrow's listing
+    assert sorted(out.child_names()) == ["_manifest.json"] + [k[4:] for k in keys[:5]]
+    # Paged, not listed whole: an object put after the first page is read still shows.
+    names = out.child_names("part-*.parquet")
+    assert next(names) == "part-00000.parquet"
+    s3.put("out/part-99999.parquet", b"x")
+    assert list(names)[-1] == "part-99999.parquet"
+    assert list(open_location(f"s3://{s3.name}-missing/out").child_names()) == []
+
+
+def test_without_boto3_an_s3_listing_comes_from_pyarrow(s3, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # what `import boto3` meets uninstalled
+    s3_listing.paged_s3_client.cache_clear()
+    try:
+        s3.put("out/part-00000.parquet", b"x")
+        s3.put("out/part-00001.parquet", b"x")
+        names = open_location(s3.url("out")).child_names("part-*.parquet")
+        assert sorted(names) == ["part-00000.parquet", "part-00001.parquet"]
+        assert "pip install 'm3pipe[s3]'" in caplog.text
+    finally:
+        s3_listing.paged_s3_client.cache_clear()
+
+
 def test_an_endpoint_in_the_url_is_kept_for_other_processes(s3, monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     url = f"s3://{s3.name}/out?endpoint_override={s3.server.endpoint}"
@@ -93,6 +128,7 @@ def test_an_endpoint_in_the_url_is_kept_for_other_processes(s3, monkeypatch):
     (out / "x.json").write_bytes(b"{}")
     assert s3.get("out/x.json") == b"{}"
     assert open_location(out.url).path == out.path  # what a worker reopens from the job spec
+    assert list(out.child_names()) == ["x.json"]  # the paged listing reaches the same store
 
 
 def test_output_on_a_missing_bucket_is_refused_up_front(s3):
