@@ -274,12 +274,11 @@ def already_done(
         path.delete()
         return False
     facts = found.facts
-    info = {
+    info = {  # a done shard's counts (the job's `documents_resumed` counts it as found)
         "documents": documents,
-        "rows": facts["rows"],
-        "tokens": facts["tokens"],
+        "rows": int(facts["rows"]),
+        "tokens": int(facts["tokens"]),
         "bytes": path.size(),
-        "resumed": True,
     }
     store.mark_shard(
         job_id,

@@ -24,38 +24,39 @@ def job_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
-# Shard states and infos live in hashes of SHARD_BUCKET shards each, not one hash per job:
-# a small hash is stored as a listpack, a few bytes a field, where a large one costs ~70
-# bytes of Redis's own per field (docs/scale.md). The job hash's `buckets` field counts them.
+# A shard's state is a byte of one string per job (`shard_states_key`), and a done shard's
+# counts a fixed 28-byte record of another (`shard_counts_key`): a done shard costs ~30
+# bytes of Redis. The infos of shards not done (queued, running, failed: bounded by
+# --max-queued, the workers and the failures) are JSON in hashes of SHARD_BUCKET shards
+# each, small enough to be stored as listpacks; the job hash's `buckets` field counts them.
 SHARD_BUCKET = 100
 
 
-def shard_state_base(job_id: str) -> str:
-    """The name the state buckets share: `<base>:<n>` holds shards n*SHARD_BUCKET on."""
-    return f"{PREFIX}:job:{job_id}:shard-state"
+def shard_states_key(job_id: str) -> str:
+    """String: byte n is shard n's state (pipeline/jobs/store.py: STATE_CODES; 0: none)."""
+    return f"{PREFIX}:job:{job_id}:shard-states"
+
+
+def shard_counts_key(job_id: str) -> str:
+    """String: a done shard's documents, rows, tokens, bytes and reused documents, a fixed
+    record per shard (BITFIELD; pipeline/jobs/store.py: COUNT_FIELDS)."""
+    return f"{PREFIX}:job:{job_id}:shard-counts"
 
 
 def shard_info_base(job_id: str) -> str:
+    """The name the info buckets share: `<base>:<n>` holds shards n*SHARD_BUCKET on."""
     return f"{PREFIX}:job:{job_id}:shard-info"
 
 
-def shard_state_key(job_id: str, shard: int) -> str:
-    """Hash: shard index -> ShardState value, for the shards of `shard`'s bucket."""
-    return f"{shard_state_base(job_id)}:{shard // SHARD_BUCKET}"
-
-
 def shard_info_key(job_id: str, shard: int) -> str:
-    """Hash: shard index -> details (documents, file, worker, error...), by bucket."""
+    """Hash: shard index -> details (documents, worker, error...) of a shard not done, for
+    the shards of `shard`'s bucket."""
     return f"{shard_info_base(job_id)}:{shard // SHARD_BUCKET}"
 
 
 def shard_bucket_keys(job_id: str, buckets: int) -> list[str]:
-    """Every state and info bucket of a job with `buckets` buckets."""
-    return [
-        f"{base}:{n}"
-        for n in range(buckets)
-        for base in (shard_state_base(job_id), shard_info_base(job_id))
-    ]
+    """Every info bucket of a job with `buckets` buckets."""
+    return [f"{shard_info_base(job_id)}:{n}" for n in range(buckets)]
 
 
 def shard_attempts_key(job_id: str) -> str:
@@ -84,13 +85,14 @@ def dead_letters_key(job_id: str) -> str:
 
 
 def job_keys(job_id: str) -> list[str]:
-    """Every key of one job, its hash first, then the bases of its shard buckets (the
-    scripts that expire and keep a job's keys reach its buckets through them): forgotten
+    """Every key of one job, its hash first, then the base of its info buckets (the
+    scripts that expire and keep a job's keys reach its buckets through it): forgotten
     together, expiring together."""
     return [
         job_key(job_id),
-        shard_state_base(job_id),
         shard_info_base(job_id),
+        shard_states_key(job_id),
+        shard_counts_key(job_id),
         shard_attempts_key(job_id),
         shard_digest_key(job_id),
         shard_owner_key(job_id),

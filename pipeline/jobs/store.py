@@ -8,12 +8,14 @@ a finished shard never goes back.
 from __future__ import annotations
 
 import json
+import struct
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, cast
 
 import redis
+from redis.client import NEVER_DECODE
 
 from pipeline.broker.redis_url import DEFAULT_RETRY_SECONDS, connect
 from pipeline.errors import JobNotFound
@@ -27,10 +29,11 @@ from pipeline.jobs.keys import (
     retry_letters_key,
     shard_attempts_key,
     shard_bucket_keys,
+    shard_counts_key,
     shard_digest_key,
     shard_info_key,
     shard_owner_key,
-    shard_state_key,
+    shard_states_key,
     tenant_jobs_key,
     worker_key,
 )
@@ -38,10 +41,34 @@ from schemas.job import JobSpec, JobState, JobStatus, ShardCounts, ShardState
 
 ABSENT = "-"  # a shard never registered
 DEFAULT_JOB_TTL = 7 * 24 * 3600  # an ended job's keys are kept a week (M3PIPE_JOB_TTL)
+_STATE_CHUNK = 1 << 16  # shard states read at a time by shards_in_state
 
-_TRANSITION = """
-local old = redis.call('HGET', KEYS[2], ARGV[1])
-local oldname = old or '-'
+# A shard's state is one byte of the job's state string: the first letter of its name.
+STATE_CODES = {state: state.value[0] for state in ShardState}
+_STATE_OF_CODE = {code: state for state, code in STATE_CODES.items()}
+assert len(_STATE_OF_CODE) == len(ShardState), "shard states need distinct first letters"
+
+# A done shard's counts, a fixed record of the job's counts string: (name, BITFIELD type,
+# bit offset in the record). `reused` is stored plus one, so 0 means "not a --reuse job".
+COUNT_FIELDS = (
+    ("documents", "u32", 0),
+    ("rows", "u32", 32),
+    ("tokens", "i64", 64),
+    ("bytes", "i64", 128),
+    ("reused", "u32", 192),
+)
+COUNT_RECORD_BITS = 224  # 28 bytes a shard
+# The same record as bytes: BITFIELD stores each integer most significant bit first.
+_RECORD = struct.Struct(">IIqqI")
+assert _RECORD.size * 8 == COUNT_RECORD_BITS
+# A Redis string holds at most 2^32 bits: the counts of ~19 million shards.
+MAX_SHARDS = (1 << 32) // COUNT_RECORD_BITS
+
+_TRANSITION = (
+    """
+local NAMES = {q = 'queued', r = 'running', d = 'done', f = 'failed', c = 'cancelled'}
+local shard = tonumber(ARGV[1])
+local oldname = NAMES[redis.call('GETRANGE', KEYS[2], shard, shard)] or '-'
 local allowed = false
 for s in string.gmatch(ARGV[3], '[^,]+') do
   if s == oldname then allowed = true end
@@ -52,18 +79,24 @@ if bucket >= tonumber(redis.call('HGET', KEYS[1], 'buckets') or '0') then
   redis.call('HSET', KEYS[1], 'buckets', bucket + 1)
 end
 local new = ARGV[2]
-if old then redis.call('HINCRBY', KEYS[1], 'n_' .. old, -1) end
+if oldname ~= '-' then redis.call('HINCRBY', KEYS[1], 'n_' .. oldname, -1) end
 redis.call('HINCRBY', KEYS[1], 'n_' .. new, 1)
-redis.call('HSET', KEYS[2], ARGV[1], new)
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[4]) end
-if new == 'running' then
-  redis.call('HSETNX', KEYS[1], 'started_at', ARGV[9])
-  if redis.call('HGET', KEYS[1], 'state') == 'queued' then
-    redis.call('HSET', KEYS[1], 'state', 'running')
+redis.call('SETRANGE', KEYS[2], shard, string.sub(new, 1, 1))
+if new == 'done' then
+  -- A done shard keeps its counts in its fixed record (ARGV[12..]: type, offset, value),
+  -- not an info. Its digest tells a stale message while the shard may still run; once
+  -- done, any later message finds it ended. (The attempt count stays.)
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  local record = {}
+  for i = 12, #ARGV, 3 do
+    table.insert(record, 'SET')
+    table.insert(record, ARGV[i])
+    table.insert(record, shard * """
+    + str(COUNT_RECORD_BITS)
+    + """ + tonumber(ARGV[i + 1]))
+    table.insert(record, ARGV[i + 2])
   end
-elseif new == 'done' then
-  -- Its digest tells a stale message while the shard may still run; once done, any
-  -- later message finds it ended. (The attempt count stays: how many deliveries it took.)
+  redis.call('BITFIELD', KEYS[5], unpack(record))
   redis.call('HDEL', KEYS[4], ARGV[1])
   redis.call('HINCRBY', KEYS[1], 'documents_done', ARGV[5])
   redis.call('HINCRBY', KEYS[1], 'rows_done', ARGV[6])
@@ -71,57 +104,72 @@ elseif new == 'done' then
   redis.call('HINCRBYFLOAT', KEYS[1], 'encode_seconds', ARGV[8])
   redis.call('HSET', KEYS[1], 'last_done_at', ARGV[9])
   if ARGV[10] ~= '0' then redis.call('HINCRBY', KEYS[1], 'documents_reused', ARGV[10]) end
+else
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[4]) end
+  if new == 'running' then
+    redis.call('HSETNX', KEYS[1], 'started_at', ARGV[9])
+    if redis.call('HGET', KEYS[1], 'state') == 'queued' then
+      redis.call('HSET', KEYS[1], 'state', 'running')
+    end
+  end
 end
 return {1, oldname}
 """
-
-# A done shard's info is most of what a job keeps in Redis per shard, kept until the job's
-# keys expire: it is written as its values in a fixed order (~60 bytes) rather than JSON
-# with the keys (~180). Any other info (queued, running, failed, retried, resumed) is JSON,
-# which never starts with the tag.
-_DONE_TAG = "d1|"
-_DONE_INTS = ("documents", "rows", "tokens", "bytes")
-_DONE_FLOATS = ("seconds", "finished_at", "padding_efficiency")
-_DONE_KEYS = frozenset((*_DONE_INTS, *_DONE_FLOATS, "worker"))
+)
 
 
-def encode_info(info: Mapping[str, object]) -> str:
-    """A shard's info as stored: compact for a done shard's usual facts, else JSON."""
-    keys = set(info)
-    compact = (keys == _DONE_KEYS or keys == _DONE_KEYS | {"reused"}) and (
-        all(type(info[k]) is int for k in _DONE_INTS)
-        and all(type(info[k]) in (int, float) for k in _DONE_FLOATS)
-        and type(info.get("reused", 0)) is int
-        and isinstance(info["worker"], str)
-    )
-    if not compact:
-        return json.dumps(dict(info))
-    values = [repr(info[k]) for k in (*_DONE_INTS, *_DONE_FLOATS)]
-    values.append(repr(info["reused"]) if "reused" in info else "")
-    return _DONE_TAG + "|".join([*values, str(info["worker"])])  # the worker last: any text
+def count_record_args(info: Mapping[str, object]) -> list[str | int]:
+    """A done shard's counts from its info, as the transition script's (type, offset,
+    value) triples; a count the info lacks is 0."""
+    args: list[str | int] = []
+    for name, kind, offset in COUNT_FIELDS:
+        value = info.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"a done shard's {name} must be a count, not {value!r}")
+        if name == "reused":
+            value = value + 1 if "reused" in info else 0
+        if value >= 1 << (int(kind[1:]) - (kind[0] == "i")):
+            raise ValueError(f"a done shard's {name} does not fit its record: {value}")
+        args += [kind, offset, value]
+    return args
 
 
-def decode_info(raw: str) -> dict[str, Any]:
-    """The info `encode_info` stored."""
-    if not raw.startswith(_DONE_TAG):
-        return dict(json.loads(raw))
-    *values, reused, worker = raw.removeprefix(_DONE_TAG).split("|", len(_DONE_KEYS))
-    info: dict[str, Any] = {k: int(v) for k, v in zip(_DONE_INTS, values, strict=False)}
-    info.update((k, float(v)) for k, v in zip(_DONE_FLOATS, values[len(_DONE_INTS) :], strict=True))
-    info["worker"] = worker
-    if reused:
-        info["reused"] = int(reused)
+def done_info(record: bytes) -> dict[str, Any]:
+    """A done shard's counts from its record's bytes (zeros past the string's end)."""
+    values = _RECORD.unpack(record.ljust(_RECORD.size, b"\0"))
+    info = {name: int(value) for (name, _, _), value in zip(COUNT_FIELDS, values, strict=True)}
+    if info["reused"]:
+        info["reused"] -= 1
+    else:
+        del info["reused"]
     return info
 
 
-# A job's shard buckets (keys.SHARD_BUCKET), reached from the bucket bases KEYS[2] and
-# KEYS[3] and the job hash's count (standalone Redis: these keys are not declared).
+def _info(state: ShardState | None, record: bytes, raw: str | None) -> dict[str, Any]:
+    """A shard's info as read: a done shard's counts, any other's JSON (or nothing)."""
+    if state is ShardState.DONE:
+        return done_info(record)
+    return dict(json.loads(raw)) if raw else {}
+
+
+def _raw_range(pipe: Any, key: str, start: int, length: int) -> None:
+    """Queue a GETRANGE of `length` bytes whose reply stays bytes: the client decodes
+    replies to str, and a count record is binary (redis-py's own DUMP reads this way)."""
+    pipe.execute_command("GETRANGE", key, start, start + length - 1, **{NEVER_DECODE: []})
+
+
+def _triples(replies: list[Any]) -> Iterator[tuple[Any, Any, Any]]:
+    it = iter(replies)
+    return zip(it, it, it, strict=True)
+
+
+# A job's info buckets (keys.SHARD_BUCKET), reached from the bucket base KEYS[2] and the
+# job hash's count (standalone Redis: these keys are not declared).
 _EACH_BUCKET = """
 local function each_bucket(command, ...)
   local n = tonumber(redis.call('HGET', KEYS[1], 'buckets') or '0')
   for b = 0, n - 1 do
     redis.call(command, KEYS[2] .. ':' .. b, ...)
-    redis.call(command, KEYS[3] .. ':' .. b, ...)
   end
 end
 """
@@ -398,9 +446,10 @@ class JobStore:
     def _transition_keys(job_id: str, shard: int) -> list[str]:
         return [
             job_key(job_id),
-            shard_state_key(job_id, shard),
+            shard_states_key(job_id),
             shard_info_key(job_id, shard),
             shard_digest_key(job_id),
+            shard_counts_key(job_id),
         ]
 
     @staticmethod
@@ -415,11 +464,14 @@ class JobStore:
         seconds: float = 0.0,
         reused: int = 0,
     ) -> list[str | int | float]:
+        if not 0 <= shard < MAX_SHARDS:
+            raise ValueError(f"shard {shard} is outside 0..{MAX_SHARDS - 1}")
+        done = new is ShardState.DONE
         return [
             shard,
             new.value,
             ",".join(allowed_from),
-            encode_info(info) if info is not None else "",
+            json.dumps(dict(info)) if info is not None and not done else "",
             documents,
             rows,
             tokens,
@@ -427,10 +479,13 @@ class JobStore:
             time.time(),
             reused,
             shard // SHARD_BUCKET,
+            *(count_record_args(info or {}) if done else []),
         ]
 
     def shard_state(self, job_id: str, shard: int) -> str:
-        return self._hget(shard_state_key(job_id, shard), str(shard)) or ABSENT
+        code = cast(str, self.redis.getrange(shard_states_key(job_id), shard, shard))
+        state = _STATE_OF_CODE.get(code)
+        return state.value if state else ABSENT
 
     def set_shard_digest(self, job_id: str, shard: int, digest: str) -> None:
         self.redis.hset(shard_digest_key(job_id), str(shard), digest)
@@ -465,9 +520,9 @@ class JobStore:
         delivery took it over and nobody ended it (the commit fence)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(shard_owner_key(job_id), str(shard))
-        pipe.hget(shard_state_key(job_id, shard), str(shard))
-        owner, state = pipe.execute()
-        return bool(owner == token and state == ShardState.RUNNING.value)
+        pipe.getrange(shard_states_key(job_id), shard, shard)
+        owner, code = pipe.execute()
+        return bool(owner == token and code == STATE_CODES[ShardState.RUNNING])
 
     def keep_retry_letter(self, job_id: str, shard: int, message_json: str) -> None:
         """Keep a shard's message while it waits for a retry, so a lost retry is re-sent."""
@@ -509,71 +564,66 @@ class JobStore:
     def _buckets(self, job_id: str) -> int:
         return _int(self._hget(job_key(job_id), "buckets"))
 
-    def _bucket_fields(
-        self, job_id: str, key: Callable[[str, int], str]
-    ) -> Iterator[tuple[str, str]]:
-        """Every field of a job's buckets of one kind (`key`: the bucket of a shard), read
-        100 buckets a round trip (each HGETALL is short: Redis is never held for long) and
-        yielded as read: what is kept is the caller's choice."""
-        buckets = self._buckets(job_id)
-        for start in range(0, buckets, 100):
-            pipe = self.redis.pipeline(transaction=False)
-            for bucket in range(start, min(start + 100, buckets)):
-                pipe.hgetall(key(job_id, bucket * SHARD_BUCKET))
-            for reply in pipe.execute():
-                yield from reply.items()
-
     def shards_in_state(self, job_id: str, state: ShardState) -> Iterator[int]:
-        """The job's shards now in `state`, unsorted, streamed (a job of a million shards
-        costs what the caller keeps)."""
-        for field, value in self._bucket_fields(job_id, shard_state_key):
-            if value == state.value:
-                yield int(field)
+        """The job's shards now in `state`, in order, streamed: its state string is read
+        64 kB at a time (a job of a million shards costs what the caller keeps)."""
+        code, key = STATE_CODES[state], shard_states_key(job_id)
+        start = 0
+        while chunk := cast(str, self.redis.getrange(key, start, start + _STATE_CHUNK - 1)):
+            yield from (start + i for i, c in enumerate(chunk) if c == code)
+            start += _STATE_CHUNK
 
     def infos_of(self, job_id: str, shards: Iterable[int]) -> dict[int, dict[str, Any]]:
-        """The info of each of `shards` that has one, in one round trip."""
+        """The info of each of `shards` that has one (a done shard's: its counts), in one
+        round trip."""
         numbers = list(shards)
         pipe = self.redis.pipeline(transaction=False)
         for shard in numbers:
+            pipe.getrange(shard_states_key(job_id), shard, shard)
+            _raw_range(pipe, shard_counts_key(job_id), shard * _RECORD.size, _RECORD.size)
             pipe.hget(shard_info_key(job_id, shard), str(shard))
         replies = pipe.execute() if numbers else []
-        return {s: decode_info(raw) for s, raw in zip(numbers, replies, strict=True) if raw}
+        infos = {}
+        for shard, (code, record, raw) in zip(numbers, _triples(replies), strict=True):
+            info = _info(_STATE_OF_CODE.get(code), record, raw)
+            if info:
+                infos[shard] = info
+        return infos
 
     # The whole job at once, a dict entry per shard: for tests and small jobs (production
     # paths stream: shard_records, shards_in_state).
-    def shard_infos(self, job_id: str) -> dict[int, dict[str, Any]]:
-        fields = self._bucket_fields(job_id, shard_info_key)
-        return {int(k): decode_info(v) for k, v in fields}
-
     def shard_states(self, job_id: str) -> dict[int, ShardState]:
-        return {int(k): ShardState(v) for k, v in self._bucket_fields(job_id, shard_state_key)}
+        codes = cast(str, self.redis.get(shard_states_key(job_id)) or "")
+        return {n: _STATE_OF_CODE[c] for n, c in enumerate(codes) if c in _STATE_OF_CODE}
+
+    def shard_infos(self, job_id: str) -> dict[int, dict[str, Any]]:
+        shards = int(cast(int, self.redis.strlen(shard_states_key(job_id))))
+        return {shard: info for shard, _, info in self.shard_records(job_id, shards) if info}
 
     def shard_records(
         self, job_id: str, shards: int, batch: int = 1000
     ) -> Iterator[tuple[int, ShardState | None, dict[str, Any]]]:
         """Shards 0..shards-1 in order with their state (None if it has none) and info, read
-        `batch` at a time (one round trip, two HMGETs per bucket): no command holds Redis for long
-        and nothing is kept per shard, however many shards the job has."""
+        `batch` at a time in one round trip (two GETRANGEs and an HMGET per bucket): no
+        command holds Redis for long and nothing is kept per shard, however many shards
+        the job has."""
         for start in range(0, shards, batch):
-            numbers = range(start, min(start + batch, shards))
+            end = min(start + batch, shards)
             pipe = self.redis.pipeline(transaction=False)
+            pipe.getrange(shard_states_key(job_id), start, end - 1)
+            size = _RECORD.size
+            _raw_range(pipe, shard_counts_key(job_id), start * size, (end - start) * size)
             first = start
-            while first < numbers.stop:  # the batch's part of each bucket it spans
-                end = min((first // SHARD_BUCKET + 1) * SHARD_BUCKET, numbers.stop)
-                wanted = [str(shard) for shard in range(first, end)]
-                pipe.hmget(shard_state_key(job_id, first), wanted)
-                pipe.hmget(shard_info_key(job_id, first), wanted)
-                first = end
-            replies = pipe.execute()
-            states = [state for reply in replies[0::2] for state in reply]
-            infos = [info for reply in replies[1::2] for info in reply]
-            fields = [str(shard) for shard in numbers]
-            for field, state, info in zip(fields, states, infos, strict=True):
-                yield (
-                    int(field),
-                    ShardState(state) if state else None,
-                    decode_info(info) if info else {},
-                )
+            while first < end:  # the batch's part of each info bucket it spans
+                stop = min((first // SHARD_BUCKET + 1) * SHARD_BUCKET, end)
+                pipe.hmget(shard_info_key(job_id, first), [str(s) for s in range(first, stop)])
+                first = stop
+            codes, records, *buckets = pipe.execute()
+            raws = [raw for reply in buckets for raw in reply]
+            codes = codes.ljust(end - start, "\0")
+            for i, shard in enumerate(range(start, end)):
+                state = _STATE_OF_CODE.get(codes[i])
+                yield shard, state, _info(state, records[i * size : (i + 1) * size], raws[i])
 
     # -- workers ----------------------------------------------------------------------
     # The worker record (`m3pipe:worker:<name>`) is written and read here only: its presence

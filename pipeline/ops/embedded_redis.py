@@ -93,7 +93,7 @@ class EmbeddedRedis:
             "--appendfsync", "everysec",
             "--save", "",
             "--maxmemory-policy", "noeviction",
-            # A done shard's info (~90 bytes) fits its bucket's compact encoding (keys.py).
+            # A running shard's info (~80 bytes) fits its bucket's compact encoding (keys.py).
             "--hash-max-ziplist-value", "128",
             "--daemonize", "no",
             "--logfile", str(self.directory / "redis.log"),

@@ -163,13 +163,17 @@ def _encode_and_record(
     computed, reused = _compute(message, spec, runtime, engine, items)
     table, stats = computed.table, computed.stats
     documents = len(items)
-    facts = {
+    facts = {  # in the part's footer: what --resume checks, and who made it, how
         "job_id": job_id,
         "shard": shard,
         "digest": digest,
         "documents": documents,
         "rows": table.num_rows,
         "tokens": stats.tokens,
+        "worker": runtime.hostname,
+        "encode_seconds": round(time.time() - started, 3),
+        "encoded_at": round(time.time(), 3),
+        "padding_efficiency": round(stats.padding_efficiency, 4),
     }
     table = task_kind(spec.task).part_table(table, items, spec.keep_fields)
     name = part_name(shard)
@@ -181,15 +185,13 @@ def _encode_and_record(
     written = write_shard(with_shard_metadata(table, facts), out / name, fence)
 
     store.set_model_metadata(job_id, engine.file_metadata())
-    done = {  # its part file's name follows from the shard number: not stored per shard
+    # Its counts, a fixed record in Redis: the part's name follows from the shard number,
+    # and the worker and timings are in the part's footer.
+    done = {
         "documents": documents,
         "rows": table.num_rows,
         "tokens": stats.tokens,
         "bytes": written.size(),
-        "worker": runtime.hostname,
-        "seconds": round(time.time() - started, 3),
-        "finished_at": round(time.time(), 3),
-        "padding_efficiency": round(stats.padding_efficiency, 4),
     }
     if message.reuse is not None:
         done["reused"] = reused

@@ -11,7 +11,9 @@ import pyarrow.parquet as pq
 
 from pipeline.broker.backlog import backlog
 from pipeline.jobs.keys import DEFAULT_QUEUE, worker_key
+from pipeline.jobs.resume import read_shard_file
 from pipeline.settings import Settings
+from pipeline.storage.sink import part_name
 from schemas.document import Document
 from schemas.job import ShardMessage
 from schemas.tenant import Priority
@@ -92,7 +94,8 @@ def test_sigterm_finishes_the_current_shard(tmp_path, cli_env, workers, store):
     workers.processes[first].send_signal(signal.SIGTERM)  # warm shutdown
     assert workers.processes[first].wait(timeout=120) == 0
     assert store.shard_states(job_id)[shard].value == "done"
-    assert store.shard_infos(job_id)[shard]["worker"] == first
+    made_by = read_shard_file(tmp_path / "out" / part_name(shard))
+    assert made_by is not None and made_by.facts["worker"] == first  # in the part's footer
     workers.start(1)
     assert run_cli("wait", job_id, "--timeout", "300", env=cli_env, timeout=320).returncode == 0
     assert store.attempts(job_id, shard) == 1

@@ -7,10 +7,12 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.dataset as ds
 
 from pipeline.exit_codes import EXIT_FAILED
+from pipeline.jobs.resume import read_shard_file
 from tests.integration.conftest import corpus_records, run_cli, write_jsonl
 
 
@@ -30,11 +32,11 @@ def wait(job_id: str, env) -> None:
 
 
 def finished(store, job_id: str) -> list[tuple[float, str, int, str]]:
-    """(finished_at, job, shard, worker) of each done shard."""
-    return [
-        (info["finished_at"], job_id, shard, info["worker"])
-        for shard, info in store.shard_infos(job_id).items()
+    """(encoded_at, job, shard, worker) of each done shard, from its part's footer."""
+    facts = [
+        read_shard_file(part).facts for part in Path(store.spec(job_id).out).glob("part-*.parquet")
     ]
+    return [(f["encoded_at"], job_id, f["shard"], f["worker"]) for f in facts]
 
 
 def assert_every_document_once(out, docs: int) -> None:

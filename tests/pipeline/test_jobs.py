@@ -121,12 +121,15 @@ def test_an_ended_jobs_keys_expire_after_its_ttl_and_leave_the_index(store, tmp_
     store.mark_shard("job-1", 0, Q, [ABSENT], {"documents": 1})
     store.mark_shard("job-1", 0, F, ACTIVE, {"error": "boom"})
     store.mark_shard("job-1", 250, Q, [ABSENT], {"documents": 1})  # a third bucket
-    store.mark_shard("job-1", 250, D, [Q.value], {"documents": 1})
+    store.mark_shard("job-1", 250, F, ACTIVE, {"error": "boom"})
+    store.mark_shard("job-1", 130, Q, [ABSENT], {"documents": 1})
+    store.mark_shard("job-1", 130, D, [Q.value], {"documents": 1})  # its info: its counts
     store.dead_letter("job-1", 0, '{"message": 1}')
     keys = sorted(store.redis.scan_iter("m3pipe:job:job-1*"))
     assert len(keys) == 6 and all(store.redis.ttl(key) == -1 for key in keys)  # running: kept
-    assert {"m3pipe:job:job-1:shard-state:0", "m3pipe:job:job-1:shard-info:2"} <= set(keys)
-    store.set_submitted("job-1", shards=2, documents=2, input_records=2, rejected=0)
+    assert {"m3pipe:job:job-1:shard-info:0", "m3pipe:job:job-1:shard-info:2"} <= set(keys)
+    assert {"m3pipe:job:job-1:shard-states", "m3pipe:job:job-1:shard-counts"} <= set(keys)
+    store.set_submitted("job-1", shards=3, documents=3, input_records=3, rejected=0)
     assert store.finish_if_complete("job-1") is JobState.COMPLETED_WITH_FAILURES
     assert all(3590 < store.redis.ttl(key) <= 3600 for key in keys)  # every key, not the hash
     status = store.status("job-1")

@@ -1,58 +1,78 @@
-"""A shard's info as Redis keeps it: a done shard's usual facts compactly, anything else as
-JSON; every info reads back as it was written (hypothesis), and compactly is smaller."""
+"""A done shard's counts as Redis keeps them: a fixed 28-byte record in one string per job.
+Every count reads back as written, next to other shards' (hypothesis, a real Redis), and a
+count that does not fit its record is refused rather than wrapped."""
 
 from __future__ import annotations
 
-import json
-import math
+import time
+import uuid
 
-from hypothesis import given
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.jobs.store import decode_info, encode_info
+from pipeline.jobs.store import ABSENT, COUNT_RECORD_BITS, MAX_SHARDS, count_record_args
+from schemas.job import JobSpec, ShardState
+from schemas.options import EncodeOptions
 
-counts = st.integers(min_value=0, max_value=2**53)
-floats = st.floats(allow_nan=False) | st.integers(0, 10**6)
-done_infos = st.fixed_dictionaries(
-    {
-        "documents": counts, "rows": counts, "tokens": counts, "bytes": counts,
-        "seconds": floats, "finished_at": floats, "padding_efficiency": floats,
-        "worker": st.text(),  # any text, '|' and newlines included
-    },
-    optional={"reused": counts},
+Q, D = ShardState.QUEUED, ShardState.DONE
+u32 = st.integers(0, 2**32 - 1)
+i63 = st.integers(0, 2**63 - 1)
+done_counts = st.fixed_dictionaries(
+    {"documents": u32, "rows": u32, "tokens": i63, "bytes": i63},
+    optional={"reused": st.integers(0, 2**32 - 2)},
+)
+
+
+def new_job(store, tmp_path) -> str:
+    job_id = f"job-{uuid.uuid4().hex[:8]}"
+    spec = JobSpec(
+        job_id=job_id, inputs=["in.jsonl"], out=str(tmp_path), model="random:tiny",
+        options=EncodeOptions(), queue="m3pipe", shard_docs=10, shard_bytes=4096,
+        max_queued=4, created_at=time.time(),
+    )  # fmt: skip
+    store.create(spec)
+    return job_id
+
+
+def finish(store, job_id: str, shard: int, info: dict) -> None:
+    store.mark_shard(job_id, shard, Q, [ABSENT], {"documents": 1})
+    store.mark_shard(job_id, shard, D, [Q.value], info)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(shard=st.integers(0, 2500), info=done_counts, neighbour=done_counts)
+def test_a_done_shards_counts_read_back_equal_beside_its_neighbours(
+    store, tmp_path, shard, info, neighbour
+):
+    job_id = new_job(store, tmp_path)
+    finish(store, job_id, shard, {**info, "worker": "w", "seconds": 1.5})  # extras not kept
+    finish(store, job_id, shard + 1, neighbour)
+    assert store.infos_of(job_id, [shard, shard + 1]) == {shard: info, shard + 1: neighbour}
+    records = list(store.shard_records(job_id, shard + 2, batch=700))
+    assert records[shard] == (shard, D, info) and records[shard + 1] == (shard + 1, D, neighbour)
+    assert store.shard_infos(job_id) == {shard: info, shard + 1: neighbour}
+    # One byte of state and one record of counts per shard, whatever the values.
+    assert store.redis.strlen(f"m3pipe:job:{job_id}:shard-states") == shard + 2
+    assert store.redis.strlen(f"m3pipe:job:{job_id}:shard-counts") == (
+        (shard + 2) * COUNT_RECORD_BITS // 8
+    )
+    store.forget(job_id)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"documents": 2**32}, {"tokens": 2**63}, {"rows": -1}, {"bytes": True}, {"reused": 2**32 - 1},
+     {"documents": 1.0}],
 )  # fmt: skip
-json_values = st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=False)
-other_infos = st.dictionaries(st.text(), json_values)
+def test_a_count_that_does_not_fit_its_record_is_refused(bad):
+    with pytest.raises(ValueError, match="done shard"):
+        count_record_args({"documents": 1, **bad})
 
 
-@given(done_infos)
-def test_a_done_shards_facts_read_back_equal(info):
-    raw = encode_info(info)
-    assert raw.startswith("d1|")
-    back = decode_info(raw)
-    assert back.keys() == info.keys()
-    for key, value in info.items():
-        assert back[key] == value and (key != "seconds" or isinstance(back[key], float))
-
-
-@given(other_infos)
-def test_any_other_info_is_json_and_reads_back_equal(info):
-    raw = encode_info(info)
-    if not raw.startswith("d1|"):
-        assert json.loads(raw) == info
-    assert decode_info(raw) == info
-
-
-def test_anything_unusual_in_a_done_info_falls_back_to_json():
-    usual = {"documents": 1000, "rows": 1000, "tokens": 60_000, "bytes": 1_500_000,
-             "worker": "celery@gpu-node-017-3", "seconds": 4.213,
-             "finished_at": 1796000000.123, "padding_efficiency": 0.9513}  # fmt: skip
-    without_rows = {k: v for k, v in usual.items() if k != "rows"}
-    unusuals = [{**usual, "resumed": True}, {**usual, "rows": True}, {**usual, "rows": 1.0},
-                {**usual, "worker": None}, without_rows]  # fmt: skip
-    for unusual in unusuals:
-        raw = encode_info(unusual)
-        assert raw.startswith("{") and decode_info(raw) == unusual
-    compact = encode_info(usual)
-    assert len(compact) < len(json.dumps(usual)) / 2
-    assert math.isclose(decode_info(compact)["padding_efficiency"], 0.9513)
+def test_a_shard_number_past_the_records_reach_is_refused(store, tmp_path):
+    job_id = new_job(store, tmp_path)
+    with pytest.raises(ValueError, match="outside"):
+        store.mark_shard(job_id, MAX_SHARDS, Q, [ABSENT], {"documents": 1})
