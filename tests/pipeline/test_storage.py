@@ -7,6 +7,7 @@ import json
 import sys
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -269,6 +270,13 @@ def test_an_unreachable_store_is_a_clear_error_before_anything_starts(monkeypatc
     for key, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}.items():
         monkeypatch.setenv(key, value)
     url = "s3://bucket/{}?endpoint_override=127.0.0.1:1&scheme=http&region=us-east-1"
+    # The same store with one try a request: the AWS SDK's retries (~6 s a call, not
+    # tunable through a URL) are not what is tested here.
+    one_try = pafs.S3FileSystem(
+        endpoint_override="127.0.0.1:1", scheme="http", region="us-east-1",
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1),
+    )  # fmt: skip
+    monkeypatch.setattr(location_module, "_filesystem", lambda base, _: (one_try, base[5:]))
     with pytest.raises(StorageError, match="cannot reach s3://bucket/out"):
         prepare_output_dir(url.format("out"))
     with pytest.raises(StorageError, match=r"cannot reach s3://bucket/in\.jsonl"):
