@@ -1,10 +1,12 @@
 """Attention alone on the CPU in bf16: which kernel could replace PyTorch's flash kernel.
 
 One encoder layer's attention shape ([1, 16 heads, L, 64], bge-m3's), side by side in one
-process: `scaled_dot_product_attention` (what the engine runs), a blocked attention of bf16
-GEMMs with an fp32 softmax (256 query rows at a time), and `flex_attention` compiled by
-inductor (its CPU template; compile time reported apart). GFLOP/s = 4 L^2 d heads / time,
-best of 3; error = max |out - fp32 SDPA|.
+process: `scaled_dot_product_attention` (what the engine runs in fp32), the fused kernel
+the engine runs in bf16 on a CPU (pipeline/engine/cpu_attention.py: oneDNN Graph through
+TorchScript, its first call reported apart), a blocked attention of bf16 GEMMs with an fp32
+softmax (256 query rows at a time), and `flex_attention` compiled by inductor (its CPU
+template; compile time reported apart). GFLOP/s = 4 L^2 d heads / time, best of 3;
+error = max |out - fp32 SDPA|.
 
     python benchmarks/bench_attention.py --lengths 512,2048,4096
 """
@@ -47,6 +49,16 @@ def blocked(q, k, v):  # type: ignore[no-untyped-def]
     return out
 
 
+def onednn(q, k, v):  # type: ignore[no-untyped-def]
+    """The engine's bf16 CPU attention, called as transformers calls it."""
+    import torch
+
+    from pipeline.engine import cpu_attention
+
+    out, _ = cpu_attention.fused_attention_forward(torch.nn.Module(), q, k, v, None)
+    return out.transpose(1, 2)
+
+
 def main() -> int:
     import torch
     import torch.nn.functional as F
@@ -58,6 +70,9 @@ def main() -> int:
     args = parser.parse_args()
     torch.manual_seed(0)
     flex = torch.compile(flex_attention, dynamic=False)
+    from pipeline.engine import cpu_attention
+
+    cpu_attention.enable()
     report = run_facts()
     report["lengths"] = {}
     for length in (int(x) for x in args.lengths.split(",")):
@@ -68,8 +83,15 @@ def main() -> int:
             started = time.perf_counter()
             flex(q, k, v)
             compile_seconds = time.perf_counter() - started
-            sides = {"sdpa": F.scaled_dot_product_attention, "blocked": blocked, "flex": flex}
-            row: dict[str, object] = {"flex_first_call_seconds": round(compile_seconds, 1)}
+            started = time.perf_counter()
+            onednn(q, k, v)
+            fused_seconds = time.perf_counter() - started
+            sides = {"sdpa": F.scaled_dot_product_attention, "onednn": onednn,
+                     "blocked": blocked, "flex": flex}  # fmt: skip
+            row: dict[str, object] = {
+                "flex_first_call_seconds": round(compile_seconds, 1),
+                "onednn_first_call_seconds": round(fused_seconds, 2),
+            }
             for name, fn in sides.items():
                 seconds = best_seconds(fn, q, k, v)
                 error = (fn(q, k, v).float() - reference).abs().max().item()

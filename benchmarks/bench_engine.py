@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -75,6 +76,12 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
     from pipeline.settings import Settings
 
     kind, precision = side.split(":")
+    name = precision  # what its outputs are saved as, for the agreement
+    if precision.endswith("-sdpa"):  # the same precision with PyTorch's SDPA attention
+        from pipeline.engine import cpu_attention
+
+        os.environ[cpu_attention.ENV] = "sdpa"
+        precision = precision.removesuffix("-sdpa")
     texts = json.loads(corpus_path.read_text())
     # int8 is measured here only (torch dynamic quantisation of every Linear, fp32 elsewhere):
     # m3pipe does not offer it, see docs/engine.md.
@@ -140,7 +147,7 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
         sync()
         seconds = time.perf_counter() - start
         if args.dump_dir is not None:
-            pq.write_table(pa.concat_tables(tables), args.dump_dir / f"{precision}.parquet")
+            pq.write_table(pa.concat_tables(tables), args.dump_dir / f"{name}.parquet")
         result.update(
             padding_efficiency=stats_tokens / stats_padded,
             rows=rows,
@@ -277,7 +284,9 @@ def main() -> int:
     parser.add_argument("--model", default="random:small")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--precisions", default="auto,fp32", help="engine sides, compared with fp32's outputs"
+        "--precisions",
+        default="auto,fp32",
+        help="engine sides, compared with fp32's outputs (bf16-sdpa: bf16 with SDPA attention)",
     )
     parser.add_argument("--flag-precision", default="fp32", help="FlagEmbedding's side")
     parser.add_argument("--no-flag", action="store_true", help="skip FlagEmbedding's side")

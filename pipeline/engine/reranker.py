@@ -22,6 +22,7 @@ import pyarrow as pa
 import torch
 
 from pipeline import __version__
+from pipeline.engine import cpu_attention
 from pipeline.engine.batching import DEFAULT_RERANK_BATCH_TOKENS, default_batch_tokens, plan_batches
 from pipeline.engine.encoder import encode_with_split, pad_batch
 from pipeline.engine.model import LoadedModel, locate_model
@@ -72,6 +73,8 @@ def load_reranker(
             "rerank needs a model like BAAI/bge-reranker-v2-m3"
         )
     model = model.to(device=source.device, dtype=source.dtype).eval()
+    if cpu_attention.wanted(source.device, source.dtype):
+        cpu_attention.install(model)
     return RerankModel(model=model, tokenizer=tokenizer, **source.identity())
 
 

@@ -1,0 +1,163 @@
+"""Attention for bf16 on a CPU: oneDNN Graph's fused kernel, where PyTorch's SDPA is slow.
+
+On a CPU, PyTorch's flash SDPA kernel runs bf16 no faster than fp32 (~140-185 GFLOP/s on
+this project's 2-core machine, against ~800 for the GEMMs around it), so attention takes
+a third of a bf16 forward pass. The same arithmetic written out (QK^T, scale, mask,
+softmax, @V), traced by TorchScript with oneDNN Graph fusion on, runs as one fused oneDNN
+partition at ~360-520 GFLOP/s (docs/engine.md; benchmarks/bench_attention.py).
+
+It is installed on a CPU encoder or reranker loaded in bf16 (`install`), as a transformers
+attention implementation: every layer calls it, and padded batches get the same boolean
+mask SDPA gets. TorchScript compiles a fused kernel per input shape (once per batch shape:
+the 24 layers share it). At most MAX_SHAPES shapes are compiled per process; a batch of
+any other shape runs SDPA, so a long-running worker's compiled kernels stay bounded. A
+batch whose attention scores would pass MAX_SCORES_BYTES (long documents) runs a block of
+query rows at a time, so its memory stays bounded too.
+`M3PIPE_CPU_ATTENTION=sdpa` turns it off (fp32 and fp16 always run SDPA: fp32 is the
+FlagEmbedding-exact path).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+NAME = "m3pipe_onednn"
+MAX_SHAPES = 256  # fused kernels compiled per process, then SDPA for new shapes
+# The fused kernel holds a call's attention scores whole ([B, heads, rows, L], about
+# twice over at its peak), where SDPA's flash kernel works in blocks: a batch whose scores
+# would pass this is computed a block of query rows at a time (long documents, where a
+# 16,384-token batch would otherwise need gigabytes).
+MAX_SCORES_BYTES = 256 << 20
+ENV = "M3PIPE_CPU_ATTENTION"  # "sdpa" turns it off
+
+_lock = threading.Lock()
+_traced: dict[tuple[float, torch.dtype], Any] = {}
+_shapes: set[tuple[int, ...]] = set()
+
+
+def wanted(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a model on `device` in `dtype` gets the fused attention."""
+    return (
+        device.type == "cpu"
+        and dtype == torch.bfloat16
+        and os.environ.get(ENV, "onednn").lower() != "sdpa"
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.jit, "enable_onednn_fusion")  # TorchScript's, deprecated
+    )
+
+
+def install(model: Any) -> None:
+    """Run `model`'s attention (a transformers encoder or classifier) through the fused
+    kernel."""
+    enable()
+    model.set_attn_implementation(NAME)
+
+
+def enable() -> None:
+    """Process-wide: TorchScript's oneDNN fusion on, with room for MAX_SHAPES shape
+    specialisations, and the attention registered with transformers under NAME."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    torch.jit.enable_onednn_fusion(True)
+    with warnings.catch_warnings():  # TorchScript is deprecated; torch.compile is no faster
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # TorchScript counts its own specialisations (strides too): room beyond MAX_SHAPES,
+        # so it never stops fusing before `_kernel` hands new shapes to SDPA.
+        torch.jit.set_fusion_strategy([("STATIC", 2 * MAX_SHAPES)])
+    AttentionInterface.register(NAME, fused_attention_forward)
+    AttentionMaskInterface.register(NAME, sdpa_mask)  # the mask SDPA would be given
+
+
+def fused_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function interface: [B, H, L, D] in, [B, L, H, D] out."""
+    batch, heads, length, dim = query.shape
+    keys = key.shape[2]
+    scale = float(scaling if scaling is not None else dim**-0.5)
+    # Query rows a call takes so that its scores stay within MAX_SCORES_BYTES (a softmax is
+    # per query row, so cutting the queries changes nothing), in steps of 64.
+    per_row = batch * heads * keys * query.element_size()
+    rows = max(64, MAX_SCORES_BYTES // per_row // 64 * 64)
+    spans = [(start, min(start + rows, length)) for start in range(0, length, rows)]
+    traced = None
+    if keys == length and not dropout:
+        traced = _kernel(query, key, value, scale, [end - start for start, end in spans])
+    if traced is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+            is_causal=False, **kwargs,
+        )  # fmt: skip
+    mask = _additive_mask(attention_mask, batch, keys, query.dtype)
+    if len(spans) == 1:
+        out = traced(query, key, value, mask)
+    else:
+        out = torch.cat([traced(query[:, :, a:b], key, value, mask) for a, b in spans], dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _kernel(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, rows: list[int]
+) -> Callable[..., torch.Tensor] | None:
+    """The traced attention for this scale and dtype, to be called on query blocks of
+    `rows` rows; None if that needs a shape past the MAX_SHAPES compiled already."""
+    shapes = {(query.shape[0], query.shape[1], n, *key.shape) for n in rows}
+    with _lock:
+        new = shapes - _shapes
+        if len(_shapes) + len(new) > MAX_SHAPES:
+            return None
+        _shapes.update(new)
+        kernel = _traced.get((scale, query.dtype))
+        if kernel is None:
+            # Traced on tiny inputs: tracing runs the function eagerly once, and the
+            # batch's own would materialise all its scores (gigabytes for long texts).
+            tiny = torch.zeros(1, 1, 8, query.shape[3], dtype=query.dtype)
+            mask = torch.zeros(1, 1, 1, 8, dtype=query.dtype)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                kernel = torch.jit.trace(_attention(scale), (tiny, tiny, tiny, mask))
+            _traced[(scale, query.dtype)] = kernel
+        return kernel
+
+
+def _attention(scale: float) -> Callable[..., torch.Tensor]:
+    def attention(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        # The pattern oneDNN Graph fuses: matmul, scale, add, softmax, matmul.
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale + mask
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+    return attention
+
+
+def _additive_mask(
+    mask: torch.Tensor | None, batch: int, length: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """[B, 1, 1, L]: 0 where a key may be attended, the dtype's minimum where not. An
+    encoder's padding mask is the same for every query row, so the first row says it."""
+    if mask is None:
+        return torch.zeros(batch, 1, 1, length, dtype=dtype)
+    row = mask[:, :, :1, :]
+    if row.dtype == torch.bool:
+        return torch.zeros(row.shape, dtype=dtype).masked_fill(~row, torch.finfo(dtype).min)
+    return row.to(dtype)
