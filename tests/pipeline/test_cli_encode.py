@@ -126,11 +126,27 @@ def test_bad_options_are_usage_errors(tmp_path, capsys, flag, message):
     assert message in capsys.readouterr().err
 
 
-def test_console_script_runs(tmp_path, model_cache):
-    """The installed entry point, as a user runs it, with its summary line."""
+def test_console_script_runs_and_never_imports_flagembedding(tmp_path, model_cache):
+    """The command as a user runs it (`python -m pipeline.cli`), with its summary line.
+
+    The same process then loads a reranker and must not have imported FlagEmbedding:
+    its package import breaks with some transformers releases (1.4.2 with 5.24), so
+    encoding and reranking must not depend on it (it stays the parity reference)."""
     inp = _write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "x y"}, {"id": "b", "text": ""}])
+    script = (
+        "import runpy, sys\n"
+        "try:\n"
+        "    runpy.run_module('pipeline.cli', run_name='__main__')\n"
+        "except SystemExit as done:\n"
+        "    code = done.code\n"
+        "from pipeline.engine.reranker import load_reranker\n"
+        "from pipeline.settings import Settings\n"
+        "load_reranker('random:tiny', device='cpu', cache_dir=Settings().cache_dir)\n"
+        "assert not [m for m in sys.modules if m.startswith('FlagEmbedding')], 'imported'\n"
+        "sys.exit(code)\n"
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *_args(inp, tmp_path / "out")],
+        [sys.executable, "-c", script, *_args(inp, tmp_path / "out")],
         capture_output=True,
         text=True,
         timeout=300,

@@ -67,7 +67,7 @@ def test_an_engine_with_it_embeds_as_with_sdpa(model_cache, monkeypatch):
 
     def dense(attention: str) -> np.ndarray:
         monkeypatch.setenv(cpu_attention.ENV, attention)
-        model = load_model("random:small", device="cpu", precision="bf16", cache_dir=model_cache)
+        model = load_model("random:tiny", device="cpu", precision="bf16", cache_dir=model_cache)
         assert (model.encoder.config._attn_implementation == cpu_attention.NAME) is (
             attention == "onednn"
         )
@@ -78,7 +78,9 @@ def test_an_engine_with_it_embeds_as_with_sdpa(model_cache, monkeypatch):
     cosines = (
         (fused * sdpa).sum(axis=1) / np.linalg.norm(fused, axis=1) / np.linalg.norm(sdpa, axis=1)
     )
-    assert cosines.min() > 0.999, cosines
+    # Two layers 64 wide: the two kernels agree to ~1e-6 here; a wrong one (V halved) gives
+    # 7e-5, which this bound catches.
+    assert cosines.min() > 0.99999, cosines
 
 
 @pytest.fixture

@@ -117,7 +117,7 @@ def test_unreachable_hub_fails_fast_with_advice(tmp_path, hub):
         from pipeline.errors import ModelLoadError
         started = time.monotonic()
         try:
-            load_model("BAAI/not-cached-model", cache_dir=Path("."), hub_timeout=3)
+            load_model("BAAI/not-cached-model", cache_dir=Path("."), hub_timeout=1)
         except ModelLoadError as exc:
             print("ERROR:", exc)
         print("SECONDS:", time.monotonic() - started)
@@ -142,28 +142,4 @@ def test_unreachable_hub_fails_fast_with_advice(tmp_path, hub):
     assert "ERROR:" in proc.stdout, proc.stderr[-2000:]
     assert "--model DIR" in proc.stdout and "random:small" in proc.stdout
     seconds = float(proc.stdout.split("SECONDS:")[1])
-    assert seconds < 3 + 5  # hub_timeout plus slack, never a hang
-
-
-def test_encoding_and_reranking_never_import_flagembedding(tiny):
-    """FlagEmbedding's package import breaks with some transformers releases (1.4.2 with
-    5.24): loading and encoding must not depend on it (it stays the parity reference)."""
-    import subprocess
-    import sys
-
-    script = (
-        "import sys\n"
-        "from pipeline.engine.model import load_model\n"
-        "from pipeline.engine.reranker import load_reranker\n"
-        "from pipeline.engine.embedder import Engine\n"
-        "from pipeline.settings import Settings\n"
-        "from schemas.document import Document\n"
-        "from schemas.options import EncodeOptions\n"
-        "cache = Settings().cache_dir\n"
-        "model = load_model('random:tiny', device='cpu', cache_dir=cache)\n"
-        "Engine(model, EncodeOptions(max_length=64)).encode([Document(id='a', text='x y')])\n"
-        "load_reranker('random:tiny', device='cpu', cache_dir=cache)\n"
-        "assert not [m for m in sys.modules if m.startswith('FlagEmbedding')], 'imported'\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert seconds < 1 + 5  # hub_timeout plus slack, never a hang

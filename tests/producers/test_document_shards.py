@@ -46,7 +46,7 @@ items = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     sources=st.lists(items, min_size=1, max_size=3),
     shard_items=st.integers(min_value=1, max_value=7),
