@@ -12,7 +12,8 @@ mask SDPA gets. TorchScript compiles a fused kernel per input shape (once per ba
 the 24 layers share it). At most MAX_SHAPES shapes are compiled per process; a batch of
 any other shape runs SDPA, so a long-running worker's compiled kernels stay bounded. A
 batch whose attention scores would pass MAX_SCORES_BYTES (long documents) runs a block of
-query rows at a time, so its memory stays bounded too.
+query rows at a time, so its memory stays bounded too; long batches run in blocks of
+query rows anyway, small enough for a head's scores to stay in cache, which is faster.
 `M3PIPE_CPU_ATTENTION=sdpa` turns it off (fp32 and fp16 always run SDPA: fp32 is the
 FlagEmbedding-exact path).
 """
@@ -37,6 +38,12 @@ MAX_SHAPES = 256  # fused kernels compiled per process, then SDPA for new shapes
 # would pass this is computed a block of query rows at a time (long documents, where a
 # 16,384-token batch would otherwise need gigabytes).
 MAX_SCORES_BYTES = 256 << 20
+# The kernel is fastest when one head's block of scores stays in cache: a call takes at
+# most this many bytes of scores per head, whatever its memory allows (256 query rows at
+# 8,192 tokens, 512 at 4,096, all of them up to 1,448): 1.3-1.4x faster at 4,096-8,192
+# tokens than one call on every row (benchmarks/bench_attention.py, `onednn` against
+# `onednn-whole`).
+BLOCK_SCORES_BYTES = 4 << 20
 ENV = "M3PIPE_CPU_ATTENTION"  # "sdpa" turns it off
 
 _lock = threading.Lock()
@@ -92,10 +99,12 @@ def fused_attention_forward(
     batch, heads, length, dim = query.shape
     keys = key.shape[2]
     scale = float(scaling if scaling is not None else dim**-0.5)
-    # Query rows a call takes so that its scores stay within MAX_SCORES_BYTES (a softmax is
-    # per query row, so cutting the queries changes nothing), in steps of 64.
+    # Query rows a call takes: its scores within MAX_SCORES_BYTES and a head's within
+    # BLOCK_SCORES_BYTES, in steps of 64 (a softmax is per query row, so cutting the queries
+    # changes nothing).
     per_row = batch * heads * keys * query.element_size()
-    rows = max(64, MAX_SCORES_BYTES // per_row // 64 * 64)
+    fits = min(MAX_SCORES_BYTES // per_row, BLOCK_SCORES_BYTES // (per_row // (batch * heads)))
+    rows = length if fits >= length else max(64, fits // 64 * 64)
     spans = [(start, min(start + rows, length)) for start in range(0, length, rows)]
     traced = None
     if keys == length and not dropout:

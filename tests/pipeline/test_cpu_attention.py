@@ -124,3 +124,14 @@ def test_a_batch_whose_scores_would_pass_the_bound_runs_in_blocks_of_queries(
     assert torch.allclose(out.float(), reference(q, k, v, mask), atol=3e-2)
     assert sdpa_calls == []  # fused, in blocks of 64, 64, 64 and 8 query rows
     assert {shape[2] for shape in cpu_attention._shapes} == {64, 8}
+
+
+def test_a_long_call_runs_in_blocks_of_queries_whose_scores_stay_in_cache(monkeypatch, sdpa_calls):
+    """A head's scores past BLOCK_SCORES_BYTES: blocks of queries even when memory allows."""
+    monkeypatch.setattr(cpu_attention, "_shapes", set())
+    monkeypatch.setattr(cpu_attention, "BLOCK_SCORES_BYTES", 64 * 150 * 2)  # 64 rows of 150
+    run(96)
+    assert {shape[2] for shape in cpu_attention._shapes} == {96}  # 96 x 96 fits: whole
+    run(150)
+    assert sdpa_calls == []
+    assert {shape[2] for shape in cpu_attention._shapes} == {96, 64, 22}  # 64, 64 and 22
