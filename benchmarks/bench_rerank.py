@@ -2,13 +2,16 @@
 
 Each side runs in its own fresh process (peak RSS is that process's VmHWM), one after the
 other; with --rounds N, N times each, alternating, and the median run of each side is
-reported. The pairs are deterministic: queries of 4-40 words, each with a list of candidate passages
-of lognormal length (median about 150 tokens, some past --max-length). Both sides truncate
-as FlagReranker does and score in the model's precision (fp32 on CPU, fp16 on CUDA). The
-scores of the two sides are compared too. Prints a table and saves JSON under
-benchmarks/results/.
+reported. The pairs are deterministic: queries of 4-40 words, each with a list of
+candidate passages of lognormal length (median about 150 tokens, some past --max-length).
+Both sides truncate as FlagReranker does and score in the model's precision (fp32 on CPU,
+fp16 on CUDA). The scores of the two sides are compared too. --engine-precisions adds
+engine sides at other precisions, each compared with the engine side (speed, scores, and
+each query's ranking). Prints a table and saves JSON under benchmarks/results/.
 
     python benchmarks/bench_rerank.py --model random:small --rounds 3     # CPU target run
+    python benchmarks/bench_rerank.py --model random:full --pairs 200 --precision fp32 \
+        --engine-precisions bf16,bf16-sdpa --no-flag     # the engine's precisions on a CPU
     python benchmarks/bench_rerank.py --device cuda --model random:full --pairs 20000
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -42,6 +46,26 @@ def make_pairs(n_pairs: int, per_query: int, seed: int) -> list[list[str]]:
     return pairs[:n_pairs]
 
 
+def ranking_agreement(scores: np.ndarray, reference: np.ndarray, per_query: int) -> dict:
+    """How a side ranks each query's candidates against the reference side's ranking:
+    Spearman's rho per query (mean, min) and the share of queries with the same top one;
+    and the reference scores' spread, which the score differences are to be read against."""
+    from scipy.stats import spearmanr
+
+    rhos, same_top = [], []
+    for start in range(0, len(scores), per_query):
+        a, b = scores[start : start + per_query], reference[start : start + per_query]
+        if len(a) > 1:
+            rhos.append(float(spearmanr(a, b).statistic))
+        same_top.append(int(np.argmax(a)) == int(np.argmax(b)))
+    return {
+        "spearman_per_query_mean": round(float(np.mean(rhos)), 6),
+        "spearman_per_query_min": round(float(np.min(rhos)), 6),
+        "same_top_share": round(float(np.mean(same_top)), 4),
+        "reference_score_std": round(float(np.std(reference)), 4),
+    }
+
+
 def vm_hwm_mb() -> float:
     """Peak RSS of this process since exec (ru_maxrss would carry the parent's)."""
     with open("/proc/self/status") as status:
@@ -60,13 +84,19 @@ def run_side(side: str, args: argparse.Namespace, pairs_path: Path, scores_path:
     from schemas.rerank import Pair, RerankOptions
 
     pairs = json.loads(pairs_path.read_text())
+    precision = side.split(":", 1)[1] if ":" in side else args.precision
+    if precision.endswith("-sdpa"):  # the same precision with PyTorch's SDPA attention
+        from pipeline.engine import cpu_attention
+
+        os.environ[cpu_attention.ENV] = "sdpa"
+        precision = precision.removesuffix("-sdpa")
     model = load_reranker(
-        args.model, device=args.device, precision=args.precision, cache_dir=Settings().cache_dir
+        args.model, device=args.device, precision=precision, cache_dir=Settings().cache_dir
     )
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     rss_loaded = vm_hwm_mb()
     result: dict = {"side": side}
-    if side == "engine":
+    if side.startswith("engine"):
         options = RerankOptions(max_length=args.max_length, batch_tokens=args.batch_tokens)
         engine = RerankEngine(model, options)
         items = [
@@ -159,8 +189,15 @@ def main() -> int:
     parser.add_argument(
         "--warmup", type=int, default=0, help="pairs each side scores untimed first"
     )
+    parser.add_argument(
+        "--engine-precisions",
+        default="",
+        help="more engine sides, each compared with the engine at --precision "
+        "(bf16-sdpa: bf16 with SDPA attention)",
+    )
+    parser.add_argument("--no-flag", action="store_true", help="skip FlagReranker's side")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--side", choices=["engine", "flagreranker"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--pairs-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--scores-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -170,7 +207,10 @@ def main() -> int:
         return 0
 
     pairs = make_pairs(args.pairs, args.per_query, args.seed)
-    runs: dict[str, list[dict]] = {"engine": [], "flagreranker": []}
+    more = [f"engine:{p}" for p in args.engine_precisions.split(",") if p]
+    runs: dict[str, list[dict]] = {side: [] for side in ["engine", *more]}
+    if not args.no_flag:
+        runs["flagreranker"] = []
     scores = {}
     failed: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,12 +238,12 @@ def main() -> int:
                 scores[side] = np.array(json.loads(scores_path.read_text()))
                 print(f"round {round_ + 1} {side:>13}: {result}", flush=True)
 
-    if not runs["engine"] or not runs["flagreranker"]:
+    if not all(runs.values()):
         report = {"benchmark": "bench_rerank", "runs": runs, "failed_sides": failed}
         save({**report, **run_facts()}, "rerank", args.device, args.model, args.out)
         return 1
     sides = {side: median_run(results) for side, results in runs.items()}
-    engine, flag = sides["engine"], sides["flagreranker"]
+    engine = sides["engine"]
     report = {
         "benchmark": "bench_rerank",
         "model": args.model,
@@ -216,24 +256,50 @@ def main() -> int:
             "seed": args.seed,
         },
         "engine": engine,
-        "flagreranker": flag,
         "rounds": args.rounds,
-        "ratios": {
+        "engine_precisions": {
+            side: {
+                **sides[side],
+                "pairs_per_second_vs_engine": round(
+                    sides[side]["pairs_per_second"] / engine["pairs_per_second"], 3
+                ),
+                "max_abs_score_difference_vs_engine": float(
+                    np.abs(scores[side] - scores["engine"]).max()
+                ),
+                "ranking_vs_engine": ranking_agreement(
+                    scores[side], scores["engine"], args.per_query
+                ),
+            }
+            for side in more
+        },
+        **run_facts(),
+    }
+    if "flagreranker" in sides:
+        flag = sides["flagreranker"]
+        report["flagreranker"] = flag
+        report["ratios"] = {
             "pairs_per_second": round(engine["pairs_per_second"] / flag["pairs_per_second"], 3),
             "peak_rss": round(engine["peak_rss_mb"] / flag["peak_rss_mb"], 3),
             "pairs_per_second_by_round": [
                 round(e["pairs_per_second"] / f["pairs_per_second"], 3)
                 for e, f in zip(runs["engine"], runs["flagreranker"], strict=True)
             ],
-        },
-        "max_abs_score_difference": float(np.abs(scores["engine"] - scores["flagreranker"]).max()),
-        "targets": {"pairs_per_second_ratio": ">= 2.0 (CPU, random:small)"},
-        **run_facts(),
-    }
-    print(
-        json.dumps(report["ratios"]),
-        f"max |score difference| {report['max_abs_score_difference']:.2e}",
-    )
+        }
+        report["max_abs_score_difference"] = float(
+            np.abs(scores["engine"] - scores["flagreranker"]).max()
+        )
+        report["targets"] = {"pairs_per_second_ratio": ">= 2.0 (CPU, random:small)"}
+        print(
+            json.dumps(report["ratios"]),
+            f"max |score difference| {report['max_abs_score_difference']:.2e}",
+        )
+    for side in more:
+        figures = report["engine_precisions"][side]
+        print(
+            f"{side}: {figures['pairs_per_second_vs_engine']}x the engine at {args.precision}, "
+            f"max |score difference| {figures['max_abs_score_difference_vs_engine']:.2e}, "
+            f"ranking {figures['ranking_vs_engine']}"
+        )
     report["failed_sides"] = failed
     save(report, "rerank", args.device, args.model, args.out)
     return 1 if failed else 0

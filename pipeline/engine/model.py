@@ -124,7 +124,7 @@ def precision_advice(device: torch.device, dtype: torch.dtype) -> str | None:
         )
     if dtype == torch.float32 and native:
         return (
-            "this CPU multiplies bf16 natively: --precision bf16 runs ~3.5x faster (dense and "
+            "this CPU multiplies bf16 natively: --precision bf16 runs ~3x faster (dense and "
             "ColBERT within a cosine of 1e-4 of fp32; sparse weights less exact, "
             "docs/engine.md)"
         )
