@@ -118,7 +118,10 @@ def run_side(side: str, args: argparse.Namespace, pairs_path: Path, scores_path:
         config = model.model.config
         flops = model_flops(config, table_lengths(scored.table))
         peak = matmul_peak(
-            str(model.device), model.dtype, peak_shapes(config, engine.batch_tokens), 1.0
+            str(model.device),
+            model.dtype,
+            peak_shapes(config, engine.batch_tokens),
+            args.peak_seconds,
         )
         result.update(
             padding_efficiency=round(scored.stats.padding_efficiency, 4),
@@ -186,6 +189,7 @@ def main() -> int:
         "--rounds", type=int, default=1, help="alternating runs of each side; medians reported"
     )
     parser.add_argument("--flag-batch-size", type=int, default=128, help="FlagReranker default")
+    parser.add_argument("--peak-seconds", type=float, default=1.0, help="per matmul shape")
     parser.add_argument(
         "--warmup", type=int, default=0, help="pairs each side scores untimed first"
     )
