@@ -106,9 +106,10 @@ def fused_attention_forward(
     fits = min(MAX_SCORES_BYTES // per_row, BLOCK_SCORES_BYTES // (per_row // (batch * heads)))
     rows = length if fits >= length else max(64, fits // 64 * 64)
     spans = [(start, min(start + rows, length)) for start in range(0, length, rows)]
+    masked = attention_mask is not None
     traced = None
     if keys == length and not dropout:
-        traced = _kernel(query, key, value, scale, [end - start for start, end in spans])
+        traced = _kernel(query, key, scale, [end - start for start, end in spans], masked)
     if traced is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -116,56 +117,64 @@ def fused_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
             is_causal=False, **kwargs,
         )  # fmt: skip
-    mask = _additive_mask(attention_mask, batch, keys, query.dtype)
-    if len(spans) == 1:
-        out = traced(query, key, value, mask)
+    # Unpadded batches (a long document runs alone) need no mask, and its kernel is
+    # 15-20% faster than with a mask of zeros added (bench_attention, onednn-masked).
+    if attention_mask is None:
+        rest: tuple[torch.Tensor, ...] = (key, value)
     else:
-        out = torch.cat([traced(query[:, :, a:b], key, value, mask) for a, b in spans], dim=2)
+        rest = (key, value, _additive_mask(attention_mask, query.dtype))
+    if len(spans) == 1:
+        out = traced(query, *rest)
+    else:
+        out = torch.cat([traced(query[:, :, a:b], *rest) for a, b in spans], dim=2)
     return out.transpose(1, 2).contiguous(), None
 
 
 def _kernel(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, rows: list[int]
+    query: torch.Tensor, key: torch.Tensor, scale: float, rows: list[int], masked: bool
 ) -> Callable[..., torch.Tensor] | None:
-    """The traced attention for this scale and dtype, to be called on query blocks of
-    `rows` rows; None if that needs a shape past the MAX_SHAPES compiled already."""
-    shapes = {(query.shape[0], query.shape[1], n, *key.shape) for n in rows}
+    """The traced attention for this scale and dtype, with or without a mask argument, to
+    be called on query blocks of `rows` rows; None if that needs a shape past the
+    MAX_SHAPES compiled already."""
+    shapes = {(query.shape[0], query.shape[1], n, *key.shape, masked) for n in rows}
     with _lock:
         new = shapes - _shapes
         if len(_shapes) + len(new) > MAX_SHAPES:
             return None
         _shapes.update(new)
-        kernel = _traced.get((scale, query.dtype))
+        kernel = _traced.get((scale, query.dtype, masked))
         if kernel is None:
             # Traced on tiny inputs: tracing runs the function eagerly once, and the
             # batch's own would materialise all its scores (gigabytes for long texts).
             tiny = torch.zeros(1, 1, 8, query.shape[3], dtype=query.dtype)
-            mask = torch.zeros(1, 1, 1, 8, dtype=query.dtype)
+            inputs = (tiny, tiny, tiny)
+            if masked:
+                inputs += (torch.zeros(1, 1, 1, 8, dtype=query.dtype),)
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                kernel = torch.jit.trace(_attention(scale), (tiny, tiny, tiny, mask))
-            _traced[(scale, query.dtype)] = kernel
+                kernel = torch.jit.trace(_attention(scale, masked), inputs)
+            _traced[(scale, query.dtype, masked)] = kernel
         return kernel
 
 
-def _attention(scale: float) -> Callable[..., torch.Tensor]:
-    def attention(
+def _attention(scale: float, masked: bool) -> Callable[..., torch.Tensor]:
+    # The patterns oneDNN Graph fuses: matmul, scale, (add,) softmax, matmul.
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+    def masked_attention(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        # The pattern oneDNN Graph fuses: matmul, scale, add, softmax, matmul.
         scores = torch.matmul(q, k.transpose(-1, -2)) * scale + mask
         return torch.matmul(torch.softmax(scores, dim=-1), v)
 
-    return attention
+    return masked_attention if masked else attention
 
 
-def _additive_mask(
-    mask: torch.Tensor | None, batch: int, length: int, dtype: torch.dtype
-) -> torch.Tensor:
+def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[B, 1, 1, L]: 0 where a key may be attended, the dtype's minimum where not. An
     encoder's padding mask is the same for every query row, so the first row says it."""
-    if mask is None:
-        return torch.zeros(batch, 1, 1, length, dtype=dtype)
     row = mask[:, :, :1, :]
     if row.dtype == torch.bool:
         return torch.zeros(row.shape, dtype=dtype).masked_fill(~row, torch.finfo(dtype).min)

@@ -28,7 +28,8 @@ def reference(q, k, v, mask):
 
 
 @pytest.mark.parametrize("padded", [True, False])
-def test_the_fused_kernel_computes_attention_with_and_without_a_padding_mask(padded):
+def test_the_fused_kernel_computes_attention_with_and_without_a_padding_mask(padded, monkeypatch):
+    monkeypatch.setattr(cpu_attention, "_shapes", set())
     torch.manual_seed(0)
     q, k, v = (torch.randn(3, 4, 37, 16, dtype=BF16) for _ in range(3))
     mask = None
@@ -40,6 +41,8 @@ def test_the_fused_kernel_computes_attention_with_and_without_a_padding_mask(pad
     assert weights is None and out.shape == (3, 37, 4, 16) and out.dtype == BF16
     expected = reference(q, k, v, mask)
     assert torch.allclose(out.float(), expected, atol=3e-2), (out.float() - expected).abs().max()
+    # An unpadded batch gets the kernel without a mask (faster), a padded one the masked.
+    assert [shape[-1] for shape in cpu_attention._shapes] == [padded]
 
 
 def test_bf16_on_cpu_gets_it_and_nothing_else_does(model_cache, monkeypatch):
