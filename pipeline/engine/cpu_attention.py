@@ -47,8 +47,8 @@ BLOCK_SCORES_BYTES = 4 << 20
 ENV = "M3PIPE_CPU_ATTENTION"  # "sdpa" turns it off
 
 _lock = threading.Lock()
-_traced: dict[tuple[float, torch.dtype], Any] = {}
-_shapes: set[tuple[int, ...]] = set()
+_traced: dict[tuple[float, torch.dtype, bool], Any] = {}  # (scale, dtype, masked)
+_shapes: set[tuple[int | bool, ...]] = set()  # query and key shapes, masked
 
 
 def wanted(device: torch.device, dtype: torch.dtype) -> bool:
@@ -147,7 +147,7 @@ def _kernel(
             # Traced on tiny inputs: tracing runs the function eagerly once, and the
             # batch's own would materialise all its scores (gigabytes for long texts).
             tiny = torch.zeros(1, 1, 8, query.shape[3], dtype=query.dtype)
-            inputs = (tiny, tiny, tiny)
+            inputs: tuple[torch.Tensor, ...] = (tiny, tiny, tiny)
             if masked:
                 inputs += (torch.zeros(1, 1, 1, 8, dtype=query.dtype),)
             with torch.no_grad(), warnings.catch_warnings():
