@@ -4,16 +4,17 @@ On a CPU, PyTorch's flash SDPA kernel runs bf16 no faster than fp32 (~140-185 GF
 this project's 2-core machine, against ~800 for the GEMMs around it), so attention takes
 a third of a bf16 forward pass. The same arithmetic written out (QK^T, scale, mask,
 softmax, @V), traced by TorchScript with oneDNN Graph fusion on, runs as one fused oneDNN
-partition at ~360-520 GFLOP/s (docs/engine.md; benchmarks/bench_attention.py).
+partition at ~450-600 GFLOP/s (docs/engine.md; benchmarks/bench_attention.py).
 
 It is installed on a CPU encoder or reranker loaded in bf16 (`install`), as a transformers
-attention implementation: every layer calls it, and padded batches get the same boolean
-mask SDPA gets. TorchScript compiles a fused kernel per input shape (once per batch shape:
-the 24 layers share it). At most MAX_SHAPES shapes are compiled per process; a batch of
-any other shape runs SDPA, so a long-running worker's compiled kernels stay bounded. A
-batch whose attention scores would pass MAX_SCORES_BYTES (long documents) runs a block of
-query rows at a time, so its memory stays bounded too; long batches run in blocks of
-query rows anyway, small enough for a head's scores to stay in cache, which is faster.
+attention implementation: every layer calls it. Padded batches get the same boolean mask
+SDPA gets; unpadded ones get no mask, and a kernel traced without one (faster).
+TorchScript compiles a fused kernel per input shape (once per batch shape: the 24 layers
+share it). At most MAX_SHAPES shapes are compiled per process; a batch of any other shape
+runs SDPA, so a long-running worker's compiled kernels stay bounded. A batch whose
+attention scores would pass MAX_SCORES_BYTES (long documents) runs a block of query rows
+at a time, so its memory stays bounded too; long batches run in blocks of query rows
+anyway, small enough for a head's scores to stay in cache, which is faster.
 `M3PIPE_CPU_ATTENTION=sdpa` turns it off (fp32 and fp16 always run SDPA: fp32 is the
 FlagEmbedding-exact path).
 """
