@@ -58,9 +58,9 @@ def ranking_agreement(scores: np.ndarray, reference: np.ndarray, per_query: int)
         if len(a) > 1:
             rhos.append(float(spearmanr(a, b).statistic))
         same_top.append(int(np.argmax(a)) == int(np.argmax(b)))
-    return {
-        "spearman_per_query_mean": round(float(np.mean(rhos)), 6),
-        "spearman_per_query_min": round(float(np.min(rhos)), 6),
+    return {  # rho is None when no query has two candidates to order
+        "spearman_per_query_mean": round(float(np.mean(rhos)), 6) if rhos else None,
+        "spearman_per_query_min": round(float(np.min(rhos)), 6) if rhos else None,
         "same_top_share": round(float(np.mean(same_top)), 4),
         "reference_score_std": round(float(np.std(reference)), 4),
     }

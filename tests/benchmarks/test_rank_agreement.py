@@ -23,3 +23,9 @@ def test_a_reversed_ranking_and_a_changed_top_are_seen_per_query():
     assert report["spearman_per_query_min"] == -1.0
     assert report["spearman_per_query_mean"] == 0.0
     assert report["same_top_share"] == 0.5
+
+
+def test_queries_of_one_candidate_have_no_rank_correlation():
+    report = ranking_agreement(np.array([1.0, 2.0]), np.array([3.0, 1.0]), per_query=1)
+    assert report["spearman_per_query_mean"] is None and report["spearman_per_query_min"] is None
+    assert report["same_top_share"] == 1.0  # one candidate is always its query's top
