@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import run_facts, save, spawn_side  # noqa: E402
+from benchmarks.report import attention_for, run_facts, save, spawn_side  # noqa: E402
 
 
 def make_corpus(
@@ -77,11 +77,7 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
 
     kind, precision = side.split(":")
     name = precision  # what its outputs are saved as, for the agreement
-    if precision.endswith("-sdpa"):  # the same precision with PyTorch's SDPA attention
-        from pipeline.engine import cpu_attention
-
-        os.environ[cpu_attention.ENV] = "sdpa"
-        precision = precision.removesuffix("-sdpa")
+    precision = attention_for(precision)
     texts = json.loads(corpus_path.read_text())
     # int8 is measured here only (torch dynamic quantisation of every Linear, fp32 elsewhere):
     # m3pipe does not offer it, see docs/engine.md.
@@ -220,7 +216,6 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
 def process_side(args: argparse.Namespace, texts: list[str], tokens: int, tmp: Path) -> dict:
     """`m3pipe encode` as a user runs it, timed from start to exit: model load, any warm-up
     and writing Parquet included."""
-    import os
     import subprocess
 
     corpus = tmp / "corpus.jsonl"

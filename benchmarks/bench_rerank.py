@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import run_facts, save, spawn_side  # noqa: E402
+from benchmarks.report import attention_for, run_facts, save, spawn_side  # noqa: E402
 
 
 def make_pairs(n_pairs: int, per_query: int, seed: int) -> list[list[str]]:
@@ -84,12 +83,7 @@ def run_side(side: str, args: argparse.Namespace, pairs_path: Path, scores_path:
     from schemas.rerank import Pair, RerankOptions
 
     pairs = json.loads(pairs_path.read_text())
-    precision = side.split(":", 1)[1] if ":" in side else args.precision
-    if precision.endswith("-sdpa"):  # the same precision with PyTorch's SDPA attention
-        from pipeline.engine import cpu_attention
-
-        os.environ[cpu_attention.ENV] = "sdpa"
-        precision = precision.removesuffix("-sdpa")
+    precision = attention_for(side.split(":", 1)[1] if ":" in side else args.precision)
     model = load_reranker(
         args.model, device=args.device, precision=precision, cache_dir=Settings().cache_dir
     )

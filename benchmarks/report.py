@@ -28,6 +28,18 @@ def spawn_side(script: str, side_args: list[str]) -> dict | None:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def attention_for(precision: str) -> str:
+    """A side's precision as the model loader takes it. "bf16-sdpa" (any "-sdpa") is that
+    precision with PyTorch's SDPA attention instead of the fused CPU kernel: it is turned
+    off for this process."""
+    if not precision.endswith("-sdpa"):
+        return precision
+    from pipeline.engine import cpu_attention
+
+    os.environ[cpu_attention.ENV] = "sdpa"
+    return precision.removesuffix("-sdpa")
+
+
 def cpu_facts() -> dict:
     """The CPU's model name and the matmul-related instruction sets it reports."""
     from pipeline.engine.model import cpu_flags
