@@ -5,9 +5,9 @@ process: `scaled_dot_product_attention` (what the engine runs in fp32), the fuse
 the engine runs in bf16 on a CPU (pipeline/engine/cpu_attention.py: oneDNN Graph through
 TorchScript, its first call reported apart), called as the engine calls it (in blocks of
 query rows whose scores stay in cache, unpadded), with a padding mask (`onednn-masked`) and
-on every row in one call (`onednn-whole`), a
-blocked attention of bf16 GEMMs with an fp32 softmax (256 query rows at a time), and
-`flex_attention` compiled by inductor (its CPU template; compile time reported apart).
+on every row in one call (`onednn-whole`), a blocked attention of bf16 GEMMs with an fp32
+softmax (256 query rows at a time), and `flex_attention` compiled by inductor (its CPU
+template; compile time reported apart).
 GFLOP/s = 4 L^2 d heads / time, best of 3; error = max |out - fp32 SDPA|.
 
     python benchmarks/bench_attention.py --lengths 512,2048,4096,8192

@@ -103,8 +103,8 @@ def fused_attention_forward(
     # Query rows a call takes: its scores within MAX_SCORES_BYTES and a head's within
     # BLOCK_SCORES_BYTES, in steps of 64 (a softmax is per query row, so cutting the queries
     # changes nothing).
-    per_row = batch * heads * keys * query.element_size()
-    fits = min(MAX_SCORES_BYTES // per_row, BLOCK_SCORES_BYTES // (per_row // (batch * heads)))
+    head_row = keys * query.element_size()  # one query row's scores, one head
+    fits = min(MAX_SCORES_BYTES // (batch * heads * head_row), BLOCK_SCORES_BYTES // head_row)
     rows = length if fits >= length else max(64, fits // 64 * 64)
     spans = [(start, min(start + rows, length)) for start in range(0, length, rows)]
     masked = attention_mask is not None
