@@ -14,7 +14,8 @@ usual MFU convention; so MFU slightly understates what the hardware did.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 
@@ -46,33 +47,49 @@ def matmul_peak(
     """The best FLOP/s of torch.matmul over `shapes` (m, k, n), each run for ~`seconds`
     after a warm-up; returns the best and every shape's figure. On a GPU an 8192-cube is
     added (the largest square GEMMs reach the highest rate there), and products are queued
-    in growing groups between synchronisations so that launch latency is not counted."""
+    in growing groups between synchronisations so that launch latency is not counted. In
+    fp32 on a CPU, oneDNN's GEMM is measured too (`<shape> onednn`): the engine's linears
+    run through it where it is faster than MKL's (pipeline/engine/cpu_linear.py)."""
     import torch
+
+    from pipeline.engine import cpu_linear
 
     figures = {}
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda and (8192, 8192, 8192) not in shapes:
         shapes = [*shapes, (8192, 8192, 8192)]
+    onednn = not cuda and dtype == torch.float32 and cpu_linear.available()
     for m, k, n in shapes:
         a = torch.randn(m, k, device=device).to(dtype)
         b = torch.randn(k, n, device=device).to(dtype)
-        with torch.inference_mode():
-            torch.matmul(a, b)  # warm-up: kernel choice, packing
-            sync()
-            runs, group, started = 0, 1, time.perf_counter()
-            while True:
-                for _ in range(group):
-                    torch.matmul(a, b)
-                runs += group
-                sync()
-                elapsed = time.perf_counter() - started
-                if elapsed >= seconds:
-                    break
-                group = min(2 * group, 64) if cuda else 1
-        figures[f"{m}x{k}x{n}"] = round(2 * m * k * n * runs / elapsed / 1e9, 1)
+        products: dict[str, Callable[[], Any]] = {f"{m}x{k}x{n}": partial(torch.matmul, a, b)}
+        if onednn:
+            weight = b.t().contiguous()  # a Linear's weight is [out, in]
+            products[f"{m}x{k}x{n} onednn"] = partial(cpu_linear.linear, a, weight, None)
+        for name, product in products.items():
+            figures[name] = round(2 * m * k * n * _rate(product, sync, cuda, seconds) / 1e9, 1)
     best = max(figures, key=figures.__getitem__)
     return {"gflops": figures[best], "shape": best, "shapes": figures}
+
+
+def _rate(product: Callable[[], Any], sync: Callable[[], Any], cuda: bool, seconds: float) -> float:
+    """Products per second, after a warm-up (kernel choice, packing)."""
+    import torch
+
+    with torch.inference_mode():
+        product()
+        sync()
+        runs, group, started = 0, 1, time.perf_counter()
+        while True:
+            for _ in range(group):
+                product()
+            runs += group
+            sync()
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds:
+                return runs / elapsed
+            group = min(2 * group, 64) if cuda else 1
 
 
 def peak_shapes(config: Any, tokens: int) -> list[tuple[int, int, int]]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from pipeline.engine import cpu_attention
+from pipeline.engine import cpu_attention, cpu_linear
 from pipeline.engine.random_model import cached_random_model, parse_random_spec
 from pipeline.errors import ModelLoadError
 
@@ -283,6 +283,12 @@ def m3_parts(path: Path, dtype: torch.dtype) -> dict[str, Any]:
     return {"model": model, "colbert_linear": colbert, "sparse_linear": sparse}
 
 
+def install_cpu_linear(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """fp32 Linear layers through oneDNN where MKL's GEMM is slow (pipeline/engine/cpu_linear)."""
+    if cpu_linear.wanted(device, dtype):
+        cpu_linear.install(model)
+
+
 def load_model(
     spec: str,
     *,
@@ -321,6 +327,8 @@ def load_model(
         cpu_attention.install(encoder)
     colbert = parts["colbert_linear"].to(source.device).eval()
     sparse = parts["sparse_linear"].to(source.device).eval()
+    for part in (encoder, colbert, sparse):
+        install_cpu_linear(part, source.device, source.dtype)
     special = tokenizer.special_tokens_map
     unused = tuple(
         sorted(

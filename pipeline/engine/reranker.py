@@ -25,7 +25,7 @@ from pipeline import __version__
 from pipeline.engine import cpu_attention
 from pipeline.engine.batching import DEFAULT_RERANK_BATCH_TOKENS, default_batch_tokens, plan_batches
 from pipeline.engine.encoder import encode_with_split, pad_batch
-from pipeline.engine.model import LoadedModel, locate_model
+from pipeline.engine.model import LoadedModel, install_cpu_linear, locate_model
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import ModelLoadError
 from schemas.output import rerank_schema
@@ -75,6 +75,7 @@ def load_reranker(
     model = model.to(device=source.device, dtype=source.dtype).eval()
     if cpu_attention.wanted(source.device, source.dtype):
         cpu_attention.install(model)
+    install_cpu_linear(model, source.device, source.dtype)
     return RerankModel(model=model, tokenizer=tokenizer, **source.identity())
 
 

@@ -3,6 +3,7 @@ keeping the residual stream in fp32 brings bf16's hidden states closer to fp32's
 
 from __future__ import annotations
 
+import copy
 import json
 
 import torch
@@ -14,9 +15,10 @@ def test_each_variant_keeps_in_fp32_what_it_names(model_cache):
     from pipeline.engine.model import load_model
 
     exact = load_model("random:tiny", device="cpu", precision="fp32", cache_dir=model_cache)
+    loaded = load_model("random:tiny", device="cpu", precision="bf16", cache_dir=model_cache)
 
     def dtypes(variant: str) -> dict[str, torch.dtype]:
-        model = load_model("random:tiny", device="cpu", precision="bf16", cache_dir=model_cache)
+        model = copy.deepcopy(loaded)
         prepare(model, variant, exact)
         layer = model.encoder.encoder.layer[0]
         sources = dict(exact.encoder.named_parameters())
