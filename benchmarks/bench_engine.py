@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import attention_for, run_facts, save, spawn_side  # noqa: E402
+from benchmarks.report import kernels_for, run_facts, save, spawn_side  # noqa: E402
 
 
 def make_corpus(
@@ -77,7 +77,7 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
 
     kind, precision = side.split(":")
     name = precision  # what its outputs are saved as, for the agreement
-    precision = attention_for(precision)
+    precision = kernels_for(precision)
     texts = json.loads(corpus_path.read_text())
     # int8 is measured here only (torch dynamic quantisation of every Linear, fp32 elsewhere):
     # m3pipe does not offer it, see docs/engine.md.
@@ -281,7 +281,8 @@ def main() -> int:
     parser.add_argument(
         "--precisions",
         default="auto,fp32",
-        help="engine sides, compared with fp32's outputs (bf16-sdpa: bf16 with SDPA attention)",
+        help="engine sides, compared with fp32's outputs (bf16-sdpa: bf16 with SDPA attention; "
+        "fp32-mkl: fp32 with PyTorch's own GEMM and attention)",
     )
     parser.add_argument("--flag-precision", default="fp32", help="FlagEmbedding's side")
     parser.add_argument("--no-flag", action="store_true", help="skip FlagEmbedding's side")

@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import attention_for, run_facts, save, spawn_side  # noqa: E402
+from benchmarks.report import kernels_for, run_facts, save, spawn_side  # noqa: E402
 
 
 def make_pairs(n_pairs: int, per_query: int, seed: int) -> list[list[str]]:
@@ -83,7 +83,7 @@ def run_side(side: str, args: argparse.Namespace, pairs_path: Path, scores_path:
     from schemas.rerank import Pair, RerankOptions
 
     pairs = json.loads(pairs_path.read_text())
-    precision = attention_for(side.split(":", 1)[1] if ":" in side else args.precision)
+    precision = kernels_for(side.split(":", 1)[1] if ":" in side else args.precision)
     model = load_reranker(
         args.model, device=args.device, precision=precision, cache_dir=Settings().cache_dir
     )

@@ -28,16 +28,20 @@ def spawn_side(script: str, side_args: list[str]) -> dict | None:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def attention_for(precision: str) -> str:
-    """A side's precision as the model loader takes it. "bf16-sdpa" (any "-sdpa") is that
-    precision with PyTorch's SDPA attention instead of the fused CPU kernel: it is turned
-    off for this process."""
-    if not precision.endswith("-sdpa"):
-        return precision
-    from pipeline.engine import cpu_attention
+def kernels_for(precision: str) -> str:
+    """A side's precision as the model loader takes it. A suffix turns one of m3pipe's CPU
+    kernels off for this process: "-sdpa" PyTorch's SDPA attention instead of the fused
+    kernel (pipeline/engine/cpu_attention.py); "-mkl" PyTorch's own fp32 GEMM (MKL) instead
+    of oneDNN's, and with it SDPA (pipeline/engine/cpu_linear.py)."""
+    from pipeline.engine import cpu_attention, cpu_linear
 
-    os.environ[cpu_attention.ENV] = "sdpa"
-    return precision.removesuffix("-sdpa")
+    if precision.endswith("-sdpa"):
+        os.environ[cpu_attention.ENV] = "sdpa"
+        return precision.removesuffix("-sdpa")
+    if precision.endswith("-mkl"):
+        os.environ[cpu_linear.ENV] = "mkl"
+        return precision.removesuffix("-mkl")
+    return precision
 
 
 def cpu_facts() -> dict:

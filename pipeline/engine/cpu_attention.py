@@ -1,4 +1,5 @@
-"""Attention for bf16 on a CPU: oneDNN Graph's fused kernel, where PyTorch's SDPA is slow.
+"""Attention on a CPU in bf16 (and fp32 where MKL is slow): oneDNN Graph's fused kernel,
+where PyTorch's SDPA is slow.
 
 On a CPU, PyTorch's flash SDPA kernel runs bf16 no faster than fp32 (~140-185 GFLOP/s on
 this project's 2-core machine, against ~800 for the GEMMs around it), so attention takes
@@ -6,7 +7,7 @@ a third of a bf16 forward pass. The same arithmetic written out (QK^T, scale, ma
 softmax, @V), traced by TorchScript with oneDNN Graph fusion on, runs as one fused oneDNN
 partition at ~450-600 GFLOP/s (docs/engine.md; benchmarks/bench_attention.py).
 
-It is installed on a CPU encoder or reranker loaded in bf16 (`install`), as a transformers
+It is installed on a CPU encoder or reranker (`install`, see `wanted`), as a transformers
 attention implementation: every layer calls it. Padded batches get the same boolean mask
 SDPA gets; unpadded ones get no mask, and a kernel traced without one (faster).
 TorchScript compiles a fused kernel per input shape (once per batch shape: the 24 layers
@@ -15,8 +16,12 @@ runs SDPA, so a long-running worker's compiled kernels stay bounded. A batch who
 attention scores would pass MAX_SCORES_BYTES (long documents) runs a block of query rows
 at a time, so its memory stays bounded too; long batches run in blocks of query rows
 anyway, small enough for a head's scores to stay in cache, which is faster.
-`M3PIPE_CPU_ATTENTION=sdpa` turns it off (fp32 and fp16 always run SDPA: fp32 is the
-FlagEmbedding-exact path).
+`M3PIPE_CPU_ATTENTION=sdpa` turns it off.
+
+fp32 gets it too where its Linear layers run through oneDNN (pipeline/engine/cpu_linear.py:
+CPUs where MKL's sgemm is slow, which SDPA's fp32 kernel computes with): ~2x SDPA's speed
+there (310-350 GFLOP/s against 170-185 at 512-4,096 tokens), with the same error against
+float64 (~1e-6). fp16 always runs SDPA.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from pipeline.engine import cpu_linear
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +63,7 @@ def wanted(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a model on `device` in `dtype` gets the fused attention."""
     return (
         device.type == "cpu"
-        and dtype == torch.bfloat16
+        and (dtype == torch.bfloat16 or cpu_linear.wanted(device, dtype))
         and os.environ.get(ENV, "onednn").lower() != "sdpa"
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.jit, "enable_onednn_fusion")  # TorchScript's, deprecated

@@ -12,7 +12,9 @@ PyTorch's inductor emits for a CPU linear). It stays fp32: oneDNN uses no reduce
 precision unless `torch.backends.mkldnn.matmul.fp32_precision` asks for it, and results
 differ from MKL's only by summation order (~1e-6 relative on the hidden states after 24
 layers; the fp32 parity tests still hold at 1e-5). On Intel CPUs MKL is left in place.
-`M3PIPE_CPU_LINEAR` = `onednn` or `mkl` forces the choice.
+`M3PIPE_CPU_LINEAR` = `onednn` or `mkl` forces the choice. Where it is made, fp32 attention
+runs through oneDNN as well (pipeline/engine/cpu_attention.py): SDPA's fp32 kernel
+multiplies with MKL's sgemm too.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers.integrations import sdpa_attention
 
-from pipeline.engine import cpu_attention
+from pipeline.engine import cpu_attention, cpu_linear
 from pipeline.engine.embedder import Engine
 from pipeline.engine.model import load_model
 from pipeline.engine.reranker import load_reranker
@@ -51,7 +51,11 @@ def test_bf16_on_cpu_gets_it_and_nothing_else_does(model_cache, monkeypatch):
         return str(model.encoder.config._attn_implementation)
 
     assert attention("bf16") == cpu_attention.NAME
-    assert attention("fp32") == "sdpa"  # FlagEmbedding-exact: never changed
+    # fp32 gets it where its linears run through oneDNN (cpu_linear), and only there.
+    monkeypatch.setenv(cpu_linear.ENV, "mkl")
+    assert attention("fp32") == "sdpa"
+    monkeypatch.setenv(cpu_linear.ENV, "onednn")
+    assert attention("fp32") == cpu_attention.NAME
     reranker = load_reranker("random:tiny", device="cpu", precision="bf16", cache_dir=model_cache)
     assert reranker.model.config._attn_implementation == cpu_attention.NAME
     monkeypatch.setenv(cpu_attention.ENV, "sdpa")

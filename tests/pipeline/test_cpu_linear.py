@@ -75,7 +75,7 @@ def test_the_encoder_agrees_with_mkls_within_the_fp32_parity_bound(model_cache, 
     def encode(choice: str) -> tuple:
         monkeypatch.setenv(cpu_linear.ENV, choice)
         model = load_model("random:tiny", device="cpu", precision="fp32", cache_dir=model_cache)
-        options = EncodeOptions(max_length=4096, batch_tokens=6000)
+        options = EncodeOptions(max_length=4096, batch_tokens=6000, dtype="float32")
         return table_outputs(Engine(model, options).encode(documents(mixed_texts())).table)
 
     (dense, colbert, sparse), (mkl_dense, mkl_colbert, mkl_sparse) = encode("onednn"), encode("mkl")
