@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 
+from pipeline.engine import cpu_attention, cpu_linear
 from pipeline.engine.model import load_model
 from pipeline.engine.random_model import SHAPES, model_config, parse_random_spec
 from pipeline.errors import ModelLoadError
@@ -38,7 +39,9 @@ def test_full_has_bge_m3_shape():
 
 
 def test_random_model_loads_through_flagembedding(tiny):
-    assert tiny.encoder.config._attn_implementation == "sdpa"
+    # SDPA, or the fused oneDNN attention where fp32 runs through oneDNN (test_cpu_linear.py)
+    onednn = cpu_linear.wanted(torch.device("cpu"), torch.float32)
+    assert tiny.encoder.config._attn_implementation == (cpu_attention.NAME if onednn else "sdpa")
     assert tiny.dtype == torch.float32 and tiny.device.type == "cpu"
     assert tiny.dense_dim == SHAPES["tiny"].hidden == tiny.colbert_dim
     assert tiny.unused_token_ids == (0, 1, 2, 3)  # <s> <pad> </s> <unk>
