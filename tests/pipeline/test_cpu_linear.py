@@ -38,6 +38,26 @@ def test_the_onednn_linear_is_pytorchs_linear(shape, bias):
     assert all(torch.equal(v, layer.state_dict()[k]) for k, v in state.items())
 
 
+def test_a_wrong_or_missing_op_is_not_used(monkeypatch):
+    def wrong(x, weight, bias):
+        return F.linear(x, weight, bias) + 1
+
+    def missing(x, weight, bias):
+        raise AttributeError("no such op")
+
+    try:
+        for broken in (wrong, missing):
+            monkeypatch.setattr(cpu_linear, "linear", broken)
+            cpu_linear.available.cache_clear()
+            assert not cpu_linear.available()
+        monkeypatch.undo()
+        for _ in range(100):  # the same answer every time: its check has no random inputs
+            cpu_linear.available.cache_clear()
+            assert cpu_linear.available()
+    finally:
+        cpu_linear.available.cache_clear()
+
+
 def test_fp32_on_cpu_gets_it_unless_the_cpu_is_intel_or_told_otherwise(monkeypatch):
     monkeypatch.delenv(cpu_linear.ENV, raising=False)
     monkeypatch.setattr(cpu_linear, "_cpu_vendor", lambda: "AuthenticAMD")
