@@ -3,8 +3,9 @@
 PyTorch runs an fp32 `nn.Linear` on a CPU through MKL's sgemm. MKL dispatches its fast
 AVX-512 kernels on Intel CPUs only: on this project's AMD EPYC it reaches ~185 GFLOP/s,
 where oneDNN's fp32 matmul (in the same PyTorch build; it dispatches by instruction set,
-not by vendor) reaches 340-470 on the same cores, and the fp32 encoder runs 1.4-1.7x
-faster (docs/engine.md; `benchmarks/bench_engine.py` measures both in its matmul peak).
+not by vendor) reaches 330-470 on the same cores. With its attention through oneDNN too,
+the fp32 engine runs 1.7x faster there (docs/engine.md, "fp32 on CPUs other than Intel's";
+`benchmarks/bench_engine.py`'s `fp32-mkl` side is PyTorch's own path).
 
 `install` turns every Linear of a model loaded in fp32 on a CPU into a `OneDNNLinear`: the
 same module and weights, computing through `torch.ops.mkldnn._linear_pointwise` (the op
