@@ -1,7 +1,7 @@
 """fp32 Linear layers through oneDNN on CPUs where PyTorch's default GEMM is slow.
 
-PyTorch runs an fp32 `nn.Linear` on a CPU through MKL's sgemm. MKL dispatches its fast
-AVX-512 kernels on Intel CPUs only: on this project's AMD EPYC it reaches ~185 GFLOP/s,
+PyTorch runs an fp32 `nn.Linear` on a CPU through MKL's sgemm, and MKL is known to keep its
+fastest paths for Intel CPUs: on this project's AMD EPYC it reaches ~185 GFLOP/s,
 where oneDNN's fp32 matmul (in the same PyTorch build; it dispatches by instruction set,
 not by vendor) reaches 330-470 on the same cores. With its attention through oneDNN too,
 the fp32 engine runs 1.7x faster there (docs/engine.md, "fp32 on CPUs other than Intel's";
