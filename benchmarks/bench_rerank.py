@@ -191,7 +191,8 @@ def main() -> int:
         "--engine-precisions",
         default="",
         help="more engine sides, each compared with the engine at --precision "
-        "(bf16-sdpa: bf16 with SDPA attention)",
+        "(bf16-sdpa: bf16 with SDPA attention; fp32-mkl: fp32 with PyTorch's own GEMM and "
+        "attention)",
     )
     parser.add_argument("--no-flag", action="store_true", help="skip FlagReranker's side")
     parser.add_argument("--out", type=Path, default=None)
