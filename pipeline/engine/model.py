@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 
 from pipeline.engine import cpu_attention, cpu_linear
+from pipeline.engine.fingerprint import fingerprint_model_dir
 from pipeline.engine.random_model import cached_random_model, parse_random_spec
 from pipeline.errors import ModelLoadError
 
@@ -190,20 +190,6 @@ def resolve_model_path(
     return path, path.name
 
 
-def fingerprint_model_dir(path: Path) -> str:
-    """A cheap, stable identity of a model directory: small files hashed, weights by size."""
-    digest = hashlib.sha256()
-    for item in sorted(path.iterdir()):
-        if not item.is_file():
-            continue
-        digest.update(item.name.encode())
-        if item.suffix in (".json", ".pt", ".txt", ".model") and item.stat().st_size < 64 << 20:
-            digest.update(item.read_bytes())
-        else:
-            digest.update(str(item.stat().st_size).encode())
-    return digest.hexdigest()[:16]
-
-
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model comes from and where it runs: what every loader resolves first."""
@@ -213,6 +199,7 @@ class ModelSource:
     revision: str | None
     device: torch.device
     dtype: torch.dtype
+    cache_dir: Path | None = None  # where file digests are kept between runs
 
     def identity(self) -> dict[str, Any]:
         """The LoadedModel fields besides the tokenizer."""
@@ -220,7 +207,7 @@ class ModelSource:
             "spec": self.spec,
             "path": self.path,
             "revision": self.revision,
-            "fingerprint": fingerprint_model_dir(self.path),
+            "fingerprint": fingerprint_model_dir(self.path, self.cache_dir),
             "device": self.device,
             "dtype": self.dtype,
         }
@@ -244,7 +231,7 @@ def locate_model(
         # A slow choice is a warning; a faster option is information.
         level = logging.WARNING if dtype == torch.bfloat16 else logging.INFO
         log.log(level, advice)
-    return ModelSource(spec, path, revision, torch_device, dtype)
+    return ModelSource(spec, path, revision, torch_device, dtype, cache_dir)
 
 
 def _check_tokenizer_template(tokenizer: Any) -> None:
