@@ -12,7 +12,7 @@ def mixed_texts(seed: int = 0) -> list[str]:
     return [
         "hello",
         gen.sentence(8, "latin"),
-        gen.document(1400),  # > 2000 tokens
+        gen.document(1000),  # > 2000 tokens
         gen.sentence(12, "cyrillic") + " " + gen.sentence(12, "cjk"),
         "🚀🔥 emoji only 😀 ✨",
         "😀",

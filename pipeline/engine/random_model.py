@@ -1,7 +1,7 @@
 """Randomly initialised models of the bge-m3 architecture, for tests and speed work.
 
 A random embedder is an XLM-RoBERTa encoder, `colbert_linear.pt`, `sparse_linear.pt` and a
-Unigram tokenizer trained here on generated multilingual text, saved as an ordinary model
+Unigram tokenizer built here from generated multilingual text, saved as an ordinary model
 directory that FlagEmbedding loads like bge-m3. A random reranker is the same encoder with
 a one-label sequence-classification head, the architecture of bge-reranker-v2-m3. Their
 outputs mean nothing: they are never the real models.
@@ -9,10 +9,16 @@ outputs mean nothing: they are never the real models.
 
 from __future__ import annotations
 
+import heapq
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +28,11 @@ from pipeline.errors import ModelLoadError
 
 RANDOM_PREFIX = "random:"
 # Bump when the built files change, so stale caches are not reused.
-BUILD_VERSION = 2
-RERANKER_BUILD_VERSION = 1
+BUILD_VERSION = 3
+RERANKER_BUILD_VERSION = 2
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as in XLM-RoBERTa
 MAX_POSITIONS = 8194  # 8192 tokens + XLM-R's padding offset of 2
+_SPACES = re.compile(" {2,}")
 
 
 @dataclass(frozen=True)
@@ -58,27 +65,67 @@ def parse_random_spec(spec: str) -> str | None:
     return size
 
 
+def unigram_vocab(
+    sentences: Iterable[str], vocab_size: int, max_piece_length: int = 12
+) -> list[tuple[str, float]]:
+    """A Unigram vocabulary from substring counts, the same on every machine and run.
+
+    The `tokenizers` Unigram trainer is not deterministic (its EM walks hash maps seeded per
+    process: two builds differed in 754 of 32,000 positions), so random models built on two
+    machines had different tokenizers and fingerprints. This is SentencePiece's seed
+    vocabulary without the EM rounds: every character, then the substrings (up to
+    `max_piece_length`, words prefixed with the Metaspace "▁") with the most characters
+    covered (count x length, ties by the piece), each scored log(count / total)."""
+    words: Counter[str] = Counter()
+    for sentence in sentences:
+        for word in _SPACES.sub(" ", unicodedata.normalize("NFKC", sentence)).split(" "):
+            if word:
+                words["▁" + word] += 1
+    counts: Counter[str] = Counter()
+    for word, frequency in words.items():
+        for start in range(len(word)):
+            for end in range(start + 1, min(len(word), start + max_piece_length) + 1):
+                counts[word[start:end]] += frequency
+    chars = sorted(piece for piece in counts if len(piece) == 1)
+    room = vocab_size - len(SPECIAL_TOKENS) - len(chars)
+    if room < 0:
+        raise ModelLoadError(f"a vocabulary of {vocab_size} cannot hold {len(chars)} characters")
+    longer = heapq.nsmallest(
+        room,
+        (piece for piece in counts if len(piece) > 1),
+        key=lambda piece: (-counts[piece] * len(piece), piece),
+    )
+    pieces = sorted([*chars, *longer], key=lambda piece: (-counts[piece], piece))
+    total = sum(counts[piece] for piece in pieces)
+    return [(token, 0.0) for token in SPECIAL_TOKENS] + [
+        (piece, math.log(counts[piece] / total)) for piece in pieces
+    ]
+
+
 def train_tokenizer(vocab_size: int, seed: int = 0):  # -> PreTrainedTokenizerFast
-    """A SentencePiece-style Unigram tokenizer with XLM-RoBERTa's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import UnigramTrainer
+    """A SentencePiece-style Unigram tokenizer with XLM-RoBERTa's special tokens, built
+    from generated multilingual text; byte-identical for the same size and seed."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     from transformers import PreTrainedTokenizerFast
 
     from pipeline.engine.synthetic_text import TextGenerator
 
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(" {2,}", " ")])
+    vocab = unigram_vocab(TextGenerator(seed).sentences(20000), vocab_size)
+    tok = Tokenizer(models.Unigram(vocab, unk_id=SPECIAL_TOKENS.index("<unk>")))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
+    )
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = UnigramTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        unk_token="<unk>",
-        shrinking_factor=0.75,
-        max_piece_length=12,
-    )
-    tok.train_from_iterator(TextGenerator(seed).sentences(20000), trainer=trainer)
-    tok.add_special_tokens(["<mask>"])
+    tok.add_special_tokens([*SPECIAL_TOKENS, "<mask>"])
     bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>",

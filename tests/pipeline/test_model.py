@@ -146,3 +146,29 @@ def test_unreachable_hub_fails_fast_with_advice(tmp_path, hub):
     assert "--model DIR" in proc.stdout and "random:small" in proc.stdout
     seconds = float(proc.stdout.split("SECONDS:")[1])
     assert seconds < 1 + 5  # hub_timeout plus slack, never a hang
+
+
+def test_random_models_are_byte_identical_between_builds(tmp_path, capfd, tiny):
+    """A second build of the same size and seed in another directory (another machine) has
+    the same bytes in every file as the session's, so the same fingerprint (a search index
+    built from one cache is searchable with the other's model); nothing is printed on
+    stdout while building."""
+    from pipeline.engine.fingerprint import fingerprint_model_dir
+    from pipeline.engine.random_model import write_random_model
+
+    capfd.readouterr()
+    first = tiny.path
+    second = write_random_model(tmp_path / "b", "tiny")
+    assert capfd.readouterr().out == ""
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir())
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert fingerprint_model_dir(first) == fingerprint_model_dir(second)
+
+
+def test_the_random_tokenizer_collapses_runs_of_spaces(tiny):
+    """Its normalizer replaces a regex, not the literal text " {2,}" (issue 28, item 9)."""
+    tokenizer = tiny.tokenizer
+    assert tokenizer("alpha    beta")["input_ids"] == tokenizer("alpha beta")["input_ids"]
+    assert tokenizer("a {2,} b")["input_ids"] != tokenizer("a b")["input_ids"]
