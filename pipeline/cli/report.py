@@ -13,10 +13,12 @@ from pipeline.cli.options import usage_error
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
 from pipeline.settings import Settings
 from schemas.job import Task
+from schemas.options import EncodeOptions
 
 if TYPE_CHECKING:
     from pipeline.storage.location import Location
-    from pipeline.tasks import Reading
+    from pipeline.storage.output_lease import OutputLease
+    from pipeline.tasks import Reading, TaskKind
 
 
 class ProgressBar:
@@ -84,14 +86,41 @@ def process_command(
         return usage_error(exc)
     if shard_items < 1:
         return usage_error(f"{shard_flag} must be >= 1")
-    from pipeline.local.process import process_file
     from pipeline.storage.location import open_location
+    from pipeline.storage.output_dir import check_output_dir
+    from pipeline.storage.output_lease import take_lease
     from pipeline.tasks import task_kind
 
     kind = task_kind(task)
     source = open_location(args.input)
     if not input_found(kind.command, source):
         return EXIT_FAILED
+    # The output directory (and a previous output to reuse) are checked, and the directory
+    # owned, before the model loads (seconds to minutes).
+    reuse = getattr(args, "reuse", None)
+    if reuse is not None and isinstance(task_options, EncodeOptions):
+        from producers.inputs.reuse_index import open_reusable
+
+        model_spec = args.model or kind.model_spec(settings)
+        open_reusable(reuse, args.out, model_spec, task_options, task_reading.keep_fields)
+    out = check_output_dir(args.out, args.overwrite, resumable=False)
+    with take_lease(out, command=kind.command) as lease:
+        return _run_local(kind, source, args, settings, task_options, task_reading, lease,
+                          shard_items=shard_items, total=total)  # fmt: skip
+
+
+def _run_local(
+    kind: TaskKind,
+    source: Location,
+    args: argparse.Namespace,
+    settings: Settings,
+    task_options: object,
+    task_reading: Reading,
+    lease: OutputLease,
+    *,
+    shard_items: int,
+    total: Callable[[Location], int | None] | None,
+) -> int:
     model = kind.load_model(
         args.model or kind.model_spec(settings),
         device=args.device,
@@ -99,6 +128,8 @@ def process_command(
         cache_dir=settings.cache_dir,
         hub_timeout=settings.hub_timeout,
     )
+    from pipeline.local.process import process_file
+
     engine = kind.engine(model, task_options)
     show_bar = not args.quiet and sys.stderr.isatty()
     count = total(source) if total is not None and show_bar else None
@@ -114,6 +145,7 @@ def process_command(
             overwrite=args.overwrite,
             progress=bar,
             reuse=getattr(args, "reuse", None),
+            lease=lease,
         )
     finally:
         bar.close()

@@ -26,9 +26,11 @@ from pipeline.storage.output_dir import (
     MANIFEST,
     RejectLog,
     ShardLog,
+    check_output_dir,
     prepare_output_dir,
     write_json_atomic,
 )
+from pipeline.storage.output_lease import OutputLease, take_lease
 from pipeline.storage.sink import part_name, write_shard
 from pipeline.tasks import Reading, TaskKind
 from pipeline.tasks.kind import Progress
@@ -77,10 +79,13 @@ def process_file(
     overwrite: bool = False,
     progress: Progress | None = None,
     reuse: Location | Path | str | None = None,
+    lease: OutputLease | None = None,
 ) -> LocalSummary:
     """Run every valid record of `input_path` through `engine` (made by `kind`), writing
     part files, the rejects log and the manifest. `reuse`: a previous output of the same
-    model and options whose rows of unchanged documents are copied, not encoded."""
+    model and options whose rows of unchanged documents are copied, not encoded. `lease`:
+    the output directory's, taken by the caller; else taken here and released at the end.
+    Nothing becomes visible in the directory once another run holds its lease."""
     started = time.time()
     reading = reading or Reading()
     source = open_location(input_path)
@@ -93,6 +98,34 @@ def process_file(
         if not kind.reusable:
             raise ReuseError(f"--reuse does not apply to `m3pipe {kind.command}`")
         previous = check_reusable(reuse, out_dir, engine, reading)
+    if lease is None:
+        checked = check_output_dir(out_dir, overwrite, resumable=False)
+        with take_lease(checked, command=kind.command) as own:
+            return _write_output(
+                kind, source, first, items, out_dir, engine, reading, shard_items, overwrite,
+                progress, previous, own, started,
+            )  # fmt: skip
+    return _write_output(
+        kind, source, first, items, out_dir, engine, reading, shard_items, overwrite,
+        progress, previous, lease, started,
+    )  # fmt: skip
+
+
+def _write_output(
+    kind: TaskKind,
+    source: Location,
+    first: Any,
+    items: Iterator[Any],
+    out_dir: Location | Path | str,
+    engine: Any,
+    reading: Reading,
+    shard_items: int,
+    overwrite: bool,
+    progress: Progress | None,
+    previous: FinishedOutput | None,
+    lease: OutputLease,
+    started: float,
+) -> LocalSummary:
     out = prepare_output_dir(out_dir, overwrite, resumable=False)
     summary = LocalSummary(out_dir=out, stats=kind.new_stats())
     limits = ShardLimits(items=shard_items, bytes=SHARD_MAX_BYTES, tokens=UNBOUNDED)
@@ -119,7 +152,7 @@ def process_file(
                 table = merge_in_order(table, split.copied, shard)
             table = kind.part_table(table, shard, keep)
             name = part_name(number)
-            writing = writer.submit(write_shard, table, out / name)
+            writing = writer.submit(write_shard, table, out / name, lease.check)
             summary.stats.add(result.stats)
             summary.parts += 1
             summary.rows += table.num_rows
@@ -143,6 +176,7 @@ def process_file(
             summary.reused, summary.dropped = summary.reused or 0, index.dropped
     if not summary.intake.balanced():
         raise AssertionError("record accounting does not add up")  # a bug, never bad input
+    lease.check()
     write_json_atomic(
         out / MANIFEST, _manifest(kind, summary, engine, source.uri, reading, started)
     )

@@ -275,6 +275,14 @@ def open_location(target: str | os.PathLike[str] | Location) -> Location:
     return Location(fs, path.rstrip("/"), base, parts.query)
 
 
+def same_place(first: Location, second: Location) -> bool:
+    """Whether two locations name the same directory or file: local ones by their real
+    paths (a link to a directory is that directory), others by URI."""
+    if first.is_local and second.is_local:
+        return os.path.realpath(first.local_path) == os.path.realpath(second.local_path)
+    return first.uri == second.uri
+
+
 def _refuse_secrets(url: str) -> None:
     parts = urlsplit(url)
     secrets = sorted({key for key, _ in parse_qsl(parts.query)} & _SECRET_OPTIONS)

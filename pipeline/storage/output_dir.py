@@ -1,6 +1,6 @@
 """The output directory layout: part-*.parquet, _manifest.json, _shards.jsonl,
-_rejects.jsonl, _job.json, and _letters/ (the messages of failed shards, while they may be
-retried).
+_rejects.jsonl, _job.json, _owner.json (who writes here: pipeline/storage/output_lease.py),
+and _letters/ (the messages of failed shards, while they may be retried).
 
 The directory is a Location: a local directory or an object-store prefix (s3://...).
 """
@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 
 from pipeline.errors import OutputDirError
 from pipeline.storage.location import Location, local_temp_name, open_location
+from pipeline.storage.output_lease import LEASE
 from pipeline.storage.sink import remove_stale_temp_files
 from schemas.document import Reject
 
@@ -48,6 +49,27 @@ def prepare_output_dir(
     which still count) and drops only its manifest, so no stale manifest stays visible.
     `resumable` says whether the command offers --resume (the queue commands do).
     """
+    out = check_output_dir(target, overwrite, resume, resumable)
+    if resume:
+        (out / MANIFEST).delete()
+        (out / SHARDS).delete()
+        _remove_letters(out)  # the resumed job re-sends every shard without a good file
+        remove_stale_temp_files(out)
+        return out
+    for stale in _earlier_output(out):
+        stale.delete()
+    remove_stale_temp_files(out)
+    return out
+
+
+def check_output_dir(
+    target: Location | Path | str,
+    overwrite: bool = False,
+    resume: bool = False,
+    resumable: bool = True,
+) -> Location:
+    """What prepare_output_dir refuses, refused without changing anything but creating the
+    directory: a command checks it before heavy work (loading a model)."""
     out = open_location(target)
     if out.probe() == pafs.FileType.File:
         raise OutputDirError(f"output path exists and is not a directory: {out}")
@@ -55,14 +77,21 @@ def prepare_output_dir(
         _check_bucket(out)
     _make_dir(out)
     _refuse_foreign_files(out)
-    if resume:
-        (out / MANIFEST).delete()
-        (out / SHARDS).delete()
-        _remove_letters(out)  # the resumed job re-sends every shard without a good file
-        remove_stale_temp_files(out)
+    if resume or overwrite:
         return out
-    # Streamed, not listed whole: an earlier output may hold a million part files.
-    earlier = itertools.chain(
+    first = next(_earlier_output(out), None)
+    if first is not None:
+        resume_hint = ", or --resume an unfinished job" if resumable else ""
+        raise OutputDirError(
+            f"output directory {out} already holds output ({first.name}, ...): "
+            f"choose another --out or pass --overwrite{resume_hint}"
+        )
+    return out
+
+
+def _earlier_output(out: Location) -> Iterator[Location]:
+    """What an earlier run left, streamed, not listed whole: it may be a million parts."""
+    return itertools.chain(
         (
             loc
             for loc in (out / MANIFEST, out / SHARDS, out / REJECTS, out / JOB_FILE)
@@ -71,17 +100,6 @@ def prepare_output_dir(
         (out / name for name in out.child_names(PART_PATTERN)),
         _letters(out),
     )
-    first = next(earlier, None)
-    if first is not None and not overwrite:
-        resume_hint = ", or --resume an unfinished job" if resumable else ""
-        raise OutputDirError(
-            f"output directory {out} already holds output ({first.name}, ...): "
-            f"choose another --out or pass --overwrite{resume_hint}"
-        )
-    for stale in itertools.chain([first] if first else [], earlier):
-        stale.delete()
-    remove_stale_temp_files(out)
-    return out
 
 
 def _letters(out: Location) -> Iterator[Location]:
@@ -110,7 +128,7 @@ def is_own_file(name: str) -> bool:
     """Whether m3pipe writes files of this name in an output directory."""
     return (
         fnmatchcase(name, PART_PATTERN)
-        or name in (MANIFEST, SHARDS, REJECTS, JOB_FILE)
+        or name in (MANIFEST, SHARDS, REJECTS, JOB_FILE, LEASE)
         or (name.startswith(".") and ".tmp-" in name)  # an interrupted local write
     )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.errors import ReuseError
 from pipeline.storage.finished_output import FinishedOutput, document_digest, open_for_reuse
-from pipeline.storage.location import Location, open_location
+from pipeline.storage.location import Location, open_location, same_place
 from producers.inputs.scratch_db import ScratchDb, ScratchIndex
 from schemas.document import Document
 from schemas.options import EncodeOptions
@@ -36,7 +36,7 @@ def open_reusable(
     fingerprint, compute precision) is known once a worker loads it: workers check it per
     shard and encode what they cannot copy."""
     previous = open_for_reuse(previous_out)
-    if previous.location.uri == open_location(out).uri:
+    if same_place(previous.location, open_location(out)):
         raise ReuseError("--reuse needs another output directory than --out")
     old = {**previous.options, "model": previous.identity.get("model")}
     new = {**options.model_dump(mode="json"), "model": model}
