@@ -25,9 +25,11 @@ from pipeline.storage.output_dir import (
     JOB_FILE,
     PART_PATTERN,
     RejectLog,
+    check_output_dir,
     prepare_output_dir,
     write_json_atomic,
 )
+from pipeline.storage.output_lease import take_lease
 from pipeline.storage.sink import part_name
 from pipeline.tasks import Reading, task_kind
 from producers.inputs.intake import IntakeCounts, RejectSink
@@ -116,7 +118,7 @@ def submit_job(
         previous = open_reusable(
             request.reuse, request.out, request.model, request.options, request.keep_fields
         )
-    out = prepare_output_dir(request.out, request.overwrite, request.resume)
+    out = check_output_dir(request.out, request.overwrite, request.resume)
     spec = JobSpec(
         job_id=request.job_id or new_job_id(),
         task=request.task,
@@ -144,8 +146,15 @@ def submit_job(
     if request.resume:
         spec = spec_to_resume(spec, out, store)
     job_id = spec.job_id
-    write_json_atomic(out / JOB_FILE, spec.model_dump(mode="json"))
-    store.create(spec, request.job_ttl)
+    # The job owns the directory until it ends; only then is anything in it deleted.
+    lease = take_lease(out, command=request.command, job_id=job_id, job_alive=store.is_active)
+    try:
+        prepare_output_dir(out, request.overwrite, request.resume)
+        write_json_atomic(out / JOB_FILE, spec.model_dump(mode="json"))
+        store.create(spec, request.job_ttl)
+    except BaseException:
+        lease.release()
+        raise
     if on_registered is not None:
         on_registered(job_id)
     counts = IntakeCounts()
@@ -197,6 +206,7 @@ def submit_job(
         )
     except BaseException as exc:
         store.end(job_id, JobState.FAILED, f"submission failed: {exc}")
+        lease.release()  # the job has ended: the directory is free again
         raise
     if cancelled:
         return SubmitResult(job_id, shards, counts, JobState.CANCELLED, skipped, reuse)

@@ -11,7 +11,13 @@ from pipeline.jobs.letters import remove_finished_letters
 from pipeline.jobs.store import JobStore
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.manifest import MANIFEST_FAILURES, build_manifest
-from pipeline.storage.output_dir import MANIFEST, PART_PATTERN, ShardLog, write_json_atomic
+from pipeline.storage.output_dir import (
+    MANIFEST,
+    PART_PATTERN,
+    ShardLog,
+    check_job_owns,
+    write_json_atomic,
+)
 from pipeline.storage.sink import part_name, remove_stale_temp_files
 from schemas.job import JobState, JobStatus, ShardState
 
@@ -93,6 +99,7 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
         failures=failures,
     )
     try:
+        check_job_owns(out, job_id)  # another run took the directory: no manifest of ours
         shard_log.close()
         # Temp files of writes cut short by a crash are hidden, but no longer needed; so
         # are the dead letters of shards that were retried and finished.

@@ -300,6 +300,12 @@ class JobStore:
             raise JobNotFound(job_id)
         return JobSpec.model_validate_json(raw)
 
+    def is_active(self, job_id: str) -> bool | None:
+        """Whether the job has not ended (it may still write its output); None when it is
+        not known (never registered, or expired)."""
+        raw = self._hget(job_key(job_id), "state")
+        return None if raw is None else not JobState(raw).finished
+
     def state(self, job_id: str) -> JobState:
         raw = self._hget(job_key(job_id), "state")
         if raw is None:

@@ -28,7 +28,7 @@ from pipeline.ops.process_group import stop_process_groups
 from pipeline.ops.worker_process import spawn_worker
 from pipeline.settings import Settings
 from pipeline.storage.location import open_location
-from pipeline.storage.output_dir import prepare_output_dir
+from pipeline.storage.output_dir import check_output_dir
 from pipeline.tasks import task_kind
 from producers.submit import SubmitRequest, SubmitResult, submit_job
 from schemas.job import JobState
@@ -117,7 +117,7 @@ def run_local(
         kind.detect_format(path, request.input_format)
     if request.resume:
         previous_spec(request.out)  # something to resume, before starting anything
-    prepare_output_dir(request.out, request.overwrite, request.resume)
+    check_output_dir(request.out, request.overwrite, request.resume)  # submit owns, clears it
     reused = [request.reuse] if request.reuse is not None else []
     devices = worker_devices(workers, force_cpu)
     with contextlib.ExitStack() as stack, _sigterm_as_interrupt():

@@ -29,6 +29,7 @@ from pipeline.runtime.metrics import WorkerMetrics
 from pipeline.runtime.worker_models import WorkerModels
 from pipeline.storage.finished_output import FinishedOutput
 from pipeline.storage.location import Location
+from pipeline.storage.output_dir import check_job_owns
 from pipeline.storage.output_roots import allowed_input, allowed_output, allowed_reuse
 from pipeline.storage.sink import part_name, write_shard
 from pipeline.tasks import TaskEngine, task_kind
@@ -181,6 +182,7 @@ def _encode_and_record(
     def fence() -> None:
         if not store.owns(job_id, shard, token):
             raise StaleAttempt("another delivery took this shard over or ended it: not written")
+        check_job_owns(out, job_id)  # another run took the directory: fails the shard
 
     written = write_shard(with_shard_metadata(table, facts), out / name, fence)
 

@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 
 from pipeline.errors import OutputDirError
 from pipeline.storage.location import Location, local_temp_name, open_location
-from pipeline.storage.output_lease import LEASE
+from pipeline.storage.output_lease import LEASE, describe_holder, read_lease
 from pipeline.storage.sink import remove_stale_temp_files
 from schemas.document import Reject
 
@@ -100,6 +100,26 @@ def _earlier_output(out: Location) -> Iterator[Location]:
         (out / name for name in out.child_names(PART_PATTERN)),
         _letters(out),
     )
+
+
+def check_job_owns(out: Location, job_id: str) -> None:
+    """OutputDirError unless `out` is owned by queue job `job_id`: its lease names the job
+    (or, in a directory of a job submitted before leases, its _job.json does). Workers call
+    it before a part becomes visible, finalisation before the manifest is written."""
+    lease = read_lease(out)
+    if lease is None:
+        try:
+            owner = json.loads((out / JOB_FILE).read_bytes()).get("job_id")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if owner == job_id:
+            return
+        raise OutputDirError(f"output directory {out} is no longer job {job_id}'s: not written")
+    if lease.get("job_id") != job_id:
+        raise OutputDirError(
+            f"output directory {out} was taken over by {describe_holder(lease)}: "
+            f"job {job_id} writes nothing more there"
+        )
 
 
 def _letters(out: Location) -> Iterator[Location]:

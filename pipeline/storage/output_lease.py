@@ -7,8 +7,9 @@ becomes visible. A second run finds the lease held and is refused before any hea
 A lease is free when its file is missing or its holder is gone: a local command's process
 is no longer alive on this host (pid and start time), or its lease was not renewed for
 `STALE_SECONDS` (a holder on another host); a job has ended or is no longer known (the
-caller says, through `job_alive`). So a crashed run's directory can be taken again, by its
-`--resume` or anyone else, and a live one never.
+caller says, through `job_alive`) and its lease is over `REGISTER_SECONDS` old. So a
+crashed run's directory can be taken again, by its `--resume` or anyone else, and a live
+one never.
 
 Local directories take the lease with an exclusive create, a stale one moved aside by an
 atomic rename first (of two racers, one wins). Object stores have no exclusive create
@@ -36,6 +37,7 @@ from pipeline.storage.location import Location
 LEASE = "_owner.json"
 RENEW_SECONDS = 20.0
 STALE_SECONDS = 120.0  # a lease not renewed for this long, held from another host, is free
+REGISTER_SECONDS = 30.0  # a job's lease this young is live even before Redis knows the job
 
 
 def _process_start(pid: int) -> str | None:
@@ -116,10 +118,12 @@ def take_lease(
     *,
     command: str,
     job_id: str | None = None,
-    job_alive: Callable[[str], bool] | None = None,
+    job_alive: Callable[[str], bool | None] | None = None,
 ) -> OutputLease:
     """Take `out`'s lease for this process (`job_id` None) or for a queue job; refused
-    (OutputDirError naming the holder) while another live holder has it."""
+    (OutputDirError naming the holder) while another live holder has it. `job_alive(id)`
+    says whether a job holding it has not ended (None: Redis does not know the job). A
+    lease of the job `job_id` itself (a job being resumed: not running) is taken over."""
     record = {
         "token": uuid.uuid4().hex,
         "command": command,
@@ -133,7 +137,8 @@ def take_lease(
     for _ in range(3):
         current = read_lease(out)
         if current is not None:
-            if holder_alive(current, job_alive):
+            ours = job_id is not None and current.get("job_id") == job_id
+            if not ours and holder_alive(current, job_alive):
                 raise OutputDirError(
                     f"output directory {out} is in use by {describe_holder(current)}: "
                     "wait for it to end (or cancel it), or choose another --out"
@@ -158,11 +163,19 @@ def read_lease(out: Location) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else {"token": None, "renewed": 0.0}
 
 
-def holder_alive(record: dict[str, Any], job_alive: Callable[[str], bool] | None = None) -> bool:
+def holder_alive(
+    record: dict[str, Any], job_alive: Callable[[str], bool | None] | None = None
+) -> bool:
     """Whether the lease's holder may still write."""
     job_id = record.get("job_id")
     if job_id:
-        return job_alive(str(job_id)) if job_alive is not None else True
+        alive = job_alive(str(job_id)) if job_alive is not None else True
+        if alive is not None:
+            return alive
+        # Not known to Redis: a job takes its lease just before it is registered, so a
+        # young lease counts as live; an old one's job expired or was never registered.
+        taken = record.get("taken")
+        return isinstance(taken, int | float) and time.time() - float(taken) < REGISTER_SECONDS
     pid, host = record.get("pid"), record.get("host")
     if host == socket.gethostname() and isinstance(pid, int):
         return _process_start(pid) is not None and _process_start(pid) == record.get("pid_start")

@@ -27,7 +27,7 @@ from pipeline.storage.output_lease import (
     take_lease,
 )
 from pipeline.tasks import task_kind
-from schemas.job import Task
+from schemas.job import JobState, Task
 from schemas.options import EncodeOptions
 from tests.pipeline.test_cli_encode import _args, _write_jsonl
 
@@ -106,6 +106,9 @@ def test_liveness_of_holders():
     job = {"job_id": "j1"}
     assert holder_alive(job, lambda job_id: True)
     assert not holder_alive(job, lambda job_id: False)
+    # Unknown to Redis: live only while young (registered just after the lease is taken).
+    assert holder_alive({**job, "taken": time.time()}, lambda job_id: None)
+    assert not holder_alive({**job, "taken": time.time() - 31}, lambda job_id: None)
 
 
 def test_a_garbage_lease_file_is_stale(tmp_path):
@@ -144,3 +147,84 @@ def test_reuse_through_a_link_to_the_output_is_refused(tmp_path, capsys):
     assert code == EXIT_FAILED
     assert "--reuse needs another output directory" in capsys.readouterr().err
     assert len(list((tmp_path / "prev").glob("part-*.parquet"))) == 1  # not deleted
+
+
+# The queue path: a job owns its --out from submit until it ends.
+
+
+@pytest.fixture
+def runtime(store, tiny):
+    from pipeline.runtime.shard_runner import WorkerRuntime
+    from pipeline.runtime.worker_models import WorkerModels
+
+    models = WorkerModels(specs={Task.EMBED: "random:tiny"}, loader=lambda task, spec: tiny)
+    return WorkerRuntime(models=models, store=store, hostname="t@host")
+
+
+def submit(tmp_path, store, tag: str, **changes):
+    from producers.submit import ShardLimits, SubmitRequest, submit_job
+
+    inp = _write_jsonl(tmp_path / f"{tag}.jsonl", records(20, tag))
+    request = SubmitRequest(**{
+        "inputs": [inp], "out": tmp_path / "out", "model": "random:tiny",
+        "options": EncodeOptions(max_length=64), "queue": "q", "max_queued": 100,
+        "limits": ShardLimits(items=10, bytes=1 << 20, tokens=10**6), **changes,
+    })  # fmt: skip
+    sent: list = []
+    result = submit_job(request, store, lambda message, queue, priority: sent.append(message))
+    return result.job_id, sent
+
+
+def test_a_second_submit_to_the_out_of_a_running_job_is_refused(tmp_path, store):
+    first, _ = submit(tmp_path, store, "a")
+    with pytest.raises(OutputDirError, match="already holds output"):
+        submit(tmp_path, store, "b")
+    with pytest.raises(OutputDirError, match=f"in use by job {first}"):
+        submit(tmp_path, store, "b", overwrite=True)
+    assert (tmp_path / "out" / "_job.json").exists()  # the first job's files are untouched
+    store.end(first, JobState.CANCELLED, "cancelled")
+    second, _ = submit(tmp_path, store, "b", overwrite=True)  # an ended job's lease is free
+    assert read_lease(open_location(tmp_path / "out"))["job_id"] == second
+
+
+def test_a_young_job_lease_is_live_before_redis_knows_the_job(tmp_path, store):
+    out = open_location(tmp_path)
+    take_lease(out, command="submit", job_id="not-yet-registered", job_alive=store.is_active)
+    with pytest.raises(OutputDirError, match="in use by job not-yet-registered"):
+        take_lease(out, command="encode", job_alive=store.is_active)
+
+
+def test_a_job_writes_nothing_into_a_directory_taken_from_it(tmp_path, store, runtime):
+    from pipeline.jobs.finish import finalize_if_complete
+    from pipeline.runtime.shard_runner import run_shard
+
+    job_id, sent = submit(tmp_path, store, "a")
+    out = tmp_path / "out"
+    run_shard(sent[0], runtime)
+    assert (out / "part-00000.parquet").exists()
+    # Another run took the directory (its job expired from Redis, say): the next part fails.
+    taken = {"token": "x", "job_id": None, "command": "encode", "host": "h", "pid": 1}
+    (out / LEASE).write_text(json.dumps({**taken, "taken": time.time()}))
+    with pytest.raises(OutputDirError, match="taken over by `m3pipe encode`"):
+        run_shard(sent[1], runtime)
+    assert not (out / "part-00001.parquet").exists()
+    from pipeline.runtime.shard_runner import fail_shard
+
+    fail_shard(runtime, sent[1], "taken over", "t@host")
+    assert finalize_if_complete(store, job_id) is not None
+    assert not (out / MANIFEST).exists()  # no manifest written over another run's directory
+    assert "taken over" in (store.status(job_id).error or "")
+
+
+def test_check_job_owns_reads_the_lease_or_an_older_jobs_file(tmp_path):
+    from pipeline.storage.output_dir import check_job_owns
+
+    out = open_location(tmp_path)
+    (tmp_path / "_job.json").write_text(json.dumps({"job_id": "old"}))
+    check_job_owns(out, "old")  # a job submitted before leases existed
+    with pytest.raises(OutputDirError, match="no longer job other's"):
+        check_job_owns(out, "other")
+    (tmp_path / LEASE).write_text(json.dumps({"token": "t", "job_id": "new"}))
+    check_job_owns(out, "new")
+    with pytest.raises(OutputDirError, match="taken over by job new"):
+        check_job_owns(out, "old")
