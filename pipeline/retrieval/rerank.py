@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.retrieval.topk import TopK
+from pipeline.retrieval.topk import BlockedTopK
 from pipeline.storage.finished_output import FinishedOutput
 from pipeline.storage.location import open_location
 from producers.inputs.readers import detect_format, read_records
@@ -48,7 +48,7 @@ def rerank_candidates(
     engine: RerankEngine,
     index: FinishedOutput,
     queries: list[Document],
-    candidates: TopK,
+    candidates: BlockedTopK,
     k: int,
     corpus: list[str],
 ) -> dict[str, Ranked]:

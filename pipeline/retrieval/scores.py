@@ -13,12 +13,19 @@ Scores are (documents, queries) float32 arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from schemas.options import Mode
 
 COLBERT_BLOCK_VALUES = 32 << 20  # query x document vector products per block (128 MB)
+# Queries scored together: every (..., queries) array is bounded by the block, not by the
+# query set (10^5 queries once asked for a 745 GiB matrix). A block also holds at most
+# QUERY_BLOCK_VECTORS ColBERT vectors (one longer query is a block alone), so one
+# document's products with a block stay within max(COLBERT_BLOCK_VALUES, 8192 x 8192).
+QUERY_BLOCK = 256
+QUERY_BLOCK_VECTORS = 4096
 
 
 @dataclass
@@ -36,6 +43,46 @@ class Vectors:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def rows(self, start: int, end: int) -> Vectors:
+        """Rows [start, end) as their own Vectors (views; offsets rebased)."""
+
+        def flat(values: np.ndarray | None, offsets: np.ndarray | None) -> tuple[Any, Any]:
+            if values is None or offsets is None:
+                return values, offsets
+            first, last = offsets[start], offsets[end]
+            return values[first:last], offsets[start : end + 1] - first
+
+        sparse_indices, sparse_offsets = flat(self.sparse_indices, self.sparse_offsets)
+        sparse_values, _ = flat(self.sparse_values, self.sparse_offsets)
+        colbert, colbert_offsets = flat(self.colbert, self.colbert_offsets)
+        return Vectors(
+            ids=self.ids[start:end],
+            dense=None if self.dense is None else self.dense[start:end],
+            sparse_indices=sparse_indices,
+            sparse_values=sparse_values,
+            sparse_offsets=sparse_offsets,
+            colbert=colbert,
+            colbert_offsets=colbert_offsets,
+        )
+
+
+def query_blocks(queries: Vectors) -> list[tuple[int, Vectors]]:
+    """(first query, its block) for blocks of at most QUERY_BLOCK queries and
+    QUERY_BLOCK_VECTORS ColBERT vectors (a longer query alone)."""
+    offsets = queries.colbert_offsets
+    blocks, start = [], 0
+    while start < len(queries):
+        end = start + 1
+        while (
+            end < len(queries)
+            and end - start < QUERY_BLOCK
+            and (offsets is None or offsets[end + 1] - offsets[start] <= QUERY_BLOCK_VECTORS)
+        ):
+            end += 1
+        blocks.append((start, queries.rows(start, end)))
+        start = end
+    return blocks
 
 
 def dense_scores(queries: Vectors, docs: Vectors) -> np.ndarray:
@@ -68,7 +115,8 @@ def colbert_scores(queries: Vectors, docs: Vectors) -> np.ndarray:
     assert queries.colbert is not None and queries.colbert_offsets is not None
     assert docs.colbert is not None and docs.colbert_offsets is not None
     query_vectors = len(queries.colbert)
-    # (query vectors, queries): the mean over each query's own vectors.
+    # (query vectors, queries): the mean over each query's own vectors. Called with a block
+    # of queries (query_blocks), so at most QUERY_BLOCK_VECTORS x QUERY_BLOCK values.
     counts = np.diff(queries.colbert_offsets)
     owner = np.repeat(np.arange(len(queries)), counts)
     mean = np.zeros((query_vectors, len(queries)), dtype=np.float32)

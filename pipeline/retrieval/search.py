@@ -21,8 +21,8 @@ import pyarrow as pa
 from pipeline.errors import InputError, OutputUnreadable
 from pipeline.retrieval.index import batch_vectors, document_batches
 from pipeline.retrieval.rerank import rerank_candidates
-from pipeline.retrieval.scores import SCORERS, Vectors, hybrid
-from pipeline.retrieval.topk import TopK
+from pipeline.retrieval.scores import SCORERS, Vectors, hybrid, query_blocks
+from pipeline.retrieval.topk import BlockedTopK
 from pipeline.storage.finished_output import FinishedOutput
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.sink import write_shard
@@ -172,25 +172,34 @@ def score_index(
     queries: Vectors,
     modes: tuple[Mode, ...],
     request: SearchRequest,
-) -> tuple[dict[str, TopK], int]:
-    """The best K per query for each run, and the documents scored."""
-    runs = {run: TopK(len(queries), request.top_k, extras=len(Mode)) for run in request.runs}
+) -> tuple[dict[str, BlockedTopK], int]:
+    """The best K per query for each run, and the documents scored. The index is read
+    once; each batch of it is scored against the queries a block at a time, so memory is
+    bounded by the batch and the block, whatever the number of queries (besides the
+    results: K per query)."""
+    blocks = query_blocks(queries)
+    firsts = [first for first, _ in blocks]
+    runs = {
+        run: BlockedTopK(firsts, len(queries), request.top_k, extras=len(Mode))
+        for run in request.runs
+    }
     documents = 0
     for batch, starts in document_batches(index, modes):
         check_dimensions(queries, batch, index)
-        by_mode = {mode: SCORERS[mode](queries, batch) for mode in modes}
-        # (rows, queries, each mode) with NaN for a mode not scored
-        components = np.full((len(batch), len(queries), len(Mode)), np.nan, dtype=np.float32)
-        for column, mode in enumerate(Mode):
-            if mode in by_mode:
-                components[:, :, column] = by_mode[mode]
         doc_ids = [batch.ids[start] for start in starts[:-1]]
         documents += len(doc_ids)
-        for run, top in runs.items():
-            scores = hybrid(by_mode, request.weights) if run == HYBRID else by_mode[Mode(run)]
-            best, rows = best_per_document(scores, starts)
-            chosen = np.take_along_axis(components, rows[:, :, None], axis=0)
-            top.add(best, doc_ids, chosen)
+        for number, (_, block) in enumerate(blocks):
+            by_mode = {mode: SCORERS[mode](block, batch) for mode in modes}
+            # (rows, queries, each mode) with NaN for a mode not scored
+            components = np.full((len(batch), len(block), len(Mode)), np.nan, dtype=np.float32)
+            for column, mode in enumerate(Mode):
+                if mode in by_mode:
+                    components[:, :, column] = by_mode[mode]
+            for run, top in runs.items():
+                scores = hybrid(by_mode, request.weights) if run == HYBRID else by_mode[Mode(run)]
+                best, rows = best_per_document(scores, starts)
+                chosen = np.take_along_axis(components, rows[:, :, None], axis=0)
+                top.block(number).add(best, doc_ids, chosen)
     return runs, documents
 
 
@@ -205,7 +214,7 @@ def check_dimensions(queries: Vectors, batch: Vectors, index: FinishedOutput) ->
             )
 
 
-def results_table(queries: list[Document], runs: dict[str, TopK],
+def results_table(queries: list[Document], runs: dict[str, BlockedTopK],
                   reranked: dict[str, list[tuple[str, float, np.ndarray]]] | None,
                   metadata: dict[str, object]) -> pa.Table:  # fmt: skip
     columns: dict[str, list[object]] = {name: [] for name in search_results_schema().names}

@@ -52,3 +52,21 @@ class TopK:
             for i in order
             if np.isfinite(self.scores[query, i])
         ]
+
+
+class BlockedTopK:
+    """TopK for queries scored in blocks (pipeline/retrieval/scores.query_blocks): one TopK
+    per block, each fed with its block's scores; read back by query number."""
+
+    def __init__(self, firsts: list[int], queries: int, k: int, extras: int = 0) -> None:
+        self.firsts = firsts
+        ends = [*firsts[1:], queries]
+        pairs = zip(firsts, ends, strict=True)
+        self.blocks = [TopK(end - first, k, extras) for first, end in pairs]
+
+    def block(self, number: int) -> TopK:
+        return self.blocks[number]
+
+    def ranked(self, query: int) -> list[tuple[str, float, np.ndarray]]:
+        number = int(np.searchsorted(self.firsts, query, side="right")) - 1
+        return self.blocks[number].ranked(query - self.firsts[number])
