@@ -72,7 +72,9 @@ def add_scale_commands(sub: argparse._SubParsersAction) -> None:
     backlog.add_argument("--queues", help="comma-separated queues (default: $M3PIPE_QUEUE)")
     add_consumer_tenant_option(backlog)
     backlog.add_argument("--serve", type=int, metavar="PORT", help="serve GET /backlog as JSON")
-    backlog.add_argument("--address", default="0.0.0.0", help="with --serve (default 0.0.0.0)")
+    backlog.add_argument(
+        "--address", default="127.0.0.1", help="with --serve (default: localhost only)"
+    )
     backlog.set_defaults(func=cmd_backlog)
 
 

@@ -5,7 +5,7 @@ that two sets of vectors came from the same weights, so a fingerprint must chang
 byte changes (a weight file replaced in place by one of the same size included).
 
 Hashing bge-m3's 2.3 GB of weights costs about two seconds, once: a file's digest is kept
-in the cache directory under its stat identity (real path, device, inode, size, mtime and
+in the cache directory under its stat identity (real path, inode, size, mtime and
 ctime, all in nanoseconds where the filesystem has them). Any write to the file changes its
 ctime, which no user call can set back, so a stale digest is never reused.
 """
@@ -61,7 +61,7 @@ def _stat_key(path: Path) -> str:
     real = os.path.realpath(path)
     st = os.stat(real)
     return json.dumps(
-        [real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns],
+        [real, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns],
         separators=(",", ":"),
     )
 

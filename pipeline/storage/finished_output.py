@@ -14,8 +14,10 @@ import base64
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +133,12 @@ class FinishedOutput:
         job = manifest["job"]
         if job.get("task", "embed") != "embed" or not isinstance(job.get("options"), dict):
             raise OutputUnreadable(f"{location}: not the output of an embed job")
+        linked = next(_linked_parts(location), None)
+        if linked is not None:
+            raise OutputUnreadable(
+                f"{location}: {linked} is a link, not a file m3pipe wrote (links in an "
+                "output are never followed)"
+            )
         return cls(location, manifest)
 
     @property
@@ -165,6 +173,8 @@ class FinishedOutput:
         """Part `number` (only `columns`, `id` always included), or ReuseError if it is
         missing, damaged or made without document digests."""
         path = self.location / part_name(number)
+        if path.is_local and os.path.islink(path.local_path):  # made one after open()
+            raise ReuseError(f"{path} is a link: not followed")
         try:
             wanted = None if columns is None else ["id", *(c for c in columns if c != "id")]
             # One read: the table's schema carries the file's metadata.
@@ -194,6 +204,16 @@ class FinishedOutput:
             for ordinal, doc_id in enumerate(part.ids):
                 start, end = starts[ordinal], starts[ordinal + 1]
                 yield doc_id, number, start, end - start, part.digest(ordinal)
+
+
+def _linked_parts(location: Location) -> Iterator[str]:
+    """The part names in a local output that are symbolic links, read as it goes."""
+    if not location.is_local:
+        return
+    with os.scandir(location.local_path) as entries:
+        for entry in entries:
+            if entry.is_symlink() and fnmatchcase(entry.name, PART_PATTERN):
+                yield entry.name
 
 
 def open_for_reuse(target: Location | Path | str) -> FinishedOutput:

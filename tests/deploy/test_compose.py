@@ -59,8 +59,13 @@ def test_every_m3pipe_command_parses_with_the_cli(compose):
 def test_services_carry_the_documented_settings(compose):
     services = compose["services"]
     redis_command = " ".join(services["redis"]["command"])
-    for setting in ("--appendonly yes", "--maxmemory-policy noeviction", "--requirepass"):
+    for setting in ("--appendonly yes", "--maxmemory-policy noeviction", "requirepass"):
         assert setting in redis_command
+    # The password is never on a command line: a config file on a tmpfs, REDISCLI_AUTH.
+    assert "--requirepass" not in redis_command and "REDIS_PASSWORD" in redis_command
+    assert "/run/redis-auth" in services["redis"]["tmpfs"][0]
+    health = " ".join(services["redis"]["healthcheck"]["test"])
+    assert "REDISCLI_AUTH" in health and " -a " not in health
     for index in (0, 1):
         worker = services[f"worker-gpu{index}"]
         devices = worker["deploy"]["resources"]["reservations"]["devices"]

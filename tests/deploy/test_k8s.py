@@ -133,7 +133,14 @@ def test_keda_scales_the_worker_on_backlog_including_in_flight(objects):
     host_port = api["url"].split("//")[1].split("/")[0]
     assert host_port == f"m3pipe-backlog.m3pipe.svc:{service['spec']['ports'][0]['port']}"
     backlog = objects[("Deployment", "m3pipe-backlog")]
-    assert containers(backlog)[0]["args"][:4] == ["m3pipe", "backlog", "--serve", "9391"]
+    assert containers(backlog)[0]["args"][:6] == [
+        "m3pipe",
+        "backlog",
+        "--serve",
+        "9391",
+        "--address",
+        "0.0.0.0",
+    ]
     redis_trigger = triggers["redis"]
     assert redis_trigger["metadata"]["listName"] == "m3pipe"
     auth = redis_trigger["authenticationRef"]["name"]
@@ -143,10 +150,48 @@ def test_keda_scales_the_worker_on_backlog_including_in_flight(objects):
 def test_redis_persists_and_flower_is_internal(objects):
     redis = objects[("StatefulSet", "redis")]
     args = " ".join(containers(redis)[0]["args"])
-    for setting in ("--appendonly yes", "--maxmemory-policy noeviction", "--requirepass"):
+    for setting in ("--appendonly yes", "--maxmemory-policy noeviction", "requirepass"):
         assert setting in args
+    assert "--requirepass" not in args  # a config file on a memory volume, not argv
+    probe = " ".join(containers(redis)[0]["readinessProbe"]["exec"]["command"])
+    assert "REDISCLI_AUTH" in probe and " -a " not in probe
     assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     flower = objects[("Service", "m3pipe-flower")]
     assert flower["spec"]["type"] == "ClusterIP"
     flower_env = env_of(containers(objects[("Deployment", "m3pipe-flower")])[0])
     assert "M3PIPE_FLOWER_BASIC_AUTH" in flower_env
+
+
+POD_KINDS = ("Deployment", "StatefulSet", "Job")
+
+
+def test_every_pod_runs_unprivileged_on_a_read_only_root(objects):
+    pods = [obj for (kind, _), obj in objects.items() if kind in POD_KINDS]
+    assert len(pods) == 5
+    for pod in pods:
+        spec = pod["spec"]["template"]["spec"]
+        name = pod["metadata"]["name"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
+            # Whatever it writes has a volume: /tmp for m3pipe, the auth file for Redis.
+            mounts = {mount["mountPath"] for mount in container.get("volumeMounts", [])}
+            assert "/tmp" in mounts or "/run/redis-auth" in mounts, name
+
+
+def test_only_m3pipe_pods_reach_redis(objects):
+    policy = objects[("NetworkPolicy", "redis")]
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "redis"}}
+    [rule] = policy["spec"]["ingress"]
+    assert rule["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "m3pipe"}}}
+    ]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    for (kind, name), obj in objects.items():
+        if kind in POD_KINDS:  # every m3pipe pod carries the label the policy admits
+            labels = obj["spec"]["template"]["metadata"]["labels"]
+            assert labels["app.kubernetes.io/part-of"] == "m3pipe", name

@@ -73,3 +73,10 @@ def test_backlog_server_serves_json_for_keda(store):
             opener.open(f"{url}/other", timeout=10)
     finally:
         server.shutdown()
+
+
+def test_backlog_serves_on_localhost_unless_told():
+    """No auth on /backlog: it binds 127.0.0.1 unless an address is given (as flower)."""
+    from pipeline.cli.main import build_parser
+
+    assert build_parser().parse_args(["backlog", "--serve", "9391"]).address == "127.0.0.1"

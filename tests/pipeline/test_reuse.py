@@ -164,6 +164,21 @@ def test_what_is_not_a_reusable_output_is_refused(tmp_path, tiny):
         encode(tmp_path, tiny, "v3", records, reuse=tmp_path / "v1")
 
 
+def test_a_linked_part_in_the_previous_output_is_refused(tmp_path, tiny):
+    """A part that is a link (to anything, outside the roots too) is not m3pipe's file: the
+    previous output is refused, and a link made after it was opened is not read."""
+    records = corpus(20)
+    encode(tmp_path, tiny, "v1", records)
+    outside = tmp_path / "elsewhere.parquet"
+    part = tmp_path / "v1" / "part-00001.parquet"
+    part.rename(outside)
+    part.symlink_to(outside)
+    with pytest.raises(ReuseError, match=r"part-00001\.parquet is a link"):
+        encode(tmp_path, tiny, "v2", records, reuse=tmp_path / "v1")
+    with pytest.raises(ReuseError, match="is a link: not followed"):
+        FinishedOutput.at(tmp_path / "v1").read_part(1)
+
+
 def strip_digests(part: Path) -> None:
     table = pq.read_table(part)
     metadata = {k: v for k, v in table.schema.metadata.items() if k != DOCUMENT_DIGESTS_KEY}
