@@ -96,6 +96,11 @@ class UnregisteredShard(UnknownJob):
     """A message names a shard its job never registered (forged, or of another Redis)."""
 
 
+class ForgedMessage(UnregisteredShard):
+    """A message that is not the one registered for its shard (same shard, other content):
+    refused once, nothing recorded, so the registered message still runs."""
+
+
 class StaleAttempt(PermanentError):
     """Another delivery took the shard over or ended it while this one ran: it must not
     write. Nothing is recorded; the owner's result stands."""

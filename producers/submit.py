@@ -17,7 +17,13 @@ from typing import Literal, cast
 
 from pipeline.errors import InputError, QuotaExceeded, ResumeError, ReuseError, SubmitCancelled
 from pipeline.jobs.finish import finalize_if_complete
-from pipeline.jobs.resume import check_same_job, documents_digest, previous_spec, read_shard_file
+from pipeline.jobs.resume import (
+    check_same_job,
+    documents_digest,
+    message_digest,
+    previous_spec,
+    read_shard_file,
+)
 from pipeline.jobs.store import ABSENT, DEFAULT_JOB_TTL, JobStore
 from pipeline.jobs.tenants import job_quota_problem, shard_quota_problem
 from pipeline.storage.location import Location, open_location
@@ -385,5 +391,5 @@ def enqueue(
 ) -> None:
     # Registered before it is sent, so a fast worker always finds it queued. The digest
     # lets a worker tell this message from a stale one of an earlier submission (--resume).
-    store.queue_shard(message.job_id, message.shard, digest, message.size)
+    store.queue_shard(message.job_id, message.shard, digest, message.size, message_digest(message))
     publish(message, queue, priority)

@@ -401,6 +401,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.jobs.letters import LetterLost, read_letter
+    from pipeline.jobs.resume import message_digest
     from pipeline.storage.location import open_location
     from schemas.job import ShardMessage
     from workers.app import shard_publisher
@@ -419,7 +420,12 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
         """The message a letter keeps; None (the shard counted lost) if there is none."""
         try:
             if letter is not None:
-                return read_letter(letter, out())
+                message = read_letter(letter, out())
+                registered = store.registered_digests(args.job, shard)[1]
+                if registered is None or registered == message_digest(message):
+                    return message
+                print(f"m3pipe retry: shard {shard}: its letter is not the message "
+                      "registered for it: not re-sent", file=sys.stderr)  # fmt: skip
         except LetterLost as exc:
             print(f"m3pipe retry: shard {shard}: {exc}", file=sys.stderr)
         lost.append(shard)

@@ -23,7 +23,7 @@ from pipeline.errors import ResumeError
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.output_dir import JOB_FILE
 from schemas.document import Document
-from schemas.job import JobSpec
+from schemas.job import JobSpec, ShardMessage
 from schemas.output import read_output_metadata
 
 SHARD_METADATA_KEY = b"m3pipe.shard"
@@ -95,6 +95,13 @@ def with_shard_metadata(table: pa.Table, facts: dict[str, Any]) -> pa.Table:
 class ShardFile:
     facts: dict[str, Any]  # job_id, shard, digest, documents, rows, tokens
     model: dict[str, Any]  # the engine's file metadata (model, dtype, modes...)
+
+
+def message_digest(message: ShardMessage) -> str:
+    """The digest of a whole shard message as sent: registered with the shard, so that a
+    worker acts only on the message that was registered (a forged copy that keeps the
+    documents' digest but names other inputs or byte ranges is refused untouched)."""
+    return hashlib.sha256(message.model_dump_json().encode("utf-8")).hexdigest()[:32]
 
 
 def read_shard_file(target: Location | Path | str) -> ShardFile | None:

@@ -395,11 +395,15 @@ class JobStore:
         return self.end(job_id, JobState.CANCELLED)
 
     # -- shards -----------------------------------------------------------------------
-    def queue_shard(self, job_id: str, shard: int, digest: str, documents: int) -> bool:
-        """Register a shard about to be sent: its digest, QUEUED (from no state), its
-        documents counted as enqueued; one round trip. False if it had a state already."""
+    def queue_shard(
+        self, job_id: str, shard: int, digest: str, documents: int, message_digest: str = ""
+    ) -> bool:
+        """Register a shard about to be sent: its digest (of the documents, and of the
+        message when given), QUEUED (from no state), its documents counted as enqueued;
+        one round trip. False if it had a state already."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(shard_digest_key(job_id), str(shard), digest)
+        registered = f"{digest} {message_digest}" if message_digest else digest
+        pipe.hset(shard_digest_key(job_id), str(shard), registered)
         self._transition(
             keys=self._transition_keys(job_id, shard),
             args=self._transition_args(
@@ -498,7 +502,16 @@ class JobStore:
 
     def shard_digest(self, job_id: str, shard: int) -> str | None:
         """The digest of the documents registered for this shard (None if unknown)."""
-        return self._hget(shard_digest_key(job_id), str(shard))
+        return self.registered_digests(job_id, shard)[0]
+
+    def registered_digests(self, job_id: str, shard: int) -> tuple[str | None, str | None]:
+        """The digests registered for this shard: of its documents, and of the message
+        sent (None if unknown, or registered without one)."""
+        value = self._hget(shard_digest_key(job_id), str(shard))
+        if value is None:
+            return None, None
+        documents, _, message = value.partition(" ")
+        return documents, message or None
 
     # Attempts are one byte per shard in a string (BITFIELD u8, saturating at 255: far above
     # any M3PIPE_MAX_ATTEMPTS), not a hash field: ~1 byte a shard instead of ~90.

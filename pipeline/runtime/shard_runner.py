@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import (
+    ForgedMessage,
     JobNotFound,
     PermanentError,
     PipelineError,
@@ -23,7 +24,7 @@ from pipeline.errors import (
 )
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.letters import make_letter
-from pipeline.jobs.resume import documents_digest, with_shard_metadata
+from pipeline.jobs.resume import documents_digest, message_digest, with_shard_metadata
 from pipeline.jobs.store import ABSENT, JobStore
 from pipeline.runtime.metrics import WorkerMetrics
 from pipeline.runtime.worker_models import WorkerModels
@@ -89,13 +90,17 @@ class ShardOutcome:
 def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
     store, job_id, shard = runtime.store, message.job_id, message.shard
     spec = runtime.job_spec(job_id)
+    registered, registered_message = store.registered_digests(job_id, shard)
+    if registered_message is not None and registered_message != message_digest(message):
+        # Not the message registered for this shard (a forged or altered copy): refused
+        # before anything about the shard changes; the registered message still runs.
+        raise ForgedMessage(f"job {job_id} shard {shard}: not the message registered for it")
     runtime.models.check_job_model(spec.task, job_id, spec.model)
     if message.task is not spec.task:
         raise PermanentError(f"job {job_id} is a {spec.task.value} job: this shard is not")
     # Hashed once: stale check and file facts. A reference carries the digest of the
     # documents it points at; reading them back checks it.
     digest = message.ref.digest if message.ref is not None else documents_digest(message.items)
-    registered = store.shard_digest(job_id, shard)
     if registered is None and store.shard_state(job_id, shard) == ABSENT:
         raise UnregisteredShard(f"job {job_id} never registered shard {shard}")
     if registered is not None and registered != digest:
