@@ -96,6 +96,12 @@ class UnregisteredShard(UnknownJob):
     """A message names a shard its job never registered (forged, or of another Redis)."""
 
 
+class WrongWorker(PipelineError):
+    """This worker cannot serve the shard (another model, weights or compute precision than
+    the job's), but another worker can: the shard goes back to the queue, no attempt
+    counted, nothing recorded against it."""
+
+
 class ForgedMessage(UnregisteredShard):
     """A message that is not the one registered for its shard (same shard, other content):
     refused once, nothing recorded, so the registered message still runs."""

@@ -85,6 +85,7 @@ class SubmitRequest:
     job_ttl: int = DEFAULT_JOB_TTL  # seconds its Redis keys are kept once it ends
     inline_shards: bool = False  # text in the messages even where a reference would do
     reuse: Path | str | None = None  # a previous output to copy unchanged documents from
+    precision: Literal["fp32", "fp16", "bf16", "any"] | None = None  # see JobSpec.precision
 
     def reading(self) -> Reading:
         return Reading(
@@ -148,6 +149,7 @@ def submit_job(
         command=request.command,
         max_record_bytes=request.max_record_bytes,
         reuse=previous.location.url if previous is not None else None,
+        precision=request.precision,
     )
     if request.resume:
         spec = spec_to_resume(spec, out, store)

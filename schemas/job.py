@@ -93,6 +93,9 @@ class JobSpec(BaseModel):
     # `--reuse`: the previous output (absolute path or URL) unchanged documents are copied
     # from; workers read it under their input or output roots.
     reuse: str | None = None
+    # The compute precision every shard runs at: fp32, fp16, bf16; "any" accepts workers of
+    # any (the manifest records the mix); None: the first worker's, which then binds the job.
+    precision: Literal["fp32", "fp16", "bf16", "any"] | None = None
 
     @model_validator(mode="after")
     def _options_of_task(self) -> JobSpec:
@@ -191,6 +194,9 @@ class JobStatus(BaseModel):
     queue: str
     model: str
     error: str | None = None
+    # Set while shards are handed back by workers that cannot serve them (another model,
+    # weights or precision): what the job waits for, and who last gave one back.
+    waiting: str | None = None
     expires_at: float | None = None  # when Redis forgets the ended job (M3PIPE_JOB_TTL)
     documents_reused: int | None = None  # --reuse: copied from the previous output so far
     documents_dropped: int | None = None  # --reuse: the previous output's, not in the input

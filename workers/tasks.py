@@ -3,6 +3,7 @@ pipeline.runtime.shard_runner."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -11,7 +12,7 @@ from celery.exceptions import Reject
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from pipeline.errors import PermanentError, UnknownJob
+from pipeline.errors import PermanentError, UnknownJob, WrongWorker
 from pipeline.jobs.keys import TASK_ENCODE_SHARD
 from pipeline.runtime.retry_policy import after_failure
 from pipeline.runtime.shard_runner import WorkerRuntime, fail_shard, run_shard
@@ -55,6 +56,14 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     except UnknownJob as exc:  # nothing to record it against: refused once, never retried
         log.error("refused shard message %s: %s", self.request.id, exc)
         raise Reject(str(exc), requeue=False) from None
+    except WrongWorker as exc:
+        # Another worker's shard: back to the queue after a pause, no attempt counted, its
+        # state untouched; `status` says what the job waits for.
+        log.warning("shard %s of job %s given back: %s", message.shard, message.job_id, exc)
+        with contextlib.suppress(RedisError):
+            runtime.store.note_waiting(message.job_id, f"{exc}; last given back by {worker}")
+        runtime.metrics.shard_ended("given_back", tenant)
+        raise self.retry(countdown=runtime.retry_backoff_seconds) from None
     except PermanentError as exc:
         # Bad data or configuration: retrying cannot help.
         runtime.metrics.shard_ended("failed", tenant)

@@ -112,6 +112,14 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     add_encode_options(submit)
     add_input_options(submit)
     add_shard_options(submit)
+    submit.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16", "any"],
+        default="auto",
+        help="the compute precision of every shard: a worker computing in another leaves "
+        "the shard for one that does. auto (default): the first worker's, which then binds "
+        "the job; any: workers of any precision, the manifest records the mix",
+    )
     submit.set_defaults(func=cmd_submit)
 
     status = sub.add_parser("status", help="show a job (or the recent jobs)")
@@ -285,6 +293,7 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
         max_record_bytes=max_record_bytes(args, settings),
         inline_shards=args.inline_shards,
         reuse=args.reuse,
+        precision=None if args.precision in (None, "auto") else args.precision,
     )
 
 

@@ -86,9 +86,15 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
             "encoded": status.documents_done - status.documents_reused,
             "dropped": status.documents_dropped or 0,
         }
+    model = store.model_metadata(job_id)
+    if spec.precision == "any" and model is not None:
+        # Workers of several precisions may have run it: say which, and that it is a mix.
+        dtypes = store.compute_dtypes(job_id)
+        model = {**model, "compute_dtypes": dtypes}
+        model["compute_dtype"] = dtypes[0] if len(dtypes) == 1 else "mixed"
     manifest = build_manifest(
         job={"command": spec.command, "job_id": job_id, **spec.model_dump(mode="json")},
-        model=store.model_metadata(job_id),
+        model=model,
         parts=parts,
         counts=counts,
         stats={

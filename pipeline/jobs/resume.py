@@ -32,6 +32,7 @@ SHARD_METADATA_KEY = b"m3pipe.shard"
 # max_queued, created_at) may change between the first run and the resumed one.
 SAME_ON_RESUME = (
     "task",
+    "precision",
     "inputs",
     "input_format",
     "model",

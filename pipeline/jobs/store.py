@@ -359,6 +359,29 @@ class JobStore:
     def set_model_metadata(self, job_id: str, metadata: dict[str, object]) -> None:
         self.redis.hsetnx(job_key(job_id), "model_metadata", json.dumps(metadata))
 
+    def pin_model_metadata(self, job_id: str, metadata: dict[str, object]) -> dict[str, Any]:
+        """The job's model identity: `metadata` if this is the first worker to run a shard
+        of it, else what the first one pinned (one round trip)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hsetnx(job_key(job_id), "model_metadata", json.dumps(metadata))
+        pipe.hget(job_key(job_id), "model_metadata")
+        pinned = pipe.execute()[1]
+        return dict(json.loads(pinned)) if pinned else dict(metadata)
+
+    def note_compute_dtype(self, job_id: str, dtype: str) -> None:
+        """A job of any precision: one more compute dtype its shards ran at (at most 3)."""
+        self.redis.hset(job_key(job_id), f"dtype_{dtype}", 1)
+
+    def compute_dtypes(self, job_id: str) -> list[str]:
+        fields = self._hgetall(job_key(job_id))
+        return sorted(name.removeprefix("dtype_") for name in fields if name.startswith("dtype_"))
+
+    def note_waiting(self, job_id: str, reason: str) -> None:
+        """A worker handed a shard back (it cannot serve the job): shown by `status`."""
+        self.redis.hset(
+            job_key(job_id), mapping={"waiting": reason[:500], "waiting_at": time.time()}
+        )
+
     def model_metadata(self, job_id: str) -> dict[str, Any] | None:
         raw = self._hget(job_key(job_id), "model_metadata")
         return json.loads(raw) if raw else None
@@ -724,6 +747,7 @@ class JobStore:
             queue=spec.queue,
             model=spec.model,
             error=fields.get("error"),
+            waiting=_recent_waiting(fields),
             expires_at=_float(fields.get("expires_at")),
             documents_reused=_int(fields.get("documents_reused")) if spec.reuse else None,
             documents_dropped=(
@@ -732,3 +756,14 @@ class JobStore:
                 else None
             ),
         )
+
+
+WAITING_SHOWN_SECONDS = 120.0  # a hand-back older than this no longer describes the job
+
+
+def _recent_waiting(fields: Mapping[str, str]) -> str | None:
+    """What the job waits for, if a worker handed a shard back lately and it has not ended."""
+    at = _float(fields.get("waiting_at"))
+    if at is None or time.time() - at > WAITING_SHOWN_SECONDS or "finished_at" in fields:
+        return None
+    return fields.get("waiting")

@@ -44,6 +44,8 @@ def describe(status: JobStatus) -> str:
     ]
     if status.error:
         lines.append(f"  error      {status.error}")
+    if status.waiting:
+        lines.append(f"  waiting    {status.waiting}")
     if status.expires_at:
         lines.append(f"  kept until {_when(status.expires_at)} (then Redis forgets the job)")
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from pipeline.errors import (
     StaleAttempt,
     UnknownJob,
     UnregisteredShard,
+    WrongWorker,
 )
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.letters import make_letter
@@ -91,13 +92,7 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
     store, job_id, shard = runtime.store, message.job_id, message.shard
     spec = runtime.job_spec(job_id)
     registered, registered_message = store.registered_digests(job_id, shard)
-    if registered_message is not None and registered_message != message_digest(message):
-        # Not the message registered for this shard (a forged or altered copy): refused
-        # before anything about the shard changes; the registered message still runs.
-        raise ForgedMessage(f"job {job_id} shard {shard}: not the message registered for it")
     runtime.models.check_job_model(spec.task, job_id, spec.model)
-    if message.task is not spec.task:
-        raise PermanentError(f"job {job_id} is a {spec.task.value} job: this shard is not")
     # Hashed once: stale check and file facts. A reference carries the digest of the
     # documents it points at; reading them back checks it.
     digest = message.ref.digest if message.ref is not None else documents_digest(message.items)
@@ -111,9 +106,16 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
         current = store.shard_state(job_id, shard)
         state = ShardState.QUEUED if current == ABSENT else ShardState(current)
         return ShardOutcome(state, "stale message")
+    if registered_message is not None and registered_message != message_digest(message):
+        # The registered documents, but not the message registered for them (a forged or
+        # altered copy): refused before anything about the shard changes.
+        raise ForgedMessage(f"job {job_id} shard {shard}: not the message registered for it")
+    if message.task is not spec.task:
+        raise PermanentError(f"job {job_id} is a {spec.task.value} job: this shard is not")
     if store.state(job_id) is JobState.CANCELLED:
         store.mark_shard(job_id, shard, ShardState.CANCELLED, _ACTIVE)
         return ShardOutcome(ShardState.CANCELLED, "job cancelled")
+    check_serves(runtime, spec)  # WrongWorker: for another worker, nothing recorded
 
     started = time.time()
     running = {"worker": runtime.hostname, "documents": message.size, "started": started}
@@ -145,6 +147,39 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
     finally:
         runtime.metrics.shard_started.set(0)
         store.note_idle(runtime.hostname)
+
+
+# What must be the same for every shard of a job: the weights, their revision, and the
+# compute precision (unless the job accepts any).
+_BINDING = ("model", "model_revision", "model_fingerprint", "compute_dtype")
+_PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def check_serves(runtime: WorkerRuntime, spec: JobSpec) -> None:
+    """WrongWorker unless this worker computes what the job's other shards were computed
+    with: the first worker to run a shard pins the job's model identity (and precision,
+    when the job did not fix one at submit); a worker of other weights or precision leaves
+    the shard for one that matches."""
+    job_id = spec.job_id
+    mine = runtime.engine(spec).file_metadata()
+    wanted = _PRECISION_DTYPES.get(spec.precision or "")
+    if wanted is not None and mine.get("compute_dtype") != wanted:
+        raise WrongWorker(
+            f"job {job_id} waits for a worker computing in {spec.precision} "
+            f"(this one computes in {mine.get('compute_dtype')})"
+        )
+    pinned = runtime.store.pin_model_metadata(job_id, mine)
+    binding = _BINDING if spec.precision != "any" else _BINDING[:-1]
+    differs = [key for key in binding if pinned.get(key) != mine.get(key)]
+    if differs:
+        wanted_identity = ", ".join(f"{key} {pinned.get(key)!r}" for key in differs)
+        this_identity = ", ".join(f"{mine.get(key)!r}" for key in differs)
+        raise WrongWorker(
+            f"job {job_id} waits for a worker with {wanted_identity}, as its other shards "
+            f"(this one has {this_identity})"
+        )
+    if spec.precision == "any":
+        runtime.store.note_compute_dtype(job_id, str(mine.get("compute_dtype")))
 
 
 def _encode_and_record(

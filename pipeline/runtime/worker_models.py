@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import PermanentError, RetryableError
+from pipeline.errors import PermanentError, RetryableError, WrongWorker
 from pipeline.tasks import task_kind
 from schemas.job import Task
 
@@ -58,12 +58,13 @@ class WorkerModels:
         return task in self._loaded
 
     def check_job_model(self, task: Task, job_id: str, model: str) -> None:
-        """PermanentError unless this worker serves `model` for `task`."""
+        """WrongWorker unless this worker serves `model` for `task`: the shard is for
+        another worker, not a failure of its own."""
         served = self.specs[task]
         if model != served:
-            raise PermanentError(
-                f"job {job_id} asks for {task.value} model {model!r}, this worker serves "
-                f"{served!r}; send the job to a queue of workers with that model"
+            raise WrongWorker(
+                f"job {job_id} waits for a worker serving {task.value} model {model!r} "
+                f"(this one serves {served!r})"
             )
 
     def load(self, task: Task) -> Any:

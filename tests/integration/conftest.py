@@ -67,7 +67,12 @@ class Workers:
         self.processes: dict[str, subprocess.Popen] = {}
 
     def start(
-        self, count: int = 1, queue: str = "m3pipe", wait: bool = True, tenants: str | None = None
+        self,
+        count: int = 1,
+        queue: str = "m3pipe",
+        wait: bool = True,
+        tenants: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> list[str]:
         names = []
         for _ in range(count):
@@ -76,7 +81,7 @@ class Workers:
             consume = ["--tenants", tenants] if tenants else ["--queues", queue]
             self.processes[name] = subprocess.Popen(
                 [*WORKER_COMMAND, "--name", name, *consume],
-                env=self.env,
+                env=env or self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -188,3 +188,32 @@ def test_a_stale_attempt_never_rewrites_a_committed_file(tmp_path, cli_env, work
     assert sorted(ids_in(tmp_path / "out")) == sorted(r["id"] for r in records)
     assert store.attempts(job_id, 0) == 2
     assert redelivered_after < 60  # kombu's default sweep took ~100 s after the timeout
+
+
+def test_a_worker_of_another_model_leaves_the_shards_for_one_that_serves_it(
+    tmp_path, cli_env, workers, store, model_cache
+):
+    """Issue 28, item 4: a worker serving another model once dead-lettered 18 of 20 shards.
+    Now it hands each back (no attempt counted), `status` says what the job waits for, and
+    the job completes, every id once, when a worker of the job's model comes."""
+    import shutil
+
+    from pipeline.engine.random_model import cached_random_model
+
+    cli_env.update(M3PIPE_RETRY_BACKOFF_SECONDS="0.3")  # the pause before a hand-back
+    other = tmp_path / "other-model"  # the same weights under another name: another model
+    shutil.copytree(cached_random_model("tiny", model_cache), other)
+    workers.start(1, env={**cli_env, "M3PIPE_MODEL": str(other)})
+    records = corpus_records(40)
+    job_id = submit(tmp_path, cli_env, records, "--shard-docs", "10")
+    status = wait_until(lambda: (s := store.status(job_id)).waiting and s, timeout=120)
+    assert "waits for a worker serving embed model 'random:tiny'" in status.waiting
+    assert status.shards.failed == 0 and status.shards.done == 0
+    assert "  waiting    job" in run_cli("status", job_id, env=cli_env).stdout
+    workers.start(1)
+    waited = run_cli("wait", job_id, "--timeout", "300", env=cli_env, timeout=320)
+    assert waited.returncode == 0, waited.stderr
+    status = store.status(job_id)
+    assert (status.shards.done, status.shards.failed) == (4, 0)
+    assert store.dead_letters(job_id) == {}
+    assert ids_in(tmp_path / "out") == sorted(r["id"] for r in records)

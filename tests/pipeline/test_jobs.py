@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from pathlib import Path
 
 import pytest
 
-from pipeline.errors import JobNotFound
+from pipeline.errors import JobNotFound, OutputDirError
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.keys import JOBS_INDEX, job_key
 from pipeline.jobs.store import ABSENT
+from pipeline.storage.location import open_location
 from pipeline.storage.output_dir import part_entries, read_shard_log
+from pipeline.storage.output_lease import take_lease
 from pipeline.storage.sink import part_name
 from schemas.job import JobSpec, JobState, ShardState
 from schemas.options import EncodeOptions
@@ -21,6 +25,10 @@ ACTIVE = (Q.value, R.value)
 
 
 def make_spec(out, job_id="job-1") -> JobSpec:
+    """A job writing to `out`, which the first job made here owns, as submit leaves it."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OutputDirError):  # a second job of a test only shows in Redis
+        take_lease(open_location(out), command="submit", job_id=job_id)
     return JobSpec(
         job_id=job_id, inputs=["in.jsonl"], out=str(out), model="random:tiny",
         options=EncodeOptions(), queue="m3pipe", shard_docs=10, shard_bytes=4096,

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from pipeline.errors import ModelLoadError, PermanentError, RetryableError
+from pipeline.errors import ModelLoadError, RetryableError, WrongWorker
 from pipeline.runtime.worker_models import WorkerModels
 from pipeline.settings import Settings
 from schemas.job import Task
@@ -57,12 +57,12 @@ def test_a_load_failure_on_a_shard_is_retryable_and_the_next_shard_loads_again()
         held.load(Task.EMBED)
 
 
-def test_a_job_for_another_model_is_refused_without_loading_anything():
+def test_a_job_for_another_model_is_left_for_another_worker_without_loading_anything():
     held, calls, _ = models()
     held.check_job_model(Task.RERANK, "job-1", "rerank-dir")
-    with pytest.raises(PermanentError, match="asks for rerank model 'BAAI/bge-reranker-v2-m3'"):
+    with pytest.raises(WrongWorker, match="serving rerank model 'BAAI/bge-reranker-v2-m3'"):
         held.check_job_model(Task.RERANK, "job-1", "BAAI/bge-reranker-v2-m3")
-    with pytest.raises(PermanentError, match="this worker serves 'random:tiny'"):
+    with pytest.raises(WrongWorker, match="this one serves 'random:tiny'"):
         held.check_job_model(Task.EMBED, "job-1", "rerank-dir")
     assert calls == []
 
