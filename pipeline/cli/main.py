@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -156,11 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_FAILED
     except KeyboardInterrupt:
-        resume = (
-            "; run it again with --resume (same inputs and --out) to finish the job"
-            if args.command in ("run", "submit")
-            else ""
-        )
+        resume = ""
+        if args.command in ("run", "submit"):
+            resume = "; run it again with --resume (same inputs and --out) to finish the job"
+        elif args.command in ("encode", "rerank"):
+            again = [arg for arg in (argv if argv is not None else sys.argv[1:])]
+            again = [arg for arg in again if arg not in ("--resume", "--overwrite")]
+            resume = f"; finish it with: m3pipe {shlex.join([*again, '--resume'])}"
         print(f"m3pipe {args.command}: interrupted{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
 

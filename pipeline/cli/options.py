@@ -185,5 +185,11 @@ def add_process_command(
     add_compute_options(command)
     command.add_argument(shard_flag, type=int, default=1000, help=shard_help)
     command.add_argument("--overwrite", action="store_true", help="replace earlier output in --out")
+    command.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run into --out (same input and flags): its part files "
+        "whose documents still match are kept, the rest computed",
+    )
     command.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return command

@@ -86,6 +86,8 @@ def process_command(
         return usage_error(exc)
     if shard_items < 1:
         return usage_error(f"{shard_flag} must be >= 1")
+    if args.resume and (args.overwrite or getattr(args, "reuse", None) is not None):
+        return usage_error("--resume keeps the earlier output: not with --overwrite or --reuse")
     from pipeline.storage.location import open_location
     from pipeline.storage.output_dir import check_output_dir
     from pipeline.storage.output_lease import take_lease
@@ -103,7 +105,7 @@ def process_command(
 
         model_spec = args.model or kind.model_spec(settings)
         open_reusable(reuse, args.out, model_spec, task_options, task_reading.keep_fields)
-    out = check_output_dir(args.out, args.overwrite, resumable=False)
+    out = check_output_dir(args.out, args.overwrite, args.resume, resumable=True)
     with take_lease(out, command=kind.command) as lease:
         return _run_local(kind, source, args, settings, task_options, task_reading, lease,
                           shard_items=shard_items, total=total)  # fmt: skip
@@ -146,12 +148,15 @@ def _run_local(
             progress=bar,
             reuse=getattr(args, "reuse", None),
             lease=lease,
+            resume=args.resume,
         )
     finally:
         bar.close()
     done = kind.summary(
         summary.stats, summary.accepted, summary.rows, summary.parts, summary.out_dir
     )
+    if summary.resumed is not None:
+        done += f"; {summary.resumed:,} kept from the interrupted run"
     if summary.reused is not None:
         done += (
             f"; {summary.reused:,} reused, {summary.accepted - summary.reused:,} encoded, "

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import InputError, ReuseError
+from pipeline.jobs.resume import documents_digest, read_shard_file, with_shard_metadata
 from pipeline.storage.finished_output import (
     FinishedOutput,
     identity,
@@ -38,6 +39,7 @@ from pipeline.tasks.reuse import ReuseSplit, merge_in_order, split_for_reuse
 from producers.inputs.intake import IntakeCounts
 from producers.inputs.reuse_index import ReuseIndex, open_reusable
 from producers.inputs.sharding import UNBOUNDED, ShardLimits
+from producers.submit import remove_parts_from
 from schemas.job import ShardState
 
 # A shard's texts are held in memory with its output; bound them by bytes too. A larger
@@ -54,6 +56,8 @@ class LocalSummary:
     rows: int = 0
     reused: int | None = None  # with --reuse: documents copied from the previous output
     dropped: int | None = None  # ... and its documents no longer in the input
+    resumed: int | None = None  # with --resume: items whose part an earlier run wrote
+    resumed_tokens: int = 0  # ... and their tokens
 
     @property
     def input_records(self) -> int:
@@ -80,12 +84,15 @@ def process_file(
     progress: Progress | None = None,
     reuse: Location | Path | str | None = None,
     lease: OutputLease | None = None,
+    resume: bool = False,
 ) -> LocalSummary:
     """Run every valid record of `input_path` through `engine` (made by `kind`), writing
     part files, the rejects log and the manifest. `reuse`: a previous output of the same
     model and options whose rows of unchanged documents are copied, not encoded. `lease`:
     the output directory's, taken by the caller; else taken here and released at the end.
-    Nothing becomes visible in the directory once another run holds its lease."""
+    Nothing becomes visible in the directory once another run holds its lease. `resume`:
+    the part files of an interrupted run into `out_dir` whose items still match (their
+    digest, in each part's footer) are kept; the others are computed again."""
     started = time.time()
     reading = reading or Reading()
     source = open_location(input_path)
@@ -99,15 +106,15 @@ def process_file(
             raise ReuseError(f"--reuse does not apply to `m3pipe {kind.command}`")
         previous = check_reusable(reuse, out_dir, engine, reading)
     if lease is None:
-        checked = check_output_dir(out_dir, overwrite, resumable=False)
+        checked = check_output_dir(out_dir, overwrite, resume)
         with take_lease(checked, command=kind.command) as own:
             return _write_output(
                 kind, source, first, items, out_dir, engine, reading, shard_items, overwrite,
-                progress, previous, own, started,
+                progress, previous, own, started, resume,
             )  # fmt: skip
     return _write_output(
         kind, source, first, items, out_dir, engine, reading, shard_items, overwrite,
-        progress, previous, lease, started,
+        progress, previous, lease, started, resume,
     )  # fmt: skip
 
 
@@ -125,9 +132,10 @@ def _write_output(
     previous: FinishedOutput | None,
     lease: OutputLease,
     started: float,
+    resume: bool,
 ) -> LocalSummary:
-    out = prepare_output_dir(out_dir, overwrite, resumable=False)
-    summary = LocalSummary(out_dir=out, stats=kind.new_stats())
+    out = prepare_output_dir(out_dir, overwrite, resume)
+    summary = LocalSummary(out_dir=out, stats=kind.new_stats(), resumed=0 if resume else None)
     limits = ShardLimits(items=shard_items, bytes=SHARD_MAX_BYTES, tokens=UNBOUNDED)
     item_counts = kind.counts
     keep = reading.keep_fields
@@ -138,20 +146,40 @@ def _write_output(
         index = stack.enter_context(ReuseIndex(previous)) if previous is not None else None
         sources = [(source.uri, itertools.chain([first], items))]
         shards = kind.shards(sources, engine.options, limits, rejects, summary.intake, strict=False)
-        splits: deque[tuple[Sequence[Any], ReuseSplit | None]] = deque()
-        to_compute = _split_shards(shards, splits, kind, engine, index, keep)
+        splits: deque[Planned] = deque()
+        kept_from = out if resume else None
+        to_compute = _split_shards(shards, splits, kind, engine, index, keep, kept_from)
         computed = kind.compute_stream(engine, to_compute, keep, progress)
         # A part is written (zstd, pyarrow: the GIL released) while the next shard is
         # computed; at most one write waits, so at most two shards' tables are held.
         writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="m3pipe-write"))
         pending: tuple[Future[Location], dict[str, Any]] | None = None
+        number = -1
         for number, (_, result) in enumerate(computed):
-            shard, split = splits.popleft()
+            planned = splits.popleft()
+            shard, split, name = planned.shard, planned.split, part_name(number)
+            if planned.kept is not None:  # --resume: an earlier run's part of these items
+                if pending is not None:
+                    _log_written(shard_log, *pending)
+                    pending = None
+                shard_log.add(_kept_entry(planned.kept, number, name, item_counts[1], out))
+                summary.parts += 1
+                summary.rows += int(planned.kept["rows"])
+                summary.resumed = (summary.resumed or 0) + len(shard)
+                summary.resumed_tokens += int(planned.kept["tokens"])
+                continue
             table = result.table
             if split is not None:
                 table = merge_in_order(table, split.copied, shard)
             table = kind.part_table(table, shard, keep)
-            name = part_name(number)
+            facts = {  # in the part's footer: what --resume checks
+                "shard": number,
+                "digest": planned.digest,
+                "documents": len(shard),
+                "rows": table.num_rows,
+                "tokens": result.stats.tokens,
+            }
+            table = with_shard_metadata(table, facts)
             writing = writer.submit(write_shard, table, out / name, lease.check)
             summary.stats.add(result.stats)
             summary.parts += 1
@@ -172,6 +200,8 @@ def _write_output(
             pending = (writing, entry)
         if pending is not None:
             _log_written(shard_log, *pending)
+        if resume:
+            remove_parts_from(out, number + 1)  # an earlier run's parts past the last shard
         if index is not None:
             summary.reused, summary.dropped = summary.reused or 0, index.dropped
     if not summary.intake.balanced():
@@ -200,27 +230,77 @@ def check_reusable(
     return previous
 
 
+@dataclass
+class Planned:
+    """A shard as planned: its items and their digest, what `--reuse` copies of it, and
+    with `--resume` the footer facts of an earlier run's part of exactly these items."""
+
+    shard: Sequence[Any]
+    digest: str
+    split: ReuseSplit | None = None
+    kept: dict[str, Any] | None = None
+
+
 def _split_shards(
     shards: Iterator[Sequence[Any]],
-    splits: deque[tuple[Sequence[Any], ReuseSplit | None]],
+    splits: deque[Planned],
     kind: TaskKind,
     engine: Any,
     index: ReuseIndex | None,
     keep_fields: Sequence[str],
+    kept_from: Location | None = None,
 ) -> Iterator[Sequence[Any]]:
-    """What to compute of each shard: all of it, or what `--reuse` cannot copy. Runs in the
-    engine's tokenizing thread, so the copies are read while the model works."""
-    if index is None:
-        for shard in shards:
-            splits.append((shard, None))
-            yield shard
-        return
-    schema = kind.compute(engine, [], keep_fields).table.schema  # what this run writes
-    for shard in shards:
-        runs = index.plan(shard, keep_fields)
-        split = split_for_reuse(shard, runs, index.previous, engine, schema, keep_fields)
-        splits.append((shard, split))
-        yield split.to_encode
+    """What to compute of each shard: all of it, what `--reuse` cannot copy, or nothing
+    when `kept_from` (--resume) holds its part already. Runs in the engine's tokenizing
+    thread, so copies and part footers are read while the model works."""
+    schema = kind.compute(engine, [], keep_fields).table.schema if index is not None else None
+    for number, shard in enumerate(shards):
+        planned = Planned(shard, documents_digest(shard))
+        if kept_from is not None:
+            planned.kept = _kept_part(kept_from / part_name(number), planned)
+        if planned.kept is not None:
+            splits.append(planned)
+            yield []  # nothing to compute: the part stays
+            continue
+        if index is not None and schema is not None:
+            runs = index.plan(shard, keep_fields)
+            planned.split = split_for_reuse(
+                shard, runs, index.previous, engine, schema, keep_fields
+            )
+            splits.append(planned)
+            yield planned.split.to_encode
+            continue
+        splits.append(planned)
+        yield shard
+
+
+def _kept_part(path: Location, planned: Planned) -> dict[str, Any] | None:
+    """The facts of the part at `path` if an earlier run wrote it from these very items."""
+    found = read_shard_file(path)
+    if found is None:
+        return None
+    facts = found.facts
+    if facts.get("digest") != planned.digest or facts.get("documents") != len(planned.shard):
+        return None
+    if not isinstance(facts.get("rows"), int) or not isinstance(facts.get("tokens"), int):
+        return None
+    return facts
+
+
+def _kept_entry(
+    facts: dict[str, Any], number: int, name: str, items: str, out: Location
+) -> dict[str, Any]:
+    """The shard-log line of a part kept by --resume."""
+    return {
+        "shard": number,
+        "state": ShardState.DONE.value,
+        "name": name,
+        items: int(facts["documents"]),
+        "rows": int(facts["rows"]),
+        "tokens": int(facts["tokens"]),
+        "bytes": (out / name).size(),
+        "resumed": True,
+    }
 
 
 def _manifest(
@@ -238,8 +318,10 @@ def _manifest(
         accepted: summary.accepted,
         "rows": summary.rows,
         "rejected": summary.rejected,
-        "tokens": stats.tokens,
+        "tokens": stats.tokens + summary.resumed_tokens,
     }
+    if summary.resumed is not None:
+        counts["resumed"] = summary.resumed
     if summary.reused is not None:
         counts |= {
             "reused": summary.reused,

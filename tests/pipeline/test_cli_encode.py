@@ -108,7 +108,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys):
     assert main(_args(inp, out)) == EXIT_OK
     assert main(_args(inp, out)) == EXIT_FAILED
     err = capsys.readouterr().err
-    assert "--overwrite" in err and "--resume" not in err  # encode has no --resume
+    assert "--overwrite" in err and "--resume" in err
     assert main(_args(inp, out, "--overwrite")) == EXIT_OK
 
 
