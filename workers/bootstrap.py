@@ -9,6 +9,7 @@ environment before Celery forks, so the process sees exactly one GPU, or none.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from pipeline.broker.redis_url import connect
+from pipeline.errors import PipelineError
 from pipeline.jobs.store import JobStore
 from pipeline.ops.lifeline import set_parent_death_signal
 from pipeline.runtime.gpu_utilization import register_gpu_utilization
@@ -109,9 +111,23 @@ def load_model_once(**_: object) -> None:
     set_parent_death_signal(signal.SIGKILL)
     try:
         _runtime = build_runtime(Settings())
-    except Exception:
-        # A worker that cannot load its model must not take shards: stop it (warm shutdown)
-        # instead of letting Celery restart this process in a loop.
-        log.exception("worker start-up (model load) failed; stopping the worker")
+    except Exception as exc:
+        # A worker that cannot start must not take shards: stop it (warm shutdown) instead
+        # of letting Celery restart this process in a loop, and tell `m3pipe worker` why, so
+        # it exits non-zero with that one line.
+        log.exception("worker start-up failed; stopping the worker")
+        note_startup_failure(exc)
         os.kill(os.getppid(), signal.SIGTERM)
         raise
+
+
+STARTUP_FAILURE_ENV = "M3PIPE_STARTUP_FAILURE_FILE"
+
+
+def note_startup_failure(exc: BaseException) -> None:
+    """Write why the pool process could not start where `m3pipe worker` reads it."""
+    path = os.environ.get(STARTUP_FAILURE_ENV)
+    if path:
+        with contextlib.suppress(OSError), open(path, "w") as note:
+            note.write(f"{type(exc).__name__}: {exc}" if not isinstance(exc, PipelineError)
+                       else str(exc))  # fmt: skip

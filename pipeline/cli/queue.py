@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -230,12 +231,40 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         return usage_error(exc)
 
+    check_worker_can_start(Settings())
     from workers.app import app
+    from workers.bootstrap import STARTUP_FAILURE_ENV
 
     argv = ["worker", "--hostname", name, "--queues", queues, "--concurrency", "1"]
     argv += ["--pool", "prefork", "--task-events", "--loglevel", "INFO", "--without-gossip"]
-    app.worker_main(argv)
+    with tempfile.TemporaryDirectory(prefix="m3pipe-worker-") as scratch:
+        failure = Path(scratch) / "startup-failure"
+        os.environ[STARTUP_FAILURE_ENV] = str(failure)
+        try:
+            app.worker_main(argv)
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                raise
+        if failure.exists():  # the pool process could not start: say why, exit non-zero
+            print(f"m3pipe worker: cannot start: {failure.read_text()}", file=sys.stderr)
+            return EXIT_FAILED
     return EXIT_OK
+
+
+def check_worker_can_start(settings: Settings) -> None:
+    """What would stop a worker's pool process, found before Celery starts: Redis out of
+    reach or refusing the password (RedisConnectionError), a preloaded model that is not
+    there (ModelLoadError, with what to do). Each is one line from `main`, exit 1."""
+    from pipeline.broker.redis_url import connect
+    from pipeline.engine.model import resolve_model_path
+    from schemas.job import Task
+
+    connect(settings.broker, settings.redis_retry_seconds).close()
+    for task in settings.preload_tasks:
+        spec = settings.model if task is Task.EMBED else settings.rerank_model
+        resolve_model_path(
+            spec, settings.cache_dir, settings.hub_timeout, reranker=task is Task.RERANK
+        )
 
 
 # -- submit ---------------------------------------------------------------------------------

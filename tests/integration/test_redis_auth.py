@@ -63,6 +63,38 @@ def test_password_in_the_url_reaches_producer_workers_and_status(
     failed = run_cli("jobs", env=wrong)
     assert failed.returncode == 1 and "s3cret-pw" not in failed.stderr + failed.stdout
     assert redact(url).startswith("redis://:***@")
+    # A worker given the wrong password exits 1 at once with one line (it exited 0 after
+    # 10-17 s of tracebacks), before Celery starts.
+    worker = run_cli("worker", "--device", "cpu", env=wrong, timeout=60)
+    assert worker.returncode == 1, worker.stderr
+    assert worker.stderr.strip().splitlines() == [
+        f"m3pipe worker: cannot reach Redis at {redact(wrong['M3PIPE_BROKER_URL'])}: invalid "
+        "username-password pair or user is disabled. (set M3PIPE_BROKER_URL)"
+    ]
+
+
+def test_a_worker_that_cannot_start_exits_non_zero_saying_why(tmp_path, cli_env, model_cache):
+    """Unreachable Redis and a model that is not there are found before Celery starts (one
+    line, exit 1); weights that fail to load in the pool process end the worker with exit 1
+    and their reason as its last line."""
+    closed = {**cli_env, "M3PIPE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    unreachable = run_cli("worker", "--device", "cpu", env=closed, timeout=60)
+    assert unreachable.returncode == 1
+    assert len(unreachable.stderr.strip().splitlines()) == 1
+    assert "cannot reach Redis at redis://127.0.0.1:" in unreachable.stderr
+    missing = run_cli("worker", "--device", "cpu", "--model", "BAAI/not-cached-here",
+                      env={**cli_env, "HF_HUB_OFFLINE": "1"}, timeout=60)  # fmt: skip
+    assert missing.returncode == 1
+    [line] = missing.stderr.strip().splitlines()
+    assert line.startswith("m3pipe worker: ") and "not-cached-here" in line
+    from pipeline.engine.random_model import cached_random_model
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(cached_random_model("tiny", model_cache), broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors at all")
+    failed = run_cli("worker", "--device", "cpu", "--model", str(broken), env=cli_env, timeout=120)
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1].startswith("m3pipe worker: cannot start: ")
 
 
 def test_rediss_url_with_its_tls_options_reaches_every_component(
