@@ -76,6 +76,10 @@ class JobNotFound(PermanentError):
         self.job_id = job_id
 
 
+class JobLost(PermanentError):
+    """A job's state vanished from Redis while it was being submitted."""
+
+
 class ResumeError(InputError):
     """The output directory cannot be resumed with this submission."""
 

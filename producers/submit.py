@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
-from pipeline.errors import InputError, QuotaExceeded, ResumeError, ReuseError, SubmitCancelled
+from pipeline.errors import (
+    InputError,
+    JobLost,
+    JobNotFound,
+    QuotaExceeded,
+    ResumeError,
+    ReuseError,
+    SubmitCancelled,
+)
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.resume import (
     check_same_job,
@@ -212,8 +220,16 @@ def submit_job(
             input_records=counts.input_records,
             rejected=counts.rejected,
         )
+    except JobNotFound as exc:
+        lease.release()
+        raise JobLost(
+            f"job {job_id} vanished from Redis while it was submitted (Redis restarted "
+            "without persistence, or its keys were evicted): submit again with --resume "
+            "(the same inputs and --out), which keeps the shards already written"
+        ) from exc
     except BaseException as exc:
-        store.end(job_id, JobState.FAILED, f"submission failed: {exc}")
+        with contextlib.suppress(JobNotFound):  # lost meanwhile: the first error tells more
+            store.end(job_id, JobState.FAILED, f"submission failed: {exc}")
         lease.release()  # the job has ended: the directory is free again
         raise
     if cancelled:

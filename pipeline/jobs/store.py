@@ -396,6 +396,8 @@ class JobStore:
         result = self._final_if_active(
             keys=job_keys(job_id), args=[state.value, time.time(), error]
         )
+        if result is None:
+            raise JobNotFound(job_id)
         return JobState(result)
 
     def forget(self, job_id: str) -> None:

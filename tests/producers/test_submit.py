@@ -88,3 +88,27 @@ def test_a_failing_input_marks_the_job_failed(store, tmp_path):
         submit_job(request, store, lambda m, q, p: None)
     [job_id] = store.job_ids()
     assert store.state(job_id) is JobState.FAILED
+
+
+def test_a_job_lost_from_redis_mid_submit_is_one_clear_error(store, tmp_path):
+    """Redis restarted without persistence while submitting (issue 28, item 7): the job's
+    keys are gone. Once `ValueError: None is not a valid JobState`; now one error that says
+    what happened and what to run, and the job's directory is free again."""
+    from pipeline.errors import JobLost
+    from pipeline.storage.location import open_location
+    from pipeline.storage.output_lease import read_lease
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"d{i}", "text": f"t {i}"}) + "\n" for i in range(30)))
+    request = SubmitRequest(
+        inputs=[inp], out=tmp_path / "out", model="random:tiny", options=TRUNCATE,
+        queue="q", limits=ShardLimits(items=10, bytes=4096, tokens=100_000), max_queued=100,
+    )  # fmt: skip
+
+    def publish(message, queue, priority):
+        if message.shard == 1:
+            store.redis.flushall()  # a restart without persistence
+
+    with pytest.raises(JobLost, match=r"vanished from Redis while it was submitted.*--resume"):
+        submit_job(request, store, publish)
+    assert read_lease(open_location(tmp_path / "out")) is None
