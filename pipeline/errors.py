@@ -76,6 +76,10 @@ class JobNotFound(PermanentError):
         self.job_id = job_id
 
 
+class BrokerFull(PermanentError):
+    """Redis refused a write for want of memory (maxmemory with noeviction)."""
+
+
 class JobLost(PermanentError):
     """A job's state vanished from Redis while it was being submitted."""
 

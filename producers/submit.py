@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
+from redis.exceptions import RedisError
+
 from pipeline.errors import (
     InputError,
     JobLost,
@@ -228,7 +230,8 @@ def submit_job(
             "(the same inputs and --out), which keeps the shards already written"
         ) from exc
     except BaseException as exc:
-        with contextlib.suppress(JobNotFound):  # lost meanwhile: the first error tells more
+        # Lost meanwhile, or Redis refusing writes: the first error tells more.
+        with contextlib.suppress(JobNotFound, RedisError):
             store.end(job_id, JobState.FAILED, f"submission failed: {exc}")
         lease.release()  # the job has ended: the directory is free again
         raise

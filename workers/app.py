@@ -6,8 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from pipeline.broker.redis_url import for_kombu, publish_retry_policy, tls_options
+from pipeline.errors import BrokerFull
 from pipeline.jobs.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD, shard_task_id
 from pipeline.settings import Settings
 from schemas.job import ShardMessage
@@ -83,6 +85,14 @@ def shard_publisher(settings: Settings) -> Callable[[ShardMessage, str, Priority
     producer_app = create_app(settings)
 
     def publish(message: ShardMessage, queue: str, priority: Priority) -> None:
+        try:
+            send(message, queue, priority)
+        except OperationalError as exc:
+            if "maxmemory" not in str(exc) and "OOM" not in str(exc):
+                raise
+            raise BrokerFull(broker_full_advice(message)) from exc
+
+    def send(message: ShardMessage, queue: str, priority: Priority) -> None:
         producer_app.send_task(
             TASK_ENCODE_SHARD,
             args=[message.wire()],
@@ -101,6 +111,22 @@ def shard_publisher(settings: Settings) -> Callable[[ShardMessage, str, Priority
         )
 
     return publish
+
+
+def broker_full_advice(message: ShardMessage) -> str:
+    """What to do when Redis refuses a message for want of memory."""
+    inline = message.ref is None
+    return (
+        "Redis is out of memory (maxmemory reached, policy noeviction): it refused shard "
+        f"{message.shard} of job {message.job_id}. "
+        + (
+            "Send shards by reference (without --inline-shards: a few hundred bytes each), "
+            if inline
+            else ""
+        )
+        + "lower --max-queued, or give Redis more memory (maxmemory); then submit again "
+        "with --resume"
+    )
 
 
 def ping_problem(name: str, timeout: float) -> str | None:

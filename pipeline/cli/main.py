@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemory
 
 from pipeline import __version__
 from pipeline.cli.models import add_model_commands
@@ -146,6 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except OSError as exc:  # a full disk, a vanished mount: said plainly, not a traceback
         print(f"m3pipe {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except RedisOutOfMemory:
+        print(
+            f"m3pipe {args.command}: Redis is out of memory (maxmemory reached, policy "
+            "noeviction) and refuses writes: give it more memory, lower --max-queued, or send "
+            "shards by reference (without --inline-shards)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     except RedisConnectionError as exc:
         from pipeline.broker.redis_url import redact

@@ -17,7 +17,8 @@ from workers.app import celery_config
 def clean_env(monkeypatch):
     # setenv records the original value (or its absence) and restores it afterwards,
     # whatever the command under test writes into os.environ.
-    names = ("CUDA_VISIBLE_DEVICES", "M3PIPE_WORKER_DEVICE", "M3PIPE_WORKER_NAME")
+    names = ("CUDA_VISIBLE_DEVICES", "M3PIPE_WORKER_DEVICE", "M3PIPE_WORKER_NAME",
+             "M3PIPE_STARTUP_FAILURE_FILE")  # fmt: skip
     for name in (*names, "M3PIPE_PRECISION", "M3PIPE_MODEL"):
         monkeypatch.setenv(name, "x")
     for name in names:
@@ -39,6 +40,8 @@ def test_worker_command_pins_names_and_starts_celery(clean_env):
 
     seen: list[list[str]] = []
     clean_env.setattr(app, "worker_main", lambda argv: seen.append(argv))
+    # No Redis here: tests/integration/test_redis_auth.py runs the start-up checks for real.
+    clean_env.setattr("pipeline.cli.queue.check_worker_can_start", lambda settings: None)
     assert main(["worker", "--device", "2", "--queues", "a,b"]) == 0
     argv = seen[0]
     name = argv[argv.index("--hostname") + 1]
@@ -93,3 +96,23 @@ def test_worker_metrics_port_defaults():
     assert worker_metrics_port(None, unset, "cpu") == 9400
     assert worker_metrics_port(None, Settings(metrics_port=0), "3") == 0  # env turns it off
     assert worker_metrics_port(9500, Settings(metrics_port=0), "3") == 9500  # the flag wins
+
+
+def test_a_full_redis_is_one_line_with_what_to_do(redis_server, store, tmp_path, capsys,
+                                                   monkeypatch):  # fmt: skip
+    """`submit --inline-shards` into a Redis at maxmemory with noeviction (issue 28, item
+    7): once a kombu traceback; now one line that names the ways out."""
+    import json
+
+    store.redis.config_set("maxmemory-policy", "noeviction")
+    store.redis.config_set("maxmemory", store.redis.info("memory")["used_memory"] + (1 << 20))
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": "word " * 400}) + "\n"
+                              for i in range(2000)))  # fmt: skip
+    monkeypatch.setenv("M3PIPE_BROKER_URL", redis_server.url)
+    code = main(["submit", str(corpus), "--out", str(tmp_path / "out"), "--inline-shards",
+                 "--shard-docs", "100", "--max-queued", "1000"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "Redis is out of memory (maxmemory reached" in err
+    assert "without --inline-shards" in err and "--resume" in err
