@@ -76,6 +76,10 @@ class JobNotFound(PermanentError):
         self.job_id = job_id
 
 
+class ScratchSpaceError(PermanentError):
+    """The producer's on-disk scratch index cannot be made or written (TMPDIR)."""
+
+
 class BrokerFull(PermanentError):
     """Redis refused a write for want of memory (maxmemory with noeviction)."""
 

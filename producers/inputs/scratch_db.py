@@ -5,14 +5,19 @@ disk. Bloom filters make a lookup of a missing key, the common case, cost no dis
 Partitioned index and filter blocks are charged to the cache, so they do not grow with the
 keys either. docs/scale.md has the measured figures.
 
-Set TMPDIR to put it on a disk with room: a full disk fails the submission with RocksDB's
-error, never silently.
+Set TMPDIR to put it on a disk with room: a full disk fails the submission with one error
+naming the directory (ScratchSpaceError), never silently, and the directory is removed. A
+TMPDIR that is not a writable directory is refused, not replaced by /tmp behind the user's
+back (Python's tempfile would fall back silently).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -27,6 +32,8 @@ from rocksdict import (
     WriteBatch,
     WriteOptions,
 )
+
+from pipeline.errors import PipelineError, ScratchSpaceError
 
 WRITE_BUFFER_BYTES = 16 << 20  # per memtable; at most two in memory
 BLOCK_CACHE_BYTES = 32 << 20  # data, index and filter blocks read back
@@ -43,10 +50,11 @@ class ScratchDb:
         parent: Path | str | None = None,
         write_buffer_bytes: int = WRITE_BUFFER_BYTES,
     ) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        self.directory = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_parent(parent)))
         self._db: Rdict | None = None
         try:
-            self._db = Rdict(str(self.directory), _options(write_buffer_bytes))
+            with self._failures("open"):
+                self._db = Rdict(str(self.directory), _options(write_buffer_bytes))
         except BaseException:
             shutil.rmtree(self.directory, ignore_errors=True)
             raise
@@ -67,13 +75,33 @@ class ScratchDb:
         batch = WriteBatch(raw_mode=True)
         for key, value in pairs:
             batch.put(key, value)
-        self.db.write(batch)
+        with self._failures("write"):
+            self.db.write(batch)
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        shutil.rmtree(self.directory, ignore_errors=True)
+        """Close and delete; a failure while closing (a full disk) is nobody's concern now:
+        the directory goes whatever happens."""
+        try:
+            if self._db is not None:
+                db, self._db = self._db, None
+                with contextlib.suppress(Exception):
+                    db.close()
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _failures(self, doing: str) -> Iterator[None]:
+        """RocksDB's errors (a bare Exception: "IO error: No space left on device") as one
+        ScratchSpaceError that names where and what to do."""
+        try:
+            yield
+        except (PipelineError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:
+            raise ScratchSpaceError(
+                f"the scratch index in {self.directory.parent} failed to {doing}: {exc} "
+                "(a full disk? set TMPDIR to a directory on a disk with room)"
+            ) from exc
 
 
 class ScratchIndex:
@@ -94,6 +122,24 @@ class ScratchIndex:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def scratch_parent(parent: Path | str | None) -> Path:
+    """Where scratch directories go: `parent`, else $TMPDIR when set (refused, not silently
+    replaced by /tmp, when it is not a writable directory), else the system's temp dir."""
+    if parent is not None:
+        return Path(parent)
+    configured = os.environ.get("TMPDIR")
+    if not configured:
+        return Path(tempfile.gettempdir())
+    where = Path(configured)
+    if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
+        raise ScratchSpaceError(
+            f"TMPDIR={configured} is not a writable directory: the producer keeps its "
+            "scratch index (duplicate ids, --reuse) there; point TMPDIR at a directory on a "
+            "disk with room"
+        )
+    return where
 
 
 def _options(write_buffer_bytes: int) -> Options:
