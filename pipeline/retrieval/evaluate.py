@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ir_measures
@@ -23,6 +23,9 @@ from pipeline.storage.location import Location, open_location
 
 MEASURES = (nDCG @ 10, R @ 100, RR @ 10)
 MAX_BAD_LINES = 5
+# trec_eval (pytrec_eval) holds a relevance in a C int: a larger one is refused as a bad
+# line here rather than a SystemError there.
+RELEVANCE_LIMIT = 2**31 - 1
 
 
 class EvalError(InputError):
@@ -33,10 +36,12 @@ class EvalError(InputError):
 class Evaluation:
     queries: int  # judged queries: those with at least one relevant document
     runs: dict[str, dict[str, float]]  # run -> measure name -> mean over judged queries
+    # run -> judged queries it has no results for (each scored 0 in the means)
+    unanswered: dict[str, int] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, object]:
         return {"queries": self.queries, "measures": [str(m) for m in MEASURES],
-                "runs": self.runs}  # fmt: skip
+                "runs": self.runs, "unanswered": self.unanswered}  # fmt: skip
 
     def table(self) -> str:
         names = [str(measure) for measure in MEASURES]
@@ -45,6 +50,11 @@ class Evaluation:
         for run, values in self.runs.items():
             lines.append(f"{run:<{width}}  " + "  ".join(f"{values[n]:8.4f}" for n in names))
         lines.append(f"({self.queries} judged queries)")
+        for run, missing in self.unanswered.items():
+            if missing:
+                lines.append(
+                    f"(run {run}: no results for {missing} of the judged queries, each scored 0)"
+                )
         return "\n".join(lines)
 
 
@@ -70,14 +80,37 @@ def read_qrels(target: Location | Path | str) -> list[ir_measures.Qrel]:
         raise EvalError(f"{location}: {len(bad)} bad judgement line(s): {shown}")
     if not qrels:
         raise EvalError(f"{location} holds no judgements")
-    return qrels
+    return _without_duplicates(qrels, location)
+
+
+def _without_duplicates(
+    qrels: list[ir_measures.Qrel], location: Location
+) -> list[ir_measures.Qrel]:
+    """Each (query, document) judged once: repeats of the same grade are dropped, two
+    different grades for one pair are refused (which one counts would be a guess)."""
+    graded: dict[tuple[str, str], int] = {}
+    kept, conflicts = [], []
+    for qrel in qrels:
+        pair = (qrel.query_id, qrel.doc_id)
+        if pair not in graded:
+            graded[pair] = qrel.relevance
+            kept.append(qrel)
+        elif graded[pair] != qrel.relevance:
+            conflicts.append(f"query {pair[0]} doc {pair[1]}: {graded[pair]} and {qrel.relevance}")
+    if conflicts:
+        shown = "; ".join(conflicts[:MAX_BAD_LINES])
+        raise EvalError(
+            f"{location}: {len(conflicts)} (query, document) pair(s) judged twice with "
+            f"different relevance: {shown}"
+        )
+    return kept
 
 
 def _trec_qrel(line: str) -> ir_measures.Qrel:
     parts = line.split()
     if len(parts) != 4:
         raise ValueError(f"expected 4 fields (query, iteration, doc, relevance), got {len(parts)}")
-    return ir_measures.Qrel(parts[0], parts[2], int(parts[3]))
+    return ir_measures.Qrel(parts[0], parts[2], _relevance(int(parts[3])))
 
 
 def _jsonl_qrel(line: str) -> ir_measures.Qrel:
@@ -87,7 +120,13 @@ def _jsonl_qrel(line: str) -> ir_measures.Qrel:
     relevance = record["relevance"]
     if not isinstance(relevance, int) or isinstance(relevance, bool):
         raise ValueError("relevance must be an integer")
-    return ir_measures.Qrel(str(record["query_id"]), str(record["doc_id"]), relevance)
+    return ir_measures.Qrel(str(record["query_id"]), str(record["doc_id"]), _relevance(relevance))
+
+
+def _relevance(value: int) -> int:
+    if not -RELEVANCE_LIMIT <= value <= RELEVANCE_LIMIT:
+        raise ValueError(f"relevance {value} is out of range (at most {RELEVANCE_LIMIT})")
+    return value
 
 
 def read_runs(target: Location | Path | str) -> dict[str, list[ir_measures.ScoredDoc]]:
@@ -110,7 +149,10 @@ def evaluate(
 ) -> Evaluation:
     judged = sorted({q.query_id for q in qrels if q.relevance > 0})
     means: dict[str, dict[str, float]] = {}
+    unanswered: dict[str, int] = {}
     for run, scored in runs.items():
+        answered = {doc.query_id for doc in scored}
+        unanswered[run] = sum(1 for query in judged if query not in answered)
         per_query: dict[str, dict[str, float]] = defaultdict(dict)
         for metric in ir_measures.iter_calc(MEASURES, qrels, scored):
             per_query[str(metric.measure)][metric.query_id] = metric.value
@@ -120,4 +162,4 @@ def evaluate(
             else 0.0
             for measure in MEASURES
         }
-    return Evaluation(queries=len(judged), runs=means)
+    return Evaluation(queries=len(judged), runs=means, unanswered=unanswered)

@@ -258,6 +258,25 @@ def test_eval_gives_trec_eval_figures(tmp_path):
         read_qrels(trec)
     with pytest.raises(EvalError, match="not a results file"):
         read_runs(qrels)
+    # Judged queries a run has no results for are counted and said (issue 28, item 7).
+    assert evaluation.unanswered == {"hybrid": 1, "dense": 2}
+    assert "(run dense: no results for 2 of the judged queries, each scored 0)" in (
+        evaluation.table()
+    )
+
+
+def test_eval_refuses_judgements_trec_eval_cannot_hold_or_that_contradict(tmp_path):
+    trec = tmp_path / "qrels.txt"
+    trec.write_text("q1 0 a 99999999999999999999\n")  # once a SystemError in pytrec_eval
+    with pytest.raises(EvalError, match="relevance 99999999999999999999 is out of range"):
+        read_qrels(trec)
+    trec.write_text("q1 0 a 1\nq1 0 a 1\nq1 0 b 2\nq1 0 b 0\n")
+    with pytest.raises(
+        EvalError, match=r"1 \(query, document\) pair\(s\) judged twice.*b: 2 and 0"
+    ):
+        read_qrels(trec)
+    trec.write_text("q1 0 a 1\nq1 0 a 1\n")  # the same grade twice: once
+    assert len(read_qrels(trec)) == 1
 
 
 def test_search_and_eval_from_the_command_line_on_the_example_set(tmp_path, capsys):
