@@ -129,6 +129,12 @@ def broker_full_advice(message: ShardMessage) -> str:
     )
 
 
+def live_workers(settings: Settings, timeout: float) -> list[str]:
+    """The names of the workers whose main process answers a control ping in `timeout`."""
+    replies = create_app(settings).control.ping(timeout=timeout) or []
+    return sorted(name for reply in replies for name in reply)
+
+
 def ping_problem(name: str, timeout: float) -> str | None:
     """Why worker `name`'s main process does not answer a control ping, or None."""
     replies = app.control.ping(destination=[name], timeout=timeout)

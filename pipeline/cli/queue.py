@@ -38,6 +38,7 @@ from pipeline.cli.tenants import (
 )
 from pipeline.errors import JobNotFound
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
+from pipeline.jobs.failures import describe_failures, failure_reasons
 from pipeline.jobs.orphans import orphaned_shards
 from pipeline.jobs.store import JobStore
 from pipeline.settings import Settings
@@ -381,10 +382,24 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     else:
         status = store.status(args.job)
     orphans = [] if status.state.finished else orphaned_shards(store, args.job)
+    reasons = failure_reasons(store, args.job) if status.shards.failed else []
+    unserved = None
+    if not status.state.finished and status.shards.queued:
+        unserved = no_live_worker_serves(store, args.job, settings)
     if args.json:
-        print(json.dumps({**status.model_dump(mode="json"), "orphaned": orphans}, indent=2))
+        extra = {
+            "orphaned": orphans,
+            "failures": [{"reason": r.reason, "shards": r.shards} for r in reasons],
+            "unserved": unserved,
+        }
+        print(json.dumps({**status.model_dump(mode="json"), **extra}, indent=2))
     else:
         print(describe(status))
+        if reasons:
+            print("failed shards, by reason:")
+            print("\n".join(describe_failures(reasons)))
+        if unserved:
+            print(f"unserved: {unserved}")
         if orphans:
             print(
                 f"orphaned: {len(orphans)} shard(s) queued with no message anywhere "
@@ -405,8 +420,33 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
     if not status.state.finished:
         print(f"m3pipe wait: job {args.job} still {status.state.value}", file=sys.stderr)
         return EXIT_TIMEOUT
-    print(f"m3pipe wait: job {args.job} {status.state.value}", file=sys.stderr)
+    ended = f"m3pipe wait: job {args.job} {status.state.value}"
+    if status.error:
+        ended += f": {status.error}"
+    print(ended, file=sys.stderr)
+    if status.shards.failed:
+        print(f"failed shards ({status.shards.failed}), by reason:", file=sys.stderr)
+        print("\n".join(describe_failures(failure_reasons(store, args.job))), file=sys.stderr)
     return exit_code(status)
+
+
+def no_live_worker_serves(
+    store: JobStore, job_id: str, settings: Settings, timeout: float = 1.0
+) -> str | None:
+    """Why no shard of the job can run now, if no live worker serves its model: the
+    workers answering a control ping within `timeout`, and the model each registered."""
+    from workers.app import live_workers
+
+    spec = store.spec(job_id)
+    field = "model" if spec.task is Task.EMBED else "rerank_model"
+    live = live_workers(settings, timeout)
+    served = {name: store.worker_record(name).get(field) for name in live}
+    if any(model == spec.model for model in served.values()):
+        return None
+    if not served:
+        return f"no live worker answers (job {job_id} needs {spec.task.value} model {spec.model!r})"
+    others = ", ".join(f"{name} serves {model!r}" for name, model in sorted(served.items()))
+    return f"no live worker serves {spec.task.value} model {spec.model!r} ({others})"
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:

@@ -209,7 +209,9 @@ def test_a_worker_of_another_model_leaves_the_shards_for_one_that_serves_it(
     status = wait_until(lambda: (s := store.status(job_id)).waiting and s, timeout=120)
     assert "waits for a worker serving embed model 'random:tiny'" in status.waiting
     assert status.shards.failed == 0 and status.shards.done == 0
-    assert "  waiting    job" in run_cli("status", job_id, env=cli_env).stdout
+    shown = run_cli("status", job_id, env=cli_env).stdout
+    assert "  waiting    job" in shown
+    assert "unserved: no live worker serves embed model 'random:tiny' (cpu0-" in shown
     workers.start(1)
     waited = run_cli("wait", job_id, "--timeout", "300", env=cli_env, timeout=320)
     assert waited.returncode == 0, waited.stderr

@@ -254,3 +254,29 @@ def test_the_manifest_lists_a_bounded_number_of_failures(store, tmp_path):
     assert len(manifest["failed_shards"]) == MANIFEST_FAILURES
     assert manifest["counts"]["failed_shards"] == shards
     assert sum(1 for entry in read_shard_log(tmp_path) if entry["state"] == "failed") == shards
+
+
+def test_status_and_wait_say_why_shards_failed(store, tmp_path, redis_server, capsys,
+                                               monkeypatch):  # fmt: skip
+    """Issue 33, item 1: a job whose shards all failed said only "failed" ("error": null);
+    the reasons were in _shards.jsonl. Now the most common reasons, with counts."""
+    from pipeline.cli.main import main
+    from pipeline.jobs.failures import failure_reasons
+
+    store.create(make_spec(tmp_path))
+    reasons = ["asks for embed model 'X'"] * 3 + ["disk full"] * 2 + ["odd"]
+    for shard, reason in enumerate(reasons):
+        store.mark_shard("job-1", shard, Q, [ABSENT], {"documents": 1})
+        store.mark_shard("job-1", shard, F, ACTIVE, {"error": reason})
+    store.set_submitted("job-1", shards=len(reasons), documents=6, input_records=6, rejected=0)
+    assert [(r.reason, r.shards) for r in failure_reasons(store, "job-1", shown=2)] == [
+        ("asks for embed model 'X'", 3), ("disk full", 2)]  # fmt: skip
+    finalize_if_complete(store, "job-1")
+    monkeypatch.setenv("M3PIPE_BROKER_URL", redis_server.url)
+    assert main(["wait", "job-1"]) == 1
+    err = capsys.readouterr().err
+    assert "failed shards (6), by reason:" in err
+    assert "     3 shard(s): asks for embed model 'X'" in err
+    assert main(["status", "job-1", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["failures"][0] == {"reason": "asks for embed model 'X'", "shards": 3}
