@@ -3,7 +3,8 @@
 Runs the encoder of MODEL on random token ids of one batch shape per `--shapes` entry,
 eager then compiled, in this process; reports seconds per batch, tokens/s, the compile time
 (first call included), MFU against the matmul peak of the dtype measured in the same run,
-and the largest difference of the hidden states. Saves JSON under benchmarks/results/.
+and the largest difference of the hidden states. Saves JSON under benchmarks/.results/
+(git-ignored) unless --out names a file.
 
     python benchmarks/bench_compile.py --model random:full --precision bf16 --shapes 8x512,1x4096
 """

@@ -5,7 +5,8 @@ deterministic mixed-length corpus: lognormal lengths, some texts over 4000 token
 8192. All compute dense + sparse + ColBERT. Each engine side also measures the matmul peak
 of its compute dtype in the same process (benchmarks/mfu.py) and reports MFU; every
 precision's outputs are compared with fp32's (dense, ColBERT and sparse agreement).
-Prints the figures and saves JSON under benchmarks/results/.
+Prints the figures and saves JSON under benchmarks/.results/
+(git-ignored) unless --out names a file.
 
     python benchmarks/bench_engine.py --model random:small            # CPU, auto vs fp32
     python benchmarks/bench_engine.py --model random:full --docs 100 --no-flag

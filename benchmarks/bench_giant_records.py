@@ -70,7 +70,9 @@ def main() -> None:
     parser.add_argument("--gzip-gb", type=int, default=2)
     parser.add_argument("--model", default="random:tiny")
     parser.add_argument("--broker", help="a Redis URL for the submit side (default: started here)")
-    parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/)")
+    parser.add_argument(
+        "--out", type=Path, help="JSON path (default: benchmarks/.results/, git-ignored)"
+    )
     args = parser.parse_args()
 
     from pipeline.ops.embedded_redis import EmbeddedRedis

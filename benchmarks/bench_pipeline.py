@@ -111,7 +111,7 @@ def main() -> int:
 
     from bench_engine import make_corpus
     from mfu import matmul_peak, model_flops, peak_shapes
-    from report import run_facts
+    from report import LOCAL_RESULTS, run_facts
 
     from pipeline.engine.model import load_model
     from pipeline.settings import Settings
@@ -163,10 +163,7 @@ def main() -> int:
         "gflop_per_token": round(flops / sum(lengths) / 1e9, 4),
         **run_facts(),
     }
-    out = (
-        args.out
-        or ROOT / "benchmarks" / "results" / f"pipeline-cpu-{args.model.replace(':', '-')}.json"
-    )
+    out = args.out or LOCAL_RESULTS / f"pipeline-cpu-{args.model.replace(':', '-')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["ratios"]), f"-> {out}")

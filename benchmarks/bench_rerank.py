@@ -7,7 +7,8 @@ candidate passages of lognormal length (median about 150 tokens, some past --max
 Both sides truncate as FlagReranker does and score in the model's precision (fp32 on CPU,
 fp16 on CUDA). The scores of the two sides are compared too. --engine-precisions adds
 engine sides at other precisions, each compared with the engine side (speed, scores, and
-each query's ranking). Prints a table and saves JSON under benchmarks/results/.
+each query's ranking). Prints a table and saves JSON under benchmarks/.results/
+(git-ignored) unless --out names a file.
 
     python benchmarks/bench_rerank.py --model random:small --rounds 3     # CPU target run
     python benchmarks/bench_rerank.py --model random:full --pairs 200 --precision fp32 \

@@ -28,7 +28,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-RESULTS=${RESULTS:-${OUT:-benchmarks/results}}
+RESULTS=${RESULTS:-${OUT:-benchmarks/.results}}  # git-ignored; commit a run on purpose
 PY=${PYTHON:-python3}
 mkdir -p "$RESULTS"
 

@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"  # committed runs: given with --out
+# Where a run saves without --out: git-ignored, so a benchmark never changes the tree. A
+# result worth keeping is committed on purpose, `--out benchmarks/results/NAME.json`.
+LOCAL_RESULTS = Path(__file__).resolve().parent / ".results"
 
 
 def spawn_side(script: str, side_args: list[str]) -> dict | None:
@@ -79,9 +82,9 @@ def run_facts() -> dict:
 
 
 def save(report: dict, prefix: str, device: str, model: str, out: Path | None) -> Path:
-    """Write the report to `out`, or to results/PREFIX-DEVICE-MODEL.json."""
+    """Write the report to `out`, or to .results/PREFIX-DEVICE-MODEL.json (git-ignored)."""
     name = f"{prefix}-{device}-{model.replace(':', '-').replace('/', '_')}.json"
-    path = out or RESULTS / name
+    path = out or LOCAL_RESULTS / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {path}")
