@@ -145,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"m3pipe {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (`m3pipe status JOB | head -3`): nothing more to say to it.
+        # Point stdout at /dev/null so the interpreter's final flush cannot fail either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except OSError as exc:  # a full disk, a vanished mount: said plainly, not a traceback
         print(f"m3pipe {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -116,3 +116,20 @@ def test_a_full_redis_is_one_line_with_what_to_do(redis_server, store, tmp_path,
     assert code == 1 and "Traceback" not in err
     assert "Redis is out of memory (maxmemory reached" in err
     assert "without --inline-shards" in err and "--resume" in err
+
+
+def test_a_reader_that_goes_away_is_not_an_error(redis_server, store, tmp_path):
+    """`m3pipe status JOB | head -3` ended with "[Errno 32] Broken pipe" (issue 33, item 9)."""
+    import subprocess
+    import sys
+
+    from tests.pipeline.test_jobs import make_spec
+
+    store.create(make_spec(tmp_path))
+    env = {**os.environ, "M3PIPE_BROKER_URL": redis_server.url}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "status", "job-1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before the first line is written
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and err == b"", err
