@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -130,7 +131,19 @@ def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
     )
     scaler.run(stop, args.poll)
+    print(closing_words(log_dir, own=args.log_dir is None, died=scaler.restarts_needed),
+          file=sys.stderr)  # fmt: skip
     return EXIT_OK
+
+
+def closing_words(log_dir: Path, *, own: bool, died: int) -> str:
+    """What `autoscale` says at exit about its workers' logs: a temp directory of its own is
+    removed when no worker died on its own, else kept and named (as a --log-dir always is)."""
+    if own and died == 0:
+        shutil.rmtree(log_dir, ignore_errors=True)
+        return "m3pipe autoscale: stopped; every worker ended cleanly, their logs removed"
+    why = f" ({died} worker(s) died on their own)" if died else ""
+    return f"m3pipe autoscale: stopped{why}; worker logs kept in {log_dir}"
 
 
 def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:

@@ -51,3 +51,22 @@ def test_minimum_and_lost_devices():
 def test_limits_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ScaleLimits(**kwargs)
+
+
+def test_autoscale_names_or_removes_its_worker_logs_at_exit(tmp_path):
+    """Issue 33, item 9: the logs were left in a temp directory never named at exit."""
+    from pipeline.cli.scale import closing_words
+
+    own = tmp_path / "m3pipe-autoscale-x"
+    own.mkdir()
+    (own / "cpu0.log").write_text("ready.")
+    assert "their logs removed" in closing_words(own, own=True, died=0)
+    assert not own.exists()
+    own.mkdir()
+    said = closing_words(own, own=True, died=2)
+    assert said.endswith(f"(2 worker(s) died on their own); worker logs kept in {own}")
+    assert own.exists()
+    given = tmp_path / "given"
+    given.mkdir()
+    assert closing_words(given, own=False, died=0).endswith(f"worker logs kept in {given}")
+    assert given.exists()
