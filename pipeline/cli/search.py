@@ -55,7 +55,7 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     search.set_defaults(func=cmd_search)
 
-    evaluate = sub.add_parser("eval", help="nDCG@10, R@100, MRR@10 of search results")
+    evaluate = sub.add_parser("eval", help="nDCG@10, R@100 and RR@10 (MRR@10) of search results")
     evaluate.add_argument(
         "--qrels", required=True, help="TREC qrels, or JSONL {query_id, doc_id, relevance}"
     )

@@ -300,6 +300,27 @@ def test_search_and_eval_from_the_command_line_on_the_example_set(tmp_path, caps
     assert set(report["runs"]) == set(ALL_RUNS) and report["queries"] == 6
 
 
+def test_the_readme_search_and_eval_example_prints_what_the_readme_shows(
+    tmp_path, capsys, monkeypatch
+):
+    """README.md's commands, run as written (from a directory holding `examples/`), print
+    the table README.md shows, figure for figure (issue 33, item 5)."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    found = re.search(
+        r"```bash\n(m3pipe encode examples/search.*?)```\s*```\n(.*?)```", readme, re.S
+    )
+    assert found is not None, "the example and its table moved in README.md"
+    commands, shown = found.groups()
+    (tmp_path / "examples").symlink_to(EXAMPLES.parent)
+    monkeypatch.chdir(tmp_path)
+    for command in commands.replace("\\\n", " ").strip().splitlines():
+        assert main(shlex.split(command)[1:]) == EXIT_OK, command
+    assert capsys.readouterr().out == shown
+
+
 def test_a_damaged_or_foreign_part_fails_the_search_clearly(tmp_path, tiny):
     import pyarrow as pa
 
