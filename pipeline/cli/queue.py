@@ -186,8 +186,24 @@ def pin_device(device: str) -> tuple[str, str]:
         return "cpu", "cpu"
     if not device.isdigit():
         raise ValueError(f"--device must be a GPU index or cpu, not {device!r}")
-    os.environ["CUDA_VISIBLE_DEVICES"] = device
+    os.environ["CUDA_VISIBLE_DEVICES"] = physical_device(device)
     return "cuda", f"gpu{device}"
+
+
+def physical_device(index: str) -> str:
+    """The device to pin for GPU `index`: CUDA numbers GPUs within an inherited
+    CUDA_VISIBLE_DEVICES (a scheduler's "4,5", or UUIDs), so index 1 there is its second
+    entry, not physical GPU 1; with none inherited, the index itself."""
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if inherited is None:
+        return index
+    visible = [entry.strip() for entry in inherited.split(",") if entry.strip()]
+    if int(index) >= len(visible):
+        raise ValueError(
+            f"--device {index}: only {len(visible)} GPU(s) visible "
+            f"(CUDA_VISIBLE_DEVICES={inherited!r})"
+        )
+    return visible[int(index)]
 
 
 def worker_metrics_port(flag: int | None, settings: Settings, device: str) -> int:

@@ -35,6 +35,20 @@ def test_pin_device(clean_env):
         pin_device("cuda:1")
 
 
+def test_pin_device_maps_through_an_inherited_device_list(clean_env):
+    """A scheduler gave the process GPUs 4 and 5: --device 1 is physical GPU 5 (issue 29,
+    item 4), and an index beyond the list is refused, not pinned to a GPU of another job."""
+    clean_env.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    assert pin_device("1") == ("cuda", "gpu1")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+    clean_env.setenv("CUDA_VISIBLE_DEVICES", "GPU-aaaa, GPU-bbbb")
+    pin_device("0")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa"
+    clean_env.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    with pytest.raises(ValueError, match=r"--device 2: only 2 GPU\(s\) visible"):
+        pin_device("2")
+
+
 def test_worker_command_pins_names_and_starts_celery(clean_env):
     from workers.app import app
 
