@@ -92,6 +92,12 @@ def test_services_carry_the_documented_settings(compose):
     assert "HF_HUB_OFFLINE" not in fetch["environment"]
     assert services["worker-cpu"]["profiles"] == ["cpu"]
     assert services["autoscaler"]["profiles"] == ["autoscale"]
+    # Each way of running workers is its own profile: `--profile autoscale up` starts the
+    # autoscaler's workers only, never a fixed worker beside them on the same GPU.
+    for index in (0, 1):
+        assert services[f"worker-gpu{index}"]["profiles"] == ["gpu"]
+    unprofiled = {name for name, service in services.items() if "profiles" not in service}
+    assert unprofiled == {"redis", "flower", "fetch-model"}
     assert "M3PIPE_FLOWER_BASIC_AUTH" in services["flower"]["environment"]
     assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"]
     for service in services.values():
