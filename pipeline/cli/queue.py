@@ -229,6 +229,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         return usage_error(exc)
     name = args.name or f"{stem}@{socket.gethostname()}"
     os.environ["M3PIPE_WORKER_DEVICE"] = worker_device
+    if worker_device == "cuda":
+        # Batch shapes vary widely (20 to 8192 tokens): without expandable segments the
+        # caching allocator fragments and runs out of memory it holds (docs/deploy.md).
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     os.environ[WORKER_NAME_ENV] = name
     os.environ["M3PIPE_PRECISION"] = args.precision or settings.precision
     metrics_port = worker_metrics_port(args.metrics_port, settings, device)

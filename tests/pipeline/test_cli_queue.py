@@ -18,7 +18,7 @@ def clean_env(monkeypatch):
     # setenv records the original value (or its absence) and restores it afterwards,
     # whatever the command under test writes into os.environ.
     names = ("CUDA_VISIBLE_DEVICES", "M3PIPE_WORKER_DEVICE", "M3PIPE_WORKER_NAME",
-             "M3PIPE_STARTUP_FAILURE_FILE")  # fmt: skip
+             "M3PIPE_STARTUP_FAILURE_FILE", "PYTORCH_CUDA_ALLOC_CONF")  # fmt: skip
     for name in (*names, "M3PIPE_PRECISION", "M3PIPE_MODEL"):
         monkeypatch.setenv(name, "x")
     for name in names:
@@ -65,6 +65,12 @@ def test_worker_command_pins_names_and_starts_celery(clean_env):
     assert os.environ["M3PIPE_WORKER_NAME"] == name
     assert argv[argv.index("--queues") + 1] == "a,b"
     assert argv[argv.index("--concurrency") + 1] == "1"
+    # The allocator setting compose and k8s set, set by the worker itself (issue 29, item 4)
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    clean_env.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")  # the user's wins
+    clean_env.delenv("CUDA_VISIBLE_DEVICES")  # a new worker process, nothing inherited
+    assert main(["worker", "--device", "2"]) == 0
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
     assert main(["worker", "--device", "gpu0"]) == 2  # a usage error, not a crash
 
 
