@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 DEFAULT_BATCH_TOKENS = {"cpu": 16384, "cuda": 65536}
@@ -10,8 +13,59 @@ DEFAULT_BATCH_TOKENS = {"cpu": 16384, "cuda": 65536}
 DEFAULT_RERANK_BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
 
 
-def default_batch_tokens(device_type: str, table: dict[str, int] = DEFAULT_BATCH_TOKENS) -> int:
+# On CUDA the budget follows the device's free memory: a fraction of it over what a token
+# of bge-m3's shape holds at the peak of a fp16 forward (hidden states, the feed-forward
+# block's intermediate, the heads' outputs, with the caching allocator's slack), within
+# bounds: below the floor batches are too small to keep an H100 busy, above the ceiling
+# longer batches buy nothing measurable (docs/engine.md).
+CUDA_BYTES_PER_TOKEN = 64 << 10
+CUDA_MEMORY_SHARE = 0.5  # the rest: weights, the allocator's fragments, the next batch
+CUDA_BUDGET_BOUNDS = (16_384, 262_144)
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    free: int  # bytes the device has free now
+    total: int
+
+
+def default_batch_tokens(
+    device_type: str,
+    table: dict[str, int] = DEFAULT_BATCH_TOKENS,
+    memory: DeviceMemory | None = None,
+) -> int:
+    """The token budget of a batch: from the device's free memory on CUDA when known,
+    else the table's figure for the device type."""
+    if device_type == "cuda" and memory is not None:
+        return cuda_batch_tokens(memory.free)
     return table.get(device_type, table["cpu"])
+
+
+def cuda_batch_tokens(free_bytes: int) -> int:
+    """A CUDA budget from free memory: CUDA_MEMORY_SHARE of it at CUDA_BYTES_PER_TOKEN a
+    token, within CUDA_BUDGET_BOUNDS, rounded down to a multiple of 1,024."""
+    low, high = CUDA_BUDGET_BOUNDS
+    tokens = int(free_bytes * CUDA_MEMORY_SHARE) // CUDA_BYTES_PER_TOKEN
+    return max(low, min(high, tokens // 1024 * 1024))
+
+
+def device_memory(model: Any) -> DeviceMemory | None:
+    """Free and total memory of the model's CUDA device; None elsewhere."""
+    device = getattr(model, "device", None)
+    if getattr(device, "type", None) != "cuda":
+        return None
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    return DeviceMemory(int(free), int(total))
+
+
+def budget_after_oom(budget: int, rows: np.ndarray, lengths: np.ndarray) -> int:
+    """The budget once a batch of `rows` ran out of memory: below that batch's padded
+    tokens (half of them), so later batches of this worker are planned to fit instead of
+    failing and splitting again; never below one 512-token sequence."""
+    padded = len(rows) * int(np.max(lengths[rows])) if len(rows) else budget
+    return max(512, min(budget, padded // 2))
 
 
 def plan_batches(

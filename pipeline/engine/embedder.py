@@ -16,7 +16,12 @@ import pyarrow as pa
 import torch
 
 from pipeline import __version__
-from pipeline.engine.batching import default_batch_tokens, plan_batches
+from pipeline.engine.batching import (
+    budget_after_oom,
+    default_batch_tokens,
+    device_memory,
+    plan_batches,
+)
 from pipeline.engine.encoder import BatchOutput, encode_with_split, forward_batch
 from pipeline.engine.model import M3Model
 from pipeline.engine.stats import BatchStats
@@ -42,12 +47,15 @@ class ShardResult:
 
 
 class Engine:
-    """A loaded model plus encode options; stateless between calls."""
+    """A loaded model plus encode options; between calls it keeps only its batch budget,
+    lowered after an out-of-memory (pipeline/engine/batching.budget_after_oom)."""
 
     def __init__(self, model: M3Model, options: EncodeOptions) -> None:
         self.model = model
         self.options = options
-        self.batch_tokens = options.batch_tokens or default_batch_tokens(model.device.type)
+        self.batch_tokens = options.batch_tokens or default_batch_tokens(
+            model.device.type, memory=device_memory(model)
+        )
         self.schema = output_schema(
             options.modes,
             options.dtype,
@@ -111,8 +119,11 @@ class Engine:
                 self.options.dtype,
             )
 
+        def lower_budget(rows: np.ndarray) -> None:
+            self.batch_tokens = budget_after_oom(self.batch_tokens, rows, lengths)
+
         for batch in plan_batches(lengths, self.batch_tokens):
-            pieces = encode_with_split(run, batch, self._empty_cache)
+            pieces = encode_with_split(run, batch, self._empty_cache, lower_budget)
             stats.oom_splits += len(pieces) - 1
             for out in pieces:
                 outputs.append(out)

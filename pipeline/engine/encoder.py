@@ -117,21 +117,30 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def encode_with_split(
-    run: Callable[[np.ndarray], Out], rows: np.ndarray, empty_cache: Callable[[], None]
+    run: Callable[[np.ndarray], Out],
+    rows: np.ndarray,
+    empty_cache: Callable[[], None],
+    on_oom: Callable[[np.ndarray], None] | None = None,
 ) -> list[Out]:
-    """Run a batch; on out-of-memory split it in halves and retry, never dropping a row."""
+    """Run a batch; on out-of-memory split it in halves and retry, never dropping a row.
+    `on_oom(rows)` hears of each batch that did not fit (the engine lowers its budget)."""
     try:
         return [run(rows)]
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        empty_cache()
-        if len(rows) == 1:
-            raise RetryableError(
-                "out of memory on a single sequence; retry on a device with more free memory "
-                "or lower --max-length"
-            ) from exc
+        message = str(exc)[:300]
+    # Out of the except block: the exception and its traceback, which hold the failed
+    # pass's tensors, are gone, so the cache can really be emptied.
+    empty_cache()
+    if on_oom is not None:
+        on_oom(rows)
+    if len(rows) == 1:
+        raise RetryableError(
+            "out of memory on a single sequence; retry on a device with more free memory "
+            f"or lower --max-length ({message})"
+        )
     half = len(rows) // 2
-    return encode_with_split(run, rows[:half], empty_cache) + encode_with_split(
-        run, rows[half:], empty_cache
+    return encode_with_split(run, rows[:half], empty_cache, on_oom) + encode_with_split(
+        run, rows[half:], empty_cache, on_oom
     )

@@ -23,7 +23,12 @@ import torch
 
 from pipeline import __version__
 from pipeline.engine import cpu_attention
-from pipeline.engine.batching import DEFAULT_RERANK_BATCH_TOKENS, default_batch_tokens, plan_batches
+from pipeline.engine.batching import (
+    DEFAULT_RERANK_BATCH_TOKENS,
+    budget_after_oom,
+    default_batch_tokens,
+    plan_batches,
+)
 from pipeline.engine.encoder import encode_with_split, pad_batch
 from pipeline.engine.model import LoadedModel, install_cpu_linear, locate_model
 from pipeline.engine.stats import BatchStats
@@ -160,7 +165,8 @@ def ranks(pairs: Sequence[Pair], logits: np.ndarray) -> np.ndarray:
 
 
 class RerankEngine:
-    """A loaded cross-encoder plus options; stateless between calls."""
+    """A loaded cross-encoder plus options; between calls it keeps only its batch budget,
+    lowered after an out-of-memory."""
 
     def __init__(self, model: RerankModel, options: RerankOptions) -> None:
         self.model = model
@@ -189,8 +195,11 @@ class RerankEngine:
         def run(rows: np.ndarray) -> ScoredBatch:
             return ScoredBatch(rows, self._forward([ids[i] for i in rows]))
 
+        def lower_budget(rows: np.ndarray) -> None:
+            self.batch_tokens = budget_after_oom(self.batch_tokens, rows, lengths)
+
         for batch in plan_batches(lengths, self.batch_tokens):
-            pieces = encode_with_split(run, batch, self._empty_cache)
+            pieces = encode_with_split(run, batch, self._empty_cache, lower_budget)
             stats.oom_splits += len(pieces) - 1
             for out in pieces:
                 logits[out.rows] = out.logits
