@@ -40,7 +40,8 @@ def exported_names() -> set[str]:
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     names = set()
     worker = WorkerMetrics()
-    register_gpu_utilization(worker.registry, FakeNvml())  # what a GPU worker adds
+    # what a GPU worker adds (its GPU named by the UUID torch reports on a real one)
+    assert register_gpu_utilization(worker.registry, FakeNvml(), device_uuid=lambda: "GPU-0")
     for metrics in (worker, AutoscalerMetrics()):
         for family in metrics.registry.collect():
             names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
