@@ -173,10 +173,10 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
 
 # -- worker ---------------------------------------------------------------------------------
 def gpu_present() -> bool:
-    """Whether an NVIDIA GPU is visible, without initialising CUDA."""
-    return Path("/proc/driver/nvidia/gpus").is_dir() and any(
-        Path("/proc/driver/nvidia/gpus").iterdir()
-    )
+    """Whether a GPU is visible to this process, without initialising CUDA."""
+    from pipeline.ops.gpus import visible_gpu_count
+
+    return visible_gpu_count() > 0
 
 
 def pin_device(device: str) -> tuple[str, str]:

@@ -80,12 +80,14 @@ def add_scale_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.ops.autoscaler import Autoscaler, parse_devices
+    from pipeline.ops.autoscaler import Autoscaler, check_devices, parse_devices
+    from pipeline.ops.gpus import visible_gpu_count
     from pipeline.ops.scaling import ScaleLimits
     from pipeline.runtime.metrics import serve
 
     try:
         devices = parse_devices(args.devices)
+        check_devices(devices, visible_gpu_count())
         maximum = len(devices) if args.max is None else args.max
         if not 1 <= maximum <= len(devices):
             raise ValueError(f"--max must be between 1 and the {len(devices)} device(s)")

@@ -32,6 +32,11 @@ from pipeline.runtime.metrics import AutoscalerMetrics
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 600.0  # a stopping worker finishes its shard first
+# A worker that dies on its own is started again after a pause that doubles with each death
+# in a row (a GPU gone, a model that does not load), so a broken slot does not restart on
+# every poll; one that ran this long before dying starts a new count.
+RESTART_BACKOFF_SECONDS = (5.0, 300.0)
+HEALTHY_RUN_SECONDS = 120.0
 
 
 def parse_devices(spec: str) -> list[str]:
@@ -57,6 +62,26 @@ class Slot:
     process: subprocess.Popen[bytes] | None = None
     name: str = ""
     stopping: bool = False
+    started_at: float = 0.0
+    deaths_in_a_row: int = 0
+    not_before: float = 0.0  # no start before this (clock): backing off after deaths
+
+
+def restart_delay(deaths_in_a_row: int) -> float:
+    """Seconds before a slot whose worker died `deaths_in_a_row` times is started again."""
+    first, cap = RESTART_BACKOFF_SECONDS
+    return min(cap, first * 2 ** max(deaths_in_a_row - 1, 0))
+
+
+def check_devices(devices: list[str], visible_gpus: int) -> None:
+    """ValueError naming a GPU index the machine does not have (the slot would fail and
+    restart for ever)."""
+    missing = sorted({d for d in devices if d != "cpu" and int(d) >= visible_gpus}, key=int)
+    if missing:
+        raise ValueError(
+            f"--devices: GPU {', '.join(missing)} not present: this machine shows "
+            f"{visible_gpus} GPU(s)"
+        )
 
 
 @dataclass
@@ -101,13 +126,17 @@ class Autoscaler:
             log.info("backlog %d: %d -> %d workers", self.backlog, self.running, decision.desired)
         self.last = decision
         if decision.desired > self.running:
-            free = [s for s in self.slots if s.process is None]
+            now = self.clock()
+            free = [s for s in self.slots if s.process is None and now >= s.not_before]
             for slot in free[: decision.desired - self.running]:
                 self._start(slot)
         elif decision.desired < self.running:
             busy = [s for s in self.slots if s.process is not None and not s.stopping]
             for slot in busy[decision.desired :][::-1]:  # the last started go first
                 self._stop(slot)
+        self.metrics.backing_off.set(
+            sum(s.process is None and self.clock() < s.not_before for s in self.slots)
+        )
         self.metrics.running.set(self.running)
         return decision
 
@@ -128,6 +157,7 @@ class Autoscaler:
         )
         self.metrics.started.inc()
         slot.stopping = False
+        slot.started_at = self.clock()
         log.info("started worker %s (pid %d, log %s)", slot.name, slot.process.pid, log_path)
 
     def _stop(self, slot: Slot) -> None:
@@ -147,7 +177,16 @@ class Autoscaler:
             else:
                 self.restarts_needed += 1
                 self.metrics.died.inc()
-                log.warning("worker %s exited on its own (exit %d)", slot.name, code)
+                now = self.clock()
+                healthy = now - slot.started_at >= HEALTHY_RUN_SECONDS
+                slot.deaths_in_a_row = 1 if healthy else slot.deaths_in_a_row + 1
+                delay = restart_delay(slot.deaths_in_a_row)
+                slot.not_before = now + delay
+                log.warning(
+                    "worker %s exited on its own (exit %d, %d time(s) in a row on device %s; "
+                    "see its log); the slot starts again in %.0fs at the earliest",
+                    slot.name, code, slot.deaths_in_a_row, slot.device, delay,
+                )  # fmt: skip
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(slot.process.pid, signal.SIGKILL)  # pool children left behind
             slot.process, slot.stopping = None, False

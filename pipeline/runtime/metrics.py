@@ -155,3 +155,8 @@ class AutoscalerMetrics:
         self.died = Counter(
             "m3pipe_autoscaler_workers_died", "Workers that exited on their own", registry=r
         )
+        self.backing_off = Gauge(
+            "m3pipe_autoscaler_slots_backing_off",
+            "Device slots waiting before a restart, their worker having died on its own",
+            registry=r,
+        )

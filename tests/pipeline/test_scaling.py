@@ -70,3 +70,69 @@ def test_autoscale_names_or_removes_its_worker_logs_at_exit(tmp_path):
     given.mkdir()
     assert closing_words(given, own=False, died=0).endswith(f"worker logs kept in {given}")
     assert given.exists()
+
+
+def test_devices_the_machine_does_not_have_are_refused_at_start(tmp_path):
+    """Issue 29, item 4: --devices 0,1,2,3 on a 2-GPU box restarted the missing ones on
+    every poll. Counted without CUDA: the driver's GPUs, narrowed by CUDA_VISIBLE_DEVICES."""
+    from pipeline.ops.autoscaler import check_devices
+    from pipeline.ops.gpus import visible_gpu_count
+
+    driver = tmp_path / "gpus"
+    driver.mkdir()
+    for bus in ("0000:3b:00.0", "0000:86:00.0"):
+        (driver / bus).mkdir()
+    assert visible_gpu_count({}, driver) == 2
+    assert visible_gpu_count({"CUDA_VISIBLE_DEVICES": "1"}, driver) == 1
+    assert visible_gpu_count({"CUDA_VISIBLE_DEVICES": ""}, driver) == 0
+    assert visible_gpu_count({"CUDA_VISIBLE_DEVICES": "0,7,1"}, driver) == 1  # CUDA stops at 7
+    assert visible_gpu_count({}, tmp_path / "no-driver") == 0
+    check_devices(["0", "1", "cpu"], 2)
+    with pytest.raises(ValueError, match=r"GPU 2, 3 not present: this machine shows 2"):
+        check_devices(["0", "1", "2", "3"], 2)
+
+
+def test_a_slot_whose_worker_keeps_dying_backs_off(tmp_path, store, monkeypatch):
+    """A worker that dies at start is restarted after 5 s, then 10 s, ... not every poll;
+    the metric and the log say so."""
+    import subprocess
+    import sys
+
+    from pipeline.ops import autoscaler as module
+    from pipeline.ops.autoscaler import Autoscaler
+
+    now = [1000.0]
+    started: list[str] = []
+
+    def dying_worker(device, name, env, log, **kwargs):
+        started.append(name)
+        return subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+
+    monkeypatch.setattr(module, "spawn_worker", dying_worker)
+    store.redis.lpush("m3pipe", "a waiting shard")  # backlog: one worker wanted
+    scaler = Autoscaler(
+        devices=["cpu"], limits=ScaleLimits(max_workers=1), queues=["m3pipe"],
+        client=store.redis, env={}, log_dir=tmp_path, clock=lambda: now[0],
+    )  # fmt: skip
+
+    def poll(seconds_later: float) -> None:
+        now[0] += seconds_later
+        slot = scaler.slots[0]
+        if slot.process is not None:
+            slot.process.wait(30)
+        scaler.step()
+
+    poll(0)
+    assert len(started) == 1
+    poll(1)  # it died: not started again at once
+    assert len(started) == 1 and scaler.slots[0].not_before == now[0] + 5
+    assert scaler.metrics.registry.get_sample_value("m3pipe_autoscaler_slots_backing_off") == 1
+    poll(5)  # the pause is over
+    assert len(started) == 2
+    poll(1)  # dead again: twice the pause
+    assert scaler.slots[0].deaths_in_a_row == 2 and scaler.slots[0].not_before == now[0] + 10
+    poll(9)
+    assert len(started) == 2
+    poll(1)
+    assert len(started) == 3
+    scaler.shutdown()
