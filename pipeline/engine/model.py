@@ -13,6 +13,7 @@ import torch
 from pipeline.engine import cpu_attention, cpu_linear
 from pipeline.engine.fingerprint import fingerprint_model_dir
 from pipeline.engine.random_model import cached_random_model, parse_random_spec
+from pipeline.engine.stub_model import STUB_PREFIX, cached_stub_dir, parse_stub_spec, stub_parts
 from pipeline.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class LoadedModel:
             "model_revision": self.revision,
             "model_fingerprint": self.fingerprint,
             "random_weights": self.spec.startswith("random:"),
+            **({"stub": True} if self.spec.startswith(STUB_PREFIX) else {}),
             "compute_dtype": str(self.dtype).removeprefix("torch."),
         }
 
@@ -173,6 +175,11 @@ def resolve_model_path(
     size = parse_random_spec(spec)
     if size is not None:
         return cached_random_model(size, cache_dir, reranker=reranker), None
+    stub = parse_stub_spec(spec)
+    if stub is not None:
+        if reranker:
+            raise ModelLoadError(f"{spec} is a stand-in embedder: there is no stub reranker")
+        return cached_stub_dir(stub, cache_dir), None
     local = Path(spec).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():
@@ -290,8 +297,11 @@ def load_model(
         spec, device=device, precision=precision, cache_dir=cache_dir, hub_timeout=hub_timeout
     )
     path = source.path
-    if need_heads and not (
-        (path / "colbert_linear.pt").is_file() and (path / "sparse_linear.pt").is_file()
+    stub = parse_stub_spec(spec)
+    if (
+        need_heads
+        and stub is None
+        and not ((path / "colbert_linear.pt").is_file() and (path / "sparse_linear.pt").is_file())
     ):
         raise ModelLoadError(
             f"{path} has no colbert_linear.pt / sparse_linear.pt: it is not a bge-m3 model "
@@ -301,14 +311,16 @@ def load_model(
 
     try:
         tokenizer: Any = AutoTokenizer.from_pretrained(str(path))
-        parts = m3_parts(path, source.dtype)
+        parts = stub_parts(stub, source.dtype) if stub else m3_parts(path, source.dtype)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelLoadError(f"cannot load model from {path}: {exc}") from exc
     _check_tokenizer_template(tokenizer)
 
     encoder = parts["model"].to(source.device).eval()
     attn = getattr(encoder.config, "_attn_implementation", None)
-    if attn != "sdpa":
+    if stub is not None:
+        pass  # no attention to speak of: the stand-in's cost is a sine per value
+    elif attn != "sdpa":
         log.warning("encoder attention is %r, not sdpa: expect lower speed", attn)
     elif cpu_attention.wanted(source.device, source.dtype):
         cpu_attention.install(encoder)
@@ -333,7 +345,7 @@ def load_model(
         tokenizer=tokenizer,
         **source.identity(),
         dense_dim=int(encoder.config.hidden_size),
-        colbert_dim=int(colbert.out_features),
+        colbert_dim=int(getattr(colbert, "out_features", encoder.config.hidden_size)),
         vocab_size=int(encoder.config.vocab_size),
         unused_token_ids=unused,
     )

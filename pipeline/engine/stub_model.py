@@ -1,0 +1,112 @@
+"""`stub:SIZE`: a stand-in for the encoder, for measuring everything around it.
+
+A capacity test, never a model: its vectors mean nothing. The tokenizer is the random
+model's of that size (so `n_tokens`, batching and truncation are real), and the outputs have
+bge-m3's exact shapes (`stub:full`: 1024-dim dense, sparse weights over the vocabulary,
+1024-dim ColBERT vectors per token), deterministic per text. The "encoder" costs almost
+nothing (a sine of each token id), so a run measures the host's ceiling: reading, tokenizing,
+assembling, writing and the queue's bookkeeping. `M3PIPE_STUB_TOKENS_PER_SECOND` makes each
+forward pass take as long as a device of that rate would (an H200 does ~730k tokens/s at
+512-token documents, docs/engine.md), to see whether the host keeps up with it.
+
+An operator runs it before adding GPUs: `m3pipe encode corpus.jsonl --model stub:full`.
+Every output says `stub: true` in its metadata and manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import torch
+
+from pipeline.engine.random_model import SHAPES, train_tokenizer
+from pipeline.errors import ModelLoadError
+
+STUB_PREFIX = "stub:"
+STUB_BUILD_VERSION = 1
+RATE_ENV = "M3PIPE_STUB_TOKENS_PER_SECOND"
+
+
+def parse_stub_spec(spec: str) -> str | None:
+    """'stub:full' -> 'full'; None when the spec is not a stub."""
+    if not spec.startswith(STUB_PREFIX):
+        return None
+    size = spec[len(STUB_PREFIX) :]
+    if size not in SHAPES:
+        raise ModelLoadError(f"unknown stub size {size!r}: choose one of {', '.join(SHAPES)}")
+    return size
+
+
+def cached_stub_dir(size: str, cache_dir: Path) -> Path:
+    """A directory with the stub's tokenizer and a description of its shape, built once."""
+    target = Path(cache_dir) / "models" / f"stub-{size}-v{STUB_BUILD_VERSION}"
+    marker = target / "m3pipe_stub_model.json"
+    if marker.exists():
+        return target
+    staging = target.with_name(f".{target.name}.{os.getpid()}")
+    staging.mkdir(parents=True, exist_ok=True)
+    shape = SHAPES[size]
+    train_tokenizer(shape.tokenizer_vocab).save_pretrained(staging)
+    info = {
+        "stub": True,
+        "size": size,
+        "hidden": shape.hidden,
+        "vocab_size": shape.vocab_size,
+        "build_version": STUB_BUILD_VERSION,
+        "note": "a stand-in encoder for capacity tests: its vectors mean nothing",
+    }
+    (staging / "m3pipe_stub_model.json").write_text(json.dumps(info, indent=2))
+    try:
+        os.rename(staging, target)
+    except OSError:
+        if not marker.exists():  # another process finished first: its copy is the same
+            raise
+    return target
+
+
+class StubEncoder(torch.nn.Module):
+    """`last_hidden_state[b, t] = sin(id * f + p)`: deterministic per token, the shape of
+    the real encoder's output, almost free; optionally as slow as a device of a given rate."""
+
+    def __init__(self, hidden: int, vocab_size: int, tokens_per_second: float = 0.0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.register_buffer("freq", torch.rand(hidden, generator=generator) * 0.37 + 0.01)
+        self.register_buffer("phase", torch.rand(hidden, generator=generator) * 6.28)
+        self.tokens_per_second = tokens_per_second
+        self.config = SimpleNamespace(
+            hidden_size=hidden, vocab_size=vocab_size, _attn_implementation="stub"
+        )
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: Any = None, return_dict: bool = True
+    ) -> SimpleNamespace:
+        started = time.perf_counter()
+        freq, phase = cast(torch.Tensor, self.freq), cast(torch.Tensor, self.phase)
+        hidden = torch.sin(input_ids.unsqueeze(-1).to(freq.dtype) * freq + phase)
+        if self.tokens_per_second > 0:
+            left = input_ids.numel() / self.tokens_per_second - (time.perf_counter() - started)
+            if left > 0:
+                time.sleep(left)
+        return SimpleNamespace(last_hidden_state=hidden)
+
+
+def stub_parts(size: str, dtype: torch.dtype) -> dict[str, Any]:
+    """The encoder and heads of a stub: the ColBERT head passes the hidden state through
+    (no GEMM: the ceiling is the host's), the sparse head is a fixed random projection that
+    keeps about half of the tokens, as bge-m3's does for ordinary text."""
+    shape = SHAPES[size]
+    rate = float(os.environ.get(RATE_ENV) or 0.0)
+    encoder = StubEncoder(shape.hidden, shape.vocab_size, rate).to(dtype)
+    sparse = torch.nn.Linear(shape.hidden, 1, dtype=dtype)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(1)
+        weight = torch.randn(1, shape.hidden, generator=generator) / shape.hidden**0.5
+        sparse.weight.copy_(weight.to(dtype))
+        sparse.bias.zero_()
+    return {"model": encoder, "colbert_linear": torch.nn.Identity(), "sparse_linear": sparse}

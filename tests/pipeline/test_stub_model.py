@@ -1,0 +1,54 @@
+"""`stub:SIZE`, the stand-in encoder for capacity tests (issue 29, item 1): bge-m3's output
+shapes, real token counts, vectors deterministic per text, always labelled a stub."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.engine.embedder import Engine
+from pipeline.engine.model import load_model
+from pipeline.errors import ModelLoadError
+from schemas.document import Document
+from schemas.options import EncodeOptions
+
+
+@pytest.fixture(scope="module")
+def stub_full(model_cache):
+    return load_model("stub:full", device="cpu", precision="fp32", cache_dir=model_cache)
+
+
+def test_stub_full_has_bge_m3s_output_shapes_and_says_it_is_a_stub(stub_full):
+    texts = ["a short one", "a longer text " * 40, "日本語のテキスト"]
+    docs = [Document(id=f"d{i}", text=t) for i, t in enumerate(texts)]
+    table = Engine(stub_full, EncodeOptions(max_length=64)).encode(docs).table
+    assert table.schema.field("dense").type.list_size == 1024
+    assert table.schema.field("colbert").type.value_type.list_size == 1024
+    for row in table.to_pylist():
+        assert len(row["colbert"]) == row["n_tokens"] - 1  # EOS kept, CLS not, as bge-m3
+        assert 0 < len(row["sparse_indices"]) < row["n_tokens"]
+        assert row["sparse_indices"] == sorted(set(row["sparse_indices"]))
+        assert min(row["sparse_values"]) > 0
+        assert np.linalg.norm(row["dense"]) == pytest.approx(1.0, abs=1e-2)
+    assert table.num_rows == 3 and table.column("n_tokens").to_pylist()[1] == 64
+    described = stub_full.describe()
+    assert described["stub"] is True and described["model"] == "stub:full"
+    assert described["random_weights"] is False
+
+
+def test_stub_vectors_are_deterministic_per_text(stub_full):
+    engine = Engine(stub_full, EncodeOptions(max_length=64, dtype="float32"))
+    alone = engine.encode([Document(id="x", text="the same text")]).table.to_pylist()[0]
+    docs = [Document(id="y", text="other words " * 20), Document(id="x", text="the same text")]
+    batched = engine.encode(docs).table.to_pylist()[1]
+    np.testing.assert_allclose(alone["dense"], batched["dense"], atol=1e-6)
+    assert alone["sparse_indices"] == batched["sparse_indices"]
+
+
+def test_bad_stub_specs_are_refused(model_cache):
+    with pytest.raises(ModelLoadError, match="unknown stub size 'huge'"):
+        load_model("stub:huge", device="cpu", cache_dir=model_cache)
+    from pipeline.engine.reranker import load_reranker
+
+    with pytest.raises(ModelLoadError, match="no stub reranker"):
+        load_reranker("stub:tiny", device="cpu", cache_dir=model_cache)
