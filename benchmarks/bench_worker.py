@@ -1,0 +1,143 @@
+"""The host's ceiling around a GPU: how many documents a worker path turns into Parquet per
+second when the encoder costs nothing (`stub:full`: bge-m3's output shapes, 1024-dim dense
+and ColBERT; pipeline/engine/stub_model.py), so what is measured is everything else.
+
+Whole process, from outside: `m3pipe encode` and `m3pipe run --workers 1` (Redis, a worker,
+job state, acks; start-up included) on --documents documents of --doc-tokens tokens each
+(truncated there), for each storage dtype. Then, in this process, one shard's CPU time by
+stage: tokenize, the engine (stub forward, heads' post-processing, table assembly) and the
+Parquet write, per document.
+
+    python benchmarks/bench_worker.py --documents 4000 --doc-tokens 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import run_facts, save  # noqa: E402
+
+
+def write_corpus(path: Path, documents: int, doc_tokens: int) -> None:
+    """Documents long enough to be truncated at `doc_tokens` (about 3.5 tokens a word)."""
+    from pipeline.engine.synthetic_text import TextGenerator
+
+    generator = TextGenerator(7)
+    with open(path, "w", encoding="utf-8") as handle:
+        for number in range(documents):
+            text = generator.document(doc_tokens // 2)
+            handle.write(json.dumps({"id": f"d{number:07d}", "text": text}) + "\n")
+
+
+def whole_process(command: list[str], out: Path, env: dict[str, str]) -> dict:
+    """Wall and CPU seconds of one m3pipe command (its children included), and its rows."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {proc.stderr[-2000:]}")
+    counts = json.loads((out / "_manifest.json").read_text())["counts"]
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    documents = int(counts["documents"])
+    return {
+        "documents": documents,
+        "tokens": int(counts["tokens"]),
+        "wall_seconds": round(wall, 3),
+        "documents_per_second": round(documents / wall, 1),
+        "tokens_per_second": round(int(counts["tokens"]) / wall, 1),
+        "cpu_ms_per_document": round(cpu / documents * 1e3, 3),
+    }
+
+
+def stages(corpus: Path, doc_tokens: int, dtype: str, cache: Path, shard: int) -> dict:
+    """One shard's CPU time per document in each stage of the encode path."""
+    from pipeline.engine.model import load_model
+    from pipeline.storage.sink import write_shard
+    from pipeline.tasks import task_kind
+    from schemas.document import Document
+    from schemas.job import Task
+    from schemas.options import EncodeOptions
+
+    model = load_model("stub:full", device="cpu", precision="fp32", cache_dir=cache)
+    options = EncodeOptions(max_length=doc_tokens, dtype=dtype)
+    engine = task_kind(Task.EMBED).engine(model, options)
+    with open(corpus, encoding="utf-8") as handle:
+        docs = [Document(**json.loads(next(handle))) for _ in range(shard)]
+    timings = {}
+    started = time.process_time()
+    tokenized = engine.tokenize(docs)
+    timings["tokenize"] = time.process_time() - started
+    started = time.process_time()
+    result = engine.encode_tokenized(docs, tokenized)
+    timings["engine (stub forward, heads, table)"] = time.process_time() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.process_time()
+        written = write_shard(result.table, Path(tmp) / "part-00000.parquet")
+        timings["parquet write"] = time.process_time() - started
+        part_bytes = written.size()
+    return {
+        "documents": shard,
+        "cpu_ms_per_document": {k: round(v / shard * 1e3, 3) for k, v in timings.items()},
+        "part_bytes_per_document": round(part_bytes / shard),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--documents", type=int, default=4000)
+    parser.add_argument("--doc-tokens", type=int, default=512)
+    parser.add_argument("--dtypes", default="float16,float32")
+    parser.add_argument("--paths", default="encode,run", help="whole-process commands to time")
+    parser.add_argument("--stage-documents", type=int, default=200, help="documents a shard")
+    parser.add_argument("--out", type=Path, help="save the JSON here (default: .results/)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="m3pipe-bench-worker-") as tmp:
+        work = Path(tmp)
+        cache = work / "cache"
+        corpus = work / "corpus.jsonl"
+        write_corpus(corpus, args.documents, args.doc_tokens)
+        env = {**os.environ, "M3PIPE_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
+        env.pop("M3PIPE_BROKER_URL", None)  # `run` starts its own Redis
+        subprocess.run(  # the stub's tokenizer built once, outside the timings
+            [sys.executable, "-m", "pipeline.cli", "encode", str(corpus), "--out",
+             str(work / "warm"), "--model", "stub:full", "-q", "--max-length", "8"],
+            env=env, check=True, capture_output=True,
+        )  # fmt: skip
+        report: dict = {"stub": "stub:full", "doc_tokens": args.doc_tokens, "paths": {}}
+        for dtype in args.dtypes.split(","):
+            for path in args.paths.split(","):
+                out = work / f"{path}-{dtype}"
+                command = [sys.executable, "-m", "pipeline.cli", path, str(corpus), "--out",
+                           str(out), "--model", "stub:full", "--max-length",
+                           str(args.doc_tokens), "--dtype", dtype, "-q"]  # fmt: skip
+                if path == "run":
+                    command += ["--workers", "1", "--device", "cpu"]
+                figures = whole_process(command, out, env)
+                report["paths"][f"{path}:{dtype}"] = figures
+                print(f"{path:<6} {dtype}: {figures['documents_per_second']:>8} documents/s, "
+                      f"{figures['tokens_per_second']:>10} tokens/s, "
+                      f"{figures['cpu_ms_per_document']} ms CPU a document")  # fmt: skip
+            split = stages(corpus, args.doc_tokens, dtype, cache, args.stage_documents)
+            report.setdefault("stages", {})[dtype] = split
+            print(f"stages {dtype}: {split['cpu_ms_per_document']} ms a document, "
+                  f"{split['part_bytes_per_document']} bytes a document on disk")  # fmt: skip
+    report.update(run_facts())
+    save(report, "worker", "cpu", "stub-full", args.out)
+
+
+if __name__ == "__main__":
+    main()
