@@ -16,6 +16,7 @@ from pipeline.storage.output_dir import (
     PART_PATTERN,
     ShardLog,
     check_job_owns,
+    release_job_lease,
     write_json_atomic,
 )
 from pipeline.storage.sink import part_name, remove_stale_temp_files
@@ -112,6 +113,7 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
         remove_stale_temp_files(out)
         remove_finished_letters(store, job_id, out)
         write_json_atomic(out / MANIFEST, manifest)
+        release_job_lease(out, job_id)
     except (OSError, OutputDirError) as exc:
         # The job still ends: an output directory gone or read-only must not leave it
         # running for ever. Its shards have already failed for the same reason.

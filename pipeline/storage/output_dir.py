@@ -122,6 +122,14 @@ def check_job_owns(out: Location, job_id: str) -> None:
         )
 
 
+def release_job_lease(out: Location, job_id: str) -> None:
+    """The job has ended: its lease goes (if it is still the job's), so a finished output
+    holds no `_owner.json` and the directory is free at once."""
+    lease = read_lease(out)
+    if lease is not None and lease.get("job_id") == job_id:
+        (out / LEASE).delete()
+
+
 def _letters(out: Location) -> Iterator[Location]:
     letters = out / LETTERS_DIR
     return (letters / name for name in letters.child_names("shard-*.json"))

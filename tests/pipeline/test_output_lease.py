@@ -228,3 +228,14 @@ def test_check_job_owns_reads_the_lease_or_an_older_jobs_file(tmp_path):
     check_job_owns(out, "new")
     with pytest.raises(OutputDirError, match="taken over by job new"):
         check_job_owns(out, "old")
+
+
+def test_a_finished_job_leaves_its_directory_free(tmp_path, store, runtime):
+    from pipeline.runtime.shard_runner import run_shard
+
+    job_id, sent = submit(tmp_path, store, "a")
+    assert read_lease(open_location(tmp_path / "out"))["job_id"] == job_id
+    for message in sent:
+        run_shard(message, runtime)
+    assert (tmp_path / "out" / MANIFEST).exists()
+    assert not (tmp_path / "out" / LEASE).exists()  # a finished output has no owner
