@@ -59,7 +59,10 @@ def test_shard_that_kills_its_worker_every_time_is_dead_lettered(tmp_path, cli_e
         state = store.shard_states(job_id).get(0)
         if state is not None and state.value == "failed":
             break
-        if store.attempts(job_id, 0) > kills:  # a new delivery of the shard has started
+        # A new delivery of the shard has started: kill it, on each of the two it may have.
+        # (The third is dead-lettered at once; killing it too would race that, as a loaded
+        # CI machine showed.)
+        if kills < 2 and store.attempts(job_id, 0) > kills:
             pid = int(store.redis.hget(worker_key(name), "pid"))
             os.kill(pid, signal.SIGKILL)  # the pool process dies mid-shard, every time
             kills += 1
