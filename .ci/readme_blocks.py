@@ -64,7 +64,7 @@ PLANS: dict[str, Plan] = {
     "m3pipe encode examples/search/corpus.jsonl --out out/idx --model random:tiny": Plan("run"),
     "m3pipe encode examples/corpus.jsonl --out out/example-local --model random:small": Plan("run"),
     "m3pipe make-test-model /tmp/m3-tiny --size tiny --seed 0": Plan("run"),
-    'python -m pytest -q -m "not integration" -n 2   # the fast tier: about 2 minutes on 2 cores': Plan(
+    'python -m pytest -q -m "not integration" -n 2   # the fast tier: about 2 minutes on 2 cores': Plan(  # noqa: E501
         "skip", "the tests and benchmarks: CI runs the tests itself"
     ),
 }
