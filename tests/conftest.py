@@ -19,13 +19,11 @@ os.environ["M3PIPE_PRECISION"] = "fp32"
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test under tests/integration/ is in the integration tier (`-m integration`);
-    `-m "not integration"` is the fast tier. Under pytest-xdist with `--dist loadgroup` the
-    integration tier runs in one process, one test after another, as it always has (its
-    tests start workers and wait on timeouts), while the fast tier runs beside it."""
+    `-m "not integration"` is the fast tier. CI runs both on two processes, a file at a
+    time each (`--dist loadfile`): a file's tests share its fixtures and run in order."""
     for item in items:
         if "tests/integration/" in str(item.path):
             item.add_marker(pytest.mark.integration)
-            item.add_marker(pytest.mark.xdist_group("integration"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,36 +3,21 @@ refused before the shard's state, attempts or letters change, and the real one s
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from pipeline.errors import ForgedMessage
-from pipeline.runtime.shard_runner import WorkerRuntime, run_shard
-from pipeline.runtime.worker_models import WorkerModels
-from producers.submit import ShardLimits, SubmitRequest, submit_job
-from schemas.job import ShardState, Task
-from schemas.options import EncodeOptions
+from pipeline.runtime.shard_runner import run_shard
+from schemas.job import ShardState
+from tests.pipeline.queue_job import runtime_of, submitted
 
 
 @pytest.fixture
 def runtime(store, tiny):
-    models = WorkerModels(specs={Task.EMBED: "random:tiny"}, loader=lambda task, spec: tiny)
-    return WorkerRuntime(models=models, store=store, hostname="t@host")
+    return runtime_of(store, tiny)
 
 
 def by_reference_job(tmp_path, store):
-    corpus = tmp_path / "in.jsonl"
-    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"text {i}"}) + "\n"
-                              for i in range(40)))  # fmt: skip
-    request = SubmitRequest(
-        inputs=[corpus], out=tmp_path / "out", model="random:tiny",
-        options=EncodeOptions(max_length=64), queue="q", max_queued=100,
-        limits=ShardLimits(items=10, bytes=1 << 20, tokens=10**6),
-    )  # fmt: skip
-    sent: list = []
-    result = submit_job(request, store, lambda message, queue, priority: sent.append(message))
-    return result.job_id, sent
+    return submitted(tmp_path, store, documents=40)
 
 
 def forged_copy(message, **segment_changes):

@@ -29,6 +29,7 @@ from pipeline.storage.output_lease import (
 from pipeline.tasks import task_kind
 from schemas.job import JobState, Task
 from schemas.options import EncodeOptions
+from tests.pipeline.queue_job import runtime_of, submitted
 from tests.pipeline.test_cli_encode import _args, _write_jsonl
 
 
@@ -154,25 +155,11 @@ def test_reuse_through_a_link_to_the_output_is_refused(tmp_path, capsys):
 
 @pytest.fixture
 def runtime(store, tiny):
-    from pipeline.runtime.shard_runner import WorkerRuntime
-    from pipeline.runtime.worker_models import WorkerModels
-
-    models = WorkerModels(specs={Task.EMBED: "random:tiny"}, loader=lambda task, spec: tiny)
-    return WorkerRuntime(models=models, store=store, hostname="t@host")
+    return runtime_of(store, tiny)
 
 
 def submit(tmp_path, store, tag: str, **changes):
-    from producers.submit import ShardLimits, SubmitRequest, submit_job
-
-    inp = _write_jsonl(tmp_path / f"{tag}.jsonl", records(20, tag))
-    request = SubmitRequest(**{
-        "inputs": [inp], "out": tmp_path / "out", "model": "random:tiny",
-        "options": EncodeOptions(max_length=64), "queue": "q", "max_queued": 100,
-        "limits": ShardLimits(items=10, bytes=1 << 20, tokens=10**6), **changes,
-    })  # fmt: skip
-    sent: list = []
-    result = submit_job(request, store, lambda message, queue, priority: sent.append(message))
-    return result.job_id, sent
+    return submitted(tmp_path, store, documents=20, tag=tag, **changes)
 
 
 def test_a_second_submit_to_the_out_of_a_running_job_is_refused(tmp_path, store):

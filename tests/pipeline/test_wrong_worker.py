@@ -12,16 +12,9 @@ from pipeline.engine.model import load_model
 from pipeline.errors import WrongWorker
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.watch import describe
-from pipeline.runtime.shard_runner import WorkerRuntime, run_shard
-from pipeline.runtime.worker_models import WorkerModels
-from producers.submit import ShardLimits, SubmitRequest, submit_job
-from schemas.job import JobState, ShardState, Task
-from schemas.options import EncodeOptions
-
-
-def runtime_of(store, model, spec: str = "random:tiny", name: str = "w@host") -> WorkerRuntime:
-    models = WorkerModels(specs={Task.EMBED: spec}, loader=lambda task, s: model)
-    return WorkerRuntime(models=models, store=store, hostname=name)
+from pipeline.runtime.shard_runner import run_shard
+from schemas.job import JobState, ShardState
+from tests.pipeline.queue_job import runtime_of, submitted
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +23,7 @@ def tiny_bf16(model_cache):
 
 
 def job(tmp_path, store, **changes):
-    corpus = tmp_path / "in.jsonl"
-    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"text {i}"}) + "\n"
-                              for i in range(30)))  # fmt: skip
-    request = SubmitRequest(**{
-        "inputs": [corpus], "out": tmp_path / "out", "model": "random:tiny",
-        "options": EncodeOptions(max_length=64), "queue": "q", "max_queued": 100,
-        "limits": ShardLimits(items=10, bytes=1 << 20, tokens=10**6), **changes,
-    })  # fmt: skip
-    sent: list = []
-    result = submit_job(request, store, lambda message, queue, priority: sent.append(message))
-    return result.job_id, sent
+    return submitted(tmp_path, store, **changes)
 
 
 def assert_untouched(store, job_id: str, shard: int) -> None:
