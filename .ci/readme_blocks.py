@@ -32,6 +32,9 @@ class Plan:
     why: str = ""
     only_lines: tuple[int, ...] | None = None  # run these lines of the block, skip the rest
     env: dict[str, str] = field(default_factory=dict)
+    # Paths outside the scratch directory that the block creates: removed before (a run
+    # before this one may have left them: make-test-model refuses to overwrite) and after.
+    creates: tuple[str, ...] = ()
 
 
 # Keyed by each block's first line, as README.md has it.
@@ -63,7 +66,9 @@ PLANS: dict[str, Plan] = {
     ),
     "m3pipe encode examples/search/corpus.jsonl --out out/idx --model random:tiny": Plan("run"),
     "m3pipe encode examples/corpus.jsonl --out out/example-local --model random:small": Plan("run"),
-    "m3pipe make-test-model /tmp/m3-tiny --size tiny --seed 0": Plan("run"),
+    "m3pipe make-test-model /tmp/m3-tiny --size tiny --seed 0": Plan(
+        "run", creates=("/tmp/m3-tiny",)
+    ),
     'python -m pytest -q -m "not integration" -n 2   # the fast tier: about 2 minutes on 2 cores': Plan(  # noqa: E501
         "skip", "the tests and benchmarks: CI runs the tests itself"
     ),
@@ -135,6 +140,8 @@ def main() -> int:
                 port = free_port()
                 redis = EmbeddedRedis(scratch / "redis", port=port, password="PASSWORD").start()
                 script = cluster_script(script, port)
+            for path in plan.creates:
+                shutil.rmtree(path, ignore_errors=True)
             started = time.monotonic()
             proc = subprocess.run(["bash", "-e", "-c", script], cwd=scratch,
                                   env={**env, **plan.env}, capture_output=True, text=True,
@@ -147,6 +154,8 @@ def main() -> int:
             else:
                 note = f" ({plan.why})" if plan.why else ""
                 print(f"README.md:{line}: ran in {took:.0f}s{note}")
+            for path in plan.creates:
+                shutil.rmtree(path, ignore_errors=True)
             if redis is not None:
                 redis.stop()
                 redis = None
