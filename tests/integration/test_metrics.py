@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import corpus_records, run_cli, write_jsonl
+from tests.integration.conftest import corpus_records, run_cli, wait_until, write_jsonl
 from tests.integration.test_flower import get
 from tests.integration.test_redis_auth import free_port
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    status, text = get(f"http://127.0.0.1:{port}/metrics", auth=None)
-    assert status == 200
+    # The worker registers as ready just before its pool process starts serving metrics: on
+    # a loaded machine (CI runs two test files at once) the first scrape can come too soon.
+    _, text = wait_until(
+        lambda: (r := get(f"http://127.0.0.1:{port}/metrics", auth=None))[0] == 200 and r,
+        timeout=60, step=0.2, message="the worker's metrics endpoint never answered",
+    )  # fmt: skip
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
