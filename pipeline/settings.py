@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     # Queue behaviour.
     queue: str = DEFAULT_QUEUE  # the base queue of a pool; tenants' queues are `<queue>.<tenant>`
     tenant: str = DEFAULT_TENANT  # of jobs submitted without --tenant
+    # Each model's shards on a queue of its own, `<queue>.m-<name>-<hash>` (broker/routing.py).
+    route_by_model: bool = False
     # Seconds before an unacknowledged shard is redelivered; must exceed the longest shard.
     visibility_timeout: int = Field(default=3600, ge=1)
     # The slowest worker's throughput you plan for: shards are cut so that their worst case

@@ -122,6 +122,12 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
         "the shard for one that does. auto (default): the first worker's, which then binds "
         "the job; any: workers of any precision, the manifest records the mix",
     )
+    submit.add_argument(
+        "--route-by-model",
+        action="store_true",
+        help="send the shards to the queue's route of --model, taken only by workers "
+        "started with --route-by-model that serve it (default: $M3PIPE_ROUTE_BY_MODEL)",
+    )
     submit.set_defaults(func=cmd_submit)
 
     status = sub.add_parser("status", help="show a job (or the recent jobs)")
@@ -248,7 +254,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         except ValidationError as exc:
             return usage_error(exc)
     try:
-        queues = ",".join(consumer_queues(args.queues, args.tenants, settings))
+        served = Settings()  # with --model and --rerank-model applied
+        queues = ",".join(consumer_queues(args.queues, args.tenants, served, args.route_by_model))
     except ValueError as exc:
         return usage_error(exc)
 
@@ -289,6 +296,16 @@ def check_worker_can_start(settings: Settings) -> None:
 
 
 # -- submit ---------------------------------------------------------------------------------
+def job_queue(args: argparse.Namespace, settings: Settings, tenant: str, model: str) -> str:
+    """The queue of a job's shards: the tenant's, routed by model when asked."""
+    from pipeline.broker.routing import model_queue
+
+    queue = checked_queue(tenant_queue(args.queue or settings.queue, tenant))
+    if getattr(args, "route_by_model", False) or settings.route_by_model:
+        return model_queue(queue, model)
+    return queue
+
+
 def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitRequest:
     from pipeline.tasks import task_kind
     from producers.submit import ShardLimits, SubmitRequest
@@ -329,7 +346,7 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
         options=options,
         tenant=tenant,
         priority=priority,
-        queue=checked_queue(tenant_queue(args.queue or settings.queue, tenant)),
+        queue=job_queue(args, settings, tenant, model),
         limits=limits,
         max_queued=max_queued,
         input_format=args.input_format,

@@ -97,7 +97,7 @@ def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
             shards_per_worker=args.shards_per_worker,
             cooldown_seconds=args.cooldown,
         )
-        queues = consumer_queues(args.queues, args.tenants, settings)
+        queues = consumer_queues(args.queues, args.tenants, settings, args.route_by_model)
         if args.poll <= 0:
             raise ValueError("--poll must be > 0")
         for port in (args.metrics_port, args.worker_metrics_port):
@@ -173,7 +173,7 @@ def cmd_backlog(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.ops.backlog_server import backlog_report, make_server
 
     try:
-        queues = consumer_queues(args.queues, args.tenants, settings)
+        queues = consumer_queues(args.queues, args.tenants, settings, args.route_by_model)
         if args.serve is not None and not 0 < args.serve < 65536:
             raise ValueError("--serve takes a port, 1-65535")
     except ValueError as exc:

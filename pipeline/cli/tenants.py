@@ -8,6 +8,7 @@ import sys
 
 from pydantic import ValidationError
 
+from pipeline.broker.routing import routed_queues
 from pipeline.cli.options import checked_queue, comma_list, job_store, usage_error
 from pipeline.exit_codes import EXIT_OK
 from pipeline.settings import Settings
@@ -37,22 +38,37 @@ def add_consumer_tenant_option(parser: argparse.ArgumentParser) -> None:
         help="comma-separated tenants whose queues to take (under the base queue "
         "$M3PIPE_QUEUE); with --queues, both sets",
     )
+    parser.add_argument(
+        "--route-by-model",
+        action="store_true",
+        help="take only the base and tenant queues' routes of this pool's models (as submit "
+        "--route-by-model sends them; default: $M3PIPE_ROUTE_BY_MODEL)",
+    )
 
 
 def consumer_queues(
-    queues_flag: str | None, tenants_flag: str | None, settings: Settings
+    queues_flag: str | None,
+    tenants_flag: str | None,
+    settings: Settings,
+    route_by_model: bool = False,
 ) -> list[str]:
-    """The queues a worker, autoscaler or backlog reads: --queues, the --tenants' queues, or
-    the base queue. ValueError on a bad name."""
+    """The queues a worker, autoscaler or backlog reads: --queues as named, the --tenants'
+    queues, or the base queue. Routed by model (--route-by-model, $M3PIPE_ROUTE_BY_MODEL),
+    the tenants' and base queues become their routes of the embed and rerank models; queues
+    named with --queues are always taken as named (the autoscaler hands its workers routed
+    ones). ValueError on a bad name."""
 
     tenants = [checked_tenant(t) for t in comma_list(tenants_flag or "")]
     if tenants_flag is not None and not tenants:
         raise ValueError("--tenants needs at least one tenant name")
-    named = comma_list(queues_flag) if queues_flag else []
+    named = [checked_queue(q) for q in comma_list(queues_flag or "")]
+    pooled = [tenant_queue(settings.queue, tenant) for tenant in tenants]
     if not named and not tenants:
-        named = comma_list(settings.queue)
-    queues = named + [tenant_queue(settings.queue, tenant) for tenant in tenants]
-    return [checked_queue(q) for q in dict.fromkeys(queues)]
+        pooled = comma_list(settings.queue)
+    pooled = [checked_queue(q) for q in pooled]
+    if route_by_model or settings.route_by_model:
+        pooled = routed_queues(pooled, [settings.model, settings.rerank_model])
+    return list(dict.fromkeys(named + pooled))
 
 
 def job_tenant(args: argparse.Namespace, settings: Settings) -> tuple[str, Priority]:

@@ -139,6 +139,7 @@ def run_local(
             "M3PIPE_PRELOAD": request.task.value,
             "M3PIPE_PRECISION": precision,
             "M3PIPE_QUEUE": request.queue,
+            "M3PIPE_ROUTE_BY_MODEL": "0",  # request.queue is already this job's route
             "M3PIPE_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
             "M3PIPE_METRICS_PORT": "0",  # a one-shot run serves no metrics
             # Its workers write this job's output and nothing else.

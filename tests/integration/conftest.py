@@ -69,7 +69,7 @@ class Workers:
     def start(
         self,
         count: int = 1,
-        queue: str = "m3pipe",
+        queue: str | None = "m3pipe",
         wait: bool = True,
         tenants: str | None = None,
         env: dict[str, str] | None = None,
@@ -78,7 +78,7 @@ class Workers:
         for _ in range(count):
             name = f"cpu{len(self.processes)}-{uuid.uuid4().hex[:4]}@{socket.gethostname()}"
             log = open(self.log_dir / f"{name.split('@')[0]}.log", "wb")  # noqa: SIM115
-            consume = ["--tenants", tenants] if tenants else ["--queues", queue]
+            consume = ["--tenants", tenants] if tenants else ["--queues", queue] if queue else []
             self.processes[name] = subprocess.Popen(
                 [*WORKER_COMMAND, "--name", name, *consume],
                 env=env or self.env,
