@@ -41,6 +41,7 @@ def write_index(path: Path, documents: int, doc_tokens: int, shard: int, seed: i
     from pipeline.storage.sink import part_name, write_shard
     from schemas.options import Mode, StorageDtype
     from schemas.output import output_schema
+    from schemas.vector_layout import colbert_array
 
     rng = np.random.default_rng(seed)
     path.mkdir()
@@ -60,9 +61,7 @@ def write_index(path: Path, documents: int, doc_tokens: int, shard: int, seed: i
                 unit(rng, n).astype(np.float16).ravel(), DIM),
             "sparse_indices": pa.array([t.astype(np.int32) for t in terms]),
             "sparse_values": pa.array([rng.random(len(t), dtype=np.float32) for t in terms]),
-            "colbert": pa.ListArray.from_arrays(
-                np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
-                pa.FixedSizeListArray.from_arrays(colbert.ravel(), DIM)),
+            "colbert": colbert_array(np.concatenate([[0], np.cumsum(lengths)]), colbert),
             "n_tokens": lengths.astype(np.int32) + 1,
             "truncated": np.zeros(n, bool),
         }, schema=schema)  # fmt: skip

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import pyarrow as pa
 
 from schemas.options import Mode, StorageDtype
+from schemas.vector_layout import colbert_field
 
 OUTPUT_METADATA_KEY = b"m3pipe"
 
@@ -41,9 +42,7 @@ def output_schema(
         fields.append(pa.field("sparse_indices", pa.list_(pa.int32()), nullable=False))
         fields.append(pa.field("sparse_values", pa.list_(pa.float32()), nullable=False))
     if Mode.COLBERT in modes:
-        fields.append(
-            pa.field("colbert", pa.list_(vector_type(dtype, colbert_dim)), nullable=False)
-        )
+        fields.append(colbert_field(dtype, colbert_dim))  # schemas/vector_layout.py
     fields.append(pa.field("n_tokens", pa.int32(), nullable=False))
     fields.append(pa.field("truncated", pa.bool_(), nullable=False))
     return pa.schema(fields, metadata=_schema_metadata(metadata))

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from schemas.vector_layout import colbert_rows
+
 
 @dataclass(frozen=True)
 class Agreement:
@@ -77,7 +79,8 @@ def table_outputs(table: object) -> tuple[np.ndarray, list[np.ndarray], list[dic
 
     assert isinstance(table, pa.Table)
     dense = np.array(table.column("dense").to_pylist(), dtype=np.float32)
-    colbert = [np.array(rows, dtype=np.float32) for rows in table.column("colbert").to_pylist()]
+    field = table.schema.field("colbert")
+    colbert = [rows.astype(np.float32) for rows in colbert_rows(table.column("colbert"), field)]
     sparse = [
         dict(zip(ids, weights, strict=True))
         for ids, weights in zip(

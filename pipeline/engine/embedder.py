@@ -30,6 +30,7 @@ from pipeline.engine.tokenize import TokenizedShard, tokenize_texts
 from schemas.document import Document
 from schemas.options import EncodeOptions
 from schemas.output import output_schema
+from schemas.vector_layout import OUTPUT_FORMAT
 
 ProgressCallback = Callable[[int, int], None]  # (documents finished, tokens) of one batch
 
@@ -70,6 +71,7 @@ class Engine:
         return {
             **self.model.describe(),
             "m3pipe_version": __version__,
+            "output_format": OUTPUT_FORMAT,  # how colbert is stored: schemas/vector_layout.py
             "dtype": self.options.dtype.value,
             "max_length": self.options.max_length,
             "modes": [mode.value for mode in self.options.modes],

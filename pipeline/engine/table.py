@@ -10,6 +10,7 @@ import pyarrow as pa
 from pipeline.engine.encoder import BatchOutput
 from schemas.document import Document
 from schemas.options import Mode
+from schemas.vector_layout import colbert_array
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:
@@ -79,7 +80,7 @@ def vector_columns(
         columns["sparse_values"] = _list(offsets, pa.array(values))
     if Mode.COLBERT in modes:
         offsets, colbert = _in_order(_parts(outputs, "colbert_counts", "colbert"), n_rows)
-        columns["colbert"] = _list(offsets, _vectors(colbert))
+        columns["colbert"] = colbert_array(offsets, colbert)
     return columns
 
 

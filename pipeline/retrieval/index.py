@@ -20,6 +20,7 @@ from pipeline.storage.finished_output import FinishedOutput
 from pipeline.storage.location import Location
 from pipeline.storage.sink import part_name
 from schemas.options import Mode
+from schemas.vector_layout import colbert_vectors
 
 BATCH_ROWS = 256
 
@@ -85,11 +86,9 @@ def batch_vectors(batch: pa.RecordBatch, ids: list[str]) -> tuple[Vectors, np.nd
         vectors.sparse_indices = indices.flatten().to_numpy()
         vectors.sparse_values = _floats(values.flatten())
     if "colbert" in names:
-        colbert = batch.column("colbert")
-        inner = colbert.flatten()
-        vectors.colbert_offsets = _offsets(colbert)
-        dim = colbert.type.value_type.list_size
-        vectors.colbert = _floats(inner.flatten()).reshape(len(inner), dim)
+        field = batch.schema.field("colbert")
+        offsets, stored = colbert_vectors(batch.column("colbert"), field)
+        vectors.colbert_offsets, vectors.colbert = offsets, stored.astype(np.float32)
     return vectors, np.array([*starts, len(ids)], dtype=np.int64)
 
 

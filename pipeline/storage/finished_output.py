@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 DOCUMENT_DIGESTS_KEY = b"m3pipe.documents"
 DIGEST_BYTES = 16
-# File metadata that may differ between two outputs whose rows are interchangeable.
-NOT_IDENTITY = frozenset({"m3pipe_version"})
+# File metadata that may differ between two outputs whose rows are interchangeable (a
+# format-1 colbert column is rewritten in format 2 when reused: schemas/vector_layout.py).
+NOT_IDENTITY = frozenset({"m3pipe_version", "output_format"})
 
 
 def document_digest(doc: Document, keep_fields: Sequence[str] = ()) -> bytes:

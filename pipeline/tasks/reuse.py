@@ -27,7 +27,9 @@ from pipeline.storage.finished_output import (
 )
 from pipeline.tasks.kind import Computed, TaskEngine, TaskKind
 from schemas.document import Document
+from schemas.options import StorageDtype
 from schemas.reuse import ReuseRun
+from schemas.vector_layout import upgrade_colbert
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ def split_for_reuse(
 ) -> ReuseSplit:
     """Read and check the planned rows; `schema` is what this job writes."""
     wanted = identity(engine.file_metadata())
+    dtype = StorageDtype(str(wanted.get("dtype", StorageDtype.FLOAT16.value)))
     parts: dict[int, PreviousPart | None] = {}
     copied: list[pa.Table] = []
     reused = np.zeros(len(docs), dtype=bool)
@@ -61,7 +64,8 @@ def split_for_reuse(
         if part is None or not _matches(part, run, docs, keep_fields):
             continue
         try:
-            piece = part.table.slice(run.row, run.rows).select(schema.names).cast(schema)
+            rows = upgrade_colbert(part.table.slice(run.row, run.rows), dtype)
+            piece = rows.select(schema.names).cast(schema)
         except (pa.ArrowException, KeyError, ValueError) as exc:
             log.warning("--reuse: part %d rows of another shape (%s): encoded", run.part, exc)
             continue

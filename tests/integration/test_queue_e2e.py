@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from pipeline.cli.main import main
 from pipeline.exit_codes import EXIT_REJECTS
 from pipeline.jobs.resume import read_shard_file
+from schemas.vector_layout import colbert_vectors
 from tests.integration.conftest import corpus_records, run_cli, write_jsonl
 
 VECTOR_COLUMNS = ("dense", "sparse_indices", "sparse_values", "colbert")
@@ -29,9 +30,9 @@ def assert_same_vectors(left, right) -> None:
         a = np.asarray(left.column(name).combine_chunks().flatten(), dtype=np.float32)
         b = np.asarray(right.column(name).combine_chunks().flatten(), dtype=np.float32)
         np.testing.assert_allclose(a, b, atol=2e-3)
-    a = left.column("colbert").combine_chunks().flatten().flatten()
-    b = right.column("colbert").combine_chunks().flatten().flatten()
-    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=2e-3)
+    a = colbert_vectors(left.column("colbert"), left.schema.field("colbert"))[1]
+    b = colbert_vectors(right.column("colbert"), right.schema.field("colbert"))[1]
+    np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-3)
 
 
 def test_submit_two_workers_every_id_once_and_same_vectors_as_encode(

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.engine.embedder import Engine
@@ -43,6 +44,9 @@ def test_the_readme_pyarrow_block(example, monkeypatch):
     scope: dict = {}
     exec(block, scope)
     assert scope["table"].num_rows == 9
+    row, colbert = scope["row"], scope["colbert"]
+    assert colbert.dtype == np.float16 and colbert.shape == (row["n_tokens"] - 1, 64)
+    np.testing.assert_allclose(np.linalg.norm(colbert.astype(np.float32), axis=1), 1, atol=1e-3)
 
 
 def test_the_readme_duckdb_block(example, monkeypatch):
@@ -55,6 +59,12 @@ def test_the_readme_duckdb_block(example, monkeypatch):
     assert len(by_tokens) == 5 and by_tokens[0][1] >= by_tokens[-1][1]
     dense = duckdb.sql(statements[1]).fetchall()
     assert len(dense) == 2 and len(dense[0][1]) == 3
+    vectors = duckdb.sql(statements[2]).fetchall()
+    [(first,)] = duckdb.sql(
+        "SELECT colbert FROM read_parquet('out/example/part-*.parquet') WHERE id = 'd0'"
+    ).fetchall()
+    decoded = np.frombuffer(b"".join(first), "<f2").reshape(len(first), -1)  # as README.md
+    assert decoded.shape == (dict(vectors).get("d0", len(first)), 64)
 
 
 def test_the_readme_polars_block_and_why_the_directory_form_fails(example, monkeypatch):
@@ -65,5 +75,8 @@ def test_the_readme_polars_block_and_why_the_directory_form_fails(example, monke
     scope: dict = {}
     exec(block, scope)
     assert scope["frame"].height == 9
+    cell = pl.read_parquet("out/example/part-*.parquet")["colbert"][0]
+    decoded = np.frombuffer(b"".join(cell.to_list()), "<f2").reshape(len(cell), -1)
+    assert decoded.shape[1] == 64 and decoded.dtype == np.float16
     with pytest.raises(Exception, match="extension"):  # the sidecars: as README.md says
         pl.scan_parquet("out/example/").collect()

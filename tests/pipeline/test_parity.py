@@ -9,6 +9,7 @@ from pipeline.engine.agreement import agreement, table_outputs
 from pipeline.engine.embedder import Engine
 from pipeline.engine.model import load_model
 from schemas.options import EncodeOptions
+from schemas.vector_layout import colbert_rows
 from tests.corpus import documents, mixed_texts
 
 MAX_LENGTH = 4096
@@ -58,6 +59,7 @@ def test_outputs_match_flagembedding(load, reference, size, dtype, tolerance):
     np.testing.assert_allclose(dense.astype(np.float32), ref["dense_vecs"], atol=tolerance, rtol=0)
 
     n_tokens = table.column("n_tokens").to_pylist()
+    colbert_of = colbert_rows(table.column("colbert"), table.schema.field("colbert"))
     for row in range(len(texts)):
         want = ref["lexical_weights"][row]
         indices = table.column("sparse_indices")[row].values.to_numpy()
@@ -66,7 +68,7 @@ def test_outputs_match_flagembedding(load, reference, size, dtype, tolerance):
         want_values = np.array([want[str(i)] for i in indices], dtype=np.float32)
         np.testing.assert_allclose(values, want_values, atol=tolerance, rtol=0)
 
-        colbert = table.column("colbert")[row].values.flatten().to_numpy()
+        colbert = colbert_of[row]
         want_colbert = ref["colbert_vecs"][row]
         assert n_tokens[row] - 1 == want_colbert.shape[0]
         np.testing.assert_allclose(

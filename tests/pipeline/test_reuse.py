@@ -30,6 +30,7 @@ from schemas.document import Document
 from schemas.job import Task
 from schemas.options import EncodeOptions, LongDocPolicy, StorageDtype
 from schemas.reuse import ReuseRun
+from schemas.vector_layout import colbert_rows, colbert_vectors
 
 EMBED = task_kind(Task.EMBED)
 # float32 storage, so copied and re-encoded vectors compare at the parity bound.
@@ -67,13 +68,20 @@ def assert_same_rows(got: pa.Table, want: pa.Table) -> None:
     rows were computed in other batches: GEMM blocking moves the last bits)."""
     assert got.column_names == want.column_names
     for name in got.column_names:
-        left, right = got.column(name).to_pylist(), want.column(name).to_pylist()
+        if name == "colbert":
+            field = got.schema.field(name)
+            left, right = (
+                colbert_rows(got.column(name), field),
+                colbert_rows(want.column(name), field),
+            )
+        else:
+            left, right = got.column(name).to_pylist(), want.column(name).to_pylist()
         if name in ("dense", "sparse_values"):
             for a, b in zip(left, right, strict=True):
                 np.testing.assert_allclose(a, b, atol=1e-5)
         elif name == "colbert":
             for a, b in zip(left, right, strict=True):
-                np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)
+                np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=1e-5)
         else:
             assert left == right, name
 
@@ -115,6 +123,39 @@ def test_reuse_of_a_reused_output_and_of_an_unchanged_corpus(tmp_path, tiny):
     assert rows(tmp_path / "v2").equals(rows(tmp_path / "v1"))
     third = encode(tmp_path, tiny, "v3", edited(records), reuse=tmp_path / "v2")
     assert (third.reused, third.dropped) == (36, 1)  # d003 gone (no d040 here), 3 edited
+
+
+def as_output_format_1(directory: Path) -> None:
+    """Rewrite an output's parts as m3pipe wrote them before format 2: colbert as
+    list<fixed_size_list<float>>, no output_format in the metadata."""
+    for part in directory.glob("part-*.parquet"):
+        table = pq.read_table(part)
+        index = table.schema.get_field_index("colbert")
+        field = table.schema.field(index)
+        offsets, vectors = colbert_vectors(table.column(index), field)
+        old = pa.ListArray.from_arrays(
+            pa.array(offsets.astype(np.int32)),
+            pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+        )
+        table = table.set_column(index, pa.field("colbert", old.type, nullable=False), old)
+        meta = dict(table.schema.metadata)
+        described = json.loads(meta[b"m3pipe"])
+        del described["output_format"]
+        meta[b"m3pipe"] = json.dumps(described, sort_keys=True).encode()
+        pq.write_table(table.replace_schema_metadata(meta), part, compression="zstd")
+
+
+def test_an_output_of_the_earlier_format_is_reused(tmp_path, tiny):
+    records = corpus(40)
+    encode(tmp_path, tiny, "v1", records)
+    as_output_format_1(tmp_path / "v1")
+    assert pa.types.is_fixed_size_list(
+        rows(tmp_path / "v1").schema.field("colbert").type.value_type
+    )
+    again = encode(tmp_path, tiny, "v2", edited(records), reuse=tmp_path / "v1")
+    encode(tmp_path, tiny, "full", edited(records))
+    assert again.reused == 36  # 40 - d003 dropped - 3 edited: old rows, in the new layout
+    assert_same_rows(rows(tmp_path / "v2"), rows(tmp_path / "full"))
 
 
 def test_chunked_documents_and_kept_fields(tmp_path, tiny):

@@ -2,6 +2,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -10,6 +11,7 @@ from pipeline.engine.embedder import Engine
 from pipeline.storage.sink import part_name, remove_stale_temp_files, write_shard
 from schemas.options import EncodeOptions, Mode, StorageDtype
 from schemas.output import output_schema, read_output_metadata
+from schemas.vector_layout import colbert_vectors
 from tests.corpus import documents
 
 CONTRACT = {
@@ -18,7 +20,7 @@ CONTRACT = {
     "dense": pa.list_(pa.float16(), 64),
     "sparse_indices": pa.list_(pa.int32()),
     "sparse_values": pa.list_(pa.float32()),
-    "colbert": pa.list_(pa.list_(pa.float16(), 64)),
+    "colbert": pa.list_(pa.binary(128)),  # 64 float16s a vector (schemas/vector_layout.py)
     "n_tokens": pa.int32(),
     "truncated": pa.bool_(),
 }
@@ -39,14 +41,32 @@ def test_written_schema_is_exactly_the_contract(tiny, tmp_path, chunked):
     assert meta["model"] == "random:tiny" and meta["random_weights"] is True
     assert (meta["dense_dim"], meta["dtype"], meta["max_length"]) == (64, "float16", 64)
     assert meta["model_fingerprint"]
-    assert pq.ParquetFile(written.local_path).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert meta["output_format"] == 2
+    assert schema.field("colbert").metadata == {
+        b"m3pipe.vector": b"float16 little-endian",
+        b"m3pipe.dim": b"64",
+    }
+    group = pq.ParquetFile(written.local_path).metadata.row_group(0)
+    codecs = {
+        group.column(i).path_in_schema: group.column(i).compression
+        for i in range(group.num_columns)
+    }
+    assert codecs["id"] == codecs["dense.list.element"] == "ZSTD"
+    assert codecs["sparse_values.list.element"] == "ZSTD"
+    assert codecs["colbert.list.element"] == "UNCOMPRESSED"
+    offsets, vectors = colbert_vectors(pq.read_table(written.local_path).column("colbert"),
+                                       schema.field("colbert"))  # fmt: skip
+    assert vectors.dtype == np.float16 and vectors.shape == (offsets[-1], 64)
+    np.testing.assert_allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1, atol=1e-3)
+    assert list(np.diff(offsets)) == [n - 1 for n in table.column("n_tokens").to_pylist()]
 
 
 def test_float32_storage_schema():
     schema = output_schema((Mode.DENSE, Mode.COLBERT), StorageDtype.FLOAT32, 8, 4)
     assert schema.names == ["id", "dense", "colbert", "n_tokens", "truncated"]
     assert schema.field("dense").type == pa.list_(pa.float32(), 8)
-    assert schema.field("colbert").type == pa.list_(pa.list_(pa.float32(), 4))
+    assert schema.field("colbert").type == pa.list_(pa.binary(16))
+    assert schema.field("colbert").metadata[b"m3pipe.vector"] == b"float32 little-endian"
 
 
 def test_part_names_are_deterministic():

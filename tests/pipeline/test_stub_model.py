@@ -11,6 +11,7 @@ from pipeline.engine.model import load_model
 from pipeline.errors import ModelLoadError
 from schemas.document import Document
 from schemas.options import EncodeOptions
+from schemas.vector_layout import colbert_rows
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +24,11 @@ def test_stub_full_has_bge_m3s_output_shapes_and_says_it_is_a_stub(stub_full):
     docs = [Document(id=f"d{i}", text=t) for i, t in enumerate(texts)]
     table = Engine(stub_full, EncodeOptions(max_length=64)).encode(docs).table
     assert table.schema.field("dense").type.list_size == 1024
-    assert table.schema.field("colbert").type.value_type.list_size == 1024
-    for row in table.to_pylist():
-        assert len(row["colbert"]) == row["n_tokens"] - 1  # EOS kept, CLS not, as bge-m3
+    field = table.schema.field("colbert")
+    assert field.metadata[b"m3pipe.dim"] == b"1024"
+    colbert = colbert_rows(table.column("colbert"), field)
+    for row, vectors in zip(table.to_pylist(), colbert, strict=True):
+        assert vectors.shape == (row["n_tokens"] - 1, 1024)  # EOS kept, CLS not, as bge-m3
         assert 0 < len(row["sparse_indices"]) < row["n_tokens"]
         assert row["sparse_indices"] == sorted(set(row["sparse_indices"]))
         assert min(row["sparse_values"]) > 0

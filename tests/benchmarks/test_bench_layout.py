@@ -1,0 +1,25 @@
+"""benchmarks/bench_layout.py on a few small vectors: every layout written, read and sized."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_layout_is_measured(tmp_path):
+    out = tmp_path / "layout.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_layout.py"), "--documents", "4",
+         "--tokens", "3", "--dim", "8", "--repeats", "1", "--out", str(out)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    measured = report["random_unit_vectors"]
+    assert len(measured) == 12  # 2 dtypes x 2 layouts x 3 codecs
+    binary = measured["float16 fixed_size_binary none"]
+    # 12 vectors of 8 float16s: 192 bytes of data, plus Parquet's framing
+    assert binary["kib"] * 1024 * 4 >= 192 and binary["write_ms"] > 0
