@@ -4,7 +4,7 @@ A capacity test, never a model: its vectors mean nothing. The tokenizer is the r
 model's of that size (so `n_tokens`, batching and truncation are real), and the outputs have
 bge-m3's exact shapes (`stub:full`: 1024-dim dense, sparse weights over the vocabulary,
 1024-dim ColBERT vectors per token), deterministic per text. The "encoder" costs almost
-nothing (a sine of each token id), so a run measures the host's ceiling: reading, tokenizing,
+nothing (a row of a fixed table per token id), so a run measures the host's ceiling: reading, tokenizing,
 assembling, writing and the queue's bookkeeping. `M3PIPE_STUB_TOKENS_PER_SECOND` makes each
 forward pass take as long as a device of that rate would (an H200 does ~730k tokens/s at
 512-token documents, docs/engine.md), to see whether the host keeps up with it.
@@ -23,13 +23,15 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 
 from pipeline.engine.random_model import SHAPES, train_tokenizer
 from pipeline.errors import ModelLoadError
 
 STUB_PREFIX = "stub:"
-STUB_BUILD_VERSION = 1
+STUB_BUILD_VERSION = 2  # 2: hidden states from a table (its vectors changed)
 RATE_ENV = "M3PIPE_STUB_TOKENS_PER_SECOND"
+TABLE_ROWS = 4096  # distinct hidden states: token ids share them modulo this
 
 
 def parse_stub_spec(spec: str) -> str | None:
@@ -70,14 +72,17 @@ def cached_stub_dir(size: str, cache_dir: Path) -> Path:
 
 
 class StubEncoder(torch.nn.Module):
-    """`last_hidden_state[b, t] = sin(id * f + p)`: deterministic per token, the shape of
-    the real encoder's output, almost free; optionally as slow as a device of a given rate."""
+    """`last_hidden_state[b, t] = table[id % 4096]`, with `table[i] = sin(i * f + p)`:
+    deterministic per token, the shape of the real encoder's output, a gather at memory
+    speed; optionally as slow as a device of a given rate."""
 
     def __init__(self, hidden: int, vocab_size: int, tokens_per_second: float = 0.0) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(0)
-        self.register_buffer("freq", torch.rand(hidden, generator=generator) * 0.37 + 0.01)
-        self.register_buffer("phase", torch.rand(hidden, generator=generator) * 6.28)
+        freq = torch.rand(hidden, generator=generator) * 0.37 + 0.01
+        phase = torch.rand(hidden, generator=generator) * 6.28
+        rows = torch.arange(TABLE_ROWS, dtype=torch.float32).unsqueeze(-1)
+        self.register_buffer("table", torch.sin(rows * freq + phase))
         self.tokens_per_second = tokens_per_second
         self.config = SimpleNamespace(
             hidden_size=hidden, vocab_size=vocab_size, _attn_implementation="stub"
@@ -87,8 +92,8 @@ class StubEncoder(torch.nn.Module):
         self, input_ids: torch.Tensor, attention_mask: Any = None, return_dict: bool = True
     ) -> SimpleNamespace:
         started = time.perf_counter()
-        freq, phase = cast(torch.Tensor, self.freq), cast(torch.Tensor, self.phase)
-        hidden = torch.sin(input_ids.unsqueeze(-1).to(freq.dtype) * freq + phase)
+        table = cast(torch.Tensor, self.table)
+        hidden = F.embedding(input_ids % TABLE_ROWS, table)
         if self.tokens_per_second > 0:
             left = input_ids.numel() / self.tokens_per_second - (time.perf_counter() - started)
             if left > 0:
