@@ -91,7 +91,9 @@ def main() -> int:
     from benchmarks.mfu import model_flops
     from pipeline.engine import embedder
     from pipeline.engine.embedder import Engine
+    from pipeline.engine.encoder import PendingBatch
     from pipeline.engine.model import load_model
+    from pipeline.engine.table import ShardColumns
     from pipeline.settings import Settings
     from schemas.document import Document
     from schemas.options import EncodeOptions
@@ -108,8 +110,11 @@ def main() -> int:
     shards = [docs[i : i + args.shard_docs] for i in range(0, len(docs), args.shard_docs)]
 
     clock = StageClock()
-    embedder.forward_batch = clock.wrap("batches", embedder.forward_batch)  # type: ignore[assignment]
-    embedder.assemble_table = clock.wrap("assembly", embedder.assemble_table)  # type: ignore[assignment]
+    # On CUDA a batch is launched, then finished (waited for) after the next one's launch.
+    embedder.forward_batch = clock.wrap("batches (launch)", embedder.forward_batch)  # type: ignore[assignment]
+    PendingBatch.result = clock.wrap("batches (wait, sparse groups)", PendingBatch.result)  # type: ignore[method-assign]
+    ShardColumns.add = clock.wrap("assembly (placing vectors)", ShardColumns.add)  # type: ignore[method-assign]
+    embedder.assemble_table = clock.wrap("assembly (Arrow table)", embedder.assemble_table)  # type: ignore[assignment]
     Engine.tokenize = clock.wrap("tokenize (own thread)", Engine.tokenize)  # type: ignore[method-assign]
 
     runs = {}

@@ -22,10 +22,10 @@ from pipeline.engine.batching import (
     device_memory,
     plan_batches,
 )
-from pipeline.engine.encoder import BatchOutput, encode_with_split, forward_batch
+from pipeline.engine.encoder import PendingBatch, encode_with_split, forward_batch
 from pipeline.engine.model import M3Model
 from pipeline.engine.stats import BatchStats
-from pipeline.engine.table import assemble_table
+from pipeline.engine.table import ShardColumns, assemble_table
 from pipeline.engine.tokenize import TokenizedShard, tokenize_texts
 from schemas.document import Document
 from schemas.options import EncodeOptions
@@ -109,10 +109,16 @@ class Engine:
         lengths = shard.lengths
         # A document is finished when its last sequence (last chunk) is encoded.
         ends_doc = np.append(shard.doc_index[1:] != shard.doc_index[:-1], True)
-        outputs: list[BatchOutput] = []
         stats = EncodeStats(documents=len(docs), rows=len(shard), tokens=int(lengths.sum()))
+        columns = ShardColumns(
+            lengths,
+            self.options.modes,
+            self.options.dtype,
+            self.model.dense_dim,
+            self.model.colbert_dim,
+        )
 
-        def run(rows: np.ndarray) -> BatchOutput:
+        def run(rows: np.ndarray) -> PendingBatch:
             return forward_batch(
                 self.model,
                 [shard.ids[i] for i in rows],
@@ -124,25 +130,34 @@ class Engine:
         def lower_budget(rows: np.ndarray) -> None:
             self.batch_tokens = budget_after_oom(self.batch_tokens, rows, lengths)
 
+        def finish(batch: PendingBatch) -> None:
+            columns.add(batch.result())
+            stats.batches += 1
+            stats.padded_tokens += len(batch.rows) * int(lengths[batch.rows].max())
+            if progress is not None:
+                progress(int(ends_doc[batch.rows].sum()), int(lengths[batch.rows].sum()))
+
+        # One batch in flight: batch k + 1 is launched before batch k is finished, so the
+        # device computes while the host places the previous batch's outputs.
+        in_flight: PendingBatch | None = None
         for batch in plan_batches(lengths, self.batch_tokens):
             pieces = encode_with_split(run, batch, self._empty_cache, lower_budget)
             stats.oom_splits += len(pieces) - 1
-            for out in pieces:
-                outputs.append(out)
-                stats.batches += 1
-                stats.padded_tokens += len(out.rows) * int(lengths[out.rows].max())
-                if progress is not None:
-                    progress(int(ends_doc[out.rows].sum()), int(lengths[out.rows].sum()))
+            for piece in pieces:
+                if in_flight is not None:
+                    finish(in_flight)
+                in_flight = piece
+        if in_flight is not None:
+            finish(in_flight)
 
         table = assemble_table(
-            outputs,
+            columns,
             self.schema,
             [doc.id for doc in docs],
             shard.doc_index,
             shard.chunk,
             lengths,
             shard.truncated,
-            self.options.modes,
         )
         stats.seconds = time.perf_counter() - started
         return ShardResult(table=table, stats=stats)

@@ -5,6 +5,12 @@ Semantics are FlagEmbedding's M3 inference path (`M3Embedder.encode_single_devic
 - sparse: relu(sparse_linear(h)) per token, max-pooled per token id, weights > 0 only,
   cls/eos/pad/unk dropped;
 - colbert: colbert_linear(h[:, 1:]) on real tokens, L2-normalised, n_tokens - 1 vectors.
+
+A batch is launched (`forward_batch`) and finished (`PendingBatch.result`) apart: every
+device step has a shape known before it runs, so launching never waits for the device, and
+the outputs come to the host in one copy per tensor, into pinned memory on CUDA. The engine
+launches batch k + 1 before it finishes batch k: the device computes while the host places
+the previous batch's vectors.
 """
 
 from __future__ import annotations
@@ -28,50 +34,97 @@ _STORAGE = {StorageDtype.FLOAT16: torch.float16, StorageDtype.FLOAT32: torch.flo
 
 @dataclass
 class BatchOutput:
-    """Host arrays of one batch, rows in the batch's order; flat arrays split by counts."""
+    """Host arrays of one batch, rows in the batch's order."""
 
     rows: np.ndarray  # sequence indices (into the shard) of the batch's rows
+    lengths: np.ndarray  # tokens of each row
     dense: np.ndarray | None = None  # [B, D]
     sparse_counts: np.ndarray | None = None  # [B]
     sparse_indices: np.ndarray | None = None  # [sum counts] int32, ascending per row
     sparse_values: np.ndarray | None = None  # [sum counts] float32
-    colbert_counts: np.ndarray | None = None  # [B]
-    colbert: np.ndarray | None = None  # [sum counts, D]
+    colbert: np.ndarray | None = None  # [B, L - 1, D], row i's first lengths[i] - 1 are real
 
 
 def pad_batch(
     sequences: list[list[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded input_ids and attention_mask, built in numpy and moved in one copy each."""
+    """Right-padded input_ids and attention_mask, built in numpy and moved in one copy each
+    (on CUDA from pinned memory: a copy from pageable memory would wait for the device)."""
     width = max(len(s) for s in sequences)
     ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(sequences), width), dtype=np.int64)
     for row, seq in enumerate(sequences):
         ids[row, : len(seq)] = seq
         mask[row, : len(seq)] = 1
+    if device.type != "cuda":
+        return torch.from_numpy(ids), torch.from_numpy(mask)
     return (
-        torch.from_numpy(ids).to(device, non_blocking=True),
-        torch.from_numpy(mask).to(device, non_blocking=True),
+        torch.from_numpy(ids).pin_memory().to(device, non_blocking=True),
+        torch.from_numpy(mask).pin_memory().to(device, non_blocking=True),
     )
 
 
 def _sparse(
     model: M3Model, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row unique token ids (ascending) with their max weight, without Python loops."""
+) -> dict[str, torch.Tensor]:
+    """Each row's kept token ids with their max weight, in fixed shapes (no host sync):
+    keys (row * vocab + id) sorted, dropped tokens last; `first` marks each key's first
+    place; `pooled[g]` is the max weight of the g-th distinct key. The host keeps the
+    `first.sum()` leading groups (`PendingBatch.result`)."""
     assert model.sparse_linear is not None
-    weights = torch.relu(model.sparse_linear(hidden)).squeeze(-1)  # [B, L]
-    unused = torch.tensor(model.unused_token_ids, device=ids.device)
-    keep = mask.bool() & (weights > 0) & ~torch.isin(ids, unused)
-    rows, cols = keep.nonzero(as_tuple=True)
-    keys = rows * model.vocab_size + ids[rows, cols]
-    unique_keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-    values = torch.zeros(unique_keys.shape[0], dtype=weights.dtype, device=weights.device)
-    values = values.scatter_reduce(
-        0, inverse, weights[rows, cols], reduce="amax", include_self=False
-    )
-    counts = torch.bincount(unique_keys // model.vocab_size, minlength=ids.shape[0])
-    return counts, (unique_keys % model.vocab_size).to(torch.int32), values.float()
+    weights = torch.relu(model.sparse_linear(hidden)).squeeze(-1).float()  # [B, L]
+    keep = mask.bool() & (weights > 0) & ~torch.isin(ids, model.unused_ids_on_device)
+    rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1)
+    dropped = ids.shape[0] * model.vocab_size  # above every kept key
+    keys = torch.where(keep, rows * model.vocab_size + ids, dropped).reshape(-1)
+    keys, order = torch.sort(keys)
+    values = weights.reshape(-1)[order]
+    first = torch.ones_like(keys, dtype=torch.bool)
+    first[1:] = keys[1:] != keys[:-1]
+    first &= keys != dropped
+    group = (torch.cumsum(first, 0) - 1).clamp_min(0)
+    # Dropped tokens fall in the last group with weight 0: below every kept weight (> 0).
+    values = torch.where(keys != dropped, values, 0.0)
+    pooled = torch.zeros_like(values).scatter_reduce(0, group, values, reduce="amax")
+    return {"sparse_keys": keys, "sparse_first": first, "sparse_pooled": pooled}
+
+
+@dataclass
+class PendingBatch:
+    """A launched batch: its outputs are on their way to `host` (ready once `done` is)."""
+
+    rows: np.ndarray
+    lengths: np.ndarray
+    host: dict[str, torch.Tensor]
+    vocab_size: int
+    done: torch.cuda.Event | None = None
+
+    def result(self) -> BatchOutput:
+        """Wait for the batch's copies, then its host arrays (sparse groups kept here)."""
+        if self.done is not None:
+            self.done.synchronize()
+        arrays = {name: tensor.numpy() for name, tensor in self.host.items()}
+        out = BatchOutput(rows=self.rows, lengths=self.lengths)
+        out.dense = arrays.get("dense")
+        out.colbert = arrays.get("colbert")
+        if "sparse_keys" in arrays:
+            first = arrays["sparse_first"]
+            keys = arrays["sparse_keys"][first]
+            out.sparse_values = arrays["sparse_pooled"][: len(keys)]
+            out.sparse_indices = (keys % self.vocab_size).astype(np.int32)
+            out.sparse_counts = np.bincount(keys // self.vocab_size, minlength=len(self.rows))
+        return out
+
+
+def _to_host(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """One copy per tensor; on CUDA into pinned memory, without waiting for it."""
+    if device.type != "cuda":
+        return {name: t.to("cpu") for name, t in tensors.items()}
+    host = {}
+    for name, tensor in tensors.items():
+        pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host[name] = pinned.copy_(tensor, non_blocking=True)
+    return host
 
 
 def forward_batch(
@@ -80,8 +133,9 @@ def forward_batch(
     rows: np.ndarray,
     modes: tuple[Mode, ...],
     storage: StorageDtype,
-) -> BatchOutput:
-    """Encode one batch; every output is copied to the host once, after all device work."""
+) -> PendingBatch:
+    """Launch one batch: the encoder, the heads and the copies to the host, with no step
+    that waits for the device."""
     ids, mask = pad_batch(sequences, model.pad_id, model.device)
     store = _STORAGE[storage]
     on_device: dict[str, torch.Tensor] = {}
@@ -96,18 +150,19 @@ def forward_batch(
         if Mode.DENSE in modes:
             on_device["dense"] = F.normalize(hidden[:, 0], dim=-1).to(store)
         if Mode.SPARSE in modes:
-            counts, indices, values = _sparse(model, hidden, ids, mask)
-            on_device.update(sparse_counts=counts, sparse_indices=indices, sparse_values=values)
+            on_device.update(_sparse(model, hidden, ids, mask))
         if Mode.COLBERT in modes:
             assert model.colbert_linear is not None
-            real = mask[:, 1:].bool()
-            vectors = model.colbert_linear(hidden[:, 1:][real])
+            # Padded rows too (a fixed shape): the host keeps each row's real vectors.
+            vectors = model.colbert_linear(hidden[:, 1:])
             on_device["colbert"] = F.normalize(vectors, dim=-1).to(store)
-            on_device["colbert_counts"] = real.sum(dim=1)
-        host = {name: t.to("cpu", non_blocking=True) for name, t in on_device.items()}
+        host = _to_host(on_device, model.device)
+        done = None
         if model.device.type == "cuda":
-            torch.cuda.synchronize(model.device)
-    return BatchOutput(rows=rows, **{name: t.numpy() for name, t in host.items()})
+            done = torch.cuda.Event()
+            done.record()
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    return PendingBatch(rows, lengths, host, model.vocab_size, done)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

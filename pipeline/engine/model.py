@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -72,6 +73,12 @@ class M3Model(LoadedModel):
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "dense_dim": self.dense_dim, "colbert_dim": self.colbert_dim}
+
+    @functools.cached_property
+    def unused_ids_on_device(self) -> torch.Tensor:
+        """`unused_token_ids` on the device, copied there once (not once a batch: a copy
+        from pageable memory waits for the device)."""
+        return torch.tensor(self.unused_token_ids, device=self.device)
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -4,10 +4,11 @@ A capacity test, never a model: its vectors mean nothing. The tokenizer is the r
 model's of that size (so `n_tokens`, batching and truncation are real), and the outputs have
 bge-m3's exact shapes (`stub:full`: 1024-dim dense, sparse weights over the vocabulary,
 1024-dim ColBERT vectors per token), deterministic per text. The "encoder" costs almost
-nothing (a row of a fixed table per token id), so a run measures the host's ceiling: reading, tokenizing,
-assembling, writing and the queue's bookkeeping. `M3PIPE_STUB_TOKENS_PER_SECOND` makes each
-forward pass take as long as a device of that rate would (an H200 does ~730k tokens/s at
-512-token documents, docs/engine.md), to see whether the host keeps up with it.
+nothing (a row of a fixed table per token id), so a run measures the host's ceiling:
+reading, tokenizing, assembling, writing and the queue's bookkeeping.
+`M3PIPE_STUB_TOKENS_PER_SECOND` makes each forward pass take as long as a device of that
+rate would (an H200 does ~730k tokens/s at 512-token documents, docs/engine.md), to see
+whether the host keeps up with it.
 
 An operator runs it before adding GPUs: `m3pipe encode corpus.jsonl --model stub:full`.
 Every output says `stub: true` in its metadata and manifest.

@@ -1,4 +1,10 @@
-"""Assemble batch outputs into one Arrow table in the output contract's schema and order."""
+"""A shard's output columns, filled batch by batch, and the Arrow table they make.
+
+Batches run longest-first; rows come out in input order. Every row's place is known once
+the shard is tokenized (a row of n tokens has n - 1 ColBERT vectors), so each batch's
+vectors are copied once, from the host copy of the device's output straight to their row's
+place, while the device runs the next batch.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,10 @@ import pyarrow as pa
 
 from pipeline.engine.encoder import BatchOutput
 from schemas.document import Document
-from schemas.options import Mode
+from schemas.options import Mode, StorageDtype
 from schemas.vector_layout import colbert_array
+
+_NUMPY = {StorageDtype.FLOAT16: np.float16, StorageDtype.FLOAT32: np.float32}
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:
@@ -19,92 +27,97 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     return offsets
 
 
-def _vectors(flat: np.ndarray) -> pa.Array:
-    """[N, D] -> fixed_size_list<D>, without a copy."""
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+class ShardColumns:
+    """The vector columns of one shard's rows (`lengths`: tokens of each row)."""
 
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        modes: tuple[Mode, ...],
+        dtype: StorageDtype,
+        dense_dim: int,
+        colbert_dim: int,
+    ) -> None:
+        self.modes, self.rows = modes, len(lengths)
+        stored = _NUMPY[dtype]
+        self.dense = np.empty((self.rows, dense_dim), stored) if Mode.DENSE in modes else None
+        self.colbert_offsets = _offsets(np.asarray(lengths, dtype=np.int64) - 1)
+        self.colbert = (
+            np.empty((int(self.colbert_offsets[-1]), colbert_dim), stored)
+            if Mode.COLBERT in modes
+            else None
+        )
+        # Sparse rows are small and their sizes known only from the device: kept per batch.
+        self._sparse: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
-def _list(offsets: np.ndarray, values: pa.Array) -> pa.Array:
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+    def add(self, out: BatchOutput) -> None:
+        """Put one batch's outputs in their rows' places."""
+        if self.dense is not None:
+            assert out.dense is not None
+            self.dense[out.rows] = out.dense
+        if self.colbert is not None:
+            assert out.colbert is not None
+            starts = self.colbert_offsets[out.rows]
+            for place, (start, length) in enumerate(zip(starts, out.lengths, strict=True)):
+                self.colbert[start : start + length - 1] = out.colbert[place, : length - 1]
+        if Mode.SPARSE in self.modes:
+            assert out.sparse_counts is not None and out.sparse_indices is not None
+            assert out.sparse_values is not None
+            self._sparse.append(
+                (out.rows, out.sparse_counts, out.sparse_indices, out.sparse_values)
+            )
 
+    def columns(self) -> dict[str, pa.Array]:
+        columns: dict[str, pa.Array] = {}
+        if self.dense is not None:
+            values = pa.array(self.dense.reshape(-1))
+            columns["dense"] = pa.FixedSizeListArray.from_arrays(values, self.dense.shape[1])
+        if Mode.SPARSE in self.modes:
+            offsets, indices, values = self._sparse_in_order()
+            as_list = pa.array(offsets.astype(np.int32))
+            columns["sparse_indices"] = pa.ListArray.from_arrays(as_list, pa.array(indices))
+            columns["sparse_values"] = pa.ListArray.from_arrays(as_list, pa.array(values))
+        if self.colbert is not None:
+            columns["colbert"] = colbert_array(self.colbert_offsets, self.colbert)
+        return columns
 
-def _in_order(
-    parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], n_rows: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ragged per-row data of batches that ran in any order, back in row order.
-
-    Each part is (rows, counts, flat): row `rows[i]` owns the next `counts[i]` items of
-    `flat`. Every item is copied once, straight to its place, with no intermediate
-    concatenation (Arrow's `take` over the nested lists did the same work more slowly:
-    0.22 against 0.18 s for a 512k-token shard of 1,024-wide float32 vectors, warm, here).
-    """
-    counts = np.zeros(n_rows, dtype=np.int64)
-    for rows, part_counts, _ in parts:
-        counts[rows] = part_counts
-    offsets = _offsets(counts)
-    first = parts[0][2]
-    out = np.empty((int(offsets[-1]), *first.shape[1:]), dtype=first.dtype)
-    for rows, part_counts, flat in parts:
-        # Destination of each item: its row's start in the output plus its place in the row.
-        starts = np.repeat(offsets[rows], part_counts)
-        within = np.arange(len(flat)) - np.repeat(_offsets(part_counts)[:-1], part_counts)
-        out[starts + within] = flat
-    return offsets, out
-
-
-def _parts(
-    outputs: Sequence[BatchOutput], counts: str, flat: str
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    parts = [(o.rows, getattr(o, counts), getattr(o, flat)) for o in outputs]
-    assert all(c is not None and f is not None for _, c, f in parts)
-    return parts
-
-
-def vector_columns(
-    outputs: Sequence[BatchOutput], modes: tuple[Mode, ...], n_rows: int
-) -> dict[str, pa.Array]:
-    """The vector columns of a shard's batches, in row order; numpy copies, no Python
-    work per token."""
-    columns: dict[str, pa.Array] = {}
-    if Mode.DENSE in modes:
-        first = outputs[0].dense
-        assert first is not None
-        dense = np.empty((n_rows, first.shape[1]), dtype=first.dtype)
-        for out in outputs:
-            dense[out.rows] = out.dense
-        columns["dense"] = _vectors(dense)
-    if Mode.SPARSE in modes:
-        offsets, indices = _in_order(_parts(outputs, "sparse_counts", "sparse_indices"), n_rows)
-        _, values = _in_order(_parts(outputs, "sparse_counts", "sparse_values"), n_rows)
-        columns["sparse_indices"] = _list(offsets, pa.array(indices))
-        columns["sparse_values"] = _list(offsets, pa.array(values))
-    if Mode.COLBERT in modes:
-        offsets, colbert = _in_order(_parts(outputs, "colbert_counts", "colbert"), n_rows)
-        columns["colbert"] = colbert_array(offsets, colbert)
-    return columns
+    def _sparse_in_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each row's terms, rows back in input order; every term copied once."""
+        counts = np.zeros(self.rows, dtype=np.int64)
+        for rows, part_counts, _, _ in self._sparse:
+            counts[rows] = part_counts
+        offsets = _offsets(counts)
+        indices = np.empty(int(offsets[-1]), dtype=np.int32)
+        values = np.empty(int(offsets[-1]), dtype=np.float32)
+        for rows, part_counts, part_indices, part_values in self._sparse:
+            # Destination of each term: its row's start plus its place within the row.
+            starts = np.repeat(offsets[rows], part_counts)
+            within = np.arange(len(part_indices)) - np.repeat(
+                _offsets(part_counts)[:-1], part_counts
+            )
+            indices[starts + within] = part_indices
+            values[starts + within] = part_values
+        return offsets, indices, values
 
 
 def assemble_table(
-    outputs: Sequence[BatchOutput],
+    columns: ShardColumns,
     schema: pa.Schema,
     ids: Sequence[str],
     doc_index: np.ndarray,
     chunk: np.ndarray,
     n_tokens: np.ndarray,
     truncated: np.ndarray,
-    modes: tuple[Mode, ...],
 ) -> pa.Table:
-    """Rows back in input order: batches ran longest-first, the table comes out as read."""
-    columns: dict[str, pa.Array] = {
+    """The shard's rows in input order, in the output contract's schema."""
+    arrays: dict[str, pa.Array] = {
         "id": pa.array([ids[i] for i in doc_index], type=pa.string()),
         "chunk": pa.array(chunk, type=pa.int32()),
         "n_tokens": pa.array(n_tokens.astype(np.int32), type=pa.int32()),
         "truncated": pa.array(truncated, type=pa.bool_()),
+        **columns.columns(),
     }
-    if outputs:
-        columns.update(vector_columns(outputs, modes, len(doc_index)))
-    arrays = [columns[field.name] for field in schema]
-    return pa.Table.from_arrays(arrays, schema=schema)
+    return pa.Table.from_arrays([arrays[field.name] for field in schema], schema=schema)
 
 
 def with_fields(table: pa.Table, docs: Sequence[Document], keep_fields: Sequence[str]) -> pa.Table:

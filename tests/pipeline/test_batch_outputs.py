@@ -1,0 +1,96 @@
+"""A batch's outputs in fixed shapes (sparse pooled by sorting on the device, no host sync)
+and a shard's columns filled batch by batch, rows back in input order."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.engine.encoder import BatchOutput, PendingBatch, _sparse
+from pipeline.engine.table import ShardColumns
+from schemas.options import Mode, StorageDtype
+from schemas.vector_layout import colbert_rows
+
+VOCAB = 12
+UNUSED = (0, 1, 2)
+
+
+def reference_sparse(ids: np.ndarray, mask: np.ndarray, weights: np.ndarray) -> list[dict]:
+    """FlagEmbedding's rule, row by row: max weight per kept token id."""
+    rows = []
+    for row_ids, row_mask, row_weights in zip(ids, mask, weights, strict=True):
+        pooled: dict[int, float] = {}
+        for token, real, weight in zip(row_ids, row_mask, row_weights, strict=True):
+            if real and weight > 0 and token not in UNUSED:
+                pooled[int(token)] = max(pooled.get(int(token), 0.0), float(weight))
+        rows.append(pooled)
+    return rows
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 9), st.integers(0, 2**31 - 1))
+def test_sparse_pooling_in_fixed_shapes_is_flagembeddings_rule(batch, width, seed):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, VOCAB, (batch, width))
+    lengths = rng.integers(1, width + 1, batch)
+    mask = (np.arange(width) < lengths[:, None]).astype(np.int64)
+    hidden = torch.from_numpy(rng.standard_normal((batch, width, 4)).astype(np.float32))
+    linear = torch.nn.Linear(4, 1)
+    model = SimpleNamespace(
+        sparse_linear=linear, vocab_size=VOCAB, unused_ids_on_device=torch.tensor(UNUSED)
+    )
+    with torch.inference_mode():
+        weights = torch.relu(linear(hidden)).squeeze(-1).numpy()
+        host = _sparse(model, hidden, torch.from_numpy(ids), torch.from_numpy(mask))  # type: ignore[arg-type]
+    out = PendingBatch(np.arange(batch), lengths, host, VOCAB).result()
+    want = reference_sparse(ids, mask, weights)
+    assert list(out.sparse_counts) == [len(row) for row in want]
+    starts = np.concatenate([[0], np.cumsum(out.sparse_counts)])
+    for row, pooled in enumerate(want):
+        got_ids = out.sparse_indices[starts[row] : starts[row + 1]]
+        got_values = out.sparse_values[starts[row] : starts[row + 1]]
+        assert list(got_ids) == sorted(pooled)  # ascending, unique
+        assert list(got_values) == [np.float32(pooled[i]) for i in sorted(pooled)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(2, 7), min_size=1, max_size=12), st.integers(0, 2**31 - 1))
+def test_columns_filled_batch_by_batch_come_out_in_row_order(lengths, seed):
+    rng = np.random.default_rng(seed)
+    lengths_array = np.array(lengths)
+    dim = 3
+    # Every row's expected outputs, then split into batches of any order and size.
+    dense = rng.standard_normal((len(lengths), dim)).astype(np.float16)
+    colbert = [rng.standard_normal((n - 1, dim)).astype(np.float16) for n in lengths]
+    terms = [np.sort(rng.choice(50, rng.integers(0, 4), replace=False)) for _ in lengths]
+    order = rng.permutation(len(lengths))
+    cuts = np.sort(rng.choice(np.arange(1, len(lengths)), rng.integers(0, len(lengths)),
+                              replace=False)) if len(lengths) > 1 else []  # fmt: skip
+    columns = ShardColumns(lengths_array, tuple(Mode), StorageDtype.FLOAT16, dim, dim)
+    for rows in np.split(order, cuts):
+        width = int(lengths_array[rows].max())
+        padded = np.full((len(rows), width - 1, dim), 9, np.float16)  # padding: never kept
+        for place, row in enumerate(rows):
+            padded[place, : lengths[row] - 1] = colbert[row]
+        columns.add(BatchOutput(
+            rows=rows, lengths=lengths_array[rows], dense=dense[rows], colbert=padded,
+            sparse_counts=np.array([len(terms[r]) for r in rows]),
+            sparse_indices=np.concatenate([terms[r] for r in rows]).astype(np.int32),
+            sparse_values=np.concatenate([terms[r] for r in rows]).astype(np.float32) / 10,
+        ))  # fmt: skip
+    arrays = columns.columns()
+    assert np.array_equal(np.array(arrays["dense"].to_pylist(), np.float16), dense)
+    got = colbert_rows(arrays["colbert"], _field(dim))
+    assert all(np.array_equal(g, w) for g, w in zip(got, colbert, strict=True))
+    assert arrays["sparse_indices"].to_pylist() == [list(t) for t in terms]
+    assert arrays["sparse_values"].to_pylist() == [list(np.float32(t) / 10) for t in terms]
+
+
+def _field(dim: int):
+    from schemas.vector_layout import colbert_field
+
+    return colbert_field(StorageDtype.FLOAT16, dim)
