@@ -1,9 +1,10 @@
 """Where the engine's time goes: wall time per stage, per storage dtype, and the top operators.
 
 Encodes a corpus with `Engine.encode_stream`, as `m3pipe encode` does, and times each stage
-from the batch loop's side: the batches (forward pass, heads, copies to the host, the wait
-for the device), the assembly of each shard's table, and the rest (mostly waiting for the
-tokenizer thread to hand over the next shard). Tokenizing is timed in its own thread, where
+from the batch loop's side: the batches (launching the forward pass, heads and copies to the
+host), their results (on CUDA the wait for the device), placing each batch's vectors and
+building each shard's table, and the rest (mostly waiting for the tokenizer thread to hand
+over the next shard). Tokenizing is timed in its own thread, where
 it overlaps the batches. Each storage dtype runs in the same process, model loaded once,
 after an untimed warm-up. Then one shard under torch.profiler (CPU activity, and CUDA on a
 GPU): the operators by self time. Saves JSON (and the profiler's table beside it).
@@ -110,9 +111,10 @@ def main() -> int:
     shards = [docs[i : i + args.shard_docs] for i in range(0, len(docs), args.shard_docs)]
 
     clock = StageClock()
-    # On CUDA a batch is launched, then finished (waited for) after the next one's launch.
-    embedder.forward_batch = clock.wrap("batches (launch)", embedder.forward_batch)  # type: ignore[assignment]
-    PendingBatch.result = clock.wrap("batches (wait, sparse groups)", PendingBatch.result)  # type: ignore[method-assign]
+    # A batch is launched ("batches"), then finished after the next one's launch (on CUDA
+    # the wait for the device is in "batch results").
+    embedder.forward_batch = clock.wrap("batches", embedder.forward_batch)  # type: ignore[assignment]
+    PendingBatch.result = clock.wrap("batch results (wait, sparse groups)", PendingBatch.result)  # type: ignore[method-assign]
     ShardColumns.add = clock.wrap("assembly (placing vectors)", ShardColumns.add)  # type: ignore[method-assign]
     embedder.assemble_table = clock.wrap("assembly (Arrow table)", embedder.assemble_table)  # type: ignore[assignment]
     Engine.tokenize = clock.wrap("tokenize (own thread)", Engine.tokenize)  # type: ignore[method-assign]
@@ -134,7 +136,8 @@ def main() -> int:
         sync()
         seconds = time.perf_counter() - started
         stages = dict(clock.seconds)
-        stages["rest of the loop"] = seconds - stages.get("batches", 0) - stages.get("assembly", 0)
+        in_loop = sum(s for name, s in stages.items() if "thread" not in name)
+        stages["rest of the loop"] = seconds - in_loop
         flops = model_flops(model.encoder.config, lengths, head_outputs=int(model.colbert_dim) + 1)
         runs[dtype] = {
             "seconds": round(seconds, 3),

@@ -65,14 +65,13 @@ def pad_batch(
 
 
 def _sparse(
-    model: M3Model, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+    model: M3Model, weights: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Each row's kept token ids with their max weight, in fixed shapes (no host sync):
-    keys (row * vocab + id) sorted, dropped tokens last; `first` marks each key's first
-    place; `pooled[g]` is the max weight of the g-th distinct key. The host keeps the
-    `first.sum()` leading groups (`PendingBatch.result`)."""
-    assert model.sparse_linear is not None
-    weights = torch.relu(model.sparse_linear(hidden)).squeeze(-1).float()  # [B, L]
+    """Each row's kept token ids with their max weight (`weights`: relu(sparse_linear(h)),
+    float32 [B, L]), in fixed shapes (no host sync): keys (row * vocab + id) sorted, dropped
+    tokens last; `first` marks each key's first place; `pooled[g]` is the max weight of the
+    g-th distinct key. The host keeps the `first.sum()` leading groups
+    (`PendingBatch.result`)."""
     keep = mask.bool() & (weights > 0) & ~torch.isin(ids, model.unused_ids_on_device)
     rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1)
     dropped = ids.shape[0] * model.vocab_size  # above every kept key
@@ -87,6 +86,37 @@ def _sparse(
     values = torch.where(keys != dropped, values, 0.0)
     pooled = torch.zeros_like(values).scatter_reduce(0, group, values, reduce="amax")
     return {"sparse_keys": keys, "sparse_first": first, "sparse_pooled": pooled}
+
+
+def _heads(
+    model: M3Model,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    uniform: bool,
+    modes: tuple[Mode, ...],
+    store: torch.dtype,
+) -> dict[str, torch.Tensor]:
+    """The encoder and the heads: dense [B, D] and ColBERT [B, L - 1, D] in `store`, sparse
+    weights [B, L] in float32 (before pooling), each only if its mode is asked for."""
+    if model.stub_heads is not None:  # a capacity test: the same outputs, read from tables
+        return model.stub_heads.outputs(ids, modes, store)
+    # Without padding no mask is needed, which lets SDPA use its fused kernel and skip
+    # materialising the [heads, L, L] mask: long documents mostly run alone.
+    hidden = model.encoder(
+        input_ids=ids, attention_mask=None if uniform else mask, return_dict=True
+    )
+    hidden = hidden.last_hidden_state
+    out = {}
+    if Mode.DENSE in modes:
+        out["dense"] = F.normalize(hidden[:, 0], dim=-1).to(store)
+    if Mode.SPARSE in modes:
+        assert model.sparse_linear is not None
+        out["sparse_weights"] = torch.relu(model.sparse_linear(hidden)).squeeze(-1).float()
+    if Mode.COLBERT in modes:
+        assert model.colbert_linear is not None
+        # Padded rows too (a fixed shape): the host keeps each row's real vectors.
+        out["colbert"] = F.normalize(model.colbert_linear(hidden[:, 1:]), dim=-1).to(store)
+    return out
 
 
 @dataclass
@@ -137,25 +167,12 @@ def forward_batch(
     """Launch one batch: the encoder, the heads and the copies to the host, with no step
     that waits for the device."""
     ids, mask = pad_batch(sequences, model.pad_id, model.device)
-    store = _STORAGE[storage]
-    on_device: dict[str, torch.Tensor] = {}
-    # Without padding no mask is needed, which lets SDPA use its fused kernel and skip
-    # materialising the [heads, L, L] mask: long documents mostly run alone.
     uniform = all(len(s) == len(sequences[0]) for s in sequences)
     with torch.inference_mode():
-        hidden = model.encoder(
-            input_ids=ids, attention_mask=None if uniform else mask, return_dict=True
-        )
-        hidden = hidden.last_hidden_state
-        if Mode.DENSE in modes:
-            on_device["dense"] = F.normalize(hidden[:, 0], dim=-1).to(store)
-        if Mode.SPARSE in modes:
-            on_device.update(_sparse(model, hidden, ids, mask))
-        if Mode.COLBERT in modes:
-            assert model.colbert_linear is not None
-            # Padded rows too (a fixed shape): the host keeps each row's real vectors.
-            vectors = model.colbert_linear(hidden[:, 1:])
-            on_device["colbert"] = F.normalize(vectors, dim=-1).to(store)
+        on_device = _heads(model, ids, mask, uniform, modes, _STORAGE[storage])
+        weights = on_device.pop("sparse_weights", None)
+        if weights is not None:
+            on_device.update(_sparse(model, weights, ids, mask))
         host = _to_host(on_device, model.device)
         done = None
         if model.device.type == "cuda":

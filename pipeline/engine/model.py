@@ -62,6 +62,8 @@ class M3Model(LoadedModel):
     vocab_size: int
     # cls, eos, pad and unk: dropped from sparse output, as FlagEmbedding does.
     unused_token_ids: tuple[int, ...] = field(default=())
+    # `stub:SIZE` only: its outputs read from tables (pipeline/engine/stub_model.py).
+    stub_heads: Any = None
 
     @property
     def cls_id(self) -> int:
@@ -326,12 +328,15 @@ def load_model(
     encoder = parts["model"].to(source.device).eval()
     attn = getattr(encoder.config, "_attn_implementation", None)
     if stub is not None:
-        pass  # no attention to speak of: the stand-in's cost is a sine per value
+        pass  # no attention to speak of: the stand-in's cost is a gather per output
     elif attn != "sdpa":
         log.warning("encoder attention is %r, not sdpa: expect lower speed", attn)
     elif cpu_attention.wanted(source.device, source.dtype):
         cpu_attention.install(encoder)
     colbert = parts["colbert_linear"].to(source.device).eval()
+    stub_heads = parts.get("stub_heads")
+    if stub_heads is not None:
+        stub_heads = stub_heads.to(source.device)
     sparse = parts["sparse_linear"].to(source.device).eval()
     for part in (encoder, colbert, sparse):
         install_cpu_linear(part, source.device, source.dtype)
@@ -355,4 +360,5 @@ def load_model(
         colbert_dim=int(getattr(colbert, "out_features", encoder.config.hidden_size)),
         vocab_size=int(encoder.config.vocab_size),
         unused_token_ids=unused,
+        stub_heads=stub_heads,
     )

@@ -102,10 +102,51 @@ class StubEncoder(torch.nn.Module):
         return SimpleNamespace(last_hidden_state=hidden)
 
 
+class StubHeads(torch.nn.Module):
+    """What the stub's encoder and heads hand the host, read from tables: the same values
+    (dense and ColBERT vectors are the table's rows L2-normalised, sparse weights the sparse
+    head over them), at the cost of one gather per output. A capacity test measures the
+    host; on a GPU the encoder and heads are the device's work."""
+
+    def __init__(self, encoder: StubEncoder, sparse: torch.nn.Linear) -> None:
+        super().__init__()
+        table = cast(torch.Tensor, encoder.table)
+        with torch.no_grad():
+            unit = F.normalize(table, dim=-1)
+            weights = torch.relu(sparse(table.to(sparse.weight.dtype))).squeeze(-1).float()
+        self.register_buffer("unit", unit)
+        self.register_buffer("weights", weights)
+        self.tokens_per_second = encoder.tokens_per_second
+        self._stored: dict[torch.dtype, torch.Tensor] = {}
+
+    def outputs(
+        self, ids: torch.Tensor, modes: tuple[Any, ...], store: torch.dtype
+    ) -> dict[str, torch.Tensor]:
+        from schemas.options import Mode
+
+        started = time.perf_counter()
+        if store not in self._stored:
+            self._stored[store] = cast(torch.Tensor, self.unit).to(store)
+        unit, rows = self._stored[store], ids % TABLE_ROWS
+        out = {}
+        if Mode.DENSE in modes:
+            out["dense"] = F.embedding(rows[:, 0], unit)
+        if Mode.SPARSE in modes:
+            out["sparse_weights"] = cast(torch.Tensor, self.weights)[rows]
+        if Mode.COLBERT in modes:
+            out["colbert"] = F.embedding(rows[:, 1:], unit)
+        if self.tokens_per_second > 0:
+            left = ids.numel() / self.tokens_per_second - (time.perf_counter() - started)
+            if left > 0:
+                time.sleep(left)
+        return out
+
+
 def stub_parts(size: str, dtype: torch.dtype) -> dict[str, Any]:
     """The encoder and heads of a stub: the ColBERT head passes the hidden state through
     (no GEMM: the ceiling is the host's), the sparse head is a fixed random projection that
-    keeps about half of the tokens, as bge-m3's does for ordinary text."""
+    keeps about half of the tokens, as bge-m3's does for ordinary text; `stub_heads` reads
+    what they compute from tables."""
     shape = SHAPES[size]
     rate = float(os.environ.get(RATE_ENV) or 0.0)
     encoder = StubEncoder(shape.hidden, shape.vocab_size, rate).to(dtype)
@@ -115,4 +156,9 @@ def stub_parts(size: str, dtype: torch.dtype) -> dict[str, Any]:
         weight = torch.randn(1, shape.hidden, generator=generator) / shape.hidden**0.5
         sparse.weight.copy_(weight.to(dtype))
         sparse.bias.zero_()
-    return {"model": encoder, "colbert_linear": torch.nn.Identity(), "sparse_linear": sparse}
+    return {
+        "model": encoder,
+        "colbert_linear": torch.nn.Identity(),
+        "sparse_linear": sparse,
+        "stub_heads": StubHeads(encoder, sparse),
+    }

@@ -88,8 +88,13 @@ def _plain_document_json(doc_id: str, text: str) -> str:
 def with_shard_metadata(table: pa.Table, facts: dict[str, Any]) -> pa.Table:
     """`table` with the shard's facts (digest, documents, rows, tokens) in its schema."""
     metadata = dict(table.schema.metadata or {})
-    metadata[SHARD_METADATA_KEY] = json.dumps(facts, sort_keys=True).encode("utf-8")
+    metadata.update(shard_footer(facts))
     return table.replace_schema_metadata(metadata)
+
+
+def shard_footer(facts: dict[str, Any]) -> dict[bytes, bytes]:
+    """The shard's facts as file metadata (a streamed part's footer)."""
+    return {SHARD_METADATA_KEY: json.dumps(facts, sort_keys=True).encode("utf-8")}
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,12 @@ def read_shard_file(target: Location | Path | str) -> ShardFile | None:
     """What a finished part file records, or None if it is missing, damaged or too old."""
     location = open_location(target)
     try:
-        schema = pq.read_schema(location.path, filesystem=location.fs)
-        facts = json.loads((schema.metadata or {})[SHARD_METADATA_KEY])
+        footer = pq.read_metadata(location.path, filesystem=location.fs)
+        schema = footer.schema.to_arrow_schema()
+        # A worker's streamed part has the facts in the footer's key-value metadata (known
+        # only once written: pipeline/storage/part_writer.py); a whole table's, in its schema.
+        raw = {**(schema.metadata or {}), **(footer.metadata or {})}
+        facts = json.loads(raw[SHARD_METADATA_KEY])
         return ShardFile(facts=dict(facts), model=read_output_metadata(schema))
     except (OSError, pa.ArrowInvalid, KeyError, ValueError, TypeError):
         return None

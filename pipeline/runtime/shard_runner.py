@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,12 @@ from pipeline.errors import (
 )
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.letters import make_letter
-from pipeline.jobs.resume import documents_digest, message_digest, with_shard_metadata
+from pipeline.jobs.resume import (
+    documents_digest,
+    message_digest,
+    shard_footer,
+    with_shard_metadata,
+)
 from pipeline.jobs.store import ABSENT, JobStore
 from pipeline.runtime.metrics import WorkerMetrics
 from pipeline.runtime.worker_models import WorkerModels
@@ -33,9 +38,10 @@ from pipeline.storage.finished_output import FinishedOutput
 from pipeline.storage.location import Location
 from pipeline.storage.output_dir import check_job_owns
 from pipeline.storage.output_roots import allowed_input, allowed_output, allowed_reuse
+from pipeline.storage.part_writer import PartWriter
 from pipeline.storage.sink import part_name, write_shard
 from pipeline.tasks import TaskEngine, task_kind
-from pipeline.tasks.kind import Computed
+from pipeline.tasks.kind import Computed, TaskKind
 from pipeline.tasks.reuse import compute_with_reuse
 from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
 
@@ -200,23 +206,9 @@ def _encode_and_record(
             if index < len(spec.inputs):
                 allowed_input(spec.inputs[index], runtime.input_roots)
     engine = runtime.engine(spec)
-    items = task_kind(spec.task).shard_items(message, spec)  # read from the inputs for a ref
-    computed, reused = _compute(message, spec, runtime, engine, items)
-    table, stats = computed.table, computed.stats
+    kind = task_kind(spec.task)
+    items = kind.shard_items(message, spec)  # read from the inputs for a ref
     documents = len(items)
-    facts = {  # in the part's footer: what --resume checks, and who made it, how
-        "job_id": job_id,
-        "shard": shard,
-        "digest": digest,
-        "documents": documents,
-        "rows": table.num_rows,
-        "tokens": stats.tokens,
-        "worker": runtime.hostname,
-        "encode_seconds": round(time.time() - started, 3),
-        "encoded_at": round(time.time(), 3),
-        "padding_efficiency": round(stats.padding_efficiency, 4),
-    }
-    table = task_kind(spec.task).part_table(table, items, spec.keep_fields)
     name = part_name(shard)
 
     def fence() -> None:
@@ -224,14 +216,36 @@ def _encode_and_record(
             raise StaleAttempt("another delivery took this shard over or ended it: not written")
         check_job_owns(out, job_id)  # another run took the directory: fails the shard
 
-    written = write_shard(with_shard_metadata(table, facts), out / name, fence)
+    def facts(stats: BatchStats, rows: int) -> dict[str, Any]:
+        """In the part's footer: what --resume checks, and who made it, how."""
+        return {
+            "job_id": job_id,
+            "shard": shard,
+            "digest": digest,
+            "documents": documents,
+            "rows": rows,
+            "tokens": stats.tokens,
+            "worker": runtime.hostname,
+            "encode_seconds": round(time.time() - started, 3),
+            "encoded_at": round(time.time(), 3),
+            "padding_efficiency": round(stats.padding_efficiency, 4),
+        }
+
+    reused = 0
+    if message.reuse and spec.reuse is not None:
+        computed, reused = _compute_with_reuse(message, spec, runtime, engine, items)
+        stats, rows = computed.stats, computed.rows
+        table = kind.part_table(computed.table, items, spec.keep_fields)
+        written = write_shard(with_shard_metadata(table, facts(stats, rows)), out / name, fence)
+    else:
+        stats, rows, written = _stream_part(kind, engine, items, spec, out / name, fence, facts)
 
     store.set_model_metadata(job_id, engine.file_metadata())
     # Its counts, a fixed record in Redis: the part's name follows from the shard number,
     # and the worker and timings are in the part's footer.
     done = {
         "documents": documents,
-        "rows": table.num_rows,
+        "rows": rows,
         "tokens": stats.tokens,
         "bytes": written.size(),
     }
@@ -244,32 +258,63 @@ def _encode_and_record(
         _ACTIVE,
         done,
         documents=documents,
-        rows=table.num_rows,
+        rows=rows,
         tokens=stats.tokens,
         seconds=stats.seconds,
         reused=reused,
     )
     store.release_shard(job_id, shard)
     finalize_if_complete(store, job_id)
-    return ShardOutcome(
-        ShardState.DONE, name, rows=table.num_rows, tokens=stats.tokens, stats=stats
-    )
+    return ShardOutcome(ShardState.DONE, name, rows=rows, tokens=stats.tokens, stats=stats)
 
 
-def _compute(
+def _compute_with_reuse(
     message: ShardMessage,
     spec: JobSpec,
     runtime: WorkerRuntime,
     engine: TaskEngine,
     items: Sequence[Any],
 ) -> tuple[Computed, int]:
-    """The shard's output and how many of its documents were copied (`--reuse`)."""
+    """The shard's output with its planned rows copied, and how many documents were."""
+    assert message.reuse is not None and spec.reuse is not None
+    location = allowed_reuse(spec.reuse, runtime.input_roots, runtime.output_roots)
+    previous = FinishedOutput.at(location)
     kind = task_kind(spec.task)
-    if message.reuse and spec.reuse is not None:
-        location = allowed_reuse(spec.reuse, runtime.input_roots, runtime.output_roots)
-        previous = FinishedOutput.at(location)
-        return compute_with_reuse(kind, engine, items, message.reuse, previous, spec.keep_fields)
-    return kind.compute(engine, items, spec.keep_fields), 0
+    return compute_with_reuse(kind, engine, items, message.reuse, previous, spec.keep_fields)
+
+
+def _stream_part(
+    kind: TaskKind,
+    engine: TaskEngine,
+    items: Sequence[Any],
+    spec: JobSpec,
+    target: Location,
+    fence: Callable[[], None],
+    facts: Callable[[BatchStats, int], dict[str, Any]],
+) -> tuple[BatchStats, int, Location]:
+    """Compute the shard piece by piece and write each piece while the next one computes
+    (the engine tokenizes the next piece meanwhile): the device never waits for the write.
+    Exactly-once is as before: the part appears, whole, only at `close`, after the fence."""
+    stats, rows = kind.new_stats(), 0
+    writer: PartWriter | None = None
+    try:
+        for _, computed in kind.compute_stream(engine, kind.pieces(items), spec.keep_fields):
+            if writer is None:  # the schema, with what the kind records of all the items
+                schema = kind.part_table(computed.table, items, spec.keep_fields).schema
+                writer = PartWriter(target, schema, fence)
+            writer.write(computed.table)
+            stats.add(computed.stats)
+            rows += computed.rows
+        if writer is None:  # nothing to compute: an empty part
+            empty = kind.compute(engine, [], spec.keep_fields).table
+            writer = PartWriter(
+                target, kind.part_table(empty, items, spec.keep_fields).schema, fence
+            )
+        return stats, rows, writer.close(shard_footer(facts(stats, rows)))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
 
 
 def fail_shard(runtime: WorkerRuntime, message: ShardMessage, reason: str, worker: str) -> None:

@@ -37,7 +37,7 @@ def write_shard(
     right before the file becomes visible and may raise to prevent it.
     """
     location = open_location(target)
-    options = write_options(table)
+    options = write_options(table.schema)
     if not location.is_local:
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer, **options)
@@ -49,7 +49,7 @@ def write_shard(
     return location
 
 
-def write_options(table: pa.Table) -> dict[str, object]:
+def write_options(schema: pa.Schema) -> dict[str, object]:
     """zstd for ids, counts, dense and sparse; ColBERT's vector bytes uncompressed.
     Dictionaries and min/max statistics for the scalar columns only (ids, counts, scores):
     on vector columns a dictionary never pays and statistics serve no reader. Measured on
@@ -57,12 +57,12 @@ def write_options(table: pa.Table) -> dict[str, object]:
     smaller file."""
     scalar = [
         field.name
-        for field in table.schema
+        for field in schema
         if not (pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type))
     ]
     compression = {
         path: "zstd"
-        for field in table.schema
+        for field in schema
         if field.name not in UNCOMPRESSED
         for path in _leaf_paths(field.name, field.type)
     }

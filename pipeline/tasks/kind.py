@@ -216,6 +216,13 @@ class TaskKind(ABC):
                 progress(len(shard), computed.stats.tokens)
             yield shard, computed
 
+    def pieces(self, items: Sequence[Any]) -> list[Sequence[Any]]:
+        """A worker's shard cut into pieces computed and written one after another (the
+        next computes while the last is written: pipeline/storage/part_writer.py), rows in
+        input order. One piece by default: a kind whose rows depend on each other (a
+        query's candidates, ranked together) keeps its shard whole."""
+        return [items]
+
     def part_table(
         self, table: pa.Table, items: Sequence[Any], keep_fields: Sequence[str] = ()
     ) -> pa.Table:

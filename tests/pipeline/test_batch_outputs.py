@@ -44,8 +44,9 @@ def test_sparse_pooling_in_fixed_shapes_is_flagembeddings_rule(batch, width, see
         sparse_linear=linear, vocab_size=VOCAB, unused_ids_on_device=torch.tensor(UNUSED)
     )
     with torch.inference_mode():
-        weights = torch.relu(linear(hidden)).squeeze(-1).numpy()
-        host = _sparse(model, hidden, torch.from_numpy(ids), torch.from_numpy(mask))  # type: ignore[arg-type]
+        weights = torch.relu(linear(hidden)).squeeze(-1)
+        host = _sparse(model, weights, torch.from_numpy(ids), torch.from_numpy(mask))  # type: ignore[arg-type]
+        weights = weights.numpy()
     out = PendingBatch(np.arange(batch), lengths, host, VOCAB).result()
     want = reference_sparse(ids, mask, weights)
     assert list(out.sparse_counts) == [len(row) for row in want]

@@ -228,13 +228,13 @@ def test_the_worker_metric_shows_when_its_shard_started_and_clears_it(
     gauge = "m3pipe_shard_started_timestamp_seconds"
     seen = []
     embed = type(task_kind(Task.EMBED))
-    real = embed.compute
+    real = embed.compute_stream
 
-    def compute(self, engine, items, keep_fields=()):
+    def compute_stream(self, engine, pieces, keep_fields=(), progress=None):
         seen.append(runtime.metrics.registry.get_sample_value(gauge))
-        return real(self, engine, items, keep_fields)
+        return real(self, engine, pieces, keep_fields, progress)
 
-    monkeypatch.setattr(embed, "compute", compute)
+    monkeypatch.setattr(embed, "compute_stream", compute_stream)
     before = time.time()
     run_shard(sent[0], runtime)
     assert before - 1 <= seen[0] <= time.time()  # what M3pipeWorkerWedged ages

@@ -55,3 +55,25 @@ def test_bad_stub_specs_are_refused(model_cache):
 
     with pytest.raises(ModelLoadError, match="no stub reranker"):
         load_reranker("stub:tiny", device="cpu", cache_dir=model_cache)
+
+
+def test_the_stub_tables_give_what_its_encoder_and_heads_compute(stub_full):
+    """The stub's outputs come from tables (one gather each): the same values the encoder
+    and heads path computes from its hidden states."""
+    import dataclasses
+
+    docs = [Document(id=f"d{i}", text="word " * (5 + 7 * i)) for i in range(6)]
+    options = EncodeOptions(max_length=48, dtype="float32")
+    from_tables = Engine(stub_full, options).encode(docs).table
+    computed = Engine(dataclasses.replace(stub_full, stub_heads=None), options).encode(docs).table
+    assert from_tables.column("sparse_indices").equals(computed.column("sparse_indices"))
+    for name in ("dense", "sparse_values"):
+        left = from_tables.column(name).combine_chunks().flatten().to_numpy()
+        right = computed.column(name).combine_chunks().flatten().to_numpy()
+        assert len(left) > len(docs)
+        np.testing.assert_allclose(left, right, rtol=1e-6)
+    field = from_tables.schema.field("colbert")
+    left = colbert_rows(from_tables.column("colbert"), field)
+    right = colbert_rows(computed.column("colbert"), field)
+    for mine, theirs in zip(left, right, strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-7)
