@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # is dead-lettered; retries of transient errors wait backoff * 4**n seconds (<= 600).
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff_seconds: float = Field(default=5.0, ge=0)
+    # Documents of a shard a worker computes and writes at a time: the next piece computes
+    # while the last is written (pipeline/storage/part_writer.py). 256 documents of 512
+    # tokens are 256 MiB of float16 ColBERT vectors.
+    piece_documents: int = Field(default=256, ge=1)
     # Seconds a worker process may take to load its model before Celery gives up on it.
     model_load_timeout: float = Field(default=900.0, gt=0)
 

@@ -100,6 +100,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         metrics=metrics,
         output_roots=settings.output_root_list,
         input_roots=settings.input_root_list,
+        piece_documents=settings.piece_documents,
     )
 
 

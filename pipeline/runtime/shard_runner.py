@@ -62,6 +62,7 @@ class WorkerRuntime:
     retry_backoff_seconds: float = 5.0
     output_roots: tuple[str, ...] = ()  # where jobs may write; empty: anywhere absolute
     input_roots: tuple[str, ...] = ()  # where shards by reference may be read; empty: anywhere
+    piece_documents: int = 256  # of a shard, computed and written at a time
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     _engines: dict[tuple[Task, Hashable], TaskEngine] = field(default_factory=dict)
     _specs: dict[str, JobSpec] = field(default_factory=dict)
@@ -238,7 +239,9 @@ def _encode_and_record(
         table = kind.part_table(computed.table, items, spec.keep_fields)
         written = write_shard(with_shard_metadata(table, facts(stats, rows)), out / name, fence)
     else:
-        stats, rows, written = _stream_part(kind, engine, items, spec, out / name, fence, facts)
+        pieces = kind.pieces(items, runtime.piece_documents)
+        stats, rows, written = _stream_part(kind, engine, items, pieces, spec, out / name, fence,
+                                            facts)  # fmt: skip
 
     store.set_model_metadata(job_id, engine.file_metadata())
     # Its counts, a fixed record in Redis: the part's name follows from the shard number,
@@ -287,6 +290,7 @@ def _stream_part(
     kind: TaskKind,
     engine: TaskEngine,
     items: Sequence[Any],
+    pieces: Sequence[Sequence[Any]],
     spec: JobSpec,
     target: Location,
     fence: Callable[[], None],
@@ -298,7 +302,7 @@ def _stream_part(
     stats, rows = kind.new_stats(), 0
     writer: PartWriter | None = None
     try:
-        for _, computed in kind.compute_stream(engine, kind.pieces(items), spec.keep_fields):
+        for _, computed in kind.compute_stream(engine, pieces, spec.keep_fields):
             if writer is None:  # the schema, with what the kind records of all the items
                 schema = kind.part_table(computed.table, items, spec.keep_fields).schema
                 writer = PartWriter(target, schema, fence)

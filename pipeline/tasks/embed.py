@@ -30,9 +30,6 @@ if TYPE_CHECKING:
     from pipeline.storage.location import Location
 
 SPECIALS = 2  # CLS and EOS per sequence
-# Documents a worker computes and writes at a time (TaskKind.pieces): 256 documents of 512
-# tokens are 256 MiB of float16 ColBERT vectors.
-PIECE_DOCUMENTS = 256
 
 
 def worst_case_tokens(doc_bytes: int, options: EncodeOptions) -> int:
@@ -215,10 +212,10 @@ class EmbedTask(TaskKind):
         table = with_fields(result.table, docs, keep_fields)
         return Computed(table=table, stats=result.stats, rows=table.num_rows)
 
-    def pieces(self, items: Sequence[Document]) -> list[Sequence[Document]]:
-        """Documents are independent: pieces of PIECE_DOCUMENTS, each batched by length
-        on its own (a piece sorts enough documents to keep padding low)."""
-        return [items[i : i + PIECE_DOCUMENTS] for i in range(0, len(items), PIECE_DOCUMENTS)]
+    def pieces(self, items: Sequence[Document], size: int) -> list[Sequence[Document]]:
+        """Documents are independent: pieces of `size`, each batched by length on its own
+        (a piece sorts enough documents to keep padding low)."""
+        return [items[i : i + size] for i in range(0, len(items), size)]
 
     def part_table(
         self, table: pa.Table, items: Sequence[Document], keep_fields: Sequence[str] = ()

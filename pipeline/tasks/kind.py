@@ -216,11 +216,12 @@ class TaskKind(ABC):
                 progress(len(shard), computed.stats.tokens)
             yield shard, computed
 
-    def pieces(self, items: Sequence[Any]) -> list[Sequence[Any]]:
-        """A worker's shard cut into pieces computed and written one after another (the
-        next computes while the last is written: pipeline/storage/part_writer.py), rows in
-        input order. One piece by default: a kind whose rows depend on each other (a
-        query's candidates, ranked together) keeps its shard whole."""
+    def pieces(self, items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+        """A worker's shard cut into pieces of about `size` items, computed and written one
+        after another (the next computes while the last is written:
+        pipeline/storage/part_writer.py), rows in input order. One piece by default: a
+        kind whose rows depend on each other (a query's candidates, ranked together) keeps
+        its shard whole."""
         return [items]
 
     def part_table(
