@@ -62,7 +62,16 @@ def whole_process(command: list[str], out: Path, env: dict[str, str]) -> dict:
     }
 
 
-def stages(corpus: Path, doc_tokens: int, dtype: str, cache: Path, shard: int) -> dict:
+def stages(
+    corpus: Path,
+    doc_tokens: int,
+    dtype: str,
+    cache: Path,
+    shard: int,
+    model_spec: str = "stub:full",
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> dict:
     """One shard's CPU time per document in each stage of the encode path."""
     from pipeline.engine.model import load_model
     from pipeline.storage.sink import write_shard
@@ -71,7 +80,7 @@ def stages(corpus: Path, doc_tokens: int, dtype: str, cache: Path, shard: int) -
     from schemas.job import Task
     from schemas.options import EncodeOptions
 
-    model = load_model("stub:full", device="cpu", precision="fp32", cache_dir=cache)
+    model = load_model(model_spec, device=device, precision=precision, cache_dir=cache)
     options = EncodeOptions(max_length=doc_tokens, dtype=dtype)
     engine = task_kind(Task.EMBED).engine(model, options)
     with open(corpus, encoding="utf-8") as handle:
@@ -82,7 +91,7 @@ def stages(corpus: Path, doc_tokens: int, dtype: str, cache: Path, shard: int) -
     timings["tokenize"] = time.process_time() - started
     started = time.process_time()
     result = engine.encode_tokenized(docs, tokenized)
-    timings["engine (stub forward, heads, table)"] = time.process_time() - started
+    timings["engine (forward, heads, placing vectors, table)"] = time.process_time() - started
     with tempfile.TemporaryDirectory() as tmp:
         started = time.process_time()
         written = write_shard(result.table, Path(tmp) / "part-00000.parquet")
@@ -100,6 +109,9 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=4000)
     parser.add_argument("--doc-tokens", type=int, default=512)
     parser.add_argument("--dtypes", default="float16,float32")
+    parser.add_argument("--model", default="stub:full", help="stub:full, or a real model")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (the worker: GPU 0)")
+    parser.add_argument("--precision", default="auto", help="compute precision (auto, fp16...)")
     parser.add_argument("--paths", default="encode,run", help="whole-process commands to time")
     parser.add_argument("--stage-documents", type=int, default=200, help="documents a shard")
     parser.add_argument("--out", type=Path, help="save the JSON here (default: .results/)")
@@ -114,29 +126,40 @@ def main() -> None:
         env.pop("M3PIPE_BROKER_URL", None)  # `run` starts its own Redis
         subprocess.run(  # the stub's tokenizer built once, outside the timings
             [sys.executable, "-m", "pipeline.cli", "encode", str(corpus), "--out",
-             str(work / "warm"), "--model", "stub:full", "-q", "--max-length", "8"],
+             str(work / "warm"), "--model", args.model, "-q", "--max-length", "8",
+             "--device", args.device],
             env=env, check=True, capture_output=True,
         )  # fmt: skip
-        report: dict = {"stub": "stub:full", "doc_tokens": args.doc_tokens, "paths": {}}
+        report: dict = {"model": args.model, "device": args.device, "precision": args.precision,
+                        "doc_tokens": args.doc_tokens, "paths": {}}  # fmt: skip
         for dtype in args.dtypes.split(","):
             for path in args.paths.split(","):
                 out = work / f"{path}-{dtype}"
                 command = [sys.executable, "-m", "pipeline.cli", path, str(corpus), "--out",
-                           str(out), "--model", "stub:full", "--max-length",
-                           str(args.doc_tokens), "--dtype", dtype, "-q"]  # fmt: skip
-                if path == "run":
-                    command += ["--workers", "1", "--device", "cpu"]
+                           str(out), "--model", args.model, "--max-length",
+                           str(args.doc_tokens), "--dtype", dtype, "-q",
+                           "--precision", args.precision]  # fmt: skip
+                if path == "run":  # its worker takes GPU 0 unless told cpu
+                    command += ["--workers", "1", "--device",
+                                "cpu" if args.device == "cpu" else "auto"]  # fmt: skip
+                else:
+                    command += ["--device", args.device]
                 figures = whole_process(command, out, env)
                 report["paths"][f"{path}:{dtype}"] = figures
                 print(f"{path:<6} {dtype}: {figures['documents_per_second']:>8} documents/s, "
                       f"{figures['tokens_per_second']:>10} tokens/s, "
                       f"{figures['cpu_ms_per_document']} ms CPU a document")  # fmt: skip
-            split = stages(corpus, args.doc_tokens, dtype, cache, args.stage_documents)
+            precision = (
+                "fp32" if args.precision == "auto" and args.device == "cpu" else args.precision
+            )
+            shard = min(args.stage_documents, args.documents)
+            split = stages(corpus, args.doc_tokens, dtype, cache, shard,
+                           args.model, args.device, precision)  # fmt: skip
             report.setdefault("stages", {})[dtype] = split
             print(f"stages {dtype}: {split['cpu_ms_per_document']} ms a document, "
                   f"{split['part_bytes_per_document']} bytes a document on disk")  # fmt: skip
     report.update(run_facts())
-    save(report, "worker", "cpu", "stub-full", args.out)
+    save(report, "worker", args.device, args.model, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check: one command, at most ~9.5 minutes on one H200 (step limits 160 + 100 + 180
-# + 100 s, plus installing the wheels and touching memory): run it with timeout_s=600.
+# The GPU check: one command, at most ~7 minutes on one H200 (step limits 100 + 50 + 60 + 45
+# + 100 + 50 s, plus installing the wheels and touching memory): run it with timeout_s=480.
 # JSON results under $RESULTS.
 # Steps run in order of what the issue's GPU targets need; each has its own time limit and
 # a failed step does not stop the others (the exit status says whether any failed). The
@@ -10,10 +10,17 @@
 #      in the same process, and FlagEmbedding's encode in bf16 beside it.
 #   2. profile_engine at 512-token documents, bf16: the engine's wall time per stage with
 #      float16 and float32 storage, and torch.profiler's top operators (what bounds it).
-#   3. bench_engine, random:full, mixed lengths (some > 4,000 tokens): the engine in bf16 and
-#      fp32 (agreement with fp32 on the first 500 documents, MFU against each dtype's
+#   3. bench_worker at 512-token documents, float16 storage: the worker path end to end
+#      (`m3pipe encode` and `m3pipe run --workers 1`) with the real engine in fp16, then
+#      with the stand-in engine (stub:full): what the host allows around the GPU.
+#   4. bench_engine, random:full, mixed lengths (some > 4,000 tokens): the engine in bf16 and
+#      fp32 (agreement with fp32 on the first 400 documents, MFU against each dtype's
 #      measured matmul peak) and FlagEmbedding's encode in bf16 beside it.
-#   4. bench_rerank, random:full: the reranker against FlagReranker (fp16).
+#   5. bench_rerank, random:full: the reranker against FlagReranker (fp16).
+#
+# The image lacks FlagEmbedding, pydantic, celery, redis and friends: they travel as the
+# wheels benchmarks/gpu-wheels.txt lists (benchmarks/fetch_gpu_wheels.sh downloads them into
+# .whl here; carry .whl). On the GPU the check stops at once, saying so, if any is missing.
 #
 # Every timed side first runs a few inputs untimed (--warmup): CUDA context, cuBLAS and
 # attention kernel choice and the allocator's pools are not part of steady throughput. The
@@ -21,14 +28,15 @@
 # there, against ~4 GB/s after), which would otherwise fall on whichever side runs first.
 # (bench_compile.py --device cuda measured torch.compile at 0.44x eager there: not rerun.)
 #
-# Usage: benchmarks/gpu_check.sh            on the GPU machine (see the device notes:
-#                                           wheels in .whl are installed first if present)
+# Usage: benchmarks/gpu_check.sh            on the GPU machine (the wheels in $WHEELS, .whl
+#                                           by default, are checked and installed first)
 #        benchmarks/gpu_check.sh --dry-run  the same steps on CPU, random:tiny, tiny corpora
 #                                           (what CI runs: everything but CUDA itself)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 RESULTS=${RESULTS:-${OUT:-benchmarks/.results}}  # git-ignored; commit a run on purpose
+WHEELS=${WHEELS:-.whl}
 PY=${PYTHON:-python3}
 mkdir -p "$RESULTS"
 
@@ -37,17 +45,18 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 if [ "${1:-}" = "--dry-run" ]; then
     device=cpu model=random:tiny docs=12 long=1 agree=6 fixed_docs=8 pairs=40 peak=0.1
     precisions=auto,fp32 flag=fp32 fixed_precisions=fp32 rerank_precision=fp32
-    warmup=2 profile_docs=4 touch_gb=0 limit=300
+    warmup=2 profile_docs=4 touch_gb=0 limit=300 worker_docs=24 worker_precision=fp32
+    stub=stub:tiny real_paths=encode stub_paths=run  # each path once: CI's time
 else
-    device=cuda model=random:full docs=2000 long=20 agree=500 fixed_docs=3000 pairs=10000
+    device=cuda model=random:full docs=1500 long=15 agree=400 fixed_docs=2000 pairs=6000
     peak=0.5 precisions=bf16,fp32 flag=bf16 fixed_precisions=bf16 rerank_precision=fp16
-    warmup=64 profile_docs=500 touch_gb=16 limit=0
-    if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-        # The device image lacks FlagEmbedding, pydantic and friends: they travel as wheels.
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target /tmp/site .whl/*.whl || exit 1
-        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    fi
+    warmup=64 profile_docs=400 touch_gb=16 limit=0 worker_docs=4000 worker_precision=fp16
+    stub=stub:full real_paths=encode,run stub_paths=encode,run
+    # Every listed wheel, exactly, or nothing runs: a missing one would fail a step later.
+    "$PY" benchmarks/gpu_wheels.py benchmarks/gpu-wheels.txt "$WHEELS" || exit 1
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "$WHEELS"/*.whl || exit 1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
     "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA here'; \
 print(torch.__version__, torch.cuda.get_device_name())" || exit 1
     nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv || true
@@ -71,20 +80,27 @@ step() {  # name, seconds, command...: run one step with a time limit, say how l
     fi
 }
 
-step "engine, 512-token documents" 160 "$PY" benchmarks/bench_engine.py --device "$device" \
+step "engine, 512-token documents" 100 "$PY" benchmarks/bench_engine.py --device "$device" \
     --model "$model" --docs "$fixed_docs" --fixed-tokens 512 --max-length 512 \
     --precisions "$fixed_precisions" --flag-precision "$fixed_precisions" \
     --warmup "$warmup" --peak-seconds "$peak" \
     --out "$RESULTS/engine-$device-${model/:/-}-512.json"
-step "where the engine's time goes" 100 "$PY" benchmarks/profile_engine.py --device "$device" \
+step "where the engine's time goes" 50 "$PY" benchmarks/profile_engine.py --device "$device" \
     --model "$model" --precision "$fixed_precisions" --docs "$fixed_docs" --fixed-tokens 512 \
     --max-length 512 --warmup "$warmup" --profile-docs "$profile_docs" \
     --out "$RESULTS/profile-$device-${model/:/-}.json"
-step "engine, mixed lengths" 180 "$PY" benchmarks/bench_engine.py --device "$device" \
+step "worker path, real engine" 60 "$PY" benchmarks/bench_worker.py --device "$device" \
+    --model "$model" --precision "$worker_precision" --documents "$worker_docs" \
+    --doc-tokens 512 --dtypes float16 --paths "$real_paths" \
+    --out "$RESULTS/worker-$device-${model/:/-}.json"
+step "worker path, stand-in engine" 45 "$PY" benchmarks/bench_worker.py --device "$device" \
+    --model "$stub" --documents "$worker_docs" --doc-tokens 512 --dtypes float16 \
+    --paths "$stub_paths" --out "$RESULTS/worker-$device-${stub/:/-}.json"
+step "engine, mixed lengths" 100 "$PY" benchmarks/bench_engine.py --device "$device" \
     --model "$model" --docs "$docs" --long-docs "$long" --precisions "$precisions" \
     --flag-precision "$flag" --warmup "$warmup" --agree-docs "$agree" \
     --peak-seconds "$peak" --out "$RESULTS/engine-$device-${model/:/-}.json"
-step "reranker" 100 "$PY" benchmarks/bench_rerank.py --device "$device" --model "$model" \
+step "reranker" 50 "$PY" benchmarks/bench_rerank.py --device "$device" --model "$model" \
     --pairs "$pairs" --precision "$rerank_precision" --warmup "$((warmup * 4))" \
     --out "$RESULTS/rerank-$device-${model/:/-}.json"
 echo "results in $RESULTS ($failed failed steps)"

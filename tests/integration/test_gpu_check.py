@@ -36,6 +36,13 @@ def test_the_gpu_check_runs_every_step_and_writes_its_figures(tmp_path):
         assert run["tokens"] > 0 and run["stage_seconds"]["batches"] > 0
         assert abs(sum(v for k, v in run["stage_share"].items() if "thread" not in k) - 1) < 0.01
     assert (tmp_path / "profile-cpu-random-tiny.txt").read_text().strip()
+    real = json.loads((tmp_path / "worker-cpu-random-tiny.json").read_text())
+    stub = json.loads((tmp_path / "worker-cpu-stub-tiny.json").read_text())
+    assert set(real["paths"]) == {"encode:float16"} and set(stub["paths"]) == {"run:float16"}
+    for worker in (real, stub):
+        assert all(p["documents"] == 24 and p["documents_per_second"] > 0
+                   for p in worker["paths"].values())  # fmt: skip
+        assert worker["stages"]["float16"]["documents"] == 24
 
 
 def test_a_side_that_fails_is_reported_and_the_others_still_saved(tmp_path):
