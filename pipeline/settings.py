@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     # is dead-lettered; retries of transient errors wait backoff * 4**n seconds (<= 600).
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff_seconds: float = Field(default=5.0, ge=0)
+    # The autoscaler starts a GPU worker only where NVML shows this much free device memory.
+    min_free_gpu_mib: int = Field(default=4096, ge=0)
     # Documents of a shard a worker computes and writes at a time: the next piece computes
     # while the last is written (pipeline/storage/part_writer.py). 256 documents of 512
     # tokens are 256 MiB of float16 ColBERT vectors.

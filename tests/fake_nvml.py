@@ -7,8 +7,11 @@ from types import SimpleNamespace
 
 
 class FakeNvml:
-    def __init__(self, utilization: int = 73, fail_after_init: bool = False) -> None:
+    def __init__(
+        self, utilization: int = 73, fail_after_init: bool = False, free: int = 50 << 30
+    ) -> None:
         self.utilization = utilization
+        self.free = free
         self.fail_after_init = fail_after_init
         self.handles: list[object] = []
 
@@ -29,3 +32,6 @@ class FakeNvml:
         if self.fail_after_init:
             raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
         return SimpleNamespace(gpu=self.utilization, memory=10)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: object) -> SimpleNamespace:
+        return SimpleNamespace(free=self.free, total=80 << 30, used=(80 << 30) - self.free)

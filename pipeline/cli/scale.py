@@ -122,6 +122,7 @@ def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
         env=dict(os.environ),
         log_dir=log_dir,
         worker_metrics_base=args.worker_metrics_port,
+        min_free_bytes=settings.min_free_gpu_mib << 20,
     )
     serve(scaler.metrics.registry, args.metrics_port)
     stop = threading.Event()

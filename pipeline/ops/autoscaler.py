@@ -24,6 +24,7 @@ from pathlib import Path
 import redis
 
 from pipeline.broker.backlog import backlogs
+from pipeline.ops.gpus import gpu_free_bytes
 from pipeline.ops.process_group import stop_process_groups
 from pipeline.ops.scaling import ScaleDecision, ScaleLimits, desired_workers
 from pipeline.ops.worker_process import spawn_worker
@@ -36,6 +37,7 @@ STOP_GRACE_SECONDS = 600.0  # a stopping worker finishes its shard first
 # in a row (a GPU gone, a model that does not load), so a broken slot does not restart on
 # every poll; one that ran this long before dying starts a new count.
 RESTART_BACKOFF_SECONDS = (5.0, 300.0)
+MEMORY_RECHECK_SECONDS = 30.0  # a GPU short of free memory is looked at again after this
 HEALTHY_RUN_SECONDS = 120.0
 
 
@@ -65,6 +67,7 @@ class Slot:
     started_at: float = 0.0
     deaths_in_a_row: int = 0
     not_before: float = 0.0  # no start before this (clock): backing off after deaths
+    short_of_memory: bool = False  # its GPU had too little free memory at the last look
 
 
 def restart_delay(deaths_in_a_row: int) -> float:
@@ -94,6 +97,10 @@ class Autoscaler:
     log_dir: Path
     metrics: AutoscalerMetrics = field(default_factory=AutoscalerMetrics)
     worker_metrics_base: int = 0  # slot i's worker serves metrics on base + i (0: none)
+    # A GPU slot starts only with this much free device memory (0: no check); None from
+    # `free_memory`: unknown, started as before.
+    min_free_bytes: int = 0
+    free_memory: Callable[[str], int | None] = gpu_free_bytes
     clock: Callable[[], float] = time.monotonic
     slots: list[Slot] = field(init=False)
     low_since: float | None = field(default=None, init=False)
@@ -127,18 +134,47 @@ class Autoscaler:
         self.last = decision
         if decision.desired > self.running:
             now = self.clock()
-            free = [s for s in self.slots if s.process is None and now >= s.not_before]
-            for slot in free[: decision.desired - self.running]:
-                self._start(slot)
+            wanted = decision.desired - self.running
+            for slot in [s for s in self.slots if s.process is None and now >= s.not_before]:
+                if wanted == 0:
+                    break
+                if self._has_memory(slot, now):
+                    self._start(slot)
+                    wanted -= 1
         elif decision.desired < self.running:
             busy = [s for s in self.slots if s.process is not None and not s.stopping]
             for slot in busy[decision.desired :][::-1]:  # the last started go first
                 self._stop(slot)
         self.metrics.backing_off.set(
-            sum(s.process is None and self.clock() < s.not_before for s in self.slots)
+            sum(
+                s.process is None and self.clock() < s.not_before and not s.short_of_memory
+                for s in self.slots
+            )
+        )
+        self.metrics.short_of_memory.set(
+            sum(s.process is None and s.short_of_memory for s in self.slots)
         )
         self.metrics.running.set(self.running)
         return decision
+
+    def _has_memory(self, slot: Slot, now: float) -> bool:
+        """Whether the slot's GPU has the free memory a worker needs; if not, the slot waits
+        MEMORY_RECHECK_SECONDS, and the log and metrics say why."""
+        if slot.device == "cpu" or self.min_free_bytes <= 0:
+            return True
+        free = self.free_memory(slot.device)
+        if free is None or free >= self.min_free_bytes:
+            slot.short_of_memory = False
+            return True
+        if not slot.short_of_memory:
+            log.warning(
+                "GPU %s has %d MiB free, less than M3PIPE_MIN_FREE_GPU_MIB (%d): no worker "
+                "started there (another process holds it?); looking again every %.0fs",
+                slot.device, free >> 20, self.min_free_bytes >> 20, MEMORY_RECHECK_SECONDS,
+            )  # fmt: skip
+        slot.short_of_memory = True
+        slot.not_before = now + MEMORY_RECHECK_SECONDS
+        return False
 
     def _start(self, slot: Slot) -> None:
         self.started += 1

@@ -160,3 +160,9 @@ class AutoscalerMetrics:
             "Device slots waiting before a restart, their worker having died on its own",
             registry=r,
         )
+        self.short_of_memory = Gauge(
+            "m3pipe_autoscaler_slots_short_of_memory",
+            "Device slots not started: their GPU had less free memory than "
+            "M3PIPE_MIN_FREE_GPU_MIB when last checked",
+            registry=r,
+        )

@@ -136,3 +136,56 @@ def test_a_slot_whose_worker_keeps_dying_backs_off(tmp_path, store, monkeypatch)
     poll(1)
     assert len(started) == 3
     scaler.shutdown()
+
+
+def test_a_gpu_without_free_memory_gets_no_worker_until_it_has_some(tmp_path, store, monkeypatch):
+    """Another process holds GPU 0: no worker is started there (it would fail to load and
+    restart for ever); the log and metrics say why; it starts once the memory is free."""
+    import subprocess
+    import sys
+
+    from pipeline.ops import autoscaler as module
+    from pipeline.ops.autoscaler import MEMORY_RECHECK_SECONDS, Autoscaler
+
+    now, free, started = [1000.0], [1 << 30], []
+
+    def waiting_worker(device, name, env, log, **kwargs):
+        started.append(device)
+        return subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+        )
+
+    monkeypatch.setattr(module, "spawn_worker", waiting_worker)
+    store.redis.lpush("m3pipe", "a", "b")  # backlog: two workers wanted
+    scaler = Autoscaler(
+        devices=["0", "1"], limits=ScaleLimits(max_workers=2, shards_per_worker=1),
+        queues=["m3pipe"], client=store.redis, env={}, log_dir=tmp_path,
+        clock=lambda: now[0], min_free_bytes=4 << 30,
+        free_memory=lambda device: free[0] if device == "0" else 40 << 30,
+    )  # fmt: skip
+    gauge = "m3pipe_autoscaler_slots_short_of_memory"
+    try:
+        scaler.step()
+        assert started == ["1"] and scaler.metrics.registry.get_sample_value(gauge) == 1
+        now[0] += 1
+        scaler.step()
+        assert started == ["1"]  # not asked again before the pause is over
+        free[0] = 60 << 30
+        now[0] += MEMORY_RECHECK_SECONDS
+        scaler.step()
+        assert started == ["1", "0"] and scaler.metrics.registry.get_sample_value(gauge) == 0
+    finally:
+        scaler.shutdown()
+
+
+def test_free_gpu_memory_is_read_through_the_inherited_device_list():
+    from pipeline.ops.gpus import gpu_free_bytes
+    from tests.fake_nvml import FakeNvml
+
+    nvml = FakeNvml(free=7 << 30)
+    assert gpu_free_bytes("1", {"CUDA_VISIBLE_DEVICES": "4,5"}, nvml) == 7 << 30
+    assert nvml.handles[-1] == ("index", 5)
+    assert gpu_free_bytes("0", {"CUDA_VISIBLE_DEVICES": "GPU-abc"}, nvml) == 7 << 30
+    assert nvml.handles[-1] == ("uuid", "GPU-abc")
+    assert gpu_free_bytes("3", {"CUDA_VISIBLE_DEVICES": "0"}, nvml) is None  # not visible
+    assert gpu_free_bytes("0", {}, FakeNvml(fail_after_init=False)) == 50 << 30
