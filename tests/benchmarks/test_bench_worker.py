@@ -12,7 +12,7 @@ def test_the_stages_of_one_shard_are_timed_per_document(tmp_path, model_cache):
     split = stages(corpus, 64, "float16", model_cache, shard=10)
     assert split["documents"] == 10
     assert set(split["cpu_ms_per_document"]) == {
-        "tokenize", "engine (stub forward, heads, table)", "parquet write"}  # fmt: skip
+        "tokenize", "engine (forward, heads, placing vectors, table)", "parquet write"}  # fmt: skip
     assert all(ms >= 0 for ms in split["cpu_ms_per_document"].values())
     # 63 ColBERT vectors of 1024 float16 values a document at the least (before zstd)
     assert split["part_bytes_per_document"] > 63 * 1024
