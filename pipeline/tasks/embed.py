@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from pipeline.storage.location import Location
 
 SPECIALS = 2  # CLS and EOS per sequence
+# A worker's piece of a shard (TaskKind.pieces) holds about this much text at most: ~256k
+# tokens, whose float16 ColBERT vectors are ~512 MiB.
+PIECE_TEXT_BYTES = 1 << 20
 
 
 def worst_case_tokens(doc_bytes: int, options: EncodeOptions) -> int:
@@ -213,9 +216,19 @@ class EmbedTask(TaskKind):
         return Computed(table=table, stats=result.stats, rows=table.num_rows)
 
     def pieces(self, items: Sequence[Document], size: int) -> list[Sequence[Document]]:
-        """Documents are independent: pieces of `size`, each batched by length on its own
-        (a piece sorts enough documents to keep padding low)."""
-        return [items[i : i + size] for i in range(0, len(items), size)]
+        """Documents are independent: pieces of `size` documents at most, and of about
+        PIECE_TEXT_BYTES of text (long documents: fewer a piece, so a piece's vectors stay
+        bounded), each batched by length on its own."""
+        pieces: list[Sequence[Document]] = []
+        start, text = 0, 0
+        for index, doc in enumerate(items):
+            if index > start and (index - start >= size or text >= PIECE_TEXT_BYTES):
+                pieces.append(items[start:index])
+                start, text = index, 0
+            text += document_bytes(doc)
+        if start < len(items):
+            pieces.append(items[start:])
+        return pieces
 
     def part_table(
         self, table: pa.Table, items: Sequence[Document], keep_fields: Sequence[str] = ()

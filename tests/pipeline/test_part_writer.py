@@ -74,3 +74,19 @@ def test_an_object_store_part_is_put_whole_at_close(s3):
     assert s3.keys("out") == ["part-00001.parquet"]
     assert read_shard_file(s3.url("out/part-00001.parquet")).facts == {"rows": 7}
     assert pq.read_table(pa.BufferReader(s3.get("out/part-00001.parquet"))).num_rows == 7
+
+
+def test_a_shard_is_cut_into_pieces_of_bounded_documents_and_text():
+    from pipeline.tasks import task_kind
+    from pipeline.tasks.embed import PIECE_TEXT_BYTES
+    from schemas.document import Document
+    from schemas.job import Task
+
+    embed = task_kind(Task.EMBED)
+    short = [Document(id=f"s{i}", text="word " * 20) for i in range(10)]
+    assert [len(p) for p in embed.pieces(short, 4)] == [4, 4, 2]
+    long = [Document(id=f"l{i}", text="x" * (PIECE_TEXT_BYTES // 3)) for i in range(7)]
+    pieces = embed.pieces(long, 256)
+    assert [len(p) for p in pieces] == [3, 3, 1]
+    assert [d.id for p in pieces for d in p] == [d.id for d in long]  # input order, each once
+    assert embed.pieces([], 4) == []
