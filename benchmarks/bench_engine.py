@@ -78,7 +78,9 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
 
     kind, precision = side.split(":")
     name = precision  # what its outputs are saved as, for the agreement
-    precision = kernels_for(precision)
+    # "-sync": each batch finished right after its launch (Engine.overlap_batches off).
+    overlap = not precision.endswith("-sync")
+    precision = kernels_for(precision.removesuffix("-sync"))
     texts = json.loads(corpus_path.read_text())
     # int8 is measured here only (torch dynamic quantisation of every Linear, fp32 elsewhere):
     # m3pipe does not offer it, see docs/engine.md.
@@ -118,6 +120,7 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
                 max_length=args.max_length, batch_tokens=args.batch_tokens, dtype=args.dtype
             ),
         )
+        engine.overlap_batches = overlap
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
@@ -283,7 +286,8 @@ def main() -> int:
         "--precisions",
         default="auto,fp32",
         help="engine sides, compared with fp32's outputs (bf16-sdpa: bf16 with SDPA attention; "
-        "fp32-mkl: fp32 with PyTorch's own GEMM and attention)",
+        "fp32-mkl: fp32 with PyTorch's own GEMM and attention; bf16-sync: each batch "
+        "finished right after its launch, no overlap)",
     )
     parser.add_argument("--flag-precision", default="fp32", help="FlagEmbedding's side")
     parser.add_argument("--no-flag", action="store_true", help="skip FlagEmbedding's side")

@@ -7,7 +7,8 @@
 # sizes and limits come from the first H200 run (docs/engine.md).
 #
 #   1. bench_engine at 512-token documents, bf16: MFU against the bf16 matmul peak measured
-#      in the same process, and FlagEmbedding's encode in bf16 beside it.
+#      in the same process, the same with each batch finished at once ("-sync": does the
+#      launch/finish overlap pay?), and FlagEmbedding's encode in bf16 beside it.
 #   2. profile_engine at 512-token documents, bf16: the engine's wall time per stage with
 #      float16 and float32 storage, and torch.profiler's top operators (what bounds it).
 #   3. bench_worker at 512-token documents, float16 storage: the worker path end to end
@@ -82,7 +83,7 @@ step() {  # name, seconds, command...: run one step with a time limit, say how l
 
 step "engine, 512-token documents" 100 "$PY" benchmarks/bench_engine.py --device "$device" \
     --model "$model" --docs "$fixed_docs" --fixed-tokens 512 --max-length 512 \
-    --precisions "$fixed_precisions" --flag-precision "$fixed_precisions" \
+    --precisions "$fixed_precisions,$fixed_precisions-sync" --flag-precision "$fixed_precisions" \
     --warmup "$warmup" --peak-seconds "$peak" \
     --out "$RESULTS/engine-$device-${model/:/-}-512.json"
 step "where the engine's time goes" 50 "$PY" benchmarks/profile_engine.py --device "$device" \

@@ -27,7 +27,11 @@ def test_the_gpu_check_runs_every_step_and_writes_its_figures(tmp_path):
     assert agreement["dense_cosine_min"] > 0.99 and agreement["sparse_jaccard_min"] > 0.9
     fixed = json.loads((tmp_path / "engine-cpu-random-tiny-512.json").read_text())
     assert fixed["corpus"]["max_tokens"] == 512 and fixed["corpus"]["docs"] == 8
-    assert fixed["accuracy"] == {} and fixed["failed_sides"] == []
+    assert fixed["failed_sides"] == [] and set(fixed["sides"]) == {
+        "engine:fp32", "engine:fp32-sync", "flagembedding:fp32"}  # fmt: skip
+    same = fixed["accuracy"]["fp32-sync_vs_fp32"]  # the overlap changes no output
+    assert same["sparse_jaccard_min"] == 1.0 and same["sparse_max_weight_error"] == 0.0
+    assert same["dense_cosine_min"] > 0.99999 and same["colbert_cosine_min"] > 0.99999
     rerank = json.loads((tmp_path / "rerank-cpu-random-tiny.json").read_text())
     assert rerank["engine"]["mfu"] > 0 and rerank["engine"]["matmul_peak"]["gflops"] > 0
     profiled = json.loads((tmp_path / "profile-cpu-random-tiny.json").read_text())
