@@ -25,7 +25,7 @@ from schemas.options import StorageDtype
 
 OUTPUT_FORMAT = 2  # 1: colbert as list<fixed_size_list<float>>; 2: list<fixed_size_binary>
 VECTOR_KEY, DIM_KEY = b"m3pipe.vector", b"m3pipe.dim"  # the colbert field's metadata
-_NUMPY: dict[StorageDtype, np.dtype] = {
+STORED_NUMPY: dict[StorageDtype, np.dtype] = {  # each storage dtype, little-endian
     StorageDtype.FLOAT16: np.dtype("<f2"),
     StorageDtype.FLOAT32: np.dtype("<f4"),
 }
@@ -33,7 +33,7 @@ _NUMPY: dict[StorageDtype, np.dtype] = {
 
 def colbert_field(dtype: StorageDtype, dim: int) -> pa.Field:
     """The colbert column of output format 2, saying in its metadata how to decode it."""
-    width = _NUMPY[dtype].itemsize * dim
+    width = STORED_NUMPY[dtype].itemsize * dim
     metadata = {VECTOR_KEY: f"{dtype.value} little-endian".encode(), DIM_KEY: str(dim).encode()}
     return pa.field("colbert", pa.list_(pa.binary(width)), nullable=False, metadata=metadata)
 
@@ -55,7 +55,7 @@ def _vector_dtype(field: pa.Field) -> np.dtype:
     kind = meta.get(VECTOR_KEY, b"").decode().split(" ")[0]
     if kind not in {d.value for d in StorageDtype}:
         raise ValueError(f"column {field.name!r} does not say how its vectors are stored")
-    return _NUMPY[StorageDtype(kind)]
+    return STORED_NUMPY[StorageDtype(kind)]
 
 
 def colbert_vectors(
@@ -96,6 +96,6 @@ def upgrade_colbert(table: pa.Table, dtype: StorageDtype) -> pa.Table:
     if not pa.types.is_fixed_size_list(field.type.value_type):
         return table
     offsets, vectors = colbert_vectors(table.column(index), field)
-    stored = vectors.astype(_NUMPY[dtype], copy=False)
+    stored = vectors.astype(STORED_NUMPY[dtype], copy=False)
     new_field = colbert_field(dtype, vectors.shape[1])
     return table.set_column(index, new_field, colbert_array(offsets, stored))

@@ -16,9 +16,7 @@ import pyarrow as pa
 from pipeline.engine.encoder import BatchOutput
 from schemas.document import Document
 from schemas.options import Mode, StorageDtype
-from schemas.vector_layout import colbert_array
-
-_NUMPY = {StorageDtype.FLOAT16: np.float16, StorageDtype.FLOAT32: np.float32}
+from schemas.vector_layout import STORED_NUMPY, colbert_array
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:
@@ -39,7 +37,7 @@ class ShardColumns:
         colbert_dim: int,
     ) -> None:
         self.modes, self.rows = modes, len(lengths)
-        stored = _NUMPY[dtype]
+        stored = STORED_NUMPY[dtype]
         self.dense = np.empty((self.rows, dense_dim), stored) if Mode.DENSE in modes else None
         self.colbert_offsets = _offsets(np.asarray(lengths, dtype=np.int64) - 1)
         self.colbert = (
