@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: one command, at most ~7 minutes on one H200 (step limits 100 + 50 + 60 + 45
-# + 100 + 50 s, plus installing the wheels and touching memory): run it with timeout_s=480.
+# + 100 + 50 + 30 s, plus installing the wheels and touching memory): run it with
+# timeout_s=480.
 # JSON results under $RESULTS.
 # Steps run in order of what the issue's GPU targets need; each has its own time limit and
 # a failed step does not stop the others (the exit status says whether any failed). The
@@ -14,10 +15,13 @@
 #   3. bench_worker at 512-token documents, float16 storage: the worker path end to end
 #      (`m3pipe encode` and `m3pipe run --workers 1`) with the real engine in fp16, then
 #      with the stand-in engine (stub:full): what the host allows around the GPU.
-#   4. bench_engine, random:full, mixed lengths (some > 4,000 tokens): the engine in bf16 and
-#      fp32 (agreement with fp32 on the first 400 documents, MFU against each dtype's
-#      measured matmul peak) and FlagEmbedding's encode in bf16 beside it.
+#   4. bench_engine, random:full, mixed lengths (some > 4,000 tokens): the engine in bf16
+#      (padded batches through variable-length flash attention), bf16-sdpa (SDPA with its
+#      mask, as before) and fp32 (agreement with fp32 on the first 400 documents, MFU
+#      against each dtype's measured matmul peak) and FlagEmbedding's encode in bf16 beside it.
 #   5. bench_rerank, random:full: the reranker against FlagReranker (fp16).
+#   6. tests/pipeline/test_cuda_attention.py on the GPU: torch's varlen_attn against masked
+#      SDPA (the CPU suite runs the rest of the file with a stand-in kernel; not in the dry run).
 #
 # The image lacks FlagEmbedding, pydantic, celery, redis and friends: they travel as the
 # wheels benchmarks/gpu-wheels.txt lists (benchmarks/fetch_gpu_wheels.sh downloads them into
@@ -49,8 +53,8 @@ if [ "${1:-}" = "--dry-run" ]; then
     warmup=2 profile_docs=4 touch_gb=0 limit=300 worker_docs=24 worker_precision=fp32
     stub=stub:tiny real_paths=encode stub_paths=run  # each path once: CI's time
 else
-    device=cuda model=random:full docs=1500 long=15 agree=400 fixed_docs=2000 pairs=6000
-    peak=0.5 precisions=bf16,fp32 flag=bf16 fixed_precisions=bf16 rerank_precision=fp16
+    device=cuda model=random:full docs=1200 long=12 agree=400 fixed_docs=2000 pairs=6000
+    peak=0.5 precisions=bf16,bf16-sdpa,fp32 flag=bf16 fixed_precisions=bf16 rerank_precision=fp16
     warmup=64 profile_docs=400 touch_gb=16 limit=0 worker_docs=4000 worker_precision=fp16
     stub=stub:full real_paths=encode,run stub_paths=encode,run
     # Every listed wheel, exactly, or nothing runs: a missing one would fail a step later.
@@ -104,5 +108,9 @@ step "engine, mixed lengths" 100 "$PY" benchmarks/bench_engine.py --device "$dev
 step "reranker" 50 "$PY" benchmarks/bench_rerank.py --device "$device" --model "$model" \
     --pairs "$pairs" --precision "$rerank_precision" --warmup "$((warmup * 4))" \
     --out "$RESULTS/rerank-$device-${model/:/-}.json"
+if [ "$device" = cuda ]; then
+    step "varlen attention on CUDA" 30 "$PY" -m pytest -q -p no:cacheprovider \
+        tests/pipeline/test_cuda_attention.py --junitxml "$RESULTS/cuda-attention-tests.xml"
+fi
 echo "results in $RESULTS ($failed failed steps)"
 [ "$failed" -eq 0 ]

@@ -34,12 +34,13 @@ def spawn_side(script: str, side_args: list[str]) -> dict | None:
 def kernels_for(precision: str) -> str:
     """A side's precision as the model loader takes it. A suffix turns one of m3pipe's CPU
     kernels off for this process: "-sdpa" PyTorch's SDPA attention instead of the fused
-    kernel (pipeline/engine/cpu_attention.py); "-mkl" PyTorch's own fp32 GEMM (MKL) instead
+    kernel on a CPU (pipeline/engine/cpu_attention.py) or the variable-length one on CUDA
+    (pipeline/engine/cuda_attention.py); "-mkl" PyTorch's own fp32 GEMM (MKL) instead
     of oneDNN's, and with it SDPA (pipeline/engine/cpu_linear.py)."""
-    from pipeline.engine import cpu_attention, cpu_linear
+    from pipeline.engine import cpu_attention, cpu_linear, cuda_attention
 
     if precision.endswith("-sdpa"):
-        os.environ[cpu_attention.ENV] = "sdpa"
+        os.environ[cpu_attention.ENV] = os.environ[cuda_attention.ENV] = "sdpa"
         return precision.removesuffix("-sdpa")
     if precision.endswith("-mkl"):
         os.environ[cpu_linear.ENV] = "mkl"

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from pipeline.engine import cpu_attention, cpu_linear
+from pipeline.engine import cpu_attention, cpu_linear, cuda_attention
 from pipeline.engine.fingerprint import fingerprint_model_dir
 from pipeline.engine.random_model import cached_random_model, parse_random_spec
 from pipeline.engine.stub_model import STUB_PREFIX, cached_stub_dir, parse_stub_spec, stub_parts
@@ -333,6 +333,8 @@ def load_model(
         log.warning("encoder attention is %r, not sdpa: expect lower speed", attn)
     elif cpu_attention.wanted(source.device, source.dtype):
         cpu_attention.install(encoder)
+    elif cuda_attention.wanted(source.device):
+        cuda_attention.install(encoder)
     colbert = parts["colbert_linear"].to(source.device).eval()
     stub_heads = parts.get("stub_heads")
     if stub_heads is not None:

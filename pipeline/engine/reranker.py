@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 
 from pipeline import __version__
-from pipeline.engine import cpu_attention
+from pipeline.engine import cpu_attention, cuda_attention
 from pipeline.engine.batching import (
     DEFAULT_RERANK_BATCH_TOKENS,
     budget_after_oom,
@@ -80,6 +80,8 @@ def load_reranker(
     model = model.to(device=source.device, dtype=source.dtype).eval()
     if cpu_attention.wanted(source.device, source.dtype):
         cpu_attention.install(model)
+    elif cuda_attention.wanted(source.device):
+        cuda_attention.install(model)
     install_cpu_linear(model, source.device, source.dtype)
     return RerankModel(model=model, tokenizer=tokenizer, **source.identity())
 
