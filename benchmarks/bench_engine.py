@@ -324,15 +324,20 @@ def main() -> int:
         print(json.dumps(run_side(args.side, args, args.corpus)))
         return 0
 
-    from pipeline.engine.model import load_model
+    from transformers import AutoTokenizer
+
+    from pipeline.engine.model import locate_model
     from pipeline.settings import Settings
 
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    model = load_model(args.model, device="cpu", cache_dir=Settings().cache_dir)
-    texts = make_corpus(model.tokenizer, args.docs, args.long_docs, args.seed, args.fixed_tokens)
-    tokenized = model.tokenizer(texts, truncation=True, max_length=args.max_length)
+    # The tokenizer alone (the sides load the model): the corpus and its lengths.
+    source = locate_model(
+        args.model, device="cpu", precision=None, cache_dir=Settings().cache_dir, hub_timeout=10
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(source.path))
+    texts = make_corpus(tokenizer, args.docs, args.long_docs, args.seed, args.fixed_tokens)
+    tokenized = tokenizer(texts, truncation=True, max_length=args.max_length)
     lengths = [len(x) for x in tokenized["input_ids"]]
-    del model
     sides: dict[str, dict] = {}
     failed: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -52,11 +52,12 @@ if [ "${1:-}" = "--dry-run" ]; then
     precisions=auto,fp32 flag=fp32 fixed_precisions=fp32 rerank_precision=fp32
     warmup=2 profile_docs=4 touch_gb=0 limit=300 worker_docs=24 worker_precision=fp32
     stub=stub:tiny real_paths=encode stub_paths=run  # each path once: CI's time
+    fixed_flag=--no-flag  # FlagEmbedding's side runs in the mixed-length step
 else
     device=cuda model=random:full docs=1200 long=12 agree=400 fixed_docs=2000 pairs=6000
     peak=0.5 precisions=bf16,bf16-sdpa,fp32 flag=bf16 fixed_precisions=bf16 rerank_precision=fp16
     warmup=64 profile_docs=400 touch_gb=16 limit=0 worker_docs=4000 worker_precision=fp16
-    stub=stub:full real_paths=encode,run stub_paths=encode,run
+    stub=stub:full real_paths=encode,run stub_paths=encode,run fixed_flag=
     # Every listed wheel, exactly, or nothing runs: a missing one would fail a step later.
     "$PY" benchmarks/gpu_wheels.py benchmarks/gpu-wheels.txt "$WHEELS" || exit 1
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -87,7 +88,7 @@ step() {  # name, seconds, command...: run one step with a time limit, say how l
 
 step "engine, 512-token documents" 100 "$PY" benchmarks/bench_engine.py --device "$device" \
     --model "$model" --docs "$fixed_docs" --fixed-tokens 512 --max-length 512 \
-    --precisions "$fixed_precisions,$fixed_precisions-sync" --flag-precision "$fixed_precisions" \
+    --precisions "$fixed_precisions,$fixed_precisions-sync" --flag-precision "$fixed_precisions" $fixed_flag \
     --warmup "$warmup" --peak-seconds "$peak" \
     --out "$RESULTS/engine-$device-${model/:/-}-512.json"
 step "where the engine's time goes" 50 "$PY" benchmarks/profile_engine.py --device "$device" \
