@@ -233,6 +233,7 @@ def finalise_setup(args: argparse.Namespace, redis_url: str, out: str, job_id: s
     """A job whose --shards shards are all done, as submit and workers leave it (its
     part files put beforehand)."""
     from pipeline.broker.redis_url import connect
+    from pipeline.jobs.shard_report import ShardReport
     from pipeline.jobs.store import ABSENT, JobStore
     from schemas.job import JobSpec, ShardState
     from schemas.options import EncodeOptions
@@ -254,13 +255,10 @@ def finalise_setup(args: argparse.Namespace, redis_url: str, out: str, job_id: s
         store.mark_shard(spec.job_id, shard, ShardState.RUNNING, active, running)
         store.count_attempt(spec.job_id, shard)
         store.take_ownership(spec.job_id, shard)
-        info = {"documents": 1000, "rows": 1000, "tokens": 60_000, "bytes": 1_500_000,
-                "worker": "celery@gpu-node-017-3", "seconds": 4.213,
-                "finished_at": round(time.time(), 3), "padding_efficiency": 0.9513}  # fmt: skip
-        store.mark_shard(
-            spec.job_id, shard, ShardState.DONE, active, info,
-            documents=1000, rows=1000, tokens=60_000, seconds=4.2,
-        )  # fmt: skip
+        report = ShardReport(
+            documents=1000, rows=1000, tokens=60_000, part_bytes=1_500_000, seconds=4.2
+        )
+        store.mark_done(spec.job_id, shard, active, report)
         store.release_shard(spec.job_id, shard)
     store.set_submitted(
         spec.job_id, shards=args.shards, documents=1000 * args.shards,

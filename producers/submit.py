@@ -34,6 +34,7 @@ from pipeline.jobs.resume import (
     previous_spec,
     read_shard_file,
 )
+from pipeline.jobs.shard_report import ShardReport
 from pipeline.jobs.store import ABSENT, DEFAULT_JOB_TTL, JobStore
 from pipeline.jobs.tenants import job_quota_problem, shard_quota_problem
 from pipeline.storage.location import Location, open_location
@@ -54,7 +55,7 @@ from producers.inputs.references import ReferencedShard, shard_reference
 from producers.inputs.reuse_index import ReuseIndex, open_reusable
 from producers.inputs.sharding import ShardLimits
 from schemas.document import Document
-from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
+from schemas.job import JobSpec, JobState, ShardMessage, Task
 from schemas.options import EncodeOptions
 from schemas.rerank import Pair, RerankOptions
 from schemas.reuse import ReuseRun
@@ -311,22 +312,13 @@ def already_done(
         path.delete()
         return False
     facts = found.facts
-    info = {  # a done shard's counts (the job's `documents_resumed` counts it as found)
-        "documents": documents,
-        "rows": int(facts["rows"]),
-        "tokens": int(facts["tokens"]),
-        "bytes": path.size(),
-    }
-    store.mark_shard(
-        job_id,
-        index,
-        ShardState.DONE,
-        [ABSENT],
-        info,
+    report = ShardReport(  # the job's `documents_resumed` counts it as found
         documents=documents,
         rows=int(facts["rows"]),
         tokens=int(facts["tokens"]),
+        part_bytes=path.size(),
     )
+    store.mark_done(job_id, index, [ABSENT], report)
     store.note_documents(job_id, documents)
     store.note_resumed(job_id, documents, int(facts["tokens"]))
     store.set_model_metadata(job_id, found.model)

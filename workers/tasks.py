@@ -16,7 +16,7 @@ from pipeline.errors import PermanentError, UnknownJob, WrongWorker
 from pipeline.jobs.keys import TASK_ENCODE_SHARD
 from pipeline.runtime.retry_policy import after_failure
 from pipeline.runtime.shard_runner import WorkerRuntime, fail_shard, run_shard
-from schemas.job import ShardMessage
+from schemas.job import ShardMessage, ShardState
 from workers import bootstrap
 from workers.app import app
 
@@ -86,14 +86,14 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     if outcome.stats is not None:
         runtime.metrics.shard_done(outcome.stats, tenant)
     else:
-        ended = "failed" if outcome.state.value == "failed" else "skipped"
+        ended = "failed" if outcome.state is ShardState.FAILED else "skipped"
         runtime.metrics.shard_ended(ended, tenant)
     for device in runtime.models.devices()[:1]:  # every model sits on the worker's one device
         runtime.metrics.sample_device_memory(device)
     return {
         "job_id": message.job_id,
         "shard": message.shard,
-        "state": outcome.state.value,
+        "state": outcome.state.value if outcome.state is not None else "lost",
         "rows": outcome.rows,
         "tokens": outcome.tokens,
     }

@@ -8,6 +8,7 @@ from typing import Any
 
 from pipeline.errors import OutputDirError
 from pipeline.jobs.letters import remove_finished_letters
+from pipeline.jobs.shard_report import ShardReport
 from pipeline.jobs.store import JobStore
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.manifest import MANIFEST_FAILURES, build_manifest
@@ -62,11 +63,8 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
             info = {**info, "error": "output file missing after the shard finished"}
         if state is ShardState.DONE:
             parts += 1
-            entry = {"name": part_name(shard), accepted: info["documents"]}
-            entry |= {
-                key: info[key] for key in ("rows", "tokens", "bytes", "reused") if key in info
-            }
-            shard_log.add({"shard": shard, "state": state.value, **entry})
+            report = ShardReport.from_counts(info)
+            shard_log.add(report.log_entry(shard, part_name(shard), accepted))
         elif state is ShardState.FAILED:
             failed += 1
             if len(failures) < MANIFEST_FAILURES:

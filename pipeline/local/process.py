@@ -4,6 +4,7 @@ directory, in this process, no queue. Every record read ends as a row or a rejec
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import time
 from collections import deque
@@ -16,6 +17,7 @@ from typing import Any
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import InputError, ReuseError
 from pipeline.jobs.resume import documents_digest, read_shard_file, with_shard_metadata
+from pipeline.jobs.shard_report import ShardReport
 from pipeline.storage.finished_output import (
     FinishedOutput,
     identity,
@@ -40,7 +42,6 @@ from producers.inputs.intake import IntakeCounts
 from producers.inputs.reuse_index import ReuseIndex, open_reusable
 from producers.inputs.sharding import UNBOUNDED, ShardLimits
 from producers.submit import remove_parts_from
-from schemas.job import ShardState
 
 # A shard's texts are held in memory with its output; bound them by bytes too. A larger
 # unit (one huge document, one query's many candidates) forms a shard of its own.
@@ -153,7 +154,7 @@ def _write_output(
         # A part is written (zstd, pyarrow: the GIL released) while the next shard is
         # computed; at most one write waits, so at most two shards' tables are held.
         writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="m3pipe-write"))
-        pending: tuple[Future[Location], dict[str, Any]] | None = None
+        pending: tuple[Future[Location], ShardReport, int, str] | None = None
         number = -1
         for number, (_, result) in enumerate(computed):
             planned = splits.popleft()
@@ -184,20 +185,18 @@ def _write_output(
             summary.stats.add(result.stats)
             summary.parts += 1
             summary.rows += table.num_rows
-            entry = {
-                "shard": number,
-                "state": ShardState.DONE.value,
-                "name": name,
-                item_counts[1]: len(shard),
-                "rows": table.num_rows,
-                "tokens": result.stats.tokens,
-            }
+            report = ShardReport(  # its bytes once written
+                documents=len(shard),
+                rows=table.num_rows,
+                tokens=result.stats.tokens,
+                part_bytes=0,
+                reused=split.reused if split is not None else None,
+            )
             if split is not None:
-                entry["reused"] = split.reused
                 summary.reused = (summary.reused or 0) + split.reused
             if pending is not None:
                 _log_written(shard_log, *pending)
-            pending = (writing, entry)
+            pending = (writing, report, number, item_counts[1])
         if pending is not None:
             _log_written(shard_log, *pending)
         if resume:
@@ -213,9 +212,13 @@ def _write_output(
     return summary
 
 
-def _log_written(shard_log: ShardLog, writing: Future[Location], entry: dict[str, Any]) -> None:
+def _log_written(
+    shard_log: ShardLog, writing: Future[Location], report: ShardReport, shard: int, items: str
+) -> None:
     """The shard's log line, once its part is written (a failed write is raised here)."""
-    shard_log.add({**entry, "bytes": writing.result().size()})
+    written = writing.result()
+    report = dataclasses.replace(report, part_bytes=written.size())
+    shard_log.add(report.log_entry(shard, written.name, items))
 
 
 def check_reusable(
@@ -291,16 +294,13 @@ def _kept_entry(
     facts: dict[str, Any], number: int, name: str, items: str, out: Location
 ) -> dict[str, Any]:
     """The shard-log line of a part kept by --resume."""
-    return {
-        "shard": number,
-        "state": ShardState.DONE.value,
-        "name": name,
-        items: int(facts["documents"]),
-        "rows": int(facts["rows"]),
-        "tokens": int(facts["tokens"]),
-        "bytes": (out / name).size(),
-        "resumed": True,
-    }
+    report = ShardReport(
+        documents=int(facts["documents"]),
+        rows=int(facts["rows"]),
+        tokens=int(facts["tokens"]),
+        part_bytes=(out / name).size(),
+    )
+    return {**report.log_entry(number, name, items), "resumed": True}
 
 
 def _manifest(

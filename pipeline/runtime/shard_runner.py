@@ -31,6 +31,7 @@ from pipeline.jobs.resume import (
     shard_footer,
     with_shard_metadata,
 )
+from pipeline.jobs.shard_report import ShardReport
 from pipeline.jobs.store import ABSENT, JobStore
 from pipeline.runtime.metrics import WorkerMetrics
 from pipeline.runtime.worker_models import WorkerModels
@@ -88,7 +89,7 @@ class WorkerRuntime:
 
 @dataclass
 class ShardOutcome:
-    state: ShardState
+    state: ShardState | None  # None: Redis has no state for it (lost: failover, eviction)
     detail: str = ""
     rows: int = 0
     tokens: int = 0
@@ -110,9 +111,7 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
         # with changed input): running it would write the old documents.
         log.warning("job %s shard %d: stale message, not the registered documents; skipped",
                     job_id, shard)  # fmt: skip
-        current = store.shard_state(job_id, shard)
-        state = ShardState.QUEUED if current == ABSENT else ShardState(current)
-        return ShardOutcome(state, "stale message")
+        return ShardOutcome(_state_now(store, job_id, shard), "stale message")
     if registered_message is not None and registered_message != message_digest(message):
         # The registered documents, but not the message registered for them (a forged or
         # altered copy): refused before anything about the shard changes.
@@ -129,6 +128,10 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
     changed, previous = store.mark_shard(job_id, shard, ShardState.RUNNING, _ACTIVE, running)
     if not changed:
         # Delivered again after it ended (e.g. redelivery after a slow ack): nothing to do.
+        if previous == ABSENT:  # registered, but its state is gone from Redis
+            log.warning("job %s shard %d: Redis has no state for it (lost); skipped",
+                        job_id, shard)  # fmt: skip
+            return ShardOutcome(None, "state lost")
         log.info("job %s shard %d already %s; skipped", job_id, shard, previous)
         return ShardOutcome(ShardState(previous), "already ended")
     attempt = store.count_attempt(job_id, shard)
@@ -150,10 +153,17 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
         return _encode_and_record(message, spec, runtime, started, digest, token)
     except StaleAttempt as exc:
         log.warning("job %s shard %d: %s", job_id, shard, exc)
-        return ShardOutcome(ShardState(store.shard_state(job_id, shard)), "stale attempt")
+        return ShardOutcome(_state_now(store, job_id, shard), "stale attempt")
     finally:
         runtime.metrics.shard_started.set(0)
         store.note_idle(runtime.hostname)
+
+
+def _state_now(store: JobStore, job_id: str, shard: int) -> ShardState | None:
+    """The shard's state in Redis now; None when it has none (lost with a failover that
+    dropped writes, or evicted)."""
+    current = store.shard_state(job_id, shard)
+    return None if current == ABSENT else ShardState(current)
 
 
 # What must be the same for every shard of a job: the weights, their revision, and the
@@ -246,26 +256,15 @@ def _encode_and_record(
     store.set_model_metadata(job_id, engine.file_metadata())
     # Its counts, a fixed record in Redis: the part's name follows from the shard number,
     # and the worker and timings are in the part's footer.
-    done = {
-        "documents": documents,
-        "rows": rows,
-        "tokens": stats.tokens,
-        "bytes": written.size(),
-    }
-    if message.reuse is not None:
-        done["reused"] = reused
-    store.mark_shard(
-        job_id,
-        shard,
-        ShardState.DONE,
-        _ACTIVE,
-        done,
+    report = ShardReport(
         documents=documents,
         rows=rows,
         tokens=stats.tokens,
+        part_bytes=written.size(),
         seconds=stats.seconds,
-        reused=reused,
+        reused=reused if message.reuse is not None else None,
     )
+    store.mark_done(job_id, shard, _ACTIVE, report)
     store.release_shard(job_id, shard)
     finalize_if_complete(store, job_id)
     return ShardOutcome(ShardState.DONE, name, rows=rows, tokens=stats.tokens, stats=stats)

@@ -12,6 +12,7 @@ import pytest
 from pipeline.errors import JobNotFound, OutputDirError
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.keys import JOBS_INDEX, job_key
+from pipeline.jobs.shard_report import ShardReport
 from pipeline.jobs.store import ABSENT
 from pipeline.storage.location import open_location
 from pipeline.storage.output_dir import part_entries, read_shard_log
@@ -47,10 +48,13 @@ def test_transitions_keep_counters_exact_under_redelivery(store, tmp_path):
     assert store.mark_shard("job-1", 0, R, ACTIVE)[0]
     assert store.state("job-1") is JobState.RUNNING
     assert store.mark_shard("job-1", 0, R, ACTIVE) == (True, "running")  # redelivered
-    assert store.mark_shard("job-1", 0, D, ACTIVE, {"name": "x"}, documents=10, tokens=99)[0]
+    report = ShardReport(documents=10, rows=10, tokens=99, part_bytes=1)
+    assert store.mark_done("job-1", 0, ACTIVE, report)[0]
     # A late duplicate of the same shard neither runs nor counts again.
     assert store.mark_shard("job-1", 0, R, ACTIVE) == (False, "done")
-    assert store.mark_shard("job-1", 0, D, ACTIVE, documents=10, tokens=99) == (False, "done")
+    assert store.mark_done("job-1", 0, ACTIVE, report) == (False, "done")
+    with pytest.raises(ValueError, match="mark_done"):  # done needs its report
+        store.mark_shard("job-1", 1, D, ACTIVE)
     status = store.status("job-1")
     assert (status.shards.queued, status.shards.running, status.shards.done) == (2, 0, 1)
     assert (status.documents_done, status.tokens_done) == (10, 99)
@@ -63,8 +67,7 @@ def test_job_ends_once_every_shard_ended_and_manifest_lists_files(store, tmp_pat
     for shard in range(2):
         store.mark_shard("job-1", shard, Q, [ABSENT], {"documents": 1})
     (tmp_path / "part-00000.parquet").write_bytes(b"x")
-    done = {"name": "part-00000.parquet", "documents": 1, "rows": 1, "tokens": 5, "bytes": 1}
-    store.mark_shard("job-1", 0, D, ACTIVE, done, documents=1, rows=1, tokens=5)
+    store.mark_done("job-1", 0, ACTIVE, ShardReport(documents=1, rows=1, tokens=5, part_bytes=1))
     store.mark_shard("job-1", 1, F, ACTIVE, {"error": "boom"})
     assert finalize_if_complete(store, "job-1") is None  # the producer has not finished
     store.set_submitted("job-1", shards=2, documents=2, input_records=3, rejected=1)
@@ -81,8 +84,7 @@ def test_job_ends_once_every_shard_ended_and_manifest_lists_files(store, tmp_pat
 def test_missing_output_file_is_not_reported_as_done(store, tmp_path):
     store.create(make_spec(tmp_path))
     store.mark_shard("job-1", 0, Q, [ABSENT])
-    done = {"name": "part-00000.parquet", "documents": 1, "rows": 1, "tokens": 5, "bytes": 1}
-    store.mark_shard("job-1", 0, D, ACTIVE, done, documents=1)
+    store.mark_done("job-1", 0, ACTIVE, ShardReport(documents=1, rows=1, tokens=5, part_bytes=1))
     store.set_submitted("job-1", shards=1, documents=1, input_records=1, rejected=0)
     assert finalize_if_complete(store, "job-1") is JobState.FAILED
     assert store.shard_states("job-1") == {0: F}
@@ -131,7 +133,7 @@ def test_an_ended_jobs_keys_expire_after_its_ttl_and_leave_the_index(store, tmp_
     store.mark_shard("job-1", 250, Q, [ABSENT], {"documents": 1})  # a third bucket
     store.mark_shard("job-1", 250, F, ACTIVE, {"error": "boom"})
     store.mark_shard("job-1", 130, Q, [ABSENT], {"documents": 1})
-    store.mark_shard("job-1", 130, D, [Q.value], {"documents": 1})  # its info: its counts
+    store.mark_done("job-1", 130, [Q.value], ShardReport(1, 0, 0, 0))  # its info: its counts
     store.dead_letter("job-1", 0, '{"message": 1}')
     keys = sorted(store.redis.scan_iter("m3pipe:job:job-1*"))
     assert len(keys) == 6 and all(store.redis.ttl(key) == -1 for key in keys)  # running: kept
@@ -220,8 +222,8 @@ def test_finalisation_writes_a_small_manifest_and_a_shard_log_in_shard_order(sto
             store.mark_shard("job-1", shard, F, ACTIVE, {"error": "boom"})
             continue
         (tmp_path / name).write_bytes(b"x")
-        done = {"name": name, "documents": 1, "rows": 1, "tokens": 5, "bytes": 1}
-        store.mark_shard("job-1", shard, D, ACTIVE, done, documents=1)
+        done = ShardReport(documents=1, rows=1, tokens=5, part_bytes=1)
+        store.mark_done("job-1", shard, ACTIVE, done)
     store.set_submitted("job-1", shards=4, documents=4, input_records=4, rejected=0)
     assert finalize_if_complete(store, "job-1") is JobState.COMPLETED_WITH_FAILURES
     log = list(read_shard_log(tmp_path))

@@ -11,6 +11,7 @@ import pytest
 from pipeline.cli.tenants import consumer_queues
 from pipeline.errors import QuotaExceeded
 from pipeline.jobs.finish import finalize_if_complete
+from pipeline.jobs.shard_report import ShardReport
 from pipeline.jobs.tenants import (
     set_tenant_limits,
     tenant_limits,
@@ -19,7 +20,7 @@ from pipeline.jobs.tenants import (
 )
 from pipeline.settings import Settings
 from producers.submit import ShardLimits, SubmitRequest, submit_job
-from schemas.job import JobState, ShardState
+from schemas.job import JobState
 from schemas.options import EncodeOptions
 from schemas.tenant import Priority, TenantLimits, checked_tenant, tenant_queue
 
@@ -103,8 +104,7 @@ def test_a_submit_waits_at_the_tenant_shard_quota_and_goes_on_when_shards_end(st
         # Its file too: whichever of submit and this loop ends the last shard checks them.
         name = f"part-{index:05d}.parquet"
         (tmp_path / "a" / name).write_bytes(b"")
-        info = {"name": name, "documents": 1, "rows": 1, "tokens": 1, "bytes": 0}
-        store.mark_shard(job_id, index, ShardState.DONE, ["queued"], info)
+        store.mark_done(job_id, index, ["queued"], ShardReport(1, 1, 1, 0))
     producer.join(timeout=10)
     assert [m.shard for m in sent] == list(range(6))
     assert result["job"].counts.documents == 6
