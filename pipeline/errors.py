@@ -84,6 +84,10 @@ class BrokerFull(PermanentError):
     """Redis refused a write for want of memory (maxmemory with noeviction)."""
 
 
+class RedisUnsuitable(PermanentError):
+    """The broker's Redis would lose work (it evicts keys) or cannot be used (a cluster)."""
+
+
 class JobLost(PermanentError):
     """A job's state vanished from Redis while it was being submitted."""
 

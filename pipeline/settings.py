@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     # Seconds a connected client keeps retrying while Redis is unreachable (e.g. restarting).
     redis_retry_seconds: float = Field(default=DEFAULT_RETRY_SECONDS, ge=0)
+    # Run on a Redis whose maxmemory-policy evicts keys (refused otherwise; logged).
+    allow_eviction: bool = False
     model: str = "BAAI/bge-m3"  # the embedder (task embed)
     rerank_model: str = "BAAI/bge-reranker-v2-m3"  # the cross-encoder (task rerank)
     cache_dir: Path = _default_cache_dir()

@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 from pydantic import ValidationError
+from redis.exceptions import AskError, ClusterError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemory
+from redis.exceptions import ReadOnlyError as RedisReadOnly
+from redis.exceptions import ResponseError as RedisResponseError
 
 from pipeline import __version__
 from pipeline.cli.models import add_model_commands
@@ -128,6 +131,12 @@ def cmd_make_test_model(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _redacted(settings: Settings) -> str:
+    from pipeline.broker.redis_url import redact
+
+    return redact(settings.broker)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -163,13 +172,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_FAILED
     except RedisConnectionError as exc:
-        from pipeline.broker.redis_url import redact
-
         print(
-            f"m3pipe {args.command}: cannot reach Redis at {redact(settings.broker)}: {exc} "
+            f"m3pipe {args.command}: cannot reach Redis at {_redacted(settings)}: {exc} "
             "(set M3PIPE_BROKER_URL)",
             file=sys.stderr,
         )
+        return EXIT_FAILED
+    except RedisReadOnly:
+        print(
+            f"m3pipe {args.command}: Redis at {_redacted(settings)} is a read-only replica "
+            "(after a failover, the URL still names the old primary?): point "
+            "M3PIPE_BROKER_URL at the primary",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except RedisResponseError as exc:  # MOVED from a cluster, a renamed command, an ACL
+        hint = ""
+        if isinstance(exc, (ClusterError, AskError)):  # AskError: MOVED too
+            hint = ": it is a Redis Cluster, which m3pipe does not support"
+        print(f"m3pipe {args.command}: Redis refused a command ({exc}){hint}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         resume = ""

@@ -282,12 +282,18 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def check_worker_can_start(settings: Settings) -> None:
     """What would stop a worker's pool process, found before Celery starts: Redis out of
     reach or refusing the password (RedisConnectionError), a preloaded model that is not
-    there (ModelLoadError, with what to do). Each is one line from `main`, exit 1."""
+    there (ModelLoadError, with what to do), a Redis that evicts keys or is a cluster
+    (RedisUnsuitable). Each is one line from `main`, exit 1."""
+    from pipeline.broker.redis_checks import check_redis
     from pipeline.broker.redis_url import connect
     from pipeline.engine.model import resolve_model_path
     from schemas.job import Task
 
-    connect(settings.broker, settings.redis_retry_seconds).close()
+    client = connect(settings.broker, settings.redis_retry_seconds)
+    try:
+        check_redis(client, settings.allow_eviction)
+    finally:
+        client.close()
     for task in settings.preload_tasks:
         spec = settings.model if task is Task.EMBED else settings.rerank_model
         resolve_model_path(
@@ -365,6 +371,7 @@ def submit_request(args: argparse.Namespace, settings: Settings) -> SubmitReques
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.broker.redis_checks import check_redis
     from producers.submit import submit_job
     from workers.app import shard_publisher
 
@@ -373,6 +380,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     except (ValueError, ValidationError) as exc:
         return usage_error(exc)
     store = job_store(settings)
+    check_redis(store.redis, settings.allow_eviction)  # before anything is queued
 
     def registered(job_id: str) -> None:
         print(f"m3pipe submit: job {job_id} registered; enqueueing shards", file=sys.stderr)

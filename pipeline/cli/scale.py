@@ -80,6 +80,7 @@ def add_scale_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.broker.redis_checks import check_redis
     from pipeline.ops.autoscaler import Autoscaler, check_devices, parse_devices
     from pipeline.ops.gpus import visible_gpu_count
     from pipeline.ops.scaling import ScaleLimits
@@ -114,11 +115,13 @@ def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s m3pipe autoscale: %(message)s"))
     scaler_log.addHandler(handler)
 
+    client = job_store(settings).redis
+    check_redis(client, settings.allow_eviction)  # its workers would each refuse to start
     scaler = Autoscaler(
         devices=devices[:maximum],
         limits=limits,
         queues=queues,
-        client=job_store(settings).redis,
+        client=client,
         env=dict(os.environ),
         log_dir=log_dir,
         worker_metrics_base=args.worker_metrics_port,

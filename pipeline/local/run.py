@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.broker.redis_checks import check_redis
 from pipeline.errors import WorkersGone
 from pipeline.exit_codes import EXIT_FAILED
 from pipeline.jobs.resume import previous_spec
@@ -129,6 +130,8 @@ def run_local(
             url = stack.enter_context(EmbeddedRedis(scratch / "redis")).url
             broker = "embedded Redis"
         settings = settings.model_copy(update={"broker_url": url})
+        store = JobStore.connect(url, settings.redis_retry_seconds)
+        check_redis(store.redis, settings.allow_eviction)  # before any worker starts
         scratch_tmp = scratch / "tmp"
         scratch_tmp.mkdir()
         env = {
@@ -158,7 +161,6 @@ def run_local(
             f"m3pipe run: {len(devices)} worker(s) on {', '.join(devices)}, {broker}",
             file=sys.stderr,
         )
-        store = JobStore.connect(url, settings.redis_retry_seconds)
         registered = threading.Event()
         outcome: dict[str, object] = {}
 
