@@ -8,7 +8,12 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from pipeline.broker.redis_url import for_kombu, publish_retry_policy, tls_options
+from pipeline.broker.redis_url import (
+    for_kombu,
+    kombu_transport_options,
+    publish_retry_policy,
+    tls_options,
+)
 from pipeline.errors import BrokerFull
 from pipeline.jobs.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD, shard_task_id
 from pipeline.settings import Settings
@@ -26,6 +31,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_interval": settings.restore_interval,
         "unacked_restore_throttle": 1,
         "max_message_bytes": settings.max_message_bytes,  # workers/transport.py
+        **kombu_transport_options(settings.broker),  # Sentinel's master_name
     }
     # kombu ignores a rediss:// URL's own TLS options: hand them over explicitly.
     tls = tls_options(settings.broker)

@@ -5,13 +5,20 @@ users may write either. TCP URLs (`redis://`, `rediss://`, passwords in the URL)
 through unchanged. redis-py reads a `rediss://` URL's TLS query options itself; kombu
 ignores them (and would fall back to an unverified connection), so `tls_options` hands
 them to Celery as `broker_use_ssl`.
+
+Redis Sentinel: `sentinel://[[USER]:PASSWORD@]HOST:PORT[;sentinel://HOST:PORT...][/DB]
+?master_name=NAME`, kombu's `;` form for several sentinels; the password is the master's.
+Job state goes through redis-py's Sentinel client (`master_for`), the queue through kombu's
+Sentinel transport, given `master_name` as a transport option (`kombu_transport_options`),
+since kombu does not read it from the URL. Both find the new master after a failover.
 """
 
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import redis
 
@@ -25,7 +32,79 @@ _BACKOFF_BASE, _BACKOFF_CAP = 0.1, 2.0
 _SOCKET_SCHEMES = ("unix://", "redis+socket://")
 
 
+SENTINEL_SCHEME = "sentinel"
+DEFAULT_SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a `sentinel://` URL names: the sentinels, the master they watch, the database
+    and the master's credentials."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def sentinel_target(url: str) -> SentinelTarget | None:
+    """The Sentinel setup a `sentinel://` URL names; None for any other URL."""
+    if not url.startswith(f"{SENTINEL_SCHEME}://"):
+        return None
+    sentinels: list[tuple[str, int]] = []
+    username = password = None
+    db = 0
+    query: dict[str, str] = {}
+    for part in url.split(";"):
+        try:
+            parts = urlsplit(part.strip())
+            port = parts.port or DEFAULT_SENTINEL_PORT
+        except ValueError as exc:
+            raise BrokerUrlError(f"bad sentinel address in the broker URL: {exc}") from None
+        if parts.scheme != SENTINEL_SCHEME or not parts.hostname:
+            raise BrokerUrlError(
+                "a Sentinel broker URL lists sentinels as sentinel://HOST:PORT, separated by "
+                f"';' (got {redact(part)!r})"
+            )
+        sentinels.append((parts.hostname, port))
+        if parts.password is not None:
+            password = unquote(parts.password)
+            username = unquote(parts.username) if parts.username else None
+        if parts.path.strip("/"):
+            if not parts.path.strip("/").isdigit():
+                raise BrokerUrlError(
+                    f"the database in the broker URL is not a number: {parts.path}"
+                )
+            db = int(parts.path.strip("/"))
+        query.update(parse_qsl(parts.query))
+    master = query.get("master_name", "")
+    if not master:
+        raise BrokerUrlError(
+            "a sentinel:// broker URL needs ?master_name=NAME (the master the sentinels "
+            "monitor), e.g. sentinel://host1:26379;sentinel://host2:26379/0?master_name=mymaster"
+        )
+    return SentinelTarget(tuple(sentinels), master, db, username, password)
+
+
+def kombu_transport_options(url: str) -> dict[str, Any]:
+    """Transport options kombu needs for this URL beyond the URL itself (Sentinel's master)."""
+    target = sentinel_target(url)
+    return {"master_name": target.master_name} if target is not None else {}
+
+
 def for_kombu(url: str) -> str:
+    target = sentinel_target(url)
+    if target is not None:  # kombu's form: no query, the credentials and db on the first
+        auth = ""
+        if target.password is not None:
+            user = quote(target.username or "", safe="")
+            auth = f"{user}:{quote(target.password, safe='')}@"
+        first, *others = (f"{host}:{port}" for host, port in target.sentinels)
+        return ";".join(
+            [f"{SENTINEL_SCHEME}://{auth}{first}/{target.db}"]
+            + [f"{SENTINEL_SCHEME}://{address}" for address in others]
+        )
     for scheme in _SOCKET_SCHEMES:
         if url.startswith(scheme):
             return "redis+socket://" + url.removeprefix(scheme)
@@ -73,7 +152,9 @@ def tls_options(url: str) -> dict[str, Any] | None:
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced, for logs and messages."""
+    """The URL with any password replaced, for logs and messages (each part of a `;` list)."""
+    if ";" in url:
+        return ";".join(redact(part) for part in url.split(";"))
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url
@@ -114,14 +195,27 @@ def connect(url: str, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> redis.Red
     def retry(retries: int) -> Retry:
         return Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), retries=retries)
 
-    client = redis.Redis.from_url(
-        for_redis_py(url),
-        decode_responses=True,
-        health_check_interval=30,
-        socket_connect_timeout=10,
-        retry=retry(3),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "health_check_interval": 30,
+        "socket_connect_timeout": 10,
+        "retry": retry(3),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    }
+    target = sentinel_target(url)
+    if target is not None:
+        from redis.sentinel import Sentinel
+
+        sentinel = Sentinel(list(target.sentinels), sentinel_kwargs={"socket_connect_timeout": 10})
+        client: redis.Redis = sentinel.master_for(
+            target.master_name,
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            **options,
+        )
+    else:
+        client = redis.Redis.from_url(for_redis_py(url), **options)
     client.ping()
     client.set_retry(retry(retries_within(retry_seconds)))
     return client

@@ -45,3 +45,32 @@ def test_connect_fails_at_once_when_redis_is_not_there(tmp_path):
     with pytest.raises(redis.ConnectionError):
         connect(f"unix://{tmp_path}/absent.sock", retry_seconds=600)
     assert time.monotonic() - started < 30  # the 600 s budget applies only once connected
+
+
+def test_a_sentinel_url_names_its_sentinels_master_db_and_password():
+    from pipeline.broker.redis_url import (
+        SentinelTarget,
+        for_kombu,
+        kombu_transport_options,
+        redact,
+        sentinel_target,
+    )
+
+    url = "sentinel://:s%40cret@h1:26379;sentinel://h2:26380;sentinel://h3/2?master_name=mymaster"
+    assert sentinel_target(url) == SentinelTarget(
+        (("h1", 26379), ("h2", 26380), ("h3", 26379)), "mymaster", 2, None, "s@cret"
+    )
+    # kombu's form: no query (it does not read master_name there), credentials and db first.
+    assert for_kombu(url) == (
+        "sentinel://:s%40cret@h1:26379/2;sentinel://h2:26380;sentinel://h3:26379"
+    )
+    assert kombu_transport_options(url) == {"master_name": "mymaster"}
+    assert kombu_transport_options("redis://h:6379/0") == {}
+    assert sentinel_target("redis://h:6379/0") is None
+    assert "s%40cret" not in redact(url) and "***" in redact(url)
+    with pytest.raises(BrokerUrlError, match=r"needs \?master_name=NAME"):
+        sentinel_target("sentinel://h1:26379")
+    with pytest.raises(BrokerUrlError, match="sentinel://HOST:PORT"):
+        sentinel_target("sentinel://h1:26379;redis://h2:6379?master_name=m")
+    with pytest.raises(BrokerUrlError, match="not a number"):
+        sentinel_target("sentinel://h1:26379/zero?master_name=m")
