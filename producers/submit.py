@@ -27,6 +27,7 @@ from pipeline.errors import (
     SubmitCancelled,
 )
 from pipeline.jobs.finish import finalize_if_complete
+from pipeline.jobs.plan import PlanWriter
 from pipeline.jobs.resume import (
     check_same_job,
     documents_digest,
@@ -181,6 +182,7 @@ def submit_job(
     cancelled = False
     # Shards may point at these inputs (by index in the spec) instead of carrying text.
     references = None if request.inline_shards else {loc.uri: i for i, loc in enumerate(inputs)}
+    plan = PlanWriter(out)  # what was sent, for `m3pipe repair`
     reuse: tuple[int, int] | None = None
     try:
         with contextlib.ExitStack() as stack:
@@ -206,9 +208,11 @@ def submit_job(
                         )
                         message = shard_message(job_id, shards, shard, digest, references, runs)
                         enqueue(store, publish, message, request.queue, request.priority, digest)
+                        plan.add(message)
                     shards += 1
             except SubmitCancelled:
                 cancelled = True
+            plan.flush()
             if index is not None:
                 reuse = (index.reused, index.dropped)
                 store.set_reuse_plan(job_id, reused=index.reused, dropped=index.dropped)

@@ -155,6 +155,14 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     retry.add_argument("job")
     retry.set_defaults(func=cmd_retry)
 
+    repair = sub.add_parser(
+        "repair",
+        help="after Redis lost writes (a failover, an eviction): mark done the shards whose "
+        "parts are written, send again the others that have not ended",
+    )
+    repair.add_argument("job")
+    repair.set_defaults(func=cmd_repair)
+
     run = sub.add_parser("run", help="one command: Redis, workers, submit, follow, clean up")
     run.add_argument(
         "inputs", nargs="+", help="input files or .txt directories: paths or URLs (s3://...)"
@@ -575,6 +583,38 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
         )
         return EXIT_FAILED
     return EXIT_OK if sent or not (letters or orphans) else EXIT_FAILED
+
+
+def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.jobs.repair import repair_job
+    from pipeline.storage.location import open_location
+    from workers.app import shard_publisher
+
+    store = job_store(settings)
+    if not _known_job(store, args.job):
+        return EXIT_FAILED
+    report = repair_job(store, args.job, shard_publisher(settings))
+    inputs = 0
+    for url in store.spec(args.job).inputs:
+        with contextlib.suppress(OSError):
+            inputs += open_location(url).size()
+    print(
+        f"m3pipe repair: job {args.job}: {report.reconciled} shard(s) found written and "
+        f"marked done, {report.resent} sent again ({report.bytes_to_read:,} of the inputs' "
+        f"{inputs:,} bytes to read again)"
+        + (f"; the job is {report.final.value}" if report.final is not None else ""),
+        file=sys.stderr,
+    )
+    if report.unplanned:
+        shown = ", ".join(map(str, report.unplanned[:10]))
+        print(
+            f"m3pipe repair: {len(report.unplanned)} shard(s) not in the job's plan ({shown}): "
+            f"they carry their documents; `m3pipe cancel {args.job}`, then `m3pipe submit "
+            "--resume` with the same inputs and --out redoes them",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

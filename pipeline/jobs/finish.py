@@ -18,6 +18,7 @@ from pipeline.storage.output_dir import (
     ShardLog,
     check_job_owns,
     release_job_lease,
+    remove_plan,
     write_json_atomic,
 )
 from pipeline.storage.sink import part_name, remove_stale_temp_files
@@ -110,6 +111,7 @@ def finalize_if_complete(store: JobStore, job_id: str) -> JobState | None:
         # are the dead letters of shards that were retried and finished.
         remove_stale_temp_files(out)
         remove_finished_letters(store, job_id, out)
+        remove_plan(out)  # `m3pipe repair` is for jobs still running
         write_json_atomic(out / MANIFEST, manifest)
         release_job_lease(out, job_id)
     except (OSError, OutputDirError) as exc:

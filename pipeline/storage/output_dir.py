@@ -33,6 +33,7 @@ REJECTS = "_rejects.jsonl"
 JOB_FILE = "_job.json"  # the spec of the queue job writing here, for `--resume`
 PART_PATTERN = "part-*.parquet"
 LETTERS_DIR = "_letters"  # failed shards' messages too large for Redis (pipeline/jobs/letters.py)
+PLAN_DIR = "_plan"  # the messages a queue job sent, for `m3pipe repair` (pipeline/jobs/plan.py)
 _FOREIGN_SHOWN = 3  # foreign files named in the refusal
 
 
@@ -54,6 +55,7 @@ def prepare_output_dir(
         (out / MANIFEST).delete()
         (out / SHARDS).delete()
         _remove_letters(out)  # the resumed job re-sends every shard without a good file
+        remove_plan(out)  # and writes its own plan
         remove_stale_temp_files(out)
         return out
     for stale in _earlier_output(out):
@@ -99,6 +101,7 @@ def _earlier_output(out: Location) -> Iterator[Location]:
         ),
         (out / name for name in out.child_names(PART_PATTERN)),
         _letters(out),
+        plan_files(out),
     )
 
 
@@ -138,6 +141,17 @@ def _letters(out: Location) -> Iterator[Location]:
 def _remove_letters(out: Location) -> None:
     for letter in _letters(out):
         letter.delete()
+
+
+def plan_files(out: Location) -> Iterator[Location]:
+    plan = out / PLAN_DIR
+    return (plan / name for name in plan.child_names("plan-*.jsonl"))
+
+
+def remove_plan(out: Location) -> None:
+    """The job's shard plan, once it has ended (or before a new one is written)."""
+    for chunk in plan_files(out):
+        chunk.delete()
 
 
 def _make_dir(out: Location) -> None:
@@ -182,11 +196,12 @@ def _refuse_foreign_files(out: Location) -> None:
 
 def _local_foreign(directory: Path) -> Iterator[str]:
     """What in `directory` m3pipe did not write, read as it goes: directories but the
-    letters' (as `name/`), and anything not a regular file of ours (a symlink too)."""
+    letters' and the plan's (as `name/`), and anything not a regular file of ours (a
+    symlink too)."""
     with os.scandir(directory) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                if entry.name != LETTERS_DIR:
+                if entry.name not in (LETTERS_DIR, PLAN_DIR):
                     yield entry.name + "/"
             elif not (entry.is_file(follow_symlinks=False) and is_own_file(entry.name)):
                 yield entry.name

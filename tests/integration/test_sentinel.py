@@ -149,3 +149,31 @@ def test_a_failover_mid_job_loses_nothing_every_id_once(tmp_path, sentinel_setup
     assert _client(sentinel_setup.replica).info("replication")["role"] == "master"
     ids = ds.dataset(tmp_path / "out", format="parquet").to_table().column("id").to_pylist()
     assert sorted(ids) == [r["id"] for r in records]
+
+
+def test_a_failover_that_loses_writes_is_repaired_by_one_command(tmp_path, sentinel_setup, cli_env):
+    """A forced failover while the worker writes to the old primary: what it wrote there
+    between the replica's promotion and its own demotion is lost. `m3pipe repair` marks
+    done the shards whose parts are written and sends the rest again; the job completes."""
+    env = {**cli_env, "M3PIPE_BROKER_URL": sentinel_setup.url}
+    store = JobStore.connect(sentinel_setup.url)
+    records = long_records(24)
+    job_id = submit(tmp_path, env, records, "--shard-docs", "3")
+    workers = Workers(env, tmp_path, store)
+    try:
+        workers.start(1)
+        wait_until(lambda: store.status(job_id).shards.done >= 2, timeout=180)
+        _client(sentinel_setup.sentinels[0]).execute_command("SENTINEL", "FAILOVER", MASTER)
+        _wait(lambda: sentinel_setup.master_port() == sentinel_setup.replica, 60, "failover")
+        # The old primary is demoted (its clients cut off) once the sentinels reconfigure it.
+        _wait(lambda: _client(sentinel_setup.master).info("replication")["role"] == "slave",
+              60, "the old primary's demotion")  # fmt: skip
+        repaired = run_cli("repair", job_id, env=env)
+        assert repaired.returncode == 0, repaired.stderr[-2000:]
+        assert "marked done" in repaired.stderr and "sent again" in repaired.stderr
+        waited = run_cli("wait", job_id, "--timeout", "240", env=env, timeout=260)
+        assert waited.returncode == 0, waited.stderr[-2000:] + repaired.stderr
+    finally:
+        workers.stop_all()
+    ids = ds.dataset(tmp_path / "out", format="parquet").to_table().column("id").to_pylist()
+    assert sorted(ids) == [r["id"] for r in records]

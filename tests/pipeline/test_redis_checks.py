@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -87,16 +88,23 @@ def test_an_info_that_acls_forbid_is_warned_once_not_refused(redis_server, caplo
     assert caplog.text.count("cannot read Redis's maxmemory-policy") == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is a port too."""
+    for port in random.sample(range(20000, 55000), 200):
+        with socket.socket() as sock, socket.socket() as bus:
+            try:
+                sock.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port pair")
 
 
 @pytest.fixture
 def cluster_node(tmp_path):
     """One redis-server in cluster mode (no slots assigned: a cluster as far as INFO says)."""
-    port = _free_port()
+    port = _free_cluster_port()
     process = subprocess.Popen(
         [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"),
