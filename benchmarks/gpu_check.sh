@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: one command, at most ~7 minutes on one H200 (step limits 100 + 50 + 60 + 45
-# + 100 + 50 + 30 s, plus installing the wheels and touching memory): run it with
-# timeout_s=480.
+# + 100 + 50 + 30 s, plus installing the wheels and touching memory): allow it 8 minutes.
 # JSON results under $RESULTS.
 # Steps run in order of what the GPU targets need; each has its own time limit and
 # a failed step does not stop the others (the exit status says whether any failed). The

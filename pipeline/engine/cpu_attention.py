@@ -1,11 +1,11 @@
 """Attention on a CPU in bf16 (and fp32 where MKL is slow): oneDNN Graph's fused kernel,
 where PyTorch's SDPA is slow.
 
-On a CPU, PyTorch's flash SDPA kernel runs bf16 no faster than fp32 (~140-185 GFLOP/s on
-this project's 2-core machine, against ~800 for the GEMMs around it), so attention takes
-a third of a bf16 forward pass. The same arithmetic written out (QK^T, scale, mask,
-softmax, @V), traced by TorchScript with oneDNN Graph fusion on, runs as one fused oneDNN
-partition at ~450-600 GFLOP/s (docs/engine.md; benchmarks/bench_attention.py).
+On a CPU, PyTorch's flash SDPA kernel runs bf16 no faster than fp32, far below the GEMMs
+around it, so attention takes a large share of a bf16 forward pass. The same arithmetic
+written out (QK^T, scale, mask, softmax, @V), traced by TorchScript with oneDNN Graph fusion
+on, runs as one fused oneDNN partition at several times SDPA's rate (the figures:
+docs/engine.md, "Where bf16 time goes"; benchmarks/bench_attention.py).
 
 It is installed on a CPU encoder or reranker (`install`, see `wanted`), as a transformers
 attention implementation: every layer calls it. Padded batches get the same boolean mask
@@ -19,9 +19,8 @@ anyway, small enough for a head's scores to stay in cache, which is faster.
 `M3PIPE_CPU_ATTENTION=sdpa` turns it off.
 
 fp32 gets it too where its Linear layers run through oneDNN (pipeline/engine/cpu_linear.py:
-CPUs where MKL's sgemm is slow, which SDPA's fp32 kernel computes with): ~2x SDPA's speed
-there (310-350 GFLOP/s against 170-185 at 512-4,096 tokens), with the same error against
-float64 (~1e-6). fp16 always runs SDPA.
+CPUs where MKL's sgemm is slow, which SDPA's fp32 kernel computes with), with the same error
+against float64 as SDPA's. fp16 always runs SDPA.
 """
 
 from __future__ import annotations

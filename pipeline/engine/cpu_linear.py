@@ -1,11 +1,10 @@
 """fp32 Linear layers through oneDNN on CPUs where PyTorch's default GEMM is slow.
 
-PyTorch runs an fp32 `nn.Linear` on a CPU through MKL's sgemm, and MKL is known to keep its
-fastest paths for Intel CPUs: on this project's AMD EPYC it reaches ~185 GFLOP/s,
-where oneDNN's fp32 matmul (in the same PyTorch build; it dispatches by instruction set,
-not by vendor) reaches 330-470 on the same cores. With its attention through oneDNN too,
-the fp32 engine runs 1.7x faster there (docs/engine.md, "fp32 on CPUs other than Intel's";
-`benchmarks/bench_engine.py`'s `fp32-mkl` side is PyTorch's own path).
+PyTorch runs an fp32 `nn.Linear` on a CPU through MKL's sgemm, and MKL keeps its fastest
+paths for Intel CPUs; oneDNN's fp32 matmul, in the same PyTorch build, dispatches by
+instruction set instead of vendor, and is much faster on other vendors' CPUs (the figures:
+docs/engine.md, "fp32 on CPUs other than Intel's"; `benchmarks/bench_engine.py`'s
+`fp32-mkl` side is PyTorch's own path).
 
 `install` turns every Linear of a model loaded in fp32 on a CPU into a `OneDNNLinear`: the
 same module and weights, computing through `torch.ops.mkldnn._linear_pointwise` (the op

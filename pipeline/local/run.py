@@ -24,6 +24,7 @@ from pipeline.jobs.resume import previous_spec
 from pipeline.jobs.store import JobStore
 from pipeline.jobs.watch import exit_code, follow, unit
 from pipeline.ops.embedded_redis import EmbeddedRedis
+from pipeline.ops.gpus import visible_gpu_count
 from pipeline.ops.lifeline import owned_scratch_dir
 from pipeline.ops.process_group import stop_process_groups
 from pipeline.ops.worker_process import spawn_worker
@@ -39,15 +40,9 @@ SCRATCH_PREFIX = "m3pipe-run-"
 LOG_TAIL_LINES = 15
 
 
-def visible_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def worker_devices(count: int | None, force_cpu: bool) -> list[str]:
     """One worker per visible GPU by default; CPU workers where there is none (or forced)."""
-    gpus = 0 if force_cpu else visible_gpus()
+    gpus = 0 if force_cpu else visible_gpu_count()  # without a CUDA context in this process
     if gpus:
         return [str(i) for i in range(min(count or gpus, gpus))]
     return ["cpu"] * (count or 1)

@@ -189,3 +189,16 @@ def test_free_gpu_memory_is_read_through_the_inherited_device_list():
     assert nvml.handles[-1] == ("uuid", "GPU-abc")
     assert gpu_free_bytes("3", {"CUDA_VISIBLE_DEVICES": "0"}, nvml) is None  # not visible
     assert gpu_free_bytes("0", {}, FakeNvml(fail_after_init=False)) == 50 << 30
+
+
+def test_run_takes_one_worker_per_gpu_the_driver_shows_without_cuda(monkeypatch):
+    """`m3pipe run` counts GPUs as the autoscaler does (the driver and CUDA_VISIBLE_DEVICES),
+    with no CUDA context in its own process."""
+    import pipeline.local.run as run
+
+    monkeypatch.setattr(run, "visible_gpu_count", lambda: 2)
+    assert run.worker_devices(None, force_cpu=False) == ["0", "1"]
+    assert run.worker_devices(1, force_cpu=False) == ["0"]
+    assert run.worker_devices(None, force_cpu=True) == ["cpu"]
+    monkeypatch.setattr(run, "visible_gpu_count", lambda: 0)
+    assert run.worker_devices(3, force_cpu=False) == ["cpu"] * 3
