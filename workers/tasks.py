@@ -3,7 +3,6 @@ pipeline.runtime.shard_runner."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
@@ -12,10 +11,10 @@ from celery.exceptions import Reject
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from pipeline.errors import PermanentError, UnknownJob, WrongWorker
+from pipeline.errors import PermanentError
 from pipeline.jobs.keys import TASK_ENCODE_SHARD
-from pipeline.runtime.retry_policy import after_failure
-from pipeline.runtime.shard_runner import WorkerRuntime, fail_shard, run_shard
+from pipeline.runtime.retry_policy import Action, decide
+from pipeline.runtime.shard_runner import WorkerRuntime, run_shard
 from schemas.job import ShardMessage, ShardState
 from workers import bootstrap
 from workers.app import app
@@ -53,36 +52,18 @@ def encode_shard(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     tenant = tenant_of(runtime, message)
     try:
         outcome = run_shard(message, runtime)
-    except UnknownJob as exc:  # nothing to record it against: refused once, never retried
-        log.error("refused shard message %s: %s", self.request.id, exc)
-        raise Reject(str(exc), requeue=False) from None
-    except WrongWorker as exc:
-        # Another worker's shard: back to the queue after a pause, no attempt counted, its
-        # state untouched; `status` says what the job waits for.
-        log.warning("shard %s of job %s given back: %s", message.shard, message.job_id, exc)
-        with contextlib.suppress(RedisError):
-            runtime.store.note_waiting(message.job_id, f"{exc}; last given back by {worker}")
-        runtime.metrics.shard_ended("given_back", tenant)
-        raise self.retry(countdown=runtime.retry_backoff_seconds) from None
-    except PermanentError as exc:
-        # Bad data or configuration: retrying cannot help.
-        runtime.metrics.shard_ended("failed", tenant)
-        fail_shard(runtime, message, str(exc), worker)
-        raise
     except Exception as exc:
-        # Transient (retryable errors, lost connections, I/O): again later, a bounded number
-        # of times (pipeline/runtime/retry_policy.py). If even Redis is unreachable, hand the
-        # message back to the queue.
-        try:
-            countdown = after_failure(runtime, message, exc, worker)
-        except RedisError:
-            log.exception("job state unreachable; shard %s handed back", message.shard)
-            raise Reject(f"job state unreachable: {exc!r}", requeue=True) from exc
-        runtime.metrics.shard_ended("failed" if countdown is None else "retried", tenant)
-        if countdown is None:
-            raise
-        log.warning("shard %s failed (%r); retry in %.1fs", message.shard, exc, countdown)
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        verdict = decide(runtime, message, exc, worker, tenant)
+        if verdict.action is Action.DROP:
+            log.error("refused shard message %s: %s", self.request.id, verdict.reason)
+            raise Reject(verdict.reason, requeue=False) from None
+        if verdict.action is Action.GIVE_BACK:
+            raise self.retry(countdown=verdict.countdown) from None
+        if verdict.action is Action.HAND_BACK:
+            raise Reject(verdict.reason, requeue=True) from exc
+        if verdict.action is Action.RETRY:
+            raise self.retry(exc=exc, countdown=verdict.countdown) from exc
+        raise  # Action.FAIL: recorded, and Celery marks the task failed
     if outcome.stats is not None:
         runtime.metrics.shard_done(outcome.stats, tenant)
     else:

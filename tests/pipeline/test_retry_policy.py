@@ -66,3 +66,45 @@ def test_a_fenced_write_never_appears(tmp_path, where):
         import fsspec
 
         assert not fsspec.filesystem("memory").exists("/b/p.parquet")
+
+
+def test_each_failure_maps_to_one_verdict_recorded_once(tmp_path, store, monkeypatch):
+    """decide() is the one place an exception becomes a verdict: an unknown job's message
+    is dropped, another worker's shard given back with no attempt counted, a permanent error
+    fails the shard at once, a transient one retries, and Redis out of reach hands the
+    message back."""
+    import redis
+
+    from pipeline.errors import InputError, RetryableError, UnknownJob, WrongWorker
+    from pipeline.runtime.retry_policy import Action, decide
+    from tests.pipeline.queue_job import submitted
+
+    job_id, sent = submitted(tmp_path, store, documents=20)
+    runtime = WorkerRuntime(models=None, store=store, hostname="w@h",  # type: ignore[arg-type]
+                            retry_backoff_seconds=3.0)  # fmt: skip
+    ended: list[str] = []
+    monkeypatch.setattr(runtime.metrics, "shard_ended", lambda how, tenant: ended.append(how))
+
+    def verdict(exc: Exception, shard: int = 0):
+        return decide(runtime, sent[shard], exc, "w@h", "default")
+
+    assert verdict(UnknownJob("no such job")).action is Action.DROP
+    given = verdict(WrongWorker("wants model X"))
+    assert (given.action, given.countdown) == (Action.GIVE_BACK, 3.0)
+    assert store.attempts(job_id, 0) == 0 and store.shard_state(job_id, 0) == "queued"
+    assert "wants model X; last given back by w@h" in store.status(job_id).waiting
+    store.mark_shard(job_id, 0, ShardState.RUNNING, ["queued"])
+    store.count_attempt(job_id, 0)
+    retried = verdict(RetryableError("device busy"))
+    assert (retried.action, retried.countdown) == (Action.RETRY, 3.0)
+    store.mark_shard(job_id, 1, ShardState.RUNNING, ["queued"])
+    assert verdict(InputError("unreadable"), shard=1).action is Action.FAIL
+    assert store.shard_state(job_id, 1) == "failed" and list(store.dead_letters(job_id)) == [1]
+    assert ended == ["given_back", "retried", "failed"]
+
+    def unreachable(*args, **kwargs):
+        raise redis.ConnectionError("gone")
+
+    monkeypatch.setattr(store, "attempts", unreachable)
+    handed = verdict(OSError("disk hiccup"))
+    assert handed.action is Action.HAND_BACK and "job state unreachable" in handed.reason
