@@ -19,7 +19,7 @@ os.environ["M3PIPE_PRECISION"] = "fp32"
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test under tests/integration/ is in the integration tier (`-m integration`);
-    `-m "not integration"` is the fast tier. CI runs both on three processes, a file at a
+    `-m "not integration"` is the fast tier. CI runs both on two processes, a file at a
     time each (`--dist loadfile`): a file's tests share its fixtures and run in order."""
     for item in items:
         if "tests/integration/" in str(item.path):
