@@ -235,6 +235,8 @@ def finalise_setup(args: argparse.Namespace, redis_url: str, out: str, job_id: s
     from pipeline.broker.redis_url import connect
     from pipeline.jobs.shard_report import ShardReport
     from pipeline.jobs.store import ABSENT, JobStore
+    from pipeline.storage.location import open_location
+    from pipeline.storage.output_lease import take_lease
     from schemas.job import JobSpec, ShardState
     from schemas.options import EncodeOptions
 
@@ -245,6 +247,8 @@ def finalise_setup(args: argparse.Namespace, redis_url: str, out: str, job_id: s
         max_queued=1 << 30, created_at=time.time(),
     )  # fmt: skip
     store.create(spec)
+    # The job owns the directory as submit's does, or finalisation refuses to write there.
+    take_lease(open_location(out), command="submit", job_id=job_id, job_alive=store.is_active)
     active = [ShardState.QUEUED.value, ShardState.RUNNING.value]
     digest = "0" * 64
     for shard in range(args.shards):
