@@ -11,8 +11,6 @@ What spans them (a dead-lettered shard reopened for `retry`) is here.
 
 from __future__ import annotations
 
-import redis
-
 from pipeline.broker.redis_url import DEFAULT_RETRY_SECONDS, connect
 from pipeline.jobs.job_records import DEFAULT_JOB_TTL, JobRecords
 from pipeline.jobs.keys import dead_letters_key, job_keys, shard_attempts_key
@@ -25,10 +23,8 @@ __all__ = ["ABSENT", "DEFAULT_JOB_TTL", "JobStore"]
 
 
 class JobStore(JobRecords, ShardStates, LetterRecords, WorkerRegistry):
-    """Reads and changes job state. Holds a redis-py client, nothing else."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        super().__init__(client)  # each concern registers its scripts
+    """Reads and changes job state. Holds a redis-py client, nothing else; each concern's
+    `__init__` registers its own scripts (cooperatively, through `super()`)."""
 
     @classmethod
     def connect(cls, url: str, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> JobStore:
