@@ -5,10 +5,12 @@ the end."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -123,57 +125,67 @@ def long_records(count: int) -> list[dict[str, str]]:
     return [{"id": f"doc-{i:03d}", "text": gen.document(800)} for i in range(count)]
 
 
-def test_a_failover_mid_job_loses_nothing_every_id_once(tmp_path, sentinel_setup, cli_env):
-    env = {**cli_env, "M3PIPE_BROKER_URL": sentinel_setup.url}
-    store = JobStore.connect(sentinel_setup.url)
+@dataclass
+class Job:
+    env: dict[str, str]
+    store: JobStore
+    records: list[dict[str, str]]
+    job_id: str
+
+
+@contextlib.contextmanager
+def job_under_way(tmp_path, setup: SentinelSetup, cli_env) -> Iterator[Job]:
+    """A 24-document job in 8 shards, submitted through the sentinels, one worker on it,
+    2 shards done; the worker stops when the block ends."""
+    env = {**cli_env, "M3PIPE_BROKER_URL": setup.url}
+    store = JobStore.connect(setup.url)
     records = long_records(24)
     job_id = submit(tmp_path, env, records, "--shard-docs", "3")
     workers = Workers(env, tmp_path, store)
     try:
         workers.start(1)
         wait_until(lambda: store.status(job_id).shards.done >= 2, timeout=180)
+        yield Job(env, store, records, job_id)
+    finally:
+        workers.stop_all()
+
+
+def assert_every_id_once(tmp_path, records) -> None:
+    ids = ds.dataset(tmp_path / "out", format="parquet").to_table().column("id").to_pylist()
+    assert sorted(ids) == [r["id"] for r in records]
+
+
+def test_a_failover_mid_job_loses_nothing_every_id_once(tmp_path, sentinel_setup, cli_env):
+    with job_under_way(tmp_path, sentinel_setup, cli_env) as job:
         assert sentinel_setup.master_port() == sentinel_setup.master
         # The master dies (kill -9): what it acknowledged had reached the replica, which
         # the sentinels promote. (A forced `SENTINEL FAILOVER` while the old master still
-        # takes writes loses the writes of the switch-over: issue 30 item 2, not done.)
+        # takes writes loses the writes of the switch-over: the next test.)
         sentinel_setup.processes[0].kill()
         _wait(lambda: sentinel_setup.master_port() == sentinel_setup.replica, 60, "failover")
-        assert store.status(job_id).shards.done < 8  # the failover came mid-job
-        waited = run_cli("wait", job_id, "--timeout", "240", env=env, timeout=260)
+        assert job.store.status(job.job_id).shards.done < 8  # the failover came mid-job
+        waited = run_cli("wait", job.job_id, "--timeout", "240", env=job.env, timeout=260)
         assert waited.returncode == 0, waited.stderr[-2000:]
-        status = run_cli("status", job_id, env=env)
+        status = run_cli("status", job.job_id, env=job.env)
         assert status.returncode == 0 and "completed" in status.stdout
-    finally:
-        workers.stop_all()
     # The job state followed the new master, and the output holds every id once.
     assert _client(sentinel_setup.replica).info("replication")["role"] == "master"
-    ids = ds.dataset(tmp_path / "out", format="parquet").to_table().column("id").to_pylist()
-    assert sorted(ids) == [r["id"] for r in records]
+    assert_every_id_once(tmp_path, job.records)
 
 
 def test_a_failover_that_loses_writes_is_repaired_by_one_command(tmp_path, sentinel_setup, cli_env):
     """A forced failover while the worker writes to the old primary: what it wrote there
     between the replica's promotion and its own demotion is lost. `m3pipe repair` marks
     done the shards whose parts are written and sends the rest again; the job completes."""
-    env = {**cli_env, "M3PIPE_BROKER_URL": sentinel_setup.url}
-    store = JobStore.connect(sentinel_setup.url)
-    records = long_records(24)
-    job_id = submit(tmp_path, env, records, "--shard-docs", "3")
-    workers = Workers(env, tmp_path, store)
-    try:
-        workers.start(1)
-        wait_until(lambda: store.status(job_id).shards.done >= 2, timeout=180)
+    with job_under_way(tmp_path, sentinel_setup, cli_env) as job:
         _client(sentinel_setup.sentinels[0]).execute_command("SENTINEL", "FAILOVER", MASTER)
         _wait(lambda: sentinel_setup.master_port() == sentinel_setup.replica, 60, "failover")
         # The old primary is demoted (its clients cut off) once the sentinels reconfigure it.
         _wait(lambda: _client(sentinel_setup.master).info("replication")["role"] == "slave",
               60, "the old primary's demotion")  # fmt: skip
-        repaired = run_cli("repair", job_id, env=env)
+        repaired = run_cli("repair", job.job_id, env=job.env)
         assert repaired.returncode == 0, repaired.stderr[-2000:]
         assert "marked done" in repaired.stderr and "sent again" in repaired.stderr
-        waited = run_cli("wait", job_id, "--timeout", "240", env=env, timeout=260)
+        waited = run_cli("wait", job.job_id, "--timeout", "240", env=job.env, timeout=260)
         assert waited.returncode == 0, waited.stderr[-2000:] + repaired.stderr
-    finally:
-        workers.stop_all()
-    ids = ds.dataset(tmp_path / "out", format="parquet").to_table().column("id").to_pylist()
-    assert sorted(ids) == [r["id"] for r in records]
+    assert_every_id_once(tmp_path, job.records)
