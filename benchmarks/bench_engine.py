@@ -198,7 +198,10 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
         None
         if precision == "int8"
         else matmul_peak(
-            str(model.device), model.dtype, peak_shapes(config, rows_per_batch), args.peak_seconds
+            str(model.device),
+            model.dtype,
+            peak_shapes(config, rows_per_batch, args.peak_square),
+            args.peak_seconds,
         )
     )
     result.update(
@@ -305,6 +308,9 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=8192)
     parser.add_argument("--flag-batch-size", type=int, default=32)
     parser.add_argument("--peak-seconds", type=float, default=1.0, help="per matmul shape")
+    parser.add_argument(
+        "--peak-square", type=int, default=4096, help="the largest square matmul of the peak"
+    )
     parser.add_argument(
         "--warmup", type=int, default=0, help="texts each side encodes untimed first"
     )

@@ -115,7 +115,7 @@ def run_side(side: str, args: argparse.Namespace, pairs_path: Path, scores_path:
         peak = matmul_peak(
             str(model.device),
             model.dtype,
-            peak_shapes(config, engine.batch_tokens),
+            peak_shapes(config, engine.batch_tokens, args.peak_square),
             args.peak_seconds,
         )
         result.update(
@@ -185,6 +185,9 @@ def main() -> int:
     )
     parser.add_argument("--flag-batch-size", type=int, default=128, help="FlagReranker default")
     parser.add_argument("--peak-seconds", type=float, default=1.0, help="per matmul shape")
+    parser.add_argument(
+        "--peak-square", type=int, default=4096, help="the largest square matmul of the peak"
+    )
     parser.add_argument(
         "--warmup", type=int, default=0, help="pairs each side scores untimed first"
     )

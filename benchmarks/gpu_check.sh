@@ -49,12 +49,14 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 if [ "${1:-}" = "--dry-run" ]; then
     device=cpu model=random:tiny docs=12 long=1 agree=6 fixed_docs=8 pairs=40 peak=0.1
     precisions=auto,fp32 flag=fp32 fixed_precisions=fp32 rerank_precision=fp32
-    warmup=2 profile_docs=4 touch_gb=0 limit=300 worker_docs=24 worker_precision=fp32
+    peak_square=512 warmup=2 profile_docs=4 touch_gb=0 limit=300 worker_docs=24
+    worker_precision=fp32
     stub=stub:tiny real_paths=encode stub_paths=run  # each path once: CI's time
     fixed_flag=--no-flag  # FlagEmbedding's side runs in the mixed-length step
 else
     device=cuda model=random:full docs=1200 long=12 agree=400 fixed_docs=2000 pairs=6000
-    peak=0.5 precisions=bf16,bf16-sdpa,fp32 flag=bf16 fixed_precisions=bf16 rerank_precision=fp16
+    peak=0.5 peak_square=4096 precisions=bf16,bf16-sdpa,fp32 flag=bf16 fixed_precisions=bf16
+    rerank_precision=fp16
     warmup=64 profile_docs=400 touch_gb=16 limit=0 worker_docs=4000 worker_precision=fp16
     stub=stub:full real_paths=encode,run stub_paths=encode,run fixed_flag=
     # Every listed wheel, exactly, or nothing runs: a missing one would fail a step later.
@@ -88,7 +90,7 @@ step() {  # name, seconds, command...: run one step with a time limit, say how l
 step "engine, 512-token documents" 100 "$PY" benchmarks/bench_engine.py --device "$device" \
     --model "$model" --docs "$fixed_docs" --fixed-tokens 512 --max-length 512 \
     --precisions "$fixed_precisions,$fixed_precisions-sync" --flag-precision "$fixed_precisions" $fixed_flag \
-    --warmup "$warmup" --peak-seconds "$peak" \
+    --warmup "$warmup" --peak-seconds "$peak" --peak-square "$peak_square" \
     --out "$RESULTS/engine-$device-${model/:/-}-512.json"
 step "where the engine's time goes" 50 "$PY" benchmarks/profile_engine.py --device "$device" \
     --model "$model" --precision "$fixed_precisions" --docs "$fixed_docs" --fixed-tokens 512 \
@@ -104,9 +106,11 @@ step "worker path, stand-in engine" 45 "$PY" benchmarks/bench_worker.py --device
 step "engine, mixed lengths" 100 "$PY" benchmarks/bench_engine.py --device "$device" \
     --model "$model" --docs "$docs" --long-docs "$long" --precisions "$precisions" \
     --flag-precision "$flag" --warmup "$warmup" --agree-docs "$agree" \
-    --peak-seconds "$peak" --out "$RESULTS/engine-$device-${model/:/-}.json"
+    --peak-seconds "$peak" --peak-square "$peak_square" \
+    --out "$RESULTS/engine-$device-${model/:/-}.json"
 step "reranker" 50 "$PY" benchmarks/bench_rerank.py --device "$device" --model "$model" \
     --pairs "$pairs" --precision "$rerank_precision" --warmup "$((warmup * 4))" \
+    --peak-seconds "$peak" --peak-square "$peak_square" \
     --out "$RESULTS/rerank-$device-${model/:/-}.json"
 if [ "$device" = cuda ]; then
     step "varlen attention on CUDA" 30 "$PY" -m pytest -q -p no:cacheprovider \

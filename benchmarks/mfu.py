@@ -92,12 +92,14 @@ def _rate(product: Callable[[], Any], sync: Callable[[], Any], cuda: bool, secon
             group = min(2 * group, 64) if cuda else 1
 
 
-def peak_shapes(config: Any, tokens: int) -> list[tuple[int, int, int]]:
-    """Square GEMMs plus the model's own: its FFN and QKV projections at `tokens` rows."""
+def peak_shapes(config: Any, tokens: int, square: int = 4096) -> list[tuple[int, int, int]]:
+    """Square GEMMs of `square` and half that, plus the model's own: its FFN and QKV
+    projections at `tokens` rows. (A dry run passes a small `square`: a 4096-cube takes
+    ~1 s a product in fp32 on two CPU cores, and it is measured four times a side.)"""
     hidden, ffn = int(config.hidden_size), int(config.intermediate_size)
     return [
-        (2048, 2048, 2048),
-        (4096, 4096, 4096),
+        (square // 2, square // 2, square // 2),
+        (square, square, square),
         (tokens, hidden, ffn),
         (tokens, ffn, hidden),
         (tokens, hidden, 3 * hidden),

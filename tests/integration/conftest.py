@@ -43,6 +43,23 @@ def tiny_model_built(model_cache: Path) -> str:
     return "random:tiny"
 
 
+@pytest.fixture(scope="session")
+def stub_built(model_cache: Path) -> str:
+    """Build stub:tiny's tokenizer once, before any worker starts."""
+    from pipeline.engine.stub_model import cached_stub_dir
+
+    cached_stub_dir("tiny", model_cache)
+    return "stub:tiny"
+
+
+def slow_stub(env: dict[str, str], stub_built: str, tokens_per_second: int) -> None:
+    """Workers started with `env` use the stand-in encoder at `tokens_per_second`: a shard
+    lasts as long as the rate says while the CPU sleeps. For tests that need shards still
+    running when they act (kills, failovers, scaling) and read no vector: the machine's two
+    cores stay free for the rest of the suite, and the timing does not depend on its load."""
+    env.update(M3PIPE_MODEL=stub_built, M3PIPE_STUB_TOKENS_PER_SECOND=str(tokens_per_second))
+
+
 @pytest.fixture
 def cli_env(redis_server: EmbeddedRedis, tiny_model_built: str, model_cache: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_")}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
-from tests.integration.conftest import run_cli, write_jsonl
+from tests.integration.conftest import run_cli, slow_stub, write_jsonl
 from tests.integration.test_metrics import scrape
 from tests.integration.test_redis_auth import free_port
 
@@ -26,12 +26,13 @@ def children(pid: int) -> list[int]:
 
 
 def test_autoscaler_starts_two_workers_finishes_the_job_and_scales_to_zero(
-    tmp_path, cli_env, store
+    tmp_path, cli_env, stub_built, store
 ):
     from pipeline.engine.synthetic_text import TextGenerator
 
+    slow_stub(cli_env, stub_built, 5000)  # ~0.6 s a shard of three ~900-token documents
     gen = TextGenerator(5)
-    records = [{"id": f"doc-{i:03d}", "text": gen.document(2000)} for i in range(SHARDS * 3)]
+    records = [{"id": f"doc-{i:03d}", "text": gen.document(200)} for i in range(SHARDS * 3)]
     corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
     submitted = run_cli(
         "submit", str(corpus), "--out", str(tmp_path / "out"), "--shard-docs", "3",

@@ -17,16 +17,20 @@ from pipeline.storage.sink import part_name
 from schemas.document import Document
 from schemas.job import ShardMessage
 from schemas.tenant import Priority
-from tests.integration.conftest import run_cli, submit, wait_until
+from tests.integration.conftest import run_cli, slow_stub, submit, wait_until
 
 SHARDS = 4
+# Workers run the stand-in encoder at this rate (tests/integration/conftest.py, slow_stub):
+# a shard of four documents of 300 words (~1,400 tokens each) takes ~2 s, time enough to be
+# killed or stopped mid-shard, while the CPU sleeps.
+TOKENS_PER_SECOND = 2500
 
 
-def long_records(count: int) -> list[dict[str, str]]:
+def long_records(count: int, words: int = 300) -> list[dict[str, str]]:
     from pipeline.engine.synthetic_text import TextGenerator
 
     gen = TextGenerator(3)
-    return [{"id": f"doc-{i:03d}", "text": gen.document(1500)} for i in range(count)]
+    return [{"id": f"doc-{i:03d}", "text": gen.document(words)} for i in range(count)]
 
 
 def assert_exactly_once(out, records, shards: int) -> None:
@@ -44,7 +48,8 @@ def running_shard(store, job_id):
     return next((s for s, state in states.items() if state.value == "running"), None)
 
 
-def test_pool_process_killed_mid_shard(tmp_path, cli_env, workers, store):
+def test_pool_process_killed_mid_shard(tmp_path, cli_env, stub_built, workers, store):
+    slow_stub(cli_env, stub_built, TOKENS_PER_SECOND)
     records = long_records(16)
     job_id = submit(tmp_path, cli_env, records, "--shard-docs", "4")
     [name] = workers.start(1)
@@ -62,8 +67,9 @@ def test_pool_process_killed_mid_shard(tmp_path, cli_env, workers, store):
 
 
 def test_whole_worker_killed_shard_redelivered_after_visibility_timeout(
-    tmp_path, cli_env, workers, store
+    tmp_path, cli_env, stub_built, workers, store
 ):
+    slow_stub(cli_env, stub_built, TOKENS_PER_SECOND)
     # A short timeout keeps the test quick; the planned rate is raised so shards still hold
     # several documents (shards are cut to fit half the timeout at that rate).
     cli_env.update(M3PIPE_VISIBILITY_TIMEOUT="10", M3PIPE_PLANNED_TOKENS_PER_SECOND="8000")
@@ -85,7 +91,8 @@ def test_whole_worker_killed_shard_redelivered_after_visibility_timeout(
     assert_exactly_once(tmp_path / "out", records, 2)
 
 
-def test_sigterm_finishes_the_current_shard(tmp_path, cli_env, workers, store):
+def test_sigterm_finishes_the_current_shard(tmp_path, cli_env, stub_built, workers, store):
+    slow_stub(cli_env, stub_built, TOKENS_PER_SECOND)
     records = long_records(16)
     job_id = submit(tmp_path, cli_env, records, "--shard-docs", "4")
     [first] = workers.start(1)
@@ -102,7 +109,10 @@ def test_sigterm_finishes_the_current_shard(tmp_path, cli_env, workers, store):
     assert_exactly_once(tmp_path / "out", records, SHARDS)
 
 
-def test_duplicate_delivery_writes_one_file_and_counts_once(tmp_path, cli_env, workers, store):
+def test_duplicate_delivery_writes_one_file_and_counts_once(
+    tmp_path, cli_env, stub_built, workers, store
+):
+    slow_stub(cli_env, stub_built, 50_000)
     records = long_records(8)
     job_id = submit(tmp_path, cli_env, records, "--shard-docs", "4")
     from workers.app import shard_publisher
@@ -123,13 +133,15 @@ def test_duplicate_delivery_writes_one_file_and_counts_once(tmp_path, cli_env, w
     assert_exactly_once(tmp_path / "out", records, 2)
 
 
-def test_pool_process_killed_while_its_part_is_being_written(tmp_path, cli_env, workers, store):
+def test_pool_process_killed_while_its_part_is_being_written(
+    tmp_path, cli_env, stub_built, workers, store
+):
     """Pieces of two documents: the part's temp file grows while the shard still computes
-    (the stand-in engine at 20k tokens/s: ~0.2 s a piece). A kill then leaves the temp file
+    (the stand-in engine at 20k tokens/s: ~0.7 s a piece). A kill then leaves the temp file
     only; the shard runs again, whole, exactly once."""
-    cli_env.update(M3PIPE_PIECE_DOCUMENTS="2", M3PIPE_MODEL="stub:tiny",
-                   M3PIPE_STUB_TOKENS_PER_SECOND="20000")  # fmt: skip
-    records = long_records(16)
+    cli_env.update(M3PIPE_PIECE_DOCUMENTS="2")
+    slow_stub(cli_env, stub_built, 20_000)
+    records = long_records(16, words=1500)
     job_id = submit(tmp_path, cli_env, records, "--shard-docs", "8")
     [name] = workers.start(1)
     out = tmp_path / "out"

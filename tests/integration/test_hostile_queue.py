@@ -19,7 +19,7 @@ from pipeline.settings import Settings
 from schemas.document import Document
 from schemas.job import JobSpec, ShardMessage, ShardState
 from schemas.options import EncodeOptions
-from tests.integration.conftest import corpus_records, run_cli, submit, wait_until
+from tests.integration.conftest import corpus_records, run_cli, slow_stub, submit, wait_until
 from workers.app import create_app
 
 
@@ -154,7 +154,9 @@ def test_workers_write_only_under_their_output_roots(tmp_path, cli_env, workers,
     assert run_cli("wait", good, "--timeout", "240", env=cli_env, timeout=260).returncode == 0
 
 
-def test_a_stale_attempt_never_rewrites_a_committed_file(tmp_path, cli_env, workers, store):
+def test_a_stale_attempt_never_rewrites_a_committed_file(
+    tmp_path, cli_env, stub_built, workers, store
+):
     """Worker A is stopped mid-shard past the visibility timeout; the shard is redelivered
     (within the restore interval, not kombu's ~100 s), B finishes the job, A resumes: its
     write is fenced off and the job's files do not change after completion."""
@@ -165,8 +167,9 @@ def test_a_stale_attempt_never_rewrites_a_committed_file(tmp_path, cli_env, work
         M3PIPE_RESTORE_INTERVAL="1",
         M3PIPE_PLANNED_TOKENS_PER_SECOND="20000",
     )
+    slow_stub(cli_env, stub_built, 5000)  # the shard (~8,000 tokens) lasts ~2 s
     gen = TextGenerator(5)
-    records = [{"id": f"doc-{i}", "text": gen.document(2500)} for i in range(6)]
+    records = [{"id": f"doc-{i}", "text": gen.document(300)} for i in range(6)]
     job_id = submit(tmp_path, cli_env, records, "--shard-docs", "6")
     [a] = workers.start(1)
     wait_until(lambda: store.shard_state(job_id, 0) == "running", timeout=120, step=0.01)

@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 
 from pipeline.jobs.keys import worker_key
 from pipeline.storage.output_dir import part_entries
-from tests.integration.conftest import corpus_records, run_cli, submit
+from tests.integration.conftest import corpus_records, run_cli, slow_stub, submit
 
 
 def test_shard_that_raises_every_time_is_dead_lettered_then_retried(
@@ -45,12 +45,15 @@ def test_shard_that_raises_every_time_is_dead_lettered_then_retried(
     assert manifest["failed_shards"] == [] and len(part_entries(tmp_path / "out")) == 3
 
 
-def test_shard_that_kills_its_worker_every_time_is_dead_lettered(tmp_path, cli_env, workers, store):
+def test_shard_that_kills_its_worker_every_time_is_dead_lettered(
+    tmp_path, cli_env, stub_built, workers, store
+):
     cli_env.update(M3PIPE_MAX_ATTEMPTS="2")
     from pipeline.engine.synthetic_text import TextGenerator
 
+    slow_stub(cli_env, stub_built, 2500)  # each delivery lasts ~4 s: killed mid-shard
     gen = TextGenerator(1)
-    records = [{"id": f"long-{i}", "text": gen.document(3000)} for i in range(8)]
+    records = [{"id": f"long-{i}", "text": gen.document(300)} for i in range(8)]
     job_id = submit(tmp_path, cli_env, records)
     [name] = workers.start(1)
     kills = 0

@@ -7,10 +7,13 @@ import signal
 import time
 
 from pipeline.jobs.keys import worker_key
-from tests.integration.conftest import run_cli, write_jsonl
+from tests.integration.conftest import run_cli, slow_stub, write_jsonl
 
 
-def test_probe_catches_a_wedged_pool_process_that_a_ping_misses(tmp_path, cli_env, workers, store):
+def test_probe_catches_a_wedged_pool_process_that_a_ping_misses(
+    tmp_path, cli_env, stub_built, workers, store
+):
+    slow_stub(cli_env, stub_built, 5000)  # the shard (~17,000 tokens) lasts ~3.5 s
     [name] = workers.start(1)
     healthy = run_cli("probe", "--name", name, env=cli_env)
     assert healthy.returncode == 0, healthy.stderr
@@ -20,7 +23,7 @@ def test_probe_catches_a_wedged_pool_process_that_a_ping_misses(tmp_path, cli_en
     from pipeline.engine.synthetic_text import TextGenerator
 
     gen = TextGenerator(2)
-    records = [{"id": f"d{i}", "text": gen.document(3000)} for i in range(12)]
+    records = [{"id": f"d{i}", "text": gen.document(300)} for i in range(12)]
     corpus = write_jsonl(tmp_path / "c.jsonl", records)
     out = str(tmp_path / "out")
     submitted = run_cli("submit", str(corpus), "--out", out, "--shard-docs", "12", env=cli_env)

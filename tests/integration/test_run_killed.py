@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.integration.conftest import write_jsonl
+from tests.integration.conftest import slow_stub, write_jsonl
 
 
 def _processes() -> dict[int, tuple[int, str]]:
@@ -44,17 +44,16 @@ def alive(pid: int) -> bool:
     return state is not None and state[1] != "Z"
 
 
-def test_kill_9_of_run_takes_its_children_and_the_next_run_cleans_up(
-    tmp_path, cli_env, tiny_model_built
-):
+def test_kill_9_of_run_takes_its_children_and_the_next_run_cleans_up(tmp_path, cli_env, stub_built):
     from pipeline.engine.synthetic_text import TextGenerator
 
     scratch_root = Path(tempfile.mkdtemp(prefix="m3k", dir="/tmp"))  # short: unix sockets
     env = {k: v for k, v in cli_env.items() if k != "M3PIPE_BROKER_URL"}
     env["TMPDIR"] = str(scratch_root)
+    slow_stub(env, stub_built, 5000)  # ~2 s a shard of ten ~900-token documents
     gen = TextGenerator(9)
     corpus = write_jsonl(
-        tmp_path / "c.jsonl", [{"id": f"d{i}", "text": gen.document(2000)} for i in range(300)]
+        tmp_path / "c.jsonl", [{"id": f"d{i}", "text": gen.document(200)} for i in range(300)]
     )
     command = [
         sys.executable,

@@ -20,7 +20,7 @@ import redis
 from pipeline.jobs.store import JobStore
 from pipeline.ops.embedded_redis import find_redis_server
 from pipeline.ops.process_group import stop_process_groups
-from tests.integration.conftest import Workers, run_cli, submit, wait_until
+from tests.integration.conftest import Workers, run_cli, slow_stub, submit, wait_until
 
 MASTER = "m3master"
 
@@ -122,7 +122,7 @@ def long_records(count: int) -> list[dict[str, str]]:
     from pipeline.engine.synthetic_text import TextGenerator
 
     gen = TextGenerator(5)
-    return [{"id": f"doc-{i:03d}", "text": gen.document(800)} for i in range(count)]
+    return [{"id": f"doc-{i:03d}", "text": gen.document(300)} for i in range(count)]
 
 
 @dataclass
@@ -134,10 +134,11 @@ class Job:
 
 
 @contextlib.contextmanager
-def job_under_way(tmp_path, setup: SentinelSetup, cli_env) -> Iterator[Job]:
-    """A 24-document job in 8 shards, submitted through the sentinels, one worker on it,
-    2 shards done; the worker stops when the block ends."""
+def job_under_way(tmp_path, setup: SentinelSetup, cli_env, stub: str) -> Iterator[Job]:
+    """A 24-document job in 8 shards of ~1.4 s (the stand-in encoder), submitted through the
+    sentinels, one worker on it, 2 shards done; the worker stops when the block ends."""
     env = {**cli_env, "M3PIPE_BROKER_URL": setup.url}
+    slow_stub(env, stub, 3000)
     store = JobStore.connect(setup.url)
     records = long_records(24)
     job_id = submit(tmp_path, env, records, "--shard-docs", "3")
@@ -155,8 +156,10 @@ def assert_every_id_once(tmp_path, records) -> None:
     assert sorted(ids) == [r["id"] for r in records]
 
 
-def test_a_failover_mid_job_loses_nothing_every_id_once(tmp_path, sentinel_setup, cli_env):
-    with job_under_way(tmp_path, sentinel_setup, cli_env) as job:
+def test_a_failover_mid_job_loses_nothing_every_id_once(
+    tmp_path, sentinel_setup, cli_env, stub_built
+):
+    with job_under_way(tmp_path, sentinel_setup, cli_env, stub_built) as job:
         assert sentinel_setup.master_port() == sentinel_setup.master
         # The master dies (kill -9): what it acknowledged had reached the replica, which
         # the sentinels promote. (A forced `SENTINEL FAILOVER` while the old master still
@@ -173,11 +176,13 @@ def test_a_failover_mid_job_loses_nothing_every_id_once(tmp_path, sentinel_setup
     assert_every_id_once(tmp_path, job.records)
 
 
-def test_a_failover_that_loses_writes_is_repaired_by_one_command(tmp_path, sentinel_setup, cli_env):
+def test_a_failover_that_loses_writes_is_repaired_by_one_command(
+    tmp_path, sentinel_setup, cli_env, stub_built
+):
     """A forced failover while the worker writes to the old primary: what it wrote there
     between the replica's promotion and its own demotion is lost. `m3pipe repair` marks
     done the shards whose parts are written and sends the rest again; the job completes."""
-    with job_under_way(tmp_path, sentinel_setup, cli_env) as job:
+    with job_under_way(tmp_path, sentinel_setup, cli_env, stub_built) as job:
         _client(sentinel_setup.sentinels[0]).execute_command("SENTINEL", "FAILOVER", MASTER)
         _wait(lambda: sentinel_setup.master_port() == sentinel_setup.replica, 60, "failover")
         # The old primary is demoted (its clients cut off) once the sentinels reconfigure it.
