@@ -165,9 +165,17 @@ def write_jsonl(path: Path, records: list[object]) -> Path:
     return path
 
 
-def corpus_records(count: int, seed: int = 0) -> list[dict[str, str]]:
-    """`count` documents of mixed lengths and scripts, ids doc-00000..."""
+def corpus_records(count: int, seed: int = 0, long: bool = True) -> list[dict[str, str]]:
+    """`count` documents of mixed lengths and scripts, ids doc-00000...: the first twelve are
+    tests.corpus.mixed_texts, two of them thousands of tokens long (one over max_length);
+    after them the texts repeat with those two cut to 60 words (each whole repeat would
+    cost ~2 CPU-s of encoding on random:tiny and prove nothing the first did not).
+    `long=False`: cut from the first, for shards of even length (~90 tokens a document)."""
     from tests.corpus import mixed_texts
 
     texts = mixed_texts(seed)
-    return [{"id": f"doc-{i:05d}", "text": texts[i % len(texts)] + f" #{i}"} for i in range(count)]
+    short = [" ".join(t.split()[:60]) for t in texts]
+    return [
+        {"id": f"doc-{i:05d}", "text": (texts if long and i < 12 else short)[i % 12] + f" #{i}"}
+        for i in range(count)
+    ]

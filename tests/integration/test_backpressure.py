@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from pipeline.jobs.keys import DEFAULT_QUEUE
-from tests.integration.conftest import corpus_records, run_cli, write_jsonl
+from tests.integration.conftest import corpus_records, run_cli, slow_stub, write_jsonl
 
 
 def queue_length(client, queue: str) -> int:
@@ -14,7 +14,8 @@ def queue_length(client, queue: str) -> int:
     return sum(client.llen(key) for key in keys)
 
 
-def test_queued_shards_stay_under_the_limit(tmp_path, cli_env, workers, store):
+def test_queued_shards_stay_under_the_limit(tmp_path, cli_env, stub_built, workers, store):
+    slow_stub(cli_env, stub_built, 5000)  # the job lasts ~4 s: the producer waits on it
     corpus = write_jsonl(tmp_path / "c.jsonl", corpus_records(120))
     workers.start(1)
     samples: list[int] = []

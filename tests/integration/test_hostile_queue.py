@@ -50,6 +50,8 @@ def test_a_lost_retry_is_found_by_status_and_resent_by_retry(
     directory when the shard carries its documents), the job completes."""
     cli_env.update(M3PIPE_RETRY_BACKOFF_SECONDS="60")  # the retry waits in the worker
     records = corpus_records(20)
+    for record in records[10:]:  # shard 1 carries over 4 KB of text: its letter is spilled
+        record["text"] *= 4
     inline = ["--inline-shards"] if shards == "inline" else []
     job_id = submit(tmp_path, cli_env, records, "--shard-docs", "10", *inline)
     blocker = tmp_path / "out" / "part-00001.parquet"

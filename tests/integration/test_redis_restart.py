@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
-from tests.integration.conftest import corpus_records, run_cli, write_jsonl
+from tests.integration.conftest import corpus_records, run_cli, slow_stub, write_jsonl
 
 SHARDS = 24
 
@@ -68,12 +68,13 @@ def completed_or_recovered(job_id: str, tmp_path: Path, env: dict) -> bool:
 
 
 def test_redis_restart_mid_job_every_id_exactly_once(
-    tmp_path, cli_env, workers, store, redis_server
+    tmp_path, cli_env, stub_built, workers, store, redis_server
 ):
     # A shard whose acknowledgement was lost with the connection comes back after the
     # visibility timeout; keep it short, and shards small enough to fit it.
     cli_env.update(M3PIPE_VISIBILITY_TIMEOUT="15", M3PIPE_PLANNED_TOKENS_PER_SECOND="8000")
-    records = corpus_records(SHARDS * 5)
+    slow_stub(cli_env, stub_built, 500)  # ~1 s a shard of five ~90-token documents
+    records = corpus_records(SHARDS * 5, long=False)
     corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
     out = tmp_path / "out"
     names = workers.start(2)

@@ -8,7 +8,7 @@ import time
 import pyarrow.dataset as ds
 
 from pipeline.storage.output_dir import MANIFEST, part_entries
-from tests.integration.conftest import corpus_records, run_cli, write_jsonl
+from tests.integration.conftest import corpus_records, run_cli, slow_stub, write_jsonl
 
 SHARDS = 12
 
@@ -18,9 +18,10 @@ def part_times(out):
 
 
 def test_interrupted_job_resumed_by_submit_then_by_run_without_redis(
-    tmp_path, cli_env, workers, store
+    tmp_path, cli_env, stub_built, workers, store
 ):
-    records = corpus_records(SHARDS * 5)
+    slow_stub(cli_env, stub_built, 1000)  # ~0.5 s a shard: cancelled with most to do
+    records = corpus_records(SHARDS * 5, long=False)
     corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
     out = tmp_path / "out"
     args = ("--out", str(out), "--shard-docs", "5")
