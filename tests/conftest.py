@@ -17,13 +17,36 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ["M3PIPE_PRECISION"] = "fp32"
 
 
+# The GPU check's dry run is one test of 2-4 minutes: started last, it would hold the
+# whole run while the other process idles.
+LONGEST_FIRST = ("tests/integration/test_gpu_check.py",)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`--dist loadfile` hands out files in the order pytest_collection_modifyitems leaves
+    them (pytest-xdist would otherwise sort them by how many tests each holds)."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test under tests/integration/ is in the integration tier (`-m integration`);
     `-m "not integration"` is the fast tier. CI runs both on two processes, a file at a
-    time each (`--dist loadfile`): a file's tests share its fixtures and run in order."""
+    time each (`--dist loadfile`): a file's tests share its fixtures and run in order.
+    Files go out longest first (the GPU check's dry run, then the integration tier, whose
+    files take 10-120 s, then the rest), so that neither process ends with a long file
+    while the other has finished."""
     for item in items:
         if "tests/integration/" in str(item.path):
             item.add_marker(pytest.mark.integration)
+
+    def rank(item: pytest.Item) -> int:
+        path = item.path.as_posix()
+        if path.endswith(LONGEST_FIRST):
+            return 0
+        return 1 if "tests/integration/" in path else 2
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
 
 
 @pytest.fixture(scope="session", autouse=True)
