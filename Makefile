@@ -11,7 +11,7 @@ install:
 	PATH=$(BIN):$$PATH bash .ci/fetch-compose-schema
 
 test:
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile
 
 lint:
 	$(BIN)/ruff check .

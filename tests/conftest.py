@@ -31,7 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test under tests/integration/ is in the integration tier (`-m integration`);
-    `-m "not integration"` is the fast tier. CI runs both on two processes, a file at a
+    `-m "not integration"` is the fast tier. CI runs both on three processes, a file at a
     time each (`--dist loadfile`): a file's tests share its fixtures and run in order.
     Files go out longest first (the GPU check's dry run, then the integration tier, whose
     files take 10-120 s, then the rest), so that neither process ends with a long file
