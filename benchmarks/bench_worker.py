@@ -40,12 +40,37 @@ def write_corpus(path: Path, documents: int, doc_tokens: int) -> None:
             handle.write(json.dumps({"id": f"d{number:07d}", "text": text}) + "\n")
 
 
+def adopt_orphans() -> None:
+    """Become the reaper of this process's orphaned descendants (Linux): `m3pipe run` kills
+    its workers outright once the job has ended, and a killed worker's pool process is
+    reaped by whoever adopts it; its CPU time counts in RUSAGE_CHILDREN only if that is us."""
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def reap_orphans(patience: float = 10.0) -> None:
+    """Reap every adopted descendant (they were killed with their group: gone at once)."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # none left
+        if pid == 0:
+            time.sleep(0.01)
+
+
 def whole_process(command: list[str], out: Path, env: dict[str, str]) -> dict:
-    """Wall and CPU seconds of one m3pipe command (its children included), and its rows."""
+    """Wall and CPU seconds of one m3pipe command (every descendant included), and its rows."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    reap_orphans()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {proc.stderr[-2000:]}")
@@ -117,6 +142,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="save the JSON here (default: .results/)")
     args = parser.parse_args()
 
+    adopt_orphans()
     with tempfile.TemporaryDirectory(prefix="m3pipe-bench-worker-") as tmp:
         work = Path(tmp)
         cache = work / "cache"

@@ -42,10 +42,9 @@ MODEL_COMMANDS = {
     "rerank",
     "make-test-model",
     "worker",
-    "run",
     "search",
     "fetch-model",
-}  # the ones that import torch
+}  # the ones that load a model in this process (`run` starts workers that do)
 
 
 def _quiet_libraries() -> None:

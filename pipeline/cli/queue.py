@@ -273,6 +273,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     argv = ["worker", "--hostname", name, "--queues", queues, "--concurrency", "1"]
     argv += ["--pool", "prefork", "--task-events", "--loglevel", "INFO", "--without-gossip"]
+    # Mingle asks the other workers for their revoked tasks and waits a second for answers
+    # at every start. m3pipe cancels in its own Redis keys and never revokes a shard task.
+    argv += ["--without-mingle"]
     with tempfile.TemporaryDirectory(prefix="m3pipe-worker-") as scratch:
         failure = Path(scratch) / "startup-failure"
         os.environ[STARTUP_FAILURE_ENV] = str(failure)

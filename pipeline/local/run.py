@@ -26,7 +26,7 @@ from pipeline.jobs.watch import exit_code, follow, unit
 from pipeline.ops.embedded_redis import EmbeddedRedis
 from pipeline.ops.gpus import visible_gpu_count
 from pipeline.ops.lifeline import owned_scratch_dir
-from pipeline.ops.process_group import stop_process_groups
+from pipeline.ops.process_group import kill_process_groups, stop_process_groups
 from pipeline.ops.worker_process import spawn_worker
 from pipeline.settings import Settings
 from pipeline.storage.location import open_location
@@ -81,6 +81,10 @@ class WorkerPool:
         """Warm shutdown (SIGTERM), then SIGKILL to the whole group of any that linger."""
         stop_process_groups(self.processes, STOP_GRACE_SECONDS)
 
+    def kill(self) -> None:
+        """SIGKILL every worker's group at once."""
+        kill_process_groups(self.processes)
+
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
@@ -119,6 +123,7 @@ def run_local(
     with contextlib.ExitStack() as stack, _sigterm_as_interrupt():
         scratch = owned_scratch_dir(SCRATCH_PREFIX)
         stack.callback(shutil.rmtree, scratch, True)
+        embedded = settings.broker_url is None
         url = settings.broker_url
         broker = "configured broker"
         if url is None:
@@ -151,7 +156,11 @@ def run_local(
             "TMPDIR": str(scratch_tmp),
         }
         pool = WorkerPool(devices, env, scratch, tag=scratch.name[-6:])
-        stack.callback(pool.stop)
+        ended: list[bool] = []  # set once the job has ended
+        # An embedded Redis serves this job alone: once the job has ended, its workers hold
+        # nothing (every shard is done or moot, and the broker goes with them), so they are
+        # killed at once instead of a warm shutdown (~1.5 s). Otherwise warm, as always.
+        stack.callback(lambda: pool.kill() if ended and embedded else pool.stop())
         print(
             f"m3pipe run: {len(devices)} worker(s) on {', '.join(devices)}, {broker}",
             file=sys.stderr,
@@ -187,7 +196,9 @@ def run_local(
             pool.check()
 
         try:
-            status = follow(store, job_id, bar=show_bar, poll_seconds=0.5, check=check)
+            status = follow(store, job_id, bar=show_bar, poll_seconds=0.2, check=check)
+            if status.state.finished:
+                ended.append(True)
         except WorkersGone as exc:
             store.end(job_id, JobState.FAILED, "every worker process exited")
             print(f"m3pipe run: {exc}", file=sys.stderr)

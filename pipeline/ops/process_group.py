@@ -22,3 +22,13 @@ def stop_process_groups(processes: Iterable[subprocess.Popen], grace_seconds: fl
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # pool children left behind, if any
         process.wait()
+
+
+def kill_process_groups(processes: Iterable[subprocess.Popen]) -> None:
+    """SIGKILL each group now: for processes that hold nothing worth a warm shutdown."""
+    processes = list(processes)
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    for process in processes:
+        process.wait()
