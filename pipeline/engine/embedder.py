@@ -24,6 +24,7 @@ from pipeline.engine.batching import (
 )
 from pipeline.engine.encoder import PendingBatch, encode_with_split, forward_batch
 from pipeline.engine.model import M3Model
+from pipeline.engine.recycled import RecycledBuffers
 from pipeline.engine.stats import BatchStats
 from pipeline.engine.table import ShardColumns, assemble_table
 from pipeline.engine.tokenize import TokenizedShard, tokenize_texts
@@ -57,6 +58,9 @@ class Engine:
         # Launch batch k + 1 before finishing batch k (False: finish each at once; the GPU
         # check measures both: benchmarks/bench_engine.py's "-sync" sides).
         self.overlap_batches = True
+        # ColBERT arrays of pieces in flight (filling, queued for the writer, writing),
+        # their memory used again for later pieces: pipeline/engine/recycled.py.
+        self.buffers = RecycledBuffers(keep=3)
         self.batch_tokens = options.batch_tokens or default_batch_tokens(
             model.device.type, memory=device_memory(model)
         )
@@ -119,6 +123,7 @@ class Engine:
             self.options.dtype,
             self.model.dense_dim,
             self.model.colbert_dim,
+            self.buffers,
         )
 
         def run(rows: np.ndarray) -> PendingBatch:

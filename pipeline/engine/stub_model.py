@@ -27,12 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.engine.random_model import SHAPES, train_tokenizer
+from pipeline.engine.recycled import RecycledBuffers
 from pipeline.errors import ModelLoadError
 
 STUB_PREFIX = "stub:"
 STUB_BUILD_VERSION = 2  # 2: hidden states from a table (its vectors changed)
 RATE_ENV = "M3PIPE_STUB_TOKENS_PER_SECOND"
 TABLE_ROWS = 4096  # distinct hidden states: token ids share them modulo this
+_NUMPY = {torch.float16: "float16", torch.float32: "float32"}  # storage dtypes
 
 
 def parse_stub_spec(spec: str) -> str | None:
@@ -118,6 +120,9 @@ class StubHeads(torch.nn.Module):
         self.register_buffer("weights", weights)
         self.tokens_per_second = encoder.tokens_per_second
         self._stored: dict[torch.dtype, torch.Tensor] = {}
+        # A device hands its outputs over in pinned memory that is used again batch after
+        # batch; the stub's ColBERT vectors likewise (two batches are in flight at most).
+        self._host = RecycledBuffers(keep=3)
 
     def outputs(
         self, ids: torch.Tensor, modes: tuple[Any, ...], store: torch.dtype
@@ -134,7 +139,10 @@ class StubHeads(torch.nn.Module):
         if Mode.SPARSE in modes:
             out["sparse_weights"] = cast(torch.Tensor, self.weights)[rows]
         if Mode.COLBERT in modes:
-            out["colbert"] = F.embedding(rows[:, 1:], unit)
+            tokens = rows[:, 1:]
+            host = self._host.empty((tokens.numel(), unit.shape[1]), _NUMPY[store])
+            colbert = torch.index_select(unit, 0, tokens.reshape(-1), out=torch.from_numpy(host))
+            out["colbert"] = colbert.view(*tokens.shape, unit.shape[1])
         if self.tokens_per_second > 0:
             left = ids.numel() / self.tokens_per_second - (time.perf_counter() - started)
             if left > 0:

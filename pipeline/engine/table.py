@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.engine.encoder import BatchOutput
+from pipeline.engine.recycled import RecycledBuffers
 from schemas.document import Document
 from schemas.options import Mode, StorageDtype
 from schemas.vector_layout import STORED_NUMPY, colbert_array
@@ -35,16 +36,17 @@ class ShardColumns:
         dtype: StorageDtype,
         dense_dim: int,
         colbert_dim: int,
+        buffers: RecycledBuffers | None = None,
     ) -> None:
         self.modes, self.rows = modes, len(lengths)
         stored = STORED_NUMPY[dtype]
         self.dense = np.empty((self.rows, dense_dim), stored) if Mode.DENSE in modes else None
         self.colbert_offsets = _offsets(np.asarray(lengths, dtype=np.int64) - 1)
-        self.colbert = (
-            np.empty((int(self.colbert_offsets[-1]), colbert_dim), stored)
-            if Mode.COLBERT in modes
-            else None
-        )
+        self.colbert = None
+        if Mode.COLBERT in modes:  # the large one: in memory used before, when there is some
+            shape = (int(self.colbert_offsets[-1]), colbert_dim)
+            empty = buffers.empty if buffers is not None else np.empty
+            self.colbert = empty(shape, stored)
         # Sparse rows are small and their sizes known only from the device: kept per batch.
         self._sparse: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 

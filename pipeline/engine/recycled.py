@@ -1,0 +1,65 @@
+"""Large host arrays whose memory is used again once nothing refers to them any more.
+
+A worker fills ~1 MB of ColBERT vectors a document (float16, 512 tokens). Memory fresh from
+the system costs a page fault per 4 KiB page on its first write: placing vectors in new
+arrays took ~2.5x as long as the copy itself (ShardColumns.add was the worker's largest host
+step in `benchmarks/bench_worker.py`). The engine takes its ColBERT arrays from here instead.
+
+A buffer is handed out again only when nothing else holds it: no array view, Arrow table or
+writer thread (CPython's reference count says so, and nothing can take a new reference to a
+buffer that nobody holds). So a table that a caller keeps is never overwritten; it only keeps
+its buffer out of the pool for as long as it lives.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+
+import numpy as np
+import numpy.typing as npt
+
+_ALIGN = 2 << 20  # whole huge pages: numpy asks the kernel for transparent huge pages
+_HEADROOM = 1.25  # a new buffer has room for somewhat larger requests after it
+
+
+class RecycledBuffers:
+    """At most `keep` buffers, each lent out as one array at a time."""
+
+    def __init__(self, keep: int = 3) -> None:
+        self.keep = keep
+        self._buffers: list[np.ndarray] = []  # uint8 bases of what was handed out
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
+        """An uninitialised array of `shape`, in a free buffer when one is large enough
+        (and not more than twice as large), else in a new one."""
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        with self._lock:
+            buffer = self._take(nbytes)
+        return buffer[:nbytes].view(dtype).reshape(shape)
+
+    def held_bytes(self) -> int:
+        """Bytes of the buffers kept (lent out or free)."""
+        with self._lock:
+            return sum(buffer.nbytes for buffer in self._buffers)
+
+    def _take(self, nbytes: int) -> np.ndarray:
+        free = [i for i in range(len(self._buffers)) if not self._lent(i)]
+        fitting = [i for i in free if nbytes <= self._buffers[i].nbytes <= 2 * nbytes + _ALIGN]
+        if fitting:
+            return self._buffers[min(fitting, key=lambda i: self._buffers[i].nbytes)]
+        size = math.ceil(nbytes * _HEADROOM / _ALIGN) * _ALIGN if nbytes else 0
+        buffer = np.empty(size, np.uint8)
+        if len(self._buffers) >= self.keep:
+            if not free:  # every kept buffer is lent out: this one is not kept
+                return buffer
+            del self._buffers[min(free, key=lambda i: self._buffers[i].nbytes)]
+        self._buffers.append(buffer)
+        return buffer
+
+    def _lent(self, index: int) -> bool:
+        # Two references when free: the list's, and getrefcount's own argument.
+        return sys.getrefcount(self._buffers[index]) > 2
