@@ -149,6 +149,7 @@ def _run_local(
             reuse=getattr(args, "reuse", None),
             lease=lease,
             resume=args.resume,
+            piece_documents=settings.piece_documents,
         )
     finally:
         bar.close()

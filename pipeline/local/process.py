@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import InputError, ReuseError
-from pipeline.jobs.resume import documents_digest, read_shard_file, with_shard_metadata
+from pipeline.jobs.resume import documents_digest, read_shard_file, shard_footer
 from pipeline.jobs.shard_report import ShardReport
 from pipeline.storage.finished_output import (
     FinishedOutput,
@@ -34,7 +34,8 @@ from pipeline.storage.output_dir import (
     write_json_atomic,
 )
 from pipeline.storage.output_lease import OutputLease, take_lease
-from pipeline.storage.sink import part_name, write_shard
+from pipeline.storage.part_writer import PartWriter
+from pipeline.storage.sink import part_name
 from pipeline.tasks import Reading, TaskKind
 from pipeline.tasks.kind import Progress
 from pipeline.tasks.reuse import ReuseSplit, merge_in_order, split_for_reuse
@@ -86,6 +87,7 @@ def process_file(
     reuse: Location | Path | str | None = None,
     lease: OutputLease | None = None,
     resume: bool = False,
+    piece_documents: int = 256,
 ) -> LocalSummary:
     """Run every valid record of `input_path` through `engine` (made by `kind`), writing
     part files, the rejects log and the manifest. `reuse`: a previous output of the same
@@ -93,7 +95,8 @@ def process_file(
     the output directory's, taken by the caller; else taken here and released at the end.
     Nothing becomes visible in the directory once another run holds its lease. `resume`:
     the part files of an interrupted run into `out_dir` whose items still match (their
-    digest, in each part's footer) are kept; the others are computed again."""
+    digest, in each part's footer) are kept; the others are computed again.
+    `piece_documents`: of a shard, computed and written at a time."""
     started = time.time()
     reading = reading or Reading()
     source = open_location(input_path)
@@ -111,11 +114,11 @@ def process_file(
         with take_lease(checked, command=kind.command) as own:
             return _write_output(
                 kind, source, first, items, out_dir, engine, reading, shard_items, overwrite,
-                progress, previous, own, started, resume,
+                progress, previous, own, started, resume, piece_documents,
             )  # fmt: skip
     return _write_output(
         kind, source, first, items, out_dir, engine, reading, shard_items, overwrite,
-        progress, previous, lease, started, resume,
+        progress, previous, lease, started, resume, piece_documents,
     )  # fmt: skip
 
 
@@ -134,6 +137,7 @@ def _write_output(
     lease: OutputLease,
     started: float,
     resume: bool,
+    piece_documents: int,
 ) -> LocalSummary:
     out = prepare_output_dir(out_dir, overwrite, resume)
     summary = LocalSummary(out_dir=out, stats=kind.new_stats(), resumed=0 if resume else None)
@@ -149,54 +153,76 @@ def _write_output(
         shards = kind.shards(sources, engine.options, limits, rejects, summary.intake, strict=False)
         splits: deque[Planned] = deque()
         kept_from = out if resume else None
-        to_compute = _split_shards(shards, splits, kind, engine, index, keep, kept_from)
+        to_compute = _split_shards(
+            shards, splits, kind, engine, index, keep, kept_from, piece_documents
+        )
         computed = kind.compute_stream(engine, to_compute, keep, progress)
-        # A part is written (zstd, pyarrow: the GIL released) while the next shard is
-        # computed; at most one write waits, so at most two shards' tables are held.
-        writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="m3pipe-write"))
+        # A shard's part is written piece by piece (pipeline/storage/part_writer.py) while
+        # the next piece computes, and finished (footer, fsync, rename) in `finisher` while
+        # the next shard computes; at most one part waits to be finished.
+        finisher = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="m3pipe-write"))
         pending: tuple[Future[Location], ShardReport, int, str] | None = None
         number = -1
-        for number, (_, result) in enumerate(computed):
-            planned = splits.popleft()
-            shard, split, name = planned.shard, planned.split, part_name(number)
-            if planned.kept is not None:  # --resume: an earlier run's part of these items
+        part: _OpenPart | None = None  # the shard whose pieces are being written
+        try:
+            for _, result in computed:
+                if part is None:
+                    planned = splits.popleft()
+                    number += 1
+                    if planned.kept is not None:  # --resume: an earlier run's part of these
+                        if pending is not None:
+                            _log_written(shard_log, *pending)
+                            pending = None
+                        name = part_name(number)
+                        shard_log.add(_kept_entry(planned.kept, number, name, item_counts[1], out))
+                        summary.parts += 1
+                        summary.rows += int(planned.kept["rows"])
+                        summary.resumed = (summary.resumed or 0) + len(planned.shard)
+                        summary.resumed_tokens += int(planned.kept["tokens"])
+                        continue
+                    part = _OpenPart(planned, number, kind.new_stats())
+                part.stats.add(result.stats)
+                table = result.table
+                if part.planned.split is not None:  # --reuse: the copied rows merged in
+                    table = merge_in_order(table, part.planned.split.copied, part.planned.shard)
+                if part.writer is None:  # the schema, with what the kind records of the shard
+                    schema = kind.part_table(table, part.planned.shard, keep).schema
+                    part.writer = PartWriter(out / part_name(number), schema, lease.check)
+                part.writer.write(table)
+                part.rows += table.num_rows
+                part.pieces_left -= 1
+                if part.pieces_left > 0:
+                    continue
+                planned, stats, rows = part.planned, part.stats, part.rows
+                facts = {  # in the part's footer: what --resume checks
+                    "shard": number,
+                    "digest": planned.digest,
+                    "documents": len(planned.shard),
+                    "rows": rows,
+                    "tokens": stats.tokens,
+                }
+                writing = finisher.submit(part.writer.close, shard_footer(facts))
+                part = None
+                summary.stats.add(stats)
+                summary.parts += 1
+                summary.rows += rows
+                split = planned.split
+                report = ShardReport(  # its bytes once written
+                    documents=len(planned.shard),
+                    rows=rows,
+                    tokens=stats.tokens,
+                    part_bytes=0,
+                    reused=split.reused if split is not None else None,
+                )
+                if split is not None:
+                    summary.reused = (summary.reused or 0) + split.reused
                 if pending is not None:
                     _log_written(shard_log, *pending)
-                    pending = None
-                shard_log.add(_kept_entry(planned.kept, number, name, item_counts[1], out))
-                summary.parts += 1
-                summary.rows += int(planned.kept["rows"])
-                summary.resumed = (summary.resumed or 0) + len(shard)
-                summary.resumed_tokens += int(planned.kept["tokens"])
-                continue
-            table = result.table
-            if split is not None:
-                table = merge_in_order(table, split.copied, shard)
-            table = kind.part_table(table, shard, keep)
-            facts = {  # in the part's footer: what --resume checks
-                "shard": number,
-                "digest": planned.digest,
-                "documents": len(shard),
-                "rows": table.num_rows,
-                "tokens": result.stats.tokens,
-            }
-            table = with_shard_metadata(table, facts)
-            writing = writer.submit(write_shard, table, out / name, lease.check)
-            summary.stats.add(result.stats)
-            summary.parts += 1
-            summary.rows += table.num_rows
-            report = ShardReport(  # its bytes once written
-                documents=len(shard),
-                rows=table.num_rows,
-                tokens=result.stats.tokens,
-                part_bytes=0,
-                reused=split.reused if split is not None else None,
-            )
-            if split is not None:
-                summary.reused = (summary.reused or 0) + split.reused
-            if pending is not None:
-                _log_written(shard_log, *pending)
-            pending = (writing, report, number, item_counts[1])
+                pending = (writing, report, number, item_counts[1])
+        except BaseException:
+            if part is not None and part.writer is not None:
+                part.writer.abort()  # its temp file goes; nothing appears
+            raise
         if pending is not None:
             _log_written(shard_log, *pending)
         if resume:
@@ -242,6 +268,22 @@ class Planned:
     digest: str
     split: ReuseSplit | None = None
     kept: dict[str, Any] | None = None
+    pieces: int = 1  # what is computed of it comes in this many pieces
+
+
+@dataclass
+class _OpenPart:
+    """A shard whose pieces are being computed and written."""
+
+    planned: Planned
+    number: int
+    stats: BatchStats
+    writer: PartWriter | None = None
+    rows: int = 0
+    pieces_left: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pieces_left = self.planned.pieces
 
 
 def _split_shards(
@@ -252,10 +294,12 @@ def _split_shards(
     index: ReuseIndex | None,
     keep_fields: Sequence[str],
     kept_from: Location | None = None,
+    piece_documents: int = 256,
 ) -> Iterator[Sequence[Any]]:
-    """What to compute of each shard: all of it, what `--reuse` cannot copy, or nothing
-    when `kept_from` (--resume) holds its part already. Runs in the engine's tokenizing
-    thread, so copies and part footers are read while the model works."""
+    """What to compute of each shard, in pieces of about `piece_documents` items: all of
+    it, what `--reuse` cannot copy (one piece, merged with the copies), or nothing when
+    `kept_from` (--resume) holds its part already. Runs in the engine's tokenizing thread,
+    so copies and part footers are read while the model works."""
     schema = kind.compute(engine, [], keep_fields).table.schema if index is not None else None
     for number, shard in enumerate(shards):
         planned = Planned(shard, documents_digest(shard))
@@ -273,8 +317,10 @@ def _split_shards(
             splits.append(planned)
             yield planned.split.to_encode
             continue
+        pieces = kind.pieces(shard, piece_documents) or [shard]
+        planned.pieces = len(pieces)
         splits.append(planned)
-        yield shard
+        yield from pieces
 
 
 def _kept_part(path: Location, planned: Planned) -> dict[str, Any] | None:

@@ -33,6 +33,8 @@ SPECIALS = 2  # CLS and EOS per sequence
 # A worker's piece of a shard (TaskKind.pieces) holds about this much text at most: ~256k
 # tokens, whose float16 ColBERT vectors are ~512 MiB.
 PIECE_TEXT_BYTES = 1 << 20
+EDGE_FRACTION = 4  # a shard's first and last pieces: this fraction of the others
+EDGE_TEXT_BYTES = PIECE_TEXT_BYTES // EDGE_FRACTION
 
 
 def worst_case_tokens(doc_bytes: int, options: EncodeOptions) -> int:
@@ -75,6 +77,18 @@ def cut_document_shards(
     """Shards bounded by documents, message bytes and worst-case tokens."""
     units = ([doc] for doc in docs)
     return cut_sized_shards(units, limits, lambda unit: document_size(unit[0], options))
+
+
+def _tail_start(piece: Sequence[Document], edge: int) -> int:
+    """Where the last `edge` documents (and EDGE_TEXT_BYTES of text) of `piece` start: at
+    least its last document."""
+    cut, text = len(piece), 0
+    while cut > 0 and len(piece) - cut < edge:
+        text += document_bytes(piece[cut - 1])
+        if cut < len(piece) and text > EDGE_TEXT_BYTES:
+            break
+        cut -= 1
+    return cut
 
 
 class EmbedTask(TaskKind):
@@ -218,16 +232,25 @@ class EmbedTask(TaskKind):
     def pieces(self, items: Sequence[Document], size: int) -> list[Sequence[Document]]:
         """Documents are independent: pieces of `size` documents at most, and of about
         PIECE_TEXT_BYTES of text (long documents: fewer a piece, so a piece's vectors stay
-        bounded), each batched by length on its own."""
+        bounded), each batched by length on its own. The first and the last piece are a
+        quarter of that: the first is tokenized, and the last written, while nothing else
+        of the shard computes."""
+        edge = max(1, size // EDGE_FRACTION)
         pieces: list[Sequence[Document]] = []
         start, text = 0, 0
         for index, doc in enumerate(items):
-            if index > start and (index - start >= size or text >= PIECE_TEXT_BYTES):
+            most, text_most = (edge, EDGE_TEXT_BYTES) if not pieces else (size, PIECE_TEXT_BYTES)
+            if index > start and (index - start >= most or text >= text_most):
                 pieces.append(items[start:index])
                 start, text = index, 0
             text += document_bytes(doc)
         if start < len(items):
             pieces.append(items[start:])
+        if len(pieces) > 1:  # the last piece's tail alone
+            cut = _tail_start(pieces[-1], edge)
+            if cut > 0:
+                last = pieces.pop()
+                pieces += [last[:cut], last[cut:]]
         return pieces
 
     def part_table(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -37,6 +38,10 @@ def interrupted_after(shards: int):
             raise KeyboardInterrupt
 
     return progress
+
+
+def dense(table) -> np.ndarray:
+    return np.asarray(table.column("dense").to_pylist())
 
 
 def encode(tiny, source, out, **flags):
@@ -101,3 +106,26 @@ def test_resume_is_not_combined_with_overwrite_or_reuse(tmp_path, capsys):
     inp = _write_jsonl(tmp_path / "in.jsonl", records(2))
     assert main(_args(inp, tmp_path / "out", "--resume", "--overwrite")) == 2
     assert "not with --overwrite or --reuse" in capsys.readouterr().err
+
+
+def test_encode_writes_a_part_piece_by_piece_and_an_interrupted_one_never_appears(tmp_path, tiny):
+    source = _write_jsonl(tmp_path / "in.jsonl", records(60))
+    pieces, whole = tmp_path / "pieces", tmp_path / "whole"
+    process_file(EMBED, source, pieces, Engine(tiny, OPTIONS), shard_items=30, piece_documents=4)
+    process_file(EMBED, source, whole, Engine(tiny, OPTIONS), shard_items=30, piece_documents=30)
+    names = sorted(p.name for p in pieces.glob("part-*.parquet"))
+    assert names == sorted(p.name for p in whole.glob("part-*.parquet")) and len(names) == 2
+    for name in names:
+        streamed, at_once = pq.read_table(pieces / name), pq.read_table(whole / name)
+        assert streamed.schema.metadata == at_once.schema.metadata  # digests, facts, model
+        for column in ("id", "n_tokens", "sparse_indices"):
+            assert streamed.column(column).equals(at_once.column(column))
+        # Batched otherwise (a piece is batched on its own): equal up to float rounding.
+        assert np.allclose(dense(streamed), dense(at_once), atol=1e-5)
+        assert pq.ParquetFile(pieces / name).metadata.num_row_groups == 9  # 1 + 7 + 1 pieces
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):  # in the first shard, after a few pieces
+        process_file(EMBED, source, interrupted, Engine(tiny, OPTIONS), shard_items=30,
+                     piece_documents=4, progress=interrupted_after(3))  # fmt: skip
+    left = [p.name for p in interrupted.rglob("*")]
+    assert not [name for name in left if "part-" in name], left  # no part, no temp file

@@ -83,10 +83,14 @@ def test_a_shard_is_cut_into_pieces_of_bounded_documents_and_text():
     from schemas.job import Task
 
     embed = task_kind(Task.EMBED)
-    short = [Document(id=f"s{i}", text="word " * 20) for i in range(10)]
-    assert [len(p) for p in embed.pieces(short, 4)] == [4, 4, 2]
+    short = [Document(id=f"s{i}", text="word " * 20) for i in range(1000)]
+    # The first and last pieces a quarter of the others: tokenized, and written, alone.
+    assert [len(p) for p in embed.pieces(short, 256)] == [64, 256, 256, 256, 104, 64]
+    assert [len(p) for p in embed.pieces(short[:10], 4)] == [1, 4, 4, 1]
+    assert [len(p) for p in embed.pieces(short[:60], 256)] == [60]
+    assert [len(p) for p in embed.pieces(short[:1], 256)] == [1]
     long = [Document(id=f"l{i}", text="x" * (PIECE_TEXT_BYTES // 3)) for i in range(7)]
     pieces = embed.pieces(long, 256)
-    assert [len(p) for p in pieces] == [3, 3, 1]
+    assert [len(p) for p in pieces] == [1, 3, 2, 1]  # a quarter of the text at the edges
     assert [d.id for p in pieces for d in p] == [d.id for d in long]  # input order, each once
     assert embed.pieces([], 4) == []
