@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -171,6 +172,7 @@ def main() -> None:
                 else:
                     command += ["--device", args.device]
                 figures = whole_process(command, out, env)
+                shutil.rmtree(out)  # ~1 MB a document: the disk holds one output at a time
                 report["paths"][f"{path}:{dtype}"] = figures
                 print(f"{path:<6} {dtype}: {figures['documents_per_second']:>8} documents/s, "
                       f"{figures['tokens_per_second']:>10} tokens/s, "
