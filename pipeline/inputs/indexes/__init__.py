@@ -1,0 +1,1 @@
+"""On-disk indexes the intake keeps while it reads: memory bounded at any input size."""
