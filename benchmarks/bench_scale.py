@@ -9,7 +9,7 @@ documents/s, peak RSS, RSS growth per document (a least-squares slope over the s
 of the run, once caches have filled), Redis memory per document and per shard, and the
 extrapolation of both to 10^9 documents.
 
-index: the producer's duplicate index alone (producers/inputs/first_seen.py), --keys keys
+index: the producer's duplicate index alone (pipeline/inputs/indexes/first_seen.py), --keys keys
 offered in a row (1 in 200 a repeat), its RSS sampled: the memory bound and the cost per key.
 
 finalise: a job of --shards done shards (their part files empty, their state set through
@@ -170,8 +170,8 @@ def producer(args: argparse.Namespace) -> dict:
 def index(args: argparse.Namespace) -> dict:
     """Runs in a fresh process: the duplicate index alone, offered keys in batches of
     1,024 as the producer does (FirstSeen.first_many), RSS sampled every ~1M keys."""
-    from producers.inputs.first_seen import FirstSeen
-    from producers.inputs.intake import DUPLICATE_BATCH
+    from pipeline.inputs.indexes.first_seen import FirstSeen
+    from pipeline.inputs.intake import DUPLICATE_BATCH
 
     samples: list[tuple[int, int]] = []
     repeats = 0

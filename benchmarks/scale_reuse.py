@@ -29,11 +29,11 @@ def reuse(args: argparse.Namespace, tmp: Path) -> dict:
     from pipeline.engine.embedder import Engine
     from pipeline.engine.model import load_model
     from pipeline.engine.synthetic_text import TextGenerator
+    from pipeline.inputs.indexes.reuse_index import ReuseIndex
     from pipeline.local.process import process_file
     from pipeline.settings import Settings
     from pipeline.storage.finished_output import FinishedOutput
     from pipeline.tasks import task_kind
-    from producers.inputs.reuse_index import ReuseIndex
     from schemas.job import Task
     from schemas.options import EncodeOptions
 

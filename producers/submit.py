@@ -26,6 +26,11 @@ from pipeline.errors import (
     ReuseError,
     SubmitCancelled,
 )
+from pipeline.inputs.indexes.reuse_index import ReuseIndex, open_reusable
+from pipeline.inputs.intake import IntakeCounts, RejectSink
+from pipeline.inputs.readers.lines import DEFAULT_MAX_RECORD_BYTES
+from pipeline.inputs.references import ReferencedShard, shard_reference
+from pipeline.inputs.sharding import ShardLimits
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.plan import PlanWriter
 from pipeline.jobs.resume import (
@@ -50,11 +55,6 @@ from pipeline.storage.output_dir import (
 from pipeline.storage.output_lease import take_lease
 from pipeline.storage.sink import part_name
 from pipeline.tasks import Reading, task_kind
-from producers.inputs.intake import IntakeCounts, RejectSink
-from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES
-from producers.inputs.references import ReferencedShard, shard_reference
-from producers.inputs.reuse_index import ReuseIndex, open_reusable
-from producers.inputs.sharding import ShardLimits
 from schemas.document import Document
 from schemas.job import JobSpec, JobState, ShardMessage, Task
 from schemas.options import EncodeOptions

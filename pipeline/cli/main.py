@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.inputs.readers.jsonl import count_lines
     from pipeline.tasks import Reading
-    from producers.inputs.jsonl import count_lines
     from schemas.job import Task
 
     def reading() -> Reading:

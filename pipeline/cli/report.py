@@ -101,7 +101,7 @@ def process_command(
     # owned, before the model loads (seconds to minutes).
     reuse = getattr(args, "reuse", None)
     if reuse is not None and isinstance(task_options, EncodeOptions):
-        from producers.inputs.reuse_index import open_reusable
+        from pipeline.inputs.indexes.reuse_index import open_reusable
 
         model_spec = args.model or kind.model_spec(settings)
         open_reusable(reuse, args.out, model_spec, task_options, task_reading.keep_fields)

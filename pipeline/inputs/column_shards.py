@@ -1,7 +1,8 @@
-"""Shards by reference cut from documents read as columns (producers/inputs/columns.py).
+"""Shards by reference cut from documents read as columns
+(pipeline/inputs/readers/jsonl_columns.py).
 
 The same shards, digests and rejects as `document_shards` over the same inputs
-(tests/producers/test_column_shards.py holds them equal), from a few numbers a document:
+(tests/pipeline/inputs/test_column_shards.py holds them equal), from a few numbers a document:
 the producer's path when every input is a plain JSONL file the workers can read.
 """
 
@@ -10,13 +11,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
+from pipeline.inputs.document_shards import SHARE
+from pipeline.inputs.indexes.first_seen import FirstSeen
+from pipeline.inputs.intake import IntakeCounts, RejectSink, duplicate_reason
+from pipeline.inputs.readers.jsonl_columns import DIGEST_BYTES, DocumentColumns
+from pipeline.inputs.references import ReferencedShard, origins_reference
+from pipeline.inputs.sharding import ShardLimits, UnitSize
 from pipeline.jobs.resume import join_digests
-from producers.inputs.columns import DIGEST_BYTES, DocumentColumns
-from producers.inputs.document_shards import SHARE
-from producers.inputs.first_seen import FirstSeen
-from producers.inputs.intake import IntakeCounts, RejectSink, duplicate_reason
-from producers.inputs.references import ReferencedShard, origins_reference
-from producers.inputs.sharding import ShardLimits, UnitSize
 from schemas.document import Reject
 
 

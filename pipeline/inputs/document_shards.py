@@ -1,7 +1,7 @@
 """Documents from validated items to shards in one loop: the producer's per-document path.
 
 The same shards and rejects as `accept_documents` feeding `cut_sized_shards` (the generic
-path, which rerank's units take; tests/producers/test_document_shards.py holds the two
+path, which rerank's units take; tests/pipeline/inputs/test_document_shards.py holds the two
 equal), without their ~15 Python calls a document: at 10^7 documents those calls were a
 third of the producer's time.
 """
@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from producers.inputs.first_seen import FirstSeen
-from producers.inputs.intake import (
+from pipeline.inputs.indexes.first_seen import FirstSeen
+from pipeline.inputs.intake import (
     DuplicateIds,
     IntakeCounts,
     RejectSink,
     document_bytes,
     read_batches,
 )
-from producers.inputs.sharding import ShardLimits, UnitSize
-from producers.inputs.validate import InputItem
+from pipeline.inputs.sharding import ShardLimits, UnitSize
+from pipeline.inputs.validate import InputItem
 from schemas.document import Document, Reject
 
 SHARE = 1_000_000  # a shard's size budget, in millionths of each limit (as cut_sized_shards)

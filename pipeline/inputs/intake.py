@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from producers.inputs.first_seen import FirstSeen
-from producers.inputs.validate import InputItem
+from pipeline.inputs.indexes.first_seen import FirstSeen
+from pipeline.inputs.validate import InputItem
 from schemas.document import Document, Reject
 
 # Records read ahead so their ids are looked up together: at most this many, holding at

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from producers.inputs.first_seen import FirstSeen
-from producers.inputs.intake import IntakeCounts, RejectSink
-from producers.inputs.pairs import PairRecord
-from producers.inputs.validate import InputItem
+from pipeline.inputs.indexes.first_seen import FirstSeen
+from pipeline.inputs.intake import IntakeCounts, RejectSink
+from pipeline.inputs.pairs import PairRecord
+from pipeline.inputs.validate import InputItem
 from schemas.document import Reject
 from schemas.rerank import Pair
 

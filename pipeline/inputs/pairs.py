@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from producers.inputs.validate import require_columns, type_name
+from pipeline.inputs.validate import require_columns, type_name
 from schemas.document import MAX_ID_CHARS, Origin, Reject, unicode_problem
 from schemas.rerank import Pair, plain_text
 
@@ -58,7 +58,7 @@ def _check_text(value: object, name: str) -> str | None:
 
 
 class PairShape:
-    """The RecordShape of rerank input (see producers/inputs/validate.py)."""
+    """The RecordShape of rerank input (see pipeline/inputs/validate.py)."""
 
     def columns(self, available: Sequence[str], source: str) -> list[str]:
         wanted = GROUPED if "candidates" in available else FLAT

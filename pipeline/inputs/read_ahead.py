@@ -1,11 +1,11 @@
 """An iterator run in a process of its own, ahead of its consumer.
 
-The producer reads and parses its inputs here (producers/inputs/columns.py) while it checks
-ids, cuts shards and queues them: two cores instead of one. What crosses between the
+The producer reads and parses its inputs here (pipeline/inputs/readers/jsonl_columns.py)
+while it checks ids, cuts shards and queues them: two cores instead of one. What crosses between the
 processes is small (columns, not documents), so pickling does not eat what the second core
 gains. docs/scale.md has the figures.
 
-The child is a fresh interpreter (`python -m producers.inputs.read_ahead`), not a
+The child is a fresh interpreter (`python -m pipeline.inputs.read_ahead`), not a
 multiprocessing child: it shares nothing with the producer (no Redis socket, no RocksDB
 thread is forked), and it never re-imports the caller's main module, so a script that
 calls `submit_job` needs no `if __name__ == "__main__"` guard. It gets the function and its
@@ -127,6 +127,6 @@ def _sendable(exc: BaseException) -> BaseException:
 
 if __name__ == "__main__":
     # Run as the module by its name, so what it pickles (ReadAheadFailed) unpickles there.
-    from producers.inputs.read_ahead import _child as child_main
+    from pipeline.inputs.read_ahead import _child as child_main
 
     child_main()

@@ -13,11 +13,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from pipeline.errors import InputError
+from pipeline.inputs.readers.jsonl import line_record
+from pipeline.inputs.readers.lines import read_lines
+from pipeline.inputs.validate import RecordShape
 from pipeline.jobs.resume import documents_digest
 from pipeline.storage.location import open_location
-from producers.inputs.jsonl import line_record
-from producers.inputs.lines import read_lines
-from producers.inputs.validate import RecordShape
 from schemas.document import Document
 from schemas.shard_ref import Segment, ShardRef
 
@@ -33,7 +33,7 @@ class InputChanged(InputError):
 @dataclass(frozen=True)
 class ReferencedShard:
     """A shard cut from documents known only by where they are and their digests
-    (producers/inputs/column_shards.py): its reference is all there is of it."""
+    (pipeline/inputs/column_shards.py): its reference is all there is of it."""
 
     ref: ShardRef
 

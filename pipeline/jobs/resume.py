@@ -51,7 +51,8 @@ SAME_ON_RESUME = (
 def documents_digest(documents: Sequence[BaseModel]) -> str:
     """The shard's digest: sha256 over the `item_digest` of each of its items (documents,
     or pairs), in order. A digest of digests, so a producer can take each document's from
-    where it was read (a reading process: producers/inputs/columns.py) and join them later."""
+    where it was read (a reading process: pipeline/inputs/readers/jsonl_columns.py) and
+    join them later."""
     return join_digests([item_digest(doc) for doc in documents])
 
 

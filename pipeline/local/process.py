@@ -16,6 +16,9 @@ from typing import Any
 
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import InputError, ReuseError
+from pipeline.inputs.indexes.reuse_index import ReuseIndex, open_reusable
+from pipeline.inputs.intake import IntakeCounts
+from pipeline.inputs.sharding import UNBOUNDED, ShardLimits
 from pipeline.jobs.resume import documents_digest, read_shard_file, shard_footer
 from pipeline.jobs.shard_report import ShardReport
 from pipeline.storage.finished_output import (
@@ -39,9 +42,6 @@ from pipeline.storage.sink import part_name
 from pipeline.tasks import Reading, TaskKind
 from pipeline.tasks.kind import Progress
 from pipeline.tasks.reuse import ReuseSplit, merge_in_order, split_for_reuse
-from producers.inputs.intake import IntakeCounts
-from producers.inputs.reuse_index import ReuseIndex, open_reusable
-from producers.inputs.sharding import UNBOUNDED, ShardLimits
 from producers.submit import remove_parts_from
 
 # A shard's texts are held in memory with its output; bound them by bytes too. A larger

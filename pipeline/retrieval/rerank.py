@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.inputs.readers.formats import detect_format, read_records
 from pipeline.retrieval.topk import BlockedTopK
 from pipeline.storage.finished_output import FinishedOutput
 from pipeline.storage.location import open_location
-from producers.inputs.readers import detect_format, read_records
 from schemas.document import Document
 from schemas.rerank import Pair
 

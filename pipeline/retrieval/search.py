@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import InputError, OutputUnreadable
+from pipeline.inputs.readers.formats import detect_format, read_records
 from pipeline.retrieval.index import batch_vectors, document_batches
 from pipeline.retrieval.rerank import rerank_candidates
 from pipeline.retrieval.scores import SCORERS, Vectors, hybrid, query_blocks
@@ -26,7 +27,6 @@ from pipeline.retrieval.topk import BlockedTopK
 from pipeline.storage.finished_output import FinishedOutput
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.sink import write_shard
-from producers.inputs.readers import detect_format, read_records
 from schemas.document import Document
 from schemas.options import EncodeOptions, Mode, StorageDtype
 from schemas.output import search_results_schema

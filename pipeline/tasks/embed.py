@@ -7,17 +7,17 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.inputs.column_shards import column_shards
+from pipeline.inputs.document_shards import document_shards
+from pipeline.inputs.intake import IntakeCounts, RejectSink, accept_documents, document_bytes
+from pipeline.inputs.read_ahead import read_ahead
+from pipeline.inputs.readers.compressed import is_compressed
+from pipeline.inputs.readers.formats import detect_format, read_records
+from pipeline.inputs.readers.jsonl_columns import read_columns
+from pipeline.inputs.references import ReferencedShard, read_reference
+from pipeline.inputs.sharding import ShardLimits, UnitSize, cut_sized_shards, over_limit
+from pipeline.inputs.validate import DocumentShape, InputItem
 from pipeline.tasks.kind import Check, Computed, Progress, Reading, TaskKind
-from producers.inputs.column_shards import column_shards
-from producers.inputs.columns import read_columns
-from producers.inputs.compressed import is_compressed
-from producers.inputs.document_shards import document_shards
-from producers.inputs.intake import IntakeCounts, RejectSink, accept_documents, document_bytes
-from producers.inputs.read_ahead import read_ahead
-from producers.inputs.readers import detect_format, read_records
-from producers.inputs.references import ReferencedShard, read_reference
-from producers.inputs.sharding import ShardLimits, UnitSize, cut_sized_shards, over_limit
-from producers.inputs.validate import DocumentShape, InputItem
 from schemas.document import Document
 from schemas.job import JobSpec, ShardMessage, Task
 from schemas.options import EncodeOptions, LongDocPolicy

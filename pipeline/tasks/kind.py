@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from pipeline.errors import PermanentError
-from producers.inputs.intake import IntakeCounts, RejectSink
-from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES
-from producers.inputs.references import ReferencedShard
-from producers.inputs.sharding import ShardLimits, UnitSize, cut_sized_shards
-from producers.inputs.validate import InputItem
+from pipeline.inputs.intake import IntakeCounts, RejectSink
+from pipeline.inputs.readers.lines import DEFAULT_MAX_RECORD_BYTES
+from pipeline.inputs.references import ReferencedShard
+from pipeline.inputs.sharding import ShardLimits, UnitSize, cut_sized_shards
+from pipeline.inputs.validate import InputItem
 from schemas.job import JobSpec, ShardMessage, Task
 
 if TYPE_CHECKING:

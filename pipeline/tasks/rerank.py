@@ -10,12 +10,12 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.inputs.intake import IntakeCounts, RejectSink
+from pipeline.inputs.pair_intake import accept_pairs, pair_bytes
+from pipeline.inputs.readers.formats import detect_pair_format, read_pair_records
+from pipeline.inputs.sharding import ShardLimits, UnitSize, cut_sized_shards, over_limit
+from pipeline.inputs.validate import InputItem
 from pipeline.tasks.kind import Check, Computed, Reading, TaskKind
-from producers.inputs.intake import IntakeCounts, RejectSink
-from producers.inputs.pair_intake import accept_pairs, pair_bytes
-from producers.inputs.readers import detect_pair_format, read_pair_records
-from producers.inputs.sharding import ShardLimits, UnitSize, cut_sized_shards, over_limit
-from producers.inputs.validate import InputItem
 from schemas.job import JobSpec, Task
 from schemas.rerank import Pair, RerankOptions
 

@@ -208,7 +208,7 @@ def test_shards_by_reference_write_what_inline_shards_write(tmp_path, store, run
 
 
 def test_a_reference_to_a_changed_input_fails_its_shard(tmp_path, store, runtime):
-    from producers.inputs.references import InputChanged
+    from pipeline.inputs.references import InputChanged
 
     inp = write_corpus(tmp_path / "in.jsonl", count=20)
     _, sent = submit(request(tmp_path, inp), store)

@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.engine.embedder import Engine
 from pipeline.errors import InputNotAllowed, ReuseError
+from pipeline.inputs.indexes.reuse_index import ReuseIndex
 from pipeline.local.process import process_file
 from pipeline.runtime.shard_runner import run_shard
 from pipeline.storage.finished_output import (
@@ -25,7 +26,6 @@ from pipeline.storage.finished_output import (
 from pipeline.storage.output_dir import MANIFEST, read_shard_log
 from pipeline.tasks import Reading, task_kind
 from pipeline.tasks.reuse import compute_with_reuse
-from producers.inputs.reuse_index import ReuseIndex
 from schemas.document import Document
 from schemas.job import Task
 from schemas.options import EncodeOptions, LongDocPolicy, StorageDtype

@@ -14,13 +14,13 @@ import pytest
 from pipeline.cli.main import main
 from pipeline.errors import InputError, OutputDirError, StorageError
 from pipeline.exit_codes import EXIT_REJECTS
+from pipeline.inputs.readers.formats import detect_format, read_records
 from pipeline.jobs.resume import previous_spec, read_shard_file, with_shard_metadata
 from pipeline.storage import location as location_module
 from pipeline.storage import s3_listing
 from pipeline.storage.location import open_location
 from pipeline.storage.output_dir import RejectLog, part_entries, prepare_output_dir
 from pipeline.storage.sink import write_shard
-from producers.inputs.readers import detect_format, read_records
 from schemas.document import Reject
 
 

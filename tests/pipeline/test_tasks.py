@@ -19,7 +19,7 @@ DRIVERS = [
     "pipeline/storage",
     "pipeline/engine",
     "producers/submit.py",
-    "producers/inputs",
+    "pipeline/inputs",
     "workers",
 ]
 BRANCH = re.compile(r"\b(is|is not|==|!=)\s+Task\.|Task\.RERANK")

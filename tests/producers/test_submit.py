@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from pipeline.inputs.intake import document_bytes
 from pipeline.tasks.embed import cut_document_shards, oversize_reason, worst_case_tokens
-from producers.inputs.intake import document_bytes
 from producers.submit import ShardLimits, SubmitRequest, submit_job
 from schemas.document import Document
 from schemas.job import JobState, ShardState

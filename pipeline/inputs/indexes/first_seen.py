@@ -2,7 +2,7 @@
 
 The duplicate policies ("the first record wins, later ones are rejected naming the first")
 need every key seen so far. A dict of them costs ~190 bytes per document: 190 GB at 10^9.
-The keys live instead in a throwaway RocksDB (producers/inputs/scratch_db.py): memory is
+The keys live instead in a throwaway RocksDB (pipeline/inputs/indexes/scratch_db.py): memory is
 bounded, the rest is on disk (~13-25 bytes per key after compression).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
-from producers.inputs.scratch_db import WRITE_BUFFER_BYTES, ScratchDb, ScratchIndex
+from pipeline.inputs.indexes.scratch_db import WRITE_BUFFER_BYTES, ScratchDb, ScratchIndex
 
 
 class FirstSeen(ScratchIndex):

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.errors import ReuseError
+from pipeline.inputs.indexes.scratch_db import ScratchDb, ScratchIndex
 from pipeline.storage.finished_output import FinishedOutput, document_digest, open_for_reuse
 from pipeline.storage.location import Location, open_location, same_place
-from producers.inputs.scratch_db import ScratchDb, ScratchIndex
 from schemas.document import Document
 from schemas.options import EncodeOptions
 from schemas.reuse import ReuseRun

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import UnreadableInput
+from pipeline.inputs.readers.compressed import STREAM_ERRORS, open_binary
+from pipeline.inputs.readers.csv_records import CsvRecord, read_csv_records
+from pipeline.inputs.readers.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
+from pipeline.inputs.validate import DocumentShape, InputItem, RecordShape
 from pipeline.storage.location import Location, open_location
-from producers.inputs.compressed import STREAM_ERRORS, open_binary
-from producers.inputs.csv_records import CsvRecord, read_csv_records
-from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
-from producers.inputs.validate import DocumentShape, InputItem, RecordShape
 from schemas.document import Reject
 
 # Records are bounded by --max-record-bytes before the csv module sees them.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import IO
 
-from producers.inputs.lines import read_lines, strip_line_end
+from pipeline.inputs.readers.lines import read_lines, strip_line_end
 
 _QUOTE, _COMMA = ord('"'), ord(",")
 

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 from pyarrow.fs import FileType
 
 from pipeline.errors import InputError, UnreadableInput
+from pipeline.inputs.readers.compressed import base_suffix
+from pipeline.inputs.readers.csv import read_csv
+from pipeline.inputs.readers.jsonl import read_jsonl
+from pipeline.inputs.readers.lines import DEFAULT_MAX_RECORD_BYTES
+from pipeline.inputs.readers.parquet import read_parquet
+from pipeline.inputs.readers.txt import read_text_dir
+from pipeline.inputs.validate import InputItem, RecordShape
 from pipeline.storage.location import Location, open_location
-from producers.inputs.compressed import base_suffix
-from producers.inputs.csv_reader import read_csv
-from producers.inputs.jsonl import read_jsonl
-from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES
-from producers.inputs.parquet_reader import read_parquet
-from producers.inputs.text_files import read_text_dir
-from producers.inputs.validate import InputItem
 from schemas.document import Reject
 
 FORMATS = ("auto", "jsonl", "csv", "parquet", "txt")
@@ -27,7 +28,27 @@ _BY_SUFFIX = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-_READERS: dict[str, Callable[..., Iterator[InputItem]]] = {
+
+
+class Reader(Protocol):
+    """What each format's reader is: one input's records as validated items (a Document, a
+    PairRecord or a Reject each, in input order), read in bounded memory: a record over
+    `max_record_bytes` is rejected while it is read. `shape` says which fields make a
+    record (documents by default: `id_field`, `text_field`, `keep_fields`)."""
+
+    def __call__(
+        self,
+        path: Location | Path | str,
+        *,
+        id_field: str = ...,
+        text_field: str = ...,
+        keep_fields: tuple[str, ...] = ...,
+        shape: RecordShape | None = ...,
+        max_record_bytes: int = ...,
+    ) -> Iterator[InputItem]: ...
+
+
+_READERS: dict[str, Reader] = {
     "jsonl": read_jsonl,
     "csv": read_csv,
     "parquet": read_parquet,
@@ -101,8 +122,8 @@ def read_pair_records(
     fmt: str = "auto",
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Iterator[InputItem]:
-    """Stream rerank input: each item is a PairRecord (producers/inputs/pairs.py) or a Reject."""
-    from producers.inputs.pairs import PairShape
+    """Stream rerank input: each item is a PairRecord (pipeline/inputs/pairs.py) or a Reject."""
+    from pipeline.inputs.pairs import PairShape
 
     location = open_location(path)
     fmt = detect_pair_format(location, fmt)

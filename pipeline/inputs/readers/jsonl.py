@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UnreadableInput
-from pipeline.storage.location import Location, open_location
-from producers.inputs.compressed import STREAM_ERRORS, is_compressed, open_binary
-from producers.inputs.lines import (
+from pipeline.inputs.readers.compressed import STREAM_ERRORS, is_compressed, open_binary
+from pipeline.inputs.readers.lines import (
     BLOCK_BYTES,
     COMPRESSED_BLOCK_BYTES,
     DEFAULT_MAX_RECORD_BYTES,
@@ -19,7 +18,8 @@ from producers.inputs.lines import (
     oversize_reason,
     read_line_blocks,
 )
-from producers.inputs.validate import DocumentShape, InputItem, RecordShape
+from pipeline.inputs.validate import DocumentShape, InputItem, RecordShape
+from pipeline.storage.location import Location, open_location
 from schemas.document import Origin, Reject
 
 

@@ -3,12 +3,12 @@ digests, with no object per document.
 
 What a producer needs of a document it sends by reference is its id (the duplicate-id
 policy), where it is (the shard's byte ranges), its size (the cutter) and its digest (the
-shard's digest): `column_shards` (producers/inputs/column_shards.py) cuts shards from these
+shard's digest): `column_shards` (pipeline/inputs/column_shards.py) cuts shards from these
 alone. The reading, parsing and validating that make them, two thirds of a producer's work
-a document, can then run in a process of their own (producers/inputs/read_ahead.py) and
+a document, can then run in a process of their own (pipeline/inputs/read_ahead.py) and
 send back a few numbers a document instead of the documents.
 
-Every non-blank line is one record, as `read_jsonl` reads it (tests/producers/test_columns.py
+Every non-blank line is one record, as `read_jsonl` reads it (tests/pipeline/inputs/test_columns.py
 holds the two equal): a document in the columns, or a reject with the same reason.
 """
 
@@ -19,13 +19,13 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from pipeline.errors import UnreadableInput
+from pipeline.inputs.intake import document_bytes, plain_document_bytes
+from pipeline.inputs.readers.formats import unreadable_reject
+from pipeline.inputs.readers.jsonl import fast_json, jsonl_blocks, line_record
+from pipeline.inputs.readers.lines import Line, LineBlock, oversize_reason
+from pipeline.inputs.validate import DocumentShape
 from pipeline.jobs.resume import item_digest, plain_document_digest
 from pipeline.storage.location import Location, open_location
-from producers.inputs.intake import document_bytes, plain_document_bytes
-from producers.inputs.jsonl import fast_json, jsonl_blocks, line_record
-from producers.inputs.lines import Line, LineBlock, oversize_reason
-from producers.inputs.readers import unreadable_reject
-from producers.inputs.validate import DocumentShape
 from schemas.document import Document, Origin, Reject
 
 DIGEST_BYTES = 32  # an item_digest (sha256)

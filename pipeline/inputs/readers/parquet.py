@@ -11,10 +11,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import UnreadableInput
+from pipeline.inputs.readers.compressed import check_readable_file
+from pipeline.inputs.readers.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
+from pipeline.inputs.validate import DocumentShape, InputItem, RecordShape
 from pipeline.storage.location import Location, open_location
-from producers.inputs.compressed import check_readable_file
-from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
-from producers.inputs.validate import DocumentShape, InputItem, RecordShape
 from schemas.document import Reject
 
 BATCH_ROWS = 1024

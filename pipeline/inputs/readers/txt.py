@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.inputs.readers.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
+from pipeline.inputs.validate import InputItem, RecordShape, record_to_document
 from pipeline.storage.location import Location, open_location
-from producers.inputs.lines import DEFAULT_MAX_RECORD_BYTES, oversize_reason
-from producers.inputs.validate import InputItem, record_to_document
 from schemas.document import Reject
 
 TEXT_SUFFIX = ".txt"
@@ -59,10 +59,18 @@ def _walk_local(directory: Location) -> Iterator[tuple[Location, str | None]]:
 
 
 def read_text_dir(
-    root: Location | Path | str, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, **_: object
+    path: Location | Path | str,
+    *,
+    id_field: str = "id",
+    text_field: str = "text",
+    keep_fields: tuple[str, ...] = (),
+    shape: RecordShape | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Iterator[InputItem]:
-    """Yield a Document or a Reject per .txt file (UTF-8; a BOM is dropped)."""
-    directory = open_location(root)
+    """Yield a Document or a Reject per .txt file (UTF-8; a BOM is dropped). A reader like
+    the others (readers/formats.py), but no field is read: a file's id is its path under
+    the directory, its text the whole file."""
+    directory = open_location(path)
     if not directory.is_dir():
         raise InputError(f"not a directory: {directory}")
     prefix = directory.path.rstrip("/") + "/"

@@ -8,20 +8,20 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.inputs.column_shards import column_shards
+from pipeline.inputs.intake import IntakeCounts
+from pipeline.inputs.readers.jsonl import read_jsonl
+from pipeline.inputs.readers.jsonl_columns import read_columns
+from pipeline.inputs.references import shard_reference
+from pipeline.inputs.sharding import ShardLimits
+from pipeline.inputs.validate import DocumentShape
 from pipeline.jobs.resume import documents_digest
 from pipeline.storage.location import open_location
 from pipeline.tasks.embed import EmbedTask, size_reason, worst_case_tokens
 from pipeline.tasks.kind import Reading
-from producers.inputs.column_shards import column_shards
-from producers.inputs.columns import read_columns
-from producers.inputs.intake import IntakeCounts
-from producers.inputs.jsonl import read_jsonl
-from producers.inputs.references import shard_reference
-from producers.inputs.sharding import ShardLimits
-from producers.inputs.validate import DocumentShape
 from schemas.document import Reject
 from schemas.options import EncodeOptions, LongDocPolicy
-from tests.producers.jsonl_lines import jsonl_files, write_inputs
+from tests.pipeline.inputs.jsonl_lines import jsonl_files, write_inputs
 
 
 class Rejects(list[Reject]):

@@ -10,14 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import InputError
+from pipeline.inputs.intake import document_bytes
+from pipeline.inputs.readers.jsonl import read_jsonl
+from pipeline.inputs.readers.jsonl_columns import DIGEST_BYTES, DocumentColumns, read_columns
+from pipeline.inputs.readers.lines import read_line_blocks
+from pipeline.inputs.validate import DocumentShape
 from pipeline.jobs.resume import item_digest
-from producers.inputs.columns import DIGEST_BYTES, DocumentColumns, read_columns
-from producers.inputs.intake import document_bytes
-from producers.inputs.jsonl import read_jsonl
-from producers.inputs.lines import read_line_blocks
-from producers.inputs.validate import DocumentShape
 from schemas.document import Document
-from tests.producers.jsonl_lines import jsonl_files, write_inputs
+from tests.pipeline.inputs.jsonl_lines import jsonl_files, write_inputs
 
 Row = tuple[str, int, int, int, int, bytes]  # id, line, start, end, bytes, digest
 
@@ -62,7 +62,7 @@ def test_columns_hold_what_read_jsonl_reads(
 ):
     paths = write_inputs(tmp_path_factory.mktemp("columns"), files)
     shape = DocumentShape(keep_fields=("lang",) if keep else ())
-    with mock.patch("producers.inputs.jsonl.BLOCK_BYTES", block_bytes):
+    with mock.patch("pipeline.inputs.readers.jsonl.BLOCK_BYTES", block_bytes):
         blocks = list(read_columns(paths, shape, max_record_bytes))
         assert flatten(blocks) == by_read_jsonl(paths, shape, max_record_bytes)
     assert all(block.source == str(block.source) for block in blocks)
@@ -85,8 +85,8 @@ def test_a_read_failing_partway_is_one_reject_after_what_was_read(tmp_path):
         raise OSError(5, "Input/output error")
 
     with (
-        mock.patch("producers.inputs.jsonl.read_line_blocks", failing),
-        mock.patch("producers.inputs.jsonl.BLOCK_BYTES", 100),
+        mock.patch("pipeline.inputs.readers.jsonl.read_line_blocks", failing),
+        mock.patch("pipeline.inputs.readers.jsonl.BLOCK_BYTES", 100),
     ):
         blocks = list(read_columns([path], DocumentShape(), 1000))
     assert [len(block.ids) for block in blocks] == [3, 0]

@@ -6,11 +6,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.inputs.intake import IntakeCounts, read_batches
+from pipeline.inputs.sharding import ShardLimits
+from pipeline.inputs.validate import InputItem
 from pipeline.tasks.embed import EmbedTask
 from pipeline.tasks.kind import TaskKind
-from producers.inputs.intake import IntakeCounts, read_batches
-from producers.inputs.sharding import ShardLimits
-from producers.inputs.validate import InputItem
 from schemas.document import Document, Reject
 from schemas.options import EncodeOptions, LongDocPolicy
 

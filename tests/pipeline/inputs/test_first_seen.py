@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producers.inputs.first_seen import FirstSeen
-from producers.inputs.intake import DuplicateIds, IntakeCounts, accept_documents
-from producers.inputs.pair_intake import DuplicatePairs
-from producers.inputs.validate import InputItem
+from pipeline.inputs.indexes.first_seen import FirstSeen
+from pipeline.inputs.intake import DuplicateIds, IntakeCounts, accept_documents
+from pipeline.inputs.pair_intake import DuplicatePairs
+from pipeline.inputs.validate import InputItem
 from schemas.document import Document, Reject
 from schemas.rerank import Pair
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import InputError
-from producers.inputs.readers import read_records
+from pipeline.inputs.readers.formats import read_records
 from schemas.document import Document, Reject
 
 

@@ -6,10 +6,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import InputError
-from producers.inputs.jsonl import count_lines, jsonl_record, read_jsonl
-from producers.inputs.lines import oversize_reason, read_lines
-from producers.inputs.sharding import cut_shards
-from producers.inputs.validate import DocumentShape, InputItem, record_to_document
+from pipeline.inputs.readers.jsonl import count_lines, jsonl_record, read_jsonl
+from pipeline.inputs.readers.lines import oversize_reason, read_lines
+from pipeline.inputs.sharding import cut_shards
+from pipeline.inputs.validate import DocumentShape, InputItem, record_to_document
 from schemas.document import Document, Origin, Reject
 
 

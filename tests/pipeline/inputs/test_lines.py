@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producers.inputs.lines import BOM, Line, read_lines
+from pipeline.inputs.readers.lines import BOM, Line, read_lines
 
 
 def oracle_lines(

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
+from pipeline.inputs.intake import IntakeCounts
+from pipeline.inputs.pair_intake import accept_pairs, pair_bytes
+from pipeline.inputs.readers.formats import read_pair_records
+from pipeline.inputs.sharding import ShardLimits
 from pipeline.tasks.rerank import cut_pair_shards, oversize_reason, worst_case_pair_tokens
-from producers.inputs.intake import IntakeCounts
-from producers.inputs.pair_intake import accept_pairs, pair_bytes
-from producers.inputs.readers import read_pair_records
-from producers.inputs.sharding import ShardLimits
 from schemas.job import JobSpec, ShardMessage, Task
 from schemas.options import EncodeOptions
 from schemas.rerank import Pair, RerankOptions

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import InputError
-from producers.inputs.pairs import PairRecord
-from producers.inputs.readers import read_pair_records
+from pipeline.inputs.pairs import PairRecord
+from pipeline.inputs.readers.formats import read_pair_records
 from schemas.document import Reject
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline.errors import InputError
-from producers.inputs.read_ahead import ReadAheadFailed, read_ahead
+from pipeline.inputs.read_ahead import ReadAheadFailed, read_ahead
 
 
 def counting(n: int, fail_at: int | None = None) -> Iterator[int]:
@@ -59,8 +59,8 @@ def test_a_script_without_a_main_guard_can_read_ahead(tmp_path):
     and fail a script that reads ahead at import time)."""
     script = tmp_path / "script.py"
     script.write_text(
-        "from producers.inputs.read_ahead import read_ahead\n"
-        "from tests.producers.test_read_ahead import counting\n"
+        "from pipeline.inputs.read_ahead import read_ahead\n"
+        "from tests.pipeline.inputs.test_read_ahead import counting\n"
         "print(sum(read_ahead(counting, 100)))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from producers.inputs.readers import read_records
+from pipeline.inputs.readers.formats import read_records
 from schemas.document import Document, Reject
 
 SETTINGS = settings(

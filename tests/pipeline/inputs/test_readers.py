@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import InputError
-from producers.inputs.readers import detect_format, read_records
+from pipeline.inputs.readers.formats import detect_format, read_records
 from schemas.document import Document, Reject
 
 

@@ -11,17 +11,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipeline.jobs.resume import documents_digest
-from pipeline.storage.location import open_location
-from pipeline.tasks import Reading, task_kind
-from producers.inputs.references import (
+from pipeline.inputs.references import (
     MAX_GAP_BYTES,
     InputChanged,
     read_reference,
     shard_reference,
 )
-from producers.inputs.sharding import ShardLimits
-from producers.inputs.validate import DocumentShape
+from pipeline.inputs.sharding import ShardLimits
+from pipeline.inputs.validate import DocumentShape
+from pipeline.jobs.resume import documents_digest
+from pipeline.storage.location import open_location
+from pipeline.tasks import Reading, task_kind
 from producers.submit import shard_message
 from schemas.document import Document, Reject
 from schemas.job import Task
@@ -39,7 +39,7 @@ class Rejects(list[Reject]):
 
 def cut(paths: list[Path], shard_docs: int = 3) -> list[list[Document]]:
     """The producer's shards of `paths`, as submit cuts them."""
-    from producers.inputs.intake import IntakeCounts
+    from pipeline.inputs.intake import IntakeCounts
 
     kind = task_kind(Task.EMBED)
     reading = Reading(max_record_bytes=LIMIT)

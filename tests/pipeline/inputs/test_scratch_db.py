@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from pipeline.errors import ScratchSpaceError
-from producers.inputs.scratch_db import ScratchDb
+from pipeline.inputs.indexes.scratch_db import ScratchDb
 
 
 def test_a_full_disk_under_the_scratch_index_is_one_error_and_leaves_nothing(tmp_path):
@@ -19,7 +19,7 @@ def test_a_full_disk_under_the_scratch_index_is_one_error_and_leaves_nothing(tmp
     script = textwrap.dedent(f"""
         import resource, signal, sys
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        from producers.inputs.scratch_db import ScratchDb
+        from pipeline.inputs.indexes.scratch_db import ScratchDb
         from pipeline.errors import ScratchSpaceError
         resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
         try:
