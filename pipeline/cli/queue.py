@@ -426,7 +426,8 @@ def _known_job(store: JobStore, job_id: str) -> bool:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.jobs.watch import describe, follow
+    from pipeline.cli.job_view import StatusBar, describe
+    from pipeline.jobs.watch import follow
 
     if args.job is None:
         return cmd_jobs(argparse.Namespace(limit=20, json=args.json, tenant=None), settings)
@@ -434,7 +435,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if not _known_job(store, args.job):
         return EXIT_FAILED
     if args.watch:
-        status = follow(store, args.job, bar=sys.stderr.isatty(), poll_seconds=1.0)
+        bar = StatusBar(enabled=sys.stderr.isatty())
+        try:
+            status = follow(store, args.job, poll_seconds=1.0, on_status=bar)
+        finally:
+            bar.close()
     else:
         status = store.status(args.job)
     orphans = [] if status.state.finished else orphaned_shards(store, args.job)
@@ -465,14 +470,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.jobs.watch import exit_code, follow
+    from pipeline.exit_codes import job_exit_code
+    from pipeline.jobs.watch import follow
 
     store = job_store(settings)
     if not _known_job(store, args.job):
         return EXIT_FAILED
-    status = follow(
-        store, args.job, bar=False, poll_seconds=settings.poll_seconds, timeout=args.timeout
-    )
+    status = follow(store, args.job, poll_seconds=settings.poll_seconds, timeout=args.timeout)
     if not status.state.finished:
         print(f"m3pipe wait: job {args.job} still {status.state.value}", file=sys.stderr)
         return EXIT_TIMEOUT
@@ -483,7 +487,7 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
     if status.shards.failed:
         print(f"failed shards ({status.shards.failed}), by reason:", file=sys.stderr)
         print("\n".join(describe_failures(failure_reasons(store, args.job))), file=sys.stderr)
-    return exit_code(status)
+    return job_exit_code(status)
 
 
 def no_live_worker_serves(
@@ -506,7 +510,7 @@ def no_live_worker_serves(
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.jobs.watch import one_line
+    from pipeline.cli.job_view import one_line
 
     store = job_store(settings)
     statuses = []
@@ -621,6 +625,7 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.cli.job_view import StatusBar
     from pipeline.local.run import run_local
 
     try:
@@ -629,11 +634,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return usage_error(exc)
     if args.workers is not None and args.workers < 1:
         return usage_error("--workers must be >= 1")
-    return run_local(
-        request,
-        settings,
-        workers=args.workers,
-        force_cpu=args.device == "cpu",
-        precision=args.precision or settings.precision,
-        show_bar=not args.quiet and sys.stderr.isatty(),
-    )
+    bar = StatusBar(enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        return run_local(
+            request,
+            settings,
+            workers=args.workers,
+            force_cpu=args.device == "cpu",
+            precision=args.precision or settings.precision,
+            on_status=bar,
+        )
+    finally:
+        bar.close()

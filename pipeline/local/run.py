@@ -14,15 +14,15 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.broker.redis_checks import check_redis
 from pipeline.errors import WorkersGone
-from pipeline.exit_codes import EXIT_FAILED
+from pipeline.exit_codes import EXIT_FAILED, job_exit_code
 from pipeline.jobs.resume import previous_spec
 from pipeline.jobs.store import JobStore
-from pipeline.jobs.watch import exit_code, follow, unit
+from pipeline.jobs.watch import follow
 from pipeline.ops.embedded_redis import EmbeddedRedis
 from pipeline.ops.gpus import visible_gpu_count
 from pipeline.ops.lifeline import owned_scratch_dir
@@ -33,7 +33,7 @@ from pipeline.storage.location import open_location
 from pipeline.storage.output_dir import check_output_dir
 from pipeline.tasks import task_kind
 from producers.submit import SubmitRequest, SubmitResult, submit_job
-from schemas.job import JobState
+from schemas.job import JobState, JobStatus
 
 STOP_GRACE_SECONDS = 30.0
 SCRATCH_PREFIX = "m3pipe-run-"
@@ -107,7 +107,7 @@ def run_local(
     workers: int | None,
     force_cpu: bool,
     precision: str,
-    show_bar: bool,
+    on_status: Callable[[JobStatus], None] | None = None,
 ) -> int:
     from workers.app import shard_publisher
 
@@ -196,7 +196,7 @@ def run_local(
             pool.check()
 
         try:
-            status = follow(store, job_id, bar=show_bar, poll_seconds=0.2, check=check)
+            status = follow(store, job_id, poll_seconds=0.2, check=check, on_status=on_status)
             if status.state.finished:
                 ended.append(True)
         except WorkersGone as exc:
@@ -211,14 +211,14 @@ def run_local(
         print(_summary(status, result), file=sys.stderr)
         if status.state is not JobState.COMPLETED:
             print(pool.log_tails(), file=sys.stderr)
-        return exit_code(status)
+        return job_exit_code(status)
 
 
-def _summary(status, result: SubmitResult | None) -> str:
+def _summary(status: JobStatus, result: SubmitResult | None) -> str:
     rejected = status.rejected or 0
     return (
         f"m3pipe run: job {status.job_id} {status.state.value}: {status.documents_done:,} "
-        f"{unit(status)} -> {status.rows_done:,} rows in {status.shards.done} file(s) under "
+        f"{status.task.item}s -> {status.rows_done:,} rows in {status.shards.done} file(s) under "
         f"{status.out}; {status.tokens_done:,} tokens at {status.tokens_per_second:,.0f} "
         f"tokens/s; {rejected} rejected"
         + (f", {status.shards.failed} shard(s) failed" if status.shards.failed else "")

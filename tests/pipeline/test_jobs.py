@@ -164,7 +164,7 @@ def test_a_ttl_of_zero_keeps_an_ended_job(store, tmp_path):
 
 
 def test_status_and_jobs_say_until_when_an_ended_job_is_kept(store, tmp_path):
-    from pipeline.jobs.watch import describe, one_line
+    from pipeline.cli.job_view import describe, one_line
 
     store.create(make_spec(tmp_path), ttl=3600)
     assert "kept until" not in describe(store.status("job-1"))  # running: kept
@@ -282,3 +282,25 @@ def test_status_and_wait_say_why_shards_failed(store, tmp_path, redis_server, ca
     assert main(["status", "job-1", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["failures"][0] == {"reason": "asks for embed model 'X'", "shards": 3}
+
+
+def test_follow_hands_each_status_read_to_the_bar_until_the_job_ends(store, tmp_path):
+    from pipeline.cli.job_view import StatusBar
+    from pipeline.jobs.watch import follow
+
+    store.create(make_spec(tmp_path))
+    seen = []
+    polls = iter(range(3))
+
+    def check() -> None:  # the third poll ends the job
+        if next(polls) == 2:
+            store.cancel("job-1")
+
+    bar = StatusBar(enabled=True)
+    ended = follow(store, "job-1", poll_seconds=0, check=check,
+                   on_status=lambda status: (seen.append(status.state), bar(status)))  # fmt: skip
+    bar.close()
+    assert ended.state is JobState.CANCELLED
+    assert seen[-1] is JobState.CANCELLED and len(seen) == 4  # every status read, once
+    still = follow(store, "job-1", poll_seconds=0, timeout=0)
+    assert still.state is JobState.CANCELLED

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
+from pipeline.cli.job_view import describe
 from pipeline.engine.model import load_model
 from pipeline.errors import WrongWorker
 from pipeline.jobs.finish import finalize_if_complete
-from pipeline.jobs.watch import describe
 from pipeline.runtime.shard_runner import run_shard
 from schemas.job import JobState, ShardState
 from tests.pipeline.queue_job import runtime_of, submitted
