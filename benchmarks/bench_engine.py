@@ -78,7 +78,7 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
 
     kind, precision = side.split(":")
     name = precision  # what its outputs are saved as, for the agreement
-    # "-sync": each batch finished right after its launch (Engine.overlap_batches off).
+    # "-sync": each batch finished right after its launch (EmbedEngine.overlap_batches off).
     overlap = not precision.endswith("-sync")
     precision = kernels_for(precision.removesuffix("-sync"))
     texts = json.loads(corpus_path.read_text())
@@ -110,11 +110,11 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
     compute = "int8-dynamic" if precision == "int8" else str(model.dtype).removeprefix("torch.")
     result: dict = {"side": side, "compute_dtype": compute}
     if kind == "engine":
-        from pipeline.engine.embedder import Engine
+        from pipeline.engine.embedder import EmbedEngine
         from schemas.document import Document
         from schemas.options import EncodeOptions
 
-        engine = Engine(
+        engine = EmbedEngine(
             model,
             EncodeOptions(
                 max_length=args.max_length, batch_tokens=args.batch_tokens, dtype=args.dtype

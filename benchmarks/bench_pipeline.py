@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def direct_side(args: argparse.Namespace, corpus: Path, out: Path) -> dict:
     """Runs in a child process: load the model, then encode the corpus file to Parquet."""
-    from pipeline.engine.embedder import Engine
+    from pipeline.engine.embedder import EmbedEngine
     from pipeline.engine.model import load_model
     from pipeline.local.process import process_file
     from pipeline.settings import Settings
@@ -39,7 +39,7 @@ def direct_side(args: argparse.Namespace, corpus: Path, out: Path) -> dict:
     started = time.perf_counter()
     model = load_model(args.model, device="cpu", cache_dir=Settings().cache_dir)
     load_seconds = time.perf_counter() - started
-    engine = Engine(model, EncodeOptions())
+    engine = EmbedEngine(model, EncodeOptions())
     started = time.perf_counter()
     summary = process_file(task_kind(Task.EMBED), corpus, out, engine, shard_items=args.shard_docs)
     seconds = time.perf_counter() - started

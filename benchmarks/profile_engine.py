@@ -1,6 +1,6 @@
 """Where the engine's time goes: wall time per stage, per storage dtype, and the top operators.
 
-Encodes a corpus with `Engine.encode_stream`, as `m3pipe encode` does, and times each stage
+Encodes a corpus with `EmbedEngine.encode_stream`, as `m3pipe encode` does, and times each stage
 from the batch loop's side: the batches (launching the forward pass, heads and copies to the
 host), their results (on CUDA the wait for the device), placing each batch's vectors and
 building each shard's table, and the rest (mostly waiting for the tokenizer thread to hand
@@ -91,7 +91,7 @@ def main() -> int:
     from benchmarks.bench_engine import make_corpus
     from benchmarks.mfu import model_flops
     from pipeline.engine import embedder
-    from pipeline.engine.embedder import Engine
+    from pipeline.engine.embedder import EmbedEngine
     from pipeline.engine.encoder import PendingBatch
     from pipeline.engine.model import load_model
     from pipeline.engine.table import ShardColumns
@@ -117,12 +117,12 @@ def main() -> int:
     PendingBatch.result = clock.wrap("batch results (wait, sparse groups)", PendingBatch.result)  # type: ignore[method-assign]
     ShardColumns.add = clock.wrap("assembly (placing vectors)", ShardColumns.add)  # type: ignore[method-assign]
     embedder.assemble_table = clock.wrap("assembly (Arrow table)", embedder.assemble_table)  # type: ignore[assignment]
-    Engine.tokenize = clock.wrap("tokenize (own thread)", Engine.tokenize)  # type: ignore[method-assign]
+    EmbedEngine.tokenize = clock.wrap("tokenize (own thread)", EmbedEngine.tokenize)  # type: ignore[method-assign]
 
     runs = {}
     for dtype in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
         options = EncodeOptions(max_length=args.max_length, dtype=dtype)
-        engine = Engine(model, options)
+        engine = EmbedEngine(model, options)
         for _ in engine.encode_stream([docs[: args.warmup]]):
             pass
         clock.seconds.clear()
@@ -155,7 +155,7 @@ def main() -> int:
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        engine = Engine(model, EncodeOptions(max_length=args.max_length))
+        engine = EmbedEngine(model, EncodeOptions(max_length=args.max_length))
         with profile(activities=activities) as prof:
             for _ in engine.encode_stream([docs[: args.profile_docs]]):
                 pass

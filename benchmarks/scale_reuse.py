@@ -26,7 +26,7 @@ def write_corpus(path: Path, texts: list[str]) -> None:
 
 
 def reuse(args: argparse.Namespace, tmp: Path) -> dict:
-    from pipeline.engine.embedder import Engine
+    from pipeline.engine.embedder import EmbedEngine
     from pipeline.engine.model import load_model
     from pipeline.engine.synthetic_text import TextGenerator
     from pipeline.inputs.indexes.reuse_index import ReuseIndex
@@ -47,7 +47,7 @@ def reuse(args: argparse.Namespace, tmp: Path) -> dict:
     write_corpus(tmp / "v2.jsonl", edited)
 
     model = load_model(args.model, device="cpu", precision=None, cache_dir=Settings().cache_dir)
-    engine = Engine(model, EncodeOptions(max_length=args.reuse_max_length))
+    engine = EmbedEngine(model, EncodeOptions(max_length=args.reuse_max_length))
     kind = task_kind(Task.EMBED)
 
     def encode(name: str, source: str, previous: Path | None = None) -> tuple[float, object]:

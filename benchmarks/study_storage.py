@@ -48,14 +48,14 @@ TOP = 100  # results kept a query for the measures
 
 def encode(model: Any, texts: dict[str, str], max_length: int) -> dict[str, Any]:
     """Dense [n, D], sparse (indices, values) per text, ColBERT [n_i, D] per text, fp32."""
-    from pipeline.engine.embedder import Engine
+    from pipeline.engine.embedder import EmbedEngine
     from schemas.document import Document
     from schemas.options import EncodeOptions
     from schemas.vector_layout import colbert_rows
 
     options = EncodeOptions(max_length=max_length, dtype="float32")
     docs = [Document(id=key, text=text) for key, text in texts.items()]
-    table = Engine(model, options).encode(docs).table
+    table = EmbedEngine(model, options).encode(docs).table
     assert table.column("id").to_pylist() == list(texts)
     dense = table.column("dense").combine_chunks().flatten().to_numpy().reshape(len(docs), -1)
     sparse = list(

@@ -48,7 +48,7 @@ class ShardResult:
     stats: EncodeStats = field(default_factory=EncodeStats)
 
 
-class Engine:
+class EmbedEngine:
     """A loaded model plus encode options; between calls it keeps only its batch budget,
     lowered after an out-of-memory (pipeline/engine/batching.budget_after_oom)."""
 

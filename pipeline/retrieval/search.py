@@ -146,11 +146,11 @@ def encode_queries(
     model: M3Model, index: FinishedOutput, queries: list[Document], modes: tuple[Mode, ...]
 ) -> Vectors:
     """The queries through the index's model, at its max_length (truncated), in float32."""
-    from pipeline.engine.embedder import Engine
+    from pipeline.engine.embedder import EmbedEngine
 
     max_length = int(index.options.get("max_length", 8192))
     options = EncodeOptions(modes=modes, max_length=max_length, dtype=StorageDtype.FLOAT32)
-    table = Engine(model, options).encode(queries).table.combine_chunks()
+    table = EmbedEngine(model, options).encode(queries).table.combine_chunks()
     vectors, _ = batch_vectors(table.to_batches()[0], [query.id for query in queries])
     return vectors
 

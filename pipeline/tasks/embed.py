@@ -25,7 +25,7 @@ from schemas.options import EncodeOptions, LongDocPolicy
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from pipeline.engine.embedder import EncodeStats, Engine
+    from pipeline.engine.embedder import EmbedEngine, EncodeStats
     from pipeline.engine.model import M3Model
     from pipeline.storage.location import Location
 
@@ -201,19 +201,19 @@ class EmbedTask(TaskKind):
     def job_options(self, spec: JobSpec) -> Hashable:
         return spec.options
 
-    def engine(self, model: M3Model, options: EncodeOptions) -> Engine:
-        from pipeline.engine.embedder import Engine
+    def engine(self, model: M3Model, options: EncodeOptions) -> EmbedEngine:
+        from pipeline.engine.embedder import EmbedEngine
 
-        return Engine(model, options)
+        return EmbedEngine(model, options)
 
     def compute(
-        self, engine: Engine, items: Sequence[Document], keep_fields: Sequence[str] = ()
+        self, engine: EmbedEngine, items: Sequence[Document], keep_fields: Sequence[str] = ()
     ) -> Computed:
         return self._computed(engine.encode(items), items, keep_fields)
 
     def compute_stream(
         self,
-        engine: Engine,
+        engine: EmbedEngine,
         shards: Iterable[Sequence[Document]],
         keep_fields: Sequence[str] = (),
         progress: Progress | None = None,
@@ -265,7 +265,7 @@ class EmbedTask(TaskKind):
 
         return EncodeStats()
 
-    def manifest_job(self, reading: Reading, engine: Engine) -> dict[str, object]:
+    def manifest_job(self, reading: Reading, engine: EmbedEngine) -> dict[str, object]:
         return {
             "id_field": reading.id_field,
             "text_field": reading.text_field,

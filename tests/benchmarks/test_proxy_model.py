@@ -77,7 +77,7 @@ def test_the_converted_model_computes_berts_hidden_states(bert_dir, tmp_path):
 def test_the_engine_runs_it_and_a_fitted_sparse_head_weighs_rare_terms_up(
     bert_dir, tmp_path, model_cache
 ):
-    from pipeline.engine.embedder import Engine
+    from pipeline.engine.embedder import EmbedEngine
     from pipeline.engine.model import load_model
     from schemas.options import EncodeOptions
     from tests.corpus import documents
@@ -86,7 +86,7 @@ def test_the_engine_runs_it_and_a_fitted_sparse_head_weighs_rare_terms_up(
     corpus = TEXTS * 3 + ["the mill", "the town", "the bridge"]
     fitted = fit_sparse_head(out, corpus, tmp_path / "fitted")
     model = load_model(str(fitted), device="cpu", precision="fp32", cache_dir=model_cache)
-    table = Engine(model, EncodeOptions(max_length=24)).encode(documents(corpus)).table
+    table = EmbedEngine(model, EncodeOptions(max_length=24)).encode(documents(corpus)).table
     dense = table.column("dense").combine_chunks().flatten().to_numpy().reshape(len(corpus), -1)
     np.testing.assert_allclose(np.linalg.norm(dense, axis=1), 1.0, atol=1e-5)
     weights = {}

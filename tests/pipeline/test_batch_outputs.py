@@ -100,14 +100,14 @@ def _field(dim: int):
 def test_overlapping_batches_changes_no_output(tiny):
     """Batch k + 1 launched before batch k is finished, or each finished at once: the same
     table, bit for bit (the GPU check times both)."""
-    from pipeline.engine.embedder import Engine
+    from pipeline.engine.embedder import EmbedEngine
     from schemas.options import EncodeOptions
     from tests.corpus import documents
 
     docs = documents([f"text number {i} " * (1 + i % 9) for i in range(40)])
     options = EncodeOptions(max_length=64, batch_tokens=256)
-    overlapped = Engine(tiny, options)
-    at_once = Engine(tiny, options)
+    overlapped = EmbedEngine(tiny, options)
+    at_once = EmbedEngine(tiny, options)
     at_once.overlap_batches = False
     first, second = overlapped.encode(docs), at_once.encode(docs)
     assert first.stats.batches > 3

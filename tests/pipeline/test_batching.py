@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.engine.batching import padding_efficiency, plan_batches
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from schemas.options import EncodeOptions
 from tests.corpus import documents, mixed_texts
 
@@ -54,8 +54,8 @@ def test_empty_and_invalid():
 def test_engine_restores_input_order_with_many_batches(tiny):
     texts = mixed_texts() * 3
     docs = documents(texts)
-    small_budget = Engine(tiny, EncodeOptions(max_length=512, batch_tokens=600)).encode(docs)
-    one_batch = Engine(tiny, EncodeOptions(max_length=512, batch_tokens=10**6)).encode(docs)
+    small_budget = EmbedEngine(tiny, EncodeOptions(max_length=512, batch_tokens=600)).encode(docs)
+    one_batch = EmbedEngine(tiny, EncodeOptions(max_length=512, batch_tokens=10**6)).encode(docs)
     assert small_budget.stats.batches > 5 and one_batch.stats.batches == 1
     assert small_budget.table.column("id").to_pylist() == [d.id for d in docs]
     assert (

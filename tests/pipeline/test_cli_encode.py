@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli.main import main
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
 from pipeline.storage.output_dir import part_entries
 from schemas.options import EncodeOptions
@@ -54,7 +54,9 @@ def test_clean_input_encodes_every_record(tmp_path, tiny):
     ]
     table = pq.read_table(out)  # the directory, as README shows: _ and . files are skipped
     assert table.column("id").to_pylist() == [f"doc-{i}" for i in range(len(texts))]
-    expected = Engine(tiny, EncodeOptions(max_length=512, dtype="float32")).encode(documents(texts))
+    expected = EmbedEngine(tiny, EncodeOptions(max_length=512, dtype="float32")).encode(
+        documents(texts)
+    )
     np.testing.assert_allclose(
         table.column("dense").combine_chunks().flatten().to_numpy(),
         expected.table.column("dense").combine_chunks().flatten().to_numpy(),

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers.integrations import sdpa_attention
 
 from pipeline.engine import cpu_attention, cpu_linear
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.engine.model import load_model
 from pipeline.engine.reranker import load_reranker
 from schemas.document import Document
@@ -78,7 +78,7 @@ def test_an_engine_with_it_embeds_as_with_sdpa(model_cache, monkeypatch):
         assert (model.encoder.config._attn_implementation == cpu_attention.NAME) is (
             attention == "onednn"
         )
-        [(_, result)] = Engine(model, options).encode_stream([docs])
+        [(_, result)] = EmbedEngine(model, options).encode_stream([docs])
         return np.array(result.table.column("dense").to_pylist())
 
     fused, sdpa = dense("onednn"), dense("sdpa")

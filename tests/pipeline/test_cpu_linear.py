@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from pipeline.engine import cpu_linear
 from pipeline.engine.agreement import table_outputs
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.engine.model import load_model
 from pipeline.engine.reranker import load_reranker
 from schemas.options import EncodeOptions
@@ -96,7 +96,7 @@ def test_the_encoder_agrees_with_mkls_within_the_fp32_parity_bound(model_cache, 
         monkeypatch.setenv(cpu_linear.ENV, choice)
         model = load_model("random:tiny", device="cpu", precision="fp32", cache_dir=model_cache)
         options = EncodeOptions(max_length=4096, batch_tokens=6000, dtype="float32")
-        return table_outputs(Engine(model, options).encode(documents(mixed_texts())).table)
+        return table_outputs(EmbedEngine(model, options).encode(documents(mixed_texts())).table)
 
     (dense, colbert, sparse), (mkl_dense, mkl_colbert, mkl_sparse) = encode("onednn"), encode("mkl")
     np.testing.assert_allclose(dense, mkl_dense, atol=1e-5, rtol=0)

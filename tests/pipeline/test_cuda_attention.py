@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.engine import cuda_attention
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.engine.model import load_model
 from schemas.document import Document
 from schemas.options import EncodeOptions
@@ -108,7 +108,7 @@ def test_an_engine_with_it_writes_the_tables_sdpa_gives(model_cache, monkeypatch
         model = load_model("random:tiny", device="cpu", precision="fp32", cache_dir=model_cache)
         if kernel is not None:
             cuda_attention.install(model.encoder, kernel)
-        [(_, result)] = Engine(model, options).encode_stream([docs])
+        [(_, result)] = EmbedEngine(model, options).encode_stream([docs])
         return result.table
 
     def dense(table) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.engine import fingerprint
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.engine.fingerprint import fingerprint_model_dir
 from pipeline.engine.model import load_model
 from pipeline.errors import ReuseError
@@ -79,7 +79,7 @@ def test_reuse_refuses_rows_of_weights_changed_in_place(model_copy, tmp_path, mo
     def run(name: str, reuse: Path | None = None):
         model = load_model(str(model_copy), device="cpu", precision="fp32", cache_dir=model_cache)
         source = write(tmp_path / f"{name}.jsonl", records)
-        engine = Engine(model, OPTIONS)
+        engine = EmbedEngine(model, OPTIONS)
         return process_file(embed, source, tmp_path / name, engine, reuse=reuse)
 
     run("A")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli.main import main
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.exit_codes import EXIT_INTERRUPTED, EXIT_OK
 from pipeline.local.process import process_file
 from pipeline.storage.output_dir import MANIFEST, read_shard_log
@@ -45,7 +45,7 @@ def dense(table) -> np.ndarray:
 
 
 def encode(tiny, source, out, **flags):
-    return process_file(EMBED, source, out, Engine(tiny, OPTIONS), shard_items=10, **flags)
+    return process_file(EMBED, source, out, EmbedEngine(tiny, OPTIONS), shard_items=10, **flags)
 
 
 def test_an_interrupted_encode_is_finished_by_resume(tmp_path, tiny):
@@ -111,8 +111,12 @@ def test_resume_is_not_combined_with_overwrite_or_reuse(tmp_path, capsys):
 def test_encode_writes_a_part_piece_by_piece_and_an_interrupted_one_never_appears(tmp_path, tiny):
     source = _write_jsonl(tmp_path / "in.jsonl", records(60))
     pieces, whole = tmp_path / "pieces", tmp_path / "whole"
-    process_file(EMBED, source, pieces, Engine(tiny, OPTIONS), shard_items=30, piece_documents=4)
-    process_file(EMBED, source, whole, Engine(tiny, OPTIONS), shard_items=30, piece_documents=30)
+    process_file(
+        EMBED, source, pieces, EmbedEngine(tiny, OPTIONS), shard_items=30, piece_documents=4
+    )
+    process_file(
+        EMBED, source, whole, EmbedEngine(tiny, OPTIONS), shard_items=30, piece_documents=30
+    )
     names = sorted(p.name for p in pieces.glob("part-*.parquet"))
     assert names == sorted(p.name for p in whole.glob("part-*.parquet")) and len(names) == 2
     for name in names:
@@ -125,7 +129,7 @@ def test_encode_writes_a_part_piece_by_piece_and_an_interrupted_one_never_appear
         assert pq.ParquetFile(pieces / name).metadata.num_row_groups == 9  # 1 + 7 + 1 pieces
     interrupted = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):  # in the first shard, after a few pieces
-        process_file(EMBED, source, interrupted, Engine(tiny, OPTIONS), shard_items=30,
+        process_file(EMBED, source, interrupted, EmbedEngine(tiny, OPTIONS), shard_items=30,
                      piece_documents=4, progress=interrupted_after(3))  # fmt: skip
     left = [p.name for p in interrupted.rglob("*")]
     assert not [name for name in left if "part-" in name], left  # no part, no temp file

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.engine import encoder
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.errors import RetryableError
 from pipeline.runtime.metrics import WorkerMetrics
 from schemas.options import EncodeOptions
@@ -17,7 +17,7 @@ from tests.corpus import documents, mixed_texts
 def test_oom_splits_the_batch_and_keeps_every_document(tiny, monkeypatch):
     docs = documents(mixed_texts())
     options = EncodeOptions(max_length=512, batch_tokens=100_000)
-    unsplit = Engine(tiny, options).encode(docs)
+    unsplit = EmbedEngine(tiny, options).encode(docs)
     expected = unsplit.table
 
     real_forward = encoder.forward_batch
@@ -30,7 +30,7 @@ def test_oom_splits_the_batch_and_keeps_every_document(tiny, monkeypatch):
         return real_forward(model, sequences, rows, modes, storage)
 
     monkeypatch.setattr("pipeline.engine.embedder.forward_batch", forward_with_small_memory)
-    result = Engine(tiny, options).encode(docs)
+    result = EmbedEngine(tiny, options).encode(docs)
     assert max(sizes) <= 2 and sum(sizes) == len(docs)
     splits = len(sizes) - unsplit.stats.batches  # each split makes one batch two
     assert splits > 0 and result.stats.oom_splits == splits
@@ -53,7 +53,7 @@ def test_oom_on_a_single_sequence_is_retryable(tiny, monkeypatch):
 
     monkeypatch.setattr("pipeline.engine.embedder.forward_batch", always_oom)
     with pytest.raises(RetryableError, match="single sequence"):
-        Engine(tiny, EncodeOptions(max_length=64)).encode(documents(["a b c", "d e"]))
+        EmbedEngine(tiny, EncodeOptions(max_length=64)).encode(documents(["a b c", "d e"]))
 
 
 def test_other_errors_are_not_swallowed(tiny, monkeypatch):
@@ -62,7 +62,7 @@ def test_other_errors_are_not_swallowed(tiny, monkeypatch):
 
     monkeypatch.setattr("pipeline.engine.embedder.forward_batch", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        Engine(tiny, EncodeOptions(max_length=64)).encode(documents(["a b c"]))
+        EmbedEngine(tiny, EncodeOptions(max_length=64)).encode(documents(["a b c"]))
 
 
 def test_an_oom_lowers_the_budget_so_the_next_shards_fit(tiny, monkeypatch):
@@ -80,7 +80,7 @@ def test_an_oom_lowers_the_budget_so_the_next_shards_fit(tiny, monkeypatch):
         return real_forward(model, sequences, rows, modes, storage)
 
     monkeypatch.setattr("pipeline.engine.embedder.forward_batch", forward_with_a_memory_limit)
-    engine = Engine(tiny, EncodeOptions(max_length=64, batch_tokens=4096))
+    engine = EmbedEngine(tiny, EncodeOptions(max_length=64, batch_tokens=4096))
     docs = documents(["word " * 40] * 40)
     engine.encode(docs)
     assert failures and engine.batch_tokens <= limit

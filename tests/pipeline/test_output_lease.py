@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli.main import main
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.errors import OutputDirError
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK
 from pipeline.local.process import process_file
@@ -132,7 +132,7 @@ def test_a_run_whose_lease_was_taken_over_writes_nothing_more(tmp_path, tiny):
             forged = {"token": "other", "job_id": "job-x", "renewed": time.time()}
             (out / LEASE).write_text(json.dumps(forged))
 
-    engine = Engine(tiny, EncodeOptions(max_length=64))
+    engine = EmbedEngine(tiny, EncodeOptions(max_length=64))
     with pytest.raises(OutputDirError, match="taken over by job job-x"):
         process_file(task_kind(Task.EMBED), inp, out, engine, shard_items=4, progress=progress)
     assert not (out / MANIFEST).exists()

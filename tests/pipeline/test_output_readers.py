@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.local.process import process_file
 from pipeline.tasks import task_kind
 from schemas.job import Task
@@ -32,7 +32,7 @@ def example(tmp_path_factory, tiny) -> Path:
     lines = [json.dumps({"id": f"d{i}", "text": f"text number {i} " * (i + 1)}) for i in range(9)]
     source.write_text("\n".join([*lines, "not json"]) + "\n")
     out = root / "out" / "example"
-    engine = Engine(tiny, EncodeOptions(max_length=64))
+    engine = EmbedEngine(tiny, EncodeOptions(max_length=64))
     process_file(task_kind(Task.EMBED), source, out, engine, shard_items=4)
     assert (out / "_rejects.jsonl").exists() and (out / "_manifest.json").exists()
     return root

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.engine.agreement import agreement, table_outputs
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.engine.model import load_model
 from schemas.options import EncodeOptions
 from schemas.vector_layout import colbert_rows
@@ -48,7 +48,7 @@ def test_outputs_match_flagembedding(load, reference, size, dtype, tolerance):
     texts = mixed_texts()
     # A small budget forces many batches with different padding than FlagEmbedding's.
     options = EncodeOptions(max_length=MAX_LENGTH, dtype=dtype, batch_tokens=6000)
-    table = Engine(model, options).encode(documents(texts)).table
+    table = EmbedEngine(model, options).encode(documents(texts)).table
 
     assert table.column("id").to_pylist() == [f"doc-{i}" for i in range(len(texts))]
     assert any(len(model.tokenizer(t)["input_ids"]) > 2000 for t in texts)
@@ -94,7 +94,7 @@ BF16_BOUND = {
 def test_bf16_agrees_with_flagembedding_fp32_within_the_stated_bound(reference, model_cache):
     model = load_model("random:tiny", device="cpu", precision="bf16", cache_dir=model_cache)
     options = EncodeOptions(max_length=MAX_LENGTH, dtype="float32", batch_tokens=6000)
-    table = Engine(model, options).encode(documents(mixed_texts())).table
+    table = EmbedEngine(model, options).encode(documents(mixed_texts())).table
     ref = reference("tiny")
     sparse_ref = [{int(k): float(v) for k, v in w.items()} for w in ref["lexical_weights"]]
     dense, colbert, sparse = table_outputs(table)
@@ -109,13 +109,13 @@ def test_bf16_agrees_with_flagembedding_fp32_within_the_stated_bound(reference, 
 
 def test_modes_subset_gives_only_those_columns(tiny):
     options = EncodeOptions(modes="sparse", max_length=64)
-    table = Engine(tiny, options).encode(documents(["one two", "three"])).table
+    table = EmbedEngine(tiny, options).encode(documents(["one two", "three"])).table
     assert table.column_names == ["id", "sparse_indices", "sparse_values", "n_tokens", "truncated"]
 
 
 def test_sparse_drops_special_tokens_and_keeps_positive_weights(tiny):
     texts = ["😀 🚀 unknown-ish ✨", "plain words here"]
-    table = Engine(tiny, EncodeOptions(max_length=64)).encode(documents(texts)).table
+    table = EmbedEngine(tiny, EncodeOptions(max_length=64)).encode(documents(texts)).table
     for row in range(len(texts)):
         indices = table.column("sparse_indices")[row].values.to_numpy()
         values = table.column("sparse_values")[row].values.to_numpy()

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.errors import InputNotAllowed, ReuseError
 from pipeline.inputs.indexes.reuse_index import ReuseIndex
 from pipeline.local.process import process_file
@@ -53,7 +53,7 @@ def write(path: Path, records: list[dict[str, str]]) -> Path:
 
 def encode(tmp_path, tiny, name, records, reuse=None, options=OPTIONS, reading=None, docs=16):
     source = write(tmp_path / f"{name}.jsonl", records)
-    engine = Engine(tiny, options)
+    engine = EmbedEngine(tiny, options)
     return process_file(
         EMBED, source, tmp_path / name, engine, reading=reading, shard_items=docs, reuse=reuse
     )
@@ -258,7 +258,7 @@ def docs_of(records: list[dict[str, str]]) -> list[Document]:
     ],
 )
 def test_a_forged_or_outdated_plan_only_makes_the_worker_encode(previous, tiny, runs):
-    engine = Engine(tiny, OPTIONS)
+    engine = EmbedEngine(tiny, OPTIONS)
     docs = docs_of(corpus(10))
     computed, reused = compute_with_reuse(EMBED, engine, docs, runs, previous)
     assert reused == 0
@@ -266,7 +266,7 @@ def test_a_forged_or_outdated_plan_only_makes_the_worker_encode(previous, tiny, 
 
 
 def test_a_changed_text_under_the_same_id_is_encoded(previous, tiny):
-    engine = Engine(tiny, OPTIONS)
+    engine = EmbedEngine(tiny, OPTIONS)
     docs = docs_of(corpus(10))
     docs[2] = Document(id=docs[2].id, text="changed after the plan was made")
     runs = [ReuseRun(at=0, count=10, part=0, row=0, rows=10)]
@@ -287,7 +287,7 @@ def test_rows_of_another_model_are_never_copied(previous, tiny):
     model["model_fingerprint"] = "another-model"
     metadata = {**table.schema.metadata, b"m3pipe": json.dumps(model).encode()}
     pq.write_table(table.replace_schema_metadata(metadata), part)
-    engine = Engine(tiny, OPTIONS)
+    engine = EmbedEngine(tiny, OPTIONS)
     docs = docs_of(corpus(10))
     runs = [ReuseRun(at=0, count=10, part=0, row=0, rows=10)]
     computed, reused = compute_with_reuse(EMBED, engine, docs, runs, previous)

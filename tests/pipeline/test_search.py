@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli.main import main
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.errors import OutputUnreadable
 from pipeline.exit_codes import EXIT_OK, EXIT_USAGE
 from pipeline.local.process import process_file
@@ -43,7 +43,7 @@ def build_index(tmp_path, tiny, texts, options=None, name="index") -> Path:
     records = [{"id": f"doc-{i:03d}", "text": text} for i, text in enumerate(texts)]
     source = write_jsonl(tmp_path / f"{name}.jsonl", records)
     options = options or EncodeOptions(max_length=256, dtype=StorageDtype.FLOAT32)
-    process_file(task_kind(Task.EMBED), source, tmp_path / name, Engine(tiny, options),
+    process_file(task_kind(Task.EMBED), source, tmp_path / name, EmbedEngine(tiny, options),
                  shard_items=7)  # fmt: skip
     return tmp_path / name
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.storage.sink import part_name, remove_stale_temp_files, write_shard
 from schemas.options import EncodeOptions, Mode, StorageDtype
 from schemas.output import output_schema, read_output_metadata
@@ -29,7 +29,7 @@ CONTRACT = {
 @pytest.mark.parametrize("chunked", [False, True])
 def test_written_schema_is_exactly_the_contract(tiny, tmp_path, chunked):
     options = EncodeOptions(max_length=64, long_docs="chunk" if chunked else "truncate")
-    table = Engine(tiny, options).encode(documents(["alpha beta", "gamma"])).table
+    table = EmbedEngine(tiny, options).encode(documents(["alpha beta", "gamma"])).table
     written = write_shard(table, tmp_path / part_name(0))
     assert written.local_path == tmp_path / part_name(0)
     schema = pq.read_schema(written.local_path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.engine.model import load_model
 from pipeline.errors import ModelLoadError
 from schemas.document import Document
@@ -22,7 +22,7 @@ def stub_full(model_cache):
 def test_stub_full_has_bge_m3s_output_shapes_and_says_it_is_a_stub(stub_full):
     texts = ["a short one", "a longer text " * 40, "日本語のテキスト"]
     docs = [Document(id=f"d{i}", text=t) for i, t in enumerate(texts)]
-    table = Engine(stub_full, EncodeOptions(max_length=64)).encode(docs).table
+    table = EmbedEngine(stub_full, EncodeOptions(max_length=64)).encode(docs).table
     assert table.schema.field("dense").type.list_size == 1024
     field = table.schema.field("colbert")
     assert field.metadata[b"m3pipe.dim"] == b"1024"
@@ -40,7 +40,7 @@ def test_stub_full_has_bge_m3s_output_shapes_and_says_it_is_a_stub(stub_full):
 
 
 def test_stub_vectors_are_deterministic_per_text(stub_full):
-    engine = Engine(stub_full, EncodeOptions(max_length=64, dtype="float32"))
+    engine = EmbedEngine(stub_full, EncodeOptions(max_length=64, dtype="float32"))
     alone = engine.encode([Document(id="x", text="the same text")]).table.to_pylist()[0]
     docs = [Document(id="y", text="other words " * 20), Document(id="x", text="the same text")]
     batched = engine.encode(docs).table.to_pylist()[1]
@@ -64,8 +64,10 @@ def test_the_stub_tables_give_what_its_encoder_and_heads_compute(stub_full):
 
     docs = [Document(id=f"d{i}", text="word " * (5 + 7 * i)) for i in range(6)]
     options = EncodeOptions(max_length=48, dtype="float32")
-    from_tables = Engine(stub_full, options).encode(docs).table
-    computed = Engine(dataclasses.replace(stub_full, stub_heads=None), options).encode(docs).table
+    from_tables = EmbedEngine(stub_full, options).encode(docs).table
+    computed = (
+        EmbedEngine(dataclasses.replace(stub_full, stub_heads=None), options).encode(docs).table
+    )
     assert from_tables.column("sparse_indices").equals(computed.column("sparse_indices"))
     for name in ("dense", "sparse_values"):
         left = from_tables.column(name).combine_chunks().flatten().to_numpy()

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from pipeline.engine.embedder import Engine
+from pipeline.engine.embedder import EmbedEngine
 from pipeline.engine.tokenize import chunk_starts, tokenize_texts
 from schemas.options import EncodeOptions
 from tests.corpus import documents, mixed_texts
@@ -33,7 +33,7 @@ def test_truncation_matches_hf_tokenizer(tiny):
 def test_chunk_mode_rows_and_windows(tiny):
     texts = mixed_texts()
     options = EncodeOptions(max_length=128, long_docs="chunk", chunk_overlap=16)
-    result = Engine(tiny, options).encode(documents(texts))
+    result = EmbedEngine(tiny, options).encode(documents(texts))
     table = result.table
     assert table.column_names[:2] == ["id", "chunk"]
     ids, chunks = table.column("id").to_pylist(), table.column("chunk").to_pylist()
