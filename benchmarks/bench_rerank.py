@@ -81,7 +81,7 @@ def run_side(side: str, args: argparse.Namespace, pairs_path: Path, scores_path:
 
     from pipeline.engine.reranker import RerankEngine, load_reranker
     from pipeline.settings import Settings
-    from schemas.rerank import Pair, RerankOptions
+    from schemas.pair import Pair, RerankOptions
 
     pairs = json.loads(pairs_path.read_text())
     precision = kernels_for(side.split(":", 1)[1] if ":" in side else args.precision)

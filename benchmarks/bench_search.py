@@ -91,7 +91,7 @@ def queries(count: int, seed: int):
 
 
 def main() -> int:
-    from pipeline.retrieval.search import HYBRID, SearchRequest, score_index
+    from pipeline.retrieval.exact_search import HYBRID, SearchRequest, score_index
     from pipeline.storage.finished_output import FinishedOutput
     from schemas.options import Mode
 

@@ -42,7 +42,7 @@ from pipeline.jobs.resume import (
 )
 from pipeline.jobs.shard_report import ShardReport
 from pipeline.jobs.store import ABSENT, DEFAULT_JOB_TTL, JobStore
-from pipeline.jobs.tenants import job_quota_problem, shard_quota_problem
+from pipeline.jobs.tenant_records import job_quota_problem, shard_quota_problem
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.output_dir import (
     JOB_FILE,
@@ -58,8 +58,8 @@ from pipeline.tasks import Reading, task_kind
 from schemas.document import Document
 from schemas.job import JobSpec, JobState, ShardMessage, Task
 from schemas.options import EncodeOptions
-from schemas.rerank import Pair, RerankOptions
-from schemas.reuse import ReuseRun
+from schemas.pair import Pair, RerankOptions
+from schemas.reuse_plan import ReuseRun
 from schemas.tenant import DEFAULT_TENANT, Priority
 
 log = logging.getLogger(__name__)

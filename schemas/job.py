@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from schemas.document import DEFAULT_MAX_RECORD_BYTES, Document
 from schemas.options import EncodeOptions
-from schemas.rerank import Pair, RerankOptions
-from schemas.reuse import MAX_REUSE_RUNS, ReuseRun, runs_problem
+from schemas.pair import Pair, RerankOptions
+from schemas.reuse_plan import MAX_REUSE_RUNS, ReuseRun, runs_problem
 from schemas.shard_ref import ShardRef
 from schemas.tenant import DEFAULT_TENANT, Priority, TenantName
 

@@ -17,6 +17,7 @@ from redis.exceptions import ReadOnlyError as RedisReadOnly
 from redis.exceptions import ResponseError as RedisResponseError
 
 from pipeline import __version__
+from pipeline.cli.local_commands import process_command
 from pipeline.cli.models import add_model_commands
 from pipeline.cli.options import (
     add_encode_options,
@@ -28,7 +29,6 @@ from pipeline.cli.options import (
     usage_error,
 )
 from pipeline.cli.queue import add_queue_commands
-from pipeline.cli.report import process_command
 from pipeline.cli.rerank import add_rerank_command
 from pipeline.cli.scale import add_scale_commands
 from pipeline.cli.search import add_search_commands

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.cli.local_commands import process_command
 from pipeline.cli.options import (
     add_process_command,
     add_record_limit_option,
     max_record_bytes,
 )
-from pipeline.cli.report import process_command
 from pipeline.settings import Settings
-from schemas.rerank import DEFAULT_RERANK_MAX_LENGTH, RerankOptions
+from schemas.pair import DEFAULT_RERANK_MAX_LENGTH, RerankOptions
 
 # Embedding flags with their defaults: a rerank job refuses any of them set otherwise.
 EMBED_ONLY_DEFAULTS = {

@@ -75,7 +75,7 @@ def parse_weights(value: str) -> dict[Mode, float]:
 
 
 def parse_runs(value: str) -> tuple[str, ...]:
-    from pipeline.retrieval.search import RUNS
+    from pipeline.retrieval.exact_search import RUNS
 
     runs = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
     unknown = [run for run in runs if run not in RUNS]
@@ -85,7 +85,7 @@ def parse_runs(value: str) -> tuple[str, ...]:
 
 
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.retrieval.search import HYBRID, SearchRequest, open_index, search
+    from pipeline.retrieval.exact_search import HYBRID, SearchRequest, open_index, search
     from pipeline.storage.location import open_location
 
     try:
@@ -138,7 +138,7 @@ def load_query_model(args: argparse.Namespace, settings: Settings, spec: str) ->
 def load_reranker(args: argparse.Namespace, settings: Settings) -> RerankEngine:
     from pipeline.engine.reranker import RerankEngine
     from pipeline.engine.reranker import load_reranker as load
-    from schemas.rerank import RerankOptions
+    from schemas.pair import RerankOptions
 
     model = load(
         args.rerank_model,

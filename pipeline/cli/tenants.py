@@ -90,7 +90,12 @@ def add_tenants_command(sub: argparse._SubParsersAction) -> None:
 
 def cmd_tenants(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.broker.backlog import backlogs
-    from pipeline.jobs.tenants import set_tenant_limits, tenant_limits, tenant_names, tenant_usage
+    from pipeline.jobs.tenant_records import (
+        set_tenant_limits,
+        tenant_limits,
+        tenant_names,
+        tenant_usage,
+    )
 
     if args.action == "set":
         try:

@@ -34,7 +34,7 @@ from pipeline.engine.model import LoadedModel, install_cpu_linear, locate_model
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import ModelLoadError
 from schemas.output import rerank_schema
-from schemas.rerank import Pair, RerankOptions
+from schemas.pair import Pair, RerankOptions
 
 
 @dataclass(kw_only=True)

@@ -15,7 +15,7 @@ from pipeline.inputs.intake import IntakeCounts, RejectSink
 from pipeline.inputs.pairs import PairRecord
 from pipeline.inputs.validate import InputItem
 from schemas.document import Reject
-from schemas.rerank import Pair
+from schemas.pair import Pair
 
 
 def pair_bytes(pair: Pair) -> int:

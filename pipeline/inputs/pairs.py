@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from pipeline.inputs.validate import require_columns, type_name
 from schemas.document import MAX_ID_CHARS, Origin, Reject, unicode_problem
-from schemas.rerank import Pair, plain_text
+from schemas.pair import Pair, plain_text
 
 FLAT = ("query_id", "query", "doc_id", "passage")
 GROUPED = ("query_id", "query", "candidates")

@@ -17,7 +17,7 @@ from pipeline.inputs.sharding import ShardLimits, UnitSize, cut_sized_shards, ov
 from pipeline.inputs.validate import InputItem
 from pipeline.tasks.kind import Check, Computed, Reading, TaskKind
 from schemas.job import JobSpec, Task
-from schemas.rerank import Pair, RerankOptions
+from schemas.pair import Pair, RerankOptions
 
 if TYPE_CHECKING:
     from pipeline.engine.reranker import RerankEngine, RerankModel, RerankStats

@@ -28,7 +28,7 @@ from pipeline.storage.finished_output import (
 from pipeline.tasks.kind import Computed, TaskEngine, TaskKind
 from schemas.document import Document
 from schemas.options import StorageDtype
-from schemas.reuse import ReuseRun
+from schemas.reuse_plan import ReuseRun
 from schemas.vector_layout import upgrade_colbert
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from pipeline.cli.main import main
 from pipeline.engine.reranker import RerankEngine, load_reranker
 from pipeline.exit_codes import EXIT_FAILED, EXIT_REJECTS, EXIT_USAGE
 from pipeline.storage.output_dir import part_entries
-from schemas.rerank import Pair, RerankOptions
+from schemas.pair import Pair, RerankOptions
 from tests.corpus import mixed_texts
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.engine.reranker import RerankEngine, load_reranker, tokenize_pairs
-from schemas.rerank import Pair, RerankOptions
+from schemas.pair import Pair, RerankOptions
 from tests.corpus import mixed_texts
 
 

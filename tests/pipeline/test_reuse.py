@@ -29,7 +29,7 @@ from pipeline.tasks.reuse import compute_with_reuse
 from schemas.document import Document
 from schemas.job import Task
 from schemas.options import EncodeOptions, LongDocPolicy, StorageDtype
-from schemas.reuse import ReuseRun
+from schemas.reuse_plan import ReuseRun
 from schemas.vector_layout import colbert_rows, colbert_vectors
 
 EMBED = task_kind(Task.EMBED)

@@ -17,11 +17,11 @@ from pipeline.engine.embedder import EmbedEngine
 from pipeline.errors import OutputUnreadable
 from pipeline.exit_codes import EXIT_OK, EXIT_USAGE
 from pipeline.local.process import process_file
-from pipeline.retrieval import search as search_module
+from pipeline.retrieval import exact_search as search_module
 from pipeline.retrieval.evaluate import EvalError, evaluate, read_qrels, read_runs
+from pipeline.retrieval.exact_search import SearchError, SearchRequest, encode_queries, search
 from pipeline.retrieval.index import document_batches
 from pipeline.retrieval.scores import colbert_scores, dense_scores, hybrid, sparse_scores
-from pipeline.retrieval.search import SearchError, SearchRequest, encode_queries, search
 from pipeline.storage.finished_output import FinishedOutput
 from pipeline.tasks import task_kind
 from schemas.document import Document
@@ -193,7 +193,7 @@ def test_search_refuses_what_it_cannot_do_honestly(tmp_path, tiny):
 
 def test_rerank_orders_the_hybrid_candidates_by_the_cross_encoder(tmp_path, tiny, model_cache):
     from pipeline.engine.reranker import RerankEngine, load_reranker
-    from schemas.rerank import Pair, RerankOptions
+    from schemas.pair import Pair, RerankOptions
 
     texts = corpus()[:10]
     index = build_index(tmp_path, tiny, texts)
@@ -344,7 +344,7 @@ def test_memory_is_bounded_by_query_blocks_whatever_the_query_count(monkeypatch)
     traced) stays far below what one mode's (documents x queries) scores alone would be."""
     import tracemalloc
 
-    from pipeline.retrieval import search as search_module
+    from pipeline.retrieval import exact_search as search_module
     from pipeline.retrieval.scores import Vectors
 
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ from pathlib import Path
 from pipeline.settings import Settings
 from pipeline.tasks import TASK_KINDS, task_kind
 from schemas.job import ShardMessage, Task
-from schemas.rerank import Pair
+from schemas.pair import Pair
 
 ROOT = Path(__file__).resolve().parents[2]
 # Written once for every task: no branch on which task it is.

@@ -12,7 +12,7 @@ from pipeline.cli.tenants import consumer_queues
 from pipeline.errors import QuotaExceeded
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.shard_report import ShardReport
-from pipeline.jobs.tenants import (
+from pipeline.jobs.tenant_records import (
     set_tenant_limits,
     tenant_limits,
     tenant_names,

@@ -3,7 +3,7 @@
 The index holds, per document of the previous output, its part, first row, row count and
 text digest (32 bytes a value): in a scratch RocksDB, so the producer's memory does not grow
 with the previous output either. A shard's plan is the runs of its documents whose id and
-digest both match (schemas/reuse.py).
+digest both match (schemas/reuse_plan.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pipeline.storage.finished_output import FinishedOutput, document_digest, op
 from pipeline.storage.location import Location, open_location, same_place
 from schemas.document import Document
 from schemas.options import EncodeOptions
-from schemas.reuse import ReuseRun
+from schemas.reuse_plan import ReuseRun
 
 _VALUE = struct.Struct("<IQI")  # part, first row, rows; the digest follows
 _WRITE_BATCH = 10_000

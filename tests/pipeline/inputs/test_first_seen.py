@@ -11,7 +11,7 @@ from pipeline.inputs.intake import DuplicateIds, IntakeCounts, accept_documents
 from pipeline.inputs.pair_intake import DuplicatePairs
 from pipeline.inputs.validate import InputItem
 from schemas.document import Document, Reject
-from schemas.rerank import Pair
+from schemas.pair import Pair
 
 
 def test_the_first_where_is_kept_and_later_offers_name_it(tmp_path):

@@ -11,7 +11,7 @@ from pipeline.inputs.sharding import ShardLimits
 from pipeline.tasks.rerank import cut_pair_shards, oversize_reason, worst_case_pair_tokens
 from schemas.job import JobSpec, ShardMessage, Task
 from schemas.options import EncodeOptions
-from schemas.rerank import Pair, RerankOptions
+from schemas.pair import Pair, RerankOptions
 
 OPTIONS = RerankOptions(max_length=64)
 ROOMY = ShardLimits(items=1000, bytes=1 << 30, tokens=1 << 40)

@@ -21,7 +21,7 @@ import pyarrow as pa
 from pipeline.errors import InputError, OutputUnreadable
 from pipeline.inputs.readers.formats import detect_format, read_records
 from pipeline.retrieval.index import batch_vectors, document_batches
-from pipeline.retrieval.rerank import rerank_candidates
+from pipeline.retrieval.rerank_candidates import rerank_candidates
 from pipeline.retrieval.scores import SCORERS, Vectors, hybrid, query_blocks
 from pipeline.retrieval.topk import BlockedTopK
 from pipeline.storage.finished_output import FinishedOutput

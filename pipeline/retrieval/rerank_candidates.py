@@ -15,7 +15,7 @@ from pipeline.retrieval.topk import BlockedTopK
 from pipeline.storage.finished_output import FinishedOutput
 from pipeline.storage.location import open_location
 from schemas.document import Document
-from schemas.rerank import Pair
+from schemas.pair import Pair
 
 if TYPE_CHECKING:
     from pipeline.engine.reranker import RerankEngine
