@@ -19,7 +19,7 @@
 #      mask, as before) and fp32 (agreement with fp32 on the first 400 documents, MFU
 #      against each dtype's measured matmul peak) and FlagEmbedding's encode in bf16 beside it.
 #   5. bench_rerank, random:full: the reranker against FlagReranker (fp16).
-#   6. tests/pipeline/test_cuda_attention.py on the GPU: torch's varlen_attn against masked
+#   6. tests/pipeline/engine/test_cuda_attention.py on the GPU: torch's varlen_attn against masked
 #      SDPA (the CPU suite runs the rest of the file with a stand-in kernel; not in the dry run).
 #
 # The image lacks FlagEmbedding, pydantic, celery, redis and friends: they travel as the
@@ -114,7 +114,7 @@ step "reranker" 50 "$PY" benchmarks/bench_rerank.py --device "$device" --model "
     --out "$RESULTS/rerank-$device-${model/:/-}.json"
 if [ "$device" = cuda ]; then
     step "varlen attention on CUDA" 30 "$PY" -m pytest -q -p no:cacheprovider \
-        tests/pipeline/test_cuda_attention.py --junitxml "$RESULTS/cuda-attention-tests.xml"
+        tests/pipeline/engine/test_cuda_attention.py --junitxml "$RESULTS/cuda-attention-tests.xml"
 fi
 echo "results in $RESULTS ($failed failed steps)"
 [ "$failed" -eq 0 ]

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # The suite computes in fp32, FlagEmbedding's exact mode, whatever M3PIPE_PRECISION says
 # where it runs: its comparisons across paths (queue vs local, CLI vs engine) need arithmetic
-# that does not depend on batch makeup. tests/pipeline/test_precision.py covers the choice.
+# that does not depend on batch makeup. tests/pipeline/engine/test_precision.py covers the choice.
 os.environ["M3PIPE_PRECISION"] = "fp32"
 
 

@@ -12,7 +12,7 @@ The packing (which positions are real, and the offsets) is computed once per for
 pass, not per layer: the 24 layers receive the same 2-D padding mask object. The rows at
 padded positions come back as zeros (SDPA gives them an average of the real values); no
 output reads them (dense reads the first token, sparse and ColBERT drop masked tokens),
-and tests/pipeline/test_cuda_attention.py checks that the engine's tables are equal.
+and tests/pipeline/engine/test_cuda_attention.py checks that the engine's tables are equal.
 
 Installed on a CUDA encoder or reranker when the torch build has `varlen_attn`
 (`wanted`); `M3PIPE_CUDA_ATTENTION=sdpa` turns it off.

@@ -5,7 +5,7 @@ than its window, and a long document to chunk is tokenized piece by piece into i
 arrays, so one giant record never costs the tokenizer's ~250 bytes per byte of text.
 Pieces are cut at a space, where the XLM-RoBERTa pre-tokenizer (Metaspace) splits words,
 and only tokens of words that end before the cut are taken from a piece, so the tokens
-are the ones the whole text gives (tests/pipeline/test_tokenize.py checks it).
+are the ones the whole text gives (tests/pipeline/engine/test_tokenize.py checks it).
 """
 
 from __future__ import annotations

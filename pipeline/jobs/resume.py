@@ -76,7 +76,8 @@ def plain_document_digest(doc_id: str, text: str) -> bytes:
 
 def _item_json(item: BaseModel) -> str:
     """`item.model_dump_json() + "\n"`; for a Document without kept fields (nearly all)
-    written here, at a third of the cost: the same escapes (tests/pipeline/test_resume.py)."""
+    written here, at a third of the cost: the same escapes
+    (tests/pipeline/runtime/test_resume.py)."""
     if type(item) is Document and item.fields is None:
         return _plain_document_json(item.id, item.text)
     return item.model_dump_json() + "\n"

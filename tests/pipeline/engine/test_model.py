@@ -131,7 +131,7 @@ def test_unreachable_hub_fails_fast_with_advice(tmp_path, hub):
         "HF_HOME": str(tmp_path / "hf"),
         "HF_ENDPOINT": f"http://127.0.0.1:{port}",
         "HF_HUB_OFFLINE": "0",
-        "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[2]),
+        "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[3]),
     }
     proc = subprocess.run(
         [sys.executable, "-c", script],

@@ -17,7 +17,7 @@ from pipeline.storage.output_dir import MANIFEST, read_shard_log
 from pipeline.tasks import task_kind
 from schemas.job import Task
 from schemas.options import EncodeOptions, StorageDtype
-from tests.pipeline.test_cli_encode import _args, _write_jsonl
+from tests.pipeline.cli.test_cli_encode import _args, _write_jsonl
 
 EMBED = task_kind(Task.EMBED)
 OPTIONS = EncodeOptions(max_length=64, dtype=StorageDtype.FLOAT32)

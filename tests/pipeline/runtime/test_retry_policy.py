@@ -77,7 +77,7 @@ def test_each_failure_maps_to_one_verdict_recorded_once(tmp_path, store, monkeyp
 
     from pipeline.errors import InputError, RetryableError, UnknownJob, WrongWorker
     from pipeline.runtime.retry_policy import Action, decide
-    from tests.pipeline.queue_job import submitted
+    from tests.pipeline.runtime.queue_job import submitted
 
     job_id, sent = submitted(tmp_path, store, documents=20)
     runtime = WorkerRuntime(models=None, store=store, hostname="w@h",  # type: ignore[arg-type]

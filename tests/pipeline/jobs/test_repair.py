@@ -18,7 +18,7 @@ from pipeline.runtime.shard_runner import run_shard
 from pipeline.storage.location import open_location
 from pipeline.storage.output_dir import PLAN_DIR
 from schemas.job import JobState, ShardState
-from tests.pipeline.queue_job import runtime_of, submitted
+from tests.pipeline.runtime.queue_job import runtime_of, submitted
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from schemas.job import Task
 from schemas.options import EncodeOptions, LongDocPolicy, Mode, StorageDtype
 from tests.corpus import mixed_texts
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "search"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "search"
 ALL_RUNS = ("dense", "sparse", "colbert", "hybrid")
 WEIGHTS = {Mode.DENSE: 0.4, Mode.SPARSE: 0.2, Mode.COLBERT: 0.4}
 
@@ -308,7 +308,7 @@ def test_the_readme_search_and_eval_example_prints_what_the_readme_shows(
     import re
     import shlex
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     found = re.search(
         r"```bash\n(m3pipe encode examples/search.*?)```\s*```\n(.*?)```", readme, re.S
     )

@@ -17,7 +17,7 @@ from pipeline.errors import ReuseError
 from pipeline.local.process import process_file
 from pipeline.tasks import task_kind
 from schemas.job import Task
-from tests.pipeline.test_reuse import OPTIONS, corpus, write
+from tests.pipeline.runtime.test_reuse import OPTIONS, corpus, write
 
 
 def flip_middle_byte(path: Path) -> None:

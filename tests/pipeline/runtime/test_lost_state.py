@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.jobs.keys import shard_states_key
 from pipeline.runtime.shard_runner import run_shard
-from tests.pipeline.queue_job import runtime_of, submitted
+from tests.pipeline.runtime.queue_job import runtime_of, submitted
 
 
 @pytest.fixture

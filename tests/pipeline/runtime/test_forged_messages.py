@@ -8,7 +8,7 @@ import pytest
 from pipeline.errors import ForgedMessage
 from pipeline.runtime.shard_runner import run_shard
 from schemas.job import ShardState
-from tests.pipeline.queue_job import runtime_of, submitted
+from tests.pipeline.runtime.queue_job import runtime_of, submitted
 
 
 @pytest.fixture

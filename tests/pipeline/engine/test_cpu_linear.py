@@ -90,7 +90,7 @@ def test_models_loaded_in_fp32_run_every_linear_through_it(model_cache, monkeypa
 
 def test_the_encoder_agrees_with_mkls_within_the_fp32_parity_bound(model_cache, monkeypatch):
     """Whatever this machine's vendor: oneDNN against MKL on the parity corpus, every output
-    to the 1e-5 that holds the engine to FlagEmbedding (tests/pipeline/test_parity.py)."""
+    to the 1e-5 that holds the engine to FlagEmbedding (tests/pipeline/engine/test_parity.py)."""
 
     def encode(choice: str) -> tuple:
         monkeypatch.setenv(cpu_linear.ENV, choice)

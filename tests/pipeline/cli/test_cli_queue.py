@@ -143,7 +143,7 @@ def test_a_reader_that_goes_away_is_not_an_error(redis_server, store, tmp_path):
     import subprocess
     import sys
 
-    from tests.pipeline.test_jobs import make_spec
+    from tests.pipeline.jobs.test_jobs import make_spec
 
     store.create(make_spec(tmp_path))
     env = {**os.environ, "M3PIPE_BROKER_URL": redis_server.url}

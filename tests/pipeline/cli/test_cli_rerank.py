@@ -61,7 +61,7 @@ def test_rerank_scores_every_pair_once_ranks_each_query_and_rejects_bad_pairs(tm
     keys = list(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist(), strict=True))
     assert keys == [(p.query_id, p.doc_id) for p in expected_pairs]  # every pair once, in order
 
-    # Scores are the engine's (and so FlagReranker's: tests/pipeline/test_rerank_parity.py).
+    # Scores are the engine's (and so FlagReranker's: tests/pipeline/engine/test_rerank_parity.py).
     scored = RerankEngine(reranker, RerankOptions(max_length=128)).score(expected_pairs)
     np.testing.assert_allclose(table.column("score").to_numpy(), scored.logits, atol=1e-5)
     normalized = 1 / (1 + np.exp(-table.column("score").to_numpy().astype(np.float64)))

@@ -10,7 +10,7 @@ from pipeline.tasks import TASK_KINDS, task_kind
 from schemas.job import ShardMessage, Task
 from schemas.pair import Pair
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # Written once for every task: no branch on which task it is.
 DRIVERS = [
     "pipeline/local",

@@ -14,7 +14,7 @@ from pipeline.errors import WrongWorker
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.runtime.shard_runner import run_shard
 from schemas.job import JobState, ShardState
-from tests.pipeline.queue_job import runtime_of, submitted
+from tests.pipeline.runtime.queue_job import runtime_of, submitted
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,8 @@ from pipeline.storage.output_lease import (
 from pipeline.tasks import task_kind
 from schemas.job import JobState, Task
 from schemas.options import EncodeOptions
-from tests.pipeline.queue_job import runtime_of, submitted
-from tests.pipeline.test_cli_encode import _args, _write_jsonl
+from tests.pipeline.cli.test_cli_encode import _args, _write_jsonl
+from tests.pipeline.runtime.queue_job import runtime_of, submitted
 
 
 def records(count: int, tag: str) -> list[dict[str, str]]:

@@ -16,7 +16,7 @@ from pipeline.tasks import task_kind
 from schemas.job import Task
 from schemas.options import EncodeOptions
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def readme_blocks(language: str) -> list[str]:
