@@ -52,11 +52,16 @@ def docstrings(root: Path, min_words: int, max_words: int) -> list[str]:
 
 def cloze_set(passages: int = 1000, queries: int = 200, seed: int = 0) -> ClozeSet:
     """`passages` docstrings of 40-200 words with at least three sentences, and `queries`
-    of them with one sentence (of 6+ words, not the first) cut out as the query."""
+    of them with one sentence (of 6+ words, not the first) cut out as the query.
+    ValueError, saying how many there are, if there are fewer than asked for."""
     root = Path(sysconfig.get_paths()["stdlib"])
     texts = [t for t in docstrings(root, 40, 200) if len(SENTENCE.split(t)) >= 3]
+    if passages > len(texts):
+        raise ValueError(
+            f"{passages} passages asked for: this Python's standard library has {len(texts)}"
+        )
     rng = random.Random(seed)
-    chosen = sorted(rng.sample(range(len(texts)), min(passages, len(texts))))
+    chosen = sorted(rng.sample(range(len(texts)), passages))
     corpus = {f"p{i:05d}": texts[i] for i in chosen}
     asked: dict[str, str] = {}
     relevant: dict[str, str] = {}
@@ -72,5 +77,7 @@ def cloze_set(passages: int = 1000, queries: int = 200, seed: int = 0) -> ClozeS
         asked[qid] = sentences[cut]
         relevant[qid] = pid
         corpus[pid] = " ".join(sentences[:cut] + sentences[cut + 1 :])
+    if len(asked) < queries:
+        raise ValueError(f"{queries} queries asked for: {passages} passages give {len(asked)}")
     version = ".".join(map(str, sys.version_info[:3]))
     return ClozeSet(corpus, asked, relevant, version)

@@ -24,6 +24,10 @@ def test_each_query_is_cut_from_its_passage_and_the_set_is_the_same_each_time():
     for qid, sentence in first.queries.items():
         passage = first.passages[first.relevant[qid]]
         assert sentence not in SENTENCE.split(passage) and len(sentence.split()) >= 6
+    with pytest.raises(ValueError, match="standard library has"):  # never fewer, silently
+        cloze_set(10**6, 10)
+    with pytest.raises(ValueError, match="10 passages give"):
+        cloze_set(10, 11)
 
 
 @pytest.mark.slow
