@@ -200,3 +200,15 @@ class JobStatus(BaseModel):
     expires_at: float | None = None  # when Redis forgets the ended job (M3PIPE_JOB_TTL)
     documents_reused: int | None = None  # --reuse: copied from the previous output so far
     documents_dropped: int | None = None  # --reuse: the previous output's, not in the input
+
+    @property
+    def lost_shards(self) -> int:
+        """Shards in the job's total with no state at all. Only Redis losing writes (a
+        failover that dropped the last ones, an eviction) makes any: every shard has a
+        state from its registration on, and the counts change with the states, in one
+        script. Nothing runs such a shard until `m3pipe repair`."""
+        counts = self.shards
+        if not self.submitted or counts.total is None or self.state.finished:
+            return 0
+        known = counts.queued + counts.running + counts.done + counts.failed + counts.cancelled
+        return max(0, counts.total - known)

@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 import tempfile
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,7 +43,7 @@ from pipeline.jobs.failures import describe_failures, failure_reasons
 from pipeline.jobs.orphans import orphaned_shards
 from pipeline.jobs.store import JobStore
 from pipeline.settings import Settings
-from schemas.job import Task
+from schemas.job import JobStatus, Task
 from schemas.options import EncodeOptions
 from schemas.tenant import tenant_queue
 
@@ -449,6 +450,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         unserved = no_live_worker_serves(store, args.job, settings)
     if args.json:
         extra = {
+            "lost": status.lost_shards,
             "orphaned": orphans,
             "failures": [{"reason": r.reason, "shards": r.shards} for r in reasons],
             "unserved": unserved,
@@ -461,6 +463,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             print("\n".join(describe_failures(reasons)))
         if unserved:
             print(f"unserved: {unserved}")
+        if status.lost_shards:
+            print(f"lost: {lost_advice(args.job, status.lost_shards)}")
         if orphans:
             print(
                 f"orphaned: {len(orphans)} shard(s) queued with no message anywhere "
@@ -476,7 +480,18 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
     store = job_store(settings)
     if not _known_job(store, args.job):
         return EXIT_FAILED
-    status = follow(store, args.job, poll_seconds=settings.poll_seconds, timeout=args.timeout)
+    seen: deque[JobStatus] = deque(maxlen=2)  # the last two statuses read
+
+    def stalled() -> None:  # lost shards in two looks in a row: nothing will run them
+        if len(seen) >= 2 and seen[-1].lost_shards and seen[-2].lost_shards:
+            raise JobStalled(lost_advice(args.job, seen[-1].lost_shards))
+
+    try:
+        status = follow(store, args.job, poll_seconds=settings.poll_seconds,
+                        timeout=args.timeout, check=stalled, on_status=seen.append)  # fmt: skip
+    except JobStalled as exc:
+        print(f"m3pipe wait: job {args.job} cannot end: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if not status.state.finished:
         print(f"m3pipe wait: job {args.job} still {status.state.value}", file=sys.stderr)
         return EXIT_TIMEOUT
@@ -488,6 +503,18 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
         print(f"failed shards ({status.shards.failed}), by reason:", file=sys.stderr)
         print("\n".join(describe_failures(failure_reasons(store, args.job))), file=sys.stderr)
     return job_exit_code(status)
+
+
+class JobStalled(Exception):
+    """The job cannot end as its state stands in Redis."""
+
+
+def lost_advice(job_id: str, lost: int) -> str:
+    return (
+        f"{lost} shard(s) of job {job_id} have no state in Redis: it lost writes (a failover "
+        f"that dropped the last ones, an eviction). `m3pipe repair {job_id}` marks the "
+        "written ones done from their part files and sends the others again"
+    )
 
 
 def no_live_worker_serves(

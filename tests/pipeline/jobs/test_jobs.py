@@ -304,3 +304,32 @@ def test_follow_hands_each_status_read_to_the_bar_until_the_job_ends(store, tmp_
     assert seen[-1] is JobState.CANCELLED and len(seen) == 4  # every status read, once
     still = follow(store, "job-1", poll_seconds=0, timeout=0)
     assert still.state is JobState.CANCELLED
+
+
+def test_status_and_wait_name_shards_whose_state_redis_lost(store, tmp_path, redis_server,
+                                                             capsys, monkeypatch):  # fmt: skip
+    """Issue 30, item 2: after Redis lost writes, `wait` waited for ever on shards nobody
+    would run. Shards in the total with no state are named, with the one command to run."""
+    from pipeline.cli.main import main
+
+    store.create(make_spec(tmp_path))
+    for shard in range(5):  # registered and done; shards 5-7's writes were lost
+        store.mark_shard("job-1", shard, Q, [ABSENT], {"documents": 1})
+        store.mark_done(
+            "job-1", shard, ACTIVE, ShardReport(documents=1, rows=1, tokens=3, part_bytes=10)
+        )
+    store.set_submitted("job-1", shards=8, documents=8, input_records=8, rejected=0)
+    assert finalize_if_complete(store, "job-1") is None  # not complete: it cannot end
+    status = store.status("job-1")
+    assert status.lost_shards == 3 and not status.state.finished
+    monkeypatch.setenv("M3PIPE_BROKER_URL", redis_server.url)
+    monkeypatch.setenv("M3PIPE_POLL_SECONDS", "0.05")
+    assert main(["wait", "job-1", "--timeout", "60"]) == 1  # at once, not after the timeout
+    err = capsys.readouterr().err
+    assert "3 shard(s) of job job-1 have no state in Redis" in err and "m3pipe repair job-1" in err
+    assert main(["status", "job-1"]) == 0
+    assert "lost: 3 shard(s)" in capsys.readouterr().out
+    assert main(["status", "job-1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lost"] == 3
+    store.mark_shard("job-1", 5, Q, [ABSENT], {"documents": 1})  # a registration comes back
+    assert store.status("job-1").lost_shards == 2
