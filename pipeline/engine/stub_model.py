@@ -34,7 +34,6 @@ STUB_PREFIX = "stub:"
 STUB_BUILD_VERSION = 2  # 2: hidden states from a table (its vectors changed)
 RATE_ENV = "M3PIPE_STUB_TOKENS_PER_SECOND"
 TABLE_ROWS = 4096  # distinct hidden states: token ids share them modulo this
-_NUMPY = {torch.float16: "float16", torch.float32: "float32"}  # storage dtypes
 
 
 def parse_stub_spec(spec: str) -> str | None:
@@ -121,7 +120,7 @@ class StubHeads(torch.nn.Module):
         self.tokens_per_second = encoder.tokens_per_second
         self._stored: dict[torch.dtype, torch.Tensor] = {}
         # A device hands its outputs over in pinned memory that is used again batch after
-        # batch; the stub's ColBERT vectors likewise (two batches are in flight at most).
+        # batch; on a CPU the stub's ColBERT vectors likewise (two batches in flight at most).
         self._host = RecycledBuffers(keep=3)
 
     def outputs(
@@ -140,9 +139,16 @@ class StubHeads(torch.nn.Module):
             out["sparse_weights"] = cast(torch.Tensor, self.weights)[rows]
         if Mode.COLBERT in modes:
             tokens = rows[:, 1:]
-            host = self._host.empty((tokens.numel(), unit.shape[1]), _NUMPY[store])
-            colbert = torch.index_select(unit, 0, tokens.reshape(-1), out=torch.from_numpy(host))
-            out["colbert"] = colbert.view(*tokens.shape, unit.shape[1])
+            if unit.device.type == "cpu":  # straight into a host buffer used again
+                host = torch.from_numpy(
+                    self._host.empty(
+                        (tokens.numel(), unit.shape[1]), torch.empty(0, dtype=store).numpy().dtype
+                    )
+                )
+                colbert = torch.index_select(unit, 0, tokens.reshape(-1), out=host)
+                out["colbert"] = colbert.view(*tokens.shape, unit.shape[1])
+            else:  # on a device: the engine copies it to pinned memory, as a model's output
+                out["colbert"] = F.embedding(tokens, unit)
         if self.tokens_per_second > 0:
             left = ids.numel() / self.tokens_per_second - (time.perf_counter() - started)
             if left > 0:

@@ -79,3 +79,25 @@ def test_the_stub_tables_give_what_its_encoder_and_heads_compute(stub_full):
     right = colbert_rows(computed.column("colbert"), field)
     for mine, theirs in zip(left, right, strict=True):
         np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_the_stub_on_a_device_leaves_its_colbert_vectors_there(stub_full):
+    """On a CPU the ColBERT vectors go straight into a host buffer used again; on a device
+    (here `meta`, standing in for CUDA) they stay there for the engine's copy to pinned
+    memory: a host buffer as the gather's output would fail across devices."""
+    import torch
+
+    from schemas.options import Mode
+
+    heads = stub_full.stub_heads
+    ids = torch.arange(12).reshape(2, 6)
+    on_cpu = heads.outputs(ids, (Mode.COLBERT,), torch.float16)["colbert"]
+    assert on_cpu.device.type == "cpu" and on_cpu.shape == (2, 5, heads.unit.shape[1])
+    again = heads.outputs(ids, (Mode.COLBERT,), torch.float16)["colbert"]
+    assert torch.equal(again, on_cpu) and again.data_ptr() != on_cpu.data_ptr()  # both held
+    from pipeline.engine.stub_model import stub_parts
+
+    on_device = stub_parts("full", torch.float32)["stub_heads"].to("meta")
+    elsewhere = on_device.outputs(ids.to("meta"), (Mode.COLBERT,), torch.float16)
+    assert elsewhere["colbert"].device.type == "meta"
+    assert elsewhere["colbert"].shape == on_cpu.shape
