@@ -180,7 +180,7 @@ def _write_output(
                         summary.resumed = (summary.resumed or 0) + len(planned.shard)
                         summary.resumed_tokens += int(planned.kept["tokens"])
                         continue
-                    part = _OpenPart(planned, number, kind.new_stats())
+                    part = _OpenPart(planned, kind.new_stats())
                 part.stats.add(result.stats)
                 table = result.table
                 if part.planned.split is not None:  # --reuse: the copied rows merged in
@@ -276,7 +276,6 @@ class _OpenPart:
     """A shard whose pieces are being computed and written."""
 
     planned: Planned
-    number: int
     stats: BatchStats
     writer: PartWriter | None = None
     rows: int = 0
