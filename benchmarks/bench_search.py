@@ -6,7 +6,9 @@ The index is synthetic, of bge-m3's shape (dense 1024, ColBERT 1024 per token, f
 depends on shapes, not on what the vectors mean. Queries are random too (16 tokens each).
 Each mode is timed alone, then the three together as the hybrid (one pass, as `search`
 does), through the real streaming path (pipeline/retrieval: part files read back, scored,
-top-100 kept). Peak RSS is reported: it must not grow with the index.
+top-100 kept). Peak RSS is reported: it must not grow with the index. Each storage asked
+for (--storages: exact float16, and compact: int8 dense, binary ColBERT) is the same
+vectors written that way and timed in the same run, side by side.
 
     python benchmarks/bench_search.py --documents 4000 --queries 100
 """
@@ -37,9 +39,12 @@ def unit(rng: np.random.Generator, rows: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def write_index(path: Path, documents: int, doc_tokens: int, shard: int, seed: int) -> dict:
+def write_index(
+    path: Path, documents: int, doc_tokens: int, shard: int, seed: int, storage: str
+) -> dict:
+    from pipeline.engine.compact_vectors import int8_per_vector, sign_bits
     from pipeline.storage.sink import part_name, write_shard
-    from schemas.options import Mode, StorageDtype
+    from schemas.options import STORAGE_PRESETS, EncodeOptions, Mode, StorageDtype, VectorForm
     from schemas.output import output_schema
     from schemas.vector_layout import colbert_array
 
@@ -47,7 +52,11 @@ def write_index(path: Path, documents: int, doc_tokens: int, shard: int, seed: i
     path.mkdir()
     identity = {"model": "synthetic", "model_fingerprint": "synthetic", "model_revision": None,
                 "dense_dim": DIM, "colbert_dim": DIM}  # fmt: skip
-    schema = output_schema(tuple(Mode), StorageDtype.FLOAT16, DIM, DIM, metadata=identity)
+    options = EncodeOptions.model_validate(STORAGE_PRESETS[storage])  # type: ignore[index]
+    compact = options.colbert_storage is VectorForm.BINARY
+    schema = output_schema(tuple(Mode), StorageDtype.FLOAT16, DIM, DIM, metadata=identity,
+                           dense_form=options.dense_storage,
+                           colbert_form=options.colbert_storage)  # fmt: skip
     tokens = 0
     for number, start in enumerate(range(0, documents, shard)):
         n = min(shard, documents - start)
@@ -55,19 +64,25 @@ def write_index(path: Path, documents: int, doc_tokens: int, shard: int, seed: i
         tokens += int(lengths.sum())
         terms = [np.unique(rng.integers(4, VOCAB, max(1, t // 3))) for t in lengths]
         colbert = unit(rng, int(lengths.sum())).astype(np.float16)
-        table = pa.table({
+        dense = unit(rng, n).astype(np.float16)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        columns = {
             "id": [f"doc-{start + i}" for i in range(n)],
-            "dense": pa.FixedSizeListArray.from_arrays(
-                unit(rng, n).astype(np.float16).ravel(), DIM),
+            "dense": pa.FixedSizeListArray.from_arrays(dense.ravel(), DIM),
             "sparse_indices": pa.array([t.astype(np.int32) for t in terms]),
             "sparse_values": pa.array([rng.random(len(t), dtype=np.float32) for t in terms]),
-            "colbert": colbert_array(np.concatenate([[0], np.cumsum(lengths)]), colbert),
+            "colbert": colbert_array(offsets, colbert),
             "n_tokens": lengths.astype(np.int32) + 1,
             "truncated": np.zeros(n, bool),
-        }, schema=schema)  # fmt: skip
-        write_shard(table, path / part_name(number))
-    manifest = {"job": {"task": "embed", "options": {"modes": [m.value for m in Mode],
-                                                      "max_length": 8192}},
+        }
+        if compact:  # the same vectors, stored as --storage compact stores them
+            codes, scales = int8_per_vector(dense)
+            columns["dense"] = pa.FixedSizeListArray.from_arrays(codes.ravel(), DIM)
+            columns["dense_scale"] = pa.array(scales)
+            columns["colbert"] = colbert_array(offsets, sign_bits(colbert))
+        write_shard(pa.table(columns, schema=schema), path / part_name(number))
+    job_options = {"modes": [m.value for m in Mode], "max_length": 8192, **options.storage()}
+    manifest = {"job": {"task": "embed", "options": job_options},
                 "model": identity, "counts": {"documents": documents}}  # fmt: skip
     (path / "_manifest.json").write_text(json.dumps(manifest))
     return {"documents": documents, "tokens": tokens}
@@ -91,24 +106,34 @@ def queries(count: int, seed: int):
 
 
 def main() -> int:
-    from pipeline.retrieval.exact_search import HYBRID, SearchRequest, score_index
-    from pipeline.storage.finished_output import FinishedOutput
-    from schemas.options import Mode
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=4000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--doc-tokens", type=int, default=120)
     parser.add_argument("--shard-docs", type=int, default=1000)
     parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--storages", default="exact,compact", help="exact and/or compact")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report = run_facts()
+    report["queries"] = args.queries
+    for storage in args.storages.split(","):
+        report[storage] = time_storage(args, storage)
+    save(report, "search", "cpu", "synthetic-bge-m3-shape", args.out)
+    return 0
+
+
+def time_storage(args: argparse.Namespace, storage: str) -> dict:
+    from pipeline.retrieval.exact_search import HYBRID, SearchRequest, score_index
+    from pipeline.storage.finished_output import FinishedOutput
+    from schemas.options import Mode
+
+    report: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         index_dir = Path(tmp) / "index"
         started = time.perf_counter()
         report["index"] = write_index(
-            index_dir, args.documents, args.doc_tokens, args.shard_docs, 0
+            index_dir, args.documents, args.doc_tokens, args.shard_docs, 0, storage
         )
         report["index"]["bytes"] = sum(p.stat().st_size for p in index_dir.glob("part-*"))
         report["index"]["seconds_to_write"] = round(time.perf_counter() - started, 1)
@@ -130,15 +155,13 @@ def main() -> int:
                 "pairs_per_second": round(documents * args.queries / seconds),
                 "documents_per_second": round(documents / seconds, 1),
             }
-            print(f"{name:8} {seconds:8.2f}s  {documents * args.queries / seconds:14,.0f} "
-                  f"query-document pairs/s")  # fmt: skip
+            pairs = documents * args.queries / seconds
+            print(f"{storage:8} {name:8} {seconds:8.2f}s  {pairs:14,.0f} query-document pairs/s")
         report["rss_before_mb"] = round(before / 2**20)
         report["peak_rss_mb"] = round(peak_since_reset() / 2**20)
-        report["queries"] = args.queries
-        print(f"index {report['index']}; RSS {report['rss_before_mb']} MB before scoring, "
-              f"peak {report['peak_rss_mb']} MB while scoring")  # fmt: skip
-    save(report, "search", "cpu", "synthetic-bge-m3-shape", args.out)
-    return 0
+        print(f"{storage}: index {report['index']}; RSS {report['rss_before_mb']} MB before "
+              f"scoring, peak {report['peak_rss_mb']} MB while scoring")  # fmt: skip
+    return report
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.cloze_set import ClozeSet, cloze_set  # noqa: E402
 from benchmarks.proxy_model import fit_sparse_head, proxy_model  # noqa: E402
 from benchmarks.report import run_facts, save  # noqa: E402
-from pipeline.storage import compact_vectors as cv  # noqa: E402
+from pipeline.engine import compact_vectors as cv  # noqa: E402
 
 TOP = 100  # results kept a query for the measures
 
@@ -250,6 +250,56 @@ def sparse_forms(
     }
 
 
+def hybrid_forms(
+    q: dict[str, Any], d: dict[str, Any]
+) -> dict[str, tuple[Callable[[], np.ndarray], float]]:
+    """What `m3pipe search` ranks by, dense and ColBERT weighed alike (its 0.4 and 0.4),
+    with each storage preset's forms, decoded as m3pipe's readers do (a sign bit as +-1 /
+    sqrt(D), so the modes keep the scales the weights assume). `q`/`d`: "dense" the trained
+    sentence vector where there is one, "colbert". Sparse is left out: the proxy's fitted
+    head scores on another scale (IDF weights), and a weighted sum with it ranked as sparse
+    alone. Bytes: a document's dense and ColBERT vectors at this set's lengths."""
+    dim, colbert_dim = d["dense"].shape[1], d["colbert"][0].shape[1]
+    per_doc = sum(len(x) for x in d["colbert"]) / len(d["colbert"])
+
+    def signs(x: np.ndarray) -> np.ndarray:
+        return cv.from_sign_bits(cv.sign_bits(x), x.shape[1]) / np.float32(np.sqrt(x.shape[1]))
+
+    def int8(x: np.ndarray) -> np.ndarray:
+        return cv.from_int8(*cv.int8_per_vector(x))
+
+    def fp16(x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float16).astype(np.float32)
+
+    def preset(
+        dense: Callable[[np.ndarray], np.ndarray],
+        colbert: Callable[[np.ndarray], np.ndarray],
+        query: Callable[[np.ndarray], np.ndarray] = lambda x: x,
+        pool: int = 1,
+    ) -> Callable[[], np.ndarray]:
+        def scores() -> np.ndarray:
+            docs = d["colbert"] if pool == 1 else [cv.pool_tokens(x, pool) for x in d["colbert"]]
+            dense_scores = q["dense"] @ dense(d["dense"]).T
+            colbert_scores = maxsim([query(x) for x in q["colbert"]], [colbert(x) for x in docs])
+            return 0.5 * dense_scores + 0.5 * colbert_scores
+
+        return scores
+
+    pooled = sum(len(cv.pool_tokens(x, 2)) for x in d["colbert"]) / len(d["colbert"])
+    int8_dense, binary_colbert = dim + 4, colbert_dim / 8 * per_doc
+    return {
+        "exact (float16)": (preset(fp16, fp16), 2 * dim + 2 * colbert_dim * per_doc),
+        "int8 dense + int8 colbert": (preset(int8, int8), int8_dense + (colbert_dim + 4) * per_doc),
+        "compact: int8 dense + binary colbert": (preset(int8, signs), int8_dense + binary_colbert),
+        "compact, --hamming": (preset(int8, signs, query=signs), int8_dense + binary_colbert),
+        "int8 dense + pool2 int8 colbert": (
+            preset(int8, int8, pool=2),
+            int8_dense + (colbert_dim + 4) * pooled,
+        ),
+        "binary dense + binary colbert": (preset(signs, signs), dim / 8 + binary_colbert),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="proxy", help="proxy (trained), or any model spec")
@@ -304,10 +354,16 @@ def main() -> None:
         report["dense-mean"] = family(
             "dense-mean", dense_forms(pooled_queries, pooled_docs), "float16", cloze
         )
+        queries["dense"], docs["dense"] = pooled_queries, pooled_docs
+    report["hybrid"] = family("hybrid", hybrid_forms(queries, docs), "exact (float16)", cloze)
+    report["hybrid_note"] = (
+        "0.5 dense + 0.5 colbert; dense: the trained mean-pooled vector on the proxy"
+    )
     report |= {
         "timings": timings,
         "bytes_note": "dense: per document vector; colbert: per token of the document "
-        "(pooled forms: per original token); sparse: per document (int32 id + float32 weight)",
+        "(pooled forms: per original token); sparse: per document (int32 id + float32 weight); "
+        "hybrid: per document, dense and colbert",
     }
     name = "proxy-minilm" if args.model == "proxy" else args.model
     save(report, "storage", "cpu", name, args.out)

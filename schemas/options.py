@@ -7,6 +7,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_SUPPORTED_LENGTH = 8192
+MAX_POOL_FACTOR = 16
 
 
 class Mode(StrEnum):
@@ -18,6 +19,25 @@ class Mode(StrEnum):
 class StorageDtype(StrEnum):
     FLOAT16 = "float16"
     FLOAT32 = "float32"
+
+
+class VectorForm(StrEnum):
+    """How dense or ColBERT vectors are stored (schemas/vector_layout.py; docs/pipeline.md).
+
+    float: the `dtype` floats, exactly as computed (FlagEmbedding's values). int8: codes of
+    -127..127 with a float32 scale per vector. binary: one sign bit a dimension (set where the
+    value is > 0), packed 8 to a byte as sentence-transformers' "ubinary" precision does."""
+
+    FLOAT = "float"
+    INT8 = "int8"
+    BINARY = "binary"
+
+
+class StoragePreset(StrEnum):
+    """`--storage`: named sets of the storage options (STORAGE_PRESETS)."""
+
+    EXACT = "exact"
+    COMPACT = "compact"
 
 
 class LongDocPolicy(StrEnum):
@@ -37,6 +57,12 @@ class EncodeOptions(BaseModel):
     dtype: StorageDtype = StorageDtype.FLOAT16
     long_docs: LongDocPolicy = LongDocPolicy.TRUNCATE
     chunk_overlap: int = Field(default=0, ge=0)
+    # Compact storage (issue 31); the defaults store every value as computed.
+    dense_storage: VectorForm = VectorForm.FLOAT
+    colbert_storage: VectorForm = VectorForm.FLOAT
+    # A document's ColBERT vectors clustered to ceil(n / colbert_pool) (token pooling).
+    colbert_pool: int = Field(default=1, ge=1, le=MAX_POOL_FACTOR)
+    sparse_top_k: int | None = Field(default=None, ge=1)  # the K heaviest terms a row
 
     @field_validator("modes", mode="before")
     @classmethod
@@ -63,6 +89,43 @@ class EncodeOptions(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _storage_of_modes_asked_for(self) -> EncodeOptions:
+        exact = EncodeOptions.model_construct()
+        for name, mode in STORAGE_FIELDS.items():
+            if getattr(self, name) != getattr(exact, name) and mode not in self.modes:
+                raise ValueError(f"{name} applies to {mode.value} vectors, not asked for")
+        return self
+
     @property
     def chunked(self) -> bool:
         return self.long_docs is LongDocPolicy.CHUNK
+
+    def storage(self) -> dict[str, object]:
+        """The storage options that differ from exact storage (empty for exact output):
+        what a file's metadata records, so outputs stored otherwise never pass as equal."""
+        exact = EncodeOptions.model_construct()
+        return {
+            name: getattr(self, name).value
+            if isinstance(getattr(self, name), StrEnum)
+            else getattr(self, name)
+            for name in STORAGE_FIELDS
+            if getattr(self, name) != getattr(exact, name)
+        }
+
+
+# Each storage option, and the mode whose vectors it applies to.
+STORAGE_FIELDS = {
+    "dense_storage": Mode.DENSE,
+    "colbert_storage": Mode.COLBERT,
+    "colbert_pool": Mode.COLBERT,
+    "sparse_top_k": Mode.SPARSE,
+}
+
+# What each --storage preset sets (explicit flags go over it). `compact` is the smallest
+# storage that kept the hybrid's MRR@10 within 1% of exact float16 storage on the trained
+# proxy (docs/engine.md, "Compact vectors"; benchmarks/study_storage.py).
+STORAGE_PRESETS: dict[StoragePreset, dict[str, object]] = {
+    StoragePreset.EXACT: {},
+    StoragePreset.COMPACT: {"dense_storage": "int8", "colbert_storage": "binary"},
+}

@@ -7,21 +7,26 @@ from collections.abc import Mapping
 
 import pyarrow as pa
 
-from schemas.options import Mode, StorageDtype
-from schemas.vector_layout import colbert_field
+from schemas.options import Mode, StorageDtype, VectorForm
+from schemas.vector_layout import colbert_field, dense_field, scale_field, stored_kind
 
 OUTPUT_METADATA_KEY = b"m3pipe"
 
 # Names an input field carried into the output (`--keep-fields`) may not take.
 RESERVED_COLUMNS = frozenset(
-    {"id", "chunk", "dense", "sparse_indices", "sparse_values", "colbert", "n_tokens", "truncated"}
+    {
+        "id",
+        "chunk",
+        "dense",
+        "dense_scale",
+        "sparse_indices",
+        "sparse_values",
+        "colbert",
+        "colbert_scales",
+        "n_tokens",
+        "truncated",
+    }
 )
-
-_ARROW_FLOAT = {StorageDtype.FLOAT16: pa.float16(), StorageDtype.FLOAT32: pa.float32()}
-
-
-def vector_type(dtype: StorageDtype, dim: int) -> pa.DataType:
-    return pa.list_(_ARROW_FLOAT[dtype], dim)
 
 
 def output_schema(
@@ -31,18 +36,26 @@ def output_schema(
     colbert_dim: int,
     chunked: bool = False,
     metadata: Mapping[str, object] | None = None,
+    dense_form: VectorForm = VectorForm.FLOAT,
+    colbert_form: VectorForm = VectorForm.FLOAT,
 ) -> pa.Schema:
-    """Columns in contract order; columns of modes not asked for are absent."""
+    """Columns in contract order; columns of modes not asked for are absent. An int8 form
+    adds its scales right after its vectors (schemas/vector_layout.py)."""
     fields = [pa.field("id", pa.string(), nullable=False)]
     if chunked:
         fields.append(pa.field("chunk", pa.int32(), nullable=False))
     if Mode.DENSE in modes:
-        fields.append(pa.field("dense", vector_type(dtype, dense_dim), nullable=False))
+        fields.append(dense_field(stored_kind(dense_form, dtype), dense_dim))
+        if dense_form is VectorForm.INT8:
+            fields.append(scale_field("dense"))
     if Mode.SPARSE in modes:
         fields.append(pa.field("sparse_indices", pa.list_(pa.int32()), nullable=False))
         fields.append(pa.field("sparse_values", pa.list_(pa.float32()), nullable=False))
     if Mode.COLBERT in modes:
-        fields.append(colbert_field(dtype, colbert_dim))  # schemas/vector_layout.py
+        kind = stored_kind(colbert_form, dtype)
+        fields.append(colbert_field(kind, colbert_dim))  # schemas/vector_layout.py
+        if colbert_form is VectorForm.INT8:
+            fields.append(scale_field("colbert"))
     fields.append(pa.field("n_tokens", pa.int32(), nullable=False))
     fields.append(pa.field("truncated", pa.bool_(), nullable=False))
     return pa.schema(fields, metadata=_schema_metadata(metadata))

@@ -12,16 +12,27 @@ so a reader needs nothing else:
     np.frombuffer(b"".join(row), "<f2").reshape(-1, 1024)   # one row's list of bytes
 
 Readers in m3pipe go through `colbert_vectors`, which reads both formats.
+
+Compact storage (`--colbert-storage`, `--dense-storage`; schemas/options.VectorForm) keeps the
+same physical shape with other bytes, named in the same metadata:
+- int8: each vector D int8 codes; its float32 scale in a column of its own (`colbert_scales`,
+  a list beside each row's vectors; `dense_scale`, one a row): value = code * scale.
+- binary: each vector ceil(D / 8) bytes of sign bits (numpy.packbits of value > 0; the
+  bytes sentence-transformers' "ubinary" gives). m3pipe reads a bit as +-1 / sqrt(D), a unit
+  vector, so scores keep the scale the hybrid's weights assume.
+Dense int8 is `fixed_size_list<int8>[D]`, dense binary `fixed_size_binary(ceil(D / 8))`.
+`colbert_floats` and `dense_floats` read every form back as float32.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pyarrow as pa
 
-from schemas.options import StorageDtype
+from schemas.options import StorageDtype, VectorForm
 
 OUTPUT_FORMAT = 2  # 1: colbert as list<fixed_size_list<float>>; 2: list<fixed_size_binary>
 VECTOR_KEY, DIM_KEY = b"m3pipe.vector", b"m3pipe.dim"  # the colbert field's metadata
@@ -31,11 +42,61 @@ STORED_NUMPY: dict[StorageDtype, np.dtype] = {  # each storage dtype, little-end
 }
 
 
-def colbert_field(dtype: StorageDtype, dim: int) -> pa.Field:
-    """The colbert column of output format 2, saying in its metadata how to decode it."""
-    width = STORED_NUMPY[dtype].itemsize * dim
-    metadata = {VECTOR_KEY: f"{dtype.value} little-endian".encode(), DIM_KEY: str(dim).encode()}
+INT8, BINARY = VectorForm.INT8.value, VectorForm.BINARY.value
+SCALE_COLUMN = {"colbert": "colbert_scales", "dense": "dense_scale"}
+_DESCRIPTION = {
+    StorageDtype.FLOAT16.value: "float16 little-endian",
+    StorageDtype.FLOAT32.value: "float32 little-endian",
+    INT8: "int8 codes, times the float32 scale in colbert_scales",
+    BINARY: "binary sign bits (numpy.packbits of value > 0)",
+}
+
+
+def stored_kind(form: VectorForm, dtype: StorageDtype) -> str:
+    """What a vector's bytes are: float16, float32 (the dtype of a float form), int8, binary."""
+    return dtype.value if form is VectorForm.FLOAT else form.value
+
+
+def vector_bytes(kind: str, dim: int) -> int:
+    """Bytes of one stored vector (a scale, when there is one, is in its own column)."""
+    if kind == BINARY:
+        return math.ceil(dim / 8)
+    if kind == INT8:
+        return dim
+    return STORED_NUMPY[StorageDtype(kind)].itemsize * dim
+
+
+def _metadata(kind: str, dim: int, column: str) -> dict[bytes, bytes]:
+    description = _DESCRIPTION[kind].replace("colbert_scales", SCALE_COLUMN[column])
+    return {VECTOR_KEY: description.encode(), DIM_KEY: str(dim).encode()}
+
+
+def colbert_field(dtype: StorageDtype | str, dim: int) -> pa.Field:
+    """The colbert column of output format 2, saying in its metadata how to decode it
+    (`dtype`: a StorageDtype, or a stored kind of `stored_kind`)."""
+    kind = dtype.value if isinstance(dtype, StorageDtype) else dtype
+    width = vector_bytes(kind, dim)
+    metadata = _metadata(kind, dim, "colbert")
     return pa.field("colbert", pa.list_(pa.binary(width)), nullable=False, metadata=metadata)
+
+
+def dense_field(kind: str, dim: int) -> pa.Field:
+    """The dense column: a fixed-size list of floats (exact, as ever), of int8 codes, or
+    the packed sign bits."""
+    if kind == BINARY:
+        value_type: pa.DataType = pa.binary(vector_bytes(kind, dim))
+    elif kind == INT8:
+        value_type = pa.list_(pa.int8(), dim)
+    else:
+        floats = {"float16": pa.float16(), "float32": pa.float32()}
+        return pa.field("dense", pa.list_(floats[kind], dim), nullable=False)
+    return pa.field("dense", value_type, nullable=False, metadata=_metadata(kind, dim, "dense"))
+
+
+def scale_field(column: str) -> pa.Field:
+    """The float32 scales of an int8 column: a list per row for colbert, one for dense."""
+    value_type = pa.list_(pa.float32()) if column == "colbert" else pa.float32()
+    return pa.field(SCALE_COLUMN[column], value_type, nullable=False)
 
 
 def colbert_array(offsets: np.ndarray, vectors: np.ndarray) -> pa.ListArray:
@@ -50,12 +111,46 @@ def colbert_array(offsets: np.ndarray, vectors: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
 
 
-def _vector_dtype(field: pa.Field) -> np.dtype:
+def _stored(field: pa.Field) -> tuple[str, int]:
+    """(stored kind, dimension) from a vector column's metadata."""
     meta = field.metadata or {}
     kind = meta.get(VECTOR_KEY, b"").decode().split(" ")[0]
-    if kind not in {d.value for d in StorageDtype}:
+    if kind not in _DESCRIPTION:
         raise ValueError(f"column {field.name!r} does not say how its vectors are stored")
+    try:
+        dim = int(meta.get(DIM_KEY, b""))
+    except ValueError:
+        raise ValueError(f"column {field.name!r} does not say its dimension") from None
+    return kind, dim
+
+
+def _vector_dtype(field: pa.Field) -> np.dtype:
+    kind, _ = _stored(field)
+    if kind in (INT8, BINARY):
+        raise ValueError(f"column {field.name!r} holds {kind} vectors, not floats")
     return STORED_NUMPY[StorageDtype(kind)]
+
+
+def _fixed_bytes(inner: pa.Array) -> np.ndarray:
+    """[n, width] uint8 view of a fixed_size_binary array's bytes."""
+    width = inner.type.byte_width
+    data = inner.buffers()[1]
+    assert data is not None
+    raw = np.frombuffer(data, dtype=np.uint8, count=width * len(inner), offset=inner.offset * width)
+    return raw.reshape(len(inner), width)
+
+
+def decode(raw: np.ndarray, kind: str, dim: int, scales: np.ndarray | None) -> np.ndarray:
+    """[n, dim] float32 of `raw` vectors ([n, bytes] uint8) stored as `kind`."""
+    if kind == BINARY:
+        bits = np.unpackbits(raw, axis=1, count=dim)
+        unit = np.float32(1.0 / math.sqrt(dim))
+        return np.where(bits.astype(bool), unit, -unit)
+    if kind == INT8:
+        if scales is None or len(scales) != len(raw):
+            raise ValueError("int8 vectors without a scale each")
+        return raw.view(np.int8).astype(np.float32) * np.asarray(scales, np.float32)[:, None]
+    return raw.view(STORED_NUMPY[StorageDtype(kind)]).astype(np.float32)
 
 
 def colbert_vectors(
@@ -74,11 +169,51 @@ def colbert_vectors(
         floats = inner.flatten().to_numpy(zero_copy_only=False)
         return offsets, floats.reshape(len(inner), dim)
     dtype = _vector_dtype(field)
-    width = inner.type.byte_width
-    data = inner.buffers()[1]
-    assert data is not None
-    raw = np.frombuffer(data, dtype=np.uint8, count=width * len(inner), offset=inner.offset * width)
-    return offsets, raw.view(dtype).reshape(len(inner), width // dtype.itemsize)
+    raw = _fixed_bytes(inner)
+    return offsets, raw.view(dtype).reshape(len(inner), inner.type.byte_width // dtype.itemsize)
+
+
+def _table_column(data: pa.Table | pa.RecordBatch, name: str) -> pa.Array:
+    column = data.column(name)
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def colbert_floats(data: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets [rows + 1], float32 vectors [n, D]) of the colbert column in any form."""
+    field = data.schema.field("colbert")
+    array = _table_column(data, "colbert")
+    if pa.types.is_fixed_size_list(array.type.value_type):  # output format 1
+        offsets, vectors = colbert_vectors(array, field)
+        return offsets, vectors.astype(np.float32)
+    kind, dim = _stored(field)
+    if array.null_count:
+        raise ValueError("colbert column has null rows")
+    offsets = np.asarray(array.offsets, dtype=np.int64)
+    inner = array.values.slice(offsets[0], offsets[-1] - offsets[0])
+    scales = None
+    if kind == INT8:
+        scale_lists = _table_column(data, SCALE_COLUMN["colbert"])
+        scale_offsets = np.asarray(scale_lists.offsets, dtype=np.int64)
+        if not np.array_equal(scale_offsets - scale_offsets[0], offsets - offsets[0]):
+            raise ValueError("colbert_scales does not hold one scale a vector")
+        flat = scale_lists.values.slice(scale_offsets[0], scale_offsets[-1] - scale_offsets[0])
+        scales = flat.to_numpy(zero_copy_only=False)
+    return offsets - offsets[0], decode(_fixed_bytes(inner), kind, dim, scales)
+
+
+def dense_floats(data: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """[rows, D] float32 of the dense column in any form."""
+    field = data.schema.field("dense")
+    array = _table_column(data, "dense")
+    if pa.types.is_fixed_size_binary(array.type):
+        kind, dim = _stored(field)
+        return decode(_fixed_bytes(array), kind, dim, None)
+    dim = array.type.list_size
+    values = array.flatten().to_numpy(zero_copy_only=False)
+    if pa.types.is_int8(array.type.value_type):
+        scales = _table_column(data, SCALE_COLUMN["dense"]).to_numpy(zero_copy_only=False)
+        return decode(values.view(np.uint8).reshape(len(array), dim), INT8, dim, scales)
+    return np.asarray(values, dtype=np.float32).reshape(len(array), dim)
 
 
 def colbert_rows(column: pa.Array | pa.ChunkedArray, field: pa.Field) -> list[np.ndarray]:

@@ -12,7 +12,15 @@ from pydantic import ValidationError
 from pipeline.exit_codes import EXIT_USAGE
 from pipeline.jobs.store import JobStore
 from pipeline.settings import Settings
-from schemas.options import MAX_SUPPORTED_LENGTH, EncodeOptions
+from schemas.options import (
+    MAX_POOL_FACTOR,
+    MAX_SUPPORTED_LENGTH,
+    STORAGE_FIELDS,
+    STORAGE_PRESETS,
+    EncodeOptions,
+    StoragePreset,
+    VectorForm,
+)
 
 
 def add_encode_options(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +47,33 @@ def add_encode_options(parser: argparse.ArgumentParser) -> None:
         choices=["float16", "float32"],
         default="float16",
         help="storage dtype of dense and colbert vectors",
+    )
+    storage = parser.add_argument_group(
+        "storage", 'how vectors are stored (docs/pipeline.md, "Compact storage")'
+    )
+    storage.add_argument(
+        "--storage",
+        choices=[preset.value for preset in StoragePreset],
+        default=StoragePreset.EXACT.value,
+        help="exact (default: every value as computed) or compact (int8 dense, binary "
+        "ColBERT: ~1/15 of the bytes); the flags below go over it",
+    )
+    forms = [form.value for form in VectorForm]
+    storage.add_argument(
+        "--dense-storage", choices=forms, help="dense vectors: float (--dtype), int8, binary"
+    )
+    storage.add_argument(
+        "--colbert-storage", choices=forms, help="ColBERT vectors: float (--dtype), int8, binary"
+    )
+    storage.add_argument(
+        "--colbert-pool",
+        type=int,
+        metavar="FACTOR",
+        help=f"token pooling: a document's ColBERT vectors clustered to 1/FACTOR of them "
+        f"(1-{MAX_POOL_FACTOR}; default 1, none)",
+    )
+    storage.add_argument(
+        "--sparse-top-k", type=int, metavar="K", help="keep each row's K heaviest sparse terms"
     )
     parser.add_argument(
         "--long-docs",
@@ -122,7 +157,7 @@ def parse_keep_fields(value: str) -> tuple[str, ...]:
 
 
 def options_from_args(args: argparse.Namespace) -> EncodeOptions:
-    return EncodeOptions(
+    options = EncodeOptions(
         modes=args.modes,
         max_length=MAX_SUPPORTED_LENGTH if args.max_length is None else args.max_length,
         batch_tokens=args.batch_tokens,
@@ -130,6 +165,21 @@ def options_from_args(args: argparse.Namespace) -> EncodeOptions:
         long_docs=args.long_docs,
         chunk_overlap=args.chunk_overlap,
     )
+    return with_storage(options, args)
+
+
+def with_storage(options: EncodeOptions, args: argparse.Namespace) -> EncodeOptions:
+    """`options` stored as --storage and the storage flags say: the preset's choices for
+    the modes asked for, then each flag given."""
+    chosen = {
+        name: value
+        for name, value in STORAGE_PRESETS[StoragePreset(args.storage)].items()
+        if STORAGE_FIELDS[name] in options.modes
+    }
+    for name in STORAGE_FIELDS:
+        if getattr(args, name, None) is not None:
+            chosen[name] = getattr(args, name)
+    return EncodeOptions.model_validate({**options.model_dump(), **chosen})
 
 
 def usage_error(problem: object) -> int:

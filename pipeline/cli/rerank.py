@@ -23,6 +23,11 @@ EMBED_ONLY_DEFAULTS = {
     "text_field": "text",
     "keep_fields": "",
     "reuse": None,
+    "storage": "exact",
+    "dense_storage": None,
+    "colbert_storage": None,
+    "colbert_pool": None,
+    "sparse_top_k": None,
 }
 
 

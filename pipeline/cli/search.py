@@ -36,6 +36,14 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
         default="hybrid",
         help="comma-separated rankings to write: dense, sparse, colbert, hybrid",
     )
+    search.add_argument(
+        "--binary-query",
+        choices=["auto", "float", "sign"],
+        default="auto",
+        help="vectors the index stores as sign bits are scored against the float query "
+        "(float) or its own sign bits (sign: D - 2 x Hamming distance); auto (default): "
+        "sign for ColBERT, float for dense, as measured best (docs/pipeline.md)",
+    )
     search.add_argument("--query-id-field", default="id")
     search.add_argument("--query-text-field", default="text")
     search.add_argument("--model", help="query encoder (default: the index's model)")
@@ -100,6 +108,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
             query_text_field=args.query_text_field,
             rerank_top_k=args.rerank_top_k,
             corpus=args.corpus,
+            binary_query=args.binary_query,
         )
     except ValueError as exc:
         return usage_error(exc)

@@ -71,6 +71,8 @@ class EmbedEngine:
             model.colbert_dim,
             chunked=options.chunked,
             metadata=self.file_metadata(),
+            dense_form=options.dense_storage,
+            colbert_form=options.colbert_storage,
         )
 
     def file_metadata(self) -> dict[str, object]:
@@ -84,6 +86,8 @@ class EmbedEngine:
             "modes": [mode.value for mode in self.options.modes],
             "long_docs": self.options.long_docs.value,
             "chunk_overlap": self.options.chunk_overlap,
+            # Compact storage only (so exact outputs keep the identity they always had).
+            **({"storage": self.options.storage()} if self.options.storage() else {}),
         }
 
     def tokenize(self, docs: Sequence[Document]) -> TokenizedShard:
@@ -119,8 +123,7 @@ class EmbedEngine:
         stats = EncodeStats(documents=len(docs), rows=len(shard), tokens=int(lengths.sum()))
         columns = ShardColumns(
             lengths,
-            self.options.modes,
-            self.options.dtype,
+            self.options,
             self.model.dense_dim,
             self.model.colbert_dim,
             self.buffers,

@@ -8,16 +8,29 @@ place, while the device runs the next batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from pipeline.engine.compact_vectors import int8_per_vector, pool_tokens, sign_bits
 from pipeline.engine.encoder import BatchOutput
 from pipeline.engine.recycled import RecycledBuffers
 from schemas.document import Document
-from schemas.options import Mode, StorageDtype
-from schemas.vector_layout import STORED_NUMPY, colbert_array
+from schemas.options import EncodeOptions, Mode, StorageDtype
+from schemas.vector_layout import (
+    BINARY,
+    INT8,
+    STORED_NUMPY,
+    colbert_array,
+    stored_kind,
+    vector_bytes,
+)
+
+Empty = Callable[..., np.ndarray]
+# Token pooling clusters a document's vectors a window at a time: Ward's clustering keeps
+# n^2 / 2 distances (2 MB at 1,024 vectors, 268 MB at 8,192).
+POOL_WINDOW = 1024
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:
@@ -26,27 +39,59 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     return offsets
 
 
+class _Vectors:
+    """Vectors of one kind (float16, float32, int8 with scales, binary) in a flat array,
+    written a row's worth at a time (`put`) from floats."""
+
+    def __init__(self, kind: str, count: int, dim: int, empty: Empty = np.empty) -> None:
+        self.kind, self.dim = kind, dim
+        if kind == BINARY:
+            self.values = empty((count, vector_bytes(kind, dim)), np.uint8)
+        elif kind == INT8:
+            self.values = empty((count, dim), np.int8)
+        else:
+            self.values = empty((count, dim), STORED_NUMPY[StorageDtype(kind)])
+        self.scales = np.empty(count, np.float32) if kind == INT8 else None
+
+    def put(self, start: int, vectors: np.ndarray) -> None:
+        end = start + len(vectors)
+        if self.kind == BINARY:
+            self.values[start:end] = sign_bits(vectors)
+        elif self.kind == INT8:
+            assert self.scales is not None
+            self.values[start:end], self.scales[start:end] = int8_per_vector(vectors)
+        else:
+            self.values[start:end] = vectors
+
+
 class ShardColumns:
-    """The vector columns of one shard's rows (`lengths`: tokens of each row)."""
+    """The vector columns of one shard's rows (`lengths`: tokens of each row), stored as
+    `options` says (compact forms: pipeline/engine/compact_vectors.py)."""
 
     def __init__(
         self,
         lengths: np.ndarray,
-        modes: tuple[Mode, ...],
-        dtype: StorageDtype,
+        options: EncodeOptions,
         dense_dim: int,
         colbert_dim: int,
         buffers: RecycledBuffers | None = None,
     ) -> None:
-        self.modes, self.rows = modes, len(lengths)
-        stored = STORED_NUMPY[dtype]
-        self.dense = np.empty((self.rows, dense_dim), stored) if Mode.DENSE in modes else None
+        self.modes, self.rows = options.modes, len(lengths)
+        self.pool, self.sparse_top_k = options.colbert_pool, options.sparse_top_k
+        self.dense = None
+        if Mode.DENSE in self.modes:
+            kind = stored_kind(options.dense_storage, options.dtype)
+            self.dense = _Vectors(kind, self.rows, dense_dim)
         self.colbert_offsets = _offsets(np.asarray(lengths, dtype=np.int64) - 1)
         self.colbert = None
-        if Mode.COLBERT in modes:  # the large one: in memory used before, when there is some
-            shape = (int(self.colbert_offsets[-1]), colbert_dim)
+        self._pooled: list[tuple[int, _Vectors]] = []  # (row, its pooled vectors)
+        self._colbert_kind = stored_kind(options.colbert_storage, options.dtype)
+        self._colbert_dim = colbert_dim
+        if Mode.COLBERT in self.modes and self.pool == 1:
+            # The large one: in memory used before, when there is some.
+            count = int(self.colbert_offsets[-1])
             empty = buffers.empty if buffers is not None else np.empty
-            self.colbert = empty(shape, stored)
+            self.colbert = _Vectors(self._colbert_kind, count, colbert_dim, empty)
         # Sparse rows are small and their sizes known only from the device: kept per batch.
         self._sparse: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
@@ -54,12 +99,22 @@ class ShardColumns:
         """Put one batch's outputs in their rows' places."""
         if self.dense is not None:
             assert out.dense is not None
-            self.dense[out.rows] = out.dense
-        if self.colbert is not None:
+            if self.dense.kind in (INT8, BINARY):
+                for place, row in enumerate(out.rows):
+                    self.dense.put(int(row), out.dense[place : place + 1])
+            else:
+                self.dense.values[out.rows] = out.dense
+        if Mode.COLBERT in self.modes:
             assert out.colbert is not None
-            starts = self.colbert_offsets[out.rows]
-            for place, (start, length) in enumerate(zip(starts, out.lengths, strict=True)):
-                self.colbert[start : start + length - 1] = out.colbert[place, : length - 1]
+            for place, (row, length) in enumerate(zip(out.rows, out.lengths, strict=True)):
+                vectors = out.colbert[place, : length - 1]
+                if self.colbert is not None:
+                    self.colbert.put(int(self.colbert_offsets[row]), vectors)
+                else:
+                    pooled = pool_tokens(vectors, self.pool, window=POOL_WINDOW)
+                    stored = _Vectors(self._colbert_kind, len(pooled), self._colbert_dim)
+                    stored.put(0, pooled)
+                    self._pooled.append((int(row), stored))
         if Mode.SPARSE in self.modes:
             assert out.sparse_counts is not None and out.sparse_indices is not None
             assert out.sparse_values is not None
@@ -70,16 +125,44 @@ class ShardColumns:
     def columns(self) -> dict[str, pa.Array]:
         columns: dict[str, pa.Array] = {}
         if self.dense is not None:
-            values = pa.array(self.dense.reshape(-1))
-            columns["dense"] = pa.FixedSizeListArray.from_arrays(values, self.dense.shape[1])
+            values = self.dense.values
+            if self.dense.kind == BINARY:
+                columns["dense"] = pa.FixedSizeBinaryArray.from_buffers(
+                    pa.binary(values.shape[1]), len(values), [None, pa.py_buffer(values)]
+                )
+            else:
+                flat = pa.array(values.reshape(-1))
+                columns["dense"] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+            if self.dense.scales is not None:
+                columns["dense_scale"] = pa.array(self.dense.scales)
         if Mode.SPARSE in self.modes:
             offsets, indices, values = self._sparse_in_order()
             as_list = pa.array(offsets.astype(np.int32))
             columns["sparse_indices"] = pa.ListArray.from_arrays(as_list, pa.array(indices))
             columns["sparse_values"] = pa.ListArray.from_arrays(as_list, pa.array(values))
-        if self.colbert is not None:
-            columns["colbert"] = colbert_array(self.colbert_offsets, self.colbert)
+        if Mode.COLBERT in self.modes:
+            offsets, colbert = self._colbert_in_order()
+            columns["colbert"] = colbert_array(offsets, colbert.values)
+            if colbert.scales is not None:
+                scales = pa.array(colbert.scales)
+                columns["colbert_scales"] = pa.ListArray.from_arrays(
+                    pa.array(offsets.astype(np.int32)), scales
+                )
         return columns
+
+    def _colbert_in_order(self) -> tuple[np.ndarray, _Vectors]:
+        if self.colbert is not None:
+            return self.colbert_offsets, self.colbert
+        counts = np.zeros(self.rows, dtype=np.int64)
+        for row, stored in self._pooled:
+            counts[row] = len(stored.values)
+        offsets = _offsets(counts)
+        merged = _Vectors(self._colbert_kind, int(offsets[-1]), self._colbert_dim)
+        for row, stored in self._pooled:
+            merged.values[offsets[row] : offsets[row + 1]] = stored.values
+            if merged.scales is not None and stored.scales is not None:
+                merged.scales[offsets[row] : offsets[row + 1]] = stored.scales
+        return offsets, merged
 
     def _sparse_in_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each row's terms, rows back in input order; every term copied once."""
@@ -97,7 +180,24 @@ class ShardColumns:
             )
             indices[starts + within] = part_indices
             values[starts + within] = part_values
+        if self.sparse_top_k is not None:
+            return top_k_terms(offsets, indices, values, self.sparse_top_k)
         return offsets, indices, values
+
+
+def top_k_terms(
+    offsets: np.ndarray, indices: np.ndarray, values: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's `k` heaviest terms (ties: the lower token id), in their order in the row."""
+    counts = np.diff(offsets)
+    if not len(counts) or counts.max(initial=0) <= k:
+        return offsets, indices, values
+    row_of = np.repeat(np.arange(len(counts)), counts)
+    order = np.lexsort((indices, -values, row_of))  # by row, heaviest first
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - offsets[row_of[order]]
+    keep = rank < k
+    return _offsets(np.minimum(counts, k)), indices[keep], values[keep]
 
 
 def assemble_table(

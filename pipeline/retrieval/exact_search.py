@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from pipeline.engine.compact_vectors import sign_bits
 from pipeline.errors import InputError, OutputUnreadable
 from pipeline.inputs.readers.formats import detect_format, read_records
 from pipeline.retrieval.index import batch_vectors, document_batches
@@ -28,13 +29,20 @@ from pipeline.storage.finished_output import FinishedOutput
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.sink import write_shard
 from schemas.document import Document
-from schemas.options import EncodeOptions, Mode, StorageDtype
+from schemas.options import EncodeOptions, Mode, StorageDtype, VectorForm
 from schemas.output import search_results_schema
+from schemas.vector_layout import BINARY, decode
 
 if TYPE_CHECKING:
     from pipeline.engine.model import M3Model
     from pipeline.engine.reranker import RerankEngine
 
+# A mode stored as sign bits is scored against the float query ("float": the asymmetric
+# form) or the query's own sign bits ("sign": the symmetric form, (D - 2 x Hamming) / D).
+# "auto" takes what measured best on the trained proxy (docs/pipeline.md, "Compact
+# storage"): sign bits for ColBERT's MaxSim, the float query for dense.
+BINARY_QUERY = ("auto", "float", "sign")
+AUTO_SIGN_MODES = (Mode.COLBERT,)
 HYBRID = "hybrid"
 RERANK = "rerank"
 RUNS = (*(mode.value for mode in Mode), HYBRID)
@@ -61,6 +69,8 @@ class SearchRequest:
     query_text_field: str = "text"
     rerank_top_k: int | None = None  # hybrid candidates per query to rerank (default top_k)
     corpus: Sequence[str] = ()  # where the passages to rerank are; default the index's inputs
+    # How vectors stored as sign bits are scored (BINARY_QUERY).
+    binary_query: str = "auto"
 
 
 @dataclass
@@ -153,6 +163,29 @@ def encode_queries(
     table = EmbedEngine(model, options).encode(queries).table.combine_chunks()
     vectors, _ = batch_vectors(table.to_batches()[0], [query.id for query in queries])
     return vectors
+
+
+def binary_queries(
+    index: FinishedOutput, queries: Vectors, modes: tuple[Mode, ...], form: str
+) -> Vectors:
+    """`queries` with each mode the index stores as sign bits reduced to sign bits too where
+    `form` says so (BINARY_QUERY), read back as the index's are (+-1 / sqrt(D))."""
+    if form not in BINARY_QUERY:
+        raise SearchError(f"--binary-query is one of {', '.join(BINARY_QUERY)}, not {form!r}")
+    stored = {
+        Mode.DENSE: index.options.get("dense_storage"),
+        Mode.COLBERT: index.options.get("colbert_storage"),
+    }
+    binary = [mode for mode in modes if stored.get(mode) == VectorForm.BINARY.value]
+    if not binary and form != "auto":
+        raise SearchError(
+            f"--binary-query {form}: {index.location} stores no vectors it scores as binary"
+        )
+    for mode in binary:
+        if form == "sign" or (form == "auto" and mode in AUTO_SIGN_MODES):
+            floats = getattr(queries, mode.value)
+            setattr(queries, mode.value, decode(sign_bits(floats), BINARY, floats.shape[1], None))
+    return queries
 
 
 def best_per_document(scores: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -250,6 +283,7 @@ def search(
     check_model(index, model.describe())
     queries = read_queries(request)
     vectors = encode_queries(model, index, queries, modes)
+    vectors = binary_queries(index, vectors, modes, request.binary_query)
     started = time.perf_counter()
     runs, documents = score_index(index, vectors, modes, request)
     seconds = time.perf_counter() - started
@@ -265,6 +299,7 @@ def search(
         "weights": {mode.value: weight for mode, weight in request.weights.items()},
         "top_k": request.top_k,
         "exact": True,
+        "binary_query": request.binary_query,
     }
     table = results_table(queries, runs, reranked, metadata)
     write_shard(table, request.out)

@@ -20,15 +20,16 @@ from pipeline.storage.finished_output import FinishedOutput
 from pipeline.storage.location import Location
 from pipeline.storage.sink import part_name
 from schemas.options import Mode
-from schemas.vector_layout import colbert_vectors
+from schemas.vector_layout import colbert_floats, dense_floats
 
 BATCH_ROWS = 256
 
-_COLUMNS = {
-    Mode.DENSE: ["dense"],
+_COLUMNS = {  # a scale column is there only when its vectors are stored as int8
+    Mode.DENSE: ["dense", "dense_scale"],
     Mode.SPARSE: ["sparse_indices", "sparse_values"],
-    Mode.COLBERT: ["colbert"],
+    Mode.COLBERT: ["colbert", "colbert_scales"],
 }
+_OPTIONAL = {"dense_scale", "colbert_scales"}
 
 
 def document_batches(
@@ -50,6 +51,8 @@ def _part_batches(
     path: Location, columns: list[str], rows: int
 ) -> Iterator[tuple[Vectors, np.ndarray]]:
     parquet = pq.ParquetFile(path.path, filesystem=path.fs)
+    present = set(parquet.schema_arrow.names)
+    columns = [name for name in columns if name in present or name not in _OPTIONAL]
     carry: pa.RecordBatch | None = None
     for batch in parquet.iter_batches(batch_size=rows, columns=columns):
         if carry is not None:
@@ -78,17 +81,14 @@ def batch_vectors(batch: pa.RecordBatch, ids: list[str]) -> tuple[Vectors, np.nd
     vectors = Vectors(ids=ids)
     names = batch.schema.names
     if "dense" in names:
-        dense = batch.column("dense")
-        vectors.dense = _floats(dense.flatten()).reshape(len(dense), dense.type.list_size)
+        vectors.dense = dense_floats(batch)
     if "sparse_indices" in names:
         indices, values = batch.column("sparse_indices"), batch.column("sparse_values")
         vectors.sparse_offsets = _offsets(indices)
         vectors.sparse_indices = indices.flatten().to_numpy()
         vectors.sparse_values = _floats(values.flatten())
     if "colbert" in names:
-        field = batch.schema.field("colbert")
-        offsets, stored = colbert_vectors(batch.column("colbert"), field)
-        vectors.colbert_offsets, vectors.colbert = offsets, stored.astype(np.float32)
+        vectors.colbert_offsets, vectors.colbert = colbert_floats(batch)
     return vectors, np.array([*starts, len(ids)], dtype=np.int64)
 
 

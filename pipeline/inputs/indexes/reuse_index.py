@@ -17,7 +17,7 @@ from pipeline.inputs.indexes.scratch_db import ScratchDb, ScratchIndex
 from pipeline.storage.finished_output import FinishedOutput, document_digest, open_for_reuse
 from pipeline.storage.location import Location, open_location, same_place
 from schemas.document import Document
-from schemas.options import EncodeOptions
+from schemas.options import STORAGE_FIELDS, EncodeOptions
 from schemas.reuse_plan import ReuseRun
 
 _VALUE = struct.Struct("<IQI")  # part, first row, rows; the digest follows
@@ -38,11 +38,14 @@ def open_reusable(
     previous = open_for_reuse(previous_out)
     if same_place(previous.location, open_location(out)):
         raise ReuseError("--reuse needs another output directory than --out")
-    old = {**previous.options, "model": previous.identity.get("model")}
+    # An output from before an option existed was made with its default.
+    defaults = EncodeOptions().model_dump(mode="json")
+    old = {**defaults, **previous.options, "model": previous.identity.get("model")}
     new = {**options.model_dump(mode="json"), "model": model}
+    names = ("model", "modes", "dtype", "max_length", "long_docs", "chunk_overlap")
     changed = [
         f"{name} {new.get(name)!r} (was {old.get(name)!r})"
-        for name in ("model", "modes", "dtype", "max_length", "long_docs", "chunk_overlap")
+        for name in (*names, *STORAGE_FIELDS)
         if old.get(name) != new.get(name)
     ]
     if previous.keep_fields != list(keep_fields):

@@ -120,6 +120,11 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys):
         (["--modes", "dense,nope"], "modes"),
         (["--max-length", "9000"], "max_length"),
         (["--long-docs", "chunk", "--chunk-overlap", "600"], "chunk_overlap"),
+        (["--colbert-pool", "0"], "colbert_pool"),
+        (["--colbert-pool", "17"], "colbert_pool"),
+        (["--sparse-top-k", "0"], "sparse_top_k"),
+        (["--modes", "dense", "--colbert-storage", "int8"], "colbert_storage applies to colbert"),
+        (["--modes", "colbert", "--dense-storage", "binary"], "dense_storage applies to dense"),
     ],
 )
 def test_bad_options_are_usage_errors(tmp_path, capsys, flag, message):
@@ -220,3 +225,32 @@ def test_reuse_reports_what_it_copied(tmp_path, capsys):
         == EXIT_FAILED
     )
     assert "modes ['dense']" in capsys.readouterr().err
+
+
+def test_compact_storage_from_the_command_line(tmp_path, capsys):
+    """--storage compact: int8 dense and binary ColBERT, recorded in the manifest, a
+    fraction of the bytes; the preset leaves out what the modes do not ask for; an exact
+    output is not --reuse'd for a compact job (refused before anything is written)."""
+    records = [{"id": f"d{i}", "text": f"document number {i} " * 20} for i in range(20)]
+    inp = _write_jsonl(tmp_path / "in.jsonl", records)
+    assert main(_args(inp, tmp_path / "exact")) == EXIT_OK
+    assert main(_args(inp, tmp_path / "compact", "--storage", "compact")) == EXIT_OK
+    options = json.loads((tmp_path / "compact" / "_manifest.json").read_text())["job"]["options"]
+    assert options | {"dense_storage": "int8", "colbert_storage": "binary"} == options
+    size = {name: sum(p.stat().st_size for p in (tmp_path / name).glob("part-*"))
+            for name in ("exact", "compact")}  # fmt: skip
+    assert size["compact"] < size["exact"] / 4
+    table = pq.read_table(tmp_path / "compact")
+    assert {"dense_scale"} <= set(table.column_names)
+
+    argv = _args(inp, tmp_path / "dense", "--storage", "compact", "--modes", "dense,sparse")
+    assert main([*argv, "--colbert-pool", "2"]) == 2  # the flag, unlike the preset, is refused
+    assert main(argv) == EXIT_OK
+    options = json.loads((tmp_path / "dense" / "_manifest.json").read_text())["job"]["options"]
+    assert (options["dense_storage"], options["colbert_storage"]) == ("int8", "float")
+
+    capsys.readouterr()
+    reuse = ["--reuse", str(tmp_path / "exact")]
+    assert main(_args(inp, tmp_path / "v2", "--storage", "compact", *reuse)) == EXIT_FAILED
+    assert "colbert_storage 'binary' (was 'float')" in capsys.readouterr().err
+    assert not (tmp_path / "v2").exists()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pipeline.engine.encoder import BatchOutput, PendingBatch, _sparse
 from pipeline.engine.table import ShardColumns
-from schemas.options import Mode, StorageDtype
+from schemas.options import EncodeOptions, StorageDtype
 from schemas.vector_layout import colbert_rows
 
 VOCAB = 12
@@ -71,7 +71,7 @@ def test_columns_filled_batch_by_batch_come_out_in_row_order(lengths, seed):
     order = rng.permutation(len(lengths))
     cuts = np.sort(rng.choice(np.arange(1, len(lengths)), rng.integers(0, len(lengths)),
                               replace=False)) if len(lengths) > 1 else []  # fmt: skip
-    columns = ShardColumns(lengths_array, tuple(Mode), StorageDtype.FLOAT16, dim, dim)
+    columns = ShardColumns(lengths_array, EncodeOptions(), dim, dim)
     for rows in np.split(order, cuts):
         width = int(lengths_array[rows].max())
         padded = np.full((len(rows), width - 1, dim), 9, np.float16)  # padding: never kept

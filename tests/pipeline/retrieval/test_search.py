@@ -148,6 +148,100 @@ def test_streamed_top_k_equals_scoring_everything(tmp_path, tiny, monkeypatch):
             "doc_id"] == "doc-005"  # fmt: skip
 
 
+def reference_rows(index: Path) -> dict[str, list]:
+    """Every row of an index read with pyarrow and numpy alone, each form decoded from its
+    formula: int8 code x scale; a sign bit as +-1 / sqrt(D)."""
+    table = pq.read_table(sorted(index.glob("part-*.parquet")))
+    rows = table.to_pylist()
+    colbert_meta = table.schema.field("colbert").metadata
+    dim = int(colbert_meta[b"m3pipe.dim"])
+    kind = colbert_meta[b"m3pipe.vector"].split()[0].decode()
+
+    def vectors(raw: bytes, scale=None) -> np.ndarray:
+        if kind == "binary":
+            bits = np.unpackbits(np.frombuffer(raw, np.uint8))[:dim]
+            return (bits * 2.0 - 1.0) / math.sqrt(dim)
+        if kind == "int8":
+            return np.frombuffer(raw, np.int8).astype(np.float32) * scale
+        return np.frombuffer(raw, "<f4" if kind == "float32" else "<f2").astype(np.float32)
+
+    out: dict[str, list] = {"ids": [], "dense": [], "sparse": [], "colbert": []}
+    for row in rows:
+        out["ids"].append(row["id"])
+        dense = row["dense"]
+        if isinstance(dense, bytes):
+            bits = np.unpackbits(np.frombuffer(dense, np.uint8))[: len(dense) * 8]
+            out["dense"].append((bits * 2.0 - 1.0) / math.sqrt(len(bits)))
+        else:
+            out["dense"].append(np.array(dense, np.float32) * row.get("dense_scale", 1.0))
+        out["sparse"].append(dict(zip(row["sparse_indices"], row["sparse_values"], strict=True)))
+        scales = row.get("colbert_scales") or [None] * len(row["colbert"])
+        out["colbert"].append(np.stack([vectors(v, c) for v, c in zip(row["colbert"], scales,
+                                                                      strict=True)]))  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize(
+    ("dense_form", "colbert_form", "binary_query"),
+    [
+        ("int8", "binary", "auto"),  # --storage compact, as search scores it by default
+        ("binary", "int8", "auto"),
+        ("binary", "binary", "float"),
+        ("binary", "binary", "sign"),
+    ],
+)
+def test_search_over_compact_storage_ranks_as_the_formulas_say(
+    tmp_path, tiny, dense_form, colbert_form, binary_query
+):
+    """Each run's top 10 over compact storage (and sparse top 8) equals a reference scorer
+    written from the formulas: bge-m3's scores over the decoded vectors, a binary mode
+    against the float query or its sign bits as --binary-query says (auto: sign bits for
+    ColBERT, the float query for dense)."""
+    texts = corpus()
+    compact = EncodeOptions(max_length=256, dtype=StorageDtype.FLOAT32, sparse_top_k=8,
+                            dense_storage=dense_form, colbert_storage=colbert_form)  # fmt: skip
+    index = build_index(tmp_path, tiny, texts, compact)
+    exact = build_index(tmp_path, tiny, texts[:3], name="queries-exact")
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"id": f"q{i}", "text": texts[i]}
+                                                 for i in range(3)])  # fmt: skip
+    _, table = run_search(tmp_path, tiny, index, queries, top_k=10, binary_query=binary_query)
+
+    def as_signs(mode: str, form: str) -> bool:
+        chosen = binary_query == "sign" or (binary_query == "auto" and mode == "colbert")
+        return form == "binary" and chosen
+
+    def signs(x: np.ndarray) -> np.ndarray:  # read as the index's bits are
+        return np.where(x > 0, 1.0, -1.0) / math.sqrt(x.shape[-1])
+
+    docs, query_rows = reference_rows(index), reference_rows(exact)
+    for q in range(3):
+        dense_q, colbert_q = query_rows["dense"][q], query_rows["colbert"][q]
+        dense_q = signs(dense_q) if as_signs("dense", dense_form) else dense_q
+        colbert_q = signs(colbert_q) if as_signs("colbert", colbert_form) else colbert_q
+        scores = {
+            "dense": [float(d @ dense_q) for d in docs["dense"]],
+            "sparse": [
+                sum(w * query_rows["sparse"][q].get(t, 0.0) for t, w in d.items())
+                for d in docs["sparse"]
+            ],
+            "colbert": [float((colbert_q @ d.T).max(axis=1).mean()) for d in docs["colbert"]],
+        }
+        scores["hybrid"] = [
+            (0.4 * a + 0.2 * b + 0.4 * c)
+            for a, b, c in zip(scores["dense"], scores["sparse"], scores["colbert"], strict=True)
+        ]
+        for run, values in scores.items():
+            got = [r for r in table.to_pylist() if r["run"] == run and r["query_id"] == f"q{q}"]
+            want = sorted(values, reverse=True)[:10]
+            np.testing.assert_allclose([r["score"] for r in got], want, rtol=1e-4, atol=1e-5)
+            for r in got:
+                assert values[docs["ids"].index(r["doc_id"])] == pytest.approx(
+                    r["score"], rel=1e-4, abs=1e-5
+                ), run
+    with pytest.raises(SearchError, match="--binary-query sign"):
+        run_search(tmp_path, tiny, exact, queries, binary_query="sign")
+
+
 def test_a_chunked_index_returns_each_document_once_with_its_best_chunk(tmp_path, tiny):
     options = EncodeOptions(
         max_length=24, long_docs=LongDocPolicy.CHUNK, dtype=StorageDtype.FLOAT32

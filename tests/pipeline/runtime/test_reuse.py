@@ -30,12 +30,17 @@ from schemas.document import Document
 from schemas.job import Task
 from schemas.options import EncodeOptions, LongDocPolicy, StorageDtype
 from schemas.reuse_plan import ReuseRun
-from schemas.vector_layout import colbert_rows, colbert_vectors
+from schemas.vector_layout import colbert_floats, colbert_rows, colbert_vectors, dense_floats
 
 EMBED = task_kind(Task.EMBED)
 # float32 storage, so copied and re-encoded vectors compare at the parity bound.
 OPTIONS = EncodeOptions(max_length=64, dtype=StorageDtype.FLOAT32)
 WORDS = ["alpha", "beta", "gamma", "delta", "эпсилон", "ζήτα", "日本語", "emoji 🙂"]
+
+
+def stored(**storage: object) -> EncodeOptions:
+    """OPTIONS with compact storage options."""
+    return EncodeOptions.model_validate({**OPTIONS.model_dump(), **storage})
 
 
 def corpus(count: int, seed: int = 0) -> list[dict[str, str]]:
@@ -182,6 +187,8 @@ def test_chunked_documents_and_kept_fields(tmp_path, tiny):
     [
         ({"options": EncodeOptions(max_length=32, dtype=StorageDtype.FLOAT32)}, "max_length"),
         ({"options": EncodeOptions(max_length=64)}, "dtype"),
+        ({"options": stored(colbert_storage="int8")}, "colbert_storage"),
+        ({"options": stored(sparse_top_k=4)}, "sparse_top_k"),
         ({"reading": Reading(keep_fields=("title",))}, "kept fields"),
     ],
 )
@@ -191,6 +198,26 @@ def test_an_output_of_other_options_is_refused(tmp_path, tiny, change, message):
     with pytest.raises(ReuseError, match=message):
         encode(tmp_path, tiny, "v2", records, reuse=tmp_path / "v1", **change)
     assert not (tmp_path / "v2").exists()  # refused before anything was written
+
+
+def test_a_compact_output_is_reused_by_a_job_stored_alike(tmp_path, tiny):
+    """Scale columns travel with their vectors; the rows equal a full compact encode's."""
+    options = stored(colbert_storage="int8", dense_storage="int8")
+    records = corpus(30)
+    encode(tmp_path, tiny, "v1", records, options=options)
+    reused = encode(tmp_path, tiny, "v2", edited(records), reuse=tmp_path / "v1", options=options)
+    full = encode(tmp_path, tiny, "full", edited(records), options=options)
+    assert reused.reused == 26 and full.reused is None  # 30 - 1 dropped - 3 edited
+    got, want = rows(tmp_path / "v2"), rows(tmp_path / "full")
+    assert got.column_names == want.column_names
+    assert {"colbert_scales", "dense_scale"} <= set(got.column_names)
+    assert got.column("id").equals(want.column("id"))
+    got_offsets, got_colbert = colbert_floats(got)
+    want_offsets, want_colbert = colbert_floats(want)
+    assert np.array_equal(got_offsets, want_offsets)
+    # Copied rows were computed in other batches: a code may move by one step.
+    np.testing.assert_allclose(got_colbert, want_colbert, atol=0.01)
+    np.testing.assert_allclose(dense_floats(got), dense_floats(want), atol=0.01)
 
 
 def test_what_is_not_a_reusable_output_is_refused(tmp_path, tiny):

@@ -80,3 +80,27 @@ def test_the_readme_polars_block_and_why_the_directory_form_fails(example, monke
     assert decoded.shape[1] == 64 and decoded.dtype == np.float16
     with pytest.raises(Exception, match="extension"):  # the sidecars: as README.md says
         pl.scan_parquet("out/example/").collect()
+
+
+def test_the_readme_compact_block(tmp_path, tiny, monkeypatch):
+    """README's decoding of --storage compact rows gives what the formulas say (random:tiny
+    is 64-dim: the block's 1024 is bge-m3's, so it is read as 64 here)."""
+    from schemas.vector_layout import colbert_floats, dense_floats
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": f"d{i}", "text": f"text {i} " * (i + 3)}) + "\n"
+                              for i in range(4)))  # fmt: skip
+    options = EncodeOptions(max_length=64, dense_storage="int8", colbert_storage="binary")
+    out = tmp_path / "out" / "compact"
+    process_file(task_kind(Task.EMBED), source, out, EmbedEngine(tiny, options), shard_items=4)
+    monkeypatch.chdir(tmp_path)
+    [block] = [b for b in readme_blocks("python") if "out/compact" in b]
+    scope: dict = {}
+    exec(block.replace("1024", "64"), scope)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "part-00000.parquet").slice(0, 1)
+    np.testing.assert_allclose(scope["dense"], dense_floats(table)[0], rtol=1e-6)
+    _, colbert = colbert_floats(table)  # +-1 / sqrt(D) in m3pipe's readers
+    np.testing.assert_array_equal(scope["signs"], np.sign(colbert))
+    assert scope["signs"].shape == (scope["row"]["n_tokens"] - 1, 64)

@@ -1,4 +1,4 @@
-"""pipeline/storage/compact_vectors.py: int8 with a scale per vector, sign bits, token pooling."""
+"""pipeline/engine/compact_vectors.py: int8 with a scale per vector, sign bits, token pooling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.storage import compact_vectors as cv
+from pipeline.engine import compact_vectors as cv
 
 FLOATS = st.floats(-1e4, 1e4, allow_nan=False, width=32)
 

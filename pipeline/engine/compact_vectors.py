@@ -50,12 +50,17 @@ def from_sign_bits(bits: np.ndarray, dim: int) -> np.ndarray:
     return unpacked.astype(np.float32) * 2.0 - 1.0
 
 
-def pool_tokens(vectors: np.ndarray, factor: int) -> np.ndarray:
-    """A document's [n, D] token vectors pooled to ceil(n / factor) (see the module's note);
-    factor 1, or a single vector, returns them as they are."""
+def pool_tokens(vectors: np.ndarray, factor: int, window: int | None = None) -> np.ndarray:
+    """A document's [n, D] token vectors pooled to at most ceil(n / factor) (see the
+    module's note); factor 1, or a single vector, returns them as they are (float32).
+    `window`: cluster consecutive runs of at most that many vectors on their own (Ward's
+    clustering holds n^2 / 2 distances), each to ceil(run / factor)."""
     if factor < 1:
         raise ValueError(f"a pool factor is at least 1, not {factor}")
     values = np.asarray(vectors, dtype=np.float32)
+    if window is not None and len(values) > window:
+        runs = [values[start : start + window] for start in range(0, len(values), window)]
+        return np.concatenate([pool_tokens(run, factor) for run in runs])
     clusters = math.ceil(len(values) / factor)
     if factor == 1 or clusters == len(values):
         return values

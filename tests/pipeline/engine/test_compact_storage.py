@@ -1,0 +1,175 @@
+"""Compact storage as the engine writes it (issue 31): each form's bytes in each row's place,
+read back from Parquet by the project's readers to what the formulas say, and the engine's
+compact output equal to its exact output put through the same formulas."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.engine.compact_vectors import int8_per_vector, pool_tokens, sign_bits
+from pipeline.engine.embedder import EmbedEngine
+from pipeline.engine.encoder import BatchOutput
+from pipeline.engine.table import POOL_WINDOW, ShardColumns, top_k_terms
+from schemas.options import EncodeOptions, StorageDtype, VectorForm
+from schemas.output import output_schema
+from schemas.vector_layout import colbert_floats, dense_floats, vector_bytes
+from tests.corpus import documents
+
+
+def expected_floats(vectors: np.ndarray, form: VectorForm, floats=np.float16) -> np.ndarray:
+    """What a reader must get back for `vectors` stored as `form` (a float form: as
+    `floats`), from the formulas."""
+    values = np.asarray(vectors, np.float32)
+    if form is VectorForm.INT8:
+        scale = np.abs(values).max(axis=1, initial=0.0) / 127
+        safe = np.where(scale > 0, scale, 1.0)[:, None]
+        return np.clip(np.rint(values / safe), -127, 127) * scale[:, None].astype(np.float32)
+    if form is VectorForm.BINARY:
+        return np.where(values > 0, 1.0, -1.0) / np.float32(math.sqrt(values.shape[1]))
+    return values.astype(floats).astype(np.float32)
+
+
+def round_trip(arrays: dict[str, pa.Array], schema: pa.Schema, path) -> pa.Table:
+    table = pa.Table.from_arrays([arrays[name] for name in schema.names], schema=schema)
+    pq.write_table(table, path)
+    return pq.read_table(path)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(2, 9), min_size=1, max_size=10),
+    dim=st.integers(1, 20),
+    dense_form=st.sampled_from(list(VectorForm)),
+    colbert_form=st.sampled_from(list(VectorForm)),
+    pool=st.sampled_from([1, 1, 2, 3]),
+    top_k=st.sampled_from([None, 1, 2]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_every_form_lands_in_its_row_and_reads_back_as_the_formulas_say(
+    tmp_path_factory, lengths, dim, dense_form, colbert_form, pool, top_k, seed
+):
+    rng = np.random.default_rng(seed)
+    options = EncodeOptions(dtype=StorageDtype.FLOAT16, dense_storage=dense_form,
+                            colbert_storage=colbert_form, colbert_pool=pool,
+                            sparse_top_k=top_k)  # fmt: skip
+    dense = rng.standard_normal((len(lengths), dim)).astype(np.float16)
+    colbert = [rng.standard_normal((n - 1, dim)).astype(np.float16) for n in lengths]
+    weights = [rng.permutation(np.arange(1, 5, dtype=np.float32))[: n % 5] for n in lengths]
+    terms = [np.sort(rng.choice(50, len(w), replace=False)).astype(np.int32) for w in weights]
+    columns = ShardColumns(np.array(lengths), options, dim, dim)
+    for rows in np.array_split(rng.permutation(len(lengths)), rng.integers(1, 4)):
+        if not len(rows):
+            continue
+        width = max(lengths[r] for r in rows)
+        padded = np.full((len(rows), width - 1, dim), 9, np.float16)
+        for place, row in enumerate(rows):
+            padded[place, : lengths[row] - 1] = colbert[row]
+        columns.add(BatchOutput(
+            rows=rows, lengths=np.array(lengths)[rows], dense=dense[rows], colbert=padded,
+            sparse_counts=np.array([len(terms[r]) for r in rows]),
+            sparse_indices=np.concatenate([terms[r] for r in rows]),
+            sparse_values=np.concatenate([weights[r] for r in rows]),
+        ))  # fmt: skip
+    schema = output_schema(options.modes, options.dtype, dim, dim, dense_form=dense_form,
+                           colbert_form=colbert_form)  # fmt: skip
+    arrays = {
+        "id": pa.array([str(i) for i in range(len(lengths))]),
+        "n_tokens": pa.array(lengths, pa.int32()),
+        "truncated": pa.array([False] * len(lengths)),
+        **columns.columns(),
+    }
+    back = round_trip(arrays, schema, tmp_path_factory.mktemp("forms") / "p.parquet")
+
+    np.testing.assert_allclose(dense_floats(back), expected_floats(dense, dense_form), rtol=1e-6)
+    offsets, vectors = colbert_floats(back)
+    for row, row_vectors in enumerate(colbert):
+        pooled = pool_tokens(row_vectors, pool, window=POOL_WINDOW)
+        want = expected_floats(pooled if pool > 1 else row_vectors, colbert_form)
+        got = vectors[offsets[row] : offsets[row + 1]]
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        assert len(got) <= math.ceil((lengths[row] - 1) / pool)
+    kept = back.column("sparse_indices").to_pylist()
+    kept_weights = back.column("sparse_values").to_pylist()
+    for row, (row_terms, row_weights) in enumerate(zip(terms, weights, strict=True)):
+        k = len(row_terms) if top_k is None else min(top_k, len(row_terms))
+        heaviest = set(row_terms[np.argsort(-row_weights, kind="stable")[:k]].tolist())
+        assert set(kept[row]) == heaviest and kept[row] == sorted(kept[row])
+        assert sorted(kept_weights[row], reverse=True) == sorted(row_weights, reverse=True)[:k]
+
+
+@given(
+    counts=st.lists(st.integers(0, 8), max_size=8),
+    k=st.integers(1, 6),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_top_k_terms_keeps_each_rows_heaviest_in_their_order(counts, k, seed):
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    indices = np.concatenate([np.sort(rng.choice(100, n, replace=False)) for n in counts] or [[]])
+    values = rng.choice([0.5, 1.0, 2.0], int(offsets[-1])).astype(np.float32)  # with ties
+    new_offsets, new_indices, new_values = top_k_terms(offsets, indices.astype(np.int32),
+                                                       values, k)  # fmt: skip
+    for row, (start, end) in enumerate(itertools.pairwise(offsets)):
+        # The reference: heaviest first, a tie to the lower token id, then in row order.
+        ranked = sorted(range(start, end), key=lambda i: (-values[i], indices[i]))[:k]
+        keep = sorted(ranked)
+        got = slice(new_offsets[row], new_offsets[row + 1])
+        assert new_indices[got].tolist() == indices[keep].tolist()
+        assert new_values[got].tolist() == values[keep].tolist()
+
+
+def test_pooling_a_long_document_clusters_a_window_at_a_time():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((2 * POOL_WINDOW + 10, 4)).astype(np.float32)
+    pooled = pool_tokens(vectors, 2, window=POOL_WINDOW)
+    first = pool_tokens(vectors[:POOL_WINDOW], 2)
+    assert len(pooled) <= POOL_WINDOW + 5 and np.array_equal(pooled[: len(first)], first)
+
+
+@pytest.mark.parametrize("form", [VectorForm.INT8, VectorForm.BINARY])
+def test_the_engines_compact_output_is_its_exact_output_through_the_formulas(tiny, form):
+    """Same model, same documents: compact rows equal the exact rows quantised (exact in
+    float32 here, so the quantisers see what the device handed over)."""
+    docs = documents([f"text number {i} " * (1 + i % 9) for i in range(30)])
+    exact = EncodeOptions(max_length=64, dtype=StorageDtype.FLOAT32)
+    compact = EncodeOptions.model_validate(
+        {**exact.model_dump(), "dense_storage": form, "colbert_storage": form, "sparse_top_k": 3}
+    )
+    want = EmbedEngine(tiny, exact).encode(docs).table
+    got = EmbedEngine(tiny, compact).encode(docs).table
+    offsets, vectors = colbert_floats(want)
+    got_offsets, got_vectors = colbert_floats(got)
+    assert np.array_equal(offsets, got_offsets)
+    np.testing.assert_array_equal(got_vectors, expected_floats(vectors, form))
+    np.testing.assert_array_equal(dense_floats(got), expected_floats(dense_floats(want), form))
+    assert all(len(terms) <= 3 for terms in got.column("sparse_indices").to_pylist())
+    width = got.schema.field("colbert").type.value_type.byte_width
+    assert width == vector_bytes(form.value, tiny.colbert_dim)
+    # The file says how it was stored; an exact file says nothing new.
+    assert EmbedEngine(tiny, compact).file_metadata()["storage"] == {
+        "dense_storage": form.value, "colbert_storage": form.value, "sparse_top_k": 3
+    }  # fmt: skip
+    assert "storage" not in EmbedEngine(tiny, exact).file_metadata()
+
+
+def test_int8_codes_are_what_the_quantiser_gives():
+    """The int8 bytes on disk are int8_per_vector's codes (a reader's one-line decode)."""
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((3, 8)).astype(np.float16)
+    options = EncodeOptions(modes="colbert", colbert_storage="int8")
+    columns = ShardColumns(np.array([4]), options, 8, 8)
+    columns.add(BatchOutput(rows=np.array([0]), lengths=np.array([4]), colbert=vectors[None]))
+    array = columns.columns()["colbert"]
+    raw = np.frombuffer(b"".join(array.to_pylist()[0]), np.int8).reshape(-1, 8)
+    codes, scales = int8_per_vector(vectors)
+    assert np.array_equal(raw, codes)
+    assert columns.columns()["colbert_scales"].to_pylist()[0] == scales.tolist()
+    assert sign_bits(vectors).shape == (3, 1)
