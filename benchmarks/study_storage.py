@@ -290,8 +290,14 @@ def hybrid_forms(
     return {
         "exact (float16)": (preset(fp16, fp16), 2 * dim + 2 * colbert_dim * per_doc),
         "int8 dense + int8 colbert": (preset(int8, int8), int8_dense + (colbert_dim + 4) * per_doc),
-        "compact: int8 dense + binary colbert": (preset(int8, signs), int8_dense + binary_colbert),
-        "compact, --hamming": (preset(int8, signs, query=signs), int8_dense + binary_colbert),
+        "compact: int8 dense + binary colbert, float query": (
+            preset(int8, signs),
+            int8_dense + binary_colbert,
+        ),
+        "compact, ColBERT query as sign bits (search default)": (
+            preset(int8, signs, query=signs),
+            int8_dense + binary_colbert,
+        ),
         "int8 dense + pool2 int8 colbert": (
             preset(int8, int8, pool=2),
             int8_dense + (colbert_dim + 4) * pooled,

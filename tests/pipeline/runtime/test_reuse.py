@@ -414,6 +414,27 @@ def test_a_queue_job_reuses_and_counts_in_its_manifest(tmp_path, store, runtime,
     assert_same_rows(rows(tmp_path / "v2"), rows(tmp_path / "full"))
 
 
+def test_a_compact_queue_job_stores_as_asked_and_reuses_alike(tmp_path, store, runtime, tiny):
+    """--storage travels in the job's messages: a worker stores each shard compact, the
+    manifest says so, and a compact job reuses the compact output (not an exact one)."""
+    options = stored(dense_storage="int8", colbert_storage="binary", sparse_top_k=5)
+    records = corpus(40)
+    queue_job(tmp_path, store, runtime, "v1", records, options=options)
+    table = rows(tmp_path / "v1")
+    assert table.num_rows == 40 and "dense_scale" in table.column_names
+    assert max(len(t) for t in table.column("sparse_indices").to_pylist()) == 5
+    assert table.schema.field("colbert").metadata[b"m3pipe.vector"].startswith(b"binary")
+    manifest = json.loads((tmp_path / "v1" / MANIFEST).read_text())
+    assert manifest["model"]["storage"] == options.storage()
+    result, _ = queue_job(tmp_path, store, runtime, "v2", edited(records), options=options,
+                          reuse=str(tmp_path / "v1"))  # fmt: skip
+    assert result.reuse == (36, 1)  # 40 - 1 dropped (d040 is not among 40) - 3 edited
+    encode(tmp_path, tiny, "full", edited(records), options=options)
+    got, want = rows(tmp_path / "v2"), rows(tmp_path / "full")
+    assert got.column("id").equals(want.column("id"))
+    np.testing.assert_allclose(dense_floats(got), dense_floats(want), atol=0.01)
+
+
 def test_submit_refuses_an_output_of_other_options_before_registering(tmp_path, store, runtime):
     records = corpus(8)
     queue_job(tmp_path, store, runtime, "v1", records)
