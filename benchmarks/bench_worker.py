@@ -14,6 +14,7 @@ Parquet write, per document.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -139,6 +140,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (the worker: GPU 0)")
     parser.add_argument("--precision", default="auto", help="compute precision (auto, fp16...)")
     parser.add_argument("--paths", default="encode,run", help="whole-process commands to time")
+    parser.add_argument(
+        "--storages", default="exact", help="--storage presets to time: exact and/or compact"
+    )
     parser.add_argument("--stage-documents", type=int, default=200, help="documents a shard")
     parser.add_argument("--out", type=Path, help="save the JSON here (default: .results/)")
     args = parser.parse_args()
@@ -160,12 +164,12 @@ def main() -> None:
         report: dict = {"model": args.model, "device": args.device, "precision": args.precision,
                         "doc_tokens": args.doc_tokens, "paths": {}}  # fmt: skip
         for dtype in args.dtypes.split(","):
-            for path in args.paths.split(","):
-                out = work / f"{path}-{dtype}"
+            for path, storage in itertools.product(args.paths.split(","), args.storages.split(",")):
+                out = work / f"{path}-{dtype}-{storage}"
                 command = [sys.executable, "-m", "pipeline.cli", path, str(corpus), "--out",
                            str(out), "--model", args.model, "--max-length",
                            str(args.doc_tokens), "--dtype", dtype, "-q",
-                           "--precision", args.precision]  # fmt: skip
+                           "--precision", args.precision, "--storage", storage]  # fmt: skip
                 if path == "run":  # its worker takes GPU 0 unless told cpu
                     command += ["--workers", "1", "--device",
                                 "cpu" if args.device == "cpu" else "auto"]  # fmt: skip
@@ -173,8 +177,9 @@ def main() -> None:
                     command += ["--device", args.device]
                 figures = whole_process(command, out, env)
                 shutil.rmtree(out)  # ~1 MB a document: the disk holds one output at a time
-                report["paths"][f"{path}:{dtype}"] = figures
-                print(f"{path:<6} {dtype}: {figures['documents_per_second']:>8} documents/s, "
+                key = f"{path}:{dtype}" + ("" if storage == "exact" else f":{storage}")
+                report["paths"][key] = figures
+                print(f"{key:<22} {figures['documents_per_second']:>8} documents/s, "
                       f"{figures['tokens_per_second']:>10} tokens/s, "
                       f"{figures['cpu_ms_per_document']} ms CPU a document")  # fmt: skip
             precision = (

@@ -22,6 +22,7 @@ from pipeline.engine.batching import (
     device_memory,
     plan_batches,
 )
+from pipeline.engine.device_forms import DeviceForms
 from pipeline.engine.encoder import PendingBatch, encode_with_split, forward_batch
 from pipeline.engine.model import M3Model
 from pipeline.engine.recycled import RecycledBuffers
@@ -29,7 +30,7 @@ from pipeline.engine.stats import BatchStats
 from pipeline.engine.table import ShardColumns, assemble_table
 from pipeline.engine.tokenize import TokenizedShard, tokenize_texts
 from schemas.document import Document
-from schemas.options import EncodeOptions
+from schemas.options import EncodeOptions, VectorForm
 from schemas.output import output_schema
 from schemas.vector_layout import OUTPUT_FORMAT
 
@@ -63,6 +64,14 @@ class EmbedEngine:
         self.buffers = RecycledBuffers(keep=3)
         self.batch_tokens = options.batch_tokens or default_batch_tokens(
             model.device.type, memory=device_memory(model)
+        )
+        # Vectors leave the device as they are stored, but for token pooling, which
+        # clusters floats on the host first (pipeline/engine/table.py).
+        pooled = options.colbert_pool > 1
+        self.device_forms = DeviceForms(
+            options.dtype,
+            dense=options.dense_storage,
+            colbert=VectorForm.FLOAT if pooled else options.colbert_storage,
         )
         self.schema = output_schema(
             options.modes,
@@ -135,7 +144,7 @@ class EmbedEngine:
                 [shard.ids[i] for i in rows],
                 rows,
                 self.options.modes,
-                self.options.dtype,
+                self.device_forms,
             )
 
         def lower_budget(rows: np.ndarray) -> None:

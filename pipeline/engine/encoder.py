@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.engine.device_forms import DeviceForms, apply_forms
 from pipeline.engine.model import M3Model
 from pipeline.errors import RetryableError
 from schemas.options import Mode, StorageDtype
@@ -43,6 +44,10 @@ class BatchOutput:
     sparse_indices: np.ndarray | None = None  # [sum counts] int32, ascending per row
     sparse_values: np.ndarray | None = None  # [sum counts] float32
     colbert: np.ndarray | None = None  # [B, L - 1, D], row i's first lengths[i] - 1 are real
+    # Stored forms made on the device (pipeline/engine/device_forms.py): dense and colbert
+    # then hold int8 codes or packed sign bits, and an int8 form's scales are here.
+    dense_scales: np.ndarray | None = None  # [B]
+    colbert_scales: np.ndarray | None = None  # [B, L - 1]
 
 
 def pad_batch(
@@ -137,6 +142,8 @@ class PendingBatch:
         out = BatchOutput(rows=self.rows, lengths=self.lengths)
         out.dense = arrays.get("dense")
         out.colbert = arrays.get("colbert")
+        out.dense_scales = arrays.get("dense_scales")
+        out.colbert_scales = arrays.get("colbert_scales")
         if "sparse_keys" in arrays:
             first = arrays["sparse_first"]
             keys = arrays["sparse_keys"][first]
@@ -162,14 +169,16 @@ def forward_batch(
     sequences: list[list[int]],
     rows: np.ndarray,
     modes: tuple[Mode, ...],
-    storage: StorageDtype,
+    storage: StorageDtype | DeviceForms,
 ) -> PendingBatch:
-    """Launch one batch: the encoder, the heads and the copies to the host, with no step
-    that waits for the device."""
+    """Launch one batch: the encoder, the heads, the stored forms and the copies to the
+    host, with no step that waits for the device."""
+    forms = storage if isinstance(storage, DeviceForms) else DeviceForms(storage)
     ids, mask = pad_batch(sequences, model.pad_id, model.device)
     uniform = all(len(s) == len(sequences[0]) for s in sequences)
     with torch.inference_mode():
-        on_device = _heads(model, ids, mask, uniform, modes, _STORAGE[storage])
+        on_device = _heads(model, ids, mask, uniform, modes, _STORAGE[forms.dtype])
+        apply_forms(on_device, forms)
         weights = on_device.pop("sparse_weights", None)
         if weights is not None:
             on_device.update(_sparse(model, weights, ids, mask))

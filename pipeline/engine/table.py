@@ -53,8 +53,16 @@ class _Vectors:
             self.values = empty((count, dim), STORED_NUMPY[StorageDtype(kind)])
         self.scales = np.empty(count, np.float32) if kind == INT8 else None
 
-    def put(self, start: int, vectors: np.ndarray) -> None:
+    def put(self, start: int, vectors: np.ndarray, scales: np.ndarray | None = None) -> None:
+        """Place `vectors` from `start`: floats, stored here in this kind, or already in
+        it (made on the device: int8 codes with their `scales`, or packed sign bits)."""
         end = start + len(vectors)
+        if vectors.dtype in (np.int8, np.uint8):
+            self.values[start:end] = vectors
+            if self.scales is not None:
+                assert scales is not None
+                self.scales[start:end] = scales
+            return
         if self.kind == BINARY:
             self.values[start:end] = sign_bits(vectors)
         elif self.kind == INT8:
@@ -99,17 +107,23 @@ class ShardColumns:
         """Put one batch's outputs in their rows' places."""
         if self.dense is not None:
             assert out.dense is not None
-            if self.dense.kind in (INT8, BINARY):
+            if self.dense.kind in (INT8, BINARY) and out.dense.dtype not in (np.int8, np.uint8):
                 for place, row in enumerate(out.rows):
                     self.dense.put(int(row), out.dense[place : place + 1])
             else:
                 self.dense.values[out.rows] = out.dense
+                if self.dense.scales is not None:
+                    assert out.dense_scales is not None
+                    self.dense.scales[out.rows] = out.dense_scales
         if Mode.COLBERT in self.modes:
             assert out.colbert is not None
             for place, (row, length) in enumerate(zip(out.rows, out.lengths, strict=True)):
                 vectors = out.colbert[place, : length - 1]
                 if self.colbert is not None:
-                    self.colbert.put(int(self.colbert_offsets[row]), vectors)
+                    scales = None
+                    if out.colbert_scales is not None:
+                        scales = out.colbert_scales[place, : length - 1]
+                    self.colbert.put(int(self.colbert_offsets[row]), vectors, scales)
                 else:
                     pooled = pool_tokens(vectors, self.pool, window=POOL_WINDOW)
                     stored = _Vectors(self._colbert_kind, len(pooled), self._colbert_dim)

@@ -173,3 +173,31 @@ def test_int8_codes_are_what_the_quantiser_gives():
     assert np.array_equal(raw, codes)
     assert columns.columns()["colbert_scales"].to_pylist()[0] == scales.tolist()
     assert sign_bits(vectors).shape == (3, 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 40)),
+    half=st.booleans(),
+    zero_rows=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_forms_made_on_the_device_are_the_numpy_forms_bit_for_bit(shape, half, zero_rows, seed):
+    """pipeline/engine/device_forms.py (torch, where the vectors are made) against
+    compact_vectors.py (numpy): the same bytes, whatever the dimension and float type."""
+    import torch
+
+    from pipeline.engine import device_forms
+
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal(shape).astype(np.float16 if half else np.float32)
+    if zero_rows:
+        values[..., 0, :] = 0  # an all-zero vector keeps scale 0 and codes 0
+    codes, scales = device_forms.int8_per_vector(torch.from_numpy(values))
+    flat = values.reshape(-1, shape[-1])
+    want_codes, want_scales = int8_per_vector(flat)
+    assert np.array_equal(codes.numpy().reshape(-1, shape[-1]), want_codes)
+    assert np.array_equal(scales.numpy().reshape(-1), want_scales)
+    for pack in (device_forms.sign_bits, device_forms.packed_by_sum):  # CPU, any device
+        bits = pack(torch.from_numpy(values))
+        assert np.array_equal(bits.numpy().reshape(len(flat), -1), sign_bits(flat))

@@ -1,0 +1,69 @@
+"""Compact forms computed where the vectors are made: int8 with a scale per vector and sign
+bits, in torch, so a batch leaves the device already stored as the job asks (1/16 of the
+bytes to copy for binary ColBERT) and the host only places them.
+
+Bit for bit what pipeline/engine/compact_vectors.py (numpy) gives: the same float32
+arithmetic, round-half-to-even (numpy's rint, torch's round), bits packed big-endian as
+numpy.packbits, a last partial byte zero-padded (tests/pipeline/engine/test_compact_storage.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.engine.compact_vectors import INT8_LIMIT
+from schemas.options import StorageDtype, VectorForm
+
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+@dataclass(frozen=True)
+class DeviceForms:
+    """How the heads' vectors leave the device: `dtype` floats, or quantised there."""
+
+    dtype: StorageDtype
+    dense: VectorForm = VectorForm.FLOAT
+    colbert: VectorForm = VectorForm.FLOAT
+
+
+def int8_per_vector(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes int8 [..., D], scales float32 [...]): values ~= codes * scales[..., None]."""
+    # One float32 copy, worked in place (2.4x faster on a CPU than a new tensor a step);
+    # max|v| as max(max v, -min v) reads the values without an abs() copy.
+    codes = values.to(torch.float32, copy=True)
+    scales = torch.maximum(codes.amax(dim=-1), codes.amin(dim=-1).neg()) / INT8_LIMIT
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+    codes.div_(safe.unsqueeze(-1)).round_().clamp_(-INT8_LIMIT, INT8_LIMIT)
+    return codes.to(torch.int8), scales
+
+
+def sign_bits(values: torch.Tensor) -> torch.Tensor:
+    """[..., ceil(D / 8)] uint8: bit set where the value is > 0, big-endian in each byte."""
+    if values.device.type == "cpu":  # numpy's packbits: 2.7x faster than the sum here
+        return torch.from_numpy(np.packbits((values > 0).numpy(), axis=-1))
+    return packed_by_sum(values)
+
+
+def packed_by_sum(values: torch.Tensor) -> torch.Tensor:
+    """sign_bits in torch ops alone, for any device: each byte a weighted sum of 8 bits."""
+    bits = (values > 0).to(torch.uint8)
+    pad = -values.shape[-1] % 8
+    if pad:
+        bits = F.pad(bits, (0, pad))
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=values.device)
+    return (bits.unflatten(-1, (-1, 8)) * weights).sum(dim=-1, dtype=torch.uint8)
+
+
+def apply_forms(outputs: dict[str, torch.Tensor], forms: DeviceForms) -> None:
+    """Replace `outputs`' dense and ColBERT floats by their forms (scales beside int8)."""
+    for name, form in (("dense", forms.dense), ("colbert", forms.colbert)):
+        if name not in outputs or form is VectorForm.FLOAT:
+            continue
+        if form is VectorForm.INT8:
+            outputs[name], outputs[f"{name}_scales"] = int8_per_vector(outputs[name])
+        else:
+            outputs[name] = sign_bits(outputs[name])
