@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.engine import compact_vectors
 from pipeline.engine.compact_vectors import INT8_LIMIT
 from schemas.options import StorageDtype, VectorForm
 
@@ -43,8 +43,8 @@ def int8_per_vector(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def sign_bits(values: torch.Tensor) -> torch.Tensor:
     """[..., ceil(D / 8)] uint8: bit set where the value is > 0, big-endian in each byte."""
-    if values.device.type == "cpu":  # numpy's packbits: 2.7x faster than the sum here
-        return torch.from_numpy(np.packbits((values > 0).numpy(), axis=-1))
+    if values.device.type == "cpu":  # numpy, 3-6x faster than the sum below here
+        return torch.from_numpy(compact_vectors.sign_bits(values.numpy()))
     return packed_by_sum(values)
 
 

@@ -61,3 +61,15 @@ def test_pooling_groups_near_vectors_and_keeps_one_per_cluster():
     np.testing.assert_array_equal(cv.pool_tokens(tokens, 1), tokens.astype(np.float32))
     with pytest.raises(ValueError, match="at least 1"):
         cv.pool_tokens(tokens, 0)
+
+
+@given(
+    st.sampled_from([np.float16, np.float32]).flatmap(
+        lambda dtype: arrays(dtype, st.tuples(st.integers(1, 4), st.integers(1, 20)),
+                             elements=st.floats(width=16 if dtype is np.float16 else 32))
+    )
+)  # fmt: skip
+def test_sign_bits_read_from_the_integer_bits_are_value_gt_0_even_for_nan_inf_and_zeros(values):
+    """The integer reading of the bits (fast) against the float comparison, on every kind of
+    value: NaN of either sign, infinities, +-0, subnormals."""
+    np.testing.assert_array_equal(cv.sign_bits(values), np.packbits(values > 0, axis=-1))
