@@ -52,6 +52,10 @@ _DESCRIPTION = {
 }
 
 
+# Byte value -> its 8 bits as +-1, most significant first (numpy.packbits' order).
+_SIGN_TABLE = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1) * np.float32(2) - 1
+
+
 def stored_kind(form: VectorForm, dtype: StorageDtype) -> str:
     """What a vector's bytes are: float16, float32 (the dtype of a float form), int8, binary."""
     return dtype.value if form is VectorForm.FLOAT else form.value
@@ -142,10 +146,9 @@ def _fixed_bytes(inner: pa.Array) -> np.ndarray:
 
 def decode(raw: np.ndarray, kind: str, dim: int, scales: np.ndarray | None) -> np.ndarray:
     """[n, dim] float32 of `raw` vectors ([n, bytes] uint8) stored as `kind`."""
-    if kind == BINARY:
-        bits = np.unpackbits(raw, axis=1, count=dim)
-        unit = np.float32(1.0 / math.sqrt(dim))
-        return np.where(bits.astype(bool), unit, -unit)
+    if kind == BINARY:  # each byte looked up as its 8 values: one pass, as fast as fp16's
+        table = _SIGN_TABLE * np.float32(1.0 / math.sqrt(dim))
+        return table[raw].reshape(len(raw), -1)[:, :dim]
     if kind == INT8:
         if scales is None or len(scales) != len(raw):
             raise ValueError("int8 vectors without a scale each")
