@@ -24,9 +24,16 @@ LONGEST_FIRST = ("tests/integration/test_gpu_check.py",)
 
 def pytest_configure(config: pytest.Config) -> None:
     """`--dist loadfile` hands out files in the order pytest_collection_modifyitems leaves
-    them (pytest-xdist would otherwise sort them by how many tests each holds)."""
+    them (pytest-xdist would otherwise sort them by how many tests each holds).
+
+    The suite computes in fp32, the exact mode, unless a test asks otherwise: what it checks
+    is exact (parity with FlagEmbedding, outputs of a worker against those of an encode),
+    and `--precision auto` would be bf16 on a CPU with native bf16 and fp32 on another,
+    making the same test machine-dependent. Workers and commands the tests start inherit
+    it. test_precision.py tests what auto chooses."""
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
+    os.environ.setdefault("M3PIPE_PRECISION", "fp32")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

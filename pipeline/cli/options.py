@@ -95,9 +95,9 @@ def add_compute_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         choices=["auto", "fp32", "fp16", "bf16"],
-        help="compute precision (default: $M3PIPE_PRECISION, else auto: fp16 on CUDA, fp32 on "
-        "CPU, FlagEmbedding-exact). bf16 runs ~1.8x faster on CPUs with native bf16 (AMX, "
-        "AVX512-BF16); its accuracy is in docs/engine.md",
+        help="compute precision (default: $M3PIPE_PRECISION, else auto: fp16 on CUDA; on a "
+        "CPU with native bf16 (AMX, AVX512-BF16) bf16 to embed, fp32 to rerank; fp32 on other "
+        "CPUs). fp32 is FlagEmbedding-exact; bf16's accuracy is in docs/engine.md",
     )
 
 

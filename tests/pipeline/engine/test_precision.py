@@ -1,5 +1,6 @@
-"""Compute precision: auto is fp32 (exact) on CPU and fp16 on CUDA, bf16 is a choice the CPU's
-flags advise on, and the choice made is what every file records."""
+"""Compute precision: auto is fp16 on CUDA, bf16 for embedding on a CPU that multiplies bf16
+natively and fp32 (exact) on another, fp32 for the reranker on a CPU; the CPU's flags decide
+what users are told, and the choice made is what every file records."""
 
 from __future__ import annotations
 
@@ -18,8 +19,25 @@ from schemas.output import read_output_metadata
 CPU = torch.device("cpu")
 
 
-def test_auto_is_fp32_on_cpu_and_fp16_on_cuda():
-    assert resolve_dtype(CPU, "auto") is torch.float32 and resolve_dtype(CPU, None) is torch.float32
+@pytest.mark.parametrize(
+    ("flags", "embedding", "reranking"),
+    [
+        ({"avx512f", "avx512_bf16"}, torch.bfloat16, torch.float32),  # Zen 4, Cooper Lake
+        ({"amx_tile", "amx_bf16"}, torch.bfloat16, torch.float32),  # Sapphire Rapids
+        ({"avx512f", "avx2"}, torch.float32, torch.float32),  # bf16 would be emulated
+        (set(), torch.float32, torch.float32),  # no /proc/cpuinfo
+    ],
+)
+def test_auto_on_a_cpu_is_bf16_for_embedding_only_where_bf16_is_native(
+    monkeypatch, flags, embedding, reranking
+):
+    monkeypatch.setattr(model_module, "cpu_flags", lambda: frozenset(flags))
+    assert resolve_dtype(CPU, "auto") is embedding and resolve_dtype(CPU, None) is embedding
+    assert resolve_dtype(CPU, "auto", reranker=True) is reranking
+    assert resolve_dtype(CPU, "fp32") is torch.float32  # the exact mode, on request
+
+
+def test_auto_is_fp16_on_cuda_and_a_named_precision_is_kept():
     assert resolve_dtype(CPU, "bf16") is torch.bfloat16
     assert resolve_dtype(torch.device("cuda"), "auto") is torch.float16
     assert resolve_dtype(torch.device("cuda"), "bf16") is torch.bfloat16
@@ -59,10 +77,12 @@ def test_the_setting_and_the_flag_choose_the_precision_every_file_records(
     inp.write_text(
         "".join(json.dumps({"id": f"d{i}", "text": f"text {i}"}) + "\n" for i in range(3))
     )
+    native = bool(model_module.cpu_flags() & model_module.NATIVE_BF16_FLAGS)
     cases = [
         ("bf16", [], "bfloat16"),
         ("fp32", [], "float32"),
         ("fp32", ["--precision", "bf16"], "bfloat16"),
+        ("auto", [], "bfloat16" if native else "float32"),  # this machine's own flags
     ]
     for setting, flag, recorded in cases:
         monkeypatch.setenv("M3PIPE_PRECISION", setting)
