@@ -220,7 +220,9 @@ def run_side(side: str, args: argparse.Namespace, corpus_path: Path) -> dict:
     return result
 
 
-def process_side(args: argparse.Namespace, texts: list[str], tokens: int, tmp: Path) -> dict:
+def process_side(
+    args: argparse.Namespace, precision: str, texts: list[str], tokens: int, tmp: Path
+) -> dict:
     """`m3pipe encode` as a user runs it, timed from start to exit: model load, any warm-up
     and writing Parquet included."""
     import subprocess
@@ -236,7 +238,7 @@ def process_side(args: argparse.Namespace, texts: list[str], tokens: int, tmp: P
         "encode",
         str(corpus),
         "--out",
-        str(tmp / "process-out"),
+        str(tmp / f"process-out-{precision}"),
     ]
     command += [
         "--model",
@@ -244,7 +246,7 @@ def process_side(args: argparse.Namespace, texts: list[str], tokens: int, tmp: P
         "--device",
         args.device,
         "--precision",
-        args.process_precision,
+        precision,
     ]
     command += ["--max-length", str(args.max_length), "--dtype", args.dtype, "-q"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -254,7 +256,7 @@ def process_side(args: argparse.Namespace, texts: list[str], tokens: int, tmp: P
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     return {
-        "side": f"process:{args.process_precision}",
+        "side": f"process:{precision}",
         "command": " ".join(command[1:]),
         "seconds": round(seconds, 3),
         "tokens": tokens,
@@ -297,7 +299,9 @@ def main() -> int:
     parser.add_argument(
         "--process", action="store_true", help="also time a whole `m3pipe encode` process"
     )
-    parser.add_argument("--process-precision", default="auto")
+    parser.add_argument(
+        "--process-precision", default="auto", help="comma-separated: a process side each"
+    )
     parser.add_argument("--docs", type=int, default=600)
     parser.add_argument("--long-docs", type=int, default=6, help="texts of 4000-8000 tokens")
     parser.add_argument("--fixed-tokens", type=int, help="every text this many tokens instead")
@@ -363,8 +367,8 @@ def main() -> int:
             print(f"{side:>20}: {result}", flush=True)
         ran = [p for p in precisions if f"engine:{p}" in sides]
         accuracy = precision_agreement(Path(tmp), ran)
-        if args.process:
-            result = process_side(args, texts, int(sum(lengths)), Path(tmp))
+        for precision in args.process_precision.split(",") if args.process else ():
+            result = process_side(args, precision, texts, int(sum(lengths)), Path(tmp))
             sides[result["side"]] = result
             print(f"{result['side']:>20}: {result}", flush=True)
 
