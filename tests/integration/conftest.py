@@ -20,6 +20,10 @@ from pipeline.ops.embedded_redis import EmbeddedRedis
 from pipeline.ops.lifeline import dies_with_parent
 from pipeline.ops.process_group import stop_process_groups
 
+# Kept when a test clears the M3PIPE_* settings for the processes it starts: the suite
+# computes in fp32, the exact mode (tests/conftest.py), which what it compares needs.
+PRECISION_ENV = "M3PIPE_PRECISION"
+
 WORKER_READY_TIMEOUT = 180.0
 WORKER_COMMAND = (sys.executable, "-m", "pipeline.cli", "worker", "--device", "cpu")
 
@@ -62,7 +66,7 @@ def slow_stub(env: dict[str, str], stub_built: str, tokens_per_second: int) -> N
 
 @pytest.fixture
 def cli_env(redis_server: EmbeddedRedis, tiny_model_built: str, model_cache: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_") or k == PRECISION_ENV}
     env.update(
         M3PIPE_BROKER_URL=redis_server.url,
         M3PIPE_MODEL=tiny_model_built,

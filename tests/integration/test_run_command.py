@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 
 from pipeline.storage.output_dir import part_entries
-from tests.integration.conftest import corpus_records, run_cli, write_jsonl
+from tests.integration.conftest import PRECISION_ENV, corpus_records, run_cli, write_jsonl
 
 
 def processes_with_marker(marker: str) -> list[str]:
@@ -33,7 +33,7 @@ def test_run_without_broker_completes_and_leaves_no_process(
 ):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_records(60))
     marker = f"M3PIPE_TEST_MARKER=run-{uuid.uuid4().hex}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_") or k == PRECISION_ENV}
     env.update(
         M3PIPE_CACHE_DIR=str(model_cache),
         HF_HUB_OFFLINE="1",
@@ -60,7 +60,7 @@ def test_run_without_broker_completes_and_leaves_no_process(
 
 def test_run_fails_cleanly_when_workers_cannot_load_the_model(tmp_path, model_cache):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_records(5))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_") or k == PRECISION_ENV}
     env.update(M3PIPE_CACHE_DIR=str(model_cache), HF_HUB_OFFLINE="1", M3PIPE_HUB_TIMEOUT="2")
     result = run_cli(
         "run", str(corpus), "--out", str(tmp_path / "out"),
@@ -77,7 +77,7 @@ def test_run_refuses_used_output_before_starting_anything(tmp_path, model_cache)
     out = tmp_path / "out"
     out.mkdir()
     (out / "part-00000.parquet").write_bytes(b"earlier output")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_") or k == PRECISION_ENV}
     result = run_cli("run", str(corpus), "--out", str(out), "--model", "random:tiny", env=env)
     assert result.returncode == 1
     assert "already holds output" in result.stderr and "worker(s)" not in result.stderr
@@ -89,7 +89,7 @@ def test_run_task_rerank_scores_every_pair_and_resumes_a_lost_part(tmp_path, mod
 
     records, good = rerank_records()
     pairs_file = write_jsonl(tmp_path / "pairs.jsonl", records)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M3PIPE_") or k == PRECISION_ENV}
     # M3PIPE_MODEL names a model that cannot load: a rerank run must not load the embedder.
     env.update(
         M3PIPE_CACHE_DIR=str(model_cache), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
