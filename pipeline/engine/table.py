@@ -41,7 +41,7 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
 
 class _Vectors:
     """Vectors of one kind (float16, float32, int8 with scales, binary) in a flat array,
-    written a row's worth at a time (`put`) from floats."""
+    written a row's worth at a time (`put`), from floats or already in their form."""
 
     def __init__(self, kind: str, count: int, dim: int, empty: Empty = np.empty) -> None:
         self.kind, self.dim = kind, dim

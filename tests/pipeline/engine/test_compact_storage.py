@@ -201,3 +201,38 @@ def test_forms_made_on_the_device_are_the_numpy_forms_bit_for_bit(shape, half, z
     for pack in (device_forms.sign_bits, device_forms.packed_by_sum):  # CPU, any device
         bits = pack(torch.from_numpy(values))
         assert np.array_equal(bits.numpy().reshape(len(flat), -1), sign_bits(flat))
+
+
+def test_chunking_and_kept_fields_are_unchanged_by_compact_storage(tmp_path, tiny):
+    """A chunked job with kept fields, stored compact: the same rows, chunks and kept
+    columns as the exact job, its vectors the exact ones through the formulas."""
+    import json
+
+    from pipeline.local.process import process_file
+    from pipeline.tasks import Reading, task_kind
+    from schemas.job import Task
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(
+        json.dumps({"id": f"d{i}", "text": f"words of document {i} " * (3 + 4 * i),
+                    "title": f"t{i}"}) + "\n" for i in range(8)))  # fmt: skip
+    exact = EncodeOptions(max_length=16, long_docs="chunk", chunk_overlap=2, dtype="float32")
+    compact = EncodeOptions.model_validate(
+        {**exact.model_dump(), "dense_storage": "int8", "colbert_storage": "binary"}
+    )
+    tables = {}
+    for name, options in (("exact", exact), ("compact", compact)):
+        process_file(task_kind(Task.EMBED), source, tmp_path / name, EmbedEngine(tiny, options),
+                     reading=Reading(keep_fields=("title",)), shard_items=3)  # fmt: skip
+        tables[name] = pq.read_table(sorted((tmp_path / name).glob("part-*.parquet")))
+    want, got = tables["exact"], tables["compact"]
+    assert max(got.column("chunk").to_pylist()) > 0
+    for column in ("id", "chunk", "title", "n_tokens", "truncated", "sparse_indices"):
+        assert got.column(column).to_pylist() == want.column(column).to_pylist(), column
+    offsets, vectors = colbert_floats(want)
+    got_offsets, got_vectors = colbert_floats(got)
+    assert np.array_equal(offsets, got_offsets)
+    np.testing.assert_array_equal(got_vectors, expected_floats(vectors, VectorForm.BINARY))
+    np.testing.assert_array_equal(
+        dense_floats(got), expected_floats(dense_floats(want), VectorForm.INT8)
+    )
