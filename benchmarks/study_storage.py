@@ -275,17 +275,17 @@ def hybrid_forms(
         dense: Callable[[np.ndarray], np.ndarray],
         colbert: Callable[[np.ndarray], np.ndarray],
         query: Callable[[np.ndarray], np.ndarray] = lambda x: x,
-        pool: int = 1,
+        docs: list[np.ndarray] = d["colbert"],
     ) -> Callable[[], np.ndarray]:
         def scores() -> np.ndarray:
-            docs = d["colbert"] if pool == 1 else [cv.pool_tokens(x, pool) for x in d["colbert"]]
             dense_scores = q["dense"] @ dense(d["dense"]).T
             colbert_scores = maxsim([query(x) for x in q["colbert"]], [colbert(x) for x in docs])
             return 0.5 * dense_scores + 0.5 * colbert_scores
 
         return scores
 
-    pooled = sum(len(cv.pool_tokens(x, 2)) for x in d["colbert"]) / len(d["colbert"])
+    pool2 = [cv.pool_tokens(x, 2) for x in d["colbert"]]
+    pooled = sum(len(x) for x in pool2) / len(pool2)
     int8_dense, binary_colbert = dim + 4, colbert_dim / 8 * per_doc
     return {
         "exact (float16)": (preset(fp16, fp16), 2 * dim + 2 * colbert_dim * per_doc),
@@ -299,7 +299,7 @@ def hybrid_forms(
             int8_dense + binary_colbert,
         ),
         "int8 dense + pool2 int8 colbert": (
-            preset(int8, int8, pool=2),
+            preset(int8, int8, docs=pool2),
             int8_dense + (colbert_dim + 4) * pooled,
         ),
         "binary dense + binary colbert": (preset(signs, signs), dim / 8 + binary_colbert),

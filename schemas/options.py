@@ -104,14 +104,7 @@ class EncodeOptions(BaseModel):
     def storage(self) -> dict[str, object]:
         """The storage options that differ from exact storage (empty for exact output):
         what a file's metadata records, so outputs stored otherwise never pass as equal."""
-        exact = EncodeOptions.model_construct()
-        return {
-            name: getattr(self, name).value
-            if isinstance(getattr(self, name), StrEnum)
-            else getattr(self, name)
-            for name in STORAGE_FIELDS
-            if getattr(self, name) != getattr(exact, name)
-        }
+        return self.model_dump(mode="json", include=set(STORAGE_FIELDS), exclude_defaults=True)
 
 
 # Each storage option, and the mode whose vectors it applies to.
@@ -124,7 +117,7 @@ STORAGE_FIELDS = {
 
 # What each --storage preset sets (explicit flags go over it). `compact` is the smallest
 # storage that kept the hybrid's MRR@10 within 1% of exact float16 storage on the trained
-# proxy (docs/engine.md, "Compact vectors"; benchmarks/study_storage.py).
+# proxy (docs/pipeline.md, "Compact storage"; benchmarks/study_storage.py).
 STORAGE_PRESETS: dict[StoragePreset, dict[str, object]] = {
     StoragePreset.EXACT: {},
     StoragePreset.COMPACT: {"dense_storage": "int8", "colbert_storage": "binary"},

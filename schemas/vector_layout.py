@@ -47,7 +47,7 @@ SCALE_COLUMN = {"colbert": "colbert_scales", "dense": "dense_scale"}
 _DESCRIPTION = {
     StorageDtype.FLOAT16.value: "float16 little-endian",
     StorageDtype.FLOAT32.value: "float32 little-endian",
-    INT8: "int8 codes, times the float32 scale in colbert_scales",
+    INT8: "int8 codes, times the float32 scale in {scales}",
     BINARY: "binary sign bits (numpy.packbits of value > 0)",
 }
 
@@ -71,7 +71,7 @@ def vector_bytes(kind: str, dim: int) -> int:
 
 
 def _metadata(kind: str, dim: int, column: str) -> dict[bytes, bytes]:
-    description = _DESCRIPTION[kind].replace("colbert_scales", SCALE_COLUMN[column])
+    description = _DESCRIPTION[kind].format(scales=SCALE_COLUMN[column])
     return {VECTOR_KEY: description.encode(), DIM_KEY: str(dim).encode()}
 
 

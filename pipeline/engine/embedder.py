@@ -86,6 +86,7 @@ class EmbedEngine:
 
     def file_metadata(self) -> dict[str, object]:
         """Written into every Parquet file's schema metadata."""
+        storage = self.options.storage()
         return {
             **self.model.describe(),
             "m3pipe_version": __version__,
@@ -96,7 +97,7 @@ class EmbedEngine:
             "long_docs": self.options.long_docs.value,
             "chunk_overlap": self.options.chunk_overlap,
             # Compact storage only (so exact outputs keep the identity they always had).
-            **({"storage": self.options.storage()} if self.options.storage() else {}),
+            **({"storage": storage} if storage else {}),
         }
 
     def tokenize(self, docs: Sequence[Document]) -> TokenizedShard:

@@ -169,11 +169,10 @@ def forward_batch(
     sequences: list[list[int]],
     rows: np.ndarray,
     modes: tuple[Mode, ...],
-    storage: StorageDtype | DeviceForms,
+    forms: DeviceForms,
 ) -> PendingBatch:
     """Launch one batch: the encoder, the heads, the stored forms and the copies to the
     host, with no step that waits for the device."""
-    forms = storage if isinstance(storage, DeviceForms) else DeviceForms(storage)
     ids, mask = pad_batch(sequences, model.pad_id, model.device)
     uniform = all(len(s) == len(sequences[0]) for s in sequences)
     with torch.inference_mode():

@@ -41,7 +41,7 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
 
 class _Vectors:
     """Vectors of one kind (float16, float32, int8 with scales, binary) in a flat array,
-    written a row's worth at a time (`put`), from floats or already in their form."""
+    written by rows (`put`), from floats or already in their form."""
 
     def __init__(self, kind: str, count: int, dim: int, empty: Empty = np.empty) -> None:
         self.kind, self.dim = kind, dim
@@ -53,23 +53,29 @@ class _Vectors:
             self.values = empty((count, dim), STORED_NUMPY[StorageDtype(kind)])
         self.scales = np.empty(count, np.float32) if kind == INT8 else None
 
-    def put(self, start: int, vectors: np.ndarray, scales: np.ndarray | None = None) -> None:
-        """Place `vectors` from `start`: floats, stored here in this kind, or already in
-        it (made on the device: int8 codes with their `scales`, or packed sign bits)."""
-        end = start + len(vectors)
+    def encoded(
+        self, vectors: np.ndarray, scales: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(values, scales) of `vectors` in this kind: floats are stored here; vectors
+        already in it (made on the device: int8 codes with their `scales`, or packed sign
+        bits) pass as they are."""
         if vectors.dtype in (np.int8, np.uint8):
-            self.values[start:end] = vectors
-            if self.scales is not None:
-                assert scales is not None
-                self.scales[start:end] = scales
-            return
+            return vectors, scales
         if self.kind == BINARY:
-            self.values[start:end] = sign_bits(vectors)
-        elif self.kind == INT8:
-            assert self.scales is not None
-            self.values[start:end], self.scales[start:end] = int8_per_vector(vectors)
-        else:
-            self.values[start:end] = vectors
+            return sign_bits(vectors), None
+        if self.kind == INT8:
+            return int8_per_vector(vectors)
+        return vectors, None
+
+    def put(
+        self, rows: slice | np.ndarray, vectors: np.ndarray, scales: np.ndarray | None = None
+    ) -> None:
+        """Store `vectors` (and an int8 form's `scales`) at `rows`."""
+        values, scales = self.encoded(vectors, scales)
+        self.values[rows] = values
+        if self.scales is not None:
+            assert scales is not None
+            self.scales[rows] = scales
 
 
 class ShardColumns:
@@ -107,14 +113,7 @@ class ShardColumns:
         """Put one batch's outputs in their rows' places."""
         if self.dense is not None:
             assert out.dense is not None
-            if self.dense.kind in (INT8, BINARY) and out.dense.dtype not in (np.int8, np.uint8):
-                for place, row in enumerate(out.rows):
-                    self.dense.put(int(row), out.dense[place : place + 1])
-            else:
-                self.dense.values[out.rows] = out.dense
-                if self.dense.scales is not None:
-                    assert out.dense_scales is not None
-                    self.dense.scales[out.rows] = out.dense_scales
+            self.dense.put(out.rows, out.dense, out.dense_scales)
         if Mode.COLBERT in self.modes:
             assert out.colbert is not None
             for place, (row, length) in enumerate(zip(out.rows, out.lengths, strict=True)):
@@ -123,11 +122,12 @@ class ShardColumns:
                     scales = None
                     if out.colbert_scales is not None:
                         scales = out.colbert_scales[place, : length - 1]
-                    self.colbert.put(int(self.colbert_offsets[row]), vectors, scales)
+                    start = int(self.colbert_offsets[row])
+                    self.colbert.put(slice(start, start + len(vectors)), vectors, scales)
                 else:
                     pooled = pool_tokens(vectors, self.pool, window=POOL_WINDOW)
                     stored = _Vectors(self._colbert_kind, len(pooled), self._colbert_dim)
-                    stored.put(0, pooled)
+                    stored.put(slice(None), pooled)
                     self._pooled.append((int(row), stored))
         if Mode.SPARSE in self.modes:
             assert out.sparse_counts is not None and out.sparse_indices is not None
