@@ -2,8 +2,8 @@
 second when the encoder costs nothing (`stub:full`: bge-m3's output shapes, 1024-dim dense
 and ColBERT; pipeline/engine/stub_model.py), so what is measured is everything else.
 
-Whole process, from outside: `m3pipe encode` and `m3pipe run --workers 1` (Redis, a worker,
-job state, acks; start-up included) on --documents documents of --doc-tokens tokens each
+Whole process, from outside: `m3pipe encode` and `m3pipe run --workers 1 --slots N` (Redis,
+a worker, job state, acks; start-up included) on --documents documents of --doc-tokens tokens each
 (truncated there), for each storage dtype. Then, in this process, one shard's CPU time by
 stage: tokenize, the engine (stub forward, heads' post-processing, table assembly) and the
 Parquet write, per document.
@@ -131,6 +131,15 @@ def stages(
     }
 
 
+def sides(paths: str, storages: str, slots: str) -> list[tuple[str, str, str]]:
+    """(path, storage, slots) of each whole-process run; slots apply to `run` only."""
+    out = []
+    for path, storage in itertools.product(paths.split(","), storages.split(",")):
+        for count in slots.split(",") if path == "run" else ["1"]:
+            out.append((path, storage, count))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--documents", type=int, default=4000)
@@ -143,6 +152,14 @@ def main() -> None:
     parser.add_argument(
         "--storages", default="exact", help="--storage presets to time: exact and/or compact"
     )
+    parser.add_argument(
+        "--slots", default="1", help="`run`'s worker slots to time (comma-separated: 1,2)"
+    )
+    parser.add_argument(
+        "--device-rate", type=float, default=0.0,
+        help="the stub's forward at this many tokens/s, sleeping as a device would compute "
+        "(0: instant, the host's ceiling)",
+    )  # fmt: skip
     parser.add_argument("--stage-documents", type=int, default=200, help="documents a shard")
     parser.add_argument("--out", type=Path, help="save the JSON here (default: .results/)")
     args = parser.parse_args()
@@ -155,6 +172,7 @@ def main() -> None:
         write_corpus(corpus, args.documents, args.doc_tokens)
         env = {**os.environ, "M3PIPE_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
         env.pop("M3PIPE_BROKER_URL", None)  # `run` starts its own Redis
+        env["M3PIPE_STUB_TOKENS_PER_SECOND"] = str(args.device_rate)
         subprocess.run(  # the stub's tokenizer built once, outside the timings
             [sys.executable, "-m", "pipeline.cli", "encode", str(corpus), "--out",
              str(work / "warm"), "--model", args.model, "-q", "--max-length", "8",
@@ -162,22 +180,24 @@ def main() -> None:
             env=env, check=True, capture_output=True,
         )  # fmt: skip
         report: dict = {"model": args.model, "device": args.device, "precision": args.precision,
-                        "doc_tokens": args.doc_tokens, "paths": {}}  # fmt: skip
+                        "doc_tokens": args.doc_tokens, "stub_device_rate": args.device_rate,
+                        "paths": {}}  # fmt: skip
         for dtype in args.dtypes.split(","):
-            for path, storage in itertools.product(args.paths.split(","), args.storages.split(",")):
+            for path, storage, slots in sides(args.paths, args.storages, args.slots):
                 out = work / f"{path}-{dtype}-{storage}"
                 command = [sys.executable, "-m", "pipeline.cli", path, str(corpus), "--out",
                            str(out), "--model", args.model, "--max-length",
                            str(args.doc_tokens), "--dtype", dtype, "-q",
                            "--precision", args.precision, "--storage", storage]  # fmt: skip
                 if path == "run":  # its worker takes GPU 0 unless told cpu
-                    command += ["--workers", "1", "--device",
+                    command += ["--workers", "1", "--slots", slots, "--device",
                                 "cpu" if args.device == "cpu" else "auto"]  # fmt: skip
                 else:
                     command += ["--device", args.device]
                 figures = whole_process(command, out, env)
                 shutil.rmtree(out)  # ~1 MB a document: the disk holds one output at a time
                 key = f"{path}:{dtype}" + ("" if storage == "exact" else f":{storage}")
+                key += "" if slots == "1" else f":slots{slots}"
                 report["paths"][key] = figures
                 print(f"{key:<22} {figures['documents_per_second']:>8} documents/s, "
                       f"{figures['tokens_per_second']:>10} tokens/s, "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check: one command, at most ~7 minutes on one H200 (step limits 100 + 50 + 60 + 45
-# + 100 + 50 + 30 s, plus installing the wheels and touching memory): allow it 8 minutes.
+# The GPU check: one command, at most ~7.5 minutes on one H200 (step limits 100 + 50 + 70 +
+# 55 + 100 + 50 + 30 s, plus installing the wheels and touching memory): allow it 9 minutes.
 # JSON results under $RESULTS.
 # Steps run in order of what the GPU targets need; each has its own time limit and
 # a failed step does not stop the others (the exit status says whether any failed). The
@@ -12,8 +12,9 @@
 #   2. profile_engine at 512-token documents, bf16: the engine's wall time per stage with
 #      float16 and float32 storage, and torch.profiler's top operators (what bounds it).
 #   3. bench_worker at 512-token documents, float16 storage: the worker path end to end
-#      (`m3pipe encode` and `m3pipe run --workers 1`) with the real engine in fp16, then
-#      with the stand-in engine (stub:full): what the host allows around the GPU.
+#      (`m3pipe encode`, and `m3pipe run --workers 1` with one and with two slots taking
+#      turns on the GPU) with the real engine in fp16, then with the stand-in engine
+#      (stub:full): what the host allows around the GPU.
 #   4. bench_engine, random:full, mixed lengths (some > 4,000 tokens): the engine in bf16
 #      (padded batches through variable-length flash attention), bf16-sdpa (SDPA with its
 #      mask, as before) and fp32 (agreement with fp32 on the first 400 documents, MFU
@@ -96,13 +97,13 @@ step "where the engine's time goes" 50 "$PY" benchmarks/profile_engine.py --devi
     --model "$model" --precision "$fixed_precisions" --docs "$fixed_docs" --fixed-tokens 512 \
     --max-length 512 --warmup "$warmup" --profile-docs "$profile_docs" \
     --out "$RESULTS/profile-$device-${model/:/-}.json"
-step "worker path, real engine" 60 "$PY" benchmarks/bench_worker.py --device "$device" \
+step "worker path, real engine" 70 "$PY" benchmarks/bench_worker.py --device "$device" \
     --model "$model" --precision "$worker_precision" --documents "$worker_docs" \
-    --doc-tokens 512 --dtypes float16 --paths "$real_paths" \
+    --doc-tokens 512 --dtypes float16 --paths "$real_paths" --slots 1,2 \
     --out "$RESULTS/worker-$device-${model/:/-}.json"
-step "worker path, stand-in engine" 45 "$PY" benchmarks/bench_worker.py --device "$device" \
+step "worker path, stand-in engine" 55 "$PY" benchmarks/bench_worker.py --device "$device" \
     --model "$stub" --documents "$worker_docs" --doc-tokens 512 --dtypes float16 \
-    --paths "$stub_paths" --out "$RESULTS/worker-$device-${stub/:/-}.json"
+    --paths "$stub_paths" --slots 1,2 --out "$RESULTS/worker-$device-${stub/:/-}.json"
 step "engine, mixed lengths" 100 "$PY" benchmarks/bench_engine.py --device "$device" \
     --model "$model" --docs "$docs" --long-docs "$long" --precisions "$precisions" \
     --flag-precision "$flag" --warmup "$warmup" --agree-docs "$agree" \

@@ -14,6 +14,8 @@ from schemas.document import DEFAULT_MAX_RECORD_BYTES
 from schemas.job import Task
 from schemas.tenant import DEFAULT_TENANT
 
+MAX_WORKER_SLOTS = 8  # pool processes of one worker, each with a copy of its model
+
 
 def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "m3pipe"
@@ -55,6 +57,10 @@ class Settings(BaseSettings):
     # while the last is written (pipeline/storage/part_writer.py). 256 documents of 512
     # tokens are 256 MiB of float16 ColBERT vectors.
     piece_documents: int = Field(default=256, ge=1)
+    # Shards one worker holds at once, each in its own pool process with its own copy of the
+    # model, taking turns on the device (pipeline/runtime/device_gate.py): one slot's host
+    # work (reading, tokenizing, writing, recording) runs while the other's batches compute.
+    worker_slots: int = Field(default=1, ge=1, le=MAX_WORKER_SLOTS)
     # Seconds a worker process may take to load its model before Celery gives up on it.
     model_load_timeout: float = Field(default=900.0, gt=0)
 

@@ -18,13 +18,15 @@ import time
 from typing import Any
 
 from celery.signals import worker_process_init
+from celery.utils.log import current_process_index
 
 from pipeline.broker.redis_url import connect
 from pipeline.errors import PipelineError
 from pipeline.jobs.store import JobStore
 from pipeline.ops.lifeline import set_parent_death_signal
+from pipeline.runtime.device_gate import gate_from_environment
 from pipeline.runtime.gpu_utilization import register_gpu_utilization
-from pipeline.runtime.metrics import WorkerMetrics, serve
+from pipeline.runtime.metrics import WorkerMetrics, serve, slot_metrics_port
 from pipeline.runtime.shard_runner import WorkerRuntime
 from pipeline.runtime.worker_models import WorkerModels, load_task_model
 from pipeline.settings import Settings
@@ -52,8 +54,12 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     device = None if settings.worker_device == "auto" else settings.worker_device
     torch_device = resolve_device(device)
     hostname = os.environ.get(WORKER_NAME_ENV) or f"worker@{socket.gethostname()}"
+    slot = current_process_index(base=0) or 0  # this pool process's place among the slots
     store = JobStore(connect(settings.broker, settings.redis_retry_seconds))
-    store.forget_worker(hostname)
+    if settings.worker_slots == 1:
+        store.forget_worker(hostname)
+    else:  # the other slots' markers stay; `m3pipe worker` forgot the record at its start
+        store.forget_slot(hostname, slot)
     # Written once the preloaded models are in: the record's presence means "ready".
     record: dict[Any, Any] = {
         "model": settings.model,
@@ -62,6 +68,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         "pid": os.getpid(),
     }
     metrics = WorkerMetrics()
+    gate = gate_from_environment(metrics.device_gate_wait.inc)
 
     def loader(task: Task, spec: str) -> object:
         return load_task_model(
@@ -90,7 +97,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     store.register_worker(hostname, record, _WORKER_RECORD_TTL)
     if torch_device.type == "cuda":
         register_gpu_utilization(metrics.registry)
-    serve(metrics.registry, settings.metrics_port or 0)
+    serve(metrics.registry, slot_metrics_port(settings.metrics_port or 0, slot))
     return WorkerRuntime(
         models=models,
         store=store,
@@ -101,6 +108,9 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         output_roots=settings.output_root_list,
         input_roots=settings.input_root_list,
         piece_documents=settings.piece_documents,
+        slots=settings.worker_slots,
+        slot=slot,
+        device_gate=gate,
     )
 
 

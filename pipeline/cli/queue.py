@@ -42,7 +42,7 @@ from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 from pipeline.jobs.failures import describe_failures, failure_reasons
 from pipeline.jobs.orphans import orphaned_shards
 from pipeline.jobs.store import JobStore
-from pipeline.settings import Settings
+from pipeline.settings import MAX_WORKER_SLOTS, Settings
 from schemas.job import JobStatus, Task
 from schemas.options import EncodeOptions
 from schemas.tenant import tenant_queue
@@ -96,6 +96,13 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
         "--preload",
         help="tasks whose model loads at start: embed, rerank, embed,rerank or none; the "
         "others load on their first shard (default: $M3PIPE_PRELOAD, else embed)",
+    )
+    worker.add_argument(
+        "--slots",
+        type=int,
+        help="shards held at once, each in a pool process with its own copy of the model, "
+        "taking turns on the device: one's reading, tokenizing and writing run while the "
+        "other's batches compute (default: $M3PIPE_WORKER_SLOTS, else 1; 1-8)",
     )
     add_compute_options(worker)
     worker.set_defaults(func=cmd_worker)
@@ -176,6 +183,12 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1)")
     run.add_argument("--device", choices=["auto", "cpu"], default="auto", help="cpu forces CPU")
+    run.add_argument(
+        "--slots",
+        type=int,
+        help="shards each worker holds at once, taking turns on its device (as `m3pipe "
+        "worker --slots`; default: $M3PIPE_WORKER_SLOTS, else 1)",
+    )
     add_task_option(run)
     add_job_tenant_options(run)
     add_encode_options(run)
@@ -258,21 +271,24 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["M3PIPE_RERANK_MODEL"] = args.rerank_model
     if args.preload is not None:
         os.environ["M3PIPE_PRELOAD"] = args.preload
-        try:
-            Settings()  # the pool processes read it: refuse a bad value here, once
-        except ValidationError as exc:
-            return usage_error(exc)
+    if args.slots is not None:
+        os.environ["M3PIPE_WORKER_SLOTS"] = str(args.slots)
+    try:
+        slots = Settings().worker_slots  # the pool processes read them: refuse a bad value here
+    except ValidationError as exc:
+        return usage_error(exc)
     try:
         served = Settings()  # with --model and --rerank-model applied
         queues = ",".join(consumer_queues(args.queues, args.tenants, served, args.route_by_model))
     except ValueError as exc:
         return usage_error(exc)
 
-    check_worker_can_start(Settings())
+    check_worker_can_start(Settings(), name)
+    from pipeline.runtime.device_gate import GATE_FILE_ENV
     from workers.app import app
     from workers.bootstrap import STARTUP_FAILURE_ENV
 
-    argv = ["worker", "--hostname", name, "--queues", queues, "--concurrency", "1"]
+    argv = ["worker", "--hostname", name, "--queues", queues, "--concurrency", str(slots)]
     argv += ["--pool", "prefork", "--task-events", "--loglevel", "INFO", "--without-gossip"]
     # Mingle asks the other workers for their revoked tasks and waits a second for answers
     # at every start. m3pipe cancels in its own Redis keys and never revokes a shard task.
@@ -280,6 +296,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     with tempfile.TemporaryDirectory(prefix="m3pipe-worker-") as scratch:
         failure = Path(scratch) / "startup-failure"
         os.environ[STARTUP_FAILURE_ENV] = str(failure)
+        if slots > 1:  # the slots take turns on the device: pipeline/runtime/device_gate.py
+            os.environ[GATE_FILE_ENV] = str(Path(scratch) / "device-gate")
         try:
             app.worker_main(argv)
         except SystemExit as exc:
@@ -291,11 +309,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def check_worker_can_start(settings: Settings) -> None:
+def check_worker_can_start(settings: Settings, name: str) -> None:
     """What would stop a worker's pool process, found before Celery starts: Redis out of
     reach or refusing the password (RedisConnectionError), a preloaded model that is not
     there (ModelLoadError, with what to do), a Redis that evicts keys or is a cluster
-    (RedisUnsuitable). Each is one line from `main`, exit 1."""
+    (RedisUnsuitable). Each is one line from `main`, exit 1. Then an earlier record of
+    worker `name` is forgotten: its pool processes register once their models are in."""
     from pipeline.broker.redis_checks import check_redis
     from pipeline.broker.redis_url import connect
     from pipeline.engine.model import resolve_model_path
@@ -304,6 +323,7 @@ def check_worker_can_start(settings: Settings) -> None:
     client = connect(settings.broker, settings.redis_retry_seconds)
     try:
         check_redis(client, settings.allow_eviction)
+        JobStore(client).forget_worker(name)
     finally:
         client.close()
     for task in settings.preload_tasks:
@@ -661,6 +681,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return usage_error(exc)
     if args.workers is not None and args.workers < 1:
         return usage_error("--workers must be >= 1")
+    if args.slots is not None and not 1 <= args.slots <= MAX_WORKER_SLOTS:
+        return usage_error(f"--slots must be 1-{MAX_WORKER_SLOTS}")
     bar = StatusBar(enabled=not args.quiet and sys.stderr.isatty())
     try:
         return run_local(
@@ -669,6 +691,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             workers=args.workers,
             force_cpu=args.device == "cpu",
             precision=args.precision or settings.precision,
+            slots=args.slots,
             on_status=bar,
         )
     finally:

@@ -49,6 +49,12 @@ def cuda_batch_tokens(free_bytes: int) -> int:
     return max(low, min(high, tokens // 1024 * 1024))
 
 
+def share_budget(budget: int, slots: int) -> int:
+    """One slot's CUDA budget when `slots` pool processes share a device (each caching
+    allocator keeps what its batches used): an equal part, within CUDA_BUDGET_BOUNDS' floor."""
+    return max(CUDA_BUDGET_BOUNDS[0], budget // max(1, slots) // 1024 * 1024)
+
+
 def device_memory(model: Any) -> DeviceMemory | None:
     """Free and total memory of the model's CUDA device; None elsewhere."""
     device = getattr(model, "device", None)

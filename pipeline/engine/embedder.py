@@ -5,10 +5,12 @@ Used unchanged by `m3pipe encode` and by the queue workers. Never imports Celery
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +61,9 @@ class EmbedEngine:
         # Launch batch k + 1 before finishing batch k (False: finish each at once; the GPU
         # check measures both: benchmarks/bench_engine.py's "-sync" sides).
         self.overlap_batches = True
+        # Held while this engine's batches run; a worker with several slots on one device
+        # shares it between them (pipeline/runtime/device_gate.py). Alone: no gate.
+        self.device_gate: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
         # ColBERT arrays of pieces in flight (filling, queued for the writer, writing),
         # their memory used again for later pieces: pipeline/engine/recycled.py.
         self.buffers = RecycledBuffers(keep=3)
@@ -158,21 +163,8 @@ class EmbedEngine:
             if progress is not None:
                 progress(int(ends_doc[batch.rows].sum()), int(lengths[batch.rows].sum()))
 
-        # One batch in flight: batch k + 1 is launched before batch k is finished, so the
-        # device computes while the host places the previous batch's outputs.
-        in_flight: PendingBatch | None = None
-        for batch in plan_batches(lengths, self.batch_tokens):
-            pieces = encode_with_split(run, batch, self._empty_cache, lower_budget)
-            stats.oom_splits += len(pieces) - 1
-            for piece in pieces:
-                if in_flight is not None:
-                    finish(in_flight)
-                in_flight = piece
-                if not self.overlap_batches:
-                    finish(in_flight)
-                    in_flight = None
-        if in_flight is not None:
-            finish(in_flight)
+        with self.device_gate():
+            stats.oom_splits += self._run_batches(lengths, run, lower_budget, finish)
 
         table = assemble_table(
             columns,
@@ -185,6 +177,33 @@ class EmbedEngine:
         )
         stats.seconds = time.perf_counter() - started
         return ShardResult(table=table, stats=stats)
+
+    def _run_batches(
+        self,
+        lengths: np.ndarray,
+        run: Callable[[np.ndarray], PendingBatch],
+        lower_budget: Callable[[np.ndarray], None],
+        finish: Callable[[PendingBatch], None],
+    ) -> int:
+        """Every batch of a piece through the device; how many batches were split after
+        running out of memory. One batch in flight: batch k + 1 is launched before batch k
+        is finished, so the device computes while the host places the previous batch's
+        outputs."""
+        splits = 0
+        in_flight: PendingBatch | None = None
+        for batch in plan_batches(lengths, self.batch_tokens):
+            pieces = encode_with_split(run, batch, self._empty_cache, lower_budget)
+            for piece in pieces:
+                if in_flight is not None:
+                    finish(in_flight)
+                in_flight = piece
+                if not self.overlap_batches:
+                    finish(in_flight)
+                    in_flight = None
+            splits += len(pieces) - 1
+        if in_flight is not None:
+            finish(in_flight)
+        return splits
 
     def encode_stream(
         self,

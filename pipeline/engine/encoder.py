@@ -15,6 +15,7 @@ the previous batch's vectors.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -133,11 +134,14 @@ class PendingBatch:
     host: dict[str, torch.Tensor]
     vocab_size: int
     done: torch.cuda.Event | None = None
+    ready_at: float | None = None  # a stub's emulated device: done at this perf_counter time
 
     def result(self) -> BatchOutput:
         """Wait for the batch's copies, then its host arrays (sparse groups kept here)."""
         if self.done is not None:
             self.done.synchronize()
+        if self.ready_at is not None:
+            time.sleep(max(0.0, self.ready_at - time.perf_counter()))
         arrays = {name: tensor.numpy() for name, tensor in self.host.items()}
         out = BatchOutput(rows=self.rows, lengths=self.lengths)
         out.dense = arrays.get("dense")
@@ -187,7 +191,8 @@ def forward_batch(
             done = torch.cuda.Event()
             done.record()
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-    return PendingBatch(rows, lengths, host, model.vocab_size, done)
+    ready_at = model.stub_heads.take_ready_at() if model.stub_heads is not None else None
+    return PendingBatch(rows, lengths, host, model.vocab_size, done, ready_at)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -11,8 +11,10 @@ engine does), with an out-of-memory split instead of a smaller fixed batch size.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +179,8 @@ class RerankEngine:
             model.device.type, DEFAULT_RERANK_BATCH_TOKENS
         )
         self.schema = rerank_schema(self.file_metadata())
+        # Held while the batches run: shared by a worker's slots (as EmbedEngine's).
+        self.device_gate: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
 
     def file_metadata(self) -> dict[str, object]:
         return {
@@ -200,13 +204,14 @@ class RerankEngine:
         def lower_budget(rows: np.ndarray) -> None:
             self.batch_tokens = budget_after_oom(self.batch_tokens, rows, lengths)
 
-        for batch in plan_batches(lengths, self.batch_tokens):
-            pieces = encode_with_split(run, batch, self._empty_cache, lower_budget)
-            stats.oom_splits += len(pieces) - 1
-            for out in pieces:
-                logits[out.rows] = out.logits
-                stats.batches += 1
-                stats.padded_tokens += len(out.rows) * int(lengths[out.rows].max())
+        with self.device_gate():
+            for batch in plan_batches(lengths, self.batch_tokens):
+                pieces = encode_with_split(run, batch, self._empty_cache, lower_budget)
+                stats.oom_splits += len(pieces) - 1
+                for out in pieces:
+                    logits[out.rows] = out.logits
+                    stats.batches += 1
+                    stats.padded_tokens += len(out.rows) * int(lengths[out.rows].max())
         group_ranks = ranks(pairs, logits)
         table = pa.table(
             {

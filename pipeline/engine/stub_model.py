@@ -8,7 +8,9 @@ nothing (a row of a fixed table per token id), so a run measures the host's ceil
 reading, tokenizing, assembling, writing and the queue's bookkeeping.
 `M3PIPE_STUB_TOKENS_PER_SECOND` makes each forward pass take as long as a device of that
 rate would (an H200 does ~730k tokens/s at 512-token documents, docs/engine.md), to see
-whether the host keeps up with it.
+whether the host keeps up with it. The emulated device runs beside the host, as a GPU
+does: a batch's outputs are waited for when the engine takes them, and the host places
+the previous batch meanwhile.
 
 An operator runs it before adding GPUs: `m3pipe encode corpus.jsonl --model stub:full`.
 Every output says `stub: true` in its metadata and manifest.
@@ -118,6 +120,8 @@ class StubHeads(torch.nn.Module):
         self.register_buffer("unit", unit)
         self.register_buffer("weights", weights)
         self.tokens_per_second = encoder.tokens_per_second
+        self._device_free_at = 0.0  # perf_counter time the emulated device is free again
+        self.ready_at: float | None = None
         self._stored: dict[torch.dtype, torch.Tensor] = {}
         # A device hands its outputs over in pinned memory that is used again batch after
         # batch; on a CPU the stub's ColBERT vectors likewise (two batches in flight at most).
@@ -149,11 +153,23 @@ class StubHeads(torch.nn.Module):
                 out["colbert"] = colbert.view(*tokens.shape, unit.shape[1])
             else:  # on a device: the engine copies it to pinned memory, as a model's output
                 out["colbert"] = F.embedding(tokens, unit)
-        if self.tokens_per_second > 0:
-            left = ids.numel() / self.tokens_per_second - (time.perf_counter() - started)
-            if left > 0:
-                time.sleep(left)
+        self._launch(ids.numel(), started)
         return out
+
+    def _launch(self, tokens: int, started: float) -> None:
+        """The batch on the emulated device (a rate set): it starts when the device is free
+        and the call began, whichever is later, and runs `tokens / rate` seconds."""
+        if self.tokens_per_second > 0:
+            begins = max(started, self._device_free_at)
+            self._device_free_at = begins + tokens / self.tokens_per_second
+            self.ready_at = self._device_free_at
+
+    def take_ready_at(self) -> float | None:
+        """When the last batch launched is done on the emulated device (perf_counter time),
+        for the engine to wait on as it waits on a CUDA event; None without a rate. The
+        host goes on meanwhile (placing the previous batch), as it does beside a GPU."""
+        ready, self.ready_at = self.ready_at, None
+        return ready
 
 
 def stub_parts(size: str, dtype: torch.dtype) -> dict[str, Any]:

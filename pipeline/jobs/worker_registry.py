@@ -1,6 +1,6 @@
 """The worker registry: one hash per worker (`m3pipe:worker:<name>`), written and read here
-only. Its presence means "ready" (the probe, the tests); its shard marker shows a wedged
-pool process."""
+only. Its presence means "ready" (the probe, the tests); its shard markers, one per slot
+(pool process), show a wedged one."""
 
 from __future__ import annotations
 
@@ -26,12 +26,35 @@ class WorkerRegistry(RedisRecords):
         """One more fact about a registered worker (a model loaded on its first shard)."""
         self.redis.hset(worker_key(worker), field, value)  # type: ignore[arg-type]
 
-    def note_busy(self, worker: str, shard: str, started: float) -> None:
-        self.redis.hset(worker_key(worker), mapping={"shard": shard, "shard_started": started})
+    def forget_slot(self, worker: str, slot: int) -> None:
+        """Drop one slot's shard marker (its pool process was replaced: the shard it held
+        is redelivered), leaving the other slots' and the worker's record."""
+        self.redis.hdel(worker_key(worker), *slot_fields(slot))
 
-    def note_idle(self, worker: str) -> None:
-        self.redis.hdel(worker_key(worker), "shard", "shard_started")
+    def note_busy(self, worker: str, shard: str, started: float, slot: int = 0) -> None:
+        shard_field, started_field = slot_fields(slot)
+        self.redis.hset(worker_key(worker), mapping={shard_field: shard, started_field: started})
+
+    def note_idle(self, worker: str, slot: int = 0) -> None:
+        self.redis.hdel(worker_key(worker), *slot_fields(slot))
         self.redis.hset(worker_key(worker), "last_shard_ended", time.time())
 
     def worker_record(self, worker: str) -> dict[str, str]:
         return self._hgetall(worker_key(worker))
+
+
+def slot_fields(slot: int) -> tuple[str, str]:
+    """The fields of slot `slot`'s shard marker: `shard` and `shard_started` for the first
+    (as a one-slot worker always had), `shard:N` and `shard_started:N` for the others."""
+    suffix = f":{slot}" if slot else ""
+    return f"shard{suffix}", f"shard_started{suffix}"
+
+
+def shard_markers(record: Mapping[str, str]) -> list[tuple[str, float]]:
+    """(shard, started) of each slot's shard marker in a worker's record."""
+    markers = []
+    for name, value in record.items():
+        if name.startswith("shard_started"):
+            suffix = name[len("shard_started") :]
+            markers.append((record.get(f"shard{suffix}", "?"), float(value)))
+    return markers

@@ -107,6 +107,7 @@ def run_local(
     workers: int | None,
     force_cpu: bool,
     precision: str,
+    slots: int | None = None,
     on_status: Callable[[JobStatus], None] | None = None,
 ) -> int:
     from workers.app import shard_publisher
@@ -145,6 +146,7 @@ def run_local(
             "M3PIPE_ROUTE_BY_MODEL": "0",  # request.queue is already this job's route
             "M3PIPE_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
             "M3PIPE_METRICS_PORT": "0",  # a one-shot run serves no metrics
+            **({"M3PIPE_WORKER_SLOTS": str(slots)} if slots is not None else {}),
             # Its workers write this job's output and nothing else.
             "M3PIPE_OUTPUT_ROOTS": settings.output_roots or open_location(request.out).uri,
             # ... and read (shards by reference) this job's inputs, and the output it

@@ -22,8 +22,16 @@ from prometheus_client import (
 log = logging.getLogger(__name__)
 
 WORKER_METRICS_PORT = 9400  # GPU N serves on 9400 + N unless told otherwise
+# A worker's slot N (N >= 1, pipeline/runtime/device_gate.py) serves its own metrics on
+# the worker's port + 100 * N: above the 9400 + N of every GPU of a box.
+SLOT_PORT_STRIDE = 100
 AUTOSCALER_METRICS_PORT = 9390
 SHARD_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+
+def slot_metrics_port(port: int, slot: int) -> int:
+    """Where slot `slot` of a worker whose metrics port is `port` serves (0: none)."""
+    return port + SLOT_PORT_STRIDE * slot if port else 0
 
 
 def serve(registry: CollectorRegistry, port: int, address: str = "0.0.0.0") -> bool:
@@ -87,6 +95,11 @@ class WorkerMetrics:
         self.shard_started = Gauge(
             "m3pipe_shard_started_timestamp_seconds",
             "When the shard in hand started (unix time); 0 while idle: a wedged worker's ages",
+            registry=r,
+        )
+        self.device_gate_wait = Counter(
+            "m3pipe_device_gate_wait_seconds",
+            "Seconds this slot waited for the device while another slot of its worker held it",
             registry=r,
         )
         self.tenant_shards = Counter(

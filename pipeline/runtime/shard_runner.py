@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.engine.batching import share_budget
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import (
     ForgedMessage,
@@ -33,6 +34,7 @@ from pipeline.jobs.resume import (
 )
 from pipeline.jobs.shard_report import ShardReport
 from pipeline.jobs.store import ABSENT, JobStore
+from pipeline.runtime.device_gate import DeviceGate
 from pipeline.runtime.metrics import WorkerMetrics
 from pipeline.runtime.worker_models import WorkerModels
 from pipeline.storage.finished_output import FinishedOutput
@@ -65,6 +67,11 @@ class WorkerRuntime:
     input_roots: tuple[str, ...] = ()  # where shards by reference may be read; empty: anywhere
     piece_documents: int = 256  # of a shard, computed and written at a time
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    # Slots (pool processes) sharing this worker's device, and the gate they take turns
+    # at (pipeline/runtime/device_gate.py); one slot: no gate.
+    slots: int = 1
+    slot: int = 0
+    device_gate: DeviceGate | None = None
     _engines: dict[tuple[Task, Hashable], TaskEngine] = field(default_factory=dict)
     _specs: dict[str, JobSpec] = field(default_factory=dict)
 
@@ -73,7 +80,15 @@ class WorkerRuntime:
         kind = task_kind(spec.task)
         key = (spec.task, kind.job_options(spec))
         if key not in self._engines:
-            self._engines[key] = kind.engine(self.models.for_shard(spec.task), key[1])
+            engine = kind.engine(self.models.for_shard(spec.task), key[1])
+            if self.device_gate is not None:
+                engine.device_gate = self.device_gate
+            # The slots' caching allocators each keep what their batches used: a CUDA
+            # budget taken from free memory is shared between them.
+            on_cuda = any(device.type == "cuda" for device in self.models.devices())
+            if self.slots > 1 and on_cuda and not getattr(key[1], "batch_tokens", None):
+                engine.batch_tokens = share_budget(engine.batch_tokens, self.slots)
+            self._engines[key] = engine
         return self._engines[key]
 
     def job_spec(self, job_id: str) -> JobSpec:
@@ -147,7 +162,7 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
 
     # The shard in hand, for `m3pipe probe`: a shard held far longer than any shard may
     # take means a wedged worker (a hung device call), which a ping alone would not show.
-    store.note_busy(runtime.hostname, f"{job_id}/{shard}", started)
+    store.note_busy(runtime.hostname, f"{job_id}/{shard}", started, runtime.slot)
     runtime.metrics.shard_started.set(started)
     try:
         return _encode_and_record(message, spec, runtime, started, digest, token)
@@ -156,7 +171,7 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
         return ShardOutcome(_state_now(store, job_id, shard), "stale attempt")
     finally:
         runtime.metrics.shard_started.set(0)
-        store.note_idle(runtime.hostname)
+        store.note_idle(runtime.hostname, runtime.slot)
 
 
 def _state_now(store: JobStore, job_id: str, shard: int) -> ShardState | None:

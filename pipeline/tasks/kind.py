@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
@@ -33,8 +34,9 @@ Check = Callable[[Sequence[Any]], str | None]  # the reason to reject a unit, or
 class TaskEngine(Protocol):
     """A loaded model plus its task's options: what drivers keep and describe."""
 
-    @property
-    def batch_tokens(self) -> int: ...
+    batch_tokens: int  # a batch's padded tokens at most
+    # Held while its batches run (pipeline/runtime/device_gate.py): nullcontext alone.
+    device_gate: Callable[[], AbstractContextManager[object]]
 
     def file_metadata(self) -> dict[str, object]: ...
 

@@ -16,3 +16,10 @@ def test_the_stages_of_one_shard_are_timed_per_document(tmp_path, model_cache):
     assert all(ms >= 0 for ms in split["cpu_ms_per_document"].values())
     # 63 ColBERT vectors of 1024 float16 values a document at the least (before zstd)
     assert split["part_bytes_per_document"] > 63 * 1024
+
+
+def test_slots_apply_to_the_run_path_only():
+    from benchmarks.bench_worker import sides
+
+    assert sides("encode,run", "exact", "1,2") == [
+        ("encode", "exact", "1"), ("run", "exact", "1"), ("run", "exact", "2")]  # fmt: skip

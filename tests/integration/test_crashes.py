@@ -152,3 +152,30 @@ def test_pool_process_killed_while_its_part_is_being_written(
     assert run_cli("wait", job_id, "--timeout", "300", env=cli_env, timeout=320).returncode == 0
     assert_exactly_once(out, records, 2)
     assert read_shard_file(out / part_name(shard)).facts["documents"] == 8
+
+
+def test_a_worker_of_two_slots_holds_two_shards_and_a_killed_slot_loses_nothing(
+    tmp_path, cli_env, stub_built, workers, store
+):
+    """`--slots 2` (M3PIPE_WORKER_SLOTS): one worker, two pool processes taking turns on
+    the device, each its own shard: both are running at once (the second one's input read
+    and tokenized while the first computes). One slot killed mid-shard, likely holding the
+    device gate: the other goes on, the killed shard is run again, every id once."""
+    slow_stub(cli_env, stub_built, TOKENS_PER_SECOND)
+    cli_env.update(M3PIPE_WORKER_SLOTS="2")
+    records = long_records(8)
+    job_id = submit(tmp_path, cli_env, records, "--shard-docs", "4")
+    [name] = workers.start(1)
+
+    def two_running() -> bool:
+        states = store.shard_states(job_id).values()
+        return sum(state.value == "running" for state in states) == 2
+
+    wait_until(two_running)
+    record = store.worker_record(name)
+    assert {"shard_started", "shard_started:1"} <= set(record), record  # a marker a slot
+    os.kill(int(record["pid"]), signal.SIGKILL)  # the slot that registered last
+    assert run_cli("wait", job_id, "--timeout", "300", env=cli_env, timeout=320).returncode == 0
+    assert_exactly_once(tmp_path / "out", records, 2)
+    assert store.status(job_id).documents_done == 8
+    assert sorted(store.attempts(job_id, shard) for shard in range(2)) == [1, 2]

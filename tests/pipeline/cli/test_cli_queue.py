@@ -55,7 +55,7 @@ def test_worker_command_pins_names_and_starts_celery(clean_env):
     seen: list[list[str]] = []
     clean_env.setattr(app, "worker_main", lambda argv: seen.append(argv))
     # No Redis here: tests/integration/test_redis_auth.py runs the start-up checks for real.
-    clean_env.setattr("pipeline.cli.queue.check_worker_can_start", lambda settings: None)
+    clean_env.setattr("pipeline.cli.queue.check_worker_can_start", lambda settings, name: None)
     assert main(["worker", "--device", "2", "--queues", "a,b"]) == 0
     argv = seen[0]
     name = argv[argv.index("--hostname") + 1]
@@ -72,6 +72,33 @@ def test_worker_command_pins_names_and_starts_celery(clean_env):
     assert main(["worker", "--device", "2"]) == 0
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
     assert main(["worker", "--device", "gpu0"]) == 2  # a usage error, not a crash
+
+
+def test_worker_slots_are_celerys_concurrency_with_a_gate_file_and_bounded(clean_env, capsys):
+    from pipeline.runtime.device_gate import GATE_FILE_ENV
+    from workers.app import app
+
+    seen: list[tuple[list[str], str | None]] = []
+    clean_env.setattr(
+        app, "worker_main", lambda argv: seen.append((argv, os.environ.get(GATE_FILE_ENV)))
+    )
+    clean_env.setattr("pipeline.cli.queue.check_worker_can_start", lambda settings, name: None)
+    clean_env.delenv(GATE_FILE_ENV, raising=False)
+    assert main(["worker", "--device", "cpu", "--slots", "2"]) == 0
+    argv, gate = seen[-1]
+    assert argv[argv.index("--concurrency") + 1] == "2"
+    assert gate is not None and gate.endswith("device-gate")  # in the worker's scratch dir
+    clean_env.delenv(GATE_FILE_ENV, raising=False)
+    clean_env.setenv("M3PIPE_WORKER_SLOTS", "1")
+    assert main(["worker", "--device", "cpu"]) == 0
+    argv, gate = seen[-1]
+    assert argv[argv.index("--concurrency") + 1] == "1" and gate is None  # alone: no gate
+    for bad in ("0", "9"):
+        assert main(["worker", "--device", "cpu", "--slots", bad]) == 2
+        assert "worker_slots" in capsys.readouterr().err
+    clean_env.setenv("M3PIPE_WORKER_SLOTS", "1")  # the worker set it for its pool processes
+    assert main(["run", "in.jsonl", "--out", "/tmp/x", "--slots", "9"]) == 2
+    assert "--slots must be 1-8" in capsys.readouterr().err
 
 
 def test_celery_settings_are_json_only_late_ack_no_prefetch():

@@ -101,3 +101,31 @@ def test_the_stub_on_a_device_leaves_its_colbert_vectors_there(stub_full):
     elsewhere = on_device.outputs(ids.to("meta"), (Mode.COLBERT,), torch.float16)
     assert elsewhere["colbert"].device.type == "meta"
     assert elsewhere["colbert"].shape == on_cpu.shape
+
+
+def test_the_stubs_emulated_device_runs_beside_the_host_one_batch_after_another(
+    stub_full, monkeypatch
+):
+    """With a rate, a launch returns at once and the batch is done `tokens / rate` seconds
+    after the device is free: the engine waits for it in `result`, as for a CUDA event,
+    and the host places the previous batch meanwhile (issue 29: a CPU sees the overlap)."""
+    import time
+
+    import torch
+
+    from pipeline.engine.device_forms import DeviceForms
+    from pipeline.engine.encoder import forward_batch
+    from schemas.options import Mode, StorageDtype
+
+    monkeypatch.setattr(stub_full.stub_heads, "tokens_per_second", 20_000.0)
+    sequences = [[5] * 500, [7] * 500]  # 1,000 tokens: 50 ms on the emulated device
+    forms = DeviceForms(StorageDtype.FLOAT16)
+    launched = time.perf_counter()
+    first = forward_batch(stub_full, sequences, np.arange(2), (Mode.DENSE,), forms)
+    second = forward_batch(stub_full, sequences, np.arange(2), (Mode.DENSE,), forms)
+    assert time.perf_counter() - launched < 0.05  # neither launch waited for the device
+    assert first.ready_at is not None and second.ready_at is not None
+    assert second.ready_at - first.ready_at == pytest.approx(0.05, rel=1e-6)  # one device
+    second.result()
+    assert time.perf_counter() >= second.ready_at
+    assert torch.is_tensor(first.host["dense"]) and stub_full.stub_heads.take_ready_at() is None

@@ -117,6 +117,24 @@ def test_the_worker_record_is_written_and_read_through_the_store(store):
     assert "shard" not in store.worker_record("w@h")
 
 
+def test_each_slot_of_a_worker_keeps_its_own_shard_marker_and_the_probe_reads_them_all(store):
+    from pipeline.ops.probe import worker_problem
+
+    store.register_worker("w@h", {"model": "random:tiny"}, ttl=60)
+    store.note_busy("w@h", "job/1", time.time(), slot=0)
+    store.note_busy("w@h", "job/2", time.time() - 500, slot=1)  # held far too long
+    record = store.worker_record("w@h")
+    assert (record["shard"], record["shard:1"]) == ("job/1", "job/2")
+    problem = worker_problem(store, "w@h", max_shard_seconds=100)
+    assert problem is not None and "job/2" in problem and "wedged" in problem
+    store.forget_slot("w@h", 1)  # slot 1's pool process was replaced
+    record = store.worker_record("w@h")
+    assert "shard:1" not in record and record["shard"] == "job/1"
+    assert worker_problem(store, "w@h", max_shard_seconds=100) is None
+    store.note_idle("w@h", slot=0)
+    assert not {"shard", "shard_started"} & set(store.worker_record("w@h"))
+
+
 def test_an_ended_shard_keeps_no_owner_token_or_retry_message(store):
     token = store.take_ownership("job-1", 3)
     store.keep_retry_letter("job-1", 3, "{}")
