@@ -67,7 +67,7 @@ def repair_job(store: JobStore, job_id: str, publish: Publish) -> RepairReport:
         if state in (ShardState.DONE, ShardState.FAILED, ShardState.CANCELLED):
             continue
         registered = store.shard_digest(job_id, shard)
-        if present[shard] and _finished_in_output(store, job_id, shard, registered, out):
+        if present[shard] and finished_in_output(store, job_id, shard, registered, out):
             report.reconciled += 1
             continue
         message = plan.message(shard)
@@ -88,10 +88,11 @@ def repair_job(store: JobStore, job_id: str, publish: Publish) -> RepairReport:
     return report
 
 
-def _finished_in_output(
+def finished_in_output(
     store: JobStore, job_id: str, shard: int, registered: str | None, out: Location
 ) -> bool:
-    """Mark the shard done from its part file's footer if the file is this shard's."""
+    """Mark the shard done from its part file's footer if the file is this shard's (the
+    output is the durable truth); False if there is no such file."""
     path = out / part_name(shard)
     found = read_shard_file(path)
     if found is None:

@@ -26,6 +26,8 @@ from pipeline.errors import (
 )
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.letters import make_letter
+from pipeline.jobs.plan import PlanReader
+from pipeline.jobs.repair import finished_in_output
 from pipeline.jobs.resume import (
     documents_digest,
     message_digest,
@@ -120,7 +122,12 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
     # documents it points at; reading them back checks it.
     digest = message.ref.digest if message.ref is not None else documents_digest(message.items)
     if registered is None and store.shard_state(job_id, shard) == ABSENT:
-        raise UnregisteredShard(f"job {job_id} never registered shard {shard}")
+        found = registered_again(runtime, spec, message)
+        if found is None:
+            raise UnregisteredShard(f"job {job_id} never registered shard {shard}")
+        if found is ShardState.DONE:
+            return ShardOutcome(ShardState.DONE, "found written: marked done from its part")
+        registered, registered_message = store.registered_digests(job_id, shard)
     if registered is not None and registered != digest:
         # Left in the queue by an earlier submission of this job (cancelled, then resumed
         # with changed input): running it would write the old documents.
@@ -172,6 +179,36 @@ def run_shard(message: ShardMessage, runtime: WorkerRuntime) -> ShardOutcome:
     finally:
         runtime.metrics.shard_started.set(0)
         store.note_idle(runtime.hostname, runtime.slot)
+
+
+def registered_again(
+    runtime: WorkerRuntime, spec: JobSpec, message: ShardMessage
+) -> ShardState | None:
+    """A message whose shard Redis has no record of, neither registration nor state (a
+    failover that dropped the last writes, an eviction), taken up again when the job's
+    shard plan (pipeline/jobs/plan.py) holds exactly this message: DONE if its part is
+    written (marked done from the part's footer, as `m3pipe repair` does), else QUEUED
+    (registered again, as submit did). None when the plan cannot vouch for it (a shard
+    that carries its documents, no plan, another message): dropped, as a forged one is."""
+    store, job_id, shard = runtime.store, message.job_id, message.shard
+    if message.ref is None:  # carried its documents: not in the plan
+        return None
+    try:
+        out = allowed_output(spec.out, runtime.output_roots)
+    except PipelineError:
+        return None
+    planned = PlanReader(out).message(shard)
+    if planned is None or message_digest(planned) != message_digest(message):
+        return None
+    if finished_in_output(store, job_id, shard, message.ref.digest, out):
+        log.warning("job %s shard %d: Redis had lost it; its part is written: marked done",
+                    job_id, shard)  # fmt: skip
+        finalize_if_complete(store, job_id)
+        return ShardState.DONE
+    store.queue_shard(job_id, shard, message.ref.digest, message.size, message_digest(message))
+    log.warning("job %s shard %d: Redis had lost its registration; registered again from "
+                "the job's plan", job_id, shard)  # fmt: skip
+    return ShardState.QUEUED
 
 
 def _state_now(store: JobStore, job_id: str, shard: int) -> ShardState | None:
