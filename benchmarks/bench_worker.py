@@ -79,6 +79,7 @@ def whole_process(command: list[str], out: Path, env: dict[str, str]) -> dict:
     counts = json.loads((out / "_manifest.json").read_text())["counts"]
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     documents = int(counts["documents"])
+    span = compute_span(out)
     return {
         "documents": documents,
         "tokens": int(counts["tokens"]),
@@ -86,7 +87,25 @@ def whole_process(command: list[str], out: Path, env: dict[str, str]) -> dict:
         "documents_per_second": round(documents / wall, 1),
         "tokens_per_second": round(int(counts["tokens"]) / wall, 1),
         "cpu_ms_per_document": round(cpu / documents * 1e3, 3),
+        # From the first shard's start to the last one's end (the parts' footers): the
+        # job's own time, start-up and shut-down left out.
+        "compute_span_seconds": round(span, 3) if span else None,  # encode: no footers
+        "span_tokens_per_second": round(int(counts["tokens"]) / span, 1) if span else None,
     }
+
+
+def compute_span(out: Path) -> float:
+    """Seconds from the earliest shard start to the latest shard end, from the parts."""
+    from pipeline.jobs.resume import read_shard_file
+
+    starts, ends = [], []
+    for part in sorted(out.glob("part-*.parquet")):
+        found = read_shard_file(part)
+        if found is None or "encoded_at" not in found.facts:
+            continue
+        ends.append(float(found.facts["encoded_at"]))
+        starts.append(ends[-1] - float(found.facts["encode_seconds"]))
+    return max(ends) - min(starts) if ends else 0.0
 
 
 def stages(
@@ -160,6 +179,9 @@ def main() -> None:
         help="the stub's forward at this many tokens/s, sleeping as a device would compute "
         "(0: instant, the host's ceiling)",
     )  # fmt: skip
+    parser.add_argument(
+        "--shard-docs", type=int, help="documents a shard (default: the producer's, 1,000)"
+    )
     parser.add_argument("--stage-documents", type=int, default=200, help="documents a shard")
     parser.add_argument("--out", type=Path, help="save the JSON here (default: .results/)")
     args = parser.parse_args()
@@ -194,14 +216,21 @@ def main() -> None:
                                 "cpu" if args.device == "cpu" else "auto"]  # fmt: skip
                 else:
                     command += ["--device", args.device]
+                if args.shard_docs is not None:
+                    command += ["--shard-docs", str(args.shard_docs)]
                 figures = whole_process(command, out, env)
                 shutil.rmtree(out)  # ~1 MB a document: the disk holds one output at a time
                 key = f"{path}:{dtype}" + ("" if storage == "exact" else f":{storage}")
                 key += "" if slots == "1" else f":slots{slots}"
                 report["paths"][key] = figures
+                busy = ""
+                if args.device_rate > 0 and figures["span_tokens_per_second"]:
+                    figures["device_busy_share"] = round(
+                        figures["span_tokens_per_second"] / args.device_rate, 3)  # fmt: skip
+                    busy = f", emulated device busy {figures['device_busy_share']:.0%}"
                 print(f"{key:<22} {figures['documents_per_second']:>8} documents/s, "
                       f"{figures['tokens_per_second']:>10} tokens/s, "
-                      f"{figures['cpu_ms_per_document']} ms CPU a document")  # fmt: skip
+                      f"{figures['cpu_ms_per_document']} ms CPU a document{busy}")  # fmt: skip
             precision = (
                 "fp32" if args.precision == "auto" and args.device == "cpu" else args.precision
             )
