@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     # while the last is written (pipeline/storage/part_writer.py). 256 documents of 512
     # tokens are 256 MiB of float16 ColBERT vectors.
     piece_documents: int = Field(default=256, ge=1)
+    # A worker marks a shard done, then waits (Redis WAIT) until this many replicas have it,
+    # at most M3PIPE_REDIS_WAIT_MS, before the shard's message is acknowledged: a failover
+    # to a replica then never loses a done shard whose message is gone (docs/reliability.md).
+    # 0: no WAIT.
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_ms: int = Field(default=1000, ge=1)
     # Shards one worker holds at once, each in its own pool process with its own copy of the
     # model, taking turns on the device (pipeline/runtime/device_gate.py): one slot's host
     # work (reading, tokenizing, writing, recording) runs while the other's batches compute.

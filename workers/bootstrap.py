@@ -109,6 +109,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         input_roots=settings.input_root_list,
         piece_documents=settings.piece_documents,
         slots=settings.worker_slots,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_ms=settings.redis_wait_ms,
         slot=slot,
         device_gate=gate,
     )

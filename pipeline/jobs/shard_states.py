@@ -165,6 +165,27 @@ class ShardStates(RedisRecords):
         Returns (changed, previous state)."""
         return self._mark(job_id, shard, ShardState.DONE, allowed_from, None, report)
 
+    def mark_done_replicated(
+        self,
+        job_id: str,
+        shard: int,
+        allowed_from: Iterable[str],
+        report: ShardReport,
+        replicas: int,
+        timeout_ms: int,
+    ) -> tuple[bool, str, int]:
+        """`mark_done`, then WAIT on the same connection until `replicas` replicas have it
+        or `timeout_ms` passed. Returns (changed, previous state, replicas that have it)."""
+        pipe = self.redis.pipeline(transaction=False)
+        self._transition(
+            keys=self._transition_keys(job_id, shard),
+            args=self._transition_args(shard, ShardState.DONE, allowed_from, None, report),
+            client=pipe,
+        )
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        (changed, old), acknowledged = pipe.execute()
+        return bool(changed), str(old), int(acknowledged)
+
     def _mark(
         self,
         job_id: str,

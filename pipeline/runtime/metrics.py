@@ -97,6 +97,11 @@ class WorkerMetrics:
             "When the shard in hand started (unix time); 0 while idle: a wedged worker's ages",
             registry=r,
         )
+        self.unreplicated_shards = Counter(
+            "m3pipe_unreplicated_shards",
+            "Shards marked done that fewer replicas than M3PIPE_REDIS_WAIT_REPLICAS had in time",
+            registry=r,
+        )
         self.device_gate_wait = Counter(
             "m3pipe_device_gate_wait_seconds",
             "Seconds this slot waited for the device while another slot of its worker held it",

@@ -74,6 +74,10 @@ class WorkerRuntime:
     slots: int = 1
     slot: int = 0
     device_gate: DeviceGate | None = None
+    # Replicas that must have a shard's done state before its message is acknowledged
+    # (Redis WAIT, at most wait_ms); 0: none.
+    wait_replicas: int = 0
+    wait_ms: int = 1000
     _engines: dict[tuple[Task, Hashable], TaskEngine] = field(default_factory=dict)
     _specs: dict[str, JobSpec] = field(default_factory=dict)
 
@@ -316,7 +320,18 @@ def _encode_and_record(
         seconds=stats.seconds,
         reused=reused if message.reuse is not None else None,
     )
-    store.mark_done(job_id, shard, _ACTIVE, report)
+    if runtime.wait_replicas:
+        _, _, replicated = store.mark_done_replicated(
+            job_id, shard, _ACTIVE, report, runtime.wait_replicas, runtime.wait_ms
+        )
+        if replicated < runtime.wait_replicas:
+            runtime.metrics.unreplicated_shards.inc()
+            log.warning("job %s shard %d: done, but %d of %d replica(s) had it after %d ms "
+                        "(M3PIPE_REDIS_WAIT_REPLICAS): a failover now could lose it",
+                        job_id, shard, replicated, runtime.wait_replicas,
+                        runtime.wait_ms)  # fmt: skip
+    else:
+        store.mark_done(job_id, shard, _ACTIVE, report)
     store.release_shard(job_id, shard)
     finalize_if_complete(store, job_id)
     return ShardOutcome(ShardState.DONE, name, rows=rows, tokens=stats.tokens, stats=stats)

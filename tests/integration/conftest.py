@@ -56,6 +56,13 @@ def stub_built(model_cache: Path) -> str:
     return "stub:tiny"
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for servers the tests start)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def slow_stub(env: dict[str, str], stub_built: str, tokens_per_second: int) -> None:
     """Workers started with `env` use the stand-in encoder at `tokens_per_second`: a shard
     lasts as long as the rate says while the CPU sleeps. For tests that need shards still

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import ssl
 import uuid
 from pathlib import Path
@@ -15,14 +14,8 @@ from pipeline.broker.redis_url import connect, redact
 from pipeline.jobs.store import JobStore
 from pipeline.ops.embedded_redis import EmbeddedRedis
 from pipeline.settings import Settings
-from tests.integration.conftest import Workers, corpus_records, run_cli, write_jsonl
+from tests.integration.conftest import Workers, corpus_records, free_port, run_cli, write_jsonl
 from tests.integration.tls_proxy import TlsProxy
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

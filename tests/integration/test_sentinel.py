@@ -6,7 +6,6 @@ the end."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,15 +19,9 @@ import redis
 from pipeline.jobs.store import JobStore
 from pipeline.ops.embedded_redis import find_redis_server
 from pipeline.ops.process_group import stop_process_groups
-from tests.integration.conftest import Workers, run_cli, slow_stub, submit, wait_until
+from tests.integration.conftest import Workers, free_port, run_cli, slow_stub, submit, wait_until
 
 MASTER = "m3master"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _client(port: int) -> redis.Redis:
@@ -53,8 +46,8 @@ class SentinelSetup:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.processes: list[subprocess.Popen] = []
-        self.master, self.replica = _free_port(), _free_port()
-        self.sentinels = [_free_port() for _ in range(3)]
+        self.master, self.replica = free_port(), free_port()
+        self.sentinels = [free_port() for _ in range(3)]
 
     def _start(self, *args: str) -> None:
         log = open(self.directory / f"redis-{len(self.processes)}.log", "wb")  # noqa: SIM115
