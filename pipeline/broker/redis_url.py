@@ -7,7 +7,9 @@ ignores them (and would fall back to an unverified connection), so `tls_options`
 them to Celery as `broker_use_ssl`.
 
 Redis Sentinel: `sentinel://[[USER]:PASSWORD@]HOST:PORT[;sentinel://HOST:PORT...][/DB]
-?master_name=NAME`, kombu's `;` form for several sentinels; the password is the master's.
+?master_name=NAME[&sentinel_password=PW[&sentinel_username=USER]]`, kombu's `;` form for
+several sentinels; the password before the host is the master's, `sentinel_password` the
+sentinels' own (their `requirepass`).
 Job state goes through redis-py's Sentinel client (`master_for`), the queue through kombu's
 Sentinel transport, given `master_name` as a transport option (`kombu_transport_options`),
 since kombu does not read it from the URL. Both find the new master after a failover.
@@ -15,6 +17,7 @@ since kombu does not read it from the URL. Both find the new master after a fail
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +49,18 @@ class SentinelTarget:
     db: int = 0
     username: str | None = None
     password: str | None = None
+    # The sentinels' own credentials (their `requirepass`), when they have any.
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+    def sentinel_kwargs(self) -> dict[str, Any]:
+        """What a client passes to the sentinels themselves (their credentials)."""
+        kwargs: dict[str, Any] = {}
+        if self.sentinel_password is not None:
+            kwargs["password"] = self.sentinel_password
+        if self.sentinel_username is not None:
+            kwargs["username"] = self.sentinel_username
+        return kwargs
 
 
 def sentinel_target(url: str) -> SentinelTarget | None:
@@ -84,13 +99,27 @@ def sentinel_target(url: str) -> SentinelTarget | None:
             "a sentinel:// broker URL needs ?master_name=NAME (the master the sentinels "
             "monitor), e.g. sentinel://host1:26379;sentinel://host2:26379/0?master_name=mymaster"
         )
-    return SentinelTarget(tuple(sentinels), master, db, username, password)
+    return SentinelTarget(
+        tuple(sentinels),
+        master,
+        db,
+        username,
+        password,
+        query.get("sentinel_username"),
+        query.get("sentinel_password"),
+    )
 
 
 def kombu_transport_options(url: str) -> dict[str, Any]:
-    """Transport options kombu needs for this URL beyond the URL itself (Sentinel's master)."""
+    """Transport options kombu needs for this URL beyond the URL itself (Sentinel's master,
+    and the sentinels' own credentials)."""
     target = sentinel_target(url)
-    return {"master_name": target.master_name} if target is not None else {}
+    if target is None:
+        return {}
+    options: dict[str, Any] = {"master_name": target.master_name}
+    if target.sentinel_kwargs():
+        options["sentinel_kwargs"] = target.sentinel_kwargs()
+    return options
 
 
 def for_kombu(url: str) -> str:
@@ -155,6 +184,7 @@ def redact(url: str) -> str:
     """The URL with any password replaced, for logs and messages (each part of a `;` list)."""
     if ";" in url:
         return ";".join(redact(part) for part in url.split(";"))
+    url = re.sub(r"(sentinel_password=)[^&;]*", r"\1***", url)
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url
@@ -182,6 +212,40 @@ def publish_retry_policy(seconds: float = DEFAULT_RETRY_SECONDS) -> dict[str, fl
     }
 
 
+def check_sentinel_credentials(target: SentinelTarget) -> None:
+    """BrokerUrlError at once if every sentinel refuses the credentials given for them
+    (redis-py would ask each again and again, ~50 s, and end with "No master found")."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    refused = 0
+    for host, port in target.sentinels:
+        probe = redis.Redis(
+            host=host,
+            port=port,
+            socket_connect_timeout=2,
+            socket_timeout=2,
+            retry=Retry(NoBackoff(), 0),
+            **target.sentinel_kwargs(),
+        )
+        try:
+            probe.ping()
+            return
+        except redis.AuthenticationError:
+            refused += 1
+        except redis.RedisError:
+            continue  # out of reach: the connection below says so, with its retries
+        finally:
+            probe.close()
+    if refused:
+        given = "the password given" if target.sentinel_password else "no password"
+        raise BrokerUrlError(
+            f"the sentinels refused {given} (AuthenticationError): sentinels with a "
+            "password of their own take it in the URL as &sentinel_password=PW (and "
+            "&sentinel_username=USER for an ACL user) after master_name"
+        )
+
+
 def connect(url: str, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> redis.Redis:
     """A redis-py client: fails fast if Redis is not there now, then rides out outages.
 
@@ -206,7 +270,11 @@ def connect(url: str, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> redis.Red
     if target is not None:
         from redis.sentinel import Sentinel
 
-        sentinel = Sentinel(list(target.sentinels), sentinel_kwargs={"socket_connect_timeout": 10})
+        check_sentinel_credentials(target)
+        sentinel = Sentinel(
+            list(target.sentinels),
+            sentinel_kwargs={"socket_connect_timeout": 10, **target.sentinel_kwargs()},
+        )
         client: redis.Redis = sentinel.master_for(
             target.master_name,
             db=target.db,

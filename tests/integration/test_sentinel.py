@@ -24,8 +24,10 @@ from tests.integration.conftest import Workers, free_port, run_cli, slow_stub, s
 MASTER = "m3master"
 
 
-def _client(port: int) -> redis.Redis:
-    return redis.Redis(port=port, decode_responses=True, socket_connect_timeout=2)
+def _client(port: int, password: str | None = None) -> redis.Redis:
+    return redis.Redis(
+        port=port, password=password, decode_responses=True, socket_connect_timeout=2
+    )
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
@@ -43,8 +45,10 @@ def _wait(predicate, timeout: float, what: str) -> None:
 class SentinelSetup:
     """A master, a replica of it, and three sentinels watching it as MASTER."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, sentinel_password: str | None = None) -> None:
+        """`sentinel_password`: the sentinels' own `requirepass` (none by default)."""
         self.directory = directory
+        self.sentinel_password = sentinel_password
         self.processes: list[subprocess.Popen] = []
         self.master, self.replica = free_port(), free_port()
         self.sentinels = [free_port() for _ in range(3)]
@@ -73,6 +77,12 @@ class SentinelSetup:
                 f"sentinel monitor {MASTER} 127.0.0.1 {self.master} 2\n"
                 f"sentinel down-after-milliseconds {MASTER} 1000\n"
                 f"sentinel failover-timeout {MASTER} 4000\n"
+                + (
+                    f"requirepass {self.sentinel_password}\n"
+                    f"sentinel sentinel-pass {self.sentinel_password}\n"
+                    if self.sentinel_password
+                    else ""
+                )
             )
             self._start(str(conf), "--sentinel")
         _wait(lambda: _client(self.master).info("replication")["connected_slaves"] == 1,
@@ -81,20 +91,23 @@ class SentinelSetup:
             _wait(lambda port=port: self._knows_all(port), 30, "the sentinels")
         return self
 
-    @staticmethod
-    def _knows_all(port: int) -> bool:
-        sentinel = _client(port)
+    def _knows_all(self, port: int) -> bool:
+        sentinel = self.sentinel(port)
         return len(sentinel.sentinel_sentinels(MASTER)) == 2 and (
             len(sentinel.sentinel_slaves(MASTER)) == 1
         )
 
+    def sentinel(self, port: int) -> redis.Redis:
+        return _client(port, self.sentinel_password)
+
     @property
     def url(self) -> str:
         listed = ";".join(f"sentinel://127.0.0.1:{port}" for port in self.sentinels)
-        return f"{listed}/0?master_name={MASTER}"
+        guarded = f"&sentinel_password={self.sentinel_password}" if self.sentinel_password else ""
+        return f"{listed}/0?master_name={MASTER}{guarded}"
 
     def master_port(self) -> int:
-        return int(_client(self.sentinels[0]).sentinel_get_master_addr_by_name(MASTER)[1])
+        return int(self.sentinel(self.sentinels[0]).sentinel_get_master_addr_by_name(MASTER)[1])
 
     def stop(self) -> None:
         stop_process_groups(self.processes, grace_seconds=5)
@@ -176,7 +189,9 @@ def test_a_failover_that_loses_writes_is_repaired_by_one_command(
     between the replica's promotion and its own demotion is lost. `m3pipe repair` marks
     done the shards whose parts are written and sends the rest again; the job completes."""
     with job_under_way(tmp_path, sentinel_setup, cli_env, stub_built) as job:
-        _client(sentinel_setup.sentinels[0]).execute_command("SENTINEL", "FAILOVER", MASTER)
+        sentinel_setup.sentinel(sentinel_setup.sentinels[0]).execute_command(
+            "SENTINEL", "FAILOVER", MASTER
+        )
         _wait(lambda: sentinel_setup.master_port() == sentinel_setup.replica, 60, "failover")
         # The old primary is demoted (its clients cut off) once the sentinels reconfigure it.
         _wait(lambda: _client(sentinel_setup.master).info("replication")["role"] == "slave",
@@ -187,3 +202,34 @@ def test_a_failover_that_loses_writes_is_repaired_by_one_command(
         waited = run_cli("wait", job.job_id, "--timeout", "240", env=job.env, timeout=260)
         assert waited.returncode == 0, waited.stderr[-2000:] + repaired.stderr
     assert_every_id_once(tmp_path, job.records)
+
+
+def test_sentinels_with_a_password_of_their_own(tmp_path, cli_env, stub_built):
+    """Sentinels behind `requirepass` (issue 30, item 1): `sentinel_password` in the URL
+    reaches both the job store's Sentinel client and kombu's (as `sentinel_kwargs`), so a
+    job submitted and run through them completes; without it, one line at once that says
+    where the password goes (redis-py alone retried for ~50 s, then "No master found")."""
+    directory = Path(f"/tmp/m3p-{tmp_path.name[-8:]}")
+    directory.mkdir(exist_ok=True)
+    setup = SentinelSetup(directory, sentinel_password="s3ntry-pw").start()
+    try:
+        env = {**cli_env, "M3PIPE_BROKER_URL": setup.url}
+        store = JobStore.connect(setup.url)
+        records = long_records(4)
+        job_id = submit(tmp_path, env, records, "--shard-docs", "2")
+        workers = Workers(env, tmp_path, store)
+        try:
+            workers.start(1)
+            waited = run_cli("wait", job_id, "--timeout", "120", env=env, timeout=140)
+            assert waited.returncode == 0, waited.stderr[-2000:]
+        finally:
+            workers.stop_all()
+        assert_every_id_once(tmp_path, records)
+        bare = {**env, "M3PIPE_BROKER_URL": setup.url.split("&sentinel_password")[0]}
+        refused = run_cli("status", job_id, env=bare, timeout=60)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "the sentinels refused no password" in refused.stderr
+        assert "&sentinel_password=PW" in refused.stderr and len(refused.stderr) < 400
+    finally:
+        setup.stop()

@@ -74,3 +74,11 @@ def test_a_sentinel_url_names_its_sentinels_master_db_and_password():
         sentinel_target("sentinel://h1:26379;redis://h2:6379?master_name=m")
     with pytest.raises(BrokerUrlError, match="not a number"):
         sentinel_target("sentinel://h1:26379/zero?master_name=m")
+    # Sentinels with a password of their own (their requirepass): both clients get it.
+    guarded = "sentinel://:pw@h1;sentinel://h2/0?master_name=m&sentinel_password=s%26ntry"
+    target = sentinel_target(guarded)
+    assert target is not None and target.password == "pw"
+    assert target.sentinel_kwargs() == {"password": "s&ntry"}
+    assert kombu_transport_options(guarded) == {
+        "master_name": "m", "sentinel_kwargs": {"password": "s&ntry"}}  # fmt: skip
+    assert "ntry" not in redact(guarded) and "sentinel_password=***" in redact(guarded)
