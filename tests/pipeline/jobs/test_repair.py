@@ -137,3 +137,35 @@ def test_the_plan_is_written_a_chunk_at_a_time_and_read_back(tmp_path):
     (tmp_path / PLAN_DIR / "plan-00000.jsonl").write_text('garbage\n{"shard": 3}\n')
     reader = PlanReader(out)
     assert reader.message(0) is None and reader.message(3) is None  # damaged: unplanned
+
+
+def test_a_failover_losing_the_last_30_of_120_shards_is_repaired_by_one_command(
+    tmp_path, store, runtime, redis_server
+):
+    """Issue 30's target at its scale: a 120-shard job; the promoted replica had 60 shards
+    done, the old primary had finished 30 more (their parts written) when it went. One
+    command (repair) ends it with every id once, reading again only the input of shards
+    that never ran: none of the 30 whose writes were lost."""
+    raw = redis_server.client()
+    job_id, sent = submitted(tmp_path, store, documents=1200, max_queued=200)  # 120 of 10
+    assert len(sent) == 120
+    for message in sent[:60]:
+        run_shard(message, runtime)
+    replica = saved_keys(raw, job_id)
+    for message in sent[60:90]:
+        assert run_shard(message, runtime).state is ShardState.DONE
+    put_back(raw, job_id, replica)  # the last 30 shards' writes lost
+    assert store.status(job_id).shards.done == 60
+
+    published: list = []
+    report = repair_job(store, job_id, lambda message, queue, priority: published.append(message))
+    assert report.reconciled == 30 and report.unplanned == []
+    assert published == sent[90:]  # never ran: their input is read once, as it would be
+    never_ran = sum(s.end - s.start for m in sent[90:] for s in m.ref.segments)
+    assert report.bytes_to_read == never_ran  # nothing of the 30 lost shards read again
+    for message in [*published, *sent[90:]]:  # the queue's copies come too: skipped
+        run_shard(message, runtime)
+    assert store.state(job_id) is JobState.COMPLETED
+    ids = ds.dataset(tmp_path / "out", format="parquet").to_table().column("id").to_pylist()
+    assert sorted(ids) == sorted(f"d{i}" for i in range(1200))
+    assert store.status(job_id).documents_done == 1200
