@@ -388,13 +388,13 @@ def shard_message(
     runs = reuse or None
     if isinstance(shard, ReferencedShard):
         return ShardMessage(job_id=job_id, shard=index, ref=shard.ref, reuse=runs)
-    kind = "pairs" if isinstance(shard[0], Pair) else "documents"
-    if references is not None and kind == "documents":
+    payload = "pairs" if isinstance(shard[0], Pair) else "documents"
+    if references is not None and payload == "documents":
         ref = shard_reference(cast(list[Document], shard), references, digest)
         if ref is not None:
             return ShardMessage(job_id=job_id, shard=index, ref=ref, reuse=runs)
     return ShardMessage.model_validate(
-        {"job_id": job_id, "shard": index, kind: shard, "reuse": runs}
+        {"job_id": job_id, "shard": index, payload: shard, "reuse": runs}
     )
 
 

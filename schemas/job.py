@@ -114,7 +114,7 @@ class ShardMessage(BaseModel):
     v: Literal[1] = 1  # SHARD_MESSAGE_VERSION
     job_id: JobId
     shard: int = Field(ge=0, le=9_999_999)
-    # One kind per shard: documents for an embed job, pairs for a rerank job, or where
+    # One payload per shard: documents for an embed job, pairs for a rerank job, or where
     # an embed job's documents are in its inputs (schemas/shard_ref.py).
     documents: list[Document] = Field(default_factory=list)
     pairs: list[Pair] = Field(default_factory=list)
@@ -123,7 +123,7 @@ class ShardMessage(BaseModel):
     reuse: list[ReuseRun] | None = Field(default=None, max_length=MAX_REUSE_RUNS)
 
     @model_validator(mode="after")
-    def _one_kind(self) -> ShardMessage:
+    def _one_payload(self) -> ShardMessage:
         if [bool(self.documents), bool(self.pairs), self.ref is not None].count(True) != 1:
             raise ValueError("a shard holds documents, pairs or a reference: exactly one")
         if self.reuse is not None:
@@ -150,7 +150,7 @@ class ShardMessage(BaseModel):
         return Task.RERANK if self.pairs else Task.EMBED
 
     def wire(self) -> dict[str, object]:
-        """The JSON task argument: the empty kinds are left out."""
+        """The JSON task argument: the empty payloads are left out."""
         empty = {
             "documents": not self.documents,
             "pairs": not self.pairs,

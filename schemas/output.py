@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import pyarrow as pa
 
 from schemas.options import Mode, StorageDtype, VectorForm
-from schemas.vector_layout import colbert_field, dense_field, scale_field, stored_kind
+from schemas.vector_layout import colbert_field, dense_field, scale_field, stored_encoding
 
 OUTPUT_METADATA_KEY = b"m3pipe"
 
@@ -45,15 +45,15 @@ def output_schema(
     if chunked:
         fields.append(pa.field("chunk", pa.int32(), nullable=False))
     if Mode.DENSE in modes:
-        fields.append(dense_field(stored_kind(dense_form, dtype), dense_dim))
+        fields.append(dense_field(stored_encoding(dense_form, dtype), dense_dim))
         if dense_form is VectorForm.INT8:
             fields.append(scale_field("dense"))
     if Mode.SPARSE in modes:
         fields.append(pa.field("sparse_indices", pa.list_(pa.int32()), nullable=False))
         fields.append(pa.field("sparse_values", pa.list_(pa.float32()), nullable=False))
     if Mode.COLBERT in modes:
-        kind = stored_kind(colbert_form, dtype)
-        fields.append(colbert_field(kind, colbert_dim))  # schemas/vector_layout.py
+        encoding = stored_encoding(colbert_form, dtype)
+        fields.append(colbert_field(encoding, colbert_dim))  # schemas/vector_layout.py
         if colbert_form is VectorForm.INT8:
             fields.append(scale_field("colbert"))
     fields.append(pa.field("n_tokens", pa.int32(), nullable=False))

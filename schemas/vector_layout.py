@@ -56,45 +56,46 @@ _DESCRIPTION = {
 _SIGN_TABLE = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1) * np.float32(2) - 1
 
 
-def stored_kind(form: VectorForm, dtype: StorageDtype) -> str:
-    """What a vector's bytes are: float16, float32 (the dtype of a float form), int8, binary."""
+def stored_encoding(form: VectorForm, dtype: StorageDtype) -> str:
+    """What a vector's bytes are: float16, float32 (`dtype` for the float form), int8, binary
+    (the other forms are named by their encoding)."""
     return dtype.value if form is VectorForm.FLOAT else form.value
 
 
-def vector_bytes(kind: str, dim: int) -> int:
+def vector_bytes(encoding: str, dim: int) -> int:
     """Bytes of one stored vector (a scale, when there is one, is in its own column)."""
-    if kind == BINARY:
+    if encoding == BINARY:
         return math.ceil(dim / 8)
-    if kind == INT8:
+    if encoding == INT8:
         return dim
-    return STORED_NUMPY[StorageDtype(kind)].itemsize * dim
+    return STORED_NUMPY[StorageDtype(encoding)].itemsize * dim
 
 
-def _metadata(kind: str, dim: int, column: str) -> dict[bytes, bytes]:
-    description = _DESCRIPTION[kind].format(scales=SCALE_COLUMN[column])
+def _metadata(encoding: str, dim: int, column: str) -> dict[bytes, bytes]:
+    description = _DESCRIPTION[encoding].format(scales=SCALE_COLUMN[column])
     return {VECTOR_KEY: description.encode(), DIM_KEY: str(dim).encode()}
 
 
 def colbert_field(dtype: StorageDtype | str, dim: int) -> pa.Field:
     """The colbert column of output format 2, saying in its metadata how to decode it
-    (`dtype`: a StorageDtype, or a stored kind of `stored_kind`)."""
-    kind = dtype.value if isinstance(dtype, StorageDtype) else dtype
-    width = vector_bytes(kind, dim)
-    metadata = _metadata(kind, dim, "colbert")
+    (`dtype`: a StorageDtype, or an encoding from `stored_encoding`)."""
+    encoding = dtype.value if isinstance(dtype, StorageDtype) else dtype
+    width = vector_bytes(encoding, dim)
+    metadata = _metadata(encoding, dim, "colbert")
     return pa.field("colbert", pa.list_(pa.binary(width)), nullable=False, metadata=metadata)
 
 
-def dense_field(kind: str, dim: int) -> pa.Field:
+def dense_field(encoding: str, dim: int) -> pa.Field:
     """The dense column: a fixed-size list of floats (exact, as ever), of int8 codes, or
     the packed sign bits."""
-    if kind == BINARY:
-        value_type: pa.DataType = pa.binary(vector_bytes(kind, dim))
-    elif kind == INT8:
+    if encoding == BINARY:
+        value_type: pa.DataType = pa.binary(vector_bytes(encoding, dim))
+    elif encoding == INT8:
         value_type = pa.list_(pa.int8(), dim)
     else:
         floats = {"float16": pa.float16(), "float32": pa.float32()}
-        return pa.field("dense", pa.list_(floats[kind], dim), nullable=False)
-    return pa.field("dense", value_type, nullable=False, metadata=_metadata(kind, dim, "dense"))
+        return pa.field("dense", pa.list_(floats[encoding], dim), nullable=False)
+    return pa.field("dense", value_type, nullable=False, metadata=_metadata(encoding, dim, "dense"))
 
 
 def scale_field(column: str) -> pa.Field:
@@ -116,23 +117,23 @@ def colbert_array(offsets: np.ndarray, vectors: np.ndarray) -> pa.ListArray:
 
 
 def _stored(field: pa.Field) -> tuple[str, int]:
-    """(stored kind, dimension) from a vector column's metadata."""
+    """(encoding, dimension) from a vector column's metadata."""
     meta = field.metadata or {}
-    kind = meta.get(VECTOR_KEY, b"").decode().split(" ")[0]
-    if kind not in _DESCRIPTION:
+    encoding = meta.get(VECTOR_KEY, b"").decode().split(" ")[0]
+    if encoding not in _DESCRIPTION:
         raise ValueError(f"column {field.name!r} does not say how its vectors are stored")
     try:
         dim = int(meta.get(DIM_KEY, b""))
     except ValueError:
         raise ValueError(f"column {field.name!r} does not say its dimension") from None
-    return kind, dim
+    return encoding, dim
 
 
 def _vector_dtype(field: pa.Field) -> np.dtype:
-    kind, _ = _stored(field)
-    if kind in (INT8, BINARY):
-        raise ValueError(f"column {field.name!r} holds {kind} vectors, not floats")
-    return STORED_NUMPY[StorageDtype(kind)]
+    encoding, _ = _stored(field)
+    if encoding in (INT8, BINARY):
+        raise ValueError(f"column {field.name!r} holds {encoding} vectors, not floats")
+    return STORED_NUMPY[StorageDtype(encoding)]
 
 
 def _fixed_bytes(inner: pa.Array) -> np.ndarray:
@@ -144,16 +145,16 @@ def _fixed_bytes(inner: pa.Array) -> np.ndarray:
     return raw.reshape(len(inner), width)
 
 
-def decode(raw: np.ndarray, kind: str, dim: int, scales: np.ndarray | None) -> np.ndarray:
-    """[n, dim] float32 of `raw` vectors ([n, bytes] uint8) stored as `kind`."""
-    if kind == BINARY:  # each byte looked up as its 8 values: one pass, as fast as fp16's
+def decode(raw: np.ndarray, encoding: str, dim: int, scales: np.ndarray | None) -> np.ndarray:
+    """[n, dim] float32 of `raw` vectors ([n, bytes] uint8) stored as `encoding`."""
+    if encoding == BINARY:  # each byte looked up as its 8 values: one pass, as fast as fp16's
         table = _SIGN_TABLE * np.float32(1.0 / math.sqrt(dim))
         return table[raw].reshape(len(raw), -1)[:, :dim]
-    if kind == INT8:
+    if encoding == INT8:
         if scales is None or len(scales) != len(raw):
             raise ValueError("int8 vectors without a scale each")
         return raw.view(np.int8).astype(np.float32) * np.asarray(scales, np.float32)[:, None]
-    return raw.view(STORED_NUMPY[StorageDtype(kind)]).astype(np.float32)
+    return raw.view(STORED_NUMPY[StorageDtype(encoding)]).astype(np.float32)
 
 
 def colbert_vectors(
@@ -188,20 +189,20 @@ def colbert_floats(data: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndar
     if pa.types.is_fixed_size_list(array.type.value_type):  # output format 1
         offsets, vectors = colbert_vectors(array, field)
         return offsets, vectors.astype(np.float32)
-    kind, dim = _stored(field)
+    encoding, dim = _stored(field)
     if array.null_count:
         raise ValueError("colbert column has null rows")
     offsets = np.asarray(array.offsets, dtype=np.int64)
     inner = array.values.slice(offsets[0], offsets[-1] - offsets[0])
     scales = None
-    if kind == INT8:
+    if encoding == INT8:
         scale_lists = _table_column(data, SCALE_COLUMN["colbert"])
         scale_offsets = np.asarray(scale_lists.offsets, dtype=np.int64)
         if not np.array_equal(scale_offsets - scale_offsets[0], offsets - offsets[0]):
             raise ValueError("colbert_scales does not hold one scale a vector")
         flat = scale_lists.values.slice(scale_offsets[0], scale_offsets[-1] - scale_offsets[0])
         scales = flat.to_numpy(zero_copy_only=False)
-    return offsets - offsets[0], decode(_fixed_bytes(inner), kind, dim, scales)
+    return offsets - offsets[0], decode(_fixed_bytes(inner), encoding, dim, scales)
 
 
 def dense_floats(data: pa.Table | pa.RecordBatch) -> np.ndarray:
@@ -209,8 +210,8 @@ def dense_floats(data: pa.Table | pa.RecordBatch) -> np.ndarray:
     field = data.schema.field("dense")
     array = _table_column(data, "dense")
     if pa.types.is_fixed_size_binary(array.type):
-        kind, dim = _stored(field)
-        return decode(_fixed_bytes(array), kind, dim, None)
+        encoding, dim = _stored(field)
+        return decode(_fixed_bytes(array), encoding, dim, None)
     dim = array.type.list_size
     values = array.flatten().to_numpy(zero_copy_only=False)
     if pa.types.is_int8(array.type.value_type):

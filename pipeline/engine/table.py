@@ -23,7 +23,7 @@ from schemas.vector_layout import (
     INT8,
     STORED_NUMPY,
     colbert_array,
-    stored_kind,
+    stored_encoding,
     vector_bytes,
 )
 
@@ -40,30 +40,30 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
 
 
 class _Vectors:
-    """Vectors of one kind (float16, float32, int8 with scales, binary) in a flat array,
+    """Vectors of one encoding (float16, float32, int8 with scales, binary) in a flat array,
     written by rows (`put`), from floats or already in their form."""
 
-    def __init__(self, kind: str, count: int, dim: int, empty: Empty = np.empty) -> None:
-        self.kind, self.dim = kind, dim
-        if kind == BINARY:
-            self.values = empty((count, vector_bytes(kind, dim)), np.uint8)
-        elif kind == INT8:
+    def __init__(self, encoding: str, count: int, dim: int, empty: Empty = np.empty) -> None:
+        self.encoding, self.dim = encoding, dim
+        if encoding == BINARY:
+            self.values = empty((count, vector_bytes(encoding, dim)), np.uint8)
+        elif encoding == INT8:
             self.values = empty((count, dim), np.int8)
         else:
-            self.values = empty((count, dim), STORED_NUMPY[StorageDtype(kind)])
-        self.scales = np.empty(count, np.float32) if kind == INT8 else None
+            self.values = empty((count, dim), STORED_NUMPY[StorageDtype(encoding)])
+        self.scales = np.empty(count, np.float32) if encoding == INT8 else None
 
     def encoded(
         self, vectors: np.ndarray, scales: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(values, scales) of `vectors` in this kind: floats are stored here; vectors
+        """(values, scales) of `vectors` in this encoding: floats are stored here; vectors
         already in it (made on the device: int8 codes with their `scales`, or packed sign
         bits) pass as they are."""
         if vectors.dtype in (np.int8, np.uint8):
             return vectors, scales
-        if self.kind == BINARY:
+        if self.encoding == BINARY:
             return sign_bits(vectors), None
-        if self.kind == INT8:
+        if self.encoding == INT8:
             return int8_per_vector(vectors)
         return vectors, None
 
@@ -94,18 +94,18 @@ class ShardColumns:
         self.pool, self.sparse_top_k = options.colbert_pool, options.sparse_top_k
         self.dense = None
         if Mode.DENSE in self.modes:
-            kind = stored_kind(options.dense_storage, options.dtype)
-            self.dense = _Vectors(kind, self.rows, dense_dim)
+            encoding = stored_encoding(options.dense_storage, options.dtype)
+            self.dense = _Vectors(encoding, self.rows, dense_dim)
         self.colbert_offsets = _offsets(np.asarray(lengths, dtype=np.int64) - 1)
         self.colbert = None
         self._pooled: list[tuple[int, _Vectors]] = []  # (row, its pooled vectors)
-        self._colbert_kind = stored_kind(options.colbert_storage, options.dtype)
+        self._colbert_encoding = stored_encoding(options.colbert_storage, options.dtype)
         self._colbert_dim = colbert_dim
         if Mode.COLBERT in self.modes and self.pool == 1:
             # The large one: in memory used before, when there is some.
             count = int(self.colbert_offsets[-1])
             empty = buffers.empty if buffers is not None else np.empty
-            self.colbert = _Vectors(self._colbert_kind, count, colbert_dim, empty)
+            self.colbert = _Vectors(self._colbert_encoding, count, colbert_dim, empty)
         # Sparse rows are small and their sizes known only from the device: kept per batch.
         self._sparse: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
@@ -126,7 +126,7 @@ class ShardColumns:
                     self.colbert.put(slice(start, start + len(vectors)), vectors, scales)
                 else:
                     pooled = pool_tokens(vectors, self.pool, window=POOL_WINDOW)
-                    stored = _Vectors(self._colbert_kind, len(pooled), self._colbert_dim)
+                    stored = _Vectors(self._colbert_encoding, len(pooled), self._colbert_dim)
                     stored.put(slice(None), pooled)
                     self._pooled.append((int(row), stored))
         if Mode.SPARSE in self.modes:
@@ -140,7 +140,7 @@ class ShardColumns:
         columns: dict[str, pa.Array] = {}
         if self.dense is not None:
             values = self.dense.values
-            if self.dense.kind == BINARY:
+            if self.dense.encoding == BINARY:
                 columns["dense"] = pa.FixedSizeBinaryArray.from_buffers(
                     pa.binary(values.shape[1]), len(values), [None, pa.py_buffer(values)]
                 )
@@ -171,7 +171,7 @@ class ShardColumns:
         for row, stored in self._pooled:
             counts[row] = len(stored.values)
         offsets = _offsets(counts)
-        merged = _Vectors(self._colbert_kind, int(offsets[-1]), self._colbert_dim)
+        merged = _Vectors(self._colbert_encoding, int(offsets[-1]), self._colbert_dim)
         for row, stored in self._pooled:
             merged.values[offsets[row] : offsets[row + 1]] = stored.values
             if merged.scales is not None and stored.scales is not None:

@@ -34,7 +34,7 @@ from pipeline.errors import InputError
 T = TypeVar("T")
 PIPE_BYTES = 1 << 20  # how much the child may write ahead (Linux's default cap for a pipe)
 
-_HEADER = struct.Struct("<cQ")  # kind, pickle length
+_HEADER = struct.Struct("<cQ")  # tag, pickle length
 _ITEM, _ERROR, _END = b"i", b"e", b"."
 
 
@@ -66,11 +66,11 @@ def read_ahead(produce: Callable[..., Iterator[T]], *args: Any) -> Iterator[T]:
             if frame is None:
                 code = child.wait()
                 raise ReadAheadFailed(f"the reading process died (exit code {code})")
-            kind, body = frame
-            if kind == _END:
+            tag, body = frame
+            if tag == _END:
                 return
             value = pickle.loads(body)
-            if kind == _ERROR:
+            if tag == _ERROR:
                 raise value
             yield value
     finally:
@@ -81,13 +81,13 @@ def read_ahead(produce: Callable[..., Iterator[T]], *args: Any) -> Iterator[T]:
 
 
 def _read_frame(stream: IO[bytes]) -> tuple[bytes, bytes] | None:
-    """The next (kind, pickle), or None at the end of the stream."""
+    """The next (tag, pickle), or None at the end of the stream."""
     header = stream.read(_HEADER.size)
     if len(header) < _HEADER.size:
         return None
-    kind, size = _HEADER.unpack(header)
+    tag, size = _HEADER.unpack(header)
     body = stream.read(size)
-    return (kind, body) if len(body) == size else None
+    return (tag, body) if len(body) == size else None
 
 
 def _child() -> None:
@@ -97,9 +97,9 @@ def _child() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     produce, args = pickle.load(sys.stdin.buffer)
 
-    def send(kind: bytes, value: Any) -> None:
+    def send(tag: bytes, value: Any) -> None:
         body = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-        out.write(_HEADER.pack(kind, len(body)))
+        out.write(_HEADER.pack(tag, len(body)))
         out.write(body)
 
     try:

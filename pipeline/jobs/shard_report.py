@@ -63,15 +63,15 @@ class ShardReport:
         triples; a count that does not fit its field is refused, never wrapped."""
         args: list[str | int] = []
         counts = self.counts()
-        for name, kind, offset in COUNT_FIELDS:
+        for name, field_type, offset in COUNT_FIELDS:
             value = counts.get(name, 0)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"a done shard's {name} must be a count, not {value!r}")
             if name == "reused":
                 value = value + 1 if "reused" in counts else 0
-            if value >= 1 << (int(kind[1:]) - (kind[0] == "i")):
+            if value >= 1 << (int(field_type[1:]) - (field_type[0] == "i")):
                 raise ValueError(f"a done shard's {name} does not fit its record: {value}")
-            args += [kind, offset, value]
+            args += [field_type, offset, value]
         return args
 
     @classmethod

@@ -62,8 +62,8 @@ def detect_format(path: Location | Path | str, requested: str = "auto") -> str:
     if requested != "auto":
         return requested
     location = open_location(path)
-    kind = location.probe()
-    if kind == FileType.Directory:
+    file_type = location.probe()
+    if file_type == FileType.Directory:
         named = _BY_SUFFIX.get(base_suffix(location.name))
         if named is not None:
             raise InputError(
@@ -71,7 +71,7 @@ def detect_format(path: Location | Path | str, requested: str = "auto") -> str:
                 "to read the .txt files in it"
             )
         return "txt"
-    if kind == FileType.NotFound:
+    if file_type == FileType.NotFound:
         raise InputError(f"input not found: {location}")
     fmt = _BY_SUFFIX.get(base_suffix(location.name))
     if fmt is None:

@@ -111,7 +111,7 @@ def test_shards_hold_whole_groups_within_the_limits():
     )
 
 
-def test_shard_message_holds_exactly_one_kind_and_a_rerank_spec_needs_its_options():
+def test_shard_message_holds_exactly_one_payload_and_a_rerank_spec_needs_its_options():
     pair = Pair(query_id="q", query="query", doc_id="d", passage="passage", group=3)
     message = ShardMessage(job_id="job-1", shard=0, pairs=[pair])
     wire = message.wire()
