@@ -24,11 +24,15 @@ class StorageDtype(StrEnum):
 class VectorForm(StrEnum):
     """How dense or ColBERT vectors are stored (schemas/vector_layout.py; docs/pipeline.md).
 
-    float: the `dtype` floats, exactly as computed (FlagEmbedding's values). int8: codes of
+    float: the `dtype` floats, exactly as computed (FlagEmbedding's values). float16,
+    float32: floats of that width whatever `dtype` says (float32 dense beside float16
+    ColBERT: the dense vector as computed, the large column halved). int8: codes of
     -127..127 with a float32 scale per vector. binary: one sign bit a dimension (set where the
     value is > 0), packed 8 to a byte as sentence-transformers' "ubinary" precision does."""
 
     FLOAT = "float"
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
     INT8 = "int8"
     BINARY = "binary"
 

@@ -60,10 +60,15 @@ def add_encode_options(parser: argparse.ArgumentParser) -> None:
     )
     forms = [form.value for form in VectorForm]
     storage.add_argument(
-        "--dense-storage", choices=forms, help="dense vectors: float (--dtype), int8, binary"
+        "--dense-storage",
+        choices=forms,
+        help="dense vectors: float (--dtype), float16, float32 (that width whatever --dtype "
+        "says), int8, binary",
     )
     storage.add_argument(
-        "--colbert-storage", choices=forms, help="ColBERT vectors: float (--dtype), int8, binary"
+        "--colbert-storage",
+        choices=forms,
+        help="ColBERT vectors: float (--dtype), float16, float32, int8, binary",
     )
     storage.add_argument(
         "--colbert-pool",

@@ -21,13 +21,29 @@ from schemas.options import StorageDtype, VectorForm
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
+_TORCH_FLOATS = {StorageDtype.FLOAT16: torch.float16, StorageDtype.FLOAT32: torch.float32}
+_FIXED_FLOATS = {VectorForm.FLOAT16: StorageDtype.FLOAT16, VectorForm.FLOAT32: StorageDtype.FLOAT32}
+
+
 @dataclass(frozen=True)
 class DeviceForms:
-    """How the heads' vectors leave the device: `dtype` floats, or quantised there."""
+    """How the heads' vectors leave the device: floats (`dtype`, or a width of their own),
+    or quantised there."""
 
     dtype: StorageDtype
     dense: VectorForm = VectorForm.FLOAT
     colbert: VectorForm = VectorForm.FLOAT
+
+    def floats_of(self, form: VectorForm) -> StorageDtype | None:
+        """The float type a form stores; None for int8 and binary."""
+        return self.dtype if form is VectorForm.FLOAT else _FIXED_FLOATS.get(form)
+
+    @property
+    def store(self) -> torch.dtype:
+        """The float type the heads hand over: float32 if any output is kept in float32
+        (so it is stored as computed), else `dtype`; apply_forms narrows the others."""
+        wide = StorageDtype.FLOAT32 in (self.floats_of(self.dense), self.floats_of(self.colbert))
+        return torch.float32 if wide else _TORCH_FLOATS[self.dtype]
 
 
 def int8_per_vector(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,9 +77,12 @@ def packed_by_sum(values: torch.Tensor) -> torch.Tensor:
 def apply_forms(outputs: dict[str, torch.Tensor], forms: DeviceForms) -> None:
     """Replace `outputs`' dense and ColBERT floats by their forms (scales beside int8)."""
     for name, form in (("dense", forms.dense), ("colbert", forms.colbert)):
-        if name not in outputs or form is VectorForm.FLOAT:
+        if name not in outputs:
             continue
-        if form is VectorForm.INT8:
+        floats = forms.floats_of(form)
+        if floats is not None:
+            outputs[name] = outputs[name].to(_TORCH_FLOATS[floats])  # a no-op when it is
+        elif form is VectorForm.INT8:
             outputs[name], outputs[f"{name}_scales"] = int8_per_vector(outputs[name])
         else:
             outputs[name] = sign_bits(outputs[name])

@@ -72,12 +72,10 @@ class EmbedEngine:
         )
         # Vectors leave the device as they are stored, but for token pooling, which
         # clusters floats on the host first (pipeline/engine/table.py).
-        pooled = options.colbert_pool > 1
-        self.device_forms = DeviceForms(
-            options.dtype,
-            dense=options.dense_storage,
-            colbert=VectorForm.FLOAT if pooled else options.colbert_storage,
-        )
+        colbert = options.colbert_storage
+        if options.colbert_pool > 1 and colbert is not VectorForm.FLOAT32:
+            colbert = VectorForm.FLOAT  # clustered as computed, then stored as asked
+        self.device_forms = DeviceForms(options.dtype, dense=options.dense_storage, colbert=colbert)
         self.schema = output_schema(
             options.modes,
             options.dtype,

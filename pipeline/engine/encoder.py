@@ -27,11 +27,9 @@ import torch.nn.functional as F
 from pipeline.engine.device_forms import DeviceForms, apply_forms
 from pipeline.engine.model import M3Model
 from pipeline.errors import RetryableError
-from schemas.options import Mode, StorageDtype
+from schemas.options import Mode
 
 Out = TypeVar("Out")  # what one forward pass returns (embeddings, reranker logits)
-
-_STORAGE = {StorageDtype.FLOAT16: torch.float16, StorageDtype.FLOAT32: torch.float32}
 
 
 @dataclass
@@ -180,7 +178,7 @@ def forward_batch(
     ids, mask = pad_batch(sequences, model.pad_id, model.device)
     uniform = all(len(s) == len(sequences[0]) for s in sequences)
     with torch.inference_mode():
-        on_device = _heads(model, ids, mask, uniform, modes, _STORAGE[forms.dtype])
+        on_device = _heads(model, ids, mask, uniform, modes, forms.store)
         apply_forms(on_device, forms)
         weights = on_device.pop("sparse_weights", None)
         if weights is not None:

@@ -34,7 +34,9 @@ def expected_floats(vectors: np.ndarray, form: VectorForm, floats=np.float16) ->
         return np.clip(np.rint(values / safe), -127, 127) * scale[:, None].astype(np.float32)
     if form is VectorForm.BINARY:
         return np.where(values > 0, 1.0, -1.0) / np.float32(math.sqrt(values.shape[1]))
-    return values.astype(floats).astype(np.float32)
+    if form is VectorForm.FLOAT32:
+        return values
+    return values.astype(np.float16 if form is VectorForm.FLOAT16 else floats).astype(np.float32)
 
 
 def round_trip(arrays: dict[str, pa.Array], schema: pa.Schema, path) -> pa.Table:
@@ -158,6 +160,31 @@ def test_the_engines_compact_output_is_its_exact_output_through_the_formulas(tin
         "dense_storage": form.value, "colbert_storage": form.value, "sparse_top_k": 3
     }  # fmt: skip
     assert "storage" not in EmbedEngine(tiny, exact).file_metadata()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "dense", "colbert"),
+    [
+        (StorageDtype.FLOAT16, VectorForm.FLOAT32, VectorForm.FLOAT),
+        (StorageDtype.FLOAT32, VectorForm.FLOAT, VectorForm.FLOAT16),
+    ],
+)
+def test_a_float_width_per_column_keeps_each_as_computed(tiny, dtype, dense, colbert):
+    """float32 dense beside float16 ColBERT (issue 31, item 2), and the other way round:
+    each column holds exactly what a whole-job run of its width holds, and says so."""
+    docs = documents([f"text number {i} " * (1 + i % 9) for i in range(20)])
+    mixed = EncodeOptions(max_length=64, dtype=dtype, dense_storage=dense, colbert_storage=colbert)
+    table = EmbedEngine(tiny, mixed).encode(docs).table
+    half = EmbedEngine(tiny, EncodeOptions(max_length=64)).encode(docs).table
+    full = EmbedEngine(tiny, EncodeOptions(max_length=64, dtype=StorageDtype.FLOAT32))
+    whole = full.encode(docs).table
+    assert table.schema.field("dense").type.value_type == pa.float32()
+    assert table.schema.field("colbert").metadata[b"m3pipe.vector"].startswith(b"float16")
+    np.testing.assert_array_equal(dense_floats(table), dense_floats(whole))
+    np.testing.assert_array_equal(colbert_floats(table)[1], colbert_floats(half)[1])
+    named = {"dense_storage": dense, "colbert_storage": colbert}
+    want = {key: form.value for key, form in named.items() if form is not VectorForm.FLOAT}
+    assert EmbedEngine(tiny, mixed).file_metadata()["storage"] == want
 
 
 def test_int8_codes_are_what_the_quantiser_gives():
