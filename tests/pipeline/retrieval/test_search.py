@@ -26,7 +26,14 @@ from pipeline.storage.finished_output import FinishedOutput
 from pipeline.tasks import task_kind
 from schemas.document import Document
 from schemas.job import Task
-from schemas.options import EncodeOptions, LongDocPolicy, Mode, StorageDtype
+from schemas.options import (
+    STORAGE_PRESETS,
+    EncodeOptions,
+    LongDocPolicy,
+    Mode,
+    StorageDtype,
+    StoragePreset,
+)
 from tests.corpus import mixed_texts
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "search"
@@ -285,12 +292,25 @@ def test_search_refuses_what_it_cannot_do_honestly(tmp_path, tiny):
         run_search(tmp_path, tiny, tmp_path, queries)
 
 
-def test_rerank_orders_the_hybrid_candidates_by_the_cross_encoder(tmp_path, tiny, model_cache):
+@pytest.mark.parametrize("storage", ["exact", "compact"])
+def test_rerank_orders_the_hybrid_candidates_by_the_cross_encoder(
+    tmp_path, tiny, model_cache, storage
+):
+    """Over exact and compact storage alike (issue 31): the cross-encoder reads the
+    passages, not the vectors, and reorders whatever the hybrid found."""
     from pipeline.engine.reranker import RerankEngine, load_reranker
     from schemas.pair import Pair, RerankOptions
 
     texts = corpus()[:10]
-    index = build_index(tmp_path, tiny, texts)
+    preset = STORAGE_PRESETS[StoragePreset(storage)]
+    options = EncodeOptions.model_validate(
+        {"max_length": 256, "dtype": StorageDtype.FLOAT32, **preset}
+    )
+    index = build_index(tmp_path, tiny, texts, options)
+    colbert = pq.read_schema(next(index.glob("part-*.parquet"))).field("colbert")
+    assert colbert.metadata[b"m3pipe.vector"].startswith(
+        b"binary" if storage == "compact" else b"float32"
+    )
     queries = write_jsonl(tmp_path / "q.jsonl", [{"id": "q1", "text": "filler"},
                                                   {"id": "q2", "text": texts[1][:80]}])  # fmt: skip
     engine = RerankEngine(load_reranker("random:tiny", device="cpu", cache_dir=model_cache),
