@@ -86,16 +86,15 @@ def colbert_field(dtype: StorageDtype | str, dim: int) -> pa.Field:
 
 
 def dense_field(encoding: str, dim: int) -> pa.Field:
-    """The dense column: a fixed-size list of floats (exact, as ever), of int8 codes, or
-    the packed sign bits."""
-    if encoding == BINARY:
-        value_type: pa.DataType = pa.binary(vector_bytes(encoding, dim))
-    elif encoding == INT8:
-        value_type = pa.list_(pa.int8(), dim)
-    else:
-        floats = {"float16": pa.float16(), "float32": pa.float32()}
-        return pa.field("dense", pa.list_(floats[encoding], dim), nullable=False)
-    return pa.field("dense", value_type, nullable=False, metadata=_metadata(encoding, dim, "dense"))
+    """The dense column: a fixed-size list of floats (exact, as ever), or a compact form's
+    bytes a vector (int8 codes, packed sign bits) as one fixed-size binary, as ColBERT's
+    (an int8 list, m3pipe's first compact outputs, is still read)."""
+    if encoding in (BINARY, INT8):
+        value_type = pa.binary(vector_bytes(encoding, dim))
+        metadata = _metadata(encoding, dim, "dense")
+        return pa.field("dense", value_type, nullable=False, metadata=metadata)
+    floats = {"float16": pa.float16(), "float32": pa.float32()}
+    return pa.field("dense", pa.list_(floats[encoding], dim), nullable=False)
 
 
 def scale_field(column: str) -> pa.Field:
@@ -211,7 +210,10 @@ def dense_floats(data: pa.Table | pa.RecordBatch) -> np.ndarray:
     array = _table_column(data, "dense")
     if pa.types.is_fixed_size_binary(array.type):
         encoding, dim = _stored(field)
-        return decode(_fixed_bytes(array), encoding, dim, None)
+        scales = None
+        if encoding == INT8:
+            scales = _table_column(data, SCALE_COLUMN["dense"]).to_numpy(zero_copy_only=False)
+        return decode(_fixed_bytes(array), encoding, dim, scales)
     dim = array.type.list_size
     values = array.flatten().to_numpy(zero_copy_only=False)
     if pa.types.is_int8(array.type.value_type):
@@ -224,6 +226,29 @@ def colbert_rows(column: pa.Array | pa.ChunkedArray, field: pa.Field) -> list[np
     """One [n_i, D] matrix per row (views into the column's bytes)."""
     offsets, vectors = colbert_vectors(column, field)
     return [vectors[start:end] for start, end in itertools.pairwise(offsets)]
+
+
+def upgrade_vectors(table: pa.Table, dtype: StorageDtype) -> pa.Table:
+    """`table` with its vector columns in today's layout: a format-1 colbert column in
+    format 2, an int8 dense column of fixed-size int8 lists (the first compact outputs) as
+    one fixed-size binary a vector; other columns as they are."""
+    return _upgrade_int8_dense(upgrade_colbert(table, dtype))
+
+
+def _upgrade_int8_dense(table: pa.Table) -> pa.Table:
+    if "dense" not in table.column_names:
+        return table
+    index = table.schema.get_field_index("dense")
+    array = _table_column(table, "dense")
+    if not (pa.types.is_fixed_size_list(array.type) and pa.types.is_int8(array.type.value_type)):
+        return table
+    dim = array.type.list_size
+    codes = array.flatten().to_numpy(zero_copy_only=False).view(np.uint8)
+    field = dense_field(INT8, dim)
+    upgraded = pa.FixedSizeBinaryArray.from_buffers(
+        field.type, len(array), [None, pa.py_buffer(np.ascontiguousarray(codes))]
+    )
+    return table.set_column(index, field, upgraded)
 
 
 def upgrade_colbert(table: pa.Table, dtype: StorageDtype) -> pa.Table:

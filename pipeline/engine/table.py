@@ -140,7 +140,8 @@ class ShardColumns:
         columns: dict[str, pa.Array] = {}
         if self.dense is not None:
             values = self.dense.values
-            if self.dense.encoding == BINARY:
+            if self.dense.encoding in (BINARY, INT8):  # a compact form: its bytes a vector
+                values = values.view(np.uint8)
                 columns["dense"] = pa.FixedSizeBinaryArray.from_buffers(
                     pa.binary(values.shape[1]), len(values), [None, pa.py_buffer(values)]
                 )

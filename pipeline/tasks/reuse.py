@@ -29,7 +29,7 @@ from pipeline.tasks.kind import Computed, TaskEngine, TaskKind
 from schemas.document import Document
 from schemas.options import StorageDtype
 from schemas.reuse_plan import ReuseRun
-from schemas.vector_layout import upgrade_colbert
+from schemas.vector_layout import upgrade_vectors
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def split_for_reuse(
         if part is None or not _matches(part, run, docs, keep_fields):
             continue
         try:
-            rows = upgrade_colbert(part.table.slice(run.row, run.rows), dtype)
+            rows = upgrade_vectors(part.table.slice(run.row, run.rows), dtype)
             piece = rows.select(schema.names).cast(schema)
         except (pa.ArrowException, KeyError, ValueError) as exc:
             log.warning("--reuse: part %d rows of another shape (%s): encoded", run.part, exc)

@@ -263,3 +263,36 @@ def test_chunking_and_kept_fields_are_unchanged_by_compact_storage(tmp_path, tin
     np.testing.assert_array_equal(
         dense_floats(got), expected_floats(dense_floats(want), VectorForm.INT8)
     )
+
+
+def test_int8_dense_is_a_fixed_size_binary_and_the_first_list_layout_still_reads():
+    """Int8 dense vectors are stored as one fixed-size binary a vector (uncompressed); the
+    fixed-size int8 lists of the first compact outputs read back the same."""
+    from schemas.vector_layout import dense_field
+
+    assert dense_field("int8", 8).type == pa.binary(8)
+    codes = np.array([[1, -2, 3, -4], [127, 0, -127, 5]], np.int8)
+    scales = np.array([0.5, 0.25], np.float32)
+    want = codes.astype(np.float32) * scales[:, None]
+    old = pa.table({
+        "dense": pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel()), 4),
+        "dense_scale": pa.array(scales),
+    })  # fmt: skip
+    np.testing.assert_array_equal(dense_floats(old), want)
+    field = dense_field("int8", 4)
+    new = pa.table(
+        {
+            "dense": pa.FixedSizeBinaryArray.from_buffers(
+                field.type, 2, [None, pa.py_buffer(codes.view(np.uint8))]
+            ),
+            "dense_scale": pa.array(scales),
+        },
+        schema=pa.schema([field, pa.field("dense_scale", pa.float32())]),
+    )
+    np.testing.assert_array_equal(dense_floats(new), want)
+    # `--reuse` of a first compact output rewrites its rows in today's layout.
+    from schemas.vector_layout import upgrade_vectors
+
+    upgraded = upgrade_vectors(old, StorageDtype.FLOAT16)
+    assert upgraded.schema.field("dense") == field
+    assert upgraded.column("dense").to_pylist() == new.column("dense").to_pylist()

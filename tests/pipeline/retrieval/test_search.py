@@ -163,6 +163,8 @@ def reference_rows(index: Path) -> dict[str, list]:
     colbert_meta = table.schema.field("colbert").metadata
     dim = int(colbert_meta[b"m3pipe.dim"])
     kind = colbert_meta[b"m3pipe.vector"].split()[0].decode()
+    dense_meta = table.schema.field("dense").metadata or {}
+    dense_kind = dense_meta.get(b"m3pipe.vector", b"float").split()[0].decode()
 
     def vectors(raw: bytes, scale=None) -> np.ndarray:
         if kind == "binary":
@@ -176,7 +178,9 @@ def reference_rows(index: Path) -> dict[str, list]:
     for row in rows:
         out["ids"].append(row["id"])
         dense = row["dense"]
-        if isinstance(dense, bytes):
+        if isinstance(dense, bytes) and dense_kind == "int8":  # its codes, a byte each
+            out["dense"].append(np.frombuffer(dense, np.int8) * np.float32(row["dense_scale"]))
+        elif isinstance(dense, bytes):
             bits = np.unpackbits(np.frombuffer(dense, np.uint8))[: len(dense) * 8]
             out["dense"].append((bits * 2.0 - 1.0) / math.sqrt(len(bits)))
         else:
