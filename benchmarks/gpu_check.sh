@@ -52,14 +52,14 @@ if [ "${1:-}" = "--dry-run" ]; then
     precisions=auto,fp32 flag=fp32 fixed_precisions=fp32 rerank_precision=fp32
     peak_square=512 warmup=2 profile_docs=4 touch_gb=0 limit=300 worker_docs=24
     worker_precision=fp32
-    stub=stub:tiny real_paths=encode stub_paths=run  # each path once: CI's time
+    stub=stub:tiny real_paths=encode stub_paths=run stub_slots=2  # each path once: CI's time
     fixed_flag=--no-flag  # FlagEmbedding's side runs in the mixed-length step
 else
     device=cuda model=random:full docs=1200 long=12 agree=400 fixed_docs=2000 pairs=6000
     peak=0.5 peak_square=4096 precisions=bf16,bf16-sdpa,fp32 flag=bf16 fixed_precisions=bf16
     rerank_precision=fp16
     warmup=64 profile_docs=400 touch_gb=16 limit=0 worker_docs=4000 worker_precision=fp16
-    stub=stub:full real_paths=encode,run stub_paths=encode,run fixed_flag=
+    stub=stub:full real_paths=encode,run stub_paths=encode,run stub_slots=1,2 fixed_flag=
     # Every listed wheel, exactly, or nothing runs: a missing one would fail a step later.
     "$PY" benchmarks/gpu_wheels.py benchmarks/gpu-wheels.txt "$WHEELS" || exit 1
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -103,7 +103,7 @@ step "worker path, real engine" 70 "$PY" benchmarks/bench_worker.py --device "$d
     --out "$RESULTS/worker-$device-${model/:/-}.json"
 step "worker path, stand-in engine" 55 "$PY" benchmarks/bench_worker.py --device "$device" \
     --model "$stub" --documents "$worker_docs" --doc-tokens 512 --dtypes float16 \
-    --paths "$stub_paths" --slots 1,2 --out "$RESULTS/worker-$device-${stub/:/-}.json"
+    --paths "$stub_paths" --slots "$stub_slots" --out "$RESULTS/worker-$device-${stub/:/-}.json"
 step "engine, mixed lengths" 100 "$PY" benchmarks/bench_engine.py --device "$device" \
     --model "$model" --docs "$docs" --long-docs "$long" --precisions "$precisions" \
     --flag-precision "$flag" --warmup "$warmup" --agree-docs "$agree" \
