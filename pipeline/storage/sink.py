@@ -57,12 +57,11 @@ def write_options(schema: pa.Schema) -> dict[str, object]:
     on vector columns a dictionary never pays and statistics serve no reader. Measured on
     1,000 random:tiny rows: half the write time (51 -> 21 us per document) and a 39%
     smaller file."""
-    vectors = {field.name for field in schema if _is_vectors(field)}
-    scalar = [field.name for field in schema if field.name not in vectors]
+    scalar = [field.name for field in schema if not _is_vectors(field)]
     compression = {
         path: "zstd"
         for field in schema
-        if field.name not in UNCOMPRESSED and not pa.types.is_fixed_size_binary(field.type)
+        if not _is_vector_bytes(field)
         for path in _leaf_paths(field.name, field.type)
     }
     return {
@@ -73,13 +72,19 @@ def write_options(schema: pa.Schema) -> dict[str, object]:
     }
 
 
+def _is_vector_bytes(field: pa.Field) -> bool:
+    """Vector bytes written as they are: ColBERT's, and a compact dense form's."""
+    dense_bytes = field.name == "dense" and pa.types.is_fixed_size_binary(field.type)
+    return field.name in UNCOMPRESSED or dense_bytes
+
+
 def _is_vectors(field: pa.Field) -> bool:
-    """Lists (ColBERT, sparse, float dense) and a compact dense form's fixed-size bytes."""
+    """Lists (ColBERT, sparse, float dense) and vector bytes: no dictionary, no statistics."""
     arrow_type = field.type
     return (
         pa.types.is_list(arrow_type)
         or pa.types.is_fixed_size_list(arrow_type)
-        or (pa.types.is_fixed_size_binary(arrow_type) and field.name == "dense")
+        or _is_vector_bytes(field)
     )
 
 
