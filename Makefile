@@ -20,7 +20,7 @@ lint:
 	$(BIN)/lint-imports
 
 bench:
-	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python -m benchmarks.bench_engine
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -10,20 +10,16 @@ softmax (256 query rows at a time), and `flex_attention` compiled by inductor (i
 template; compile time reported apart).
 GFLOP/s = 4 L^2 d heads / time, best of 3; error = max |out - fp32 SDPA|.
 
-    python benchmarks/bench_attention.py --lengths 512,2048,4096,8192
+    python -m benchmarks.bench_attention --lengths 512,2048,4096,8192
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.report import run_facts, save  # noqa: E402
+from benchmarks.report import run_facts, save
 
 HEADS, HEAD_DIM, BLOCK = 16, 64, 256
 

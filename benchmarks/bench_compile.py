@@ -6,7 +6,7 @@ eager then compiled, in this process; reports seconds per batch, tokens/s, the c
 and the largest difference of the hidden states. Saves JSON under benchmarks/.results/
 (git-ignored) unless --out names a file.
 
-    python benchmarks/bench_compile.py --model random:full --precision bf16 --shapes 8x512,1x4096
+    python -m benchmarks.bench_compile --model random:full --precision bf16 --shapes 8x512,1x4096
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.report import run_facts, save  # noqa: E402
+from benchmarks.report import run_facts, save
 
 
 def main() -> int:

@@ -8,9 +8,9 @@ precision's outputs are compared with fp32's (dense, ColBERT and sparse agreemen
 Prints the figures and saves JSON under benchmarks/.results/
 (git-ignored) unless --out names a file.
 
-    python benchmarks/bench_engine.py --model random:small            # CPU, auto vs fp32
-    python benchmarks/bench_engine.py --model random:full --docs 100 --no-flag
-    python benchmarks/bench_engine.py --device cuda --model random:full --precisions fp16,bf16
+    python -m benchmarks.bench_engine --model random:small            # CPU, auto vs fp32
+    python -m benchmarks.bench_engine --model random:full --docs 100 --no-flag
+    python -m benchmarks.bench_engine --device cuda --model random:full --precisions fp16,bf16
 """
 
 from __future__ import annotations
@@ -26,37 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.report import kernels_for, run_facts, save, spawn_side  # noqa: E402
-
-
-def make_corpus(
-    tokenizer, n_docs: int, n_long: int, seed: int, fixed_tokens: int | None = None
-) -> list[str]:
-    """Lognormal token lengths (median ~200), `n_long` texts of 4000-8000 tokens, none > 8192;
-    or, with `fixed_tokens`, texts a little longer than that (cut to it by --max-length)."""
-    from pipeline.engine.synthetic_text import TextGenerator
-
-    rng = np.random.default_rng(seed)
-    gen = TextGenerator(seed)
-    if fixed_tokens:
-        targets = np.full(n_docs, int(fixed_tokens * 1.2))
-    else:
-        targets = np.clip(rng.lognormal(np.log(200), 1.0, n_docs), 8, 3500).astype(int)
-        targets[rng.choice(n_docs, n_long, replace=False)] = rng.integers(4000, 8000, n_long)
-    texts = []
-    for target in targets:
-        words = max(1, int(target / 2))
-        text = gen.document(words)
-        n = len(tokenizer(text)["input_ids"])
-        # Rescale once to land near the target, then make sure it stays under 8192.
-        text = gen.document(max(1, int(words * target / max(n, 1))))
-        while len(tokenizer(text)["input_ids"]) > 8192:
-            text = text[: int(len(text) * 0.9)]
-        texts.append(text)
-    return texts
+from benchmarks.report import ROOT, kernels_for, run_facts, save, spawn_side
+from pipeline.testing.corpora import lognormal_texts
 
 
 def rss_mb() -> float:
@@ -345,7 +316,7 @@ def main() -> int:
         args.model, device="cpu", precision=None, cache_dir=Settings().cache_dir, hub_timeout=10
     )
     tokenizer = AutoTokenizer.from_pretrained(str(source.path))
-    texts = make_corpus(tokenizer, args.docs, args.long_docs, args.seed, args.fixed_tokens)
+    texts = lognormal_texts(tokenizer, args.docs, args.long_docs, args.seed, args.fixed_tokens)
     tokenized = tokenizer(texts, truncation=True, max_length=args.max_length)
     lengths = [len(x) for x in tokenized["input_ids"]]
     sides: dict[str, dict] = {}
@@ -359,7 +330,7 @@ def main() -> int:
             extra = ["--side", side, "--corpus", str(corpus_path)]
             if "fp32" in precisions and len(precisions) > 1:  # outputs kept for agreement
                 extra += ["--dump-dir", tmp]
-            result = spawn_side(__file__, extra)
+            result = spawn_side(extra)
             if result is None:  # reported, and the other sides still run
                 failed.append(side)
                 continue

@@ -4,7 +4,7 @@ message limit), and a gzip that inflates to G GB without a newline (rejected at
 --max-record-bytes while read). Each command's peak RSS is its own (ru_maxrss of a wrapper
 whose only child it is). tests/integration/test_giant_records.py holds the 2 GB bound.
 
-    python benchmarks/bench_giant_records.py --record-mb 200 --gzip-gb 2
+    python -m benchmarks.bench_giant_records --record-mb 200 --gzip-gb 2
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import run_facts, save
+from benchmarks.report import run_facts, save
 
 _WRAPPER = (
     "import resource, subprocess, sys; "

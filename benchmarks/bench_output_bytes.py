@@ -17,22 +17,18 @@ The bytes of a vector column are set by the layout, not by the values, so the st
 vectors give the real figure; only zstd on dense/sparse could differ a little on trained
 vectors (benchmarks/study_storage.py gives the bytes on the trained proxy).
 
-    python benchmarks/bench_output_bytes.py --documents 300
+    python -m benchmarks.bench_output_bytes --documents 300
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.report import run_facts, save  # noqa: E402
+from benchmarks.report import run_facts, save
 
 H200_FORWARD_TOKENS_PER_S = 732_000  # docs/engine.md, "On a GPU" (encoder alone, fp16)
 CORPUS_DOCUMENTS = 10**9

@@ -7,7 +7,7 @@ Same model, same corpus (bench_engine's), same shard size, one run each, side by
 Model load is reported apart: the pipeline's end-to-end time runs from the later of job
 submission and worker readiness (model loaded) to the job's end. Prints and saves JSON.
 
-    python benchmarks/bench_pipeline.py --model random:small
+    python -m benchmarks.bench_pipeline --model random:small
 """
 
 from __future__ import annotations
@@ -20,10 +20,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def direct_side(args: argparse.Namespace, corpus: Path, out: Path) -> dict:
@@ -109,15 +105,14 @@ def main() -> int:
         print(json.dumps(direct_side(args, args.corpus, args.side_out)))
         return 0
 
-    from bench_engine import make_corpus
-    from mfu import matmul_peak, model_flops, peak_shapes
-    from report import LOCAL_RESULTS, run_facts
-
+    from benchmarks.mfu import matmul_peak, model_flops, peak_shapes
+    from benchmarks.report import LOCAL_RESULTS, ROOT, rerun_command, run_facts
     from pipeline.engine.model import load_model
     from pipeline.settings import Settings
+    from pipeline.testing.corpora import lognormal_texts
 
     model = load_model(args.model, device="cpu", cache_dir=Settings().cache_dir)
-    texts = make_corpus(model.tokenizer, args.docs, args.long_docs, args.seed)
+    texts = lognormal_texts(model.tokenizer, args.docs, args.long_docs, args.seed)
     lengths = [len(x) for x in model.tokenizer(texts, truncation=True)["input_ids"]]
     flops = model_flops(model.encoder.config, lengths, head_outputs=int(model.colbert_dim) + 1)
     # Both sides compute in the model's default CPU precision; its matmul peak, measured now.
@@ -128,10 +123,14 @@ def main() -> int:
         corpus.write_text(
             "".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts))
         )
-        child = [sys.executable, __file__, *sys.argv[1:], "--side", "direct"]
+        child = rerun_command(*sys.argv[1:], "--side", "direct")
         child += ["--corpus", str(corpus), "--side-out", str(Path(tmp) / "direct")]
         proc = subprocess.run(
-            child, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+            child,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            cwd=ROOT,
         )
         if proc.returncode != 0:
             print(proc.stderr[-4000:], file=sys.stderr)

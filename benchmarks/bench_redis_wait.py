@@ -3,7 +3,7 @@ waiting (Redis WAIT, on the same connection) until one replica has each, side by
 real primary and replica started here (local sockets: the replication lag of one box; a
 network adds its round trip).
 
-    python benchmarks/bench_redis_wait.py --shards 2000
+    python -m benchmarks.bench_redis_wait --shards 2000
 """
 
 from __future__ import annotations
@@ -12,18 +12,14 @@ import argparse
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.report import run_facts, save  # noqa: E402
-from pipeline.jobs.shard_report import ShardReport  # noqa: E402
-from pipeline.jobs.store import JobStore  # noqa: E402
-from pipeline.ops.embedded_redis import EmbeddedRedis, find_redis_server  # noqa: E402
-from schemas.job import ShardState  # noqa: E402
+from benchmarks.report import run_facts, save
+from pipeline.jobs.shard_report import ShardReport
+from pipeline.jobs.store import JobStore
+from pipeline.ops.embedded_redis import EmbeddedRedis, find_redis_server
+from schemas.job import ShardState
 
 
 def free_port() -> int:
@@ -47,11 +43,11 @@ def time_marks(store: JobStore, job_id: str, shards: range, replicas: int) -> li
     return seconds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=int, default=2000, help="shards marked done a side")
     parser.add_argument("--out", type=Path, help="save the JSON here (default: .results/)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with EmbeddedRedis(port=free_port()) as primary:  # its own temp dir, removed
         replica = subprocess.Popen(
             [find_redis_server(), "--port", str(free_port()), "--bind", "127.0.0.1",

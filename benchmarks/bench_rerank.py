@@ -10,10 +10,10 @@ engine sides at other precisions, each compared with the engine side (speed, sco
 each query's ranking). Prints a table and saves JSON under benchmarks/.results/
 (git-ignored) unless --out names a file.
 
-    python benchmarks/bench_rerank.py --model random:small --rounds 3     # CPU target run
-    python benchmarks/bench_rerank.py --model random:full --pairs 200 --precision fp32 \
+    python -m benchmarks.bench_rerank --model random:small --rounds 3     # CPU target run
+    python -m benchmarks.bench_rerank --model random:full --pairs 200 --precision fp32 \
         --engine-precisions bf16,bf16-sdpa --no-flag     # the engine's precisions on a CPU
-    python benchmarks/bench_rerank.py --device cuda --model random:full --pairs 20000
+    python -m benchmarks.bench_rerank --device cuda --model random:full --pairs 20000
 """
 
 from __future__ import annotations
@@ -27,10 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.report import kernels_for, run_facts, save, spawn_side  # noqa: E402
+from benchmarks.report import kernels_for, run_facts, save, spawn_side
 
 
 def make_pairs(n_pairs: int, per_query: int, seed: int) -> list[list[str]]:
@@ -224,7 +221,6 @@ def main() -> int:
             for side in runs:
                 scores_path = Path(tmp) / f"{side}-scores.json"
                 result = spawn_side(
-                    __file__,
                     [
                         "--side",
                         side,

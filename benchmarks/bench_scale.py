@@ -29,10 +29,10 @@ on a shared machine; benchmarks/scale_reuse.py): the wall-time ratio of the medi
 
 Prints and saves JSON (one file per run; the parts run are its keys).
 
-    python benchmarks/bench_scale.py --parts producer,index,finalise --documents 10000000
-    python benchmarks/bench_scale.py --parts machinery --pipeline-documents 100000 \
+    python -m benchmarks.bench_scale --parts producer,index,finalise --documents 10000000
+    python -m benchmarks.bench_scale --parts machinery --pipeline-documents 100000 \
         --out benchmarks/results/scale-machinery-cpu-random-tiny.json
-    python benchmarks/bench_scale.py --parts reuse --model random:small --reuse-documents 2000
+    python -m benchmarks.bench_scale --parts reuse --model random:small --reuse-documents 2000
 """
 
 from __future__ import annotations
@@ -47,11 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from report import (  # noqa: E402
+from benchmarks.report import (
     peak_since_reset,
     process_tree,
     reset_peak,
@@ -322,7 +318,7 @@ def finalise(args: argparse.Namespace) -> dict:
                     job_id = finalise_setup(args, redis_server.url, out, f"bench-{listing}")
                     setup = time.perf_counter() - started
                     per_shard = (int(redis.info("memory")["used_memory"]) - before) / args.shards
-                    side = spawn_side(__file__, ["--side", "finalise", "--listing", listing,
+                    side = spawn_side(["--side", "finalise", "--listing", listing,
                                                  "--redis-url", redis_server.url,
                                                  "--job-id", job_id])  # fmt: skip
                     if side is None:
@@ -348,10 +344,10 @@ def finalise(args: argparse.Namespace) -> dict:
     }
 
 
-def start_s3(tmp: Path):  # -> tests.s3_server.S3Server
+def start_s3(tmp: Path):  # -> pipeline.testing.s3_server.S3Server
     """The tests' local S3 server (moto), this process's AWS_* variables pointing at it
     (the finalising processes inherit them)."""
-    from tests.s3_server import S3Server
+    from pipeline.testing.s3_server import S3Server
 
     server = S3Server(tmp / "moto.log")
     os.environ.update(server.env())
@@ -452,14 +448,14 @@ def machinery(args: argparse.Namespace) -> dict:
 
 
 def reuse_part(args: argparse.Namespace) -> dict:
-    from scale_reuse import reuse
+    from benchmarks.scale_reuse import reuse
 
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         return reuse(args, Path(tmp))
 
 
 def main() -> int:
-    from report import run_facts, save
+    from benchmarks.report import run_facts, save
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="producer,index,finalise,machinery")
@@ -495,7 +491,7 @@ def main() -> int:
         print(json.dumps(index(args) if args.side == "index" else finalise_side(args)))
         return 0
     parts = {"producer": lambda: producer(args), "finalise": lambda: finalise(args),
-             "index": lambda: spawn_side(__file__, ["--side", "index"]),
+             "index": lambda: spawn_side(["--side", "index"]),
              "machinery": lambda: machinery(args), "reuse": lambda: reuse_part(args)}  # fmt: skip
     report = run_facts()
     for name in args.parts.split(","):

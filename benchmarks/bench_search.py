@@ -10,7 +10,7 @@ top-100 kept). Peak RSS is reported: it must not grow with the index. Each stora
 for (--storages: exact float16, and compact: int8 dense, binary ColBERT) is the same
 vectors written that way and timed in the same run, side by side.
 
-    python benchmarks/bench_search.py --documents 4000 --queries 100
+    python -m benchmarks.bench_search --documents 4000 --queries 100
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,10 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.report import peak_since_reset, reset_peak, run_facts, save  # noqa: E402
+from benchmarks.report import peak_since_reset, reset_peak, run_facts, save
 
 DIM = 1024
 VOCAB = 250_002

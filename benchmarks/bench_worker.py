@@ -8,7 +8,7 @@ a worker, job state, acks; start-up included) on --documents documents of --doc-
 stage: tokenize, the engine (stub forward, heads' post-processing, table assembly) and the
 Parquet write, per document.
 
-    python benchmarks/bench_worker.py --documents 4000 --doc-tokens 512
+    python -m benchmarks.bench_worker --documents 4000 --doc-tokens 512
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.report import run_facts, save  # noqa: E402
+from benchmarks.report import run_facts, save
 
 
 def write_corpus(path: Path, documents: int, doc_tokens: int) -> None:

@@ -19,4 +19,4 @@ if [ "${1:-}" != "--check" ]; then
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --platform manylinux1_x86_64 -d .whl -r .whl/requirements.txt
 fi
-exec "$PY" benchmarks/gpu_wheels.py "$LIST" .whl
+exec "$PY" -m benchmarks.gpu_wheels "$LIST" .whl

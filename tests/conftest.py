@@ -110,7 +110,7 @@ def store(redis_server):
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory):
     """One local S3-compatible server (moto) for the session."""
-    from tests.s3_server import S3Server
+    from pipeline.testing.s3_server import S3Server
 
     server = S3Server(tmp_path_factory.mktemp("moto") / "moto.log")
     yield server
@@ -120,7 +120,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def s3(s3_server, monkeypatch):
     """A new bucket on the S3 server, with this process's AWS_* variables pointing at it."""
-    from tests.s3_server import Bucket
+    from pipeline.testing.s3_server import Bucket
 
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)

@@ -79,8 +79,8 @@ def test_the_engine_runs_it_and_a_fitted_sparse_head_weighs_rare_terms_up(
 ):
     from pipeline.engine.embedder import EmbedEngine
     from pipeline.engine.model import load_model
+    from pipeline.testing.corpora import documents
     from schemas.options import EncodeOptions
-    from tests.corpus import documents
 
     out = bert_to_xlmr(bert_dir, tmp_path / "xlmr")
     corpus = TEXTS * 3 + ["the mill", "the town", "the bridge"]

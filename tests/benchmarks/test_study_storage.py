@@ -4,16 +4,11 @@ download the study itself makes)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from benchmarks.cloze_set import SENTENCE, cloze_set
-
-ROOT = Path(__file__).resolve().parents[2]
+from benchmarks.study_storage import main
 
 
 def test_each_query_is_cut_from_its_passage_and_the_set_is_the_same_each_time():
@@ -33,27 +28,8 @@ def test_each_query_is_cut_from_its_passage_and_the_set_is_the_same_each_time():
 @pytest.mark.slow
 def test_the_study_measures_every_form_against_its_reference(tmp_path):
     out = tmp_path / "storage.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "study_storage.py"),
-            "--model",
-            "random:tiny",
-            "--passages",
-            "40",
-            "--queries",
-            "10",
-            "--max-length",
-            "64",
-            "--out",
-            str(out),
-        ],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    main(["--model", "random:tiny", "--passages", "40", "--queries", "10", "--max-length", "64",
+          "--out", str(out)])  # fmt: skip
     report = json.loads(out.read_text())
     assert report["trained"] is False and "dense-mean" not in report
     forms = {

@@ -182,7 +182,7 @@ def corpus_records(count: int, seed: int = 0, long: bool = True) -> list[dict[st
     after them the texts repeat with those two cut to 60 words (each whole repeat would
     cost ~2 CPU-s of encoding on random:tiny and prove nothing the first did not).
     `long=False`: cut from the first, for shards of even length (~90 tokens a document)."""
-    from tests.corpus import mixed_texts
+    from pipeline.testing.corpora import mixed_texts
 
     texts = mixed_texts(seed)
     short = [" ".join(t.split()[:60]) for t in texts]

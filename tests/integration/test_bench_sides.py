@@ -15,10 +15,10 @@ def test_a_side_that_fails_is_reported_and_the_others_still_saved(tmp_path):
     # fp16 is refused on the CPU: FlagEmbedding's side fails, the engine's figures remain.
     out = tmp_path / "engine.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_engine.py"), "--model", "random:tiny",
+        [sys.executable, "-m", "benchmarks.bench_engine", "--model", "random:tiny",
          "--docs", "4", "--long-docs", "0", "--precisions", "fp32", "--flag-precision", "fp16",
          "--peak-seconds", "0.05", "--peak-square", "512", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -29,11 +29,11 @@ def test_a_side_that_fails_is_reported_and_the_others_still_saved(tmp_path):
 def test_the_reranker_bench_compares_engine_precisions(tmp_path):
     out = tmp_path / "rerank.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_rerank.py"), "--model", "random:tiny",
+        [sys.executable, "-m", "benchmarks.bench_rerank", "--model", "random:tiny",
          "--pairs", "12", "--per-query", "4", "--precision", "fp32",
          "--engine-precisions", "bf16-sdpa", "--no-flag", "--peak-seconds", "0.05",
          "--peak-square", "512", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())

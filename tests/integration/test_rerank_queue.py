@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from pipeline.exit_codes import EXIT_OK, EXIT_REJECTS
 from pipeline.jobs.keys import worker_key
 from pipeline.storage.output_dir import part_entries
-from tests.corpus import mixed_texts
+from pipeline.testing.corpora import mixed_texts
 from tests.integration.conftest import corpus_records, run_cli, write_jsonl
 
 

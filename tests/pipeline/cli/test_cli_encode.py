@@ -12,8 +12,8 @@ from pipeline.cli.main import main
 from pipeline.engine.embedder import EmbedEngine
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
 from pipeline.storage.output_dir import part_entries
+from pipeline.testing.corpora import documents, mixed_texts
 from schemas.options import EncodeOptions
-from tests.corpus import documents, mixed_texts
 
 
 def _write_jsonl(path, records):

@@ -10,8 +10,8 @@ from pipeline.cli.main import main
 from pipeline.engine.reranker import RerankEngine, load_reranker
 from pipeline.exit_codes import EXIT_FAILED, EXIT_REJECTS, EXIT_USAGE
 from pipeline.storage.output_dir import part_entries
+from pipeline.testing.corpora import mixed_texts
 from schemas.pair import Pair, RerankOptions
-from tests.corpus import mixed_texts
 
 
 @pytest.fixture(scope="module")

@@ -101,8 +101,8 @@ def test_overlapping_batches_changes_no_output(tiny):
     """Batch k + 1 launched before batch k is finished, or each finished at once: the same
     table, bit for bit (the GPU check times both)."""
     from pipeline.engine.embedder import EmbedEngine
+    from pipeline.testing.corpora import documents
     from schemas.options import EncodeOptions
-    from tests.corpus import documents
 
     docs = documents([f"text number {i} " * (1 + i % 9) for i in range(40)])
     options = EncodeOptions(max_length=64, batch_tokens=256)

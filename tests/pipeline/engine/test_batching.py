@@ -3,8 +3,8 @@ import pytest
 
 from pipeline.engine.batching import padding_efficiency, plan_batches
 from pipeline.engine.embedder import EmbedEngine
+from pipeline.testing.corpora import documents, mixed_texts
 from schemas.options import EncodeOptions
-from tests.corpus import documents, mixed_texts
 
 
 def _lognormal_lengths(n: int, seed: int = 0) -> np.ndarray:

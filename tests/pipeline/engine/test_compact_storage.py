@@ -18,10 +18,10 @@ from pipeline.engine.compact_vectors import int8_per_vector, pool_tokens, sign_b
 from pipeline.engine.embedder import EmbedEngine
 from pipeline.engine.encoder import BatchOutput
 from pipeline.engine.table import POOL_WINDOW, ShardColumns, top_k_terms
+from pipeline.testing.corpora import documents
 from schemas.options import EncodeOptions, StorageDtype, VectorForm
 from schemas.output import output_schema
 from schemas.vector_layout import colbert_floats, dense_floats, vector_bytes
-from tests.corpus import documents
 
 
 def expected_floats(vectors: np.ndarray, form: VectorForm, floats=np.float16) -> np.ndarray:

@@ -14,8 +14,8 @@ from pipeline.engine.agreement import table_outputs
 from pipeline.engine.embedder import EmbedEngine
 from pipeline.engine.model import load_model
 from pipeline.engine.reranker import load_reranker
+from pipeline.testing.corpora import documents, mixed_texts
 from schemas.options import EncodeOptions
-from tests.corpus import documents, mixed_texts
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.skipif(not cpu_linear.available(), reason="no oneDNN linear op")

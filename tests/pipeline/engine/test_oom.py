@@ -10,8 +10,8 @@ from pipeline.engine import encoder
 from pipeline.engine.embedder import EmbedEngine
 from pipeline.errors import RetryableError
 from pipeline.runtime.metrics import WorkerMetrics
+from pipeline.testing.corpora import documents, mixed_texts
 from schemas.options import EncodeOptions
-from tests.corpus import documents, mixed_texts
 
 
 def test_oom_splits_the_batch_and_keeps_every_document(tiny, monkeypatch):

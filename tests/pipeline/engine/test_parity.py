@@ -8,9 +8,9 @@ import pytest
 from pipeline.engine.agreement import agreement, table_outputs
 from pipeline.engine.embedder import EmbedEngine
 from pipeline.engine.model import load_model
+from pipeline.testing.corpora import documents, mixed_texts
 from schemas.options import EncodeOptions
 from schemas.vector_layout import colbert_rows
-from tests.corpus import documents, mixed_texts
 
 MAX_LENGTH = 4096
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from pipeline.engine.reranker import RerankEngine, load_reranker, tokenize_pairs
+from pipeline.testing.corpora import mixed_texts
 from schemas.pair import Pair, RerankOptions
-from tests.corpus import mixed_texts
 
 
 @pytest.fixture(scope="module")

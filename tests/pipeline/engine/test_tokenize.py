@@ -3,8 +3,8 @@ from pydantic import ValidationError
 
 from pipeline.engine.embedder import EmbedEngine
 from pipeline.engine.tokenize import chunk_starts, tokenize_texts
+from pipeline.testing.corpora import documents, mixed_texts
 from schemas.options import EncodeOptions
-from tests.corpus import documents, mixed_texts
 
 
 def test_chunk_starts_cover_everything_with_overlap():

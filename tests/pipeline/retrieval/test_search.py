@@ -24,6 +24,7 @@ from pipeline.retrieval.index import document_batches
 from pipeline.retrieval.scores import colbert_scores, dense_scores, hybrid, sparse_scores
 from pipeline.storage.finished_output import FinishedOutput
 from pipeline.tasks import task_kind
+from pipeline.testing.corpora import mixed_texts
 from schemas.document import Document
 from schemas.job import Task
 from schemas.options import (
@@ -34,7 +35,6 @@ from schemas.options import (
     StorageDtype,
     StoragePreset,
 )
-from tests.corpus import mixed_texts
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "search"
 ALL_RUNS = ("dense", "sparse", "colbert", "hybrid")

@@ -9,10 +9,10 @@ import pytest
 
 from pipeline.engine.embedder import EmbedEngine
 from pipeline.storage.sink import part_name, remove_stale_temp_files, write_shard
+from pipeline.testing.corpora import documents
 from schemas.options import EncodeOptions, Mode, StorageDtype
 from schemas.output import output_schema, read_output_metadata
 from schemas.vector_layout import colbert_vectors
-from tests.corpus import documents
 
 CONTRACT = {
     "id": pa.string(),
