@@ -12,6 +12,7 @@ import argparse
 import socket
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,11 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=int, default=2000, help="shards marked done a side")
     parser.add_argument("--out", type=Path, help="save the JSON here (default: .results/)")
     args = parser.parse_args(argv)
-    with EmbeddedRedis(port=free_port()) as primary:  # its own temp dir, removed
-        replica = subprocess.Popen(
+    with (
+        EmbeddedRedis(port=free_port()) as primary,  # its own temp dir, removed
+        tempfile.TemporaryDirectory(prefix="m3pipe-replica-") as replica_dir,
+    ):
+        replica = subprocess.Popen(  # its own directory: a full sync writes a snapshot there
             [find_redis_server(), "--port", str(free_port()), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1",
-             str(primary.port)],
+             "--save", "", "--appendonly", "no", "--dir", replica_dir,
+             "--replicaof", "127.0.0.1", str(primary.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:

@@ -7,9 +7,10 @@ ignores them (and would fall back to an unverified connection), so `tls_options`
 them to Celery as `broker_use_ssl`.
 
 Redis Sentinel: `sentinel://[[USER]:PASSWORD@]HOST:PORT[;sentinel://HOST:PORT...][/DB]
-?master_name=NAME[&sentinel_password=PW[&sentinel_username=USER]]`, kombu's `;` form for
-several sentinels; the password before the host is the master's, `sentinel_password` the
-sentinels' own (their `requirepass`).
+?master_name=NAME[&sentinel_password=PW[&sentinel_username=USER]][&ssl=true&ssl_...]`,
+kombu's `;` form for several sentinels; the password before the host is the master's,
+`sentinel_password` the sentinels' own (their `requirepass`). `ssl=true` (or any `ssl_*`
+option, as a `rediss://` URL takes them) speaks TLS to the sentinels and to the master alike.
 Job state goes through redis-py's Sentinel client (`master_for`), the queue through kombu's
 Sentinel transport, given `master_name` as a transport option (`kombu_transport_options`),
 since kombu does not read it from the URL. Both find the new master after a failover.
@@ -52,15 +53,21 @@ class SentinelTarget:
     # The sentinels' own credentials (their `requirepass`), when they have any.
     sentinel_username: str | None = None
     sentinel_password: str | None = None
+    # redis-py's TLS options (`tls_from_query`), for the sentinels and the master; None: no TLS.
+    tls: dict[str, Any] | None = None
 
     def sentinel_kwargs(self) -> dict[str, Any]:
-        """What a client passes to the sentinels themselves (their credentials)."""
+        """What a client passes to the sentinels themselves (credentials, TLS)."""
         kwargs: dict[str, Any] = {}
         if self.sentinel_password is not None:
             kwargs["password"] = self.sentinel_password
         if self.sentinel_username is not None:
             kwargs["username"] = self.sentinel_username
-        return kwargs
+        return {**kwargs, **self.master_tls()}
+
+    def master_tls(self) -> dict[str, Any]:
+        """What a client passes for TLS to a server (master or sentinel): nothing without it."""
+        return {"ssl": True, **self.tls} if self.tls is not None else {}
 
 
 def sentinel_target(url: str) -> SentinelTarget | None:
@@ -107,12 +114,26 @@ def sentinel_target(url: str) -> SentinelTarget | None:
         password,
         query.get("sentinel_username"),
         query.get("sentinel_password"),
+        _sentinel_tls(query),
     )
+
+
+def _sentinel_tls(query: dict[str, str]) -> dict[str, Any] | None:
+    """A sentinel URL's TLS: on with `ssl=true` or any `ssl_*` option, never silently off."""
+    given = [key for key in query if key.startswith("ssl_")]
+    switch = query.get("ssl", "").lower()
+    if switch not in ("", "true", "false"):
+        raise BrokerUrlError(f"ssl={query['ssl']!r} in the broker URL: use ssl=true")
+    if switch == "false" and given:
+        raise BrokerUrlError(f"the broker URL says ssl=false but gives {', '.join(given)}")
+    if switch == "true" or given:
+        return tls_from_query(query)
+    return None
 
 
 def kombu_transport_options(url: str) -> dict[str, Any]:
     """Transport options kombu needs for this URL beyond the URL itself (Sentinel's master,
-    and the sentinels' own credentials)."""
+    and the sentinels' own credentials and TLS; the master's TLS is `tls_options`)."""
     target = sentinel_target(url)
     if target is None:
         return {}
@@ -159,15 +180,20 @@ _TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
 def tls_options(url: str) -> dict[str, Any] | None:
-    """The TLS options of a `rediss://` URL in the form Celery's `broker_use_ssl` takes.
-
-    None for other schemes. Certificates are verified unless the URL says
-    `ssl_cert_reqs=none`: secure by default, as redis-py is for the same URL.
-    """
+    """The TLS options of a `rediss://` URL, or of a `sentinel://` one with TLS, in the form
+    Celery's `broker_use_ssl` takes. None without TLS."""
+    target = sentinel_target(url)
+    if target is not None:
+        return target.tls
     parts = urlsplit(url)
     if parts.scheme != "rediss":
         return None
-    query = dict(parse_qsl(parts.query))
+    return tls_from_query(dict(parse_qsl(parts.query)))
+
+
+def tls_from_query(query: dict[str, str]) -> dict[str, Any]:
+    """redis-py's TLS keyword arguments from a URL's query. Certificates are verified unless
+    the URL says `ssl_cert_reqs=none`: secure by default, as redis-py is for `rediss://`."""
     reqs = query.get("ssl_cert_reqs", "required")
     if reqs.lower() not in _CERT_REQS:
         raise BrokerUrlError(
@@ -212,13 +238,14 @@ def publish_retry_policy(seconds: float = DEFAULT_RETRY_SECONDS) -> dict[str, fl
     }
 
 
-def check_sentinel_credentials(target: SentinelTarget) -> None:
-    """BrokerUrlError at once if every sentinel refuses the credentials given for them
-    (redis-py would ask each again and again, ~50 s, and end with "No master found")."""
+def check_sentinels(target: SentinelTarget) -> None:
+    """BrokerUrlError at once, in one line, if no sentinel answers: each refused the
+    credentials given for them, or none could be reached (TLS refused, nothing listening).
+    redis-py alone would ask each again and again, ~50 s, and end with "No master found"."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    refused = 0
+    refused, failures = 0, []
     for host, port in target.sentinels:
         probe = redis.Redis(
             host=host,
@@ -233,8 +260,8 @@ def check_sentinel_credentials(target: SentinelTarget) -> None:
             return
         except redis.AuthenticationError:
             refused += 1
-        except redis.RedisError:
-            continue  # out of reach: the connection below says so, with its retries
+        except redis.RedisError as exc:
+            failures.append(f"{host}:{port}: {' '.join(str(exc).split())[:200]}")
         finally:
             probe.close()
     if refused:
@@ -244,6 +271,18 @@ def check_sentinel_credentials(target: SentinelTarget) -> None:
             "password of their own take it in the URL as &sentinel_password=PW (and "
             "&sentinel_username=USER for an ACL user) after master_name"
         )
+    # A plain client to a TLS port sees the connection closed (or reset) at its first word.
+    tls_like = any(word in f for f in failures for word in ("closed", "reset", "SSL"))
+    hint = (
+        " (sentinels that speak TLS take &ssl=true, and &ssl_ca_certs=PATH for a private CA, "
+        "in the URL)"
+        if target.tls is None and tls_like
+        else ""
+    )
+    raise BrokerUrlError(
+        f"no sentinel answered{hint}: {failures[0]}"
+        + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")
+    )
 
 
 def connect(url: str, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> redis.Redis:
@@ -270,7 +309,7 @@ def connect(url: str, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> redis.Red
     if target is not None:
         from redis.sentinel import Sentinel
 
-        check_sentinel_credentials(target)
+        check_sentinels(target)
         sentinel = Sentinel(
             list(target.sentinels),
             sentinel_kwargs={"socket_connect_timeout": 10, **target.sentinel_kwargs()},
@@ -280,6 +319,7 @@ def connect(url: str, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> redis.Red
             db=target.db,
             username=target.username,
             password=target.password,
+            **target.master_tls(),
             **options,
         )
     else:

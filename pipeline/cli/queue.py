@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
@@ -488,7 +489,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         if orphans:
             print(
                 f"orphaned: {len(orphans)} shard(s) queued with no message anywhere "
-                f"({', '.join(map(str, orphans[:10]))}); `m3pipe retry {args.job}` re-sends them"
+                f"({', '.join(map(str, orphans[:10]))}); `m3pipe retry {args.job}` re-sends "
+                f"the ones whose message m3pipe kept, `m3pipe repair {args.job}` any of them"
             )
     return EXIT_OK
 
@@ -501,10 +503,23 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
     if not _known_job(store, args.job):
         return EXIT_FAILED
     seen: deque[JobStatus] = deque(maxlen=2)  # the last two statuses read
+    quiet_since = time.monotonic()  # when the shard counts last changed
 
-    def stalled() -> None:  # lost shards in two looks in a row: nothing will run them
+    def stalled() -> None:
+        """JobStalled once nothing can run the rest: lost shards in two looks in a row, or
+        queued shards with no message anywhere, looked for after each quiet spell (the look
+        reads the queue: not on every poll)."""
+        nonlocal quiet_since
         if len(seen) >= 2 and seen[-1].lost_shards and seen[-2].lost_shards:
             raise JobStalled(lost_advice(args.job, seen[-1].lost_shards))
+        now = time.monotonic()
+        if len(seen) >= 2 and seen[-1].shards != seen[-2].shards:
+            quiet_since = now
+        if seen and seen[-1].shards.queued and now - quiet_since >= _quiet_spell(settings):
+            quiet_since = now
+            orphans = orphaned_shards(store, args.job)
+            if orphans:
+                raise JobStalled(orphan_advice(args.job, orphans))
 
     try:
         status = follow(store, args.job, poll_seconds=settings.poll_seconds,
@@ -527,6 +542,20 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
 
 class JobStalled(Exception):
     """The job cannot end as its state stands in Redis."""
+
+
+def _quiet_spell(settings: Settings) -> float:
+    """How long `wait` sees no shard change before it looks for queued shards with no
+    message: 60 polls (30 s by default)."""
+    return 60 * settings.poll_seconds
+
+
+def orphan_advice(job_id: str, orphans: list[int]) -> str:
+    return (
+        f"{len(orphans)} shard(s) of job {job_id} are queued with no message anywhere "
+        f"({', '.join(map(str, orphans[:10]))}): lost (a failover, a producer killed between "
+        f"registering and sending). `m3pipe repair {job_id}` sends them again"
+    )
 
 
 def lost_advice(job_id: str, lost: int) -> str:
@@ -631,8 +660,9 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     if lost:
         print(
             f"m3pipe retry: {len(lost)} shard(s) have no kept message "
-            f"({', '.join(map(str, lost[:10]))}): `m3pipe cancel {args.job}`, then "
-            "`m3pipe submit --resume` with the same inputs and --out redoes them",
+            f"({', '.join(map(str, lost[:10]))}): `m3pipe repair {args.job}` sends queued "
+            "ones again from the job's plan; otherwise `m3pipe cancel`, then `m3pipe submit "
+            "--resume` with the same inputs and --out redoes them",
             file=sys.stderr,
         )
         return EXIT_FAILED

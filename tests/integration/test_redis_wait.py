@@ -27,7 +27,8 @@ def master_and_replica(tmp_path):
         port = free_port()
         replica = subprocess.Popen(
             [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--replicaof", "127.0.0.1", str(master.port)],
+             "--appendonly", "no", "--dir", str(tmp_path),  # its sync snapshot: not in cwd
+             "--replicaof", "127.0.0.1", str(master.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:

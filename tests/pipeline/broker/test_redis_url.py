@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import time
 
@@ -82,3 +83,67 @@ def test_a_sentinel_url_names_its_sentinels_master_db_and_password():
     assert kombu_transport_options(guarded) == {
         "master_name": "m", "sentinel_kwargs": {"password": "s&ntry"}}  # fmt: skip
     assert "ntry" not in redact(guarded) and "sentinel_password=***" in redact(guarded)
+
+
+def test_a_sentinel_url_with_tls_options_speaks_tls_to_the_sentinels_and_the_master():
+    from pipeline.broker.redis_url import kombu_transport_options, sentinel_target
+
+    plain = "sentinel://h1;sentinel://h2/0?master_name=m"
+    assert sentinel_target(plain).tls is None and tls_options(plain) is None
+    url = f"{plain}&sentinel_password=pw&ssl_ca_certs=/ca.pem&ssl_check_hostname=false"
+    tls = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem",
+           "ssl_check_hostname": False}  # fmt: skip
+    target = sentinel_target(url)
+    assert target.tls == tls and tls_options(url) == tls  # Celery's broker_use_ssl
+    assert target.sentinel_kwargs() == {"password": "pw", "ssl": True, **tls}
+    assert kombu_transport_options(url)["sentinel_kwargs"] == {"password": "pw", "ssl": True, **tls}
+    # ssl=true alone: verified against the system's CAs.
+    assert sentinel_target(f"{plain}&ssl=true").tls == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert sentinel_target(f"{plain}&ssl=true&ssl_cert_reqs=none").master_tls() == {
+        "ssl": True, "ssl_cert_reqs": ssl.CERT_NONE}  # fmt: skip
+    # Never silently plain: TLS options with ssl=false, or a switch that is not one.
+    with pytest.raises(BrokerUrlError, match="ssl=false but gives ssl_ca_certs"):
+        sentinel_target(f"{plain}&ssl=false&ssl_ca_certs=/ca.pem")
+    with pytest.raises(BrokerUrlError, match="use ssl=true"):
+        sentinel_target(f"{plain}&ssl=yes please")
+    with pytest.raises(BrokerUrlError, match="ssl_cert_reqs='maybe'"):
+        sentinel_target(f"{plain}&ssl_cert_reqs=maybe")
+
+
+def test_sentinels_that_cannot_be_reached_are_named_in_one_line_at_once(tmp_path):
+    """Nothing listening, or a plain client at a TLS port: BrokerUrlError at once, naming a
+    sentinel and what went wrong (redis-py alone said "No master found" after ~50 s)."""
+    import socket
+    import threading
+
+    from pipeline.broker.redis_url import check_sentinels, sentinel_target
+
+    closed = socket.socket()  # a port nothing listens on
+    closed.bind(("127.0.0.1", 0))
+    free = closed.getsockname()[1]
+    closed.close()
+    hangs_up = socket.socket()  # as a TLS port does to a plain client's first word
+    hangs_up.bind(("127.0.0.1", 0))
+    hangs_up.listen()
+
+    def hang_up() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = hangs_up.accept()
+                conn.recv(64)
+                conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(BrokerUrlError) as nothing:
+        connect(f"sentinel://127.0.0.1:{free}/0?master_name=m")
+    assert f"no sentinel answered: 127.0.0.1:{free}: " in str(nothing.value)
+    two = sentinel_target(
+        f"sentinel://127.0.0.1:{hangs_up.getsockname()[1]};sentinel://127.0.0.1:{free}"
+        "/0?master_name=m"
+    )
+    with pytest.raises(BrokerUrlError, match=r"take &ssl=true.*\(and 1 more\)$") as plain:
+        check_sentinels(two)
+    assert "\n" not in str(plain.value) and len(str(plain.value)) < 500
+    assert time.monotonic() - started < 15
+    hangs_up.close()
