@@ -20,9 +20,13 @@ def test_int8_is_within_half_a_step_of_every_value(vectors):
     assert codes.min(initial=0) >= -127  # symmetric: -128 is never used
     error = np.abs(cv.from_int8(codes, scales) - vectors)
     assert np.all(error <= scales[:, None] * 0.5 + 1e-6 * np.abs(vectors) + 1e-30)
-    # The largest magnitude of each vector is exact to its scale.
+    # The largest magnitude of each vector is exact to its scale, unless the vector is so
+    # small (peak under ~1.5e-36) that its scale is a subnormal float32, which has lost
+    # precision (hypothesis found 1.54e-42 stored as 122 steps): never an embedding's case.
     peak = np.abs(vectors).argmax(axis=1)
-    assert np.all(np.abs(codes[np.arange(len(codes)), peak]) == np.where(scales > 0, 127, 0))
+    normal = scales >= np.finfo(np.float32).tiny
+    peak_codes = np.abs(codes[np.arange(len(codes)), peak])
+    assert np.all(peak_codes[normal] == 127) and np.all(peak_codes[scales == 0] == 0)
 
 
 def test_a_zero_vector_stays_zero():
