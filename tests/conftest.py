@@ -38,7 +38,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test under tests/integration/ is in the integration tier (`-m integration`);
-    `-m "not integration"` is the fast tier. CI runs both on three processes, a file at a
+    `-m "not integration and not slow"` is the fast tier (`slow`: seconds of CPU each, marked
+    where they are). CI runs everything on three processes, a file at a
     time each (`--dist loadfile`): a file's tests share its fixtures and run in order.
     Files go out longest first (the GPU check's dry run, then the integration tier, whose
     files take 10-120 s, then the rest), so that neither process ends with a long file
@@ -58,9 +59,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for the session (M3PIPE_CACHE_DIR may point at a warm one)."""
+    """One cache for the run, shared by pytest-xdist's processes (each random model is then
+    built once, not once a process); M3PIPE_TEST_CACHE_DIR may point at a warm one."""
     configured = os.environ.get("M3PIPE_TEST_CACHE_DIR")
-    cache = Path(configured) if configured else tmp_path_factory.mktemp("m3pipe-cache")
+    if configured:
+        cache = Path(configured)
+    elif os.environ.get("PYTEST_XDIST_WORKER"):  # basetemp/.. is the run's, shared
+        cache = tmp_path_factory.getbasetemp().parent / "m3pipe-cache"
+        cache.mkdir(exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("m3pipe-cache")
     os.environ["M3PIPE_CACHE_DIR"] = str(cache)
     return cache
 

@@ -9,6 +9,7 @@ outputs mean nothing: they are never the real models.
 
 from __future__ import annotations
 
+import fcntl
 import heapq
 import json
 import math
@@ -18,7 +19,7 @@ import shutil
 import tempfile
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,21 +242,34 @@ def cached_random_model(size: str, cache_dir: Path, seed: int = 0, reranker: boo
         name = f"random-reranker-{size}-seed{seed}-v{RERANKER_BUILD_VERSION}"
     else:
         name = f"random-{size}-seed{seed}-v{BUILD_VERSION}"
-    target = Path(cache_dir) / "models" / name
-    if (target / "m3pipe_random_model.json").exists():
-        return target
     _check_size(size)
+    build = write_random_reranker if reranker else write_random_model
+    return built_once(
+        Path(cache_dir) / "models" / name, "m3pipe_random_model.json",
+        lambda directory: build(directory, size, seed),
+    )  # fmt: skip
+
+
+def built_once(target: Path, marker: str, build: Callable[[Path], object]) -> Path:
+    """`target`, built by `build(directory)` unless it holds `marker` already: into a staging
+    directory renamed into place, one builder at a time (workers started together, test
+    processes side by side: the others wait for it and find the result)."""
+    if (target / marker).exists():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build = write_random_reranker if reranker else write_random_model
-        build(staging / "model", size, seed)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / marker).exists():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            os.rename(staging / "model", target)
-        except OSError:
-            # Another process finished first; its copy is identical (same seed).
-            if not (target / "m3pipe_random_model.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            build(staging / "built")
+            try:
+                os.rename(staging / "built", target)
+            except OSError:
+                # Another process finished first (one that took no lock); its copy is the same.
+                if not (target / marker).exists():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target

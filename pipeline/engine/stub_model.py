@@ -28,7 +28,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 
-from pipeline.engine.random_model import SHAPES, train_tokenizer
+from pipeline.engine.random_model import SHAPES, built_once, train_tokenizer
 from pipeline.engine.recycled import RecycledBuffers
 from pipeline.errors import ModelLoadError
 
@@ -50,29 +50,22 @@ def parse_stub_spec(spec: str) -> str | None:
 
 def cached_stub_dir(size: str, cache_dir: Path) -> Path:
     """A directory with the stub's tokenizer and a description of its shape, built once."""
-    target = Path(cache_dir) / "models" / f"stub-{size}-v{STUB_BUILD_VERSION}"
-    marker = target / "m3pipe_stub_model.json"
-    if marker.exists():
-        return target
-    staging = target.with_name(f".{target.name}.{os.getpid()}")
-    staging.mkdir(parents=True, exist_ok=True)
     shape = SHAPES[size]
-    train_tokenizer(shape.tokenizer_vocab).save_pretrained(staging)
-    info = {
-        "stub": True,
-        "size": size,
-        "hidden": shape.hidden,
-        "vocab_size": shape.vocab_size,
-        "build_version": STUB_BUILD_VERSION,
-        "note": "a stand-in encoder for capacity tests: its vectors mean nothing",
-    }
-    (staging / "m3pipe_stub_model.json").write_text(json.dumps(info, indent=2))
-    try:
-        os.rename(staging, target)
-    except OSError:
-        if not marker.exists():  # another process finished first: its copy is the same
-            raise
-    return target
+
+    def build(directory: Path) -> None:
+        train_tokenizer(shape.tokenizer_vocab).save_pretrained(directory)
+        info = {
+            "stub": True,
+            "size": size,
+            "hidden": shape.hidden,
+            "vocab_size": shape.vocab_size,
+            "build_version": STUB_BUILD_VERSION,
+            "note": "a stand-in encoder for capacity tests: its vectors mean nothing",
+        }
+        (directory / "m3pipe_stub_model.json").write_text(json.dumps(info, indent=2))
+
+    target = Path(cache_dir) / "models" / f"stub-{size}-v{STUB_BUILD_VERSION}"
+    return built_once(target, "m3pipe_stub_model.json", build)
 
 
 class StubEncoder(torch.nn.Module):

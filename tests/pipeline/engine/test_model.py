@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 import torch
@@ -73,6 +74,7 @@ def test_not_a_model(tmp_path, model_cache):
         load_model("./no/such/dir/here", cache_dir=model_cache)
 
 
+@pytest.mark.slow
 def test_make_test_model_cli_writes_a_loadable_model(tmp_path):
     from FlagEmbedding import BGEM3FlagModel
 
@@ -107,6 +109,7 @@ def _silent_server() -> tuple[socket.socket, int]:
     return server, server.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hub", ["hangs", "refuses"])
 def test_unreachable_hub_fails_fast_with_advice(tmp_path, hub):
     server, port = _silent_server()
@@ -148,6 +151,7 @@ def test_unreachable_hub_fails_fast_with_advice(tmp_path, hub):
     assert seconds < 1 + 5  # hub_timeout plus slack, never a hang
 
 
+@pytest.mark.slow
 def test_random_models_are_byte_identical_between_builds(tmp_path, capfd, tiny):
     """A second build of the same size and seed in another directory (another machine) has
     the same bytes in every file as the session's, so the same fingerprint (a search index
@@ -172,3 +176,30 @@ def test_the_random_tokenizer_collapses_runs_of_spaces(tiny):
     tokenizer = tiny.tokenizer
     assert tokenizer("alpha    beta")["input_ids"] == tokenizer("alpha beta")["input_ids"]
     assert tokenizer("a {2,} b")["input_ids"] != tokenizer("a b")["input_ids"]
+
+
+def test_a_cached_model_is_built_once_by_processes_asking_together(tmp_path):
+    """Workers started together (and pytest-xdist's processes) ask for the same random model
+    at once: one builds it, the others wait and find it (each used to build its own)."""
+    from pipeline.engine.random_model import built_once
+
+    builds: list[int] = []
+
+    def build(directory):
+        builds.append(1)
+        time.sleep(0.3)  # long enough for the others to arrive meanwhile
+        directory.mkdir()
+        (directory / "done.json").write_text("{}")
+
+    target = tmp_path / "models" / "m"
+    found: list = []
+    threads = [
+        threading.Thread(target=lambda: found.append(built_once(target, "done.json", build)))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert builds == [1] and found == [target] * 4 and (target / "done.json").exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == [".m.lock", "m"]  # no staging left
