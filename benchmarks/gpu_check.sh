@@ -19,7 +19,8 @@
 #      (padded batches through variable-length flash attention), bf16-sdpa (SDPA with its
 #      mask, as before) and fp32 (agreement with fp32 on the first 400 documents, MFU
 #      against each dtype's measured matmul peak) and FlagEmbedding's encode in bf16 beside it.
-#   5. bench_rerank, random:full: the reranker against FlagReranker (fp16).
+#   5. bench_rerank, random:full: the reranker against FlagReranker (fp16); the dry run adds
+#      an engine side in another precision (bf16-sdpa), as a CPU run compares them.
 #   6. tests/pipeline/engine/test_cuda_attention.py on the GPU: torch's varlen_attn against masked
 #      SDPA (the CPU suite runs the rest of the file with a stand-in kernel; not in the dry run).
 #
@@ -54,12 +55,14 @@ if [ "${1:-}" = "--dry-run" ]; then
     worker_precision=fp32
     stub=stub:tiny real_paths=encode stub_paths=run stub_slots=2  # each path once: CI's time
     fixed_flag=--no-flag  # FlagEmbedding's side runs in the mixed-length step
+    rerank_more="--per-query 4 --engine-precisions bf16-sdpa"  # the engine's own sides too
 else
     device=cuda model=random:full docs=1200 long=12 agree=400 fixed_docs=2000 pairs=6000
     peak=0.5 peak_square=4096 precisions=bf16,bf16-sdpa,fp32 flag=bf16 fixed_precisions=bf16
     rerank_precision=fp16
     warmup=64 profile_docs=400 touch_gb=16 limit=0 worker_docs=4000 worker_precision=fp16
     stub=stub:full real_paths=encode,run stub_paths=encode,run stub_slots=1,2 fixed_flag=
+    rerank_more=
     # Every listed wheel, exactly, or nothing runs: a missing one would fail a step later.
     "$PY" -m benchmarks.gpu_wheels benchmarks/gpu-wheels.txt "$WHEELS" || exit 1
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -110,7 +113,7 @@ step "engine, mixed lengths" 100 "$PY" -m benchmarks.bench_engine --device "$dev
     --peak-seconds "$peak" --peak-square "$peak_square" \
     --out "$RESULTS/engine-$device-${model/:/-}.json"
 step "reranker" 50 "$PY" -m benchmarks.bench_rerank --device "$device" --model "$model" \
-    --pairs "$pairs" --precision "$rerank_precision" --warmup "$((warmup * 4))" \
+    --pairs "$pairs" --precision "$rerank_precision" --warmup "$((warmup * 4))" $rerank_more \
     --peak-seconds "$peak" --peak-square "$peak_square" \
     --out "$RESULTS/rerank-$device-${model/:/-}.json"
 if [ "$device" = cuda ]; then

@@ -8,6 +8,7 @@ import pytest
 from benchmarks.bench_output_bytes import STORAGES, documents, measure
 
 
+@pytest.mark.slow
 def test_each_storages_bytes_are_its_layouts(tmp_path, model_cache):
     from pipeline.engine.model import load_model
 

@@ -3,9 +3,12 @@ are what the script is run for; here only that its pieces measure what they say)
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.bench_worker import stages, write_corpus
 
 
+@pytest.mark.slow
 def test_the_stages_of_one_shard_are_timed_per_document(tmp_path, model_cache):
     corpus = tmp_path / "corpus.jsonl"
     write_corpus(corpus, 12, 64)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
 import torch
 
 from benchmarks.study_sparse_precision import VARIANTS, main, prepare
 
 
+@pytest.mark.slow
 def test_each_variant_keeps_in_fp32_what_it_names(model_cache):
     from pipeline.engine.model import load_model
 
@@ -50,6 +52,7 @@ def test_each_variant_keeps_in_fp32_what_it_names(model_cache):
     assert set(dtypes("fp32-on-bf16-weights").values()) == {fp32}
 
 
+@pytest.mark.slow
 def test_the_study_reports_every_variant_against_fp32(model_cache, tmp_path):
     out = tmp_path / "study.json"
     main(["--model", "random:tiny", "--docs", "3", "--max-length", "256", "--out", str(out)])

@@ -11,6 +11,7 @@ from benchmarks.cloze_set import SENTENCE, cloze_set
 from benchmarks.study_storage import main
 
 
+@pytest.mark.slow
 def test_each_query_is_cut_from_its_passage_and_the_set_is_the_same_each_time():
     first, again = cloze_set(60, 15), cloze_set(60, 15)
     assert first == again

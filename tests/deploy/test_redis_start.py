@@ -35,6 +35,7 @@ def k8s_script() -> tuple[str, str]:
     return container["args"][0], container["readinessProbe"]["exec"]["command"][2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", [compose_script, k8s_script], ids=["compose", "k8s"])
 def test_the_password_travels_in_a_file_and_authenticates(source):
     script, health = source()

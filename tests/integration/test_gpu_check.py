@@ -34,6 +34,13 @@ def test_the_gpu_check_runs_every_step_and_writes_its_figures(tmp_path):
     assert same["dense_cosine_min"] > 0.99999 and same["colbert_cosine_min"] > 0.99999
     rerank = json.loads((tmp_path / "rerank-cpu-random-tiny.json").read_text())
     assert rerank["engine"]["mfu"] > 0 and rerank["engine"]["matmul_peak"]["gflops"] > 0
+    assert rerank["engine"]["compute_dtype"] == "float32" and "flagreranker" in rerank
+    [(side, figures)] = rerank["engine_precisions"].items()  # the reranker's own precisions
+    assert side == "engine:bf16-sdpa" and figures["compute_dtype"] == "bfloat16"
+    assert figures["pairs"] == 40 and figures["pairs_per_second_vs_engine"] > 0
+    ranking = figures["ranking_vs_engine"]
+    assert -1 <= ranking["spearman_per_query_min"] <= ranking["spearman_per_query_mean"] <= 1
+    assert 0 <= ranking["same_top_share"] <= 1 and figures["max_abs_score_difference_vs_engine"] > 0
     profiled = json.loads((tmp_path / "profile-cpu-random-tiny.json").read_text())
     assert set(profiled["runs"]) == {"float16", "float32"} and profiled["top_operators"]
     for run in profiled["runs"].values():

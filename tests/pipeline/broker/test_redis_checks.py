@@ -64,6 +64,7 @@ def test_the_override_is_logged_and_the_job_is_queued(
     assert evicting.dbsize() > 0
 
 
+@pytest.mark.slow
 def test_a_worker_on_an_evicting_redis_exits_1_with_one_line(evicting, redis_server):
     env = {**os.environ, "M3PIPE_BROKER_URL": redis_server.url, "M3PIPE_PRELOAD": ""}
     env.pop("M3PIPE_ALLOW_EVICTION", None)

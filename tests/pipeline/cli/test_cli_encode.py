@@ -133,6 +133,7 @@ def test_bad_options_are_usage_errors(tmp_path, capsys, flag, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_runs_and_never_imports_flagembedding(tmp_path, model_cache):
     """The command as a user runs it (`python -m pipeline.cli`), with its summary line.
 

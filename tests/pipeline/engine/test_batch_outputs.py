@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -97,6 +98,7 @@ def _field(dim: int):
     return colbert_field(StorageDtype.FLOAT16, dim)
 
 
+@pytest.mark.slow
 def test_overlapping_batches_changes_no_output(tiny):
     """Batch k + 1 launched before batch k is finished, or each finished at once: the same
     table, bit for bit (the GPU check times both)."""

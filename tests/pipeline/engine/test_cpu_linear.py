@@ -73,6 +73,7 @@ def test_fp32_on_cpu_gets_it_unless_the_cpu_is_intel_or_told_otherwise(monkeypat
     assert cpu_linear.wanted(CPU, torch.float32)
 
 
+@pytest.mark.slow
 def test_models_loaded_in_fp32_run_every_linear_through_it(model_cache, monkeypatch):
     monkeypatch.setenv(cpu_linear.ENV, "onednn")
 
@@ -88,6 +89,7 @@ def test_models_loaded_in_fp32_run_every_linear_through_it(model_cache, monkeypa
     assert kinds(bf16.encoder) == {torch.nn.Linear}
 
 
+@pytest.mark.slow
 def test_the_encoder_agrees_with_mkls_within_the_fp32_parity_bound(model_cache, monkeypatch):
     """Whatever this machine's vendor: oneDNN against MKL on the parity corpus, every output
     to the 1e-5 that holds the engine to FlagEmbedding (tests/pipeline/engine/test_parity.py)."""

@@ -92,6 +92,7 @@ def test_it_is_wanted_on_cuda_only_and_can_be_turned_off(monkeypatch):
     assert not cuda_attention.wanted(torch.device("cuda", 0), kernel)
 
 
+@pytest.mark.slow
 def test_an_engine_with_it_writes_the_tables_sdpa_gives(model_cache, monkeypatch):
     """Mixed lengths in fp32, so batches are padded: every output as with SDPA."""
     monkeypatch.setenv("M3PIPE_CPU_ATTENTION", "sdpa")

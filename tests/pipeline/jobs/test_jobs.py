@@ -383,5 +383,5 @@ def test_wait_stops_on_queued_shards_with_no_message_anywhere(store, tmp_path, r
     for shard in (0, 2):
         message["properties"]["correlation_id"] = shard_task_id("job-1", shard)
         store.redis.lpush("m3pipe", json.dumps(message))
-    assert main(["wait", "job-1", "--timeout", "2"]) == EXIT_TIMEOUT
+    assert main(["wait", "job-1", "--timeout", "1"]) == EXIT_TIMEOUT
     assert "still queued" in capsys.readouterr().err

@@ -139,6 +139,7 @@ def test_the_plan_is_written_a_chunk_at_a_time_and_read_back(tmp_path):
     assert reader.message(0) is None and reader.message(3) is None  # damaged: unplanned
 
 
+@pytest.mark.slow
 def test_a_failover_losing_the_last_30_of_120_shards_is_repaired_by_one_command(
     tmp_path, store, runtime, redis_server
 ):

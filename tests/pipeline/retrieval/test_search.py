@@ -455,6 +455,7 @@ def test_a_damaged_or_foreign_part_fails_the_search_clearly(tmp_path, tiny):
         run_search(tmp_path, tiny, index, queries)
 
 
+@pytest.mark.slow
 def test_memory_is_bounded_by_query_blocks_whatever_the_query_count(monkeypatch):
     """10^5 short queries over 200 documents (issue 28, item 6): scoring once asked for a
     (query vectors x queries) matrix, 2x10^5 x 10^5 floats (80 GB). Now every array is

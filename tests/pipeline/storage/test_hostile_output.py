@@ -69,6 +69,7 @@ def _m3pipe_with_a_full_disk(args, env):
     )
 
 
+@pytest.mark.slow
 def test_encode_on_a_full_disk_fails_clearly_and_publishes_no_partial_rejects(tmp_path, tiny):
     """Exit 1 with the reason, no _rejects.jsonl, no manifest, no temp file. (`tiny` builds
     the model first: the encode process only reads it.)"""

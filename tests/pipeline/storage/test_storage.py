@@ -283,6 +283,7 @@ def test_an_unreachable_store_is_a_clear_error_before_anything_starts(monkeypatc
         detect_format(url.format("in.jsonl"))
 
 
+@pytest.mark.slow
 def test_parts_keep_dictionaries_and_statistics_for_scalar_columns_only(tmp_path):
     vectors = pa.array([[0.5, 0.25], [0.125, 1.0]], type=pa.list_(pa.float32(), 2))
     table = pa.table({"id": ["a", "b"], "dense": vectors, "n_tokens": pa.array([3, 4], pa.int32())})
