@@ -488,7 +488,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             print(f"lost: {lost_advice(args.job, status.lost_shards)}")
         if orphans:
             print(
-                f"orphaned: {len(orphans)} shard(s) queued with no message anywhere "
+                f"orphaned: {len(orphans)} shard(s) queued or running with no message anywhere "
                 f"({', '.join(map(str, orphans[:10]))}); `m3pipe retry {args.job}` re-sends "
                 f"the ones whose message m3pipe kept, `m3pipe repair {args.job}` any of them"
             )
@@ -507,15 +507,16 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
 
     def stalled() -> None:
         """JobStalled once nothing can run the rest: lost shards in two looks in a row, or
-        queued shards with no message anywhere, looked for after each quiet spell (the look
-        reads the queue: not on every poll)."""
+        queued or running shards with no message anywhere, looked for after each quiet spell
+        (the look reads the queue: not on every poll)."""
         nonlocal quiet_since
         if len(seen) >= 2 and seen[-1].lost_shards and seen[-2].lost_shards:
             raise JobStalled(lost_advice(args.job, seen[-1].lost_shards))
         now = time.monotonic()
         if len(seen) >= 2 and seen[-1].shards != seen[-2].shards:
             quiet_since = now
-        if seen and seen[-1].shards.queued and now - quiet_since >= _quiet_spell(settings):
+        active = bool(seen) and (seen[-1].shards.queued + seen[-1].shards.running) > 0
+        if active and now - quiet_since >= _quiet_spell(settings):
             quiet_since = now
             orphans = orphaned_shards(store, args.job)
             if orphans:
@@ -545,16 +546,16 @@ class JobStalled(Exception):
 
 
 def _quiet_spell(settings: Settings) -> float:
-    """How long `wait` sees no shard change before it looks for queued shards with no
-    message: 60 polls (30 s by default)."""
+    """How long `wait` sees no shard change before it looks for queued or running shards
+    with no message: 60 polls (30 s by default)."""
     return 60 * settings.poll_seconds
 
 
 def orphan_advice(job_id: str, orphans: list[int]) -> str:
     return (
-        f"{len(orphans)} shard(s) of job {job_id} are queued with no message anywhere "
-        f"({', '.join(map(str, orphans[:10]))}): lost (a failover, a producer killed between "
-        f"registering and sending). `m3pipe repair {job_id}` sends them again"
+        f"{len(orphans)} shard(s) of job {job_id} are queued or running with no message "
+        f"anywhere ({', '.join(map(str, orphans[:10]))}): lost (a failover, a producer killed "
+        f"between registering and sending). `m3pipe repair {job_id}` sends them again"
     )
 
 

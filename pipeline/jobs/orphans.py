@@ -1,9 +1,12 @@
-"""Orphaned shards: counted `queued` by their job while no message for them exists.
+"""Orphaned shards: `queued` or `running` in their job while no message for them exists.
 
-A shard waits in a queue list or, delivered, in kombu's `unacked` hash; if its message is
-lost anyway (a broker that lost data, a producer killed between registering a shard and
-sending it), `m3pipe wait` would wait forever. `m3pipe status` finds such shards, and
-`m3pipe retry` re-sends the ones whose message m3pipe kept (a shard waiting for a retry).
+A shard waits in a queue list or, delivered, in kombu's `unacked` hash until its worker
+acknowledges it, after the shard is done (late acks): a running shard's message is in
+`unacked`. If its message is lost anyway (a failover that lost the record of a delivery the
+old primary had just made, a broker that lost data, a producer killed between registering a
+shard and sending it), `m3pipe wait` would wait forever. `m3pipe status` and `m3pipe wait`
+find such shards, `m3pipe repair` sends them again from the job's plan, and `m3pipe retry`
+re-sends the ones whose message m3pipe kept (a shard waiting for a retry).
 A shard is called orphaned only if it is missing from two looks a moment apart with no
 change of state in between, so a message on its way (a retry being sent) is not one.
 """
@@ -49,16 +52,22 @@ def message_task_ids(client: redis.Redis, queue: str) -> set[str]:
 
 
 def _missing(store: JobStore, job_id: str, queue: str) -> dict[int, str]:
-    """Queued shards with no message, each with its info as it stands (to see a change).
+    """Queued or running shards with no message, each with its info as it stands (to see a
+    change).
 
-    Memory follows the messages and the queued shards (both bounded by --max-queued), not
-    the job: its shard states are streamed, and only the missing shards' infos are read.
+    Memory follows the messages and the active shards (bounded by --max-queued and the
+    workers), not the job: its shard states are streamed, and only the missing shards' infos
+    are read.
     """
-    if store.queued_shards(job_id) == 0:
+    active = [
+        shard
+        for state in (ShardState.QUEUED, ShardState.RUNNING)
+        for shard in store.shards_in_state(job_id, state)
+    ]
+    if not active:
         return {}
-    queued = list(store.shards_in_state(job_id, ShardState.QUEUED))
     present = message_task_ids(store.redis, queue)  # after: a message sent meanwhile shows
-    missing = [shard for shard in queued if shard_task_id(job_id, shard) not in present]
+    missing = [shard for shard in sorted(active) if shard_task_id(job_id, shard) not in present]
     infos = store.infos_of(job_id, missing)
     return {shard: repr(infos.get(shard)) for shard in missing}
 
@@ -66,7 +75,8 @@ def _missing(store: JobStore, job_id: str, queue: str) -> dict[int, str]:
 def orphaned_shards(
     store: JobStore, job_id: str, settle_seconds: float = SETTLE_SECONDS
 ) -> list[int]:
-    """Queued shards of the job with no message anywhere, twice, with the same state."""
+    """Queued or running shards of the job with no message anywhere, twice, with the same
+    state."""
     queue = store.spec(job_id).queue
     first = _missing(store, job_id, queue)
     if not first:

@@ -356,9 +356,10 @@ def test_status_and_wait_name_shards_whose_state_redis_lost(store, tmp_path, red
 def test_wait_stops_on_queued_shards_with_no_message_anywhere(store, tmp_path, redis_server,
                                                               capsys, monkeypatch):  # fmt: skip
     """Issue 30, item 2: a queued count the messages present do not bear out (a failover
-    that kept a shard's registration and lost its message) held `wait` for ever. After a
-    quiet spell it looks: shards queued with no message are named, with the command to run;
-    a shard whose message is there is not."""
+    that kept a shard's registration and lost its message, or lost the record of a delivery
+    its worker never ran) held `wait` for ever. After a quiet spell it looks: shards queued
+    or running with no message are named, with the command to run; a shard whose message is
+    there is not."""
     from pipeline.cli.main import main
     from pipeline.exit_codes import EXIT_TIMEOUT
     from pipeline.jobs.keys import shard_task_id
@@ -366,6 +367,7 @@ def test_wait_stops_on_queued_shards_with_no_message_anywhere(store, tmp_path, r
     store.create(make_spec(tmp_path))
     for shard in range(3):
         store.mark_shard("job-1", shard, Q, [ABSENT], {"documents": 1})
+    store.mark_shard("job-1", 0, R, [Q.value], {"documents": 1})  # its delivery record lost
     store.set_submitted("job-1", shards=3, documents=3, input_records=3, rejected=0)
     message = {"body": "e30=", "properties": {"correlation_id": shard_task_id("job-1", 1)}}
     store.redis.lpush("m3pipe", json.dumps(message))  # shard 1's message is waiting
@@ -375,7 +377,7 @@ def test_wait_stops_on_queued_shards_with_no_message_anywhere(store, tmp_path, r
     assert main(["wait", "job-1", "--timeout", "60"]) == 1
     assert time.monotonic() - started < 20  # not the timeout
     err = capsys.readouterr().err
-    assert "2 shard(s) of job job-1 are queued with no message anywhere (0, 2)" in err
+    assert "2 shard(s) of job job-1 are queued or running with no message anywhere (0, 2)" in err
     assert "`m3pipe repair job-1` sends them again" in err
     assert main(["status", "job-1"]) == 0
     assert "orphaned: 2 shard(s)" in capsys.readouterr().out
@@ -384,4 +386,4 @@ def test_wait_stops_on_queued_shards_with_no_message_anywhere(store, tmp_path, r
         message["properties"]["correlation_id"] = shard_task_id("job-1", shard)
         store.redis.lpush("m3pipe", json.dumps(message))
     assert main(["wait", "job-1", "--timeout", "1"]) == EXIT_TIMEOUT
-    assert "still queued" in capsys.readouterr().err
+    assert "still running" in capsys.readouterr().err
