@@ -1,8 +1,11 @@
 """`pip install ARGS` into the running virtual environment, done by uv where it can be.
 
 pip spends most of CI's first two minutes unpacking torch and compiling every module to
-bytecode; uv installs the same wheels from the same indexes in a fraction of that. uv does
-not read pip's configuration, so the index settings pip would use here (`pip config list`:
+bytecode; uv installs the same wheels from the same indexes, and compiles them on every core,
+in a fraction of that. The bytecode is needed: with PYTHONDONTWRITEBYTECODE set (as on these
+machines) nothing is compiled later, and every process of the suite would compile what it
+imports again (torch, transformers: twice the start-up). uv does not read pip's
+configuration, so the index settings pip would use here (`pip config list`:
 its files and PIP_* variables: index, extra indexes, find-links, constraints) are handed to
 it as flags, and versions are picked across all indexes as pip picks them. If uv cannot be
 installed, or fails, the same command runs with pip: slower, never different.
@@ -56,7 +59,8 @@ def main(args: list[str]) -> int:
             if setting == "cert":  # the CA bundle pip trusts (a proxy's, say): uv trusts it too
                 env["SSL_CERT_FILE"] = value
         uv = [sys.executable, "-m", "uv", "pip", "install", "-q", "--python", sys.executable,
-              "--index-strategy", "unsafe-best-match", *uv_flags(settings), *args]  # fmt: skip
+              "--index-strategy", "unsafe-best-match", "--compile-bytecode", *uv_flags(settings),
+              *args]  # fmt: skip
         if subprocess.run(uv, env=env).returncode == 0:
             return 0
         print("install.py: uv failed; installing with pip instead", file=sys.stderr)
