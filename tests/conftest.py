@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+# Bytecode is cached (in __pycache__, git-ignored) whatever PYTHONDONTWRITEBYTECODE says
+# (these machines set it): otherwise every process the suite starts (a worker, a command, a
+# benchmark) compiles m3pipe's modules from source again, ~0.5 s of CPU each, and pytest
+# rewrites every test module again on every run.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # The suite computes in fp32, FlagEmbedding's exact mode, whatever M3PIPE_PRECISION says
