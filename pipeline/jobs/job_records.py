@@ -272,6 +272,13 @@ class JobRecords(RedisRecords):
     def queued_shards(self, job_id: str) -> int:
         return as_int(self._hget(job_key(job_id), "n_queued"))
 
+    def active_shards(self, job_id: str) -> int:
+        """Shards queued or running, from the job's counts."""
+        counts = cast(
+            list[str | None], self.redis.hmget(job_key(job_id), ["n_queued", "n_running"])
+        )
+        return sum(as_int(count) for count in counts)
+
     def _buckets(self, job_id: str) -> int:
         return as_int(self._hget(job_key(job_id), "buckets"))
 

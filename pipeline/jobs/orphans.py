@@ -59,15 +59,11 @@ def _missing(store: JobStore, job_id: str, queue: str) -> dict[int, str]:
     workers), not the job: its shard states are streamed, and only the missing shards' infos
     are read.
     """
-    active = [
-        shard
-        for state in (ShardState.QUEUED, ShardState.RUNNING)
-        for shard in store.shards_in_state(job_id, state)
-    ]
-    if not active:
+    if store.active_shards(job_id) == 0:  # the job's counts: no scan of its states
         return {}
+    active = list(store.shards_in_state(job_id, ShardState.QUEUED, ShardState.RUNNING))
     present = message_task_ids(store.redis, queue)  # after: a message sent meanwhile shows
-    missing = [shard for shard in sorted(active) if shard_task_id(job_id, shard) not in present]
+    missing = [shard for shard in active if shard_task_id(job_id, shard) not in present]
     infos = store.infos_of(job_id, missing)
     return {shard: repr(infos.get(shard)) for shard in missing}
 
