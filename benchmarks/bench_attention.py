@@ -74,7 +74,7 @@ def onednn_whole(q, k, v):  # type: ignore[no-untyped-def]
     from pipeline.engine import cpu_attention
 
     scale = q.shape[-1] ** -0.5
-    kernel = cpu_attention._kernel(q, k, scale, [q.shape[2]], masked=False)
+    kernel, _ = cpu_attention._kernel(q, k, scale, [q.shape[2]], masked=False)
     return kernel(q, k, v)
 
 

@@ -114,9 +114,9 @@ def fused_attention_forward(
     rows = length if fits >= length else max(64, fits // 64 * 64)
     spans = [(start, min(start + rows, length)) for start in range(0, length, rows)]
     masked = attention_mask is not None
-    traced = None
+    traced, fresh = None, set()
     if keys == length and not dropout:
-        traced = _kernel(query, key, scale, [end - start for start, end in spans], masked)
+        traced, fresh = _kernel(query, key, scale, [end - start for start, end in spans], masked)
     if traced is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -130,6 +130,12 @@ def fused_attention_forward(
         rest: tuple[torch.Tensor, ...] = (key, value)
     else:
         rest = (key, value, _additive_mask(attention_mask, query.dtype))
+    # TorchScript's first call at a shape is a profiling run through unfused ops, whose
+    # sums round differently from the fused kernel's: one call at each new shape first, so
+    # a document's vectors are the same bits whichever batch first met its shape.
+    for rows in fresh:
+        start = next(a for a, b in spans if b - a == rows)
+        traced(query[:, :, start : start + rows], *rest)
     if len(spans) == 1:
         out = traced(query, *rest)
     else:
@@ -139,15 +145,15 @@ def fused_attention_forward(
 
 def _kernel(
     query: torch.Tensor, key: torch.Tensor, scale: float, rows: list[int], masked: bool
-) -> Callable[..., torch.Tensor] | None:
+) -> tuple[Callable[..., torch.Tensor] | None, set[int]]:
     """The traced attention for this scale and dtype, with or without a mask argument, to
-    be called on query blocks of `rows` rows; None if that needs a shape past the
-    MAX_SHAPES compiled already."""
+    be called on query blocks of `rows` rows (None if that needs a shape past the
+    MAX_SHAPES compiled already), and the block lengths it has not been called at yet."""
     shapes = {(query.shape[0], query.shape[1], n, *key.shape, masked) for n in rows}
     with _lock:
         new = shapes - _shapes
         if len(_shapes) + len(new) > MAX_SHAPES:
-            return None
+            return None, set()
         _shapes.update(new)
         kernel = _traced.get((scale, query.dtype, masked))
         if kernel is None:
@@ -161,7 +167,7 @@ def _kernel(
                 warnings.simplefilter("ignore", DeprecationWarning)
                 kernel = torch.jit.trace(_attention(scale, masked), inputs)
             _traced[(scale, query.dtype, masked)] = kernel
-        return kernel
+        return kernel, {shape[2] for shape in new}
 
 
 def _attention(scale: float, masked: bool) -> Callable[..., torch.Tensor]:

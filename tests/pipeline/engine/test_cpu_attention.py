@@ -142,3 +142,17 @@ def test_a_long_call_runs_in_blocks_of_queries_whose_scores_stay_in_cache(monkey
     run(150)
     assert sdpa_calls == []
     assert {shape[2] for shape in cpu_attention._shapes} == {96, 64, 22}  # 64, 64 and 22
+
+
+@pytest.mark.parametrize("dtype", [BF16, torch.float32])
+def test_the_first_call_at_a_shape_gives_the_bits_every_later_call_gives(monkeypatch, dtype):
+    """TorchScript profiles a new shape's first call through unfused ops, which round
+    differently: a document's vectors must not depend on which batch first met a shape."""
+    monkeypatch.setattr(cpu_attention, "_shapes", set())
+    monkeypatch.setattr(cpu_attention, "_traced", {})  # a kernel that has seen no shape
+    cpu_attention.enable()
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(4, 4, 33, 16, dtype=dtype) for _ in range(3))
+    outs = [cpu_attention.fused_attention_forward(torch.nn.Module(), q, k, v, None)[0]]
+    outs += [cpu_attention.fused_attention_forward(torch.nn.Module(), q, k, v, None)[0]]
+    assert torch.equal(outs[0], outs[1])

@@ -73,7 +73,9 @@ def test_the_stub_tables_give_what_its_encoder_and_heads_compute(stub_full):
         left = from_tables.column(name).combine_chunks().flatten().to_numpy()
         right = computed.column(name).combine_chunks().flatten().to_numpy()
         assert len(left) > len(docs)
-        np.testing.assert_allclose(left, right, rtol=1e-6)
+        # Sums of 1,024 products taken in another order (the table's GEMV against the
+        # batch's; MKL's order also follows memory alignment on AMD CPUs): ~1e-6 apart.
+        np.testing.assert_allclose(left, right, rtol=1e-5)
     field = from_tables.schema.field("colbert")
     left = colbert_rows(from_tables.column("colbert"), field)
     right = colbert_rows(computed.column("colbert"), field)
