@@ -115,10 +115,14 @@ def redis_server():
 
 
 @pytest.fixture
-def store(redis_server):
+def store(redis_server, monkeypatch):
     from pipeline.broker.redis_url import connect
+    from pipeline.jobs import orphans
     from pipeline.jobs.store import JobStore
 
+    # No message is on its way between the two looks for orphans here: a second's pause
+    # (for a live queue) would only slow `status` and `wait`.
+    monkeypatch.setattr(orphans, "SETTLE_SECONDS", 0.05)
     return JobStore(connect(redis_server.url))
 
 

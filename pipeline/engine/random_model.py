@@ -84,9 +84,14 @@ def unigram_vocab(
                 words["▁" + word] += 1
     counts: Counter[str] = Counter()
     for word, frequency in words.items():
-        for start in range(len(word)):
-            for end in range(start + 1, min(len(word), start + max_piece_length) + 1):
-                counts[word[start:end]] += frequency
+        n = len(word)
+        ends = [min(n, start + max_piece_length) + 1 for start in range(n)]
+        pieces = [word[start:end] for start in range(n) for end in range(start + 1, ends[start])]
+        if frequency == 1:  # most words (CJK sentences are one): Counter counts in C
+            counts.update(pieces)
+        else:
+            for piece in pieces:
+                counts[piece] += frequency
     chars = sorted(piece for piece in counts if len(piece) == 1)
     room = vocab_size - len(SPECIAL_TOKENS) - len(chars)
     if room < 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from itertools import accumulate
 
 _ALPHABETS: dict[str, str] = {
     "latin": "abcdefghijklmnopqrstuvwxyzàéèüöäñçß",
@@ -33,8 +34,9 @@ class TextGenerator:
             script: self._make_lexicon(alphabet, words_per_script)
             for script, alphabet in _ALPHABETS.items()
         }
-        # Zipf-like weights shared by every lexicon: word k has weight 1/(k+1).
-        self._weights = [1.0 / (rank + 1) for rank in range(words_per_script)]
+        # Zipf-like weights shared by every lexicon: word k has weight 1/(k+1), given to
+        # `choices` summed (what it would sum on every call from the weights themselves).
+        self._cum_weights = list(accumulate(1.0 / (rank + 1) for rank in range(words_per_script)))
 
     def _make_lexicon(self, alphabet: str, size: int) -> list[str]:
         words: set[str] = set()
@@ -45,7 +47,7 @@ class TextGenerator:
 
     def sentence(self, n_words: int, script: str | None = None) -> str:
         script = script or self._rng.choice(SCRIPTS)
-        words = self._rng.choices(self._lexicons[script], weights=self._weights, k=n_words)
+        words = self._rng.choices(self._lexicons[script], cum_weights=self._cum_weights, k=n_words)
         if self._rng.random() < 0.1:
             words.insert(self._rng.randrange(len(words) + 1), self._rng.choice(_EMOJI))
         joiner = "" if script in _NO_SPACES else " "

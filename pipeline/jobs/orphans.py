@@ -68,15 +68,13 @@ def _missing(store: JobStore, job_id: str, queue: str) -> dict[int, str]:
     return {shard: repr(infos.get(shard)) for shard in missing}
 
 
-def orphaned_shards(
-    store: JobStore, job_id: str, settle_seconds: float = SETTLE_SECONDS
-) -> list[int]:
-    """Queued or running shards of the job with no message anywhere, twice, with the same
-    state."""
+def orphaned_shards(store: JobStore, job_id: str) -> list[int]:
+    """Queued or running shards of the job with no message anywhere, in two looks
+    SETTLE_SECONDS apart, with the same state."""
     queue = store.spec(job_id).queue
     first = _missing(store, job_id, queue)
     if not first:
         return []
-    time.sleep(settle_seconds)
+    time.sleep(SETTLE_SECONDS)
     second = _missing(store, job_id, queue)
     return sorted(shard for shard, info in first.items() if second.get(shard) == info)

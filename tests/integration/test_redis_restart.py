@@ -98,7 +98,7 @@ def test_redis_restart_mid_job_every_id_exactly_once(
 
     # The producer is still cutting shards (at most 3 queued): the restart hits it too.
     assert store.status(job_id).submitted is False
-    redis_server.stop()  # SIGTERM: Redis writes its AOF and exits
+    redis_server.stop()  # SHUTDOWN: Redis writes its AOF and exits
     time.sleep(3)
     redis_server.start()  # same directory and socket: the AOF is loaded back
 

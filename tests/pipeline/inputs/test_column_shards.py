@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.inputs.column_shards import column_shards
 from pipeline.inputs.intake import IntakeCounts
+from pipeline.inputs.read_ahead import read_ahead
 from pipeline.inputs.readers.jsonl import read_jsonl
 from pipeline.inputs.readers.jsonl_columns import read_columns
 from pipeline.inputs.references import shard_reference
@@ -17,6 +19,7 @@ from pipeline.inputs.sharding import ShardLimits
 from pipeline.inputs.validate import DocumentShape
 from pipeline.jobs.resume import documents_digest
 from pipeline.storage.location import open_location
+from pipeline.tasks import embed
 from pipeline.tasks.embed import EmbedTask, size_reason, worst_case_tokens
 from pipeline.tasks.kind import Reading
 from schemas.document import Reject
@@ -95,7 +98,15 @@ def test_documents_that_fill_a_shard_exactly_share_it(tmp_path):
     assert [shard.ref.documents for shard in shards] == [2, 2]
 
 
-def test_the_embed_task_reads_plain_jsonl_in_a_reading_process(tmp_path):
+@pytest.mark.parametrize("inline_below", [0, embed.INLINE_READ_BYTES])
+def test_the_embed_task_reads_plain_jsonl_in_a_reading_process_or_inline(
+    tmp_path, monkeypatch, inline_below
+):
+    """The same shards and rejects whether a reading process parses the input (a large one)
+    or the producer does (one under INLINE_READ_BYTES, not worth a process's start)."""
+    monkeypatch.setattr(embed, "INLINE_READ_BYTES", inline_below)
+    spawned = []
+    monkeypatch.setattr(embed, "read_ahead", lambda *args: spawned.append(1) or read_ahead(*args))
     plain = tmp_path / "in.jsonl"
     plain.write_text("".join(f'{{"id": "d{i % 7}", "text": "t{i}"}}\n' for i in range(20)))
     packed = tmp_path / "in.jsonl.gz"
@@ -113,14 +124,29 @@ def test_the_embed_task_reads_plain_jsonl_in_a_reading_process(tmp_path):
     assert shards is not None
     assert [shard.ref.documents for shard in shards] == [4, 3]
     assert len(rejects) == 13 and counts.balanced() and counts.input_records == 20
+    assert spawned == ([1] if inline_below == 0 else [])
     both = task.referenced_shards(
         [plain_loc, packed_loc], ["jsonl", "jsonl"], Reading(), options, limits, rejects, counts
     )
     assert both is None  # a compressed input cannot be pointed at: the document path
 
 
-def test_no_reading_process_is_left_behind_when_the_producer_stops_early(tmp_path):
+def test_many_or_unreadable_inputs_go_to_a_reading_process(tmp_path):
+    small = tmp_path / "in.jsonl"
+    small.write_text('{"id": "a", "text": "t"}\n')
+    assert not embed.worth_a_reading_process([open_location(small)])
+    many = [open_location(small)] * (embed.INLINE_READ_FILES + 1)
+    assert embed.worth_a_reading_process(many)  # not sized one by one
+    assert embed.worth_a_reading_process([open_location(tmp_path / "gone.jsonl")])
+    large = tmp_path / "large.jsonl"
+    with large.open("wb") as out:
+        out.truncate(embed.INLINE_READ_BYTES)
+    assert embed.worth_a_reading_process([open_location(small), open_location(large)])
+
+
+def test_no_reading_process_is_left_behind_when_the_producer_stops_early(tmp_path, monkeypatch):
     """The child is killed when its consumer stops: nothing of it outlives a submit."""
+    monkeypatch.setattr(embed, "INLINE_READ_BYTES", 0)
     path = tmp_path / "in.jsonl"
     path.write_text("".join(f'{{"id": "d{i}", "text": "t"}}\n' for i in range(100_000)))
     limits = ShardLimits(items=10, bytes=1 << 20, tokens=1 << 20)
