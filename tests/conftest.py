@@ -44,15 +44,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test under tests/integration/ is in the integration tier (`-m integration`);
-    `-m "not integration and not slow"` is the fast tier (`slow`: seconds of CPU each, marked
-    where they are). CI runs everything on three processes, a file at a
+    """Every test under tests/integration/, and every test marked `slow` (seconds of CPU
+    each, marked where they are), is in the integration tier (`-m integration`);
+    `-m "not integration"` is the fast tier. CI runs everything on three processes, a file at a
     time each (`--dist loadfile`): a file's tests share its fixtures and run in order.
     Files go out longest first (the GPU check's dry run, then the integration tier, whose
     files take 10-120 s, then the rest), so that neither process ends with a long file
     while the other has finished."""
     for item in items:
-        if "tests/integration/" in str(item.path):
+        if "tests/integration/" in str(item.path) or item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.integration)
 
     def rank(item: pytest.Item) -> int:
