@@ -1,4 +1,5 @@
-"""The on-disk first-seen index behind the duplicate policies: exact, and gone when closed."""
+"""The first-seen index behind the duplicate policies: exact in memory, on disk and across
+the move between them, and gone when closed."""
 
 import tempfile
 
@@ -6,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.inputs.indexes import first_seen
 from pipeline.inputs.indexes.first_seen import FirstSeen
 from pipeline.inputs.intake import DuplicateIds, IntakeCounts, accept_documents
 from pipeline.inputs.pair_intake import DuplicatePairs
@@ -13,9 +15,13 @@ from pipeline.inputs.validate import InputItem
 from schemas.document import Document, Reject
 from schemas.pair import Pair
 
+# Where the keys are: all on disk, moved there after the third, all in memory.
+WHERE = [0, 3, None]
 
-def test_the_first_where_is_kept_and_later_offers_name_it(tmp_path):
-    with FirstSeen(tmp_path) as seen:
+
+@pytest.mark.parametrize("memory_keys", WHERE)
+def test_the_first_where_is_kept_and_later_offers_name_it(tmp_path, memory_keys):
+    with FirstSeen(tmp_path, memory_keys=memory_keys) as seen:
         assert seen.first("a", "f.jsonl line 1") is None
         assert seen.first("b", "f.jsonl line 2") is None
         assert seen.first("a", "f.jsonl line 3") == "f.jsonl line 1"
@@ -23,16 +29,22 @@ def test_the_first_where_is_kept_and_later_offers_name_it(tmp_path):
         assert seen.first("ünï ☃ 🚀", "x") is None
         assert seen.first("ünï ☃ 🚀", "y") == "x"
         assert seen.first("A", "z") is None  # keys are exact: no case folding
+        assert seen.first("b", "again") == "f.jsonl line 2"
         directory = seen.directory
-        assert directory.parent == tmp_path and directory.exists()
-    assert not directory.exists()
+        if memory_keys is None:
+            assert directory is None and list(tmp_path.iterdir()) == []  # never on disk
+        else:
+            assert directory is not None
+            assert directory.parent == tmp_path and directory.exists()
+    assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="closed"):
         seen.first("a", "again")
 
 
 def test_keys_flushed_to_disk_and_compacted_are_still_found(tmp_path):
-    # A 256 kB write buffer: 60,000 keys go through many flushes and compactions.
-    with FirstSeen(tmp_path, write_buffer_bytes=256 << 10) as seen:
+    # A 256 kB write buffer: 60,000 keys go through many flushes and compactions (the
+    # first 1,000 held in memory, then moved in one write).
+    with FirstSeen(tmp_path, write_buffer_bytes=256 << 10, memory_keys=1000) as seen:
         for i in range(60_000):
             assert seen.first(f"doc-{i}", f"line {i}") is None
         files = [p for p in seen.directory.iterdir() if p.suffix == ".sst"]
@@ -42,23 +54,25 @@ def test_keys_flushed_to_disk_and_compacted_are_still_found(tmp_path):
         assert seen.first("doc-60000", "new") is None
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.text(min_size=1, max_size=12), max_size=80))
-def test_it_answers_like_a_dict(keys):
+@pytest.mark.parametrize("memory_keys", WHERE)
+@settings(max_examples=40, deadline=None)
+@given(keys=st.lists(st.text(min_size=1, max_size=12), max_size=80))
+def test_it_answers_like_a_dict(keys, memory_keys):
     expected: dict[str, str] = {}
-    with FirstSeen() as seen:
+    with FirstSeen(memory_keys=memory_keys) as seen:
         for n, key in enumerate(keys):
             assert seen.first(key, str(n)) == expected.get(key)
             expected.setdefault(key, str(n))
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(st.sampled_from("abcdef"), max_size=8), max_size=8))
-def test_batched_lookups_answer_like_one_at_a_time(batches):
+@pytest.mark.parametrize("memory_keys", WHERE)
+@settings(max_examples=40, deadline=None)
+@given(batches=st.lists(st.lists(st.sampled_from("abcdef"), max_size=8), max_size=8))
+def test_batched_lookups_answer_like_one_at_a_time(batches, memory_keys):
     """Keys repeated inside one batch and across batches: the first place always wins."""
     expected: dict[str, str] = {}
     n = 0
-    with FirstSeen() as seen:
+    with FirstSeen(memory_keys=memory_keys) as seen:
         for batch in batches:
             wheres = [str(n + i) for i in range(len(batch))]
             answers = seen.first_many(list(batch), wheres)
@@ -102,6 +116,7 @@ def items(n: int) -> list[InputItem]:
 
 def test_intake_removes_its_index_when_done_or_abandoned(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(first_seen, "MEMORY_KEYS", 0)  # on disk from the start
     rejects, counts = Rejects(), IntakeCounts()
     accepted = list(accept_documents([("in.jsonl", items(12))], rejects, counts))
     assert [doc.id for doc in accepted] == ["0", "1", "2", "3", "4"]
