@@ -13,6 +13,7 @@ import fcntl
 import heapq
 import json
 import math
+import operator
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cache
+from itertools import compress
 from pathlib import Path
 
 import torch
@@ -96,16 +99,35 @@ def unigram_vocab(
     room = vocab_size - len(SPECIAL_TOKENS) - len(chars)
     if room < 0:
         raise ModelLoadError(f"a vocabulary of {vocab_size} cannot hold {len(chars)} characters")
-    longer = heapq.nsmallest(
-        room,
-        (piece for piece in counts if len(piece) > 1),
-        key=lambda piece: (-counts[piece] * len(piece), piece),
-    )
+    longer = _most_covering(counts, room)
     pieces = sorted([*chars, *longer], key=lambda piece: (-counts[piece], piece))
     total = sum(counts[piece] for piece in pieces)
     return [(token, 0.0) for token in SPECIAL_TOKENS] + [
         (piece, math.log(counts[piece] / total)) for piece in pieces
     ]
+
+
+def _most_covering(counts: Counter[str], room: int) -> list[str]:
+    """The `room` pieces longer than one character with the largest count x length, ties
+    by the piece (what `heapq.nsmallest(room, ..., key=(-count * length, piece))` gives, in
+    another order), with the ~10^6 scores computed and ranked in C: ~10x faster."""
+    candidates = list(compress(counts, map((1).__lt__, map(len, counts))))
+    scores = list(map(operator.mul, map(counts.__getitem__, candidates), map(len, candidates)))
+    if room >= len(candidates):
+        return candidates
+    if room <= 0:
+        return []
+    threshold = heapq.nlargest(room, scores)[-1]
+    above = list(compress(candidates, map(threshold.__lt__, scores)))
+    tied = sorted(compress(candidates, map(threshold.__eq__, scores)))
+    return above + tied[: room - len(above)]
+
+
+@cache  # a process that builds a model and a reranker of one size trains one vocabulary
+def _vocabulary(vocab_size: int, seed: int) -> list[tuple[str, float]]:
+    from pipeline.engine.synthetic_text import TextGenerator
+
+    return unigram_vocab(TextGenerator(seed).sentences(20000), vocab_size)
 
 
 def train_tokenizer(vocab_size: int, seed: int = 0):  # -> PreTrainedTokenizerFast
@@ -122,9 +144,7 @@ def train_tokenizer(vocab_size: int, seed: int = 0):  # -> PreTrainedTokenizerFa
     )
     from transformers import PreTrainedTokenizerFast
 
-    from pipeline.engine.synthetic_text import TextGenerator
-
-    vocab = unigram_vocab(TextGenerator(seed).sentences(20000), vocab_size)
+    vocab = _vocabulary(vocab_size, seed)
     tok = Tokenizer(models.Unigram(vocab, unk_id=SPECIAL_TOKENS.index("<unk>")))
     tok.normalizer = normalizers.Sequence(
         [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
