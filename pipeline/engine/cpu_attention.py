@@ -114,7 +114,7 @@ def fused_attention_forward(
     rows = length if fits >= length else max(64, fits // 64 * 64)
     spans = [(start, min(start + rows, length)) for start in range(0, length, rows)]
     masked = attention_mask is not None
-    traced, fresh = None, set()
+    traced, fresh = None, set[int]()
     if keys == length and not dropout:
         traced, fresh = _kernel(query, key, scale, [end - start for start, end in spans], masked)
     if traced is None:
