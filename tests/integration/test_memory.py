@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from pipeline.jobs.keys import worker_key
+from pipeline.tasks.embed import INLINE_READ_FILES
 from tests.integration.conftest import write_jsonl
 
 SHARDS = 200
@@ -41,7 +42,16 @@ def corpus(path: Path, shards: int) -> Path:
     return write_jsonl(path, records)
 
 
-def submit_peak_rss_mb(corpus_path: Path, out: Path, env: dict) -> float:
+def split(path: Path, files: int) -> list[Path]:
+    """The corpus's lines dealt into `files` files beside it."""
+    lines = path.read_text().splitlines(keepends=True)
+    parts = [path.with_name(f"{path.stem}-{n:02d}.jsonl") for n in range(files)]
+    for n, part in enumerate(parts):
+        part.write_text("".join(lines[n::files]))
+    return parts
+
+
+def submit_peak_rss_mb(inputs: list[Path], out: Path, env: dict) -> float:
     """Run `m3pipe submit` to the end; the peak RSS of it and its reading process (each
     one's VmHWM, read until it exits, summed: at least their peak together).
 
@@ -49,7 +59,8 @@ def submit_peak_rss_mb(corpus_path: Path, out: Path, env: dict) -> float:
     this (large) test process would report the test's own RSS.
     """
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "submit", str(corpus_path), "--out", str(out),
+        [sys.executable, "-m", "pipeline.cli", "submit",
+         *map(str, inputs), "--out", str(out),
          "--shard-docs", str(DOCS_PER_SHARD), "--max-queued", str(MAX_QUEUED),
          "--max-length", "64"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -79,8 +90,11 @@ def test_worker_and_producer_memory_stay_flat(tmp_path, cli_env, workers, store)
     [name] = workers.start(1)
     pool_pid = int(store.redis.hget(worker_key(name), "pid"))
 
-    # The producer's peak on a 4-shard corpus, then on one 50x the queued-shard limit.
-    small_peak = submit_peak_rss_mb(corpus(tmp_path / "small.jsonl", 4), tmp_path / "o1", cli_env)
+    # The producer's peak on a 4-shard corpus, then on one 50x the queued-shard limit. The
+    # small one in more files than the producer parses itself (INLINE_READ_FILES): a
+    # reading process parses both, and the same two processes are compared.
+    small = split(corpus(tmp_path / "small.jsonl", 4), INLINE_READ_FILES + 1)
+    small_peak = submit_peak_rss_mb(small, tmp_path / "o1", cli_env)
     big = corpus(tmp_path / "big.jsonl", SHARDS)
     assert big.stat().st_size > 50 * MAX_QUEUED * DOCS_PER_SHARD * DOC_CHARS
     samples: dict[int, float] = {}  # shards done -> the pool process's RSS then
@@ -96,7 +110,7 @@ def test_worker_and_producer_memory_stay_flat(tmp_path, cli_env, workers, store)
     thread = threading.Thread(target=sampler, daemon=True)
     thread.start()
     try:
-        big_peak = submit_peak_rss_mb(big, tmp_path / "o2", cli_env)
+        big_peak = submit_peak_rss_mb([big], tmp_path / "o2", cli_env)
         deadline = time.monotonic() + 300
         while max(samples, default=0) < SHARDS:
             assert time.monotonic() < deadline, f"{max(samples)}/{SHARDS} shards after 300 s"

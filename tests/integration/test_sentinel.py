@@ -199,7 +199,11 @@ class Job:
 def job_under_way(tmp_path, setup: SentinelSetup, cli_env, stub: str) -> Iterator[Job]:
     """A 24-document job in 8 shards of ~1.4 s (the stand-in encoder), submitted through the
     sentinels, one worker on it, 2 shards done; the worker stops when the block ends."""
-    env = {**cli_env, "M3PIPE_BROKER_URL": setup.url}
+    # A short visibility timeout: a delivery whose record reached the replica while its
+    # worker lost the message with its connection (kombu's restore had no primary to write
+    # to) waits in `unacked` until then, and a worker's sweep restores it (seen in CI).
+    env = {**cli_env, "M3PIPE_BROKER_URL": setup.url, "M3PIPE_VISIBILITY_TIMEOUT": "20",
+           "M3PIPE_RESTORE_INTERVAL": "2", "M3PIPE_PLANNED_TOKENS_PER_SECOND": "3000"}  # fmt: skip
     slow_stub(env, stub, 3000)
     store = JobStore.connect(setup.url)
     records = long_records(24)
