@@ -112,11 +112,9 @@ def _most_covering(counts: Counter[str], room: int) -> list[str]:
     by the piece (what `heapq.nsmallest(room, ..., key=(-count * length, piece))` gives, in
     another order), with the ~10^6 scores computed and ranked in C: ~10x faster."""
     candidates = list(compress(counts, map((1).__lt__, map(len, counts))))
+    if room >= len(candidates) or room <= 0:
+        return candidates if room > 0 else []
     scores = list(map(operator.mul, map(counts.__getitem__, candidates), map(len, candidates)))
-    if room >= len(candidates):
-        return candidates
-    if room <= 0:
-        return []
     threshold = heapq.nlargest(room, scores)[-1]
     above = list(compress(candidates, map(threshold.__lt__, scores)))
     tied = sorted(compress(candidates, map(threshold.__eq__, scores)))
