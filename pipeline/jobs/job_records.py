@@ -269,9 +269,6 @@ class JobRecords(RedisRecords):
             raise JobNotFound(job_id)
         return JobState(state), as_int(queued)
 
-    def queued_shards(self, job_id: str) -> int:
-        return as_int(self._hget(job_key(job_id), "n_queued"))
-
     def active_shards(self, job_id: str) -> int:
         """Shards queued or running, from the job's counts."""
         counts = cast(

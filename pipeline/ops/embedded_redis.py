@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -74,8 +75,9 @@ class EmbeddedRedis:
             return f"redis://{auth}127.0.0.1:{self.port}/0"
         return f"unix://{self.socket}"
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=str(self.socket), password=self.password)
+    def client(self, retry: bool = True) -> redis.Redis:
+        options: dict[str, Any] = {} if retry else {"retry": Retry(NoBackoff(), 0)}
+        return redis.Redis(unix_socket_path=str(self.socket), password=self.password, **options)
 
     def start(self) -> EmbeddedRedis:
         if self._given_dir is not None:
@@ -139,12 +141,8 @@ class EmbeddedRedis:
         if self.process is not None and self.process.poll() is None:
             # SHUTDOWN acts at once (SIGTERM waits for the next cron tick, up to 100 ms);
             # either flushes the append-only file first.
-            once = redis.Redis(  # not retried: the server closing the connection is the answer
-                unix_socket_path=str(self.socket), password=self.password,
-                retry=Retry(NoBackoff(), 0),
-            )  # fmt: skip
-            try:
-                once.shutdown()
+            try:  # not retried: the server closing the connection is its answer
+                self.client(retry=False).shutdown()
             except redis.RedisError:
                 self.process.send_signal(signal.SIGTERM)
             try:

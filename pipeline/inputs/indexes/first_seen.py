@@ -39,8 +39,7 @@ class FirstSeen(ScratchIndex):
         self._write_buffer_bytes = write_buffer_bytes
         self._memory_keys = MEMORY_KEYS if memory_keys is None else memory_keys
         self._memory: dict[bytes, bytes] | None = {}  # None once on disk, or closed
-        self._on_disk: ScratchDb | None = None
-        self._closed = False
+        self._on_disk: ScratchDb | None = None  # None before the move, or closed
         if self._memory_keys == 0:
             self._move_to_disk()
 
@@ -89,9 +88,9 @@ class FirstSeen(ScratchIndex):
         return None if self._on_disk is None else self._on_disk.directory
 
     def close(self) -> None:
-        self._closed, self._memory = True, None
-        if self._on_disk is not None:
-            self._on_disk.close()
+        on_disk, self._on_disk, self._memory = self._on_disk, None, None
+        if on_disk is not None:
+            on_disk.close()
 
     def _move_to_disk(self) -> None:
         """The keys so far into a RocksDB, and every key after them there."""
@@ -106,7 +105,7 @@ class FirstSeen(ScratchIndex):
         self._on_disk, self._memory = scratch, None
 
     def _disk(self) -> ScratchDb:
-        if self._closed or self._on_disk is None:
+        if self._on_disk is None:  # neither in memory nor on disk
             raise ValueError("the first-seen index is closed")
         return self._on_disk
 

@@ -44,7 +44,7 @@ def test_transitions_keep_counters_exact_under_redelivery(store, tmp_path):
     for shard in range(3):
         assert store.mark_shard("job-1", shard, Q, [ABSENT]) == (True, ABSENT)
     assert store.mark_shard("job-1", 0, Q, [ABSENT]) == (False, "queued")  # not twice
-    assert store.queued_shards("job-1") == 3
+    assert store.status("job-1").shards.queued == 3
     assert store.mark_shard("job-1", 0, R, ACTIVE)[0]
     assert store.state("job-1") is JobState.RUNNING
     assert store.mark_shard("job-1", 0, R, ACTIVE) == (True, "running")  # redelivered
