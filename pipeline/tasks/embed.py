@@ -37,9 +37,9 @@ SPECIALS = 2  # CLS and EOS per sequence
 # overlap.
 INLINE_READ_BYTES = 8 << 20
 INLINE_READ_FILES = 16
-# A worker's piece of a shard (TaskKind.pieces) holds about this much text at most: ~256k
-# tokens, whose float16 ColBERT vectors are ~512 MiB.
-PIECE_TEXT_BYTES = 1 << 20
+# A worker's piece of a shard (TaskKind.pieces) holds about this much text at most: ~128k
+# tokens, whose float16 ColBERT vectors are ~256 MiB.
+PIECE_TEXT_BYTES = 512 << 10
 EDGE_FRACTION = 4  # a shard's first and last pieces: this fraction of the others
 EDGE_TEXT_BYTES = PIECE_TEXT_BYTES // EDGE_FRACTION
 

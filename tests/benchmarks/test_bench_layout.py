@@ -17,3 +17,5 @@ def test_every_layout_is_measured(tmp_path):
     binary = measured["float16 fixed_size_binary none"]
     # 12 vectors of 8 float16s: 192 bytes of data, plus Parquet's framing
     assert binary["kib"] * 1024 * 4 >= 192 and binary["write_ms"] > 0
+    sinks = report["sinks_float16_fixed_size_binary"]
+    assert sinks["page cache"]["wall_ms"] > 0 and sinks["o_direct"]["wall_ms"] > 0

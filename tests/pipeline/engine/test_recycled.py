@@ -51,13 +51,36 @@ def test_an_arrow_table_over_the_array_keeps_its_buffer_until_it_is_gone():
     assert address(buffers.empty((6, 4), np.float16)) == base
 
 
-def test_a_much_larger_free_buffer_is_not_lent_for_a_small_array():
+def test_pieces_of_mixed_sizes_meet_no_fresh_memory_once_every_buffer_is_made():
+    """A shard's pieces: a quarter, three whole ones, a remainder, a quarter, ... with up to
+    four in flight (filling, two queued for the writer, writing). After the first few, every
+    piece comes from a kept buffer: new ones are made as large as the largest."""
+    buffers = RecycledBuffers(keep=4)
+    sizes = [64, 256, 256, 256, 104] * 6
+    in_flight: list[np.ndarray] = []
+    made: set[int] = set()
+    fresh_late = 0
+    for number, size in enumerate(sizes):
+        if len(in_flight) == 4:
+            in_flight.pop(0)  # the writer is done with the oldest
+        array = buffers.empty((size, 1024), np.uint8)
+        if address(array) not in made:
+            made.add(address(array))
+            fresh_late += number >= 10
+        in_flight.append(array)
+    assert fresh_late == 0
+    assert len(made) <= 5 and len(buffers._buffers) == 4
+
+
+def test_a_small_request_takes_a_free_buffer_however_large():
     buffers = RecycledBuffers(keep=3)
     large = buffers.empty((4 << 20,), np.uint8)
-    base = address(large)
-    del large
-    assert address(buffers.empty((16,), np.uint8)) != base
-    assert address(buffers.empty((4 << 20,), np.uint8)) == base
+    small = buffers.empty((1 << 20,), np.uint8)  # as large as the largest: 4 MiB or more
+    large_base, small_base = address(large), address(small)
+    del large, small
+    first = buffers.empty((16,), np.uint8)
+    second = buffers.empty((16,), np.uint8)
+    assert {address(first), address(second)} == {large_base, small_base}
 
 
 def test_no_more_than_keep_buffers_are_held():
