@@ -32,6 +32,7 @@ import math
 import numpy as np
 import pyarrow as pa
 
+from schemas.arrow_arrays import numeric_array
 from schemas.options import StorageDtype, VectorForm
 
 OUTPUT_FORMAT = 2  # 1: colbert as list<fixed_size_list<float>>; 2: list<fixed_size_binary>
@@ -112,7 +113,7 @@ def colbert_array(offsets: np.ndarray, vectors: np.ndarray) -> pa.ListArray:
     values = pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(width), len(vectors), [None, pa.py_buffer(vectors)]
     )
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+    return pa.ListArray.from_arrays(numeric_array(offsets.astype(np.int32)), values)
 
 
 def _stored(field: pa.Field) -> tuple[str, int]:

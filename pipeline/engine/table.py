@@ -16,6 +16,7 @@ import pyarrow as pa
 from pipeline.engine.compact_vectors import int8_per_vector, pool_tokens, sign_bits
 from pipeline.engine.encoder import BatchOutput
 from pipeline.engine.recycled import RecycledBuffers
+from schemas.arrow_arrays import numeric_array, string_array
 from schemas.document import Document
 from schemas.options import EncodeOptions, Mode, StorageDtype
 from schemas.vector_layout import (
@@ -146,22 +147,22 @@ class ShardColumns:
                     pa.binary(values.shape[1]), len(values), [None, pa.py_buffer(values)]
                 )
             else:
-                flat = pa.array(values.reshape(-1))
+                flat = numeric_array(values.reshape(-1))
                 columns["dense"] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
             if self.dense.scales is not None:
-                columns["dense_scale"] = pa.array(self.dense.scales)
+                columns["dense_scale"] = numeric_array(self.dense.scales)
         if Mode.SPARSE in self.modes:
             offsets, indices, values = self._sparse_in_order()
-            as_list = pa.array(offsets.astype(np.int32))
-            columns["sparse_indices"] = pa.ListArray.from_arrays(as_list, pa.array(indices))
-            columns["sparse_values"] = pa.ListArray.from_arrays(as_list, pa.array(values))
+            as_list = numeric_array(offsets.astype(np.int32))
+            columns["sparse_indices"] = pa.ListArray.from_arrays(as_list, numeric_array(indices))
+            columns["sparse_values"] = pa.ListArray.from_arrays(as_list, numeric_array(values))
         if Mode.COLBERT in self.modes:
             offsets, colbert = self._colbert_in_order()
             columns["colbert"] = colbert_array(offsets, colbert.values)
             if colbert.scales is not None:
-                scales = pa.array(colbert.scales)
+                scales = numeric_array(colbert.scales)
                 columns["colbert_scales"] = pa.ListArray.from_arrays(
-                    pa.array(offsets.astype(np.int32)), scales
+                    numeric_array(offsets.astype(np.int32)), scales
                 )
         return columns
 
@@ -226,10 +227,10 @@ def assemble_table(
 ) -> pa.Table:
     """The shard's rows in input order, in the output contract's schema."""
     arrays: dict[str, pa.Array] = {
-        "id": pa.array([ids[i] for i in doc_index], type=pa.string()),
-        "chunk": pa.array(chunk, type=pa.int32()),
-        "n_tokens": pa.array(n_tokens.astype(np.int32), type=pa.int32()),
-        "truncated": pa.array(truncated, type=pa.bool_()),
+        "id": string_array([ids[i] for i in doc_index]),
+        "chunk": numeric_array(chunk.astype(np.int32)),
+        "n_tokens": numeric_array(n_tokens.astype(np.int32)),
+        "truncated": numeric_array(truncated.astype(bool)),
         **columns.columns(),
     }
     return pa.Table.from_arrays([arrays[field.name] for field in schema], schema=schema)

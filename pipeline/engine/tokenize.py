@@ -10,6 +10,7 @@ are the ones the whole text gives (tests/pipeline/engine/test_tokenize.py checks
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +117,14 @@ def _content_tokens(tokenizer: Any, texts: Seq[str], window: int, chunked: bool)
 
 
 def tokenize_plain(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    backend = _rust_backend(tokenizer)
+    if backend is not None:
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets
+        return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
+    return _wrapped_tokens(tokenizer, texts)
+
+
+def _wrapped_tokens(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return list(
         tokenizer(
             texts,
@@ -124,6 +133,29 @@ def tokenize_plain(tokenizer: Any, texts: list[str]) -> list[list[int]]:
             return_token_type_ids=False,
         )["input_ids"]
     )
+
+
+# Texts the Rust backend must tokenize as the Python wrapper does before it is used alone.
+_PROBES = [
+    "m3pipe template check",
+    "  Leading spaces, UPPER case, ponctuation: ça va? 12.5% — «quotes» and\ttabs\n",
+    "Кириллица, ελληνικά, العربية, हिन्दी, 中文字符, 한국어, emoji 🙂👍🏽, e\u0301 (combining)",
+]
+_agrees: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _rust_backend(tokenizer: Any) -> Any:
+    """The fast tokenizer's Rust backend, to be called without transformers' per-call work
+    (~0.1 ms of CPU a 512-token document, a sixth of tokenizing), when it gives the ids the
+    wrapper gives on the probes and holds no truncation or padding (a wrapper's call that
+    asks for them leaves them set); else None and the wrapper is called, as before."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return None
+    if tokenizer not in _agrees:
+        ids = [e.ids for e in backend.encode_batch(_PROBES, add_special_tokens=False)]
+        _agrees[tokenizer] = ids == _wrapped_tokens(tokenizer, _PROBES)
+    return backend if _agrees[tokenizer] else None
 
 
 def leading_tokens(tokenizer: Any, text: str, count: int, piece_chars: int) -> list[int]:

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from pipeline.engine.embedder import EmbedEngine
@@ -123,3 +125,50 @@ def test_a_giant_word_is_truncated_from_a_prefix_with_the_same_tokens(tiny):
     whole = tokenize_plain(tiny.tokenizer, [text])[0]
     for count in (10, 1000, 5000):
         assert leading_tokens(tiny.tokenizer, text, count, 16_384) == whole[:count]
+
+
+@settings(max_examples=30, deadline=None)
+@given(texts=st.lists(st.text(max_size=300), min_size=1, max_size=8))
+def test_the_rust_backend_gives_the_ids_the_wrapper_gives(tiny, texts):
+    from pipeline.engine import tokenize
+
+    assert tokenize._rust_backend(tiny.tokenizer) is not None  # the fast path is taken
+    assert tokenize.tokenize_plain(tiny.tokenizer, texts) == tokenize._wrapped_tokens(
+        tiny.tokenizer, texts
+    )
+
+
+def test_a_backend_left_truncating_is_not_called_alone(tiny):
+    """A wrapper call that truncates leaves truncation set on the backend."""
+    from pipeline.engine import tokenize
+
+    text = " ".join(["word"] * 50)
+    tiny.tokenizer([text], truncation=True, max_length=8)
+    assert tiny.tokenizer.backend_tokenizer.truncation is not None
+    assert len(tokenize.tokenize_plain(tiny.tokenizer, [text])[0]) > 8  # the wrapper's ids
+    tiny.tokenizer([text])  # the wrapper clears it again; the fast path is back
+    assert tokenize._rust_backend(tiny.tokenizer) is not None
+
+
+def test_a_backend_that_disagrees_with_its_wrapper_is_not_used():
+    from pipeline.engine import tokenize
+
+    class Encoding:
+        def __init__(self, ids):
+            self.ids = ids
+
+    class Backend:
+        truncation = padding = None
+
+        def encode_batch(self, texts, add_special_tokens):
+            return [Encoding([1, 2]) for _ in texts]
+
+    class Wrapper:  # what a tokenizer with Python-side steps of its own would look like
+        backend_tokenizer = Backend()
+
+        def __call__(self, texts, **_):
+            return {"input_ids": [[len(text)] for text in texts]}
+
+    wrapper = Wrapper()
+    assert tokenize._rust_backend(wrapper) is None
+    assert tokenize.tokenize_plain(wrapper, ["abc", "de"]) == [[3], [2]]
