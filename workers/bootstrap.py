@@ -26,6 +26,7 @@ from pipeline.jobs.store import JobStore
 from pipeline.ops.lifeline import set_parent_death_signal
 from pipeline.runtime.device_gate import gate_from_environment
 from pipeline.runtime.gpu_utilization import register_gpu_utilization
+from pipeline.runtime.heap import collector_paused_while_loading
 from pipeline.runtime.metrics import WorkerMetrics, serve, slot_metrics_port
 from pipeline.runtime.shard_runner import WorkerRuntime
 from pipeline.runtime.worker_models import WorkerModels, load_task_model
@@ -90,8 +91,9 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         on_load_failed=lambda task, spec: metrics.model_load_failures.labels(task.value).inc(),
     )
     started = time.perf_counter()
-    for task in settings.preload_tasks:
-        models.load(task)
+    with collector_paused_while_loading():
+        for task in settings.preload_tasks:
+            models.load(task)
     record["model_load_seconds"] = round(time.perf_counter() - started, 3)
     record["ready_at"] = time.time()
     store.register_worker(hostname, record, _WORKER_RECORD_TTL)

@@ -2,6 +2,6 @@
 
 import sys
 
-from pipeline.cli.main import main
+from pipeline.cli.main import entry
 
-sys.exit(main())
+sys.exit(entry())

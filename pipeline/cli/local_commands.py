@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.cli.options import usage_error
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
+from pipeline.runtime.heap import collector_paused_while_loading
 from pipeline.settings import Settings
 from schemas.job import Task
 from schemas.options import EncodeOptions
@@ -123,13 +124,14 @@ def _run_local(
     shard_items: int,
     total: Callable[[Location], int | None] | None,
 ) -> int:
-    model = kind.load_model(
-        args.model or kind.model_spec(settings),
-        device=args.device,
-        precision=args.precision or settings.precision,
-        cache_dir=settings.cache_dir,
-        hub_timeout=settings.hub_timeout,
-    )
+    with collector_paused_while_loading():
+        model = kind.load_model(
+            args.model or kind.model_spec(settings),
+            device=args.device,
+            precision=args.precision or settings.precision,
+            cache_dir=settings.cache_dir,
+            hub_timeout=settings.hub_timeout,
+        )
     from pipeline.local.process import process_file
 
     engine = kind.engine(model, task_options)

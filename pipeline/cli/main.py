@@ -35,6 +35,7 @@ from pipeline.cli.search import add_search_commands
 from pipeline.cli.tenants import add_tenants_command
 from pipeline.errors import PipelineError
 from pipeline.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from pipeline.runtime.heap import collector_paused_while_loading, freeze_after_loading
 from pipeline.settings import Settings
 
 MODEL_COMMANDS = {
@@ -50,7 +51,8 @@ MODEL_COMMANDS = {
 def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    import transformers
+    with collector_paused_while_loading():  # transformers' import: a model's first part
+        import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -136,6 +138,12 @@ def _redacted(settings: Settings) -> str:
     return redact(settings.broker)
 
 
+def entry() -> int:
+    """The `m3pipe` command as a process of its own (the console script, `python -m`)."""
+    freeze_after_loading()  # pipeline/runtime/heap.py
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -204,4 +212,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
