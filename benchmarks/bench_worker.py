@@ -117,7 +117,7 @@ def stages(
 ) -> dict:
     """One shard's CPU time per document in each stage of the encode path."""
     from pipeline.engine.model import load_model
-    from pipeline.storage.sink import write_shard
+    from pipeline.storage.part_writer import PartWriter
     from pipeline.tasks import task_kind
     from schemas.document import Document
     from schemas.job import Task
@@ -136,8 +136,10 @@ def stages(
     result = engine.encode_tokenized(docs, tokenized)
     timings["engine (forward, heads, placing vectors, table)"] = time.process_time() - started
     with tempfile.TemporaryDirectory() as tmp:
-        started = time.process_time()
-        written = write_shard(result.table, Path(tmp) / "part-00000.parquet")
+        started = time.process_time()  # the worker's writer: its thread, its sink
+        writer = PartWriter(Path(tmp) / "part-00000.parquet", result.table.schema)
+        writer.write(result.table)
+        written = writer.close()
         timings["parquet write"] = time.process_time() - started
         part_bytes = written.size()
     return {
