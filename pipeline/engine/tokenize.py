@@ -138,7 +138,7 @@ def _wrapped_tokens(tokenizer: Any, texts: list[str]) -> list[list[int]]:
 # Texts the Rust backend must tokenize as the Python wrapper does before it is used alone.
 _PROBES = [
     "m3pipe template check",
-    "  Leading spaces, UPPER case, ponctuation: ça va? 12.5% — «quotes» and\ttabs\n",
+    "  Leading spaces, UPPER case, punctuation: ça va? 12.5% — «quotes» and\ttabs\n",
     "Кириллица, ελληνικά, العربية, हिन्दी, 中文字符, 한국어, emoji 🙂👍🏽, e\u0301 (combining)",
 ]
 _agrees: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
