@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     # Documents of a shard a worker computes and writes at a time: the next piece computes
     # while the last is written (pipeline/storage/part_writer.py). 128 documents of 512
     # tokens are 128 MiB of float16 ColBERT vectors; a worker keeps five pieces' memory
-    # (pipeline/engine/recycled.py), whose first use costs page faults: 256 took 1.2 s more
+    # (pipeline/engine/recycled.py), whose first use costs page faults: 256 took 2.1 s more
     # of system CPU than 128 in a 4,000-document `m3pipe encode` (docs/engine.md).
     piece_documents: int = Field(default=128, ge=1)
     # A worker marks a shard done, then waits (Redis WAIT) until this many replicas have it,
