@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # (pipeline/engine/recycled.py), whose first use costs page faults: 256 took 2.1 s more
     # of system CPU than 128 in a 4,000-document `m3pipe encode` (docs/engine.md).
     piece_documents: int = Field(default=128, ge=1)
+    # Local part files are written around the page cache (O_DIRECT) where the file system
+    # takes it (pipeline/storage/direct_file.py); False: through it, as other files are.
+    direct_writes: bool = True
     # A worker marks a shard done, then waits (Redis WAIT) until this many replicas have it,
     # at most M3PIPE_REDIS_WAIT_MS, before the shard's message is acknowledged: a failover
     # to a replica then never loses a done shard whose message is gone (docs/reliability.md).

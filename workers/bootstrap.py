@@ -91,7 +91,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         on_load_failed=lambda task, spec: metrics.model_load_failures.labels(task.value).inc(),
     )
     started = time.perf_counter()
-    with collector_paused_while_loading():
+    with collector_paused_while_loading(freeze=True):  # a pool process: its own
         for task in settings.preload_tasks:
             models.load(task)
     record["model_load_seconds"] = round(time.perf_counter() - started, 3)
@@ -110,6 +110,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         output_roots=settings.output_root_list,
         input_roots=settings.input_root_list,
         piece_documents=settings.piece_documents,
+        direct_writes=settings.direct_writes,
         slots=settings.worker_slots,
         wait_replicas=settings.redis_wait_replicas,
         wait_ms=settings.redis_wait_ms,

@@ -124,7 +124,7 @@ def _run_local(
     shard_items: int,
     total: Callable[[Location], int | None] | None,
 ) -> int:
-    with collector_paused_while_loading():
+    with collector_paused_while_loading(freeze=args.own_process):
         model = kind.load_model(
             args.model or kind.model_spec(settings),
             device=args.device,
@@ -152,6 +152,7 @@ def _run_local(
             lease=lease,
             resume=args.resume,
             piece_documents=settings.piece_documents,
+            direct_writes=settings.direct_writes,
         )
     finally:
         bar.close()

@@ -35,7 +35,7 @@ from pipeline.cli.search import add_search_commands
 from pipeline.cli.tenants import add_tenants_command
 from pipeline.errors import PipelineError
 from pipeline.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from pipeline.runtime.heap import collector_paused_while_loading, freeze_after_loading
+from pipeline.runtime.heap import collector_paused_while_loading
 from pipeline.settings import Settings
 
 MODEL_COMMANDS = {
@@ -48,10 +48,11 @@ MODEL_COMMANDS = {
 }  # the ones that load a model in this process (`run` starts workers that do)
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(own_process: bool) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    with collector_paused_while_loading():  # transformers' import: a model's first part
+    # transformers' import: a model's first part (pipeline/runtime/heap.py)
+    with collector_paused_while_loading(freeze=own_process):
         import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -140,18 +141,20 @@ def _redacted(settings: Settings) -> str:
 
 def entry() -> int:
     """The `m3pipe` command as a process of its own (the console script, `python -m`)."""
-    freeze_after_loading()  # pipeline/runtime/heap.py
-    return main()
+    return main(own_process=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
+    """`own_process`: this process runs the command and nothing else, so what a model's
+    load leaves may be frozen out of the garbage collector (pipeline/runtime/heap.py)."""
     args = build_parser().parse_args(argv)
+    args.own_process = own_process
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command in MODEL_COMMANDS:
-        _quiet_libraries()
+        _quiet_libraries(own_process)
     try:
         settings = Settings()
     except ValidationError as exc:

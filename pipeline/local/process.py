@@ -88,6 +88,7 @@ def process_file(
     lease: OutputLease | None = None,
     resume: bool = False,
     piece_documents: int = 128,
+    direct_writes: bool = True,
 ) -> LocalSummary:
     """Run every valid record of `input_path` through `engine` (made by `kind`), writing
     part files, the rejects log and the manifest. `reuse`: a previous output of the same
@@ -96,7 +97,8 @@ def process_file(
     Nothing becomes visible in the directory once another run holds its lease. `resume`:
     the part files of an interrupted run into `out_dir` whose items still match (their
     digest, in each part's footer) are kept; the others are computed again.
-    `piece_documents`: of a shard, computed and written at a time."""
+    `piece_documents`: of a shard, computed and written at a time. `direct_writes`: local
+    parts around the page cache (pipeline/storage/direct_file.py)."""
     started = time.time()
     reading = reading or Reading()
     source = open_location(input_path)
@@ -114,11 +116,11 @@ def process_file(
         with take_lease(checked, command=kind.command) as own:
             return _write_output(
                 kind, source, first, items, out_dir, engine, reading, shard_items, overwrite,
-                progress, previous, own, started, resume, piece_documents,
+                progress, previous, own, started, resume, piece_documents, direct_writes,
             )  # fmt: skip
     return _write_output(
         kind, source, first, items, out_dir, engine, reading, shard_items, overwrite,
-        progress, previous, lease, started, resume, piece_documents,
+        progress, previous, lease, started, resume, piece_documents, direct_writes,
     )  # fmt: skip
 
 
@@ -138,6 +140,7 @@ def _write_output(
     started: float,
     resume: bool,
     piece_documents: int,
+    direct_writes: bool,
 ) -> LocalSummary:
     out = prepare_output_dir(out_dir, overwrite, resume)
     summary = LocalSummary(out_dir=out, stats=kind.new_stats(), resumed=0 if resume else None)
@@ -187,7 +190,9 @@ def _write_output(
                     table = merge_in_order(table, part.planned.split.copied, part.planned.shard)
                 if part.writer is None:  # the schema, with what the kind records of the shard
                     schema = kind.part_table(table, part.planned.shard, keep).schema
-                    part.writer = PartWriter(out / part_name(number), schema, lease.check)
+                    part.writer = PartWriter(
+                        out / part_name(number), schema, lease.check, direct_writes=direct_writes
+                    )
                 part.writer.write(table)
                 part.rows += table.num_rows
                 part.pieces_left -= 1

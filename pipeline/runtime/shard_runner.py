@@ -68,6 +68,7 @@ class WorkerRuntime:
     output_roots: tuple[str, ...] = ()  # where jobs may write; empty: anywhere absolute
     input_roots: tuple[str, ...] = ()  # where shards by reference may be read; empty: anywhere
     piece_documents: int = 128  # of a shard, computed and written at a time
+    direct_writes: bool = True  # local parts around the page cache (O_DIRECT)
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     # Slots (pool processes) sharing this worker's device, and the gate they take turns
     # at (pipeline/runtime/device_gate.py); one slot: no gate.
@@ -307,7 +308,7 @@ def _encode_and_record(
     else:
         pieces = kind.pieces(items, runtime.piece_documents)
         stats, rows, written = _stream_part(kind, engine, items, pieces, spec, out / name, fence,
-                                            facts)  # fmt: skip
+                                            facts, runtime.direct_writes)  # fmt: skip
 
     store.set_model_metadata(job_id, engine.file_metadata())
     # Its counts, a fixed record in Redis: the part's name follows from the shard number,
@@ -361,6 +362,7 @@ def _stream_part(
     target: Location,
     fence: Callable[[], None],
     facts: Callable[[BatchStats, int], dict[str, Any]],
+    direct_writes: bool = True,
 ) -> tuple[BatchStats, int, Location]:
     """Compute the shard piece by piece and write each piece while the next one computes
     (the engine tokenizes the next piece meanwhile): the device never waits for the write.
@@ -371,14 +373,17 @@ def _stream_part(
         for _, computed in kind.compute_stream(engine, pieces, spec.keep_fields):
             if writer is None:  # the schema, with what the kind records of all the items
                 schema = kind.part_table(computed.table, items, spec.keep_fields).schema
-                writer = PartWriter(target, schema, fence)
+                writer = PartWriter(target, schema, fence, direct_writes=direct_writes)
             writer.write(computed.table)
             stats.add(computed.stats)
             rows += computed.rows
         if writer is None:  # nothing to compute: an empty part
             empty = kind.compute(engine, [], spec.keep_fields).table
             writer = PartWriter(
-                target, kind.part_table(empty, items, spec.keep_fields).schema, fence
+                target,
+                kind.part_table(empty, items, spec.keep_fields).schema,
+                fence,
+                direct_writes=direct_writes,
             )
         return stats, rows, writer.close(shard_footer(facts(stats, rows)))
     except BaseException:

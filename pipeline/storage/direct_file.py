@@ -11,8 +11,8 @@ process's memory (`python -m benchmarks.bench_worker --sinks direct,cached`).
 Writes are staged in a page-aligned buffer and handed to the kernel in whole blocks; the
 tail is written padded to a block at close and the file cut back to its length. Where
 O_DIRECT is refused (a file system without it, an odd block size) the file is written
-through the page cache, from the first refusal on; `M3PIPE_DIRECT_WRITES=0` asks for that
-everywhere (a file system that takes O_DIRECT but serves it slowly). Durability is
+through the page cache, from the first refusal on; `direct=False` (`M3PIPE_DIRECT_WRITES=0`)
+asks for that (a file system that takes O_DIRECT but serves it slowly). Durability is
 unchanged: the caller fsyncs as before (O_DIRECT alone promises nothing of the disk's cache).
 """
 
@@ -28,23 +28,20 @@ from pathlib import Path
 BLOCK = 4096  # O_DIRECT's alignment of addresses, offsets and lengths: any common device's
 STAGE_BYTES = 8 << 20  # bytes gathered before a write: large writes keep a disk busy
 _O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux; elsewhere every write is buffered
-ENV = "M3PIPE_DIRECT_WRITES"
-
-
-def direct_writes_wanted() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
 class DirectFile:
     """`open(path, "wb")`'s write, tell, flush and close (what pyarrow's writer uses)."""
 
-    def __init__(self, path: Path | str, stage_bytes: int = STAGE_BYTES) -> None:
+    def __init__(
+        self, path: Path | str, stage_bytes: int = STAGE_BYTES, *, direct: bool = True
+    ) -> None:
         self.name = str(path)
         self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         self._stage = mmap.mmap(-1, max(BLOCK, stage_bytes // BLOCK * BLOCK))  # page-aligned
         self._staged = 0  # bytes in the stage
         self._written = 0  # bytes handed to the kernel (a multiple of BLOCK while direct)
-        self.direct = _O_DIRECT != 0 and direct_writes_wanted() and self._set_direct(True)
+        self.direct = _O_DIRECT != 0 and direct and self._set_direct(True)
         self.closed = False
 
     def writable(self) -> bool:

@@ -39,8 +39,11 @@ class PartWriter:
         target: Location | Path | str,
         schema: pa.Schema,
         fence: Callable[[], None] | None = None,
+        *,
+        direct_writes: bool = True,
     ) -> None:
         self.location = open_location(target)
+        self._direct_writes = direct_writes  # local files around the page cache (O_DIRECT)
         self.schema = schema
         self._fence = fence
         self._pieces: queue.Queue[pa.Table | dict[bytes, bytes] | None] = queue.Queue(
@@ -103,7 +106,7 @@ class PartWriter:
             self._drain()
 
     def _write_file(self, tmp: Path) -> None:
-        with DirectFile(tmp) as handle:
+        with DirectFile(tmp, direct=self._direct_writes) as handle:
             self._write_pieces(handle, sync=handle)
 
     def _write_pieces(self, sink: pa.NativeFile | DirectFile, sync: DirectFile | None) -> None:

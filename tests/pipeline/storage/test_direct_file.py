@@ -109,8 +109,36 @@ def test_a_full_disk_is_raised_and_an_abandoned_file_writes_nothing_more(tmp_pat
     assert handle.closed
 
 
-def test_direct_writes_can_be_turned_off(tmp_path, monkeypatch):
-    monkeypatch.setenv("M3PIPE_DIRECT_WRITES", "0")
-    expected, direct = _write(tmp_path / "part", [b"d" * (BLOCK + 1)], BLOCK)
-    assert not direct
+def test_direct_writes_can_be_turned_off(tmp_path):
+    expected = b"d" * (BLOCK + 1)
+    with DirectFile(tmp_path / "part", stage_bytes=BLOCK, direct=False) as handle:
+        handle.write(expected)
+        assert not handle.direct
     assert (tmp_path / "part").read_bytes() == expected
+
+
+def test_the_setting_reaches_the_part_writers_file(tmp_path, monkeypatch):
+    """M3PIPE_DIRECT_WRITES=0 -> Settings -> PartWriter -> DirectFile(direct=False)."""
+    import pyarrow as pa
+
+    from pipeline.settings import Settings
+    from pipeline.storage.part_writer import PartWriter
+
+    opened: list[bool] = []
+
+    class Recording(DirectFile):
+        def __init__(self, path, stage_bytes=direct_file.STAGE_BYTES, *, direct=True):
+            opened.append(direct)
+            super().__init__(path, stage_bytes, direct=direct)
+
+    monkeypatch.setattr("pipeline.storage.part_writer.DirectFile", Recording)
+    for value, wanted in (("0", False), ("1", True)):
+        monkeypatch.setenv("M3PIPE_DIRECT_WRITES", value)
+        settings = Settings()
+        assert settings.direct_writes is wanted
+        table = pa.table({"x": pa.array([1, 2, 3])})
+        target = tmp_path / f"part-{value}.parquet"
+        writer = PartWriter(target, table.schema, direct_writes=settings.direct_writes)
+        writer.write(table)
+        writer.close()
+        assert opened[-1] is wanted
