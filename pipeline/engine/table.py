@@ -228,9 +228,9 @@ def assemble_table(
     """The shard's rows in input order, in the output contract's schema."""
     arrays: dict[str, pa.Array] = {
         "id": string_array([ids[i] for i in doc_index]),
-        "chunk": numeric_array(chunk.astype(np.int32)),
-        "n_tokens": numeric_array(n_tokens.astype(np.int32)),
-        "truncated": numeric_array(truncated.astype(bool)),
+        "chunk": numeric_array(np.asarray(chunk, np.int32)),  # no copy when int32 already
+        "n_tokens": numeric_array(np.asarray(n_tokens, np.int32)),
+        "truncated": numeric_array(np.asarray(truncated, bool)),
         **columns.columns(),
     }
     return pa.Table.from_arrays([arrays[field.name] for field in schema], schema=schema)

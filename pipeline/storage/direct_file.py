@@ -31,7 +31,8 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux; elsewhere every write is buffer
 
 
 class DirectFile:
-    """`open(path, "wb")`'s write, tell, flush and close (what pyarrow's writer uses)."""
+    """`open(path, "wb")`'s write, tell, flush, fileno and close: what pyarrow's writer and
+    the part writer's syncs use."""
 
     def __init__(
         self, path: Path | str, stage_bytes: int = STAGE_BYTES, *, direct: bool = True
@@ -43,9 +44,6 @@ class DirectFile:
         self._written = 0  # bytes handed to the kernel (a multiple of BLOCK while direct)
         self.direct = _O_DIRECT != 0 and direct and self._set_direct(True)
         self.closed = False
-
-    def writable(self) -> bool:
-        return True
 
     def fileno(self) -> int:
         return self._fd
