@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -106,6 +107,39 @@ def test_a_full_disk_is_raised_and_an_abandoned_file_writes_nothing_more(tmp_pat
         DirectFile(tmp_path / "part", stage_bytes=BLOCK) as handle,
     ):
         handle.write(b"z" * (3 * BLOCK))
+    assert handle.closed
+
+
+def test_a_full_stage_is_written_while_the_caller_fills_the_other(tmp_path, monkeypatch):
+    """The write behind: `write` returns while the disk still reads the last stage."""
+    real_write, entered, release = os.write, threading.Event(), threading.Event()
+
+    def slow(fd, data):
+        entered.set()
+        assert release.wait(10), "the caller never let the write finish"
+        return real_write(fd, data)
+
+    monkeypatch.setattr(direct_file.os, "write", slow)
+    first, second = b"1" * BLOCK, b"2" * (BLOCK // 2)
+    with DirectFile(tmp_path / "part", stage_bytes=BLOCK) as handle:
+        handle.write(first)  # a full stage: handed to the file's thread
+        assert entered.wait(10)
+        handle.write(second)  # into the other stage, the first still in flight
+        assert handle.tell() == len(first) + len(second)
+        release.set()
+    assert (tmp_path / "part").read_bytes() == first + second
+
+
+def test_an_error_behind_the_caller_is_raised_by_flush(tmp_path, monkeypatch):
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(direct_file.os, "write", full)
+    handle = DirectFile(tmp_path / "part", stage_bytes=BLOCK)
+    handle.write(b"y" * BLOCK)  # in flight: its error is not lost
+    with pytest.raises(OSError, match="No space left"):
+        handle.flush()
+    handle.close()  # nothing staged after the failed stage: nothing more is written
     assert handle.closed
 
 
