@@ -8,6 +8,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 from redis.exceptions import AskError, ClusterError
@@ -35,7 +36,7 @@ from pipeline.cli.search import add_search_commands
 from pipeline.cli.tenants import add_tenants_command
 from pipeline.errors import PipelineError
 from pipeline.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from pipeline.runtime.heap import collector_paused_while_loading
+from pipeline.runtime.heap import collector_paused_while_loading, exit_without_teardown
 from pipeline.settings import Settings
 
 MODEL_COMMANDS = {
@@ -139,9 +140,10 @@ def _redacted(settings: Settings) -> str:
     return redact(settings.broker)
 
 
-def entry() -> int:
-    """The `m3pipe` command as a process of its own (the console script, `python -m`)."""
-    return main(own_process=True)
+def entry() -> NoReturn:
+    """The `m3pipe` command as a process of its own (the console script, `python -m`):
+    it ends without the interpreter's teardown (pipeline/runtime/heap.py)."""
+    exit_without_teardown(main(own_process=True))
 
 
 def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
@@ -215,4 +217,4 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(entry())
+    entry()
