@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 from pipeline.cli.options import usage_error
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
+from pipeline.ops.gpus import visible_gpu_count
 from pipeline.runtime.heap import collector_paused_while_loading
+from pipeline.runtime.openmp import forward_on_this_cpu, sleep_when_idle_unless_computing
 from pipeline.settings import Settings
 from schemas.job import Task
 from schemas.options import EncodeOptions
@@ -65,6 +67,13 @@ def local_outcome(command: str, done: str, out_dir: Location, rejected: int) -> 
     return EXIT_REJECTS if rejected else EXIT_OK
 
 
+def _on_gpu(device: str | None) -> bool:
+    """Whether `--device` puts the model on a GPU, known without loading torch."""
+    if device in (None, "auto"):
+        return visible_gpu_count() > 0
+    return device.startswith("cuda")
+
+
 def process_command(
     task: Task,
     args: argparse.Namespace,
@@ -81,10 +90,17 @@ def process_command(
     input through it with a progress bar, print the summary; exit 3 if records were
     rejected. `shard_items` is the value of `shard_flag`; `total` counts the input's items
     for the bar's ETA (when it shows)."""
+    from pipeline.tasks import task_kind
+
     try:
         task_options, task_reading = options(), reading()
     except ValueError as exc:  # pydantic's ValidationError included
         return usage_error(exc)
+    kind = task_kind(task)
+    model_spec = args.model or kind.model_spec(settings)
+    if args.own_process:  # before torch loads: OpenMP spins only for a forward on this CPU
+        on_gpu = _on_gpu(args.device)
+        sleep_when_idle_unless_computing(forward_on_this_cpu([model_spec], on_gpu))
     if shard_items < 1:
         return usage_error(f"{shard_flag} must be >= 1")
     if args.resume and (args.overwrite or getattr(args, "reuse", None) is not None):
@@ -92,9 +108,7 @@ def process_command(
     from pipeline.storage.location import open_location
     from pipeline.storage.output_dir import check_output_dir
     from pipeline.storage.output_lease import take_lease
-    from pipeline.tasks import task_kind
 
-    kind = task_kind(task)
     source = open_location(args.input)
     if not input_found(kind.command, source):
         return EXIT_FAILED
@@ -104,7 +118,6 @@ def process_command(
     if reuse is not None and isinstance(task_options, EncodeOptions):
         from pipeline.inputs.indexes.reuse_index import open_reusable
 
-        model_spec = args.model or kind.model_spec(settings)
         open_reusable(reuse, args.out, model_spec, task_options, task_reading.keep_fields)
     out = check_output_dir(args.out, args.overwrite, args.resume, resumable=True)
     with take_lease(out, command=kind.command) as lease:

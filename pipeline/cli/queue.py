@@ -43,6 +43,7 @@ from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 from pipeline.jobs.failures import describe_failures, failure_reasons
 from pipeline.jobs.orphans import orphaned_shards
 from pipeline.jobs.store import JobStore
+from pipeline.runtime.openmp import forward_on_this_cpu, sleep_when_idle_unless_computing
 from pipeline.settings import MAX_WORKER_SLOTS, Settings
 from schemas.job import JobStatus, Task
 from schemas.options import EncodeOptions
@@ -284,6 +285,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         return usage_error(exc)
 
+    if args.own_process:  # before torch loads: OpenMP spins only for a forward on this CPU
+        preloaded = [served.model if task is Task.EMBED else served.rerank_model
+                     for task in served.preload_tasks]  # fmt: skip
+        on_gpu = worker_device == "cuda"
+        sleep_when_idle_unless_computing(forward_on_this_cpu(preloaded, on_gpu))
     check_worker_can_start(Settings(), name)
     from pipeline.runtime.device_gate import GATE_FILE_ENV
     from workers.app import app
