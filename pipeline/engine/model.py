@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -299,6 +300,29 @@ def install_cpu_linear(model: torch.nn.Module, device: torch.device, dtype: torc
         cpu_linear.install(model)
 
 
+def load_tokenizer(path: Path) -> Any:
+    """AutoTokenizer's tokenizer for `path`. Where its config names the generic Rust backend
+    (transformers 5's `TokenizersBackend`: the stand-in's and random models' tokenizers),
+    that class is loaded directly, as AutoTokenizer would: resolving a name through
+    AutoTokenizer first imports transformers' registry of every model (0.45 s of a
+    stand-in's ~0.6 s load on the 2-core VM, on every worker's and `encode`'s start)."""
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+        named = config.get("tokenizer_class") if isinstance(config, dict) else None
+    except (OSError, ValueError):
+        named = None  # AutoTokenizer says what is wrong, if anything is
+    if named == "TokenizersBackend":
+        try:
+            from transformers import TokenizersBackend
+        except ImportError:  # transformers 4 reading a tokenizer that 5 saved
+            pass
+        else:
+            return TokenizersBackend.from_pretrained(str(path))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
 def load_model(
     spec: str,
     *,
@@ -323,10 +347,8 @@ def load_model(
             f"{path} has no colbert_linear.pt / sparse_linear.pt: it is not a bge-m3 model "
             "(sparse and colbert outputs need them; use --modes dense for a plain encoder)"
         )
-    from transformers import AutoTokenizer
-
     try:
-        tokenizer: Any = AutoTokenizer.from_pretrained(str(path))
+        tokenizer: Any = load_tokenizer(path)
         parts = stub_parts(stub, source.dtype) if stub else m3_parts(path, source.dtype)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelLoadError(f"cannot load model from {path}: {exc}") from exc

@@ -3,6 +3,8 @@ shapes, real token counts, vectors deterministic per text, always labelled a stu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -131,3 +133,45 @@ def test_the_stubs_emulated_device_runs_beside_the_host_one_batch_after_another(
     second.result()
     assert time.perf_counter() >= second.ready_at
     assert torch.is_tensor(first.host["dense"]) and stub_full.stub_heads.take_ready_at() is None
+
+
+def test_the_generic_tokenizer_is_loaded_as_autotokenizer_would_without_its_registry(
+    stub_full, tiny, tmp_path, monkeypatch
+):
+    """`load_tokenizer` skips AutoTokenizer (and transformers' registry of every model) only
+    where the config names the generic backend, and returns what AutoTokenizer returns."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from pipeline.engine.model import load_tokenizer
+
+    probes = ["hello world", "Größe café naïve", "日本語のテキスト", "emoji 🧪 x\u0301", ""]
+    for path in {Path(stub_full.path), Path(tiny.path)}:
+        direct, auto = load_tokenizer(path), AutoTokenizer.from_pretrained(str(path))
+        assert type(direct) is type(auto)
+        assert direct.special_tokens_map == auto.special_tokens_map
+        assert direct(probes)["input_ids"] == auto(probes)["input_ids"]
+    # Another class named: AutoTokenizer resolves it, as before.
+    asked: list[str] = []
+    real = AutoTokenizer.from_pretrained.__func__
+
+    def recording(cls, name, *args, **kwargs):
+        asked.append(Path(name).name)
+        return real(cls, name, *args, **kwargs)
+
+    renamed = tmp_path / "renamed"
+    shutil.copytree(Path(stub_full.path), renamed)
+    config = json.loads((renamed / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "XLMRobertaTokenizer"
+    (renamed / "tokenizer_config.json").write_text(json.dumps(config))
+    with monkeypatch.context() as patched:
+        patched.setattr(AutoTokenizer, "from_pretrained", classmethod(recording))
+        load_tokenizer(Path(stub_full.path))
+        assert asked == []
+        load_tokenizer(renamed)
+        assert asked == ["renamed"]
+    # No config at all: AutoTokenizer's own error, as before.
+    with pytest.raises((ValueError, OSError)):
+        load_tokenizer(tmp_path / "nothing-here")
