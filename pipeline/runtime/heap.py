@@ -45,11 +45,10 @@ def collector_paused_while_loading(freeze: bool) -> Iterator[None]:
 
 def exit_without_teardown(code: int) -> NoReturn:
     """End the process with `code` as a normal exit would, less the heap's teardown:
-    non-daemon threads joined, exit handlers run, standard streams flushed."""
-    current = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is not current and not thread.daemon:
-            thread.join()
+    threads ended as the interpreter ends them (what they registered to stop them, such as
+    an executor's, runs first; then every non-daemon thread is joined), exit handlers run,
+    standard streams flushed."""
+    threading._shutdown()  # type: ignore[attr-defined]  # what the interpreter's exit calls
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a reader gone, a closed stream

@@ -90,6 +90,9 @@ def late():
     time.sleep(0.2)
     sys.stdout.write("thread finished ")  # not flushed by the thread
 threading.Thread(target=late).start()
+from concurrent.futures import ThreadPoolExecutor
+idle = ThreadPoolExecutor(1)  # its thread waits for work until the exit stops it
+idle.submit(print, "executor ran").result()
 class Freed:
     def __del__(self):
         print("torn down")
@@ -101,7 +104,9 @@ sys.stdout.write("buffered ")
 
 def _ended_with(end: str) -> subprocess.CompletedProcess[str]:
     script = _EXIT_SCRIPT.format(end=end)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )  # a thread the exit failed to stop would hang it
 
 
 def test_an_exit_without_teardown_ends_as_a_normal_exit_does_less_the_teardown():
@@ -112,6 +117,7 @@ def test_an_exit_without_teardown_ends_as_a_normal_exit_does_less_the_teardown()
         assert "buffered " in ended.stdout
         assert "thread finished " in ended.stdout
         assert "exit handler ran" in ended.stdout
+        assert "executor ran" in ended.stdout
     assert "torn down" in normal.stdout  # what a normal exit frees, one object at a time
     assert "torn down" not in fast.stdout
 
