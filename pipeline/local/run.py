@@ -110,8 +110,6 @@ def run_local(
     slots: int | None = None,
     on_status: Callable[[JobStatus], None] | None = None,
 ) -> int:
-    from workers.app import shard_publisher
-
     # Fail on bad inputs or a used output directory before starting any process.
     kind = task_kind(request.task)
     for path in request.inputs:
@@ -158,6 +156,9 @@ def run_local(
             "TMPDIR": str(scratch_tmp),
         }
         pool = WorkerPool(devices, env, scratch, tag=scratch.name[-6:])
+        # Celery's import (~0.1-0.2 s) after the workers' start, which is on the job's path.
+        from workers.app import shard_publisher
+
         ended: list[bool] = []  # set once the job has ended
         # An embedded Redis serves this job alone: once the job has ended, its workers hold
         # nothing (every shard is done or moot, and the broker goes with them), so they are
