@@ -5,12 +5,15 @@ and ColBERT; pipeline/engine/stub_model.py), so what is measured is everything e
 Whole process, from outside: `m3pipe encode` and `m3pipe run --workers 1 --slots N` (Redis,
 a worker, job state, acks; start-up included) on --documents documents of --doc-tokens tokens each
 (truncated there), for each storage dtype, and for each way of writing parts (--sinks:
-around the page cache, the default, and/or through it). Then, in this process, one shard's
+around the page cache, the default, and/or through it), and for each way torch's idle
+OpenMP threads wait (--openmp: asleep, m3pipe's choice here, and/or spinning as GNU OpenMP
+does by default). Then, in this process, one shard's
 CPU time by stage: tokenize, the engine (stub forward, heads' post-processing, table
 assembly) and the Parquet write through the worker's part writer, per document.
 
     python -m benchmarks.bench_worker --documents 4000 --doc-tokens 512
     python -m benchmarks.bench_worker --dtypes float16 --paths encode,run --sinks direct,cached
+    python -m benchmarks.bench_worker --dtypes float16 --storages exact --openmp sleep,spin
 """
 
 from __future__ import annotations
@@ -151,14 +154,22 @@ def stages(
     }
 
 
-def sides(paths: str, storages: str, slots: str, sinks: str) -> list[tuple[str, str, str, str]]:
-    """(path, storage, slots, sink) of each whole-process run; slots apply to `run` only."""
+# GNU OpenMP's own wait when OMP_WAIT_POLICY is unset (spin ~300,000 rounds, then sleep); an
+# explicit GOMP_SPINCOUNT outranks the PASSIVE that m3pipe sets (pipeline/runtime/openmp.py).
+SPIN_ENV = {"GOMP_SPINCOUNT": "300000"}
+
+
+def sides(
+    paths: str, storages: str, slots: str, sinks: str, openmp: str = "sleep"
+) -> list[tuple[str, str, str, str, str]]:
+    """(path, storage, slots, sink, openmp) of each whole-process run; slots apply to `run`
+    only."""
     out = []
-    for path, storage, sink in itertools.product(
-        paths.split(","), storages.split(","), sinks.split(",")
+    for path, storage, sink, wait in itertools.product(
+        paths.split(","), storages.split(","), sinks.split(","), openmp.split(",")
     ):
         for count in slots.split(",") if path == "run" else ["1"]:
-            out.append((path, storage, count, sink))
+            out.append((path, storage, count, sink, wait))
     return out
 
 
@@ -181,6 +192,11 @@ def main() -> None:
         "--sinks", default="direct",
         help="how parts are written: direct (O_DIRECT where taken, the default) and/or "
         "cached (through the page cache: M3PIPE_DIRECT_WRITES=0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--openmp", default="sleep",
+        help="how torch's idle OpenMP threads wait: sleep (m3pipe's choice where no forward "
+        "runs on this CPU, the stand-in's case) and/or spin (GNU OpenMP's default, as before)",
     )  # fmt: skip
     parser.add_argument(
         "--device-rate", type=float, default=0.0,
@@ -213,8 +229,8 @@ def main() -> None:
                         "doc_tokens": args.doc_tokens, "stub_device_rate": args.device_rate,
                         "paths": {}}  # fmt: skip
         for dtype in args.dtypes.split(","):
-            for path, storage, slots, sink in sides(
-                args.paths, args.storages, args.slots, args.sinks
+            for path, storage, slots, sink, wait in sides(
+                args.paths, args.storages, args.slots, args.sinks, args.openmp
             ):
                 out = work / f"{path}-{dtype}-{storage}"
                 command = [sys.executable, "-m", "pipeline.cli", path, str(corpus), "--out",
@@ -228,12 +244,14 @@ def main() -> None:
                     command += ["--device", args.device]
                 if args.shard_docs is not None:
                     command += ["--shard-docs", str(args.shard_docs)]
-                sink_env = {**env, "M3PIPE_DIRECT_WRITES": "0" if sink == "cached" else "1"}
-                figures = whole_process(command, out, sink_env)
+                side_env = {**env, "M3PIPE_DIRECT_WRITES": "0" if sink == "cached" else "1",
+                            **(SPIN_ENV if wait == "spin" else {})}  # fmt: skip
+                figures = whole_process(command, out, side_env)
                 shutil.rmtree(out)  # ~1 MB a document: the disk holds one output at a time
                 key = f"{path}:{dtype}" + ("" if storage == "exact" else f":{storage}")
                 key += "" if slots == "1" else f":slots{slots}"
                 key += "" if sink == "direct" else f":{sink}"
+                key += "" if wait == "sleep" else f":{wait}"
                 report["paths"][key] = figures
                 busy = ""
                 if args.device_rate > 0 and figures["span_tokens_per_second"]:

@@ -6,10 +6,10 @@ wants that: its parallel regions (matmuls, norms) follow one another. A process 
 forward runs elsewhere (a GPU) or is the stand-in engine (`stub:`) calls a few CPU
 operators here and there, and between them its own threads need the cores: the tokenizer,
 the part writer, the engine's placing of vectors. Spinning took them. On the 2-core VM
-measured, `OMP_WAIT_POLICY=PASSIVE` took a 4,000-document `m3pipe encode` on `stub:full`
-from 7.75 to 6.92 s (1.8 CPU-s less) and `m3pipe run --workers 1` from 8.75 to 7.93 s;
-`random:full`'s CPU forward was ~1% slower with it (bench_engine), so a CPU forward keeps
-the spin. A value the user set is kept either way. Only a process of its own chooses (an
+measured, a 4,000-document `m3pipe encode` on `stub:full` made 587 documents/s asleep against
+546 spinning, `m3pipe run --workers 1` 502 against 466 (`bench_worker --openmp sleep,spin`);
+`random:full`'s CPU forward was ~1% slower asleep (bench_engine), so a CPU forward keeps the
+spin. A value the user set is kept either way. Only a process of its own chooses (an
 `m3pipe` command, not a test calling `main`): the environment is the whole process's.
 """
 

@@ -21,11 +21,15 @@ def test_the_stages_of_one_shard_are_timed_per_document(tmp_path, model_cache):
     assert split["part_bytes_per_document"] > 63 * 1024
 
 
-def test_slots_apply_to_the_run_path_only_and_sinks_to_every_path():
+def test_slots_apply_to_the_run_path_only_and_sinks_and_waits_to_every_path():
     from benchmarks.bench_worker import sides
 
     assert sides("encode,run", "exact", "1,2", "direct") == [
-        ("encode", "exact", "1", "direct"), ("run", "exact", "1", "direct"),
-        ("run", "exact", "2", "direct")]  # fmt: skip
+        ("encode", "exact", "1", "direct", "sleep"), ("run", "exact", "1", "direct", "sleep"),
+        ("run", "exact", "2", "direct", "sleep")]  # fmt: skip
     assert sides("encode", "exact", "1", "direct,cached") == [
-        ("encode", "exact", "1", "direct"), ("encode", "exact", "1", "cached")]  # fmt: skip
+        ("encode", "exact", "1", "direct", "sleep"),
+        ("encode", "exact", "1", "cached", "sleep")]  # fmt: skip
+    assert sides("run", "exact", "1", "direct", "sleep,spin") == [
+        ("run", "exact", "1", "direct", "sleep"),
+        ("run", "exact", "1", "direct", "spin")]  # fmt: skip
