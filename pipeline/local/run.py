@@ -199,7 +199,8 @@ def run_local(
             pool.check()
 
         try:
-            status = follow(store, job_id, poll_seconds=0.2, check=check, on_status=on_status)
+            status = follow(store, job_id, poll_seconds=0.2, check=check, on_status=on_status,
+                            end_check_seconds=0.02)  # fmt: skip
             if status.state.finished:
                 ended.append(True)
         except WorkersGone as exc:

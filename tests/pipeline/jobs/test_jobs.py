@@ -324,6 +324,29 @@ def test_follow_hands_each_status_read_to_the_bar_until_the_job_ends(store, tmp_
     assert still.state is JobState.CANCELLED
 
 
+def test_follow_sees_the_end_between_polls_when_asked(store, tmp_path):
+    """`m3pipe run` looks at the job's state alone between its status polls: the end is
+    seen at once, not at the next poll."""
+    import threading
+    import time
+
+    from pipeline.jobs.watch import follow
+
+    store.create(make_spec(tmp_path))
+    reads: list[JobState] = []
+    ender = threading.Timer(0.2, store.cancel, args=("job-1",))
+    started = time.monotonic()
+    ender.start()
+    try:
+        ended = follow(store, "job-1", poll_seconds=10, end_check_seconds=0.01,
+                       on_status=lambda status: reads.append(status.state))  # fmt: skip
+    finally:
+        ender.cancel()
+    assert ended.state is JobState.CANCELLED
+    assert time.monotonic() - started < 5  # not the 10 s poll
+    assert reads == [JobState.QUEUED, JobState.CANCELLED]  # read at the start, then at the end
+
+
 def test_status_and_wait_name_shards_whose_state_redis_lost(store, tmp_path, redis_server,
                                                              capsys, monkeypatch):  # fmt: skip
     """Issue 30, item 2: after Redis lost writes, `wait` waited for ever on shards nobody
