@@ -7,10 +7,12 @@ forward runs elsewhere (a GPU) or is the stand-in engine (`stub:`) calls a few C
 operators here and there, and between them its own threads need the cores: the tokenizer,
 the part writer, the engine's placing of vectors. Spinning took them. On the 2-core VM
 measured, a 4,000-document `m3pipe encode` on `stub:full` made 587 documents/s asleep against
-546 spinning, `m3pipe run --workers 1` 502 against 466 (`bench_worker --openmp sleep,spin`);
-`random:full`'s CPU forward was ~1% slower asleep (bench_engine), so a CPU forward keeps the
-spin. A value the user set is kept either way. Only a process of its own chooses (an
-`m3pipe` command, not a test calling `main`): the environment is the whole process's.
+546 spinning, `m3pipe run --workers 1` 502 against 466 (`bench_worker --openmp sleep,spin`).
+On `random:full`'s CPU forward two A/Bs went opposite ways within noise (bench_engine,
+benchmarks/results/engine-cpu-random-full-40docs-openmp.json): no effect shown there, so a
+CPU forward keeps OpenMP's default, made for parallel regions that follow one another. A
+value the user set is kept either way. Only a process of its own chooses (an `m3pipe`
+command, not a test calling `main`): the environment is the whole process's.
 """
 
 from __future__ import annotations
