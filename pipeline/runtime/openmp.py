@@ -1,8 +1,8 @@
 """Whether torch's OpenMP threads spin or sleep between parallel regions, chosen before
 torch loads (GNU OpenMP reads OMP_WAIT_POLICY once, when the library is loaded).
 
-By default an idle OpenMP thread spins for a while before it sleeps. A forward on this CPU
-wants that: its parallel regions (matmuls, norms) follow one another. A process whose
+By default an idle OpenMP thread spins for a while before it sleeps, made for a forward on
+this CPU, whose parallel regions (matmuls, norms) follow one another. A process whose
 forward runs elsewhere (a GPU) or is the stand-in engine (`stub:`) calls a few CPU
 operators here and there, and between them its own threads need the cores: the tokenizer,
 the part writer, the engine's placing of vectors. Spinning took them. On the 2-core VM
@@ -10,9 +10,9 @@ measured, a 4,000-document `m3pipe encode` on `stub:full` made 587 documents/s a
 546 spinning, `m3pipe run --workers 1` 502 against 466 (`bench_worker --openmp sleep,spin`).
 On `random:full`'s CPU forward two A/Bs went opposite ways within noise (bench_engine,
 benchmarks/results/engine-cpu-random-full-40docs-openmp.json): no effect shown there, so a
-CPU forward keeps OpenMP's default, made for parallel regions that follow one another. A
-value the user set is kept either way. Only a process of its own chooses (an `m3pipe`
-command, not a test calling `main`): the environment is the whole process's.
+CPU forward keeps OpenMP's default. A value the user set is kept either way. Only a process
+of its own chooses (an `m3pipe` command, not a test calling `main`): the environment is the
+whole process's.
 """
 
 from __future__ import annotations
