@@ -9,9 +9,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pipeline.cli.options import usage_error
+from pipeline.cli.options import device_on_gpu, usage_error
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
-from pipeline.ops.gpus import visible_gpu_count
 from pipeline.runtime.heap import collector_paused_while_loading
 from pipeline.runtime.openmp import forward_on_this_cpu, sleep_when_idle_unless_computing
 from pipeline.settings import Settings
@@ -67,13 +66,6 @@ def local_outcome(command: str, done: str, out_dir: Location, rejected: int) -> 
     return EXIT_REJECTS if rejected else EXIT_OK
 
 
-def _on_gpu(device: str | None) -> bool:
-    """Whether `--device` puts the model on a GPU, known without loading torch."""
-    if device in (None, "auto"):
-        return visible_gpu_count() > 0
-    return device.startswith("cuda")
-
-
 def process_command(
     task: Task,
     args: argparse.Namespace,
@@ -99,7 +91,7 @@ def process_command(
     kind = task_kind(task)
     model_spec = args.model or kind.model_spec(settings)
     if args.own_process:  # before torch loads: OpenMP spins only for a forward on this CPU
-        on_gpu = _on_gpu(args.device)
+        on_gpu = device_on_gpu(args.device)
         sleep_when_idle_unless_computing(forward_on_this_cpu([model_spec], on_gpu))
     if shard_items < 1:
         return usage_error(f"{shard_flag} must be >= 1")
@@ -121,12 +113,13 @@ def process_command(
         open_reusable(reuse, args.out, model_spec, task_options, task_reading.keep_fields)
     out = check_output_dir(args.out, args.overwrite, args.resume, resumable=True)
     with take_lease(out, command=kind.command) as lease:
-        return _run_local(kind, source, args, settings, task_options, task_reading, lease,
-                          shard_items=shard_items, total=total)  # fmt: skip
+        return _run_local(kind, model_spec, source, args, settings, task_options,
+                          task_reading, lease, shard_items=shard_items, total=total)  # fmt: skip
 
 
 def _run_local(
     kind: TaskKind,
+    model_spec: str,
     source: Location,
     args: argparse.Namespace,
     settings: Settings,
@@ -139,7 +132,7 @@ def _run_local(
 ) -> int:
     with collector_paused_while_loading(freeze=args.own_process):
         model = kind.load_model(
-            args.model or kind.model_spec(settings),
+            model_spec,
             device=args.device,
             precision=args.precision or settings.precision,
             cache_dir=settings.cache_dir,

@@ -248,3 +248,17 @@ def add_process_command(
     )
     command.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return command
+
+
+def gpu_present() -> bool:
+    """Whether a GPU is visible to this process, without initialising CUDA."""
+    from pipeline.ops.gpus import visible_gpu_count
+
+    return visible_gpu_count() > 0
+
+
+def device_on_gpu(device: str | None) -> bool:
+    """Whether `--device` puts a model on a GPU, known without loading torch."""
+    if device in (None, "auto"):
+        return gpu_present()
+    return device.startswith("cuda")

@@ -24,6 +24,7 @@ from pipeline.cli.options import (
     add_encode_options,
     add_input_options,
     checked_queue,
+    gpu_present,
     job_store,
     max_record_bytes,
     options_from_args,
@@ -202,11 +203,10 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
 
 
 # -- worker ---------------------------------------------------------------------------------
-def gpu_present() -> bool:
-    """Whether a GPU is visible to this process, without initialising CUDA."""
-    from pipeline.ops.gpus import visible_gpu_count
-
-    return visible_gpu_count() > 0
+def preloaded_specs(settings: Settings) -> list[str]:
+    """The model specs a worker loads at its start (M3PIPE_PRELOAD), in task order."""
+    return [settings.model if task is Task.EMBED else settings.rerank_model
+            for task in settings.preload_tasks]  # fmt: skip
 
 
 def pin_device(device: str) -> tuple[str, str]:
@@ -286,10 +286,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         return usage_error(exc)
 
     if args.own_process:  # before torch loads: OpenMP spins only for a forward on this CPU
-        preloaded = [served.model if task is Task.EMBED else served.rerank_model
-                     for task in served.preload_tasks]  # fmt: skip
         on_gpu = worker_device == "cuda"
-        sleep_when_idle_unless_computing(forward_on_this_cpu(preloaded, on_gpu))
+        sleep_when_idle_unless_computing(forward_on_this_cpu(preloaded_specs(served), on_gpu))
     check_worker_can_start(Settings(), name)
     from pipeline.runtime.device_gate import GATE_FILE_ENV
     from workers.app import app
@@ -333,8 +331,7 @@ def check_worker_can_start(settings: Settings, name: str) -> None:
         JobStore(client).forget_worker(name)
     finally:
         client.close()
-    for task in settings.preload_tasks:
-        spec = settings.model if task is Task.EMBED else settings.rerank_model
+    for task, spec in zip(settings.preload_tasks, preloaded_specs(settings), strict=True):
         resolve_model_path(
             spec, settings.cache_dir, settings.hub_timeout, reranker=task is Task.RERANK
         )
