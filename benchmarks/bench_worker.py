@@ -4,12 +4,12 @@ and ColBERT; pipeline/engine/stub_model.py), so what is measured is everything e
 
 Whole process, from outside: `m3pipe encode` and `m3pipe run --workers 1 --slots N` (Redis,
 a worker, job state, acks; start-up included) on --documents documents of --doc-tokens tokens each
-(truncated there), for each storage dtype, and for each way of writing parts (--sinks:
-around the page cache, the default, and/or through it), and for each way torch's idle
-OpenMP threads wait (--openmp: asleep, m3pipe's choice here, and/or spinning as GNU OpenMP
-does by default). Then, in this process, one shard's
-CPU time by stage: tokenize, the engine (stub forward, heads' post-processing, table
-assembly) and the Parquet write through the worker's part writer, per document.
+(truncated there), for each storage dtype, for each way of writing parts (--sinks: around
+the page cache, the default, and/or through it), and for each way torch's idle OpenMP
+threads wait (--openmp: asleep, m3pipe's choice here, and/or spinning as GNU OpenMP does by
+default). Then, in this process, one shard's CPU time by stage: tokenize, the engine (stub
+forward, heads' post-processing, table assembly) and the Parquet write through the worker's
+part writer, per document.
 
     python -m benchmarks.bench_worker --documents 4000 --doc-tokens 512
     python -m benchmarks.bench_worker --dtypes float16 --paths encode,run --sinks direct,cached

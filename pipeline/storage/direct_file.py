@@ -79,6 +79,7 @@ class DirectFile:
     def flush(self) -> None:
         """Write every whole block staged, and return once written (the rest waits for
         more, or close)."""
+        self._wait()  # whether the file is still direct is known after the last write
         self._drain(self._staged // BLOCK * BLOCK if self.direct else self._staged)
 
     def close(self) -> None:
