@@ -101,6 +101,7 @@ class Workers:
         wait: bool = True,
         tenants: str | None = None,
         env: dict[str, str] | None = None,
+        command: tuple[str, ...] = WORKER_COMMAND,
     ) -> list[str]:
         names = []
         for _ in range(count):
@@ -108,7 +109,7 @@ class Workers:
             log = open(self.log_dir / f"{name.split('@')[0]}.log", "wb")  # noqa: SIM115
             consume = ["--tenants", tenants] if tenants else ["--queues", queue] if queue else []
             self.processes[name] = subprocess.Popen(
-                [*WORKER_COMMAND, "--name", name, *consume],
+                [*command, "--name", name, *consume],
                 env=env or self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

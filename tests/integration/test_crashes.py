@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -17,13 +19,15 @@ from pipeline.storage.sink import part_name
 from schemas.document import Document
 from schemas.job import ShardMessage
 from schemas.tenant import Priority
-from tests.integration.conftest import run_cli, slow_stub, submit, wait_until
+from tests.integration.conftest import WORKER_COMMAND, run_cli, slow_stub, submit, wait_until
 
 SHARDS = 4
 # Workers run the stand-in encoder at this rate (tests/integration/conftest.py, slow_stub):
 # a shard of four documents of 300 words (~1,400 tokens each) takes ~2 s, time enough to be
 # killed or stopped mid-shard, while the CPU sleeps.
 TOKENS_PER_SECOND = 2500
+# A worker that kills its pool process at a chosen stage of a shard (stage_kills.py).
+STAGE_KILL_WORKER = (sys.executable, "-m", "tests.integration.stage_kills", *WORKER_COMMAND[3:])
 
 
 def long_records(count: int, words: int = 300) -> list[dict[str, str]]:
@@ -179,3 +183,35 @@ def test_a_worker_of_two_slots_holds_two_shards_and_a_killed_slot_loses_nothing(
     assert_exactly_once(tmp_path / "out", records, 2)
     assert store.status(job_id).documents_done == 8
     assert sorted(store.attempts(job_id, shard) for shard in range(2)) == [1, 2]
+
+
+def test_a_pool_process_killed_at_each_stage_of_the_pipelined_path_loses_nothing(
+    tmp_path, cli_env, stub_built, workers, store
+):
+    """One shard for each stage of a shard's pipelined path (tests/integration/stage_kills.py):
+    reading its input, tokenizing ahead, computing, writing behind, its part committed but
+    not recorded, recorded but not acknowledged. The pool process is SIGKILLed there on the
+    shard's first delivery. Each shard is delivered again and the job ends with every id
+    once; a shard killed before it was recorded ran twice, the one killed after it was
+    recorded ran once (its second delivery found it done)."""
+    from tests.integration.stage_kills import DIR_ENV, PLAN_ENV, STAGES
+
+    kills = tmp_path / "kills"
+    kills.mkdir()
+    plan = ",".join(f"{shard}:{stage}" for shard, stage in enumerate(STAGES))
+    root = Path(__file__).resolve().parents[2]
+    cli_env.update(M3PIPE_MODEL=stub_built, M3PIPE_PIECE_DOCUMENTS="2")
+    env = {**cli_env, PLAN_ENV: plan, DIR_ENV: str(kills), "PYTHONPATH": str(root)}
+    records = long_records(4 * len(STAGES), words=150)
+    job_id = submit(tmp_path, cli_env, records, "--shard-docs", "4")
+    assert store.status(job_id).shards.total == len(STAGES)
+    [name] = workers.start(1, env=env, command=STAGE_KILL_WORKER)
+    result = run_cli("wait", job_id, "--timeout", "300", env=cli_env, timeout=320)
+    assert result.returncode == 0, workers.log(name)[-3000:]
+    killed = sorted(path.name for path in kills.iterdir())
+    assert killed == sorted(f"killed-{shard}-{stage}" for shard, stage in enumerate(STAGES))
+    assert_exactly_once(tmp_path / "out", records, len(STAGES))
+    attempts = {stage: store.attempts(job_id, shard) for shard, stage in enumerate(STAGES)}
+    assert attempts == {stage: 1 if stage == "recorded" else 2 for stage in STAGES}
+    status = store.status(job_id)
+    assert (status.documents_done, status.shards.done) == (len(records), len(STAGES))
