@@ -22,7 +22,8 @@
 #   5. bench_rerank, random:full: the reranker against FlagReranker (fp16); the dry run adds
 #      an engine side in another precision (bf16-sdpa), as a CPU run compares them.
 #   6. tests/pipeline/engine/test_cuda_attention.py on the GPU: torch's varlen_attn against masked
-#      SDPA (the CPU suite runs the rest of the file with a stand-in kernel; not in the dry run).
+#      SDPA, and a padded batch launched with torch's sync debug mode set to "error" (the
+#      CPU suite runs the rest of the file with a stand-in kernel; not in the dry run).
 #
 # The image lacks FlagEmbedding, pydantic, celery, redis and friends: they travel as the
 # wheels benchmarks/gpu-wheels.txt lists (benchmarks/fetch_gpu_wheels.sh downloads them into

@@ -18,9 +18,6 @@ from pipeline.engine import compact_vectors
 from pipeline.engine.compact_vectors import INT8_LIMIT
 from schemas.options import StorageDtype, VectorForm
 
-_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
-
-
 _TORCH_FLOATS = {StorageDtype.FLOAT16: torch.float16, StorageDtype.FLOAT32: torch.float32}
 _FIXED_FLOATS = {VectorForm.FLOAT16: StorageDtype.FLOAT16, VectorForm.FLOAT32: StorageDtype.FLOAT32}
 
@@ -70,7 +67,9 @@ def packed_by_sum(values: torch.Tensor) -> torch.Tensor:
     pad = -values.shape[-1] % 8
     if pad:
         bits = F.pad(bits, (0, pad))
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=values.device)
+    # 128, 64, ..., 1, made on the device: a tensor made from host data is a copy that
+    # waits for the device on CUDA (the engine launches a batch without waiting).
+    weights = torch.arange(7, -1, -1, device=values.device).exp2().to(torch.uint8)
     return (bits.unflatten(-1, (-1, 8)) * weights).sum(dim=-1, dtype=torch.uint8)
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.engine import cuda_attention
 from pipeline.engine.device_forms import DeviceForms, apply_forms
 from pipeline.engine.model import M3Model
 from pipeline.errors import RetryableError
@@ -60,12 +61,32 @@ def pad_batch(
     for row, seq in enumerate(sequences):
         ids[row, : len(seq)] = seq
         mask[row, : len(seq)] = 1
+    return to_device(ids, device), to_device(mask, device)
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """`array` on `device`, on CUDA from pinned memory: a copy from pageable memory would
+    wait for the device."""
     if device.type != "cuda":
-        return torch.from_numpy(ids), torch.from_numpy(mask)
-    return (
-        torch.from_numpy(ids).pin_memory().to(device, non_blocking=True),
-        torch.from_numpy(mask).pin_memory().to(device, non_blocking=True),
+        return torch.from_numpy(array)
+    return torch.from_numpy(array).pin_memory().to(device, non_blocking=True)
+
+
+def attention_kwargs(
+    module: torch.nn.Module, sequences: list[list[int]], device: torch.device
+) -> dict[str, Any]:
+    """What a padded batch's forward pass takes besides its inputs: for a model with the
+    CUDA variable-length attention, the batch's packing from the lengths the host has
+    (pipeline/engine/cuda_attention.py), so that no layer reads the device back."""
+    if not cuda_attention.takes_packing(module):
+        return {}
+    positions, offsets, longest = cuda_attention.host_packing(
+        np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     )
+    packing = cuda_attention.Packing(
+        to_device(positions, device), to_device(offsets, device), longest
+    )
+    return {cuda_attention.PACKING_KWARG: packing}
 
 
 def _sparse(
@@ -95,20 +116,17 @@ def _sparse(
 def _heads(
     model: M3Model,
     ids: torch.Tensor,
-    mask: torch.Tensor,
-    uniform: bool,
+    mask: torch.Tensor | None,
     modes: tuple[Mode, ...],
     store: torch.dtype,
+    **attention: Any,
 ) -> dict[str, torch.Tensor]:
     """The encoder and the heads: dense [B, D] and ColBERT [B, L - 1, D] in `store`, sparse
-    weights [B, L] in float32 (before pooling), each only if its mode is asked for."""
+    weights [B, L] in float32 (before pooling), each only if its mode is asked for. `mask`
+    is None for a batch without padding; `attention`: `attention_kwargs`."""
     if model.stub_heads is not None:  # a capacity test: the same outputs, read from tables
         return model.stub_heads.outputs(ids, modes, store)
-    # Without padding no mask is needed, which lets SDPA use its fused kernel and skip
-    # materialising the [heads, L, L] mask: long documents mostly run alone.
-    hidden = model.encoder(
-        input_ids=ids, attention_mask=None if uniform else mask, return_dict=True
-    )
+    hidden = model.encoder(input_ids=ids, attention_mask=mask, return_dict=True, **attention)
     hidden = hidden.last_hidden_state
     out = {}
     if Mode.DENSE in modes:
@@ -176,9 +194,12 @@ def forward_batch(
     """Launch one batch: the encoder, the heads, the stored forms and the copies to the
     host, with no step that waits for the device."""
     ids, mask = pad_batch(sequences, model.pad_id, model.device)
-    uniform = all(len(s) == len(sequences[0]) for s in sequences)
+    # Without padding no mask is needed, which lets SDPA use its fused kernel and skip
+    # materialising the [heads, L, L] mask: long documents mostly run alone.
+    padded = any(len(s) != len(sequences[0]) for s in sequences)
+    attention = attention_kwargs(model.encoder, sequences, model.device) if padded else {}
     with torch.inference_mode():
-        on_device = _heads(model, ids, mask, uniform, modes, forms.store)
+        on_device = _heads(model, ids, mask if padded else None, modes, forms.store, **attention)
         apply_forms(on_device, forms)
         weights = on_device.pop("sparse_weights", None)
         if weights is not None:

@@ -31,7 +31,7 @@ from pipeline.engine.batching import (
     default_batch_tokens,
     plan_batches,
 )
-from pipeline.engine.encoder import encode_with_split, pad_batch
+from pipeline.engine.encoder import attention_kwargs, encode_with_split, pad_batch
 from pipeline.engine.model import LoadedModel, install_cpu_linear, locate_model
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import ModelLoadError
@@ -230,11 +230,14 @@ class RerankEngine:
     def _forward(self, sequences: list[list[int]]) -> np.ndarray:
         ids, mask = pad_batch(sequences, self.model.pad_id, self.model.device)
         # Equal lengths need no mask, which lets SDPA take its fused path.
-        uniform = all(len(s) == len(sequences[0]) for s in sequences)
+        padded = any(len(s) != len(sequences[0]) for s in sequences)
+        model = self.model.model
+        attention = attention_kwargs(model, sequences, self.model.device) if padded else {}
         with torch.inference_mode():
-            out = self.model.model(
-                input_ids=ids, attention_mask=None if uniform else mask, return_dict=True
-            )
+            out = model(
+                input_ids=ids, attention_mask=mask if padded else None, return_dict=True,
+                **attention,
+            )  # fmt: skip
             logits = out.logits.view(-1).float().cpu()
         return logits.numpy()
 
