@@ -6,6 +6,7 @@ Used unchanged by `m3pipe encode` and by the queue workers. Never imports Celery
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import threading
 import time
@@ -129,88 +130,19 @@ class EmbedEngine:
         shard: TokenizedShard,
         progress: ProgressCallback | None = None,
     ) -> ShardResult:
-        started = time.perf_counter()
-        if not docs:
-            return ShardResult(table=self.schema.empty_table())
-        lengths = shard.lengths
-        # A document is finished when its last sequence (last chunk) is encoded.
-        ends_doc = np.append(shard.doc_index[1:] != shard.doc_index[:-1], True)
-        stats = EncodeStats(documents=len(docs), rows=len(shard), tokens=int(lengths.sum()))
-        columns = ShardColumns(
-            lengths,
-            self.options,
-            self.model.dense_dim,
-            self.model.colbert_dim,
-            self.buffers,
-        )
-
-        def run(rows: np.ndarray) -> PendingBatch:
-            return forward_batch(
-                self.model,
-                [shard.ids[i] for i in rows],
-                rows,
-                self.options.modes,
-                self.device_forms,
-            )
-
-        def lower_budget(rows: np.ndarray) -> None:
-            self.batch_tokens = budget_after_oom(self.batch_tokens, rows, lengths)
-
-        def finish(batch: PendingBatch) -> None:
-            columns.add(batch.result())
-            stats.batches += 1
-            stats.padded_tokens += len(batch.rows) * int(lengths[batch.rows].max())
-            if progress is not None:
-                progress(int(ends_doc[batch.rows].sum()), int(lengths[batch.rows].sum()))
-
         with self.device_gate():
-            stats.oom_splits += self._run_batches(lengths, run, lower_budget, finish)
-
-        table = assemble_table(
-            columns,
-            self.schema,
-            [doc.id for doc in docs],
-            shard.doc_index,
-            shard.chunk,
-            lengths,
-            shard.truncated,
-        )
-        stats.seconds = time.perf_counter() - started
-        return ShardResult(table=table, stats=stats)
-
-    def _run_batches(
-        self,
-        lengths: np.ndarray,
-        run: Callable[[np.ndarray], PendingBatch],
-        lower_budget: Callable[[np.ndarray], None],
-        finish: Callable[[PendingBatch], None],
-    ) -> int:
-        """Every batch of a piece through the device; how many batches were split after
-        running out of memory. One batch in flight: batch k + 1 is launched before batch k
-        is finished, so the device computes while the host places the previous batch's
-        outputs."""
-        splits = 0
-        in_flight: PendingBatch | None = None
-        for batch in plan_batches(lengths, self.batch_tokens):
-            pieces = encode_with_split(run, batch, self._empty_cache, lower_budget)
-            for piece in pieces:
-                if in_flight is not None:
-                    finish(in_flight)
-                in_flight = piece
-                if not self.overlap_batches:
-                    finish(in_flight)
-                    in_flight = None
-            splits += len(pieces) - 1
-        if in_flight is not None:
-            finish(in_flight)
-        return splits
+            return PieceRun(self, docs, shard, progress).complete()
 
     def encode_stream(
         self,
         shards: Iterable[Sequence[Document]],
         progress: ProgressCallback | None = None,
     ) -> Iterator[tuple[Sequence[Document], ShardResult]]:
-        """Encode shard after shard; the next shard is tokenized while this one runs."""
+        """Encode shard after shard (a worker's pieces); the next is tokenized while this
+        one runs, and its first batch is launched before this one's last is finished: the
+        device computes it while the host places that batch's vectors, makes the table and
+        hands it on. So the device gate is held from the first launch to the last finish
+        (a worker's other slot computes between two of this one's shards)."""
         ready: queue.Queue[tuple[Sequence[Document], TokenizedShard] | BaseException | None]
         ready = queue.Queue(maxsize=1)
         stop = threading.Event()
@@ -234,14 +166,27 @@ class EmbedEngine:
         worker = threading.Thread(target=tokenize_ahead, name="tokenize-ahead", daemon=True)
         worker.start()
         try:
-            while True:
-                item = ready.get()
-                if item is None:
+            with contextlib.ExitStack() as device:
+                previous: PieceRun | None = None
+                while True:
+                    item = ready.get()
+                    if item is None:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    docs, tokenized = item
+                    current = PieceRun(self, docs, tokenized, progress)
+                    if previous is None:  # taken once there is something to launch
+                        device.enter_context(self.device_gate())
+                    current.launch(1)
+                    if previous is not None:
+                        yield previous.docs, previous.complete()
+                    current.launch()
+                    previous = current
+                if previous is None:
                     return
-                if isinstance(item, BaseException):
-                    raise item
-                docs, tokenized = item
-                yield docs, self.encode_tokenized(docs, tokenized, progress)
+                last = previous.complete()
+            yield previous.docs, last  # the device let go: nothing is left to launch
         finally:
             stop.set()
             worker.join(timeout=5)
@@ -249,3 +194,92 @@ class EmbedEngine:
     def _empty_cache(self) -> None:
         if self.model.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+class PieceRun:
+    """One piece (a shard, or a worker's part of one) being encoded: its batches launched in
+    their planned order, each launch followed by finishing the batch before it, so at most
+    one is on the device unfinished (`in_flight`) while the host places the one before.
+    `complete` finishes the last and makes the table; until then the next piece's first
+    batch may be launched (`EmbedEngine.encode_stream`)."""
+
+    def __init__(
+        self,
+        engine: EmbedEngine,
+        docs: Sequence[Document],
+        shard: TokenizedShard,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self.engine, self.docs, self.shard, self.progress = engine, docs, shard, progress
+        lengths = shard.lengths  # none for an empty piece (every document reused)
+        # A document is finished when its last sequence (last chunk) is encoded.
+        self.ends_doc = np.append(shard.doc_index[1:] != shard.doc_index[:-1], True)
+        self.stats = EncodeStats(documents=len(docs), rows=len(shard), tokens=int(lengths.sum()))
+        self.columns = ShardColumns(
+            lengths,
+            engine.options,
+            engine.model.dense_dim,
+            engine.model.colbert_dim,
+            engine.buffers,
+        )
+        self.planned = iter(plan_batches(lengths, engine.batch_tokens))
+        self.in_flight: PendingBatch | None = None
+        self.seconds = 0.0  # spent launching, finishing and assembling this piece
+
+    def launch(self, count: int | None = None) -> None:
+        """Launch the next `count` planned batches (all that are left when None)."""
+        started = time.perf_counter()
+        engine = self.engine
+        for batch in itertools.islice(self.planned, count):
+            launched = encode_with_split(self._run, batch, engine._empty_cache, self._lower)
+            for pending in launched:
+                if self.in_flight is not None:
+                    self._finish(self.in_flight)
+                self.in_flight = pending
+                if not engine.overlap_batches:
+                    self._finish(pending)
+                    self.in_flight = None
+            self.stats.oom_splits += len(launched) - 1
+        self.seconds += time.perf_counter() - started
+
+    def complete(self) -> ShardResult:
+        """Launch and finish what is left; the piece's rows in input order."""
+        self.launch()
+        started = time.perf_counter()
+        if self.in_flight is not None:
+            self._finish(self.in_flight)
+            self.in_flight = None
+        if not self.docs:
+            return ShardResult(table=self.engine.schema.empty_table())
+        shard = self.shard
+        table = assemble_table(
+            self.columns,
+            self.engine.schema,
+            [doc.id for doc in self.docs],
+            shard.doc_index,
+            shard.chunk,
+            shard.lengths,
+            shard.truncated,
+        )
+        self.stats.seconds = self.seconds + time.perf_counter() - started
+        return ShardResult(table=table, stats=self.stats)
+
+    def _run(self, rows: np.ndarray) -> PendingBatch:
+        engine = self.engine
+        ids = self.shard.ids
+        return forward_batch(
+            engine.model, [ids[i] for i in rows], rows, engine.options.modes, engine.device_forms
+        )
+
+    def _lower(self, rows: np.ndarray) -> None:
+        engine = self.engine
+        engine.batch_tokens = budget_after_oom(engine.batch_tokens, rows, self.shard.lengths)
+
+    def _finish(self, batch: PendingBatch) -> None:
+        self.columns.add(batch.result())
+        lengths = self.shard.lengths
+        self.stats.batches += 1
+        self.stats.padded_tokens += len(batch.rows) * int(lengths[batch.rows].max())
+        if self.progress is not None:
+            rows = batch.rows
+            self.progress(int(self.ends_doc[rows].sum()), int(lengths[rows].sum()))

@@ -114,3 +114,40 @@ def test_overlapping_batches_changes_no_output(tiny):
     first, second = overlapped.encode(docs), at_once.encode(docs)
     assert first.stats.batches > 3
     assert first.table.equals(second.table)
+
+
+def test_a_stream_launches_the_next_pieces_first_batch_before_it_finishes_this_ones_last(
+    tiny, monkeypatch
+):
+    """A worker's pieces one after another: the device gets piece i + 1's first batch
+    before the host finishes piece i's last batch, places its vectors and makes its table,
+    and each piece's table is the one it makes alone."""
+    from pipeline.engine import embedder
+    from pipeline.engine.encoder import PendingBatch
+    from pipeline.testing.corpora import documents
+    from schemas.options import EncodeOptions
+
+    events: list[str] = []
+    launch, finish = embedder.forward_batch, PendingBatch.result
+
+    def launching(*args):
+        events.append("launch")
+        return launch(*args)
+
+    def finishing(self):
+        events.append("finish")
+        return finish(self)
+
+    texts = [f"piece text {i} " * (1 + i % 7) for i in range(30)]
+    pieces = [documents(texts[start : start + 10]) for start in (0, 10, 20)]
+    engine = embedder.EmbedEngine(tiny, EncodeOptions(max_length=64, batch_tokens=128))
+    alone = [engine.encode(piece).table for piece in pieces]
+    monkeypatch.setattr(embedder, "forward_batch", launching)
+    monkeypatch.setattr(PendingBatch, "result", finishing)
+    seen = []
+    for piece, result in engine.encode_stream(pieces):
+        seen.append((len(piece), events.count("launch") - events.count("finish")))
+        assert result.table.equals(alone[len(seen) - 1])
+        assert result.stats.batches > 1 and result.stats.documents == 10
+    # When pieces 1 and 2 come out, the next piece's first batch is on the device.
+    assert seen == [(10, 1), (10, 1), (10, 0)]
