@@ -65,11 +65,11 @@ class EmbedEngine:
         # Held while this engine's batches run; a worker with several slots on one device
         # shares it between them (pipeline/runtime/device_gate.py). Alone: no gate.
         self.device_gate: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
-        # ColBERT arrays of pieces in flight (one filling, two queued for the writer, one
-        # writing: pipeline/storage/part_writer.py; at a shard's end its last may still be
-        # with its writer as the next shard's first fills), their memory used again for
-        # later pieces: pipeline/engine/recycled.py.
-        self.buffers = RecycledBuffers(keep=5)
+        # ColBERT arrays of pieces in flight (one filling, the one before it finishing its
+        # last batch, two queued for the writer, one writing: pipeline/storage/part_writer.py;
+        # at a shard's end its last may still be with its writer as the next shard's first
+        # fills), their memory used again for later pieces: pipeline/engine/recycled.py.
+        self.buffers = RecycledBuffers(keep=6)
         self.batch_tokens = options.batch_tokens or default_batch_tokens(
             model.device.type, memory=device_memory(model)
         )

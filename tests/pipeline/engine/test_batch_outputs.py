@@ -151,3 +151,32 @@ def test_a_stream_launches_the_next_pieces_first_batch_before_it_finishes_this_o
         assert result.stats.batches > 1 and result.stats.documents == 10
     # When pieces 1 and 2 come out, the next piece's first batch is on the device.
     assert seen == [(10, 1), (10, 1), (10, 0)]
+
+
+def test_a_streams_pieces_in_flight_take_no_fresh_memory_after_the_first(tiny, monkeypatch):
+    """As many ColBERT arrays as a worker holds at once (one piece filling, the one before
+    it finishing, and with the part writer: one being written, two queued, one handed over
+    and waiting for room): once the pool has made its buffers, every later piece is placed
+    in memory used before."""
+    import collections
+    import mmap
+
+    from pipeline.engine import embedder, recycled
+    from pipeline.testing.corpora import documents
+    from schemas.options import EncodeOptions
+
+    made = []
+    real_mmap = mmap.mmap
+
+    def counted(*args, **kwargs):
+        made.append(args[1])
+        return real_mmap(*args, **kwargs)
+
+    monkeypatch.setattr(recycled.mmap, "mmap", counted)
+    texts = [f"piece text {i} " * (5 + i % 3) for i in range(60)]
+    pieces = [documents(texts[start : start + 5]) for start in range(0, 60, 5)]
+    engine = embedder.EmbedEngine(tiny, EncodeOptions(max_length=64, batch_tokens=128))
+    with_the_writer = collections.deque(maxlen=4)
+    for _, result in engine.encode_stream(pieces):
+        with_the_writer.append(result.table)
+    assert 0 < len(made) <= engine.buffers.keep
