@@ -173,7 +173,7 @@ class PendingBatch:
         return out
 
 
-def _to_host(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def to_host(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """One copy per tensor; on CUDA into pinned memory, without waiting for it."""
     if device.type != "cuda":
         return {name: t.to("cpu") for name, t in tensors.items()}
@@ -204,7 +204,7 @@ def forward_batch(
         weights = on_device.pop("sparse_weights", None)
         if weights is not None:
             on_device.update(_sparse(model, weights, ids, mask))
-        host = _to_host(on_device, model.device)
+        host = to_host(on_device, model.device)
         done = None
         if model.device.type == "cuda":
             done = torch.cuda.Event()

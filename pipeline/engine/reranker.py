@@ -31,7 +31,7 @@ from pipeline.engine.batching import (
     default_batch_tokens,
     plan_batches,
 )
-from pipeline.engine.encoder import attention_kwargs, encode_with_split, pad_batch
+from pipeline.engine.encoder import attention_kwargs, encode_with_split, pad_batch, to_host
 from pipeline.engine.model import LoadedModel, install_cpu_linear, locate_model
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import ModelLoadError
@@ -137,8 +137,16 @@ class RerankStats(BatchStats):
 
 @dataclass
 class ScoredBatch:
+    """A launched batch: its logits on their way to the host (ready once `done` is)."""
+
     rows: np.ndarray
-    logits: np.ndarray
+    host: torch.Tensor  # float32 [rows]
+    done: torch.cuda.Event | None = None
+
+    def logits(self) -> np.ndarray:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.host.numpy()
 
 
 @dataclass
@@ -199,19 +207,29 @@ class RerankEngine:
         stats = RerankStats(pairs=len(pairs), tokens=int(lengths.sum()))
 
         def run(rows: np.ndarray) -> ScoredBatch:
-            return ScoredBatch(rows, self._forward([ids[i] for i in rows]))
+            return ScoredBatch(rows, *self._forward([ids[i] for i in rows]))
 
         def lower_budget(rows: np.ndarray) -> None:
             self.batch_tokens = budget_after_oom(self.batch_tokens, rows, lengths)
 
+        def finish(out: ScoredBatch) -> None:
+            logits[out.rows] = out.logits()
+            stats.batches += 1
+            stats.padded_tokens += len(out.rows) * int(lengths[out.rows].max())
+
+        # Batch k + 1 is launched before batch k's logits are read: the device never waits
+        # for the host to read them and pad the next batch (as the embedding engine does).
+        in_flight: ScoredBatch | None = None
         with self.device_gate():
             for batch in plan_batches(lengths, self.batch_tokens):
-                pieces = encode_with_split(run, batch, self._empty_cache, lower_budget)
-                stats.oom_splits += len(pieces) - 1
-                for out in pieces:
-                    logits[out.rows] = out.logits
-                    stats.batches += 1
-                    stats.padded_tokens += len(out.rows) * int(lengths[out.rows].max())
+                launched = encode_with_split(run, batch, self._empty_cache, lower_budget)
+                stats.oom_splits += len(launched) - 1
+                for out in launched:
+                    if in_flight is not None:
+                        finish(in_flight)
+                    in_flight = out
+            if in_flight is not None:
+                finish(in_flight)
         group_ranks = ranks(pairs, logits)
         table = pa.table(
             {
@@ -227,19 +245,26 @@ class RerankEngine:
         stats.seconds = time.perf_counter() - started
         return RerankResult(table=table, logits=logits, stats=stats)
 
-    def _forward(self, sequences: list[list[int]]) -> np.ndarray:
-        ids, mask = pad_batch(sequences, self.model.pad_id, self.model.device)
+    def _forward(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """Launch a batch: its logits' host copy (float32) and, on CUDA, the event after
+        which the copy is there; nothing waits for the device."""
+        device = self.model.device
+        ids, mask = pad_batch(sequences, self.model.pad_id, device)
         # Equal lengths need no mask, which lets SDPA take its fused path.
         padded = any(len(s) != len(sequences[0]) for s in sequences)
         model = self.model.model
-        attention = attention_kwargs(model, sequences, self.model.device) if padded else {}
+        attention = attention_kwargs(model, sequences, device) if padded else {}
         with torch.inference_mode():
             out = model(
                 input_ids=ids, attention_mask=mask if padded else None, return_dict=True,
                 **attention,
             )  # fmt: skip
-            logits = out.logits.view(-1).float().cpu()
-        return logits.numpy()
+            host = to_host({"logits": out.logits.view(-1).float()}, device)["logits"]
+            done = None
+            if device.type == "cuda":
+                done = torch.cuda.Event()
+                done.record()
+        return host, done
 
     def _empty_cache(self) -> None:
         if self.model.device.type == "cuda":

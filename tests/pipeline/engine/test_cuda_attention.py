@@ -21,9 +21,10 @@ from pipeline.engine import cuda_attention, device_forms
 from pipeline.engine.embedder import EmbedEngine
 from pipeline.engine.encoder import attention_kwargs, forward_batch, pad_batch
 from pipeline.engine.model import load_model
-from pipeline.engine.reranker import load_reranker
+from pipeline.engine.reranker import RerankEngine, load_reranker
 from schemas.document import Document
 from schemas.options import STORAGE_PRESETS, EncodeOptions, StoragePreset
+from schemas.pair import RerankOptions
 from schemas.vector_layout import colbert_vectors
 
 
@@ -157,11 +158,15 @@ def test_launching_a_padded_batch_reads_nothing_back_from_the_device(
 
 
 def test_launching_a_padded_rerank_batch_reads_nothing_back_from_the_device(model_cache):
+    """The reranker's launch (padding, the model, its logits' copy out): the engine reads
+    them only once the next batch is launched."""
     reranker = load_reranker("random:tiny", device="cpu", precision="fp32", cache_dir=model_cache)
+    engine = RerankEngine(reranker, RerankOptions())
     sequences = [[0, *range(5, 5 + n), 2] for n in (20, 4)]
 
     def launch(ids, mask, attention) -> None:
-        reranker.model(input_ids=ids, attention_mask=mask, return_dict=True, **attention)
+        host, done = engine._forward(sequences)
+        assert host.shape == (2,) and done is None  # no event on a CPU
 
     launched_without_reads(reranker.model, sequences, launch)
 

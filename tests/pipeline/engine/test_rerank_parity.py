@@ -107,3 +107,31 @@ def test_out_of_memory_splits_a_rerank_batch_and_scores_every_pair(reranker, mon
     monkeypatch.setattr(RerankEngine, "_forward", always_oom)
     with pytest.raises(RetryableError, match="single sequence"):
         RerankEngine(reranker, options).score(pairs[:2])
+
+
+def test_the_next_batch_is_launched_before_this_ones_logits_are_read(reranker, monkeypatch):
+    """One batch in flight while the host reads the last one's logits: the same scores as
+    the batches one at a time."""
+    from pipeline.engine.reranker import ScoredBatch
+
+    pairs = make_pairs()
+    options = RerankOptions(max_length=128, batch_tokens=64)  # a few pairs a batch
+    alone = RerankEngine(reranker, options).score(pairs)
+    events: list[str] = []
+    launch, read = RerankEngine._forward, ScoredBatch.logits
+
+    def launching(self, sequences):
+        events.append("launch")
+        return launch(self, sequences)
+
+    def reading(self):
+        events.append("read")
+        return read(self)
+
+    monkeypatch.setattr(RerankEngine, "_forward", launching)
+    monkeypatch.setattr(ScoredBatch, "logits", reading)
+    result = RerankEngine(reranker, options).score(pairs)
+    batches = result.stats.batches
+    assert batches >= 3
+    assert events == ["launch"] + ["launch", "read"] * (batches - 1) + ["read"]
+    np.testing.assert_array_equal(result.logits, alone.logits)
