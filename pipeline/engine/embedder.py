@@ -211,7 +211,7 @@ class PieceRun:
         progress: ProgressCallback | None = None,
     ) -> None:
         self.engine, self.docs, self.shard, self.progress = engine, docs, shard, progress
-        lengths = shard.lengths  # none for an empty piece (every document reused)
+        lengths = shard.lengths  # empty for a piece with nothing to encode (all reused)
         # A document is finished when its last sequence (last chunk) is encoded.
         self.ends_doc = np.append(shard.doc_index[1:] != shard.doc_index[:-1], True)
         self.stats = EncodeStats(documents=len(docs), rows=len(shard), tokens=int(lengths.sum()))
