@@ -202,6 +202,11 @@ def test_a_pool_process_killed_at_each_stage_of_the_pipelined_path_loses_nothing
     root = Path(__file__).resolve().parents[2]
     cli_env.update(M3PIPE_MODEL=stub_built, M3PIPE_PIECE_DOCUMENTS="2")
     env = {**cli_env, PLAN_ENV: plan, DIR_ENV: str(kills), "PYTHONPATH": str(root)}
+    # The tokenizer's thread pool as a user gets it (m3pipe sets TOKENIZERS_PARALLELISM=true,
+    # which turns off the tokenizers library's guard for forks): each of the seven pool
+    # processes is forked from the worker's main process and tokenizes in parallel, which
+    # hangs if the main process ever used that pool before forking.
+    env.pop("TOKENIZERS_PARALLELISM")
     records = long_records(4 * len(STAGES), words=150)
     job_id = submit(tmp_path, cli_env, records, "--shard-docs", "4")
     assert store.status(job_id).shards.total == len(STAGES)
