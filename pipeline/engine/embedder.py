@@ -10,7 +10,7 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
@@ -137,12 +137,13 @@ class EmbedEngine:
         self,
         shards: Iterable[Sequence[Document]],
         progress: ProgressCallback | None = None,
-    ) -> Iterator[tuple[Sequence[Document], ShardResult]]:
+    ) -> Generator[tuple[Sequence[Document], ShardResult], None, None]:
         """Encode shard after shard (a worker's pieces); the next is tokenized while this
         one runs, and its first batch is launched before this one's last is finished: the
         device computes it while the host places that batch's vectors, makes the table and
         hands it on. So the device gate is held from the first launch to the last finish
-        (a worker's other slot computes between two of this one's shards)."""
+        (a worker's other slot computes between two of this one's shards), or until the
+        stream is closed: a consumer that stops early closes it."""
         ready: queue.Queue[tuple[Sequence[Document], TokenizedShard] | BaseException | None]
         ready = queue.Queue(maxsize=1)
         stop = threading.Event()

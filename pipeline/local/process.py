@@ -159,7 +159,9 @@ def _write_output(
         to_compute = _split_shards(
             shards, splits, kind, engine, index, keep, kept_from, piece_documents
         )
-        computed = kind.compute_stream(engine, to_compute, keep, progress)
+        computed = stack.enter_context(
+            contextlib.closing(kind.compute_stream(engine, to_compute, keep, progress))
+        )
         # A shard's part is written piece by piece (pipeline/storage/part_writer.py) while
         # the next piece computes, and finished (footer, fsync, rename) in `finisher` while
         # the next shard computes; at most one part waits to be finished.

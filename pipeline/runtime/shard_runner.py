@@ -6,6 +6,7 @@ No Celery here: workers/tasks.py maps the outcomes to acks, retries and failures
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -370,13 +371,14 @@ def _stream_part(
     stats, rows = kind.new_stats(), 0
     writer: PartWriter | None = None
     try:
-        for _, computed in kind.compute_stream(engine, pieces, spec.keep_fields):
-            if writer is None:  # the schema, with what the kind records of all the items
-                schema = kind.part_table(computed.table, items, spec.keep_fields).schema
-                writer = PartWriter(target, schema, fence, direct_writes=direct_writes)
-            writer.write(computed.table)
-            stats.add(computed.stats)
-            rows += computed.rows
+        with contextlib.closing(kind.compute_stream(engine, pieces, spec.keep_fields)) as stream:
+            for _, computed in stream:  # (closed on an error: the engine lets the device go)
+                if writer is None:  # the schema, with what the kind records of all the items
+                    schema = kind.part_table(computed.table, items, spec.keep_fields).schema
+                    writer = PartWriter(target, schema, fence, direct_writes=direct_writes)
+                writer.write(computed.table)
+                stats.add(computed.stats)
+                rows += computed.rows
         if writer is None:  # nothing to compute: an empty part
             empty = kind.compute(engine, [], spec.keep_fields).table
             writer = PartWriter(

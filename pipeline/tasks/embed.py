@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -243,10 +244,12 @@ class EmbedTask(TaskKind):
         shards: Iterable[Sequence[Document]],
         keep_fields: Sequence[str] = (),
         progress: Progress | None = None,
-    ) -> Iterator[tuple[Sequence[Document], Computed]]:
-        # The engine tokenizes the next shard while this one runs, and reports per batch.
-        for shard, result in engine.encode_stream(shards, progress):
-            yield shard, self._computed(result, shard, keep_fields)
+    ) -> Generator[tuple[Sequence[Document], Computed], None, None]:
+        # The engine tokenizes the next shard while this one runs, and reports per batch;
+        # closed with this generator, it lets go of the device at once.
+        with contextlib.closing(engine.encode_stream(shards, progress)) as results:
+            for shard, result in results:
+                yield shard, self._computed(result, shard, keep_fields)
 
     @staticmethod
     def _computed(result: Any, docs: Sequence[Document], keep_fields: Sequence[str]) -> Computed:

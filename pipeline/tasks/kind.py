@@ -7,7 +7,7 @@ use a kind to read and cut inputs without importing torch.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,8 +210,9 @@ class TaskKind(ABC):
         shards: Iterable[Sequence[Any]],
         keep_fields: Sequence[str] = (),
         progress: Progress | None = None,
-    ) -> Iterator[tuple[Sequence[Any], Computed]]:
-        """Shard after shard; kinds that can overlap reading with compute override this."""
+    ) -> Generator[tuple[Sequence[Any], Computed], None, None]:
+        """Shard after shard; kinds that can overlap reading with compute override this.
+        A caller that stops early closes it (the engine may hold the device meanwhile)."""
         for shard in shards:
             computed = self.compute(engine, shard, keep_fields)
             if progress is not None:

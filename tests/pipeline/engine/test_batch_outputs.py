@@ -180,3 +180,39 @@ def test_a_streams_pieces_in_flight_take_no_fresh_memory_after_the_first(tiny, m
     for _, result in engine.encode_stream(pieces):
         with_the_writer.append(result.table)
     assert 0 < len(made) <= engine.buffers.keep
+
+
+def test_a_stream_closed_early_lets_go_of_the_device_gate(tiny, tmp_path):
+    """A worker slot holds the gate from its shard's first launch to its last finish; a
+    stream its consumer stops (an error while writing) lets go of it when closed, as the
+    worker closes it, so neither this slot's next shard nor the other slot waits for ever."""
+    import fcntl
+    import os
+
+    from pipeline.engine.embedder import EmbedEngine
+    from pipeline.runtime.device_gate import DeviceGate
+    from pipeline.tasks import task_kind
+    from pipeline.testing.corpora import documents
+    from schemas.job import Task
+    from schemas.options import EncodeOptions
+
+    def held(path) -> bool:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # (and with it a lock just taken)
+        return False
+
+    gate = DeviceGate(str(tmp_path / "gate"))
+    engine = EmbedEngine(tiny, EncodeOptions(max_length=64))
+    engine.device_gate = gate
+    pieces = [documents([f"text {i} {j}" for j in range(4)]) for i in range(3)]
+    stream = task_kind(Task.EMBED).compute_stream(engine, pieces)
+    next(stream)
+    assert held(gate.path)  # the next piece's first batch is on the device
+    stream.close()
+    assert not held(gate.path)
+    gate.close()
