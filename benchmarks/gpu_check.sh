@@ -21,7 +21,7 @@
 #      against each dtype's measured matmul peak) and FlagEmbedding's encode in bf16 beside it.
 #   5. bench_rerank, random:full: the reranker against FlagReranker (fp16); the dry run adds
 #      an engine side in another precision (bf16-sdpa), as a CPU run compares them.
-#   6. tests/pipeline/engine/test_cuda_attention.py's CUDA tests on the GPU: torch's varlen_attn
+#   6. tests/pipeline/engine/test_cuda_attention.py's CUDA tests (-k on_cuda): torch's varlen_attn
 #      against masked SDPA, and a padded batch launched with torch's sync debug mode set to
 #      "error" (the CPU suite runs the rest of the file with a stand-in kernel; not in the
 #      dry run).
@@ -119,7 +119,7 @@ step "reranker" 50 "$PY" -m benchmarks.bench_rerank --device "$device" --model "
     --peak-seconds "$peak" --peak-square "$peak_square" \
     --out "$RESULTS/rerank-$device-${model/:/-}.json"
 if [ "$device" = cuda ]; then
-    step "varlen attention on CUDA" 45 "$PY" -m pytest -q -p no:cacheprovider -k cuda \
+    step "varlen attention on CUDA" 45 "$PY" -m pytest -q -p no:cacheprovider -k on_cuda \
         tests/pipeline/engine/test_cuda_attention.py --junitxml "$RESULTS/cuda-attention-tests.xml"
 fi
 echo "results in $RESULTS ($failed failed steps)"
