@@ -26,6 +26,7 @@ Installed on a CUDA encoder or reranker when the torch build has `varlen_attn`
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import threading
@@ -97,7 +98,13 @@ def takes_packing(model: Any) -> bool:
     to it (transformers 5's models do; where one does not, the packing comes from the mask)."""
     if getattr(getattr(model, "config", None), "_attn_implementation", None) != NAME:
         return False
-    parameters = inspect.signature(model.forward).parameters.values()
+    return _takes_keywords(type(model).forward)
+
+
+@functools.cache
+def _takes_keywords(function: Callable[..., Any]) -> bool:
+    """Once per model class, not per batch."""
+    parameters = inspect.signature(function).parameters.values()
     return any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters)
 
 

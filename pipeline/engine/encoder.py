@@ -72,17 +72,20 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(array).pin_memory().to(device, non_blocking=True)
 
 
+def row_lengths(sequences: list[list[int]]) -> np.ndarray:
+    return np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+
+
 def attention_kwargs(
-    module: torch.nn.Module, sequences: list[list[int]], device: torch.device
+    module: torch.nn.Module, lengths: np.ndarray, device: torch.device
 ) -> dict[str, Any]:
     """What a padded batch's forward pass takes besides its inputs: for a model with the
-    CUDA variable-length attention, the batch's packing from the lengths the host has
-    (pipeline/engine/cuda_attention.py), so that no layer reads the device back."""
+    CUDA variable-length attention, the batch's packing from its rows' `lengths`, which
+    the host has (pipeline/engine/cuda_attention.py), so that no layer reads the device
+    back."""
     if not cuda_attention.takes_packing(module):
         return {}
-    positions, offsets, longest = cuda_attention.host_packing(
-        np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-    )
+    positions, offsets, longest = cuda_attention.host_packing(lengths)
     packing = cuda_attention.Packing(
         to_device(positions, device), to_device(offsets, device), longest
     )
@@ -196,8 +199,9 @@ def forward_batch(
     ids, mask = pad_batch(sequences, model.pad_id, model.device)
     # Without padding no mask is needed, which lets SDPA use its fused kernel and skip
     # materialising the [heads, L, L] mask: long documents mostly run alone.
-    padded = any(len(s) != len(sequences[0]) for s in sequences)
-    attention = attention_kwargs(model.encoder, sequences, model.device) if padded else {}
+    lengths = row_lengths(sequences)
+    padded = bool((lengths != lengths[0]).any())
+    attention = attention_kwargs(model.encoder, lengths, model.device) if padded else {}
     with torch.inference_mode():
         on_device = _heads(model, ids, mask if padded else None, modes, forms.store, **attention)
         apply_forms(on_device, forms)
@@ -209,7 +213,6 @@ def forward_batch(
         if model.device.type == "cuda":
             done = torch.cuda.Event()
             done.record()
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     ready_at = model.stub_heads.take_ready_at() if model.stub_heads is not None else None
     return PendingBatch(rows, lengths, host, model.vocab_size, done, ready_at)
 

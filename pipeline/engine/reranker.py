@@ -31,7 +31,13 @@ from pipeline.engine.batching import (
     default_batch_tokens,
     plan_batches,
 )
-from pipeline.engine.encoder import attention_kwargs, encode_with_split, pad_batch, to_host
+from pipeline.engine.encoder import (
+    attention_kwargs,
+    encode_with_split,
+    pad_batch,
+    row_lengths,
+    to_host,
+)
 from pipeline.engine.model import LoadedModel, install_cpu_linear, locate_model
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import ModelLoadError
@@ -251,9 +257,10 @@ class RerankEngine:
         device = self.model.device
         ids, mask = pad_batch(sequences, self.model.pad_id, device)
         # Equal lengths need no mask, which lets SDPA take its fused path.
-        padded = any(len(s) != len(sequences[0]) for s in sequences)
+        lengths = row_lengths(sequences)
+        padded = bool((lengths != lengths[0]).any())
         model = self.model.model
-        attention = attention_kwargs(model, sequences, device) if padded else {}
+        attention = attention_kwargs(model, lengths, device) if padded else {}
         with torch.inference_mode():
             out = model(
                 input_ids=ids, attention_mask=mask if padded else None, return_dict=True,

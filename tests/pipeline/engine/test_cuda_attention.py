@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 from pipeline.engine import cuda_attention, device_forms
 from pipeline.engine.embedder import EmbedEngine
-from pipeline.engine.encoder import attention_kwargs, forward_batch, pad_batch
+from pipeline.engine.encoder import attention_kwargs, forward_batch, pad_batch, row_lengths
 from pipeline.engine.model import load_model
 from pipeline.engine.reranker import RerankEngine, load_reranker
 from schemas.document import Document
@@ -129,7 +129,7 @@ def launched_without_reads(module: torch.nn.Module, sequences: list[list[int]], 
     cuda_attention.install(module, kernel)
     ids, mask = pad_batch(sequences, 1, torch.device("cpu"))
     with reads, torch.inference_mode():
-        run(ids, mask, attention_kwargs(module, sequences, torch.device("cpu")))
+        run(ids, mask, attention_kwargs(module, row_lengths(sequences), torch.device("cpu")))
     assert reads.seen == []
     assert kernel.calls == module.config.num_hidden_layers
 
@@ -184,12 +184,12 @@ def test_a_model_whose_forward_takes_no_keywords_gets_no_packing():
         def forward(self, input_ids, attention_mask=None, return_dict=True, **kwargs):
             raise AssertionError("not run")
 
-    cpu, sequences = torch.device("cpu"), [[1, 2, 3], [1]]
-    assert attention_kwargs(Fixed(), sequences, cpu) == {}
-    [packing] = attention_kwargs(Handing(), sequences, cpu).values()
+    cpu, lengths = torch.device("cpu"), row_lengths([[1, 2, 3], [1]])
+    assert attention_kwargs(Fixed(), lengths, cpu) == {}
+    [packing] = attention_kwargs(Handing(), lengths, cpu).values()
     assert packing.offsets.tolist() == [0, 3, 4] and packing.longest == 3
     Handing.config = types.SimpleNamespace(_attn_implementation="sdpa")
-    assert attention_kwargs(Handing(), sequences, cpu) == {}
+    assert attention_kwargs(Handing(), lengths, cpu) == {}
 
 
 def test_unpadded_batches_and_a_kernel_without_scale_go_to_sdpa_without_a_mask():
