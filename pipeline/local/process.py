@@ -41,7 +41,7 @@ from pipeline.storage.part_writer import PartWriter
 from pipeline.storage.sink import part_name
 from pipeline.tasks import Reading, TaskKind
 from pipeline.tasks.kind import Progress
-from pipeline.tasks.reuse import ReuseSplit, merge_in_order, split_for_reuse
+from pipeline.tasks.reuse import ReuseStream, ShardReuse
 from producers.submit import remove_parts_from
 
 # A shard's texts are held in memory with its output; bound them by bytes too. A larger
@@ -188,8 +188,8 @@ def _write_output(
                     part = _OpenPart(planned, kind.new_stats())
                 part.stats.add(result.stats)
                 table = result.table
-                if part.planned.split is not None:  # --reuse: the copied rows merged in
-                    table = merge_in_order(table, part.planned.split.copied, part.planned.shard)
+                if part.planned.reuse is not None:  # --reuse: the piece's copied rows put in
+                    table = part.planned.reuse.merged(table)
                 if part.writer is None:  # the schema, with what the kind records of the shard
                     schema = kind.part_table(table, part.planned.shard, keep).schema
                     part.writer = PartWriter(
@@ -213,16 +213,16 @@ def _write_output(
                 summary.stats.add(stats)
                 summary.parts += 1
                 summary.rows += rows
-                split = planned.split
+                reuse = planned.reuse
                 report = ShardReport(  # its bytes once written
                     documents=len(planned.shard),
                     rows=rows,
                     tokens=stats.tokens,
                     part_bytes=0,
-                    reused=split.reused if split is not None else None,
+                    reused=reuse.reused if reuse is not None else None,
                 )
-                if split is not None:
-                    summary.reused = (summary.reused or 0) + split.reused
+                if reuse is not None:
+                    summary.reused = (summary.reused or 0) + reuse.reused
                 if pending is not None:
                     _log_written(shard_log, *pending)
                 pending = (writing, report, number, item_counts[1])
@@ -268,12 +268,13 @@ def check_reusable(
 
 @dataclass
 class Planned:
-    """A shard as planned: its items and their digest, what `--reuse` copies of it, and
-    with `--resume` the footer facts of an earlier run's part of exactly these items."""
+    """A shard as planned: its items and their digest, its pieces with what `--reuse` copies
+    of them, and with `--resume` the footer facts of an earlier run's part of exactly these
+    items."""
 
     shard: Sequence[Any]
     digest: str
-    split: ReuseSplit | None = None
+    reuse: ReuseStream | None = None
     kept: dict[str, Any] | None = None
     pieces: int = 1  # what is computed of it comes in this many pieces
 
@@ -303,9 +304,9 @@ def _split_shards(
     piece_documents: int = 128,
 ) -> Iterator[Sequence[Any]]:
     """What to compute of each shard, in pieces of about `piece_documents` items: all of
-    it, what `--reuse` cannot copy (one piece, merged with the copies), or nothing when
-    `kept_from` (--resume) holds its part already. Runs in the engine's tokenizing thread,
-    so copies and part footers are read while the model works."""
+    it, what `--reuse` cannot copy of each piece (merged with the piece's copies), or
+    nothing when `kept_from` (--resume) holds its part already. Runs in the engine's
+    tokenizing thread, so copies and part footers are read while the model works."""
     schema = kind.compute(engine, [], keep_fields).table.schema if index is not None else None
     for number, shard in enumerate(shards):
         planned = Planned(shard, documents_digest(shard))
@@ -315,16 +316,15 @@ def _split_shards(
             splits.append(planned)
             yield []  # nothing to compute: the part stays
             continue
-        if index is not None and schema is not None:
-            runs = index.plan(shard, keep_fields)
-            planned.split = split_for_reuse(
-                shard, runs, index.previous, engine, schema, keep_fields
-            )
-            splits.append(planned)
-            yield planned.split.to_encode
-            continue
         pieces = kind.pieces(shard, piece_documents) or [shard]
         planned.pieces = len(pieces)
+        if index is not None and schema is not None:
+            runs = index.plan(shard, keep_fields)
+            reuse = ShardReuse(shard, runs, index.previous, engine, schema, keep_fields)
+            planned.reuse = ReuseStream(reuse, pieces)
+            splits.append(planned)
+            yield from planned.reuse.to_compute()
+            continue
         splits.append(planned)
         yield from pieces
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.engine.batching import share_budget
 from pipeline.engine.stats import BatchStats
@@ -33,7 +33,6 @@ from pipeline.jobs.resume import (
     documents_digest,
     message_digest,
     shard_footer,
-    with_shard_metadata,
 )
 from pipeline.jobs.shard_report import ShardReport
 from pipeline.jobs.store import ABSENT, JobStore
@@ -45,11 +44,14 @@ from pipeline.storage.location import Location
 from pipeline.storage.output_dir import check_job_owns
 from pipeline.storage.output_roots import allowed_input, allowed_output, allowed_reuse
 from pipeline.storage.part_writer import PartWriter
-from pipeline.storage.sink import part_name, write_shard
+from pipeline.storage.sink import part_name
 from pipeline.tasks import TaskEngine, task_kind
-from pipeline.tasks.kind import Computed, TaskKind
-from pipeline.tasks.reuse import compute_with_reuse
+from pipeline.tasks.kind import TaskKind
+from pipeline.tasks.reuse import ReuseStream, ShardReuse
 from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -300,16 +302,15 @@ def _encode_and_record(
             "padding_efficiency": round(stats.padding_efficiency, 4),
         }
 
-    reused = 0
-    if message.reuse and spec.reuse is not None:
-        computed, reused = _compute_with_reuse(message, spec, runtime, engine, items)
-        stats, rows = computed.stats, computed.rows
-        table = kind.part_table(computed.table, items, spec.keep_fields)
-        written = write_shard(with_shard_metadata(table, facts(stats, rows)), out / name, fence)
-    else:
-        pieces = kind.pieces(items, runtime.piece_documents)
-        stats, rows, written = _stream_part(kind, engine, items, pieces, spec, out / name, fence,
-                                            facts, runtime.direct_writes)  # fmt: skip
+    pieces = kind.pieces(items, runtime.piece_documents)
+    reuse = None
+    if message.reuse and spec.reuse is not None:  # copies read and merged piece by piece
+        reuse = _reuse_stream(message, spec, runtime, engine, items, pieces)
+    stats, rows, written = _stream_part(
+        kind, engine, items, reuse.to_compute() if reuse is not None else pieces, spec,
+        out / name, fence, facts, runtime.direct_writes, reuse.merged if reuse else None,
+    )  # fmt: skip
+    reused = reuse.reused if reuse is not None else 0
 
     store.set_model_metadata(job_id, engine.file_metadata())
     # Its counts, a fixed record in Redis: the part's name follows from the shard number,
@@ -339,46 +340,52 @@ def _encode_and_record(
     return ShardOutcome(ShardState.DONE, name, rows=rows, tokens=stats.tokens, stats=stats)
 
 
-def _compute_with_reuse(
+def _reuse_stream(
     message: ShardMessage,
     spec: JobSpec,
     runtime: WorkerRuntime,
     engine: TaskEngine,
     items: Sequence[Any],
-) -> tuple[Computed, int]:
-    """The shard's output with its planned rows copied, and how many documents were."""
+    pieces: Sequence[Sequence[Any]],
+) -> ReuseStream:
+    """The shard's pieces with their planned rows copied from the previous output."""
     assert message.reuse is not None and spec.reuse is not None
     location = allowed_reuse(spec.reuse, runtime.input_roots, runtime.output_roots)
-    previous = FinishedOutput.at(location)
     kind = task_kind(spec.task)
-    return compute_with_reuse(kind, engine, items, message.reuse, previous, spec.keep_fields)
+    schema = kind.compute(engine, [], spec.keep_fields).table.schema
+    reuse = ShardReuse(items, message.reuse, FinishedOutput.at(location), engine, schema,
+                       spec.keep_fields)  # fmt: skip
+    return ReuseStream(reuse, pieces)
 
 
 def _stream_part(
     kind: TaskKind,
     engine: TaskEngine,
     items: Sequence[Any],
-    pieces: Sequence[Sequence[Any]],
+    pieces: Iterable[Sequence[Any]],
     spec: JobSpec,
     target: Location,
     fence: Callable[[], None],
     facts: Callable[[BatchStats, int], dict[str, Any]],
     direct_writes: bool = True,
+    merge: Callable[[pa.Table], pa.Table] | None = None,
 ) -> tuple[BatchStats, int, Location]:
     """Compute the shard piece by piece and write each piece while the next one computes
     (the engine tokenizes the next piece meanwhile): the device never waits for the write.
+    `merge` completes a computed piece (`--reuse`: its copied rows put in).
     Exactly-once is as before: the part appears, whole, only at `close`, after the fence."""
     stats, rows = kind.new_stats(), 0
     writer: PartWriter | None = None
     try:
         with contextlib.closing(kind.compute_stream(engine, pieces, spec.keep_fields)) as stream:
             for _, computed in stream:  # (closed on an error: the engine lets the device go)
+                table = computed.table if merge is None else merge(computed.table)
                 if writer is None:  # the schema, with what the kind records of all the items
-                    schema = kind.part_table(computed.table, items, spec.keep_fields).schema
+                    schema = kind.part_table(table, items, spec.keep_fields).schema
                     writer = PartWriter(target, schema, fence, direct_writes=direct_writes)
-                writer.write(computed.table)
+                writer.write(table)
                 stats.add(computed.stats)
-                rows += computed.rows
+                rows += table.num_rows
         if writer is None:  # nothing to compute: an empty part
             empty = kind.compute(engine, [], spec.keep_fields).table
             writer = PartWriter(

@@ -106,6 +106,72 @@ class PreviousPart:
         return self.digests[ordinal * DIGEST_BYTES : (ordinal + 1) * DIGEST_BYTES]
 
 
+def _previous_part(number: int, path: Location, table: pa.Table) -> PreviousPart:
+    """The index of part `number` from its rows' ids (`table`, with the file's metadata)."""
+    metadata = table.schema.metadata or {}
+    try:
+        digests = base64.b64decode(metadata[DOCUMENT_DIGESTS_KEY], validate=True)
+        model = json.loads(metadata.get(b"m3pipe", b"{}"))
+    except KeyError:
+        raise ReuseError(f"{path} records no document digests (an older m3pipe?)") from None
+    except ValueError as exc:
+        raise ReuseError(f"cannot read {path}: {exc}") from exc
+    starts, ids = document_starts(table.column("id").to_pylist())
+    if len(digests) != len(ids) * DIGEST_BYTES:
+        raise ReuseError(f"{path}: its document digests do not match its rows")
+    return PreviousPart(number, table, starts, ids, digests, identity(model))
+
+
+class PartFile:
+    """A part file open for `--reuse`: its documents' index, read when it was opened, and
+    its rows, read when asked a row group at a time, from the same open file. So the rows
+    copied are those of the file whose ids and digests were checked, even if the part is
+    replaced meanwhile (on an object store, as far as its reads see one version). The last
+    row group read is kept: pieces of a shard read a part's rows in order, so each row
+    group is read once."""
+
+    def __init__(self, index: PreviousPart, handle: pq.ParquetFile) -> None:
+        self.index = index
+        self.columns = set(handle.schema_arrow.names)
+        self._handle = handle
+        metadata = handle.metadata
+        sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        self._group_starts = np.cumsum([0, *sizes])
+        self._kept: tuple[int, pa.Table] | None = None  # (row group, its rows)
+
+    def rows(self, start: int, stop: int, columns: list[str]) -> pa.Table:
+        """Rows `start`..`stop - 1` (only `columns`; the same ones at every call)."""
+        if not 0 <= start <= stop <= self._group_starts[-1]:
+            raise ValueError(f"rows {start}..{stop} are not in part {self.index.number}")
+        starts = self._group_starts
+        first = int(np.searchsorted(starts, start, side="right")) - 1
+        pieces = []
+        for group in range(max(first, 0), len(starts) - 1):
+            if starts[group] >= stop:
+                break
+            table = self._group(group, columns)
+            begin = max(start, int(starts[group])) - int(starts[group])
+            end = min(stop, int(starts[group + 1])) - int(starts[group])
+            pieces.append(table.slice(begin, end - begin))
+        if not pieces:
+            return self._group(0, columns).slice(0, 0)
+        return pa.concat_tables(pieces)
+
+    def forget_rows(self) -> None:
+        """Let go of the row group kept."""
+        self._kept = None
+
+    def close(self) -> None:
+        self._kept = None
+        self._handle.close()
+
+    def _group(self, group: int, columns: list[str]) -> pa.Table:
+        if self._kept is None or self._kept[0] != group:
+            self._kept = None  # one row group in memory at a time
+            self._kept = (group, self._handle.read_row_group(group, columns=columns))
+        return self._kept[1]
+
+
 class FinishedOutput:
     """A finished m3pipe embed output directory (local or object store)."""
 
@@ -173,24 +239,40 @@ class FinishedOutput:
     def read_part(self, number: int, columns: list[str] | None = None) -> PreviousPart:
         """Part `number` (only `columns`, `id` always included), or ReuseError if it is
         missing, damaged or made without document digests."""
-        path = self.location / part_name(number)
-        if path.is_local and os.path.islink(path.local_path):  # made one after open()
-            raise ReuseError(f"{path} is a link: not followed")
+        path = self._part_path(number)
         try:
             wanted = None if columns is None else ["id", *(c for c in columns if c != "id")]
             # One read: the table's schema carries the file's metadata.
             table = pq.read_table(path.path, filesystem=path.fs, columns=wanted)
-            metadata = table.schema.metadata or {}
-            digests = base64.b64decode(metadata[DOCUMENT_DIGESTS_KEY], validate=True)
-            model = json.loads(metadata.get(b"m3pipe", b"{}"))
-        except KeyError:
-            raise ReuseError(f"{path} records no document digests (an older m3pipe?)") from None
         except (OSError, pa.ArrowException, ValueError) as exc:
             raise ReuseError(f"cannot read {path}: {exc}") from exc
-        starts, ids = document_starts(table.column("id").to_pylist())
-        if len(digests) != len(ids) * DIGEST_BYTES:
-            raise ReuseError(f"{path}: its document digests do not match its rows")
-        return PreviousPart(number, table, starts, ids, digests, identity(model))
+        return _previous_part(number, path, table)
+
+    def open_part(self, number: int) -> PartFile:
+        """Part `number` opened for copying rows: its documents' index read now, its rows
+        when asked; ReuseError as for `read_part`. Close it when done."""
+        path = self._part_path(number)
+        try:
+            handle = pq.ParquetFile(path.path, filesystem=path.fs)
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            raise ReuseError(f"cannot read {path}: {exc}") from exc
+        try:
+            ids = handle.read(columns=["id"])
+            return PartFile(_previous_part(number, path, ids), handle)
+        except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
+            handle.close()
+            if isinstance(exc, ReuseError):
+                raise
+            raise ReuseError(f"cannot read {path}: {exc}") from exc
+        except BaseException:
+            handle.close()
+            raise
+
+    def _part_path(self, number: int) -> Location:
+        path = self.location / part_name(number)
+        if path.is_local and os.path.islink(path.local_path):  # made one after open()
+            raise ReuseError(f"{path} is a link: not followed")
+        return path
 
     def entries(self) -> Iterator[tuple[str, int, int, int, bytes]]:
         """(id, part, first row, rows, digest) of every document, a part at a time. A part

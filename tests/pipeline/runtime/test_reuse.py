@@ -5,6 +5,7 @@ the result is row for row what a full encode gives. Real files, random:tiny on C
 from __future__ import annotations
 
 import base64
+import collections
 import json
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from pipeline.storage.finished_output import (
 )
 from pipeline.storage.output_dir import MANIFEST, read_shard_log
 from pipeline.tasks import Reading, task_kind
-from pipeline.tasks.reuse import compute_with_reuse
+from pipeline.tasks.reuse import ReuseStream, ShardReuse
 from schemas.document import Document
 from schemas.job import Task
 from schemas.options import EncodeOptions, LongDocPolicy, StorageDtype
@@ -264,6 +265,18 @@ def test_unreadable_previous_parts_are_encoded_again(tmp_path, tiny):
     assert_same_rows(rows(tmp_path / "v2"), rows(tmp_path / "full"))
 
 
+def compute_with_reuse(engine, docs, runs, previous, piece=4) -> tuple[pa.Table, int]:
+    """A shard's rows as a worker makes them under --reuse, piece by piece (pieces of about
+    `piece` documents: runs cross pieces), and the documents copied."""
+    schema = EMBED.compute(engine, [], ()).table.schema
+    stream = ReuseStream(
+        ShardReuse(docs, runs, previous, engine, schema), EMBED.pieces(docs, piece)
+    )
+    computed = EMBED.compute_stream(engine, stream.to_compute())
+    tables = [stream.merged(result.table) for _, result in computed]
+    return pa.concat_tables(tables), stream.reused
+
+
 @pytest.fixture
 def previous(tmp_path, tiny) -> FinishedOutput:
     encode(tmp_path, tiny, "v1", corpus(20), docs=10)
@@ -287,9 +300,9 @@ def docs_of(records: list[dict[str, str]]) -> list[Document]:
 def test_a_forged_or_outdated_plan_only_makes_the_worker_encode(previous, tiny, runs):
     engine = EmbedEngine(tiny, OPTIONS)
     docs = docs_of(corpus(10))
-    computed, reused = compute_with_reuse(EMBED, engine, docs, runs, previous)
+    table, reused = compute_with_reuse(engine, docs, runs, previous)
     assert reused == 0
-    assert_same_rows(computed.table, EMBED.compute(engine, docs).table)
+    assert_same_rows(table, EMBED.compute(engine, docs).table)
 
 
 def test_a_changed_text_under_the_same_id_is_encoded(previous, tiny):
@@ -297,14 +310,14 @@ def test_a_changed_text_under_the_same_id_is_encoded(previous, tiny):
     docs = docs_of(corpus(10))
     docs[2] = Document(id=docs[2].id, text="changed after the plan was made")
     runs = [ReuseRun(at=0, count=10, part=0, row=0, rows=10)]
-    computed, reused = compute_with_reuse(EMBED, engine, docs, runs, previous)
+    table, reused = compute_with_reuse(engine, docs, runs, previous)
     assert reused == 0  # the run fails as a whole: its rows are checked together
-    assert_same_rows(computed.table, EMBED.compute(engine, docs).table)
+    assert_same_rows(table, EMBED.compute(engine, docs).table)
     runs = [ReuseRun(at=0, count=2, part=0, row=0, rows=2),
             ReuseRun(at=3, count=7, part=0, row=3, rows=7)]  # fmt: skip
-    computed, reused = compute_with_reuse(EMBED, engine, docs, runs, previous)
+    table, reused = compute_with_reuse(engine, docs, runs, previous)
     assert reused == 9
-    assert_same_rows(computed.table, EMBED.compute(engine, docs).table)
+    assert_same_rows(table, EMBED.compute(engine, docs).table)
 
 
 def test_rows_of_another_model_are_never_copied(previous, tiny):
@@ -317,9 +330,118 @@ def test_rows_of_another_model_are_never_copied(previous, tiny):
     engine = EmbedEngine(tiny, OPTIONS)
     docs = docs_of(corpus(10))
     runs = [ReuseRun(at=0, count=10, part=0, row=0, rows=10)]
-    computed, reused = compute_with_reuse(EMBED, engine, docs, runs, previous)
+    table, reused = compute_with_reuse(engine, docs, runs, previous)
     assert reused == 0
-    assert_same_rows(computed.table, EMBED.compute(engine, docs).table)
+    assert_same_rows(table, EMBED.compute(engine, docs).table)
+
+
+class HeldRows:
+    """Watches every previous part file a test opens: how many are open at once, how often
+    each row group is read, and how many row groups are held in memory at once."""
+
+    def __init__(self, monkeypatch) -> None:
+        from pipeline.storage import finished_output
+
+        self.open: list[finished_output.PartFile] = []
+        self.most_open = self.most_held = 0
+        self.reads: collections.Counter[tuple[int, int]] = collections.Counter()
+        real_open, real_group = FinishedOutput.open_part, finished_output.PartFile._group
+        real_close = finished_output.PartFile.close
+        real_read = pq.ParquetFile.read_row_group
+
+        def open_part(output, number):
+            part = real_open(output, number)
+            self.open.append(part)
+            self.most_open = max(self.most_open, len(self.open))
+            return part
+
+        def close(part):
+            self.open.remove(part)
+            real_close(part)
+
+        def group(part, index, columns):
+            table = real_group(part, index, columns)
+            held = sum(other._kept is not None for other in self.open)
+            self.most_held = max(self.most_held, held)
+            return table
+
+        def read_row_group(handle, index, *args, **kwargs):
+            number = next(part.index.number for part in self.open if part._handle is handle)
+            self.reads[number, index] += 1
+            return real_read(handle, index, *args, **kwargs)
+
+        monkeypatch.setattr(FinishedOutput, "open_part", open_part)
+        monkeypatch.setattr(finished_output.PartFile, "close", close)
+        monkeypatch.setattr(finished_output.PartFile, "_group", group)
+        monkeypatch.setattr(pq.ParquetFile, "read_row_group", read_row_group)
+
+
+def test_a_worker_copies_and_writes_a_shard_piece_by_piece(tmp_path, store, runtime, tiny,
+                                                          monkeypatch):  # fmt: skip
+    """A shard with reuse runs goes through the worker's streamed path: its part is written
+    a piece at a time (a row group each), the previous part's rows are read a row group at
+    a time, each once when the corpus keeps its order, one held at once, and every file
+    opened is closed."""
+    runtime.piece_documents = 8
+    records = corpus(48)
+    queue_job(tmp_path, store, runtime, "v1", records)
+    assert pq.ParquetFile(tmp_path / "v1" / "part-00000.parquet").num_row_groups > 2
+    runtime.piece_documents = 4  # smaller pieces now: two read from one row group
+    changed = [dict(r) for r in records]
+    for record in changed[5:7] + changed[30:31]:
+        record["text"] += " (edited)"
+    held = HeldRows(monkeypatch)
+    result, _ = queue_job(tmp_path, store, runtime, "v2", changed, reuse=str(tmp_path / "v1"))
+    assert result.reuse == (45, 0)
+    assert held.reads and set(held.reads.values()) == {1}
+    assert held.most_held == 1 and held.open == []
+    assert pq.ParquetFile(tmp_path / "v2" / "part-00000.parquet").num_row_groups > 3
+    encode(tmp_path, tiny, "full", changed)
+    assert_same_rows(rows(tmp_path / "v2"), rows(tmp_path / "full"))
+
+
+def test_a_shard_drawn_from_many_previous_parts_keeps_few_open(tmp_path, tiny, monkeypatch):
+    """A reordered corpus: each document of a shard from another previous part, in turn.
+    At most OPEN_PARTS files are open at once, one row group of them in memory; a part
+    opened again is checked again."""
+    from pipeline.tasks.reuse import OPEN_PARTS
+
+    records = corpus(24)
+    encode(tmp_path, tiny, "v1", records, docs=2)  # twelve parts
+    shuffled = records[0::2] + records[1::2]  # neighbours from different parts
+    held = HeldRows(monkeypatch)
+    summary = encode(tmp_path, tiny, "v2", shuffled, reuse=tmp_path / "v1", docs=24)
+    assert summary.reused == 24
+    assert held.most_open == OPEN_PARTS and held.open == [] and held.most_held == 1
+    assert sum(held.reads.values()) > 12  # parts read again after they were closed
+    encode(tmp_path, tiny, "full", shuffled, docs=24)
+    assert_same_rows(rows(tmp_path / "v2"), rows(tmp_path / "full"))
+
+
+@pytest.mark.parametrize("failure", ["unreadable", "other rows"])
+def test_rows_that_cannot_be_read_or_are_not_the_documents_are_encoded(
+    previous, tiny, monkeypatch, failure
+):
+    """A read that fails (a damaged row group) or that returns other documents' rows (an
+    object replaced between two reads) makes the worker encode those documents."""
+    from pipeline.storage import finished_output
+
+    real_rows = finished_output.PartFile.rows
+
+    def rows_of_part(part, start, stop, columns):
+        if start >= 4:
+            if failure == "unreadable":
+                raise OSError("damaged row group")
+            return real_rows(part, start - 1, stop - 1, columns)
+        return real_rows(part, start, stop, columns)
+
+    monkeypatch.setattr(finished_output.PartFile, "rows", rows_of_part)
+    engine = EmbedEngine(tiny, OPTIONS)
+    docs = docs_of(corpus(10))
+    runs = [ReuseRun(at=0, count=10, part=0, row=0, rows=10)]
+    table, reused = compute_with_reuse(engine, docs, runs, previous)
+    assert 0 < reused < 10  # the pieces before the failure are copied
+    assert_same_rows(table, EMBED.compute(engine, docs).table)
 
 
 def test_the_index_plans_runs_and_counts(tmp_path, tiny):
