@@ -5,8 +5,11 @@ corpus (the previous output), then of the edited corpus, side by side: a full en
 --reuse-repeats with `--reuse` of the previous output (the median counts). Reported: both
 wall times and their ratio, and the reuse run's parts: building the on-disk index of the
 previous output (per document) and everything else (planning, reading and checking the
-copied rows, encoding the changed documents, writing). Documents: synthetic multilingual
-text, lognormal lengths (median ~120 tokens, at most --reuse-max-length).
+copied rows, encoding the changed documents, writing), and each run's peak resident memory
+above what the process held before it (Linux: the peak is reset before each run). Documents:
+synthetic multilingual text, lognormal lengths (median ~120 tokens, at most
+--reuse-max-length). With `--model stub:full` the rows have bge-m3's sizes (~2 KB of ColBERT
+a token): what copying costs where encoding is fast, as on a GPU.
 """
 
 from __future__ import annotations
@@ -17,6 +20,27 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+def _status_mib(field: str) -> float | None:
+    """A memory figure of this process from /proc/self/status (Linux), in MiB."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> None:
+    """Start VmHWM (peak resident memory) again from the resident memory now (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass
 
 
 def write_corpus(path: Path, texts: list[str]) -> None:
@@ -50,16 +74,24 @@ def reuse(args: argparse.Namespace, tmp: Path) -> dict:
     engine = EmbedEngine(model, EncodeOptions(max_length=args.reuse_max_length))
     kind = task_kind(Task.EMBED)
 
+    peaks: dict[str, float | None] = {}
+
     def encode(name: str, source: str, previous: Path | None = None) -> tuple[float, object]:
+        _reset_peak()
+        before = _status_mib("VmRSS")
         started = time.perf_counter()
         summary = process_file(kind, tmp / source, tmp / name, engine,
                                shard_items=args.shard_docs, reuse=previous)  # fmt: skip
-        return time.perf_counter() - started, summary
+        seconds = time.perf_counter() - started
+        peak = _status_mib("VmHWM")
+        peaks[name] = round(peak - before, 1) if peak is not None and before else None
+        return seconds, summary
 
     first_seconds, first = encode("v1", "v1.jsonl")
     full_seconds, full = encode("full", "v2.jsonl")
     runs = [encode(f"reused-{n}", "v2.jsonl", tmp / "v1") for n in range(args.reuse_repeats)]
     reuse_seconds, reused = sorted(runs, key=lambda run: run[0])[len(runs) // 2]  # the median
+    reuse_peaks = [peaks[f"reused-{n}"] for n in range(args.reuse_repeats)]
     started = time.perf_counter()
     with ReuseIndex(FinishedOutput.open(tmp / "v1")) as index:
         index_seconds = time.perf_counter() - started
@@ -83,6 +115,11 @@ def reuse(args: argparse.Namespace, tmp: Path) -> dict:
         "reuse_rest_us_per_document": round(
             (reuse_seconds - index_seconds - reused.stats.seconds) / documents * 1e6, 1
         ),
+        "model": args.model,
+        "shard_documents": args.shard_docs,
+        # Peak resident memory during each run above the process's before it, in MiB.
+        "full_encode_peak_mib_above_start": peaks["full"],
+        "reuse_encode_peak_mib_above_start_each": reuse_peaks,
         "output_bytes_per_document": round(
             sum(p.stat().st_size for p in (tmp / "full").glob("part-*")) / documents, 1
         ),
