@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -181,10 +181,7 @@ def _end(run: ReuseRun) -> int:
 @dataclass
 class _OpenPart:
     file: PartFile
-    checked: dict[int, int | None]  # run index -> its first document's ordinal, or None
-
-    def __init__(self, file: PartFile) -> None:
-        self.file, self.checked = file, {}
+    checked: dict[int, int | None] = field(default_factory=dict)  # run -> first ordinal
 
 
 def _checked(
