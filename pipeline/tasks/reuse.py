@@ -32,6 +32,7 @@ from pipeline.storage.finished_output import (
     PartFile,
     PreviousPart,
     document_digest,
+    document_starts,
     identity,
     identity_difference,
 )
@@ -48,16 +49,28 @@ OPEN_PARTS = 4  # previous part files open at once for one shard (a reordered co
 
 @dataclass
 class ReusePiece:
-    """A piece of a shard: its documents, those to encode, and the rows copied for the rest."""
+    """A piece of a shard: its documents, those to encode, and in what order its rows come:
+    `layout` holds, in document order, copied rows (a table) and counts of documents whose
+    rows are encoded (an int)."""
 
     docs: Sequence[Document]
     to_encode: list[Document]
-    copied: list[pa.Table]  # runs' rows, in shard order
+    layout: list[pa.Table | int]
     reused: int  # documents copied
 
     def merged(self, encoded: pa.Table) -> pa.Table:
-        """The piece's rows: `encoded` (the rows of `to_encode`) and the copies, in order."""
-        return merge_in_order(encoded, self.copied, self.docs)
+        """The piece's rows: `encoded` (the rows of `to_encode`, in order) and the copies,
+        in document order (chunks in order). Slices of both, not a copy of their bytes."""
+        starts, _ = document_starts(encoded.column("id").to_pylist())
+        parts, done = [], 0
+        for item in self.layout:
+            if isinstance(item, int):
+                begin, end = int(starts[done]), int(starts[done + item])
+                parts.append(encoded.slice(begin, end - begin))
+                done += item
+            else:
+                parts.append(item)
+        return pa.concat_tables(parts) if parts else encoded
 
 
 class ShardReuse:
@@ -88,20 +101,26 @@ class ShardReuse:
         for docs in pieces:
             end = at + len(docs)
             copied_here = np.zeros(len(docs), dtype=bool)
-            copied: list[pa.Table] = []
+            layout: list[pa.Table | int] = []
+            placed = at  # documents before this one are in the layout
             while next_run < len(self.runs) and _end(self.runs[next_run]) <= at:
                 next_run += 1
             index = next_run
             while index < len(self.runs) and self.runs[index].at < end:
                 run = self.runs[index]
-                first, last = max(at, run.at), min(end, run.at + run.count)
+                first, last = max(at, run.at), min(end, _end(run))
+                _encoded(layout, first - placed)
                 rows = self._copy(index, first, last)
                 if rows is not None:
-                    copied.append(rows)
+                    layout.append(rows)
                     copied_here[first - at : last - at] = True
+                else:
+                    _encoded(layout, last - first)
+                placed = last
                 index += 1
+            _encoded(layout, end - placed)
             to_encode = [doc for doc, done in zip(docs, copied_here, strict=True) if not done]
-            yield ReusePiece(docs, to_encode, copied, int(copied_here.sum()))
+            yield ReusePiece(docs, to_encode, layout, int(copied_here.sum()))
             at = end
 
     def close(self) -> None:
@@ -178,6 +197,16 @@ def _end(run: ReuseRun) -> int:
     return run.at + run.count
 
 
+def _encoded(layout: list[pa.Table | int], documents: int) -> None:
+    """`documents` more encoded documents at the end of `layout`."""
+    if documents <= 0:
+        return
+    if layout and isinstance(layout[-1], int):
+        layout[-1] += documents
+    else:
+        layout.append(documents)
+
+
 @dataclass
 class _OpenPart:
     file: PartFile
@@ -230,19 +259,3 @@ class ReuseStream:
         piece = self._ready.popleft()
         self.reused += piece.reused
         return piece.merged(encoded)
-
-
-def merge_in_order(
-    encoded: pa.Table, copied: Sequence[pa.Table], docs: Sequence[Document]
-) -> pa.Table:
-    """Encoded and copied rows together, in the documents' order (chunks in order)."""
-    if not copied:
-        return encoded
-    combined = pa.concat_tables([encoded, *copied])
-    position = {doc.id: index for index, doc in enumerate(docs)}
-    keys = np.fromiter(
-        (position[doc_id] for doc_id in combined.column("id").to_pylist()),
-        dtype=np.int64,
-        count=combined.num_rows,
-    )
-    return combined.take(pa.array(np.argsort(keys, kind="stable")))
