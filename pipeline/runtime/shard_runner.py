@@ -308,7 +308,8 @@ def _encode_and_record(
         reuse = _reuse_stream(message, spec, runtime, engine, items, pieces)
     stats, rows, written = _stream_part(
         kind, engine, items, reuse.to_compute() if reuse is not None else pieces, spec,
-        out / name, fence, facts, runtime.direct_writes, reuse.merged if reuse else None,
+        out / name, fence, facts, runtime.direct_writes,
+        reuse.merged if reuse is not None else None,
     )  # fmt: skip
     reused = reuse.reused if reuse is not None else 0
 

@@ -2,11 +2,12 @@
 encode the rest, and put every row back in input order, a piece of the shard at a time.
 
 A shard is computed and written in pieces (`TaskKind.pieces`), and so is a shard with reuse
-runs: each piece's documents are either copied (the rows of its part of a run, read from the
-previous part a row group at a time) or encoded, and the piece's rows go to the part writer
-before the next piece's are read. So a worker holds about a piece of copied rows at once, as
-it holds a piece of computed ones, whatever the shard's or the previous part's size; the
-copies are read in the compute stream's reading thread while the model works.
+runs: each piece's documents are either copied (the rows of its part of a run, decoded from
+the previous part a few rows at a time: `PartFile`) or encoded, and the piece's rows go to
+the part writer as slices of both, in order. So a worker holds a few pieces of copied rows at
+once (those read ahead, the one being written), as it holds a few computed ones, whatever the
+shard's or the previous part's size; the copies are read in the compute stream's reading
+thread while the model works.
 
 A copy is trusted only after it is checked here, where the documents are: the previous
 part's model identity and options equal this engine's, and each document of the run has the
