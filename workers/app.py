@@ -86,6 +86,27 @@ def create_app(settings: Settings | None = None) -> Celery:
     return app
 
 
+def run_worker(name: str, queues: list[str], slots: int) -> None:
+    """This process as the Celery worker `celery worker --hostname NAME --queues ...
+    --concurrency SLOTS --pool prefork --task-events --loglevel INFO --without-gossip
+    --without-mingle` would make it, through Celery's worker class; returns once it has shut
+    down. Not through Celery's command line: importing it (click, its shell, every subcommand
+    and plugin) took 0.2-0.4 s of each worker's start. Mingle asks the other workers for
+    their revoked tasks and waits a second for answers at every start; m3pipe cancels in its
+    own Redis keys and never revokes a shard task."""
+    worker = app.Worker(
+        hostname=name,
+        queues=queues,
+        concurrency=slots,
+        pool_cls="prefork",
+        loglevel="INFO",
+        task_events=True,
+        without_gossip=True,
+        without_mingle=True,
+    )
+    worker.start()
+
+
 def shard_publisher(settings: Settings) -> Callable[[ShardMessage, str, Priority], None]:
     """publish(message, queue, priority): one shard as one JSON task, named for Flower."""
     producer_app = create_app(settings)

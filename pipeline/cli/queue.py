@@ -290,24 +290,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         sleep_when_idle_unless_computing(forward_on_this_cpu(preloaded_specs(served), on_gpu))
     check_worker_can_start(Settings(), name)
     from pipeline.runtime.device_gate import GATE_FILE_ENV
-    from workers.app import app
+    from workers import app as celery_app
     from workers.bootstrap import STARTUP_FAILURE_ENV
 
-    argv = ["worker", "--hostname", name, "--queues", queues, "--concurrency", str(slots)]
-    argv += ["--pool", "prefork", "--task-events", "--loglevel", "INFO", "--without-gossip"]
-    # Mingle asks the other workers for their revoked tasks and waits a second for answers
-    # at every start. m3pipe cancels in its own Redis keys and never revokes a shard task.
-    argv += ["--without-mingle"]
     with tempfile.TemporaryDirectory(prefix="m3pipe-worker-") as scratch:
         failure = Path(scratch) / "startup-failure"
         os.environ[STARTUP_FAILURE_ENV] = str(failure)
         if slots > 1:  # the slots take turns on the device: pipeline/runtime/device_gate.py
             os.environ[GATE_FILE_ENV] = str(Path(scratch) / "device-gate")
-        try:
-            app.worker_main(argv)
-        except SystemExit as exc:
-            if exc.code not in (None, 0):
-                raise
+        celery_app.run_worker(name, queues.split(","), slots)
         if failure.exists():  # the pool process could not start: say why, exit non-zero
             print(f"m3pipe worker: cannot start: {failure.read_text()}", file=sys.stderr)
             return EXIT_FAILED

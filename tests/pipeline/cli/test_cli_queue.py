@@ -50,21 +50,17 @@ def test_pin_device_maps_through_an_inherited_device_list(clean_env):
 
 
 def test_worker_command_pins_names_and_starts_celery(clean_env):
-    from workers.app import app
-
-    seen: list[list[str]] = []
-    clean_env.setattr(app, "worker_main", lambda argv: seen.append(argv))
+    seen: list[tuple[str, list[str], int]] = []
+    clean_env.setattr("workers.app.run_worker", lambda *args: seen.append(args))
     # No Redis here: tests/integration/test_redis_auth.py runs the start-up checks for real.
     clean_env.setattr("pipeline.cli.queue.check_worker_can_start", lambda settings, name: None)
     assert main(["worker", "--device", "2", "--queues", "a,b"]) == 0
-    argv = seen[0]
-    name = argv[argv.index("--hostname") + 1]
+    name, queues, slots = seen[0]
     assert name == f"gpu2@{socket.gethostname()}"
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "2"
     assert os.environ["M3PIPE_WORKER_DEVICE"] == "cuda"
     assert os.environ["M3PIPE_WORKER_NAME"] == name
-    assert argv[argv.index("--queues") + 1] == "a,b"
-    assert argv[argv.index("--concurrency") + 1] == "1"
+    assert (queues, slots) == (["a", "b"], 1)
     # The allocator setting compose and k8s set, set by the worker itself (issue 29, item 4)
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     clean_env.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")  # the user's wins
@@ -76,23 +72,23 @@ def test_worker_command_pins_names_and_starts_celery(clean_env):
 
 def test_worker_slots_are_celerys_concurrency_with_a_gate_file_and_bounded(clean_env, capsys):
     from pipeline.runtime.device_gate import GATE_FILE_ENV
-    from workers.app import app
 
-    seen: list[tuple[list[str], str | None]] = []
+    seen: list[tuple[int, str | None]] = []
     clean_env.setattr(
-        app, "worker_main", lambda argv: seen.append((argv, os.environ.get(GATE_FILE_ENV)))
+        "workers.app.run_worker",
+        lambda name, queues, slots: seen.append((slots, os.environ.get(GATE_FILE_ENV))),
     )
     clean_env.setattr("pipeline.cli.queue.check_worker_can_start", lambda settings, name: None)
     clean_env.delenv(GATE_FILE_ENV, raising=False)
     assert main(["worker", "--device", "cpu", "--slots", "2"]) == 0
-    argv, gate = seen[-1]
-    assert argv[argv.index("--concurrency") + 1] == "2"
+    slots, gate = seen[-1]
+    assert slots == 2
     assert gate is not None and gate.endswith("device-gate")  # in the worker's scratch dir
     clean_env.delenv(GATE_FILE_ENV, raising=False)
     clean_env.setenv("M3PIPE_WORKER_SLOTS", "1")
     assert main(["worker", "--device", "cpu"]) == 0
-    argv, gate = seen[-1]
-    assert argv[argv.index("--concurrency") + 1] == "1" and gate is None  # alone: no gate
+    slots, gate = seen[-1]
+    assert slots == 1 and gate is None  # alone: no gate
     for bad in ("0", "9"):
         assert main(["worker", "--device", "cpu", "--slots", bad]) == 2
         assert "worker_slots" in capsys.readouterr().err
@@ -114,9 +110,7 @@ def test_celery_settings_are_json_only_late_ack_no_prefetch():
 
 
 def test_bad_queue_names_and_shard_options_are_usage_errors(clean_env, tmp_path, capsys):
-    from workers.app import app
-
-    clean_env.setattr(app, "worker_main", lambda argv: None)
+    clean_env.setattr("workers.app.run_worker", lambda name, queues, slots: None)
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"id": "a", "text": "x"}\n')
     out = str(tmp_path / "out")

@@ -90,7 +90,6 @@ def test_encode_chooses_before_its_model_loads(policy_unset, tmp_path):
 
 def test_a_worker_chooses_before_its_start_up_checks_load_torch(policy_unset):
     from pipeline.cli.main import main
-    from workers.app import app
 
     seen: list[str | None] = []
 
@@ -98,7 +97,7 @@ def test_a_worker_chooses_before_its_start_up_checks_load_torch(policy_unset):
         seen.append(os.environ.get(WAIT_POLICY_ENV))
 
     policy_unset.setattr("pipeline.cli.queue.check_worker_can_start", checks)
-    policy_unset.setattr(app, "worker_main", lambda argv: None)
+    policy_unset.setattr("workers.app.run_worker", lambda name, queues, slots: None)
     for name in ("CUDA_VISIBLE_DEVICES", "M3PIPE_WORKER_DEVICE", "M3PIPE_WORKER_NAME",
                  "M3PIPE_PRECISION", "M3PIPE_MODEL", "M3PIPE_METRICS_PORT",
                  "M3PIPE_STARTUP_FAILURE_FILE"):  # fmt: skip
