@@ -33,7 +33,6 @@ from pipeline.storage.finished_output import (
     PartFile,
     PreviousPart,
     document_digest,
-    document_starts,
     identity,
     identity_difference,
 )
@@ -62,7 +61,9 @@ class ReusePiece:
     def merged(self, encoded: pa.Table) -> pa.Table:
         """The piece's rows: `encoded` (the rows of `to_encode`, in order) and the copies,
         in document order (chunks in order). Slices of both, not a copy of their bytes."""
-        starts, _ = document_starts(encoded.column("id").to_pylist())
+        starts = _document_rows(encoded)
+        if len(starts) - 1 != len(self.to_encode):
+            raise AssertionError("the encoded rows are not those of the piece's documents")
         parts, done = [], 0
         for item in self.layout:
             if isinstance(item, int):
@@ -146,7 +147,7 @@ class ShardReuse:
         begin = int(starts[ordinal + first - run.at])
         end = int(starts[ordinal + last - run.at])
         if self._last_read is not None and self._last_read is not part.file:
-            self._last_read.forget_rows()  # one previous row group in memory at a time
+            self._last_read.forget_rows()  # one file's decoded rows in memory at a time
         self._last_read = part.file
         try:
             rows = part.file.rows(begin, end, self.schema.names)
@@ -192,6 +193,15 @@ class ShardReuse:
             return None
         part = self._open[number] = _OpenPart(opened)
         return part
+
+
+def _document_rows(table: pa.Table) -> np.ndarray:
+    """The first row of each document of `table` (computed rows: a document's chunks are
+    numbered from 0), then its row count."""
+    if "chunk" not in table.column_names:  # one row a document
+        return np.arange(table.num_rows + 1, dtype=np.int64)
+    chunks = table.column("chunk").to_numpy()
+    return np.append(np.flatnonzero(chunks == 0), table.num_rows)
 
 
 def _end(run: ReuseRun) -> int:
