@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.bench_worker_start import main
 
 
+@pytest.mark.slow  # a worker process and Redis started
 def test_a_worker_start_is_timed_to_its_ready_line(tmp_path):
     out = tmp_path / "start.json"
     main(["--starts", "1", "--model", "stub:tiny", "--out", str(out)])
