@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import itertools
 import json
 import tempfile
 from pathlib import Path
@@ -449,6 +450,37 @@ def test_rows_that_cannot_be_read_or_are_not_the_documents_are_encoded(
     runs = [ReuseRun(at=0, count=10, part=0, row=0, rows=10)]
     table, reused = compute_with_reuse(engine, docs, runs, previous)
     assert 0 < reused < 10  # the pieces before the failure are copied
+    assert_same_rows(table, EMBED.compute(engine, docs).table)
+
+
+def test_a_previous_part_that_ends_before_its_metadata_says_is_encoded(previous, tiny, monkeypatch):
+    """The rows a part's footer promises are not all there: the read is an error, and the
+    documents it would have copied are encoded."""
+    real_batches = pq.ParquetFile.iter_batches
+
+    def first_batch_only(handle, *args, **kwargs):
+        yield from itertools.islice(real_batches(handle, *args, **kwargs), 1)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", first_batch_only)
+    monkeypatch.setattr("pipeline.storage.finished_output.COPY_BATCH_ROWS", 3)
+    engine = EmbedEngine(tiny, OPTIONS)
+    docs = docs_of(corpus(10))
+    runs = [ReuseRun(at=0, count=10, part=0, row=0, rows=10)]
+    table, reused = compute_with_reuse(engine, docs, runs, previous)
+    assert 0 < reused < 10  # the first batch's rows are copied, the rest encoded
+    assert_same_rows(table, EMBED.compute(engine, docs).table)
+
+
+def test_a_repeated_id_in_a_shard_never_shifts_rows(previous, tiny):
+    """A forged shard whose two encoded documents share an id: rows stay in the shard's
+    document order (a piece's documents are told apart by position, not by id)."""
+    engine = EmbedEngine(tiny, OPTIONS)
+    docs = docs_of(corpus(10))
+    docs[5] = Document(id=docs[4].id, text="another text under the same id")
+    runs = [ReuseRun(at=0, count=4, part=0, row=0, rows=4),
+            ReuseRun(at=6, count=4, part=0, row=6, rows=4)]  # fmt: skip
+    table, reused = compute_with_reuse(engine, docs, runs, previous, piece=8)
+    assert reused == 8
     assert_same_rows(table, EMBED.compute(engine, docs).table)
 
 
