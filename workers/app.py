@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_shutting_down
 from kombu.exceptions import OperationalError
 
 from pipeline.broker.redis_url import (
@@ -15,6 +16,7 @@ from pipeline.broker.redis_url import (
     tls_options,
 )
 from pipeline.errors import BrokerFull
+from pipeline.exit_codes import EXIT_INTERRUPTED
 from pipeline.jobs.keys import DEFAULT_QUEUE, TASK_ENCODE_SHARD, shard_task_id
 from pipeline.settings import Settings
 from schemas.job import ShardMessage
@@ -86,14 +88,22 @@ def create_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-def run_worker(name: str, queues: list[str], slots: int) -> None:
+def run_worker(name: str, queues: list[str], slots: int) -> int:
     """This process as the Celery worker `celery worker --hostname NAME --queues ...
     --concurrency SLOTS --pool prefork --task-events --loglevel INFO --without-gossip
     --without-mingle` would make it, through Celery's worker class; returns once it has shut
-    down. Not through Celery's command line: importing it (click, its shell, every subcommand
-    and plugin) took 0.2-0.4 s of each worker's start. Mingle asks the other workers for
-    their revoked tasks and waits a second for answers at every start; m3pipe cancels in its
-    own Redis keys and never revokes a shard task."""
+    down, with its exit status: 0 after a warm shutdown (SIGTERM), 130 after Ctrl-C (m3pipe's
+    status for it; Celery's command says 1), else what Celery's command would exit with (1
+    after an unrecoverable error). Not through Celery's command line: importing it (click,
+    its shell, every subcommand and plugin) took 0.2-0.4 s of each worker's start. Mingle
+    asks the other workers for their revoked tasks and waits a second for answers at every
+    start; m3pipe cancels in its own Redis keys and never revokes a shard task."""
+    signals: list[str] = []  # the shutdown signals Celery handled, in order
+
+    def heard(sig: str = "", **_: Any) -> None:
+        signals.append(sig)
+
+    worker_shutting_down.connect(heard, weak=False)
     worker = app.Worker(
         hostname=name,
         queues=queues,
@@ -104,7 +114,23 @@ def run_worker(name: str, queues: list[str], slots: int) -> None:
         without_gossip=True,
         without_mingle=True,
     )
-    worker.start()
+    try:
+        worker.start()
+    finally:
+        worker_shutting_down.disconnect(heard)
+    return worker_exit_code(worker.exitcode, signals)
+
+
+def worker_exit_code(exitcode: object, signals: list[str]) -> int:
+    """Celery's `WorkController.exitcode` (None after a warm shutdown; `SystemExit`'s code,
+    which may be anything) as this process's exit status, given the shutdown `signals`."""
+    if "SIGINT" in signals:
+        return EXIT_INTERRUPTED
+    if exitcode is None:
+        return 0
+    if isinstance(exitcode, int) and 0 <= exitcode <= 255:
+        return exitcode
+    return 1  # a message (`sys.exit("...")`), or a status no process can have
 
 
 def shard_publisher(settings: Settings) -> Callable[[ShardMessage, str, Priority], None]:

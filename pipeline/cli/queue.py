@@ -40,7 +40,7 @@ from pipeline.cli.tenants import (
     job_tenant,
 )
 from pipeline.errors import JobNotFound
-from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
+from pipeline.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT
 from pipeline.jobs.failures import describe_failures, failure_reasons
 from pipeline.jobs.orphans import orphaned_shards
 from pipeline.jobs.store import JobStore
@@ -298,11 +298,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         os.environ[STARTUP_FAILURE_ENV] = str(failure)
         if slots > 1:  # the slots take turns on the device: pipeline/runtime/device_gate.py
             os.environ[GATE_FILE_ENV] = str(Path(scratch) / "device-gate")
-        celery_app.run_worker(name, queues.split(","), slots)
+        code = celery_app.run_worker(name, queues.split(","), slots)
         if failure.exists():  # the pool process could not start: say why, exit non-zero
             print(f"m3pipe worker: cannot start: {failure.read_text()}", file=sys.stderr)
             return EXIT_FAILED
-    return EXIT_OK
+    if code not in (EXIT_OK, EXIT_INTERRUPTED):  # an unrecoverable error: its log says which
+        print(f"m3pipe worker: Celery's worker stopped with exit status {code}", file=sys.stderr)
+        return EXIT_FAILED
+    return code
 
 
 def check_worker_can_start(settings: Settings, name: str) -> None:

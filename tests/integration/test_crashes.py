@@ -107,10 +107,12 @@ def test_sigterm_finishes_the_current_shard(tmp_path, cli_env, stub_built, worke
     assert store.shard_states(job_id)[shard].value == "done"
     made_by = read_shard_file(tmp_path / "out" / part_name(shard))
     assert made_by is not None and made_by.facts["worker"] == first  # in the part's footer
-    workers.start(1)
+    [second] = workers.start(1)
     assert run_cli("wait", job_id, "--timeout", "300", env=cli_env, timeout=320).returncode == 0
     assert store.attempts(job_id, shard) == 1
     assert_exactly_once(tmp_path / "out", records, SHARDS)
+    workers.processes[second].send_signal(signal.SIGINT)  # Ctrl-C: m3pipe's status for it
+    assert workers.processes[second].wait(timeout=120) == 130
 
 
 def test_duplicate_delivery_writes_one_file_and_counts_once(

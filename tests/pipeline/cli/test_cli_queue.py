@@ -51,7 +51,7 @@ def test_pin_device_maps_through_an_inherited_device_list(clean_env):
 
 def test_worker_command_pins_names_and_starts_celery(clean_env):
     seen: list[tuple[str, list[str], int]] = []
-    clean_env.setattr("workers.app.run_worker", lambda *args: seen.append(args))
+    clean_env.setattr("workers.app.run_worker", lambda *args: seen.append(args) or 0)
     # No Redis here: tests/integration/test_redis_auth.py runs the start-up checks for real.
     clean_env.setattr("pipeline.cli.queue.check_worker_can_start", lambda settings, name: None)
     assert main(["worker", "--device", "2", "--queues", "a,b"]) == 0
@@ -70,13 +70,31 @@ def test_worker_command_pins_names_and_starts_celery(clean_env):
     assert main(["worker", "--device", "gpu0"]) == 2  # a usage error, not a crash
 
 
+def test_worker_exits_non_zero_when_celerys_worker_stopped_on_an_error(clean_env, capsys):
+    """Celery's worker class keeps its exit status (1 after an unrecoverable error) where its
+    command line would exit with it; the worker command must not say 0."""
+    from workers.app import worker_exit_code
+
+    clean_env.setattr("pipeline.cli.queue.check_worker_can_start", lambda settings, name: None)
+    clean_env.setattr("workers.app.run_worker", lambda name, queues, slots: 1)
+    assert main(["worker", "--device", "cpu"]) == 1
+    assert "stopped with exit status 1" in capsys.readouterr().err
+    clean_env.setattr("workers.app.run_worker", lambda name, queues, slots: 0)
+    assert main(["worker", "--device", "cpu"]) == 0
+    clean_env.setattr("workers.app.run_worker", lambda name, queues, slots: 130)
+    assert main(["worker", "--device", "cpu"]) == 130  # Ctrl-C, as every m3pipe command
+    codes = [worker_exit_code(c, []) for c in (None, 0, 1, 70, 300, -1, "no broker")]
+    assert codes == [0, 0, 1, 70, 1, 1, 1]
+    assert worker_exit_code(1, ["SIGINT"]) == 130 and worker_exit_code(None, ["SIGTERM"]) == 0
+
+
 def test_worker_slots_are_celerys_concurrency_with_a_gate_file_and_bounded(clean_env, capsys):
     from pipeline.runtime.device_gate import GATE_FILE_ENV
 
     seen: list[tuple[int, str | None]] = []
     clean_env.setattr(
         "workers.app.run_worker",
-        lambda name, queues, slots: seen.append((slots, os.environ.get(GATE_FILE_ENV))),
+        lambda name, queues, slots: seen.append((slots, os.environ.get(GATE_FILE_ENV))) or 0,
     )
     clean_env.setattr("pipeline.cli.queue.check_worker_can_start", lambda settings, name: None)
     clean_env.delenv(GATE_FILE_ENV, raising=False)
@@ -110,7 +128,7 @@ def test_celery_settings_are_json_only_late_ack_no_prefetch():
 
 
 def test_bad_queue_names_and_shard_options_are_usage_errors(clean_env, tmp_path, capsys):
-    clean_env.setattr("workers.app.run_worker", lambda name, queues, slots: None)
+    clean_env.setattr("workers.app.run_worker", lambda name, queues, slots: 0)
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"id": "a", "text": "x"}\n')
     out = str(tmp_path / "out")
