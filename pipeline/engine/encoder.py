@@ -92,6 +92,35 @@ def attention_kwargs(
     return {cuda_attention.PACKING_KWARG: packing}
 
 
+@dataclass
+class BatchInputs:
+    """A batch's tensors for one forward pass (`batch_inputs`)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor  # [B, L], ones on real tokens (the sparse head keeps only those)
+    lengths: np.ndarray  # tokens of each row
+    padded: bool  # rows of different lengths
+    attention: dict[str, Any]  # attention_kwargs for a padded batch, else nothing
+
+    @property
+    def forward_mask(self) -> torch.Tensor | None:
+        """The mask the encoder gets: none without padding, which lets SDPA use its fused
+        kernel and skip materialising the [heads, L, L] mask (long documents mostly run
+        alone)."""
+        return self.mask if self.padded else None
+
+
+def batch_inputs(
+    sequences: list[list[int]], pad_id: int, module: torch.nn.Module, device: torch.device
+) -> BatchInputs:
+    """`sequences` padded and on `device`, with what `module`'s forward pass takes besides."""
+    ids, mask = pad_batch(sequences, pad_id, device)
+    lengths = row_lengths(sequences)
+    padded = bool((lengths != lengths[0]).any())
+    attention = attention_kwargs(module, lengths, device) if padded else {}
+    return BatchInputs(ids, mask, lengths, padded, attention)
+
+
 def _sparse(
     model: M3Model, weights: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -196,25 +225,22 @@ def forward_batch(
 ) -> PendingBatch:
     """Launch one batch: the encoder, the heads, the stored forms and the copies to the
     host, with no step that waits for the device."""
-    ids, mask = pad_batch(sequences, model.pad_id, model.device)
-    # Without padding no mask is needed, which lets SDPA use its fused kernel and skip
-    # materialising the [heads, L, L] mask: long documents mostly run alone.
-    lengths = row_lengths(sequences)
-    padded = bool((lengths != lengths[0]).any())
-    attention = attention_kwargs(model.encoder, lengths, model.device) if padded else {}
+    batch = batch_inputs(sequences, model.pad_id, model.encoder, model.device)
     with torch.inference_mode():
-        on_device = _heads(model, ids, mask if padded else None, modes, forms.store, **attention)
+        on_device = _heads(
+            model, batch.ids, batch.forward_mask, modes, forms.store, **batch.attention
+        )
         apply_forms(on_device, forms)
         weights = on_device.pop("sparse_weights", None)
         if weights is not None:
-            on_device.update(_sparse(model, weights, ids, mask))
+            on_device.update(_sparse(model, weights, batch.ids, batch.mask))
         host = to_host(on_device, model.device)
         done = None
         if model.device.type == "cuda":
             done = torch.cuda.Event()
             done.record()
     ready_at = model.stub_heads.take_ready_at() if model.stub_heads is not None else None
-    return PendingBatch(rows, lengths, host, model.vocab_size, done, ready_at)
+    return PendingBatch(rows, batch.lengths, host, model.vocab_size, done, ready_at)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -31,13 +31,7 @@ from pipeline.engine.batching import (
     default_batch_tokens,
     plan_batches,
 )
-from pipeline.engine.encoder import (
-    attention_kwargs,
-    encode_with_split,
-    pad_batch,
-    row_lengths,
-    to_host,
-)
+from pipeline.engine.encoder import batch_inputs, encode_with_split, to_host
 from pipeline.engine.model import LoadedModel, install_cpu_linear, locate_model
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import ModelLoadError
@@ -255,16 +249,12 @@ class RerankEngine:
         """Launch a batch: its logits' host copy (float32) and, on CUDA, the event after
         which the copy is there; nothing waits for the device."""
         device = self.model.device
-        ids, mask = pad_batch(sequences, self.model.pad_id, device)
-        # Equal lengths need no mask, which lets SDPA take its fused path.
-        lengths = row_lengths(sequences)
-        padded = bool((lengths != lengths[0]).any())
         model = self.model.model
-        attention = attention_kwargs(model, lengths, device) if padded else {}
+        batch = batch_inputs(sequences, self.model.pad_id, model, device)
         with torch.inference_mode():
             out = model(
-                input_ids=ids, attention_mask=mask if padded else None, return_dict=True,
-                **attention,
+                input_ids=batch.ids, attention_mask=batch.forward_mask, return_dict=True,
+                **batch.attention,
             )  # fmt: skip
             host = to_host({"logits": out.logits.view(-1).float()}, device)["logits"]
             done = None
