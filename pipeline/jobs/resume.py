@@ -87,13 +87,6 @@ def _plain_document_json(doc_id: str, text: str) -> str:
     return f'{{"id":{_json_string(doc_id)},"text":{_json_string(text)},"fields":null}}\n'
 
 
-def with_shard_metadata(table: pa.Table, facts: dict[str, Any]) -> pa.Table:
-    """`table` with the shard's facts (digest, documents, rows, tokens) in its schema."""
-    metadata = dict(table.schema.metadata or {})
-    metadata.update(shard_footer(facts))
-    return table.replace_schema_metadata(metadata)
-
-
 def shard_footer(facts: dict[str, Any]) -> dict[bytes, bytes]:
     """The shard's facts as file metadata (a streamed part's footer)."""
     return {SHARD_METADATA_KEY: json.dumps(facts, sort_keys=True).encode("utf-8")}

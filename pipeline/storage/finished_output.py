@@ -268,21 +268,10 @@ class FinishedOutput:
             if number.isdigit() and part_name(int(number)) == name:
                 yield int(number)
 
-    def read_part(self, number: int, columns: list[str] | None = None) -> PreviousPart:
-        """Part `number` (only `columns`, `id` always included), or ReuseError if it is
-        missing, damaged or made without document digests."""
-        path = self._part_path(number)
-        try:
-            wanted = None if columns is None else ["id", *(c for c in columns if c != "id")]
-            # One read: the table's schema carries the file's metadata.
-            table = pq.read_table(path.path, filesystem=path.fs, columns=wanted)
-        except (OSError, pa.ArrowException, ValueError) as exc:
-            raise ReuseError(f"cannot read {path}: {exc}") from exc
-        return _previous_part(number, path, table)
-
     def open_part(self, number: int) -> PartFile:
         """Part `number` opened for copying rows: its documents' index read now, its rows
-        when asked; ReuseError as for `read_part`. Close it when done."""
+        when asked; ReuseError if it is missing, damaged or made without document digests.
+        Close it when done."""
         path = self._part_path(number)
         try:
             handle = pq.ParquetFile(
@@ -313,10 +302,12 @@ class FinishedOutput:
         that cannot be read is skipped with a warning: its documents are encoded again."""
         for number in self.part_numbers():
             try:
-                part = self.read_part(number, columns=["id"])
+                opened = self.open_part(number)
             except ReuseError as exc:
                 log.warning("--reuse: %s; its documents will be encoded", exc)
                 continue
+            opened.close()  # the index is what is wanted here
+            part = opened.index
             starts = part.starts.tolist()
             for ordinal, doc_id in enumerate(part.ids):
                 start, end = starts[ordinal], starts[ordinal + 1]

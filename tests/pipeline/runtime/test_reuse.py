@@ -250,7 +250,7 @@ def test_a_linked_part_in_the_previous_output_is_refused(tmp_path, tiny):
     with pytest.raises(ReuseError, match=r"part-00001\.parquet is a link"):
         encode(tmp_path, tiny, "v2", records, reuse=tmp_path / "v1")
     with pytest.raises(ReuseError, match="is a link: not followed"):
-        FinishedOutput.at(tmp_path / "v1").read_part(1)
+        FinishedOutput.at(tmp_path / "v1").open_part(1)
 
 
 def strip_digests(part: Path) -> None:

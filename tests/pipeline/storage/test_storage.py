@@ -15,7 +15,7 @@ from pipeline.cli.main import main
 from pipeline.errors import InputError, OutputDirError, StorageError
 from pipeline.exit_codes import EXIT_REJECTS
 from pipeline.inputs.readers.formats import detect_format, read_records
-from pipeline.jobs.resume import previous_spec, read_shard_file, with_shard_metadata
+from pipeline.jobs.resume import previous_spec, read_shard_file, shard_footer
 from pipeline.storage import location as location_module
 from pipeline.storage import s3_listing
 from pipeline.storage.location import open_location
@@ -152,7 +152,8 @@ def test_earlier_output_in_a_prefix_is_refused_then_cleared(s3):
 
 def test_s3_part_file_is_one_put_and_a_failed_write_leaves_no_object(s3, monkeypatch):
     table = pa.table({"id": ["a", "b"]})
-    written = write_shard(with_shard_metadata(table, {"digest": "d", "rows": 2}), s3.url("out/p"))
+    facts = shard_footer({"digest": "d", "rows": 2})
+    written = write_shard(table.replace_schema_metadata(facts), s3.url("out/p"))
     assert pq.read_table(io.BytesIO(s3.get("out/p"))).column("id").to_pylist() == ["a", "b"]
     assert read_shard_file(written).facts == {"digest": "d", "rows": 2}
 
