@@ -62,12 +62,15 @@ def write(path: Path, records: list[dict[str, str]]) -> Path:
     return path
 
 
-def encode(tmp_path, tiny, name, records, reuse=None, options=OPTIONS, reading=None, docs=16):
+def encode(
+    tmp_path, tiny, name, records, reuse=None, options=OPTIONS, reading=None, docs=16, piece=128
+):
     source = write(tmp_path / f"{name}.jsonl", records)
     engine = EmbedEngine(tiny, options)
     return process_file(
-        EMBED, source, tmp_path / name, engine, reading=reading, shard_items=docs, reuse=reuse
-    )
+        EMBED, source, tmp_path / name, engine, reading=reading, shard_items=docs, reuse=reuse,
+        piece_documents=piece,
+    )  # fmt: skip
 
 
 def rows(directory: Path) -> pa.Table:
@@ -482,6 +485,23 @@ def test_a_repeated_id_in_a_shard_never_shifts_rows(previous, tiny):
     table, reused = compute_with_reuse(engine, docs, runs, previous, piece=8)
     assert reused == 8
     assert_same_rows(table, EMBED.compute(engine, docs).table)
+
+
+def test_encode_copies_shards_of_many_pieces_and_ends_each_part_with_its_shard(tmp_path, tiny):
+    """`m3pipe encode --reuse` with shards of several pieces: each piece's copies merged in
+    its place, and each part holds exactly its shard (shards of 16 in pieces of 4)."""
+    records = corpus(40)
+    encode(tmp_path, tiny, "v1", records)
+    changed = [dict(r) for r in records]
+    for record in changed[1:2] + changed[9:10] + changed[21:23]:
+        record["text"] += " (edited)"
+    summary = encode(tmp_path, tiny, "v2", changed, reuse=tmp_path / "v1", piece=4)
+    assert (summary.parts, summary.reused) == (3, 36)
+    for number, documents in enumerate((16, 16, 8)):
+        part = pq.ParquetFile(tmp_path / "v2" / f"part-{number:05d}.parquet")
+        assert part.metadata.num_rows == documents and part.num_row_groups > 1
+    encode(tmp_path, tiny, "full", changed)
+    assert_same_rows(rows(tmp_path / "v2"), rows(tmp_path / "full"))
 
 
 @settings(max_examples=40, deadline=None)
