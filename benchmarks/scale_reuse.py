@@ -21,26 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _status_mib(field: str) -> float | None:
-    """A memory figure of this process from /proc/self/status (Linux), in MiB."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> None:
-    """Start VmHWM (peak resident memory) again from the resident memory now (Linux)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-    except OSError:
-        pass
+from benchmarks.report import peak_since_reset, reset_peak
 
 
 def write_corpus(path: Path, texts: list[str]) -> None:
@@ -74,17 +55,15 @@ def reuse(args: argparse.Namespace, tmp: Path) -> dict:
     engine = EmbedEngine(model, EncodeOptions(max_length=args.reuse_max_length))
     kind = task_kind(Task.EMBED)
 
-    peaks: dict[str, float | None] = {}
+    peaks: dict[str, float] = {}
 
     def encode(name: str, source: str, previous: Path | None = None) -> tuple[float, object]:
-        _reset_peak()
-        before = _status_mib("VmRSS")
+        before = reset_peak()
         started = time.perf_counter()
         summary = process_file(kind, tmp / source, tmp / name, engine,
                                shard_items=args.shard_docs, reuse=previous)  # fmt: skip
         seconds = time.perf_counter() - started
-        peak = _status_mib("VmHWM")
-        peaks[name] = round(peak - before, 1) if peak is not None and before else None
+        peaks[name] = round((peak_since_reset() - before) / 2**20, 1)
         return seconds, summary
 
     first_seconds, first = encode("v1", "v1.jsonl")

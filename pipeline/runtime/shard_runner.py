@@ -305,7 +305,7 @@ def _encode_and_record(
     pieces = kind.pieces(items, runtime.piece_documents)
     reuse = None
     if message.reuse and spec.reuse is not None:  # copies read and merged piece by piece
-        reuse = _reuse_stream(message, spec, runtime, engine, items, pieces)
+        reuse = _reuse_stream(message, spec, runtime, kind, engine, items, pieces)
     stats, rows, written = _stream_part(
         kind, engine, items, reuse.to_compute() if reuse is not None else pieces, spec,
         out / name, fence, facts, runtime.direct_writes,
@@ -345,6 +345,7 @@ def _reuse_stream(
     message: ShardMessage,
     spec: JobSpec,
     runtime: WorkerRuntime,
+    kind: TaskKind,
     engine: TaskEngine,
     items: Sequence[Any],
     pieces: Sequence[Sequence[Any]],
@@ -352,7 +353,6 @@ def _reuse_stream(
     """The shard's pieces with their planned rows copied from the previous output."""
     assert message.reuse is not None and spec.reuse is not None
     location = allowed_reuse(spec.reuse, runtime.input_roots, runtime.output_roots)
-    kind = task_kind(spec.task)
     schema = kind.compute(engine, [], spec.keep_fields).table.schema
     reuse = ShardReuse(items, message.reuse, FinishedOutput.at(location), engine, schema,
                        spec.keep_fields)  # fmt: skip

@@ -280,16 +280,12 @@ class FinishedOutput:
         except (OSError, pa.ArrowException, ValueError) as exc:
             raise ReuseError(f"cannot read {path}: {exc}") from exc
         try:
-            ids = handle.read(columns=["id"])
-            return PartFile(_previous_part(number, path, ids), handle)
-        except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
+            return PartFile(_previous_part(number, path, handle.read(columns=["id"])), handle)
+        except BaseException as exc:
             handle.close()
-            if isinstance(exc, ReuseError):
-                raise
-            raise ReuseError(f"cannot read {path}: {exc}") from exc
-        except BaseException:
-            handle.close()
-            raise
+            if isinstance(exc, (OSError, pa.ArrowException, ValueError, KeyError)):
+                raise ReuseError(f"cannot read {path}: {exc}") from exc
+            raise  # a ReuseError of the index itself, or an interruption
 
     def _part_path(self, number: int) -> Location:
         path = self.location / part_name(number)
