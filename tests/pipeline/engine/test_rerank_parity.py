@@ -134,4 +134,6 @@ def test_the_next_batch_is_launched_before_this_ones_logits_are_read(reranker, m
     batches = result.stats.batches
     assert batches >= 3
     assert events == ["launch"] + ["launch", "read"] * (batches - 1) + ["read"]
-    np.testing.assert_array_equal(result.logits, alone.logits)
+    # Not bit for bit: CPU matmuls may split their sums differently from one call to the next
+    # on a loaded machine (a CI run saw 3 float32 ulps on one of 64 logits).
+    np.testing.assert_allclose(result.logits, alone.logits, rtol=1e-6)
