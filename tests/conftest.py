@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,22 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # where it runs: its comparisons across paths (queue vs local, CLI vs engine) need arithmetic
 # that does not depend on batch makeup. tests/pipeline/engine/test_precision.py covers the choice.
 os.environ["M3PIPE_PRECISION"] = "fp32"
+
+
+def share_the_cores(environ: MutableMapping[str, str] = os.environ) -> None:
+    """pytest-xdist's processes share the cores instead of each running torch on all of them
+    (as `m3pipe run`'s CPU workers do, pipeline/ops/worker_process.py): two or three
+    processes each with an OpenMP thread per core left threads spinning at every barrier for
+    a core another process held. The fast tier on 2 cores, `-n 2`: 60-69 s and 105-112 s of
+    CPU with a thread per core, 45-46 s and 72-74 s with one. Set before torch loads;
+    processes the tests start inherit it; a value the user set is kept."""
+    workers = int(environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+share_the_cores()
 
 
 # The GPU check's dry run is one test of 2-4 minutes: started last, it would hold the
