@@ -39,23 +39,39 @@ def from_int8(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return codes.astype(np.float32) * np.asarray(scales, np.float32)[:, None]
 
 
-# A float is > 0 exactly when its bits, read as a signed integer of its size, lie in
-# (0, +inf]: the sign bit clear, not +0, not a NaN. Comparing integers is 3x faster here
-# than comparing float16 values (numpy has no native float16 compare).
+# A float is > 0 exactly when its bits, read as an unsigned integer of its size, lie in
+# [1, +inf's bits]: the sign bit clear, not +0, not a NaN; that is, bits - 1 (wrapping at 0)
+# below +inf's bits, one comparison. Comparing integers is 3x faster here than comparing
+# float16 values (numpy has no native float16 compare).
 _POSITIVE_BITS = {
-    np.dtype(np.float16): (np.int16, 0x7C00),
-    np.dtype(np.float32): (np.int32, 0x7F800000),
+    np.dtype(np.float16): (np.uint16, 0x7C00),
+    np.dtype(np.float32): (np.uint32, 0x7F800000),
 }
+# Values read a block at a time: a batch's ColBERT vectors (32 x 511 x 1024 float16, 33 MB)
+# whole made each temporary a trip to memory (0.33 ms a document); in blocks that stay in the
+# cache, 0.10 ms.
+SIGN_BLOCK_BYTES = 1 << 20
 
 
-def sign_bits(vectors: np.ndarray) -> np.ndarray:
+def sign_bits(vectors: np.ndarray, block_bytes: int = SIGN_BLOCK_BYTES) -> np.ndarray:
     """[..., ceil(D / 8)] uint8: bit set where the value is > 0 (packed along the last axis)."""
-    values = np.asarray(vectors)
-    as_int = _POSITIVE_BITS.get(values.dtype)
-    if as_int is None:
+    values = np.ascontiguousarray(vectors)
+    as_uint = _POSITIVE_BITS.get(values.dtype)
+    if as_uint is None or values.size == 0:
         return np.packbits(values > 0, axis=-1)
-    ints = values.view(as_int[0])
-    return np.packbits((ints > 0) & (ints <= as_int[1]), axis=-1)
+    dim = values.shape[-1]
+    flat = values.reshape(-1, dim).view(as_uint[0])
+    packed = np.empty((len(flat), (dim + 7) // 8), np.uint8)
+    rows = max(1, block_bytes // (flat.itemsize * dim))
+    shifted = np.empty((min(rows, len(flat)), dim), flat.dtype)
+    positive = np.empty(shifted.shape, bool)
+    one, limit = flat.dtype.type(1), flat.dtype.type(as_uint[1])
+    for start in range(0, len(flat), rows):
+        block = flat[start : start + rows]
+        np.subtract(block, one, out=shifted[: len(block)])  # wraps: +0 becomes the largest
+        np.less(shifted[: len(block)], limit, out=positive[: len(block)])
+        packed[start : start + len(block)] = np.packbits(positive[: len(block)], axis=-1)
+    return packed.reshape(*values.shape[:-1], packed.shape[-1])
 
 
 def from_sign_bits(bits: np.ndarray, dim: int) -> np.ndarray:

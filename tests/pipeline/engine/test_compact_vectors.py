@@ -69,11 +69,31 @@ def test_pooling_groups_near_vectors_and_keeps_one_per_cluster():
 
 @given(
     st.sampled_from([np.float16, np.float32]).flatmap(
-        lambda dtype: arrays(dtype, st.tuples(st.integers(1, 4), st.integers(1, 20)),
+        lambda dtype: arrays(dtype, st.tuples(st.integers(1, 4), st.integers(1, 3),
+                                              st.integers(1, 20)),
                              elements=st.floats(width=16 if dtype is np.float16 else 32))
-    )
+    ),
+    st.integers(1, 200),
 )  # fmt: skip
-def test_sign_bits_read_from_the_integer_bits_are_value_gt_0_even_for_nan_inf_and_zeros(values):
-    """The integer reading of the bits (fast) against the float comparison, on every kind of
-    value: NaN of either sign, infinities, +-0, subnormals."""
-    np.testing.assert_array_equal(cv.sign_bits(values), np.packbits(values > 0, axis=-1))
+def test_sign_bits_read_from_the_integer_bits_are_value_gt_0_even_for_nan_inf_and_zeros(
+    values, block_bytes
+):
+    """The integer reading of the bits (fast, a block of rows at a time) against the float
+    comparison, on every kind of value: NaN of either sign, infinities, +-0, subnormals."""
+    want = np.packbits(values > 0, axis=-1)
+    np.testing.assert_array_equal(cv.sign_bits(values, block_bytes), want)
+    np.testing.assert_array_equal(cv.sign_bits(values), want)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "bits"),
+    [(np.uint16, [0x0000, 0x0001, 0x7BFF, 0x7C00, 0x7C01, 0x7FFF, 0x8000, 0x8001, 0xFC00,
+                  0xFFFF]),
+     (np.uint32, [0, 1, 0x7F7FFFFF, 0x7F800000, 0x7F800001, 0x7FFFFFFF, 0x80000000,
+                  0x80000001, 0xFF800000, 0xFFFFFFFF])],
+)  # fmt: skip
+def test_sign_bits_at_the_edges_of_the_positive_bit_patterns(dtype, bits):
+    """+0, the smallest subnormal, the largest finite, +inf, the smallest and largest NaN
+    payloads, and their negatives: a bit exactly for the positive ones."""
+    values = np.array([bits], dtype).view(np.float16 if dtype is np.uint16 else np.float32)
+    np.testing.assert_array_equal(cv.sign_bits(values, 1), np.packbits(values > 0, axis=-1))
