@@ -43,8 +43,30 @@ class DeviceForms:
         return torch.float32 if wide else _TORCH_FLOATS[self.dtype]
 
 
-def int8_per_vector(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+# On a CPU, int8 codes are made a block of rows at a time: a batch's ColBERT vectors whole
+# (32 x 511 x 1024, a 67 MB float32 working copy) sent each of its five steps to memory and
+# back, 1.19 ms a 512-token document against 0.35 in 2 MiB blocks. A device takes it whole.
+INT8_BLOCK_BYTES = 2 << 20
+
+
+def int8_per_vector(
+    values: torch.Tensor, block_bytes: int = INT8_BLOCK_BYTES
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes int8 [..., D], scales float32 [...]): values ~= codes * scales[..., None]."""
+    rows = max(1, block_bytes // (4 * max(1, values.shape[-1])))
+    if values.device.type != "cpu" or values.numel() <= rows * values.shape[-1]:
+        return _int8_block(values)
+    flat = values.reshape(-1, values.shape[-1])
+    codes = torch.empty(flat.shape, dtype=torch.int8)
+    scales = torch.empty(flat.shape[0], dtype=torch.float32)
+    for start in range(0, len(flat), rows):
+        codes[start : start + rows], scales[start : start + rows] = _int8_block(
+            flat[start : start + rows]
+        )
+    return codes.view(values.shape), scales.view(values.shape[:-1])
+
+
+def _int8_block(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # One float32 copy, worked in place (2.4x faster on a CPU than a new tensor a step);
     # max|v| as max(max v, -min v) reads the values without an abs() copy.
     codes = values.to(torch.float32, copy=True)

@@ -208,10 +208,14 @@ def test_int8_codes_are_what_the_quantiser_gives():
     half=st.booleans(),
     zero_rows=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
+    block_bytes=st.integers(1, 800),
 )
-def test_forms_made_on_the_device_are_the_numpy_forms_bit_for_bit(shape, half, zero_rows, seed):
+def test_forms_made_on_the_device_are_the_numpy_forms_bit_for_bit(
+    shape, half, zero_rows, seed, block_bytes
+):
     """pipeline/engine/device_forms.py (torch, where the vectors are made) against
-    compact_vectors.py (numpy): the same bytes, whatever the dimension and float type."""
+    compact_vectors.py (numpy): the same bytes, whatever the dimension and float type, and
+    on a CPU whether the int8 codes are made whole or a block of rows at a time."""
     import torch
 
     from pipeline.engine import device_forms
@@ -225,6 +229,11 @@ def test_forms_made_on_the_device_are_the_numpy_forms_bit_for_bit(shape, half, z
     want_codes, want_scales = int8_per_vector(flat)
     assert np.array_equal(codes.numpy().reshape(-1, shape[-1]), want_codes)
     assert np.array_equal(scales.numpy().reshape(-1), want_scales)
+    blocked_codes, blocked_scales = device_forms.int8_per_vector(
+        torch.from_numpy(values), block_bytes
+    )
+    assert blocked_codes.shape == codes.shape and blocked_scales.shape == scales.shape
+    assert torch.equal(blocked_codes, codes) and torch.equal(blocked_scales, scales)
     for pack in (device_forms.sign_bits, device_forms.packed_by_sum):  # CPU, any device
         bits = pack(torch.from_numpy(values))
         assert np.array_equal(bits.numpy().reshape(len(flat), -1), sign_bits(flat))
