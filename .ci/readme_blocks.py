@@ -69,7 +69,7 @@ PLANS: dict[str, Plan] = {
     "m3pipe make-test-model /tmp/m3-tiny --size tiny --seed 0": Plan(
         "run", creates=("/tmp/m3-tiny",)
     ),
-    'python -m pytest -q -m "not integration" -n 2  # the fast tier: under a minute on 2 cores': Plan(  # noqa: E501
+    'python -m pytest -q -m "not integration" -n 2  # the fast tier: about a minute on 2 cores': Plan(  # noqa: E501
         "skip", "the tests and benchmarks: CI runs the tests itself"
     ),
 }
