@@ -32,10 +32,11 @@ def share_the_cores(environ: MutableMapping[str, str] = os.environ) -> None:
     a core another process held. The fast tier on 2 cores, `-n 2`: 60-69 s and 105-112 s of
     CPU with a thread per core, 45-46 s and 72-74 s with one. Set before torch loads;
     processes the tests start inherit it; a value the user set is kept."""
+    from pipeline.ops.worker_process import threads_each  # no torch in its imports
+
     workers = int(environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
     if workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        environ.setdefault("OMP_NUM_THREADS", str(threads))
+        environ.setdefault("OMP_NUM_THREADS", str(threads_each(workers)))
 
 
 share_the_cores()

@@ -11,6 +11,11 @@ from pathlib import Path
 from pipeline.ops.lifeline import dies_with_parent
 
 
+def threads_each(processes: int) -> int:
+    """Torch's threads for each of `processes` that share this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // processes)
+
+
 def spawn_worker(
     device: str,
     name: str,
@@ -27,8 +32,7 @@ def spawn_worker(
     """
     worker_env = dict(env)
     if device == "cpu" and cpu_workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // cpu_workers)
-        worker_env.setdefault("OMP_NUM_THREADS", str(threads))
+        worker_env.setdefault("OMP_NUM_THREADS", str(threads_each(cpu_workers)))
     command = [
         sys.executable,
         "-m",
