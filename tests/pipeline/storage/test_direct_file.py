@@ -48,12 +48,15 @@ def _write(path, pieces, stage_bytes, flush_every=0):
     sizes=st.lists(st.integers(0, 5 * BLOCK + 17), max_size=12),
     stage_blocks=st.integers(1, 3),
     flush_every=st.integers(0, 3),
+    kind=st.sampled_from([bytes, bytearray, memoryview]),  # what a writer may hand over
 )
 def test_the_file_holds_exactly_what_was_written(
-    tmp_path_factory, sizes, stage_blocks, flush_every
+    tmp_path_factory, sizes, stage_blocks, flush_every, kind
 ):
     path = tmp_path_factory.mktemp("direct") / "part"
-    pieces = [bytes((number + i) % 251 for i in range(size)) for number, size in enumerate(sizes)]
+    pieces = [
+        kind(bytes((number + i) % 251 for i in range(size))) for number, size in enumerate(sizes)
+    ]
     expected, _ = _write(path, pieces, stage_blocks * BLOCK, flush_every)
     assert path.read_bytes() == expected
 
