@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from pipeline.cli.main import main
-from pipeline.cli.queue import pin_device
+from pipeline.cli.worker import pin_device
 from pipeline.settings import Settings
 from workers.app import celery_config
 
@@ -53,7 +53,7 @@ def test_worker_command_pins_names_and_starts_celery(clean_env):
     seen: list[tuple[str, list[str], int]] = []
     clean_env.setattr("workers.app.run_worker", lambda *args: seen.append(args) or 0)
     # No Redis here: tests/integration/test_redis_auth.py runs the start-up checks for real.
-    clean_env.setattr("pipeline.cli.queue.check_worker_can_start", lambda settings, name: None)
+    clean_env.setattr("pipeline.cli.worker.check_worker_can_start", lambda settings, name: None)
     assert main(["worker", "--device", "2", "--queues", "a,b"]) == 0
     name, queues, slots = seen[0]
     assert name == f"gpu2@{socket.gethostname()}"
@@ -75,7 +75,7 @@ def test_worker_exits_non_zero_when_celerys_worker_stopped_on_an_error(clean_env
     command line would exit with it; the worker command must not say 0."""
     from workers.app import worker_exit_code
 
-    clean_env.setattr("pipeline.cli.queue.check_worker_can_start", lambda settings, name: None)
+    clean_env.setattr("pipeline.cli.worker.check_worker_can_start", lambda settings, name: None)
     clean_env.setattr("workers.app.run_worker", lambda name, queues, slots: 1)
     assert main(["worker", "--device", "cpu"]) == 1
     assert "stopped with exit status 1" in capsys.readouterr().err
@@ -96,7 +96,7 @@ def test_worker_slots_are_celerys_concurrency_with_a_gate_file_and_bounded(clean
         "workers.app.run_worker",
         lambda name, queues, slots: seen.append((slots, os.environ.get(GATE_FILE_ENV))) or 0,
     )
-    clean_env.setattr("pipeline.cli.queue.check_worker_can_start", lambda settings, name: None)
+    clean_env.setattr("pipeline.cli.worker.check_worker_can_start", lambda settings, name: None)
     clean_env.delenv(GATE_FILE_ENV, raising=False)
     assert main(["worker", "--device", "cpu", "--slots", "2"]) == 0
     slots, gate = seen[-1]
@@ -147,7 +147,7 @@ def test_bad_queue_names_and_shard_options_are_usage_errors(clean_env, tmp_path,
 
 
 def test_worker_metrics_port_defaults():
-    from pipeline.cli.queue import worker_metrics_port
+    from pipeline.cli.worker import worker_metrics_port
     from pipeline.settings import Settings
 
     unset = Settings(metrics_port=None)

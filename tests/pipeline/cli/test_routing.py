@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pipeline.broker.routing import model_queue, model_route, routed_queues
 from pipeline.cli.main import build_parser
-from pipeline.cli.queue import submit_request
+from pipeline.cli.submit import submit_request
 from pipeline.cli.tenants import consumer_queues
 from pipeline.settings import Settings
 from schemas.job import QUEUE_NAME_PATTERN

@@ -96,7 +96,7 @@ def test_a_worker_chooses_before_its_start_up_checks_load_torch(policy_unset):
     def checks(settings, name):  # where torch is first imported
         seen.append(os.environ.get(WAIT_POLICY_ENV))
 
-    policy_unset.setattr("pipeline.cli.queue.check_worker_can_start", checks)
+    policy_unset.setattr("pipeline.cli.worker.check_worker_can_start", checks)
     policy_unset.setattr("workers.app.run_worker", lambda name, queues, slots: 0)
     for name in ("CUDA_VISIBLE_DEVICES", "M3PIPE_WORKER_DEVICE", "M3PIPE_WORKER_NAME",
                  "M3PIPE_PRECISION", "M3PIPE_MODEL", "M3PIPE_METRICS_PORT",
