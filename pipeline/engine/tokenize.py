@@ -1,8 +1,9 @@
 """Turn documents into model input sequences: truncated, or chunked into windows.
 
-Only what is kept is tokenized: a long document to truncate costs a prefix a little longer
-than its window, and a long document to chunk is tokenized piece by piece into int32
-arrays, so one giant record never costs the tokenizer's ~250 bytes per byte of text.
+Only what is kept is tokenized: a long document to truncate costs a prefix of ~6 characters
+a kept token (a shard's such documents in one call), and a long document to chunk is
+tokenized piece by piece into int32 arrays, so one giant record never costs the tokenizer's
+~250 bytes per byte of text.
 Pieces are cut at a space, where the XLM-RoBERTa pre-tokenizer (Metaspace) splits words,
 and only tokens of words that end before the cut are taken from a piece, so the tokens
 are the ones the whole text gives (tests/pipeline/engine/test_tokenize.py checks it).
@@ -22,6 +23,12 @@ from schemas.options import EncodeOptions
 # Texts up to this many characters per kept token are tokenized whole, in one batch call.
 _CHARS_PER_TOKEN_GUESS = 8
 _MIN_PIECE_CHARS = 16_384
+# A text to truncate is tokenized from a prefix of this many characters a kept token
+# (XLM-RoBERTa's tokenizer makes a token of ~4-5 characters of English, fewer of most other
+# scripts) once it is over twice that long: a 512-token window then costs ~3 KB of text,
+# not the whole (a prefix's tokens carry offsets, which cost ~1.5x the plain tokens: below
+# twice the prefix the whole text is as cheap).
+_PREFIX_CHARS_PER_TOKEN = 6
 # A piece with no space in its last this-many characters (one giant "word") is cut there
 # anyway, and tokens ending in that tail are dropped: the only case where the tokens rest
 # on the tokenizer's segmentation being local rather than on word boundaries.
@@ -100,12 +107,20 @@ def _content_tokens(tokenizer: Any, texts: Seq[str], window: int, chunked: bool)
     """Each text's content tokens (no specials): all of them when `chunked`, else at least
     the first `window + 1` (enough to tell truncation), tokenizing long texts by pieces."""
     long_after = max(window * _CHARS_PER_TOKEN_GUESS, _MIN_PIECE_CHARS)
+    prefix_chars = (window + 1) * _PREFIX_CHARS_PER_TOKEN
+    if not chunked:
+        long_after = min(long_after, 2 * prefix_chars)
     short = [i for i, text in enumerate(texts) if len(text) <= long_after]
     content: list[Any] = [None] * len(texts)
     if short:
         batch = tokenize_plain(tokenizer, [texts[i] for i in short])
-        for i, tokens in zip(short, batch, strict=True):
-            content[i] = tokens
+        for i, whole in zip(short, batch, strict=True):
+            content[i] = whole
+    long = [i for i, kept in enumerate(content) if kept is None]
+    if long and not chunked:  # one batch of prefixes; a prefix short of the window: below
+        found = prefix_tokens(tokenizer, [texts[i] for i in long], window + 1, prefix_chars)
+        for i, leading in zip(long, found, strict=True):
+            content[i] = leading
     for i, text in enumerate(texts):
         if content[i] is None:
             content[i] = (
@@ -158,6 +173,62 @@ def _rust_backend(tokenizer: Any) -> Any:
     return backend if _agrees[tokenizer] else None
 
 
+def prefix_tokens(
+    tokenizer: Any, texts: list[str], count: int, chars: int
+) -> list[list[int] | None]:
+    """The first `count` content tokens of each text, from its first `chars` characters cut
+    at their last space (the tokens of whole words, as `_piece_tokens` keeps them), all in
+    one call; None for a text whose prefix holds fewer (then `leading_tokens`)."""
+    prefixes = [text[:chars] for text in texts]
+    cuts = [prefix.rfind(" ") for prefix in prefixes]  # no space (-1, or 0): not cut here
+    backend = _rust_backend(tokenizer)
+    if backend is not None:
+        encodings = backend.encode_batch(prefixes, add_special_tokens=False)
+        return [
+            _leading_ids(encoding, cut, count) if cut > 0 else None
+            for encoding, cut in zip(encodings, cuts, strict=True)
+        ]
+    wrapped = tokenizer(
+        prefixes,
+        add_special_tokens=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        return_offsets_mapping=True,
+    )
+    found: list[list[int] | None] = []
+    for ids, offsets, cut in zip(
+        wrapped["input_ids"], wrapped["offset_mapping"], cuts, strict=True
+    ):
+        kept = _tokens_before(ids, offsets, cut) if cut > 0 else []
+        found.append(kept[:count] if len(kept) >= count else None)
+    return found
+
+
+def _leading_ids(encoding: Any, cut: int, count: int) -> list[int] | None:
+    """`count` ids of a Rust encoding's tokens that end at or before character `cut`, or
+    None if fewer do. The space at `cut` begins the next word's first token: the tokens
+    before that one are the kept ones, found without reading every token's offsets (a
+    Python tuple each, as costly as the tokenizing)."""
+    after = encoding.char_to_token(cut)
+    if after is None:  # the space made no token of its own (a run of spaces folded)
+        kept = _tokens_before(encoding.ids, encoding.offsets, cut)
+        return kept[:count] if len(kept) >= count else None
+    if after < count:
+        return None
+    encoding.truncate(count)
+    return list(encoding.ids)
+
+
+def _tokens_before(ids: Seq[int], offsets: Seq[tuple[int, int]], cut: int) -> list[int]:
+    """The tokens that end at or before character `cut`."""
+    kept: list[int] = []
+    for token, (_, stop) in zip(ids, offsets, strict=True):
+        if stop > cut:
+            break
+        kept.append(token)
+    return kept
+
+
 def leading_tokens(tokenizer: Any, text: str, count: int, piece_chars: int) -> list[int]:
     """The first `count` content tokens of `text` (all of them if it has fewer), tokenizing
     a prefix that doubles until it holds `count` tokens of whole words."""
@@ -194,10 +265,4 @@ def _piece_tokens(tokenizer: Any, text: str, start: int, end: int) -> tuple[list
         return_token_type_ids=False,
         return_offsets_mapping=True,
     )
-    limit = cut - start
-    kept: list[int] = []
-    for token, (_, stop) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True):
-        if stop > limit:
-            break
-        kept.append(token)
-    return kept, cut
+    return _tokens_before(encoded["input_ids"], encoded["offset_mapping"], cut - start), cut

@@ -82,6 +82,39 @@ def test_pieces_give_the_whole_texts_tokens(tiny, seed):
         assert leading_tokens(tiny.tokenizer, text, count, 300) == whole[:count]
 
 
+def _spy_on_the_tokenizer(tokenizer, monkeypatch) -> list[int]:
+    """The lengths of the texts `tokenizer` is handed from now on, through its wrapper or
+    its Rust backend."""
+    import pipeline.engine.tokenize as tokenize
+
+    seen: list[int] = []
+    real_call, real_backend = tokenizer.__class__.__call__, tokenize._rust_backend
+
+    def call(self, text, *args, **kwargs):
+        seen.extend(len(t) for t in ([text] if isinstance(text, str) else text))
+        return real_call(self, text, *args, **kwargs)
+
+    class Backend:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def encode_batch(self, texts, **kwargs):
+            seen.extend(len(t) for t in texts)
+            return self.backend.encode_batch(texts, **kwargs)
+
+        def encode_batch_fast(self, texts, **kwargs):
+            seen.extend(len(t) for t in texts)
+            return self.backend.encode_batch_fast(texts, **kwargs)
+
+    def backend(of):
+        found = real_backend(of)
+        return None if found is None else Backend(found)
+
+    monkeypatch.setattr(tokenizer.__class__, "__call__", call)
+    monkeypatch.setattr(tokenize, "_rust_backend", backend)
+    return seen
+
+
 def test_truncation_at_the_window_edge_tokenizes_only_a_prefix(tiny, monkeypatch):
     """A text of exactly window, window + 1 and far more tokens: the same ids and flags as
     the whole-text tokenization, while the tokenizer never sees more than a prefix."""
@@ -98,15 +131,8 @@ def test_truncation_at_the_window_edge_tokenizes_only_a_prefix(tiny, monkeypatch
     exact = base[: offsets[window - 1][1]]
     one_more = base[: offsets[window][1]]
     texts = [exact, one_more, base]
-    seen: list[int] = []
-    real = tiny.tokenizer.__class__.__call__
-
-    def spy(self, text, *args, **kwargs):
-        seen.extend(len(t) for t in ([text] if isinstance(text, str) else text))
-        return real(self, text, *args, **kwargs)
-
+    seen = _spy_on_the_tokenizer(tiny.tokenizer, monkeypatch)
     monkeypatch.setattr(tokenize, "_MIN_PIECE_CHARS", 64)
-    monkeypatch.setattr(tiny.tokenizer.__class__, "__call__", spy)
     shard = tokenize_texts(tiny.tokenizer, texts, options, tiny.cls_id, tiny.eos_id)
     monkeypatch.undo()
     reference = tiny.tokenizer(texts, truncation=True, max_length=130)["input_ids"]
@@ -127,6 +153,58 @@ def test_a_giant_word_is_truncated_from_a_prefix_with_the_same_tokens(tiny):
     whole = tokenize_plain(tiny.tokenizer, [text])[0]
     for count in (10, 1000, 5000):
         assert leading_tokens(tiny.tokenizer, text, count, 16_384) == whole[:count]
+
+
+# Words, spaces of several kinds and runs of them, scripts, marks: where a prefix is cut.
+_SEPARATORS = [" ", " ", " ", "  ", "   ", "\n", " \n ", "\t", "\u00a0", " \u3000 "]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    words=st.lists(
+        st.sampled_from([*WORDS, "e\u0301", "ǅ", "①", "ﾃｽﾄ", "😀x"]), min_size=1, max_size=400
+    ),
+    separators=st.lists(st.sampled_from(_SEPARATORS), min_size=1, max_size=400),
+    max_length=st.integers(8, 40),
+    lead=st.sampled_from(["", " ", "  "]),
+)
+def test_a_text_truncated_from_its_prefix_has_the_whole_texts_tokens(
+    fresh_tokenizer, words, separators, max_length, lead
+):
+    """Texts long enough for the prefix path at a small window: the same ids and flags as
+    the tokenizer's own truncation of the whole text."""
+    text = lead + "".join(w + separators[i % len(separators)] for i, w in enumerate(words))
+    options = EncodeOptions(max_length=max_length)
+    shard = tokenize_texts(fresh_tokenizer, [text], options, 0, 2)
+    whole = fresh_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert list(shard.ids[0]) == [0, *whole[: max_length - 2], 2]
+    assert shard.truncated.tolist() == [len(whole) > max_length - 2]
+
+
+def test_prefix_tokens_gives_none_where_the_prefix_is_short_of_the_window(fresh_tokenizer):
+    from pipeline.engine.tokenize import prefix_tokens, tokenize_plain
+
+    spaced, unspaced = " ".join(["alpha"] * 200), "alpha" * 200
+    # 60 characters: ten words and the space after the tenth, where the prefix is cut
+    ten_words = tokenize_plain(fresh_tokenizer, [" ".join(["alpha"] * 10)])[0]
+    count = len(ten_words)
+    found = prefix_tokens(fresh_tokenizer, [spaced, unspaced, spaced], count, 60)
+    assert found[0] == ten_words == found[2] == tokenize_plain(fresh_tokenizer, [spaced])[0][:count]
+    assert found[1] is None  # no space in the prefix: the text is not cut there
+    assert prefix_tokens(fresh_tokenizer, [spaced], count + 1, 60) == [None]
+
+
+def test_a_512_token_window_tokenizes_3_kb_of_a_long_text(tiny, monkeypatch):
+    """At bge-m3's usual truncation, a long document costs a prefix of ~6 characters a
+    kept token, not its length; a text under twice that is tokenized whole."""
+    long_text = _long_text(3, 20_000)
+    medium = long_text[: 5 * 511]
+    seen = _spy_on_the_tokenizer(tiny.tokenizer, monkeypatch)
+    shard = tokenize_texts(tiny.tokenizer, [long_text, medium], EncodeOptions(max_length=512), 0, 2)
+    monkeypatch.undo()
+    assert sorted(seen) == [len(medium), 511 * 6]
+    reference = tiny.tokenizer([long_text, medium], truncation=True, max_length=512)
+    assert [list(ids[1:-1]) for ids in shard.ids] == [ids[1:-1] for ids in reference["input_ids"]]
 
 
 @pytest.fixture(scope="module")
