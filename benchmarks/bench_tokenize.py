@@ -1,11 +1,13 @@
-"""The tokenizer's CPU time a document as the engine calls it (`tokenize_texts`, truncating at
---max-length), for documents of several lengths: the bench corpus' (half as many words as
-the window has tokens, as `bench_worker` writes them) and Latin text of --long-chars
-characters, which a truncating run need only read a prefix of (pipeline/engine/tokenize.py).
-Pieces of 128 documents, as a worker's; the best of --repeats passes (process CPU time: the
-Rust tokenizer's threads included).
+"""The tokenizer's CPU time a document as the engine calls it (`tokenize_texts`), for
+documents of several lengths: the bench corpus' (half as many words as the window has tokens,
+as `bench_worker` writes them) and Latin texts of each --long-chars length, which a truncating
+run need only read a prefix of; each truncated at --max-length and, with --modes
+truncate,chunk, cut into windows (every token kept: a text over 16 KiB is tokenized piece by
+piece, pipeline/engine/tokenize.py). Pieces of 128 documents, as a worker's; the best of
+--repeats passes (process CPU time: the Rust tokenizer's threads included).
 
     python -m benchmarks.bench_tokenize --documents 1000 --max-length 512
+    python -m benchmarks.bench_tokenize --long-chars 40000 --modes truncate,chunk
 """
 
 from __future__ import annotations
@@ -19,18 +21,20 @@ from benchmarks.report import run_facts, save
 PIECE = 128  # documents a call, as a worker's piece
 
 
-def corpora(documents: int, window: int, long_chars: int) -> dict[str, list[str]]:
+def corpora(documents: int, window: int, long_chars: list[int]) -> dict[str, list[str]]:
     from pipeline.engine.synthetic_text import TextGenerator
 
     generator = TextGenerator(7)
-    bench = [generator.document(window // 2) for _ in range(documents)]
-    long = []
-    for _ in range(documents):
-        text = ""
-        while len(text) < long_chars:
-            text += generator.sentence(15, "latin") + " "
-        long.append(text[:long_chars])
-    return {"bench": bench, f"latin-{long_chars}-chars": long}
+    found = {"bench": [generator.document(window // 2) for _ in range(documents)]}
+    for chars in long_chars:
+        texts = []
+        for _ in range(documents):
+            text = ""
+            while len(text) < chars:
+                text += generator.sentence(15, "latin") + " "
+            texts.append(text[:chars])
+        found[f"latin-{chars}-chars"] = texts
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="stub:full", help="whose tokenizer")
     parser.add_argument("--documents", type=int, default=1000)
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--long-chars", type=int, default=8000)
+    parser.add_argument("--long-chars", default="8000", help="comma-separated lengths")
+    parser.add_argument("--modes", default="truncate", help="truncate and/or chunk")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache-dir", type=Path, help="model cache (default: m3pipe's)")
     parser.add_argument("--out", type=Path, help="save the JSON here (default: .results/)")
@@ -51,28 +56,30 @@ def main(argv: list[str] | None = None) -> None:
 
     cache = args.cache_dir or Settings().cache_dir
     model = load_model(args.model, device="cpu", precision="fp32", cache_dir=cache)
-    options = EncodeOptions(max_length=args.max_length)
+    long_chars = [int(chars) for chars in args.long_chars.split(",")]
     report: dict = {**run_facts(), "model": args.model, "max_length": args.max_length,
                     "documents": args.documents, "corpora": {}}  # fmt: skip
-    for name, texts in corpora(args.documents, args.max_length - 2, args.long_chars).items():
-        best, tokens, kept = float("inf"), 0, 0
-        for _ in range(args.repeats):
-            started = time.process_time()
-            for start in range(0, len(texts), PIECE):
-                shard = tokenize_texts(model.tokenizer, texts[start : start + PIECE], options,
-                                       model.cls_id, model.eos_id)  # fmt: skip
-                kept += int(shard.lengths.sum())
-            best = min(best, time.process_time() - started)
+    for name, texts in corpora(args.documents, args.max_length - 2, long_chars).items():
         whole = model.tokenizer(texts[:100], add_special_tokens=False)["input_ids"]
-        tokens = round(sum(map(len, whole)) / len(whole))
-        figures = {
+        report["corpora"][name] = {
             "characters_a_document": round(sum(map(len, texts)) / len(texts)),
-            "tokens_a_document_whole": tokens,
-            "tokens_a_document_kept": round(kept / args.repeats / len(texts)),
-            "cpu_ms_a_document": round(best / len(texts) * 1e3, 3),
+            "tokens_a_document_whole": round(sum(map(len, whole)) / len(whole)),
         }
-        report["corpora"][name] = figures
-        print(f"{name}: {figures}")
+        for mode in args.modes.split(","):
+            options = EncodeOptions(max_length=args.max_length, long_docs=mode)
+            best, kept = float("inf"), 0
+            for _ in range(args.repeats):
+                started = time.process_time()
+                for start in range(0, len(texts), PIECE):
+                    shard = tokenize_texts(model.tokenizer, texts[start : start + PIECE],
+                                           options, model.cls_id, model.eos_id)  # fmt: skip
+                    kept += int(shard.lengths.sum())
+                best = min(best, time.process_time() - started)
+            report["corpora"][name][mode] = {
+                "tokens_a_document_kept": round(kept / args.repeats / len(texts)),
+                "cpu_ms_a_document": round(best / len(texts) * 1e3, 3),
+            }
+        print(f"{name}: {report['corpora'][name]}")
     save(report, "tokenize", "cpu", args.model, args.out)
 
 

@@ -206,16 +206,23 @@ def prefix_tokens(
 
 def _leading_ids(encoding: Any, cut: int, count: int) -> list[int] | None:
     """`count` ids of a Rust encoding's tokens that end at or before character `cut`, or
-    None if fewer do. The space at `cut` begins the next word's first token: the tokens
-    before that one are the kept ones, found without reading every token's offsets (a
-    Python tuple each, as costly as the tokenizing)."""
+    None if fewer do."""
+    kept = _ids_before(encoding, cut, most=count)
+    return kept if len(kept) >= count else None
+
+
+def _ids_before(encoding: Any, cut: int, most: int | None = None) -> list[int]:
+    """The ids of a Rust encoding's tokens that end at or before character `cut` (the
+    first `most` of them): those before the token that holds character `cut`, found without
+    reading every token's offsets (a Python tuple each, as costly as the tokenizing)."""
     after = encoding.char_to_token(cut)
-    if after is None:  # the space made no token of its own (a run of spaces folded)
+    if after is None:  # character `cut` made no token of its own (a run of spaces folded)
         kept = _tokens_before(encoding.ids, encoding.offsets, cut)
-        return kept[:count] if len(kept) >= count else None
-    if after < count:
-        return None
-    encoding.truncate(count)
+        return kept if most is None else kept[:most]
+    keep = after if most is None else min(after, most)
+    if keep == 0:
+        return []
+    encoding.truncate(keep)
     return list(encoding.ids)
 
 
@@ -258,8 +265,13 @@ def _piece_tokens(tokenizer: Any, text: str, start: int, end: int) -> tuple[list
     cut = text.rfind(" ", max(start, end - _NO_SPACE_TAIL), end)
     if cut <= start:  # no space near the end: cut inside the giant word, drop its tail
         cut = end - _NO_SPACE_TAIL // 2
+    piece = text[start:end]
+    backend = _rust_backend(tokenizer)
+    if backend is not None:
+        [encoding] = backend.encode_batch([piece], add_special_tokens=False)
+        return _ids_before(encoding, cut - start), cut
     encoded = tokenizer(
-        text[start:end],
+        piece,
         add_special_tokens=False,
         return_attention_mask=False,
         return_token_type_ids=False,
