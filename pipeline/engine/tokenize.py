@@ -180,50 +180,25 @@ def prefix_tokens(
     at their last space (the tokens of whole words, as `_piece_tokens` keeps them), all in
     one call; None for a text whose prefix holds fewer (then `leading_tokens`)."""
     prefixes = [text[:chars] for text in texts]
-    cuts = [prefix.rfind(" ") for prefix in prefixes]  # no space (-1, or 0): not cut here
+    cuts = [prefix.rfind(" ") for prefix in prefixes]
     backend = _rust_backend(tokenizer)
     if backend is not None:
         encodings = backend.encode_batch(prefixes, add_special_tokens=False)
-        return [
-            _leading_ids(encoding, cut, count) if cut > 0 else None
-            for encoding, cut in zip(encodings, cuts, strict=True)
-        ]
-    wrapped = tokenizer(
-        prefixes,
-        add_special_tokens=False,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-        return_offsets_mapping=True,
-    )
+        encoded = [(encoding.ids, encoding.offsets) for encoding in encodings]
+    else:
+        wrapped = tokenizer(
+            prefixes,
+            add_special_tokens=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            return_offsets_mapping=True,
+        )
+        encoded = list(zip(wrapped["input_ids"], wrapped["offset_mapping"], strict=True))
     found: list[list[int] | None] = []
-    for ids, offsets, cut in zip(
-        wrapped["input_ids"], wrapped["offset_mapping"], cuts, strict=True
-    ):
-        kept = _tokens_before(ids, offsets, cut) if cut > 0 else []
+    for (ids, offsets), cut in zip(encoded, cuts, strict=True):
+        kept = _tokens_before(ids, offsets, cut) if cut > 0 else []  # no space: not cut here
         found.append(kept[:count] if len(kept) >= count else None)
     return found
-
-
-def _leading_ids(encoding: Any, cut: int, count: int) -> list[int] | None:
-    """`count` ids of a Rust encoding's tokens that end at or before character `cut`, or
-    None if fewer do."""
-    kept = _ids_before(encoding, cut, most=count)
-    return kept if len(kept) >= count else None
-
-
-def _ids_before(encoding: Any, cut: int, most: int | None = None) -> list[int]:
-    """The ids of a Rust encoding's tokens that end at or before character `cut` (the
-    first `most` of them): those before the token that holds character `cut`, found without
-    reading every token's offsets (a Python tuple each, as costly as the tokenizing)."""
-    after = encoding.char_to_token(cut)
-    if after is None:  # character `cut` made no token of its own (a run of spaces folded)
-        kept = _tokens_before(encoding.ids, encoding.offsets, cut)
-        return kept if most is None else kept[:most]
-    keep = after if most is None else min(after, most)
-    if keep == 0:
-        return []
-    encoding.truncate(keep)
-    return list(encoding.ids)
 
 
 def _tokens_before(ids: Seq[int], offsets: Seq[tuple[int, int]], cut: int) -> list[int]:
@@ -265,13 +240,8 @@ def _piece_tokens(tokenizer: Any, text: str, start: int, end: int) -> tuple[list
     cut = text.rfind(" ", max(start, end - _NO_SPACE_TAIL), end)
     if cut <= start:  # no space near the end: cut inside the giant word, drop its tail
         cut = end - _NO_SPACE_TAIL // 2
-    piece = text[start:end]
-    backend = _rust_backend(tokenizer)
-    if backend is not None:
-        [encoding] = backend.encode_batch([piece], add_special_tokens=False)
-        return _ids_before(encoding, cut - start), cut
     encoded = tokenizer(
-        piece,
+        text[start:end],
         add_special_tokens=False,
         return_attention_mask=False,
         return_token_type_ids=False,
