@@ -28,8 +28,8 @@ from pipeline.runtime.device_gate import gate_from_environment
 from pipeline.runtime.gpu_utilization import register_gpu_utilization
 from pipeline.runtime.heap import collector_paused_while_loading
 from pipeline.runtime.metrics import WorkerMetrics, serve, slot_metrics_port
-from pipeline.runtime.shard_runner import WorkerRuntime
 from pipeline.runtime.worker_models import WorkerModels, load_task_model
+from pipeline.runtime.worker_runtime import WorkerRuntime
 from pipeline.settings import Settings
 from pipeline.tasks import TASK_KINDS
 from schemas.job import Task

@@ -14,7 +14,8 @@ from redis.exceptions import RedisError
 from pipeline.errors import PermanentError
 from pipeline.jobs.keys import TASK_ENCODE_SHARD
 from pipeline.runtime.retry_policy import Action, decide
-from pipeline.runtime.shard_runner import WorkerRuntime, run_shard
+from pipeline.runtime.shard_runner import run_shard
+from pipeline.runtime.worker_runtime import WorkerRuntime
 from schemas.job import ShardMessage, ShardState
 from workers import bootstrap
 from workers.app import app

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from pipeline.errors import PermanentError, UnknownJob, WrongWorker
-from pipeline.runtime.shard_runner import WorkerRuntime, fail_shard, requeue_shard
+from pipeline.runtime.shard_runner import fail_shard, requeue_shard
+from pipeline.runtime.worker_runtime import WorkerRuntime
 from schemas.job import ShardMessage
 
 log = logging.getLogger(__name__)

@@ -6,22 +6,17 @@ No Celery here: workers/tasks.py maps the outcomes to acks, retries and failures
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from pipeline.engine.batching import share_budget
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import (
     ForgedMessage,
-    JobNotFound,
     PermanentError,
     PipelineError,
     StaleAttempt,
-    UnknownJob,
     UnregisteredShard,
     WrongWorker,
 )
@@ -29,87 +24,21 @@ from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.letters import make_letter
 from pipeline.jobs.plan import PlanReader
 from pipeline.jobs.repair import finished_in_output
-from pipeline.jobs.resume import (
-    documents_digest,
-    message_digest,
-    shard_footer,
-)
+from pipeline.jobs.resume import documents_digest, message_digest
 from pipeline.jobs.shard_report import ShardReport
 from pipeline.jobs.store import ABSENT, JobStore
-from pipeline.runtime.device_gate import DeviceGate
-from pipeline.runtime.metrics import WorkerMetrics
-from pipeline.runtime.worker_models import WorkerModels
-from pipeline.storage.finished_output import FinishedOutput
+from pipeline.runtime.part_stream import reuse_stream, stream_part
+from pipeline.runtime.worker_runtime import WorkerRuntime
 from pipeline.storage.location import Location
 from pipeline.storage.output_dir import check_job_owns
-from pipeline.storage.output_roots import allowed_input, allowed_output, allowed_reuse
-from pipeline.storage.part_writer import PartWriter
+from pipeline.storage.output_roots import allowed_input, allowed_output
 from pipeline.storage.sink import part_name
-from pipeline.tasks import TaskEngine, task_kind
-from pipeline.tasks.kind import TaskKind
-from pipeline.tasks.reuse import ReuseStream, ShardReuse
-from schemas.job import JobSpec, JobState, ShardMessage, ShardState, Task
-
-if TYPE_CHECKING:
-    import pyarrow as pa
+from pipeline.tasks import task_kind
+from schemas.job import JobSpec, JobState, ShardMessage, ShardState
 
 log = logging.getLogger(__name__)
 
 _ACTIVE = (ShardState.QUEUED.value, ShardState.RUNNING.value)
-_SPEC_CACHE_SIZE = 64
-
-
-@dataclass
-class WorkerRuntime:
-    """What a worker process holds between shards: its models, engines and job specs."""
-
-    models: WorkerModels
-    store: JobStore
-    hostname: str
-    max_attempts: int = 3
-    retry_backoff_seconds: float = 5.0
-    output_roots: tuple[str, ...] = ()  # where jobs may write; empty: anywhere absolute
-    input_roots: tuple[str, ...] = ()  # where shards by reference may be read; empty: anywhere
-    piece_documents: int = 128  # of a shard, computed and written at a time
-    direct_writes: bool = True  # local parts around the page cache (O_DIRECT)
-    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
-    # Slots (pool processes) sharing this worker's device, and the gate they take turns
-    # at (pipeline/runtime/device_gate.py); one slot: no gate.
-    slots: int = 1
-    slot: int = 0
-    device_gate: DeviceGate | None = None
-    # Replicas that must have a shard's done state before its message is acknowledged
-    # (Redis WAIT, at most wait_ms); 0: none.
-    wait_replicas: int = 0
-    wait_ms: int = 1000
-    _engines: dict[tuple[Task, Hashable], TaskEngine] = field(default_factory=dict)
-    _specs: dict[str, JobSpec] = field(default_factory=dict)
-
-    def engine(self, spec: JobSpec) -> TaskEngine:
-        """The engine for the job's task and options, made on first use and kept."""
-        kind = task_kind(spec.task)
-        key = (spec.task, kind.job_options(spec))
-        if key not in self._engines:
-            engine = kind.engine(self.models.for_shard(spec.task), key[1])
-            if self.device_gate is not None:
-                engine.device_gate = self.device_gate
-            # The slots' caching allocators each keep what their batches used: a CUDA
-            # budget taken from free memory is shared between them.
-            on_cuda = any(device.type == "cuda" for device in self.models.devices())
-            if self.slots > 1 and on_cuda and not getattr(key[1], "batch_tokens", None):
-                engine.batch_tokens = share_budget(engine.batch_tokens, self.slots)
-            self._engines[key] = engine
-        return self._engines[key]
-
-    def job_spec(self, job_id: str) -> JobSpec:
-        if job_id not in self._specs:
-            if len(self._specs) >= _SPEC_CACHE_SIZE:
-                self._specs.clear()
-            try:
-                self._specs[job_id] = self.store.spec(job_id)
-            except JobNotFound:
-                raise UnknownJob(f"job {job_id} is not registered in Redis") from None
-        return self._specs[job_id]
 
 
 @dataclass
@@ -305,8 +234,8 @@ def _encode_and_record(
     pieces = kind.pieces(items, runtime.piece_documents)
     reuse = None
     if message.reuse and spec.reuse is not None:  # copies read and merged piece by piece
-        reuse = _reuse_stream(message, spec, runtime, kind, engine, items, pieces)
-    stats, rows, written = _stream_part(
+        reuse = reuse_stream(message, spec, runtime, kind, engine, items, pieces)
+    stats, rows, written = stream_part(
         kind, engine, items, reuse.to_compute() if reuse is not None else pieces, spec,
         out / name, fence, facts, runtime.direct_writes,
         reuse.merged if reuse is not None else None,
@@ -339,67 +268,6 @@ def _encode_and_record(
     store.release_shard(job_id, shard)
     finalize_if_complete(store, job_id)
     return ShardOutcome(ShardState.DONE, name, rows=rows, tokens=stats.tokens, stats=stats)
-
-
-def _reuse_stream(
-    message: ShardMessage,
-    spec: JobSpec,
-    runtime: WorkerRuntime,
-    kind: TaskKind,
-    engine: TaskEngine,
-    items: Sequence[Any],
-    pieces: Sequence[Sequence[Any]],
-) -> ReuseStream:
-    """The shard's pieces with their planned rows copied from the previous output."""
-    assert message.reuse is not None and spec.reuse is not None
-    location = allowed_reuse(spec.reuse, runtime.input_roots, runtime.output_roots)
-    schema = kind.compute(engine, [], spec.keep_fields).table.schema
-    reuse = ShardReuse(items, message.reuse, FinishedOutput.at(location), engine, schema,
-                       spec.keep_fields)  # fmt: skip
-    return ReuseStream(reuse, pieces)
-
-
-def _stream_part(
-    kind: TaskKind,
-    engine: TaskEngine,
-    items: Sequence[Any],
-    pieces: Iterable[Sequence[Any]],
-    spec: JobSpec,
-    target: Location,
-    fence: Callable[[], None],
-    facts: Callable[[BatchStats, int], dict[str, Any]],
-    direct_writes: bool = True,
-    merge: Callable[[pa.Table], pa.Table] | None = None,
-) -> tuple[BatchStats, int, Location]:
-    """Compute the shard piece by piece and write each piece while the next one computes
-    (the engine tokenizes the next piece meanwhile): the device never waits for the write.
-    `merge` completes a computed piece (`--reuse`: its copied rows put in).
-    Exactly-once is as before: the part appears, whole, only at `close`, after the fence."""
-    stats, rows = kind.new_stats(), 0
-    writer: PartWriter | None = None
-    try:
-        with contextlib.closing(kind.compute_stream(engine, pieces, spec.keep_fields)) as stream:
-            for _, computed in stream:  # (closed on an error: the engine lets the device go)
-                table = computed.table if merge is None else merge(computed.table)
-                if writer is None:  # the schema, with what the kind records of all the items
-                    schema = kind.part_table(table, items, spec.keep_fields).schema
-                    writer = PartWriter(target, schema, fence, direct_writes=direct_writes)
-                writer.write(table)
-                stats.add(computed.stats)
-                rows += table.num_rows
-        if writer is None:  # nothing to compute: an empty part
-            empty = kind.compute(engine, [], spec.keep_fields).table
-            writer = PartWriter(
-                target,
-                kind.part_table(empty, items, spec.keep_fields).schema,
-                fence,
-                direct_writes=direct_writes,
-            )
-        return stats, rows, writer.close(shard_footer(facts(stats, rows)))
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
 
 
 def fail_shard(runtime: WorkerRuntime, message: ShardMessage, reason: str, worker: str) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.jobs.store import JobStore
-from pipeline.runtime.shard_runner import WorkerRuntime
 from pipeline.runtime.worker_models import WorkerModels
+from pipeline.runtime.worker_runtime import WorkerRuntime
 from producers.submit import ShardLimits, SubmitRequest, submit_job
 from schemas.job import ShardMessage, Task
 from schemas.options import EncodeOptions

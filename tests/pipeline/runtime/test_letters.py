@@ -16,8 +16,9 @@ from pipeline.jobs.letters import (
     read_letter,
 )
 from pipeline.runtime.retry_policy import after_failure
-from pipeline.runtime.shard_runner import WorkerRuntime, fail_shard, run_shard
+from pipeline.runtime.shard_runner import fail_shard, run_shard
 from pipeline.runtime.worker_models import WorkerModels
+from pipeline.runtime.worker_runtime import WorkerRuntime
 from pipeline.storage.location import open_location
 from pipeline.storage.output_dir import LETTERS_DIR, prepare_output_dir
 from producers.submit import ShardLimits, SubmitRequest, submit_job

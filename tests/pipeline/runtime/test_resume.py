@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from pipeline.errors import ResumeError
 from pipeline.jobs.keys import job_key
 from pipeline.jobs.resume import check_same_job, documents_digest, read_shard_file
-from pipeline.runtime.shard_runner import WorkerRuntime, run_shard
+from pipeline.runtime.shard_runner import run_shard
 from pipeline.runtime.worker_models import WorkerModels
+from pipeline.runtime.worker_runtime import WorkerRuntime
 from pipeline.storage.output_dir import JOB_FILE, MANIFEST, part_entries
 from producers.submit import ShardLimits, SubmitRequest, submit_job
 from schemas.document import Document, storable

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.runtime.retry_policy import after_failure, retry_countdown
-from pipeline.runtime.shard_runner import WorkerRuntime
+from pipeline.runtime.worker_runtime import WorkerRuntime
 from pipeline.storage.sink import write_shard
 from producers.submit import ShardLimits, SubmitRequest, submit_job
 from schemas.job import ShardState

@@ -583,8 +583,8 @@ def test_every_part_records_one_digest_per_document(tmp_path, tiny):
 
 @pytest.fixture
 def runtime(store, tiny):
-    from pipeline.runtime.shard_runner import WorkerRuntime
     from pipeline.runtime.worker_models import WorkerModels
+    from pipeline.runtime.worker_runtime import WorkerRuntime
 
     models = WorkerModels(specs={Task.EMBED: "random:tiny"}, loader=lambda task, spec: tiny)
     return WorkerRuntime(models=models, store=store, hostname="t@host")
