@@ -10,7 +10,7 @@ from benchmarks.bench_tokenize import main
 
 def test_each_corpus_is_timed_in_each_mode_with_what_was_kept(tmp_path, model_cache):
     out = tmp_path / "tokenize.json"
-    main(["--model", "random:tiny", "--documents", "3", "--max-length", "16",
+    main(["--model", "stub:tiny", "--documents", "3", "--max-length", "16",
           "--long-chars", "400,900", "--modes", "truncate,chunk", "--repeats", "1",
           "--cache-dir", str(model_cache), "--out", str(out)])  # fmt: skip
     report = json.loads(out.read_text())
