@@ -181,6 +181,26 @@ def test_a_text_truncated_from_its_prefix_has_the_whole_texts_tokens(
     assert shard.truncated.tolist() == [len(whole) > max_length - 2]
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    words=st.lists(st.sampled_from([*WORDS, "e\u0301", "①", "😀x"]), min_size=1, max_size=200),
+    separators=st.lists(st.sampled_from(_SEPARATORS), min_size=1, max_size=50),
+    chars=st.integers(1, 1500),
+    count=st.integers(1, 300),
+)
+def test_a_prefix_gives_the_whole_texts_leading_tokens_or_none(
+    fresh_tokenizer, words, separators, chars, count
+):
+    """Wherever the prefix ends (inside a word, in a run of spaces), the tokens it gives are
+    the whole text's first ones."""
+    from pipeline.engine.tokenize import prefix_tokens, tokenize_plain
+
+    text = "".join(w + separators[i % len(separators)] for i, w in enumerate(words))
+    [found] = prefix_tokens(fresh_tokenizer, [text], count, chars)
+    if found is not None:
+        assert found == tokenize_plain(fresh_tokenizer, [text])[0][:count]
+
+
 def test_prefix_tokens_gives_none_where_the_prefix_is_short_of_the_window(fresh_tokenizer):
     from pipeline.engine.tokenize import prefix_tokens, tokenize_plain
 
