@@ -181,24 +181,29 @@ def prefix_tokens(
     one call; None for a text whose prefix holds fewer (then `leading_tokens`)."""
     prefixes = [text[:chars] for text in texts]
     cuts = [prefix.rfind(" ") for prefix in prefixes]
-    backend = _rust_backend(tokenizer)
-    if backend is not None:
-        encodings = backend.encode_batch(prefixes, add_special_tokens=False)
-        encoded = [(encoding.ids, encoding.offsets) for encoding in encodings]
-    else:
-        wrapped = tokenizer(
-            prefixes,
-            add_special_tokens=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            return_offsets_mapping=True,
-        )
-        encoded = list(zip(wrapped["input_ids"], wrapped["offset_mapping"], strict=True))
+    encoded = _with_offsets(tokenizer, prefixes)
     found: list[list[int] | None] = []
     for (ids, offsets), cut in zip(encoded, cuts, strict=True):
         kept = _tokens_before(ids, offsets, cut) if cut > 0 else []  # no space: not cut here
         found.append(kept[:count] if len(kept) >= count else None)
     return found
+
+
+def _with_offsets(tokenizer: Any, texts: list[str]) -> list[tuple[Seq[int], Seq[Any]]]:
+    """Each text's content ids with their (start, end) characters, in one call (the Rust
+    backend's where it may be called alone, as in `tokenize_plain`)."""
+    backend = _rust_backend(tokenizer)
+    if backend is not None:
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        return [(encoding.ids, encoding.offsets) for encoding in encodings]
+    wrapped = tokenizer(
+        texts,
+        add_special_tokens=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        return_offsets_mapping=True,
+    )
+    return list(zip(wrapped["input_ids"], wrapped["offset_mapping"], strict=True))
 
 
 def _tokens_before(ids: Seq[int], offsets: Seq[tuple[int, int]], cut: int) -> list[int]:
@@ -240,11 +245,5 @@ def _piece_tokens(tokenizer: Any, text: str, start: int, end: int) -> tuple[list
     cut = text.rfind(" ", max(start, end - _NO_SPACE_TAIL), end)
     if cut <= start:  # no space near the end: cut inside the giant word, drop its tail
         cut = end - _NO_SPACE_TAIL // 2
-    encoded = tokenizer(
-        text[start:end],
-        add_special_tokens=False,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-        return_offsets_mapping=True,
-    )
-    return _tokens_before(encoded["input_ids"], encoded["offset_mapping"], cut - start), cut
+    [(ids, offsets)] = _with_offsets(tokenizer, [text[start:end]])
+    return _tokens_before(ids, offsets, cut - start), cut
