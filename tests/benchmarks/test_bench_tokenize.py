@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.bench_tokenize import main
 
 
+@pytest.mark.slow  # a benchmark run, a tokenizer built: the integration tier
 def test_each_corpus_is_timed_in_each_mode_with_what_was_kept(tmp_path, model_cache):
     out = tmp_path / "tokenize.json"
     main(["--model", "stub:tiny", "--documents", "3", "--max-length", "16",
