@@ -11,6 +11,12 @@ default). Then, in this process, one shard's CPU time by stage: tokenize, the en
 forward, heads' post-processing, table assembly) and the Parquet write through the worker's
 part writer, per document.
 
+Every part goes to disk (~1 MB a 512-token document at float16), so the disk bounds the
+paths too: its bandwidth is measured in the same run, before and after the timed commands,
+written as the part writer writes (pipeline/storage/direct_file.py: O_DIRECT stages, an
+fdatasync every 128 MiB), and each run reports how long that disk alone needs for the bytes
+it wrote (`disk_floor_seconds`) against its wall time and its compute span.
+
     python -m benchmarks.bench_worker --documents 4000 --doc-tokens 512
     python -m benchmarks.bench_worker --dtypes float16 --paths encode,run --sinks direct,cached
     python -m benchmarks.bench_worker --dtypes float16 --storages exact --openmp sleep,spin
@@ -69,7 +75,8 @@ def reap_orphans(patience: float = 10.0) -> None:
 
 
 def whole_process(command: list[str], out: Path, env: dict[str, str]) -> dict:
-    """Wall and CPU seconds of one m3pipe command (every descendant included), and its rows."""
+    """Wall and CPU seconds of one m3pipe command (every descendant included), its rows and
+    the bytes of its parts."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -93,7 +100,46 @@ def whole_process(command: list[str], out: Path, env: dict[str, str]) -> dict:
         # job's own time, start-up and shut-down left out.
         "compute_span_seconds": round(span, 3) if span else None,  # encode: no footers
         "span_tokens_per_second": round(int(counts["tokens"]) / span, 1) if span else None,
+        "part_bytes": part_bytes(out),
     }
+
+
+def disk_floor(figures: dict, disk_bytes_per_second: float) -> dict:
+    """The seconds the disk alone needs for a run's parts, and their share of its wall time
+    and compute span (1.0 of the span: the disk never rested while shards ran)."""
+    floor = figures["part_bytes"] / disk_bytes_per_second
+    span = figures["compute_span_seconds"]
+    return {
+        "disk_floor_seconds": round(floor, 3),
+        "disk_floor_share_of_wall": round(floor / figures["wall_seconds"], 3),
+        "disk_floor_share_of_span": round(floor / span, 3) if span else None,
+    }
+
+
+def disk_bandwidth(folder: Path, total_bytes: int = 1 << 30, sync_bytes: int = 128 << 20) -> float:
+    """Bytes/s of the disk under `folder` written as a part is: through `DirectFile` (O_DIRECT
+    where taken) from memory, an fdatasync every `sync_bytes` (a piece's ~134 MB) and at the
+    end; the file removed after."""
+    from pipeline.storage.direct_file import STAGE_BYTES, DirectFile
+
+    block = memoryview(bytes(range(256)) * (STAGE_BYTES // 256))
+    path = folder / "disk-bandwidth.bin"
+    started = time.perf_counter()
+    with DirectFile(path) as handle:
+        written = 0
+        while written < total_bytes:
+            handle.write(block)
+            written += len(block)
+            if written % sync_bytes == 0 or written >= total_bytes:
+                handle.flush()
+                os.fdatasync(handle.fileno())
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return written / seconds
+
+
+def part_bytes(out: Path) -> int:
+    return sum(part.stat().st_size for part in out.glob("part-*.parquet"))
 
 
 def compute_span(out: Path) -> float:
@@ -228,6 +274,8 @@ def main() -> None:
         report: dict = {"model": args.model, "device": args.device, "precision": args.precision,
                         "doc_tokens": args.doc_tokens, "stub_device_rate": args.device_rate,
                         "paths": {}}  # fmt: skip
+        disk = [disk_bandwidth(work)]  # again at the end: this machine's disk varies
+        print(f"disk: {disk[0] / 1e6:.0f} MB/s written as a part is")
         for dtype in args.dtypes.split(","):
             for path, storage, slots, sink, wait in sides(
                 args.paths, args.storages, args.slots, args.sinks, args.openmp
@@ -247,6 +295,7 @@ def main() -> None:
                 side_env = {**env, "M3PIPE_DIRECT_WRITES": "0" if sink == "cached" else "1",
                             **(SPIN_ENV if wait == "spin" else {})}  # fmt: skip
                 figures = whole_process(command, out, side_env)
+                figures.update(disk_floor(figures, disk[0]))
                 shutil.rmtree(out)  # ~1 MB a document: the disk holds one output at a time
                 key = f"{path}:{dtype}" + ("" if storage == "exact" else f":{storage}")
                 key += "" if slots == "1" else f":slots{slots}"
@@ -260,7 +309,9 @@ def main() -> None:
                     busy = f", emulated device busy {figures['device_busy_share']:.0%}"
                 print(f"{key:<22} {figures['documents_per_second']:>8} documents/s, "
                       f"{figures['tokens_per_second']:>10} tokens/s, "
-                      f"{figures['cpu_ms_per_document']} ms CPU a document{busy}")  # fmt: skip
+                      f"{figures['cpu_ms_per_document']} ms CPU a document{busy}; "
+                      f"the disk alone {figures['disk_floor_seconds']} s of "
+                      f"{figures['wall_seconds']} s")  # fmt: skip
             precision = (
                 "fp32" if args.precision == "auto" and args.device == "cpu" else args.precision
             )
@@ -270,6 +321,9 @@ def main() -> None:
             report.setdefault("stages", {})[dtype] = split
             print(f"stages {dtype}: {split['cpu_ms_per_document']} ms a document, "
                   f"{split['part_bytes_per_document']} bytes a document on disk")  # fmt: skip
+        disk.append(disk_bandwidth(work))
+        print(f"disk: {disk[1] / 1e6:.0f} MB/s at the end; the floors above use the start's")
+        report["disk_bytes_per_second"] = {"start": round(disk[0]), "end": round(disk[1])}
     report.update(run_facts())
     save(report, "worker", args.device, args.model, args.out)
 

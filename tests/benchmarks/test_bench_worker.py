@@ -33,3 +33,22 @@ def test_slots_apply_to_the_run_path_only_and_sinks_and_waits_to_every_path():
     assert sides("run", "exact", "1", "direct", "sleep,spin") == [
         ("run", "exact", "1", "direct", "sleep"),
         ("run", "exact", "1", "direct", "spin")]  # fmt: skip
+
+
+def test_the_disk_is_measured_as_a_part_is_written_and_leaves_nothing(tmp_path):
+    from benchmarks.bench_worker import disk_bandwidth
+
+    rate = disk_bandwidth(tmp_path, total_bytes=24 << 20, sync_bytes=16 << 20)
+    assert rate > 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_runs_disk_floor_is_its_bytes_over_the_disks_rate():
+    from benchmarks.bench_worker import disk_floor
+
+    figures = {"part_bytes": 3_000_000, "wall_seconds": 6.0, "compute_span_seconds": 4.0}
+    assert disk_floor(figures, 1_000_000.0) == {
+        "disk_floor_seconds": 3.0, "disk_floor_share_of_wall": 0.5,
+        "disk_floor_share_of_span": 0.75}  # fmt: skip
+    assert disk_floor({**figures, "compute_span_seconds": None}, 1e6)[
+        "disk_floor_share_of_span"] is None  # fmt: skip
