@@ -1,70 +1,51 @@
 """Submitting a job: stream inputs -> validate -> cut shards -> enqueue, with backpressure.
 
 Nothing is held in memory beyond the shard being cut: the producer waits while the job
-already has `max_queued` shards waiting in Redis, so Redis memory stays bounded too.
+already has `max_queued` shards waiting in Redis, so Redis memory stays bounded too
+(producers/admission.py). A shard's message: producers/messages.py; `--resume`:
+producers/resume.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
 from redis.exceptions import RedisError
 
-from pipeline.errors import (
-    InputError,
-    JobLost,
-    JobNotFound,
-    QuotaExceeded,
-    ResumeError,
-    ReuseError,
-    SubmitCancelled,
-)
+from pipeline.errors import InputError, JobLost, JobNotFound, ReuseError, SubmitCancelled
 from pipeline.inputs.indexes.reuse_index import ReuseIndex, open_reusable
 from pipeline.inputs.intake import IntakeCounts, RejectSink
 from pipeline.inputs.readers.lines import DEFAULT_MAX_RECORD_BYTES
-from pipeline.inputs.references import ReferencedShard, shard_reference
+from pipeline.inputs.references import ReferencedShard
 from pipeline.inputs.sharding import ShardLimits
 from pipeline.jobs.finish import finalize_if_complete
 from pipeline.jobs.plan import PlanWriter
-from pipeline.jobs.resume import (
-    check_same_job,
-    documents_digest,
-    message_digest,
-    previous_spec,
-    read_shard_file,
-)
-from pipeline.jobs.shard_report import ShardReport
-from pipeline.jobs.store import ABSENT, DEFAULT_JOB_TTL, JobStore
-from pipeline.jobs.tenant_records import job_quota_problem, shard_quota_problem
+from pipeline.jobs.resume import documents_digest
+from pipeline.jobs.store import DEFAULT_JOB_TTL, JobStore
 from pipeline.storage.location import Location, open_location
 from pipeline.storage.output_dir import (
     JOB_FILE,
-    PART_PATTERN,
     RejectLog,
     check_output_dir,
     prepare_output_dir,
     write_json_atomic,
 )
 from pipeline.storage.output_lease import take_lease
-from pipeline.storage.sink import part_name
 from pipeline.tasks import Reading, task_kind
+from producers.admission import admit, wait_for_room
+from producers.messages import Publish, enqueue, shard_message
+from producers.resume import already_done, remove_parts_from, spec_to_resume
 from schemas.document import Document
-from schemas.job import JobSpec, JobState, ShardMessage, Task
+from schemas.job import JobSpec, JobState, Task
 from schemas.options import EncodeOptions
 from schemas.pair import Pair, RerankOptions
-from schemas.reuse_plan import ReuseRun
 from schemas.tenant import DEFAULT_TENANT, Priority
-
-log = logging.getLogger(__name__)
-
-Publish = Callable[[ShardMessage, str, Priority], None]  # (message, queue, priority)
 
 
 def new_job_id() -> str:
@@ -275,138 +256,3 @@ def job_shards(
         for location, fmt in zip(inputs, formats, strict=True)
     ]
     return kind.shards(sources, options, request.limits, rejects, counts, strict=True)
-
-
-def spec_to_resume(spec: JobSpec, out: Location, store: JobStore) -> JobSpec:
-    """The spec under the earlier job's id, once it is sure to be the same job, not running.
-
-    The earlier job's Redis state (if Redis still has it) is dropped: shard states are
-    rebuilt from the files, so a resume works after Redis lost everything too.
-    """
-    previous = previous_spec(out)
-    spec = spec.model_copy(update={"job_id": previous.job_id})
-    check_same_job(previous, spec)
-    if store.exists(spec.job_id):
-        state = store.state(spec.job_id)
-        if not state.finished:
-            raise ResumeError(
-                f"job {spec.job_id} is still {state.value}: wait for it, or "
-                f"`m3pipe cancel {spec.job_id}` first, then resume"
-            )
-        store.forget(spec.job_id)
-    return spec
-
-
-def already_done(
-    store: JobStore,
-    out: Location,
-    job_id: str,
-    index: int,
-    documents: int,
-    digest: str,
-) -> bool:
-    """Whether shard `index` (of `documents` items) has a whole file made from these
-    documents (then it is done).
-
-    A file made from other documents is removed, so a stale file never stays visible.
-    """
-    path = out / part_name(index)
-    found = read_shard_file(path)
-    if found is None or found.facts.get("digest") != digest:
-        path.delete()
-        return False
-    facts = found.facts
-    report = ShardReport(  # the job's `documents_resumed` counts it as found
-        documents=documents,
-        rows=int(facts["rows"]),
-        tokens=int(facts["tokens"]),
-        part_bytes=path.size(),
-    )
-    store.mark_done(job_id, index, [ABSENT], report)
-    store.note_documents(job_id, documents)
-    store.note_resumed(job_id, documents, int(facts["tokens"]))
-    store.set_model_metadata(job_id, found.model)
-    return True
-
-
-def remove_parts_from(out: Location, first: int) -> None:
-    """Part files numbered `first` and above belong to no shard of this submission."""
-    for name in out.child_names(PART_PATTERN):  # streamed: deleting as it lists is fine
-        number = name.removeprefix("part-").removesuffix(".parquet")
-        if number.isdigit() and int(number) >= first:
-            log.info("resume: removing %s, which no shard of this submission makes", out / name)
-            (out / name).delete()
-
-
-def admit(store: JobStore, tenant: str) -> None:
-    """Admission control, before anything is registered or written: QuotaExceeded if the
-    tenant is at its job limit."""
-    problem = job_quota_problem(store, tenant)
-    if problem is not None:
-        raise QuotaExceeded(f"refused: {problem}")
-
-
-def wait_for_room(
-    store: JobStore,
-    job_id: str,
-    max_queued: int,
-    poll_seconds: float,
-    tenant: str = DEFAULT_TENANT,
-) -> None:
-    """Block while the job has `max_queued` shards waiting, or its tenant is at a shard
-    quota (max_queued, max_in_flight); stop if the job was cancelled."""
-    said: str | None = None  # the tenant quota last reported, so it is said once
-    waited_since = time.monotonic()
-    while True:
-        state, queued = store.state_and_queued(job_id)
-        if state is JobState.CANCELLED:
-            raise SubmitCancelled(f"job {job_id} was cancelled")
-        if queued >= max_queued:
-            if time.monotonic() - waited_since > 60:
-                log.info("job %s: %d shards queued, waiting for workers", job_id, max_queued)
-                waited_since = time.monotonic()
-        else:
-            quota = shard_quota_problem(store, tenant)
-            if quota is None:
-                return
-            if quota != said:
-                log.warning("job %s waits at its tenant's quota: %s", job_id, quota)
-                said = quota
-        time.sleep(poll_seconds)
-
-
-def shard_message(
-    job_id: str,
-    index: int,
-    shard: list[Document] | list[Pair] | ReferencedShard,
-    digest: str = "",
-    references: Mapping[str, int] | None = None,
-    reuse: list[ReuseRun] | None = None,
-) -> ShardMessage:
-    """The shard's message: by reference to the inputs (URI -> index) where every document
-    can be pointed at, else with its documents or pairs; `reuse`: rows to copy, if any."""
-    runs = reuse or None
-    if isinstance(shard, ReferencedShard):
-        return ShardMessage(job_id=job_id, shard=index, ref=shard.ref, reuse=runs)
-    payload = "pairs" if isinstance(shard[0], Pair) else "documents"
-    if references is not None and payload == "documents":
-        ref = shard_reference(cast(list[Document], shard), references, digest)
-        if ref is not None:
-            return ShardMessage(job_id=job_id, shard=index, ref=ref, reuse=runs)
-    return ShardMessage.model_validate(
-        {"job_id": job_id, "shard": index, payload: shard, "reuse": runs}
-    )
-
-
-def enqueue(
-    store: JobStore,
-    publish: Publish,
-    message: ShardMessage,
-    queue: str,
-    priority: Priority,
-    digest: str,
-) -> None:
-    # Registered before it is sent, so a fast worker always finds it queued. The digest
-    # lets a worker tell this message from a stale one of an earlier submission (--resume).
-    store.queue_shard(message.job_id, message.shard, digest, message.size, message_digest(message))
-    publish(message, queue, priority)

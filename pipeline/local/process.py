@@ -42,7 +42,7 @@ from pipeline.storage.sink import part_name
 from pipeline.tasks import Reading, TaskKind
 from pipeline.tasks.kind import Progress
 from pipeline.tasks.reuse import ReuseStream, ShardReuse
-from producers.submit import remove_parts_from
+from producers.resume import remove_parts_from
 
 # A shard's texts are held in memory with its output; bound them by bytes too. A larger
 # unit (one huge document, one query's many candidates) forms a shard of its own.

@@ -22,7 +22,7 @@ from pipeline.inputs.validate import DocumentShape
 from pipeline.jobs.resume import documents_digest
 from pipeline.storage.location import open_location
 from pipeline.tasks import Reading, task_kind
-from producers.submit import shard_message
+from producers.messages import shard_message
 from schemas.document import Document, Reject
 from schemas.job import Task
 from schemas.options import EncodeOptions

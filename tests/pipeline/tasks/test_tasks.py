@@ -18,7 +18,7 @@ DRIVERS = [
     "pipeline/jobs",
     "pipeline/storage",
     "pipeline/engine",
-    "producers/submit.py",
+    "producers",
     "pipeline/inputs",
     "workers",
 ]
