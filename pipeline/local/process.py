@@ -1,5 +1,7 @@
 """`m3pipe encode` and `m3pipe rerank`: one input through a task's engine to an output
-directory, in this process, no queue. Every record read ends as a row or a reject."""
+directory, in this process, no queue. Every record read ends as a row or a reject.
+What is computed of each shard: pipeline/local/shard_plan.py; the summary and the manifest:
+pipeline/local/summary.py."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import dataclasses
 import itertools
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,17 +19,17 @@ from typing import Any
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import InputError, ReuseError
 from pipeline.inputs.indexes.reuse_index import ReuseIndex, open_reusable
-from pipeline.inputs.intake import IntakeCounts
 from pipeline.inputs.sharding import UNBOUNDED, ShardLimits
-from pipeline.jobs.resume import documents_digest, read_shard_file, shard_footer
+from pipeline.jobs.resume import shard_footer
 from pipeline.jobs.shard_report import ShardReport
+from pipeline.local.shard_plan import Planned, kept_entry, split_shards
+from pipeline.local.summary import LocalSummary, local_manifest
 from pipeline.storage.finished_output import (
     FinishedOutput,
     identity,
     identity_difference,
 )
 from pipeline.storage.location import Location, open_location
-from pipeline.storage.manifest import build_manifest
 from pipeline.storage.output_dir import (
     MANIFEST,
     RejectLog,
@@ -41,37 +43,11 @@ from pipeline.storage.part_writer import PartWriter
 from pipeline.storage.sink import part_name
 from pipeline.tasks import Reading, TaskKind
 from pipeline.tasks.kind import Progress
-from pipeline.tasks.reuse import ReuseStream, ShardReuse
 from producers.resume import remove_parts_from
 
 # A shard's texts are held in memory with its output; bound them by bytes too. A larger
 # unit (one huge document, one query's many candidates) forms a shard of its own.
 SHARD_MAX_BYTES = 8_000_000
-
-
-@dataclass
-class LocalSummary:
-    out_dir: Location
-    stats: BatchStats
-    intake: IntakeCounts = field(default_factory=IntakeCounts)  # in the task's items
-    parts: int = 0
-    rows: int = 0
-    reused: int | None = None  # with --reuse: documents copied from the previous output
-    dropped: int | None = None  # ... and its documents no longer in the input
-    resumed: int | None = None  # with --resume: items whose part an earlier run wrote
-    resumed_tokens: int = 0  # ... and their tokens
-
-    @property
-    def input_records(self) -> int:
-        return self.intake.input_records
-
-    @property
-    def accepted(self) -> int:
-        return self.intake.documents
-
-    @property
-    def rejected(self) -> int:
-        return self.intake.rejected
 
 
 def process_file(
@@ -156,7 +132,7 @@ def _write_output(
         shards = kind.shards(sources, engine.options, limits, rejects, summary.intake, strict=False)
         splits: deque[Planned] = deque()
         kept_from = out if resume else None
-        to_compute = _split_shards(
+        to_compute = split_shards(
             shards, splits, kind, engine, index, keep, kept_from, piece_documents
         )
         computed = stack.enter_context(
@@ -179,7 +155,7 @@ def _write_output(
                             _log_written(shard_log, *pending)
                             pending = None
                         name = part_name(number)
-                        shard_log.add(_kept_entry(planned.kept, number, name, item_counts[1], out))
+                        shard_log.add(kept_entry(planned.kept, number, name, item_counts[1], out))
                         summary.parts += 1
                         summary.rows += int(planned.kept["rows"])
                         summary.resumed = (summary.resumed or 0) + len(planned.shard)
@@ -240,7 +216,7 @@ def _write_output(
         raise AssertionError("record accounting does not add up")  # a bug, never bad input
     lease.check()
     write_json_atomic(
-        out / MANIFEST, _manifest(kind, summary, engine, source.uri, reading, started)
+        out / MANIFEST, local_manifest(kind, summary, engine, source.uri, reading, started)
     )
     return summary
 
@@ -267,19 +243,6 @@ def check_reusable(
 
 
 @dataclass
-class Planned:
-    """A shard as planned: its items and their digest, its pieces with what `--reuse` copies
-    of them, and with `--resume` the footer facts of an earlier run's part of exactly these
-    items."""
-
-    shard: Sequence[Any]
-    digest: str
-    reuse: ReuseStream | None = None
-    kept: dict[str, Any] | None = None
-    pieces: int = 1  # what is computed of it comes in this many pieces
-
-
-@dataclass
 class _OpenPart:
     """A shard whose pieces are being computed and written."""
 
@@ -291,109 +254,3 @@ class _OpenPart:
 
     def __post_init__(self) -> None:
         self.pieces_left = self.planned.pieces
-
-
-def _split_shards(
-    shards: Iterator[Sequence[Any]],
-    splits: deque[Planned],
-    kind: TaskKind,
-    engine: Any,
-    index: ReuseIndex | None,
-    keep_fields: Sequence[str],
-    kept_from: Location | None = None,
-    piece_documents: int = 128,
-) -> Iterator[Sequence[Any]]:
-    """What to compute of each shard, in pieces of about `piece_documents` items: all of
-    it, what `--reuse` cannot copy of each piece (merged with the piece's copies), or
-    nothing when `kept_from` (--resume) holds its part already. Runs in the engine's
-    tokenizing thread, so copies and part footers are read while the model works."""
-    schema = kind.compute(engine, [], keep_fields).table.schema if index is not None else None
-    for number, shard in enumerate(shards):
-        planned = Planned(shard, documents_digest(shard))
-        if kept_from is not None:
-            planned.kept = _kept_part(kept_from / part_name(number), planned)
-        if planned.kept is not None:
-            splits.append(planned)
-            yield []  # nothing to compute: the part stays
-            continue
-        pieces = kind.pieces(shard, piece_documents) or [shard]
-        planned.pieces = len(pieces)
-        if index is not None and schema is not None:
-            runs = index.plan(shard, keep_fields)
-            reuse = ShardReuse(shard, runs, index.previous, engine, schema, keep_fields)
-            planned.reuse = ReuseStream(reuse, pieces)
-            splits.append(planned)
-            yield from planned.reuse.to_compute()
-            continue
-        splits.append(planned)
-        yield from pieces
-
-
-def _kept_part(path: Location, planned: Planned) -> dict[str, Any] | None:
-    """The facts of the part at `path` if an earlier run wrote it from these very items."""
-    found = read_shard_file(path)
-    if found is None:
-        return None
-    facts = found.facts
-    if facts.get("digest") != planned.digest or facts.get("documents") != len(planned.shard):
-        return None
-    if not isinstance(facts.get("rows"), int) or not isinstance(facts.get("tokens"), int):
-        return None
-    return facts
-
-
-def _kept_entry(
-    facts: dict[str, Any], number: int, name: str, items: str, out: Location
-) -> dict[str, Any]:
-    """The shard-log line of a part kept by --resume."""
-    report = ShardReport(
-        documents=int(facts["documents"]),
-        rows=int(facts["rows"]),
-        tokens=int(facts["tokens"]),
-        part_bytes=(out / name).size(),
-    )
-    return {**report.log_entry(number, name, items), "resumed": True}
-
-
-def _manifest(
-    kind: TaskKind,
-    summary: LocalSummary,
-    engine: Any,
-    source: str,
-    reading: Reading,
-    started: float,
-) -> dict[str, object]:
-    stats = summary.stats
-    read, accepted = kind.counts
-    counts = {
-        read: summary.input_records,
-        accepted: summary.accepted,
-        "rows": summary.rows,
-        "rejected": summary.rejected,
-        "tokens": stats.tokens + summary.resumed_tokens,
-    }
-    if summary.resumed is not None:
-        counts["resumed"] = summary.resumed
-    if summary.reused is not None:
-        counts |= {
-            "reused": summary.reused,
-            "encoded": summary.accepted - summary.reused,
-            "dropped": summary.dropped or 0,
-        }
-    return build_manifest(
-        job={
-            "command": kind.command,
-            "inputs": [source],
-            **kind.manifest_job(reading, engine),
-            "batch_tokens": engine.batch_tokens,
-        },
-        model=engine.file_metadata(),
-        parts=summary.parts,
-        counts=counts,
-        stats={
-            **kind.manifest_stats(stats),
-            "wall_seconds": round(time.time() - started, 3),
-            "padding_efficiency": round(stats.padding_efficiency, 4),
-            "batches": stats.batches,
-        },
-    )
