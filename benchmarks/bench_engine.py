@@ -307,7 +307,7 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from pipeline.engine.model import locate_model
+    from pipeline.engine.model_source import locate_model
     from pipeline.settings import Settings
 
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]

@@ -68,7 +68,7 @@ def kernels_for(precision: str) -> str:
 
 def cpu_facts() -> dict:
     """The CPU's model name and the matmul-related instruction sets it reports."""
-    from pipeline.engine.model import cpu_flags
+    from pipeline.engine.precision import cpu_flags
 
     wanted = {"amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni"}
     name = platform.processor()

@@ -50,7 +50,7 @@ def runtime() -> WorkerRuntime:
 
 def build_runtime(settings: Settings) -> WorkerRuntime:
     """The process's runtime; the models in M3PIPE_PRELOAD load now, the others on first use."""
-    from pipeline.engine.model import resolve_device
+    from pipeline.engine.precision import resolve_device
 
     device = None if settings.worker_device == "auto" else settings.worker_device
     torch_device = resolve_device(device)

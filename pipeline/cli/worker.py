@@ -133,7 +133,7 @@ def check_worker_can_start(settings: Settings, name: str) -> None:
     worker `name` is forgotten: its pool processes register once their models are in."""
     from pipeline.broker.redis_checks import check_redis
     from pipeline.broker.redis_url import connect
-    from pipeline.engine.model import resolve_model_path
+    from pipeline.engine.model_source import resolve_model_path
 
     client = connect(settings.broker, settings.redis_retry_seconds)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,11 @@ from typing import Any
 import torch
 
 from pipeline.engine import cpu_attention, cpu_linear, cuda_attention
-from pipeline.engine.fingerprint import fingerprint_model_dir
-from pipeline.engine.random_model import cached_random_model, parse_random_spec
-from pipeline.engine.stub_model import STUB_PREFIX, cached_stub_dir, parse_stub_spec, stub_parts
+from pipeline.engine.model_source import locate_model
+from pipeline.engine.stub_model import STUB_PREFIX, parse_stub_spec, stub_parts
 from pipeline.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(kw_only=True)
@@ -82,180 +78,6 @@ class M3Model(LoadedModel):
         """`unused_token_ids` on the device, copied there once (not once a batch: a copy
         from pageable memory waits for the device)."""
         return torch.tensor(self.unused_token_ids, device=self.device)
-
-
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} asked for, but CUDA is not available here")
-    return resolved
-
-
-# CPU instruction sets that multiply bf16 natively: oneDNN then runs bf16 matmuls at several
-# times the fp32 rate. Without one, bf16 is emulated and slower than fp32.
-NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
-
-
-def cpu_flags() -> frozenset[str]:
-    """The instruction-set flags this CPU reports (empty where /proc/cpuinfo is missing)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                if key.strip() == "flags":
-                    return frozenset(value.split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def resolve_dtype(
-    device: torch.device, precision: str | None, reranker: bool = False
-) -> torch.dtype:
-    """auto: fp16 on CUDA (FlagEmbedding's own default there); on a CPU that multiplies bf16
-    natively (AMX, AVX512-BF16) bf16 for embedding, which kept dense and ColBERT within a
-    cosine of 2e-4 of fp32 and sparse weights at a weighted Jaccard of 0.99 on the trained
-    proxy (docs/engine.md, "Precision"); fp32 elsewhere, and for the reranker, whose bf16
-    accuracy is not measured on trained weights. fp32 is the FlagEmbedding-exact mode."""
-    if precision in (None, "auto"):
-        if device.type == "cuda":
-            return torch.float16
-        native = bool(cpu_flags() & NATIVE_BF16_FLAGS)
-        return torch.bfloat16 if native and not reranker else torch.float32
-    if precision not in PRECISIONS:
-        raise ModelLoadError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
-    if device.type == "cpu" and precision == "fp16":
-        raise ModelLoadError("fp16 is not supported on CPU: use fp32 (default) or bf16")
-    return PRECISIONS[precision]
-
-
-def precision_advice(device: torch.device, dtype: torch.dtype) -> str | None:
-    """What to tell a user about this CPU and precision, or None."""
-    if device.type != "cpu":
-        return None
-    native = bool(cpu_flags() & NATIVE_BF16_FLAGS)
-    if dtype == torch.bfloat16 and not native:
-        return (
-            "this CPU has no native bf16 matmul (AMX or AVX512-BF16): bf16 is emulated and "
-            "slower than fp32 here"
-        )
-    if dtype == torch.float32 and native:
-        return (
-            "this CPU multiplies bf16 natively: --precision bf16 runs faster (1.8x fp32 on "
-            "an AMD EPYC with AVX512-BF16; auto's choice for embedding here; fp32 is the "
-            "FlagEmbedding-exact mode: docs/engine.md)"
-        )
-    return None
-
-
-def _download_with_deadline(repo_id: str, timeout: float) -> Path:
-    """snapshot_download, giving up after `timeout` seconds with advice on what to do."""
-    from huggingface_hub import snapshot_download
-
-    result: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            result["path"] = snapshot_download(
-                repo_id=repo_id,
-                ignore_patterns=["flax_model.msgpack", "rust_model.ot", "tf_model.h5", "onnx/*"],
-            )
-        except Exception as exc:
-            result["error"] = exc
-
-    # A daemon thread: a hung connection must not keep the process alive at exit.
-    thread = threading.Thread(target=target, name="hub-download", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    advice = (
-        f"model {repo_id!r} is not in the local Hugging Face cache and the hub could not be "
-        f"reached. Download it on a machine with access (`hf download {repo_id} "
-        f"--local-dir DIR`), copy DIR here and pass --model DIR (or set M3PIPE_MODEL=DIR); "
-        f"for tests and speed work use --model random:small."
-    )
-    if thread.is_alive():
-        raise ModelLoadError(f"timed out after {timeout:.0f}s: {advice}")
-    if "error" in result:
-        raise ModelLoadError(f"{type(result['error']).__name__}: {advice}") from result["error"]
-    return Path(result["path"])
-
-
-def resolve_model_path(
-    spec: str, cache_dir: Path, hub_timeout: float, reranker: bool = False
-) -> tuple[Path, str | None]:
-    """The local directory of a model spec, and the hub revision when it came from the hub.
-
-    `random:SIZE` names a random embedder, or a random cross-encoder when `reranker`.
-    """
-    size = parse_random_spec(spec)
-    if size is not None:
-        return cached_random_model(size, cache_dir, reranker=reranker), None
-    stub = parse_stub_spec(spec)
-    if stub is not None:
-        if reranker:
-            raise ModelLoadError(f"{spec} is a stand-in embedder: there is no stub reranker")
-        return cached_stub_dir(stub, cache_dir), None
-    local = Path(spec).expanduser()
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise ModelLoadError(f"{local} is not a model directory (no config.json)")
-        return local, None
-    if spec.count("/") != 1 or spec.startswith(("/", ".")):
-        raise ModelLoadError(f"model {spec!r}: no such directory, and not a hub name (org/name)")
-    from huggingface_hub import snapshot_download
-
-    try:
-        path = Path(snapshot_download(repo_id=spec, local_files_only=True))
-    except Exception:
-        path = _download_with_deadline(spec, hub_timeout)
-    # Hub snapshots live under .../snapshots/<commit hash>.
-    return path, path.name
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model comes from and where it runs: what every loader resolves first."""
-
-    spec: str
-    path: Path
-    revision: str | None
-    device: torch.device
-    dtype: torch.dtype
-    cache_dir: Path | None = None  # where file digests are kept between runs
-
-    def identity(self) -> dict[str, Any]:
-        """The LoadedModel fields besides the tokenizer."""
-        return {
-            "spec": self.spec,
-            "path": self.path,
-            "revision": self.revision,
-            "fingerprint": fingerprint_model_dir(self.path, self.cache_dir),
-            "device": self.device,
-            "dtype": self.dtype,
-        }
-
-
-def locate_model(
-    spec: str,
-    *,
-    device: str | None,
-    precision: str | None,
-    cache_dir: Path,
-    hub_timeout: float,
-    reranker: bool = False,
-) -> ModelSource:
-    """The model's files (downloaded if need be), device and compute dtype."""
-    path, revision = resolve_model_path(spec, cache_dir, hub_timeout, reranker=reranker)
-    torch_device = resolve_device(device)
-    dtype = resolve_dtype(torch_device, precision, reranker=reranker)
-    advice = precision_advice(torch_device, dtype)
-    if advice is not None:
-        # A slow choice is a warning; a faster option is information.
-        level = logging.WARNING if dtype == torch.bfloat16 else logging.INFO
-        log.log(level, advice)
-    return ModelSource(spec, path, revision, torch_device, dtype, cache_dir)
 
 
 def _check_tokenizer_template(tokenizer: Any) -> None:

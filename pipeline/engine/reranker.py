@@ -32,7 +32,8 @@ from pipeline.engine.batching import (
     plan_batches,
 )
 from pipeline.engine.encoder import batch_inputs, encode_with_split, to_host
-from pipeline.engine.model import LoadedModel, install_cpu_linear, locate_model
+from pipeline.engine.model import LoadedModel, install_cpu_linear
+from pipeline.engine.model_source import locate_model
 from pipeline.engine.stats import BatchStats
 from pipeline.errors import ModelLoadError
 from schemas.output import rerank_schema

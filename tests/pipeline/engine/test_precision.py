@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from pipeline.cli.main import main
-from pipeline.engine import model as model_module
-from pipeline.engine.model import precision_advice, resolve_dtype
+from pipeline.engine import precision as precision_module
+from pipeline.engine.precision import precision_advice, resolve_dtype
 from pipeline.errors import ModelLoadError
 from schemas.output import read_output_metadata
 
@@ -31,7 +31,7 @@ CPU = torch.device("cpu")
 def test_auto_on_a_cpu_is_bf16_for_embedding_only_where_bf16_is_native(
     monkeypatch, flags, embedding, reranking
 ):
-    monkeypatch.setattr(model_module, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset(flags))
     assert resolve_dtype(CPU, "auto") is embedding and resolve_dtype(CPU, None) is embedding
     assert resolve_dtype(CPU, "auto", reranker=True) is reranking
     assert resolve_dtype(CPU, "fp32") is torch.float32  # the exact mode, on request
@@ -59,14 +59,14 @@ def test_auto_is_fp16_on_cuda_and_a_named_precision_is_kept():
     ],
 )
 def test_the_cpu_flags_decide_what_users_are_told(monkeypatch, flags, dtype, advice):
-    monkeypatch.setattr(model_module, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset(flags))
     said = precision_advice(CPU, dtype)
     assert said is None if advice is None else advice in said
     assert precision_advice(torch.device("cuda"), dtype) is None
 
 
 def test_this_machine_reports_its_cpu_flags():
-    flags = model_module.cpu_flags()
+    flags = precision_module.cpu_flags()
     assert not flags or "fpu" in flags  # read from /proc/cpuinfo, not guessed
 
 
@@ -77,7 +77,7 @@ def test_the_setting_and_the_flag_choose_the_precision_every_file_records(
     inp.write_text(
         "".join(json.dumps({"id": f"d{i}", "text": f"text {i}"}) + "\n" for i in range(3))
     )
-    native = bool(model_module.cpu_flags() & model_module.NATIVE_BF16_FLAGS)
+    native = bool(precision_module.cpu_flags() & precision_module.NATIVE_BF16_FLAGS)
     cases = [
         ("bf16", [], "bfloat16"),
         ("fp32", [], "float32"),
