@@ -2,45 +2,42 @@
 
 `open_location("s3://bucket/prefix")` or `open_location("out/dir")` gives a Location: a
 filesystem (pyarrow.fs, or any fsspec one wrapped for pyarrow) and a path on it. Local
-writes keep the temp-file-and-rename commit; object-store writes are one put of bytes
-built in full beforehand, so an object appears whole under its name or not at all.
+writes keep the temp-file-and-rename commit (pipeline/storage/local_commit.py);
+object-store writes are one put of bytes built in full beforehand, so an object appears
+whole under its name or not at all.
 
 Credentials never travel in a URL: the output URL is stored in Redis, in `_job.json` and
 in logs, so keys come from the environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, an instance
 or pod role, ...). A custom endpoint comes from AWS_ENDPOINT_URL or `?endpoint_override=`.
+Which filesystem serves a URL: pipeline/storage/filesystems.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import os
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import IO, Any, ParamSpec, TypeVar, cast
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline.errors import StorageError
+from pipeline.storage.filesystems import MAX_ERROR_CHARS, filesystem_of, refuse_secrets, shortened
+from pipeline.storage.local_commit import write_local_atomic
 from pipeline.storage.s3_listing import paged_s3_client, s3_file_names
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-# Query options of pyarrow's S3/GCS/Azure URIs that would put a secret in the URL.
-_SECRET_OPTIONS = frozenset(
-    {"access_key", "secret_key", "session_token", "access_token", "account_key", "sas_token"}
-)
 UPLOAD_CHUNK_BYTES = 8 << 20  # what `upload` holds at a time
-_MAX_ERROR_CHARS = 500  # some filesystems' errors run to pages (e.g. a JVM search path)
 
 
 def is_url(target: str | os.PathLike[str]) -> bool:
@@ -98,7 +95,7 @@ class Location:
         try:
             return self._info().type
         except OSError as exc:
-            raise StorageError(f"cannot reach {self.uri}: {_short(exc)}") from exc
+            raise StorageError(f"cannot reach {self.uri}: {shortened(exc)}") from exc
 
     def exists(self) -> bool:
         return self._info().type != pafs.FileType.NotFound
@@ -195,7 +192,7 @@ class Location:
     def write_bytes(self, data: bytes | pa.Buffer) -> None:
         """Commit `data` under this name atomically: whole or not at all."""
         if self.is_local:
-            _write_local_atomic(Path(self.path), data)
+            write_local_atomic(Path(self.path), data)
             return
         # Everything is handed over in one write: the stream is never closed (which
         # commits the object) after a partial write of ours, only after a failed upload,
@@ -269,9 +266,9 @@ def open_location(target: str | os.PathLike[str] | Location) -> Location:
     if parts.scheme == "file":
         absolute = os.path.abspath(parts.path)
         return Location(pafs.LocalFileSystem(), absolute, absolute)
-    _refuse_secrets(text)
+    refuse_secrets(text)
     base = text.split("?", 1)[0].rstrip("/")
-    fs, path = _filesystem(base, parts.query)
+    fs, path = filesystem_of(base, parts.query)
     return Location(fs, path.rstrip("/"), base, parts.query)
 
 
@@ -283,47 +280,6 @@ def same_place(first: Location, second: Location) -> bool:
     return first.uri == second.uri
 
 
-def _refuse_secrets(url: str) -> None:
-    parts = urlsplit(url)
-    secrets = sorted({key for key, _ in parse_qsl(parts.query)} & _SECRET_OPTIONS)
-    if parts.password is not None or secrets:
-        where = ", ".join(secrets) if secrets else "user:password"
-        raise StorageError(
-            f"credentials in a URL ({where}) would be stored in Redis, _job.json and logs; "
-            "give them through the environment instead (AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance/pod role)"
-        )
-
-
-@functools.lru_cache(maxsize=32)
-def _filesystem(base: str, query: str) -> tuple[pafs.FileSystem, str]:
-    """One filesystem object per store: S3 resolves the bucket's region when it is made."""
-    url = f"{base}?{query}" if query else base
-    try:
-        return pafs.FileSystem.from_uri(url)
-    except pa.ArrowInvalid as exc:
-        if "Unrecognized filesystem type" not in str(exc):
-            raise StorageError(f"cannot use {base}: {_short(exc)}") from exc
-    except OSError as exc:
-        raise StorageError(f"cannot use {base}: {_short(exc)}") from exc
-    return _fsspec_filesystem(url)
-
-
-def _fsspec_filesystem(url: str) -> tuple[pafs.FileSystem, str]:
-    """Schemes pyarrow lacks, through fsspec when it and the scheme's package are installed."""
-    scheme = url.split("://", 1)[0]
-    try:
-        import fsspec  # optional: only for schemes pyarrow has no filesystem for
-
-        fs, path = fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as exc:
-        raise StorageError(
-            f"no filesystem for {scheme}:// URLs ({_short(exc)}); pyarrow reads s3://, gs://, "
-            "abfs:// and hdfs://, and fsspec schemes work when their package is installed"
-        ) from exc
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), str(path)
-
-
 def _guard(location: Location, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a filesystem call; long storage errors are cut to a readable length."""
     try:
@@ -331,52 +287,6 @@ def _guard(location: Location, call: Callable[P, T], *args: P.args, **kwargs: P.
     except FileNotFoundError:
         raise
     except OSError as exc:
-        if len(str(exc)) <= _MAX_ERROR_CHARS:
+        if len(str(exc)) <= MAX_ERROR_CHARS:
             raise
-        raise OSError(exc.errno, f"{location.uri}: {_short(exc)}") from exc
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + " ..."
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def local_temp_name(path: Path) -> Path:
-    """The hidden name a local write goes to before its rename: `.NAME.tmp-PID-RANDOM`."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def commit_local(
-    path: Path, write: Callable[[Path], object], fence: Callable[[], None] | None = None
-) -> None:
-    """`write(tmp)` to a hidden temp file, fsync it, rename it to `path`: whole or nothing.
-
-    A crash leaves at most the temp file, which readers skip (leading dot) and the job's
-    end removes (see pipeline/storage/sink.py). `fence()` runs just before the rename and may
-    raise to stop it (a stale attempt must not replace a committed file).
-    """
-    tmp = local_temp_name(path)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        if fence is not None:
-            fence()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _write_local_atomic(path: Path, data: bytes | pa.Buffer) -> None:
-    commit_local(path, lambda tmp: tmp.write_bytes(memoryview(data)))
+        raise OSError(exc.errno, f"{location.uri}: {shortened(exc)}") from exc

@@ -22,7 +22,8 @@ from typing import IO, Any, Self, cast
 import pyarrow.fs as pafs
 
 from pipeline.errors import OutputDirError
-from pipeline.storage.location import Location, local_temp_name, open_location
+from pipeline.storage.local_commit import local_temp_name
+from pipeline.storage.location import Location, open_location
 from pipeline.storage.output_lease import LEASE, describe_holder, read_lease
 from pipeline.storage.sink import remove_stale_temp_files
 from schemas.document import Reject

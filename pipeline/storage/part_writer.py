@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.storage.direct_file import DirectFile
-from pipeline.storage.location import Location, commit_local, open_location
+from pipeline.storage.local_commit import commit_local
+from pipeline.storage.location import Location, open_location
 from pipeline.storage.sink import ROW_GROUP_ROWS, write_options
 
 PENDING_PIECES = 2  # pieces queued for the writer at most: memory stays bounded

@@ -8,7 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage.location import Location, commit_local, open_location
+from pipeline.storage.local_commit import commit_local
+from pipeline.storage.location import Location, open_location
 
 ROW_GROUP_ROWS = 1024  # ColBERT rows are large: keep row groups readable piecewise
 _WRITE_OPTIONS = {"row_group_size": ROW_GROUP_ROWS, "store_schema": True}

@@ -277,7 +277,7 @@ def test_an_unreachable_store_is_a_clear_error_before_anything_starts(monkeypatc
         endpoint_override="127.0.0.1:1", scheme="http", region="us-east-1",
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1),
     )  # fmt: skip
-    monkeypatch.setattr(location_module, "_filesystem", lambda base, _: (one_try, base[5:]))
+    monkeypatch.setattr(location_module, "filesystem_of", lambda base, _: (one_try, base[5:]))
     with pytest.raises(StorageError, match="cannot reach s3://bucket/out"):
         prepare_output_dir(url.format("out"))
     with pytest.raises(StorageError, match=r"cannot reach s3://bucket/in\.jsonl"):
