@@ -19,22 +19,20 @@ made 26 of 40 pieces fresh in a 4,000-document `m3pipe encode`, 2.9 GB of page f
 stays bounded: `keep` buffers, each the size of the largest piece met, which is what that
 many pieces in flight hold anyway.
 
-Buffers are anonymous maps in ordinary 4 KiB pages, not numpy's memory (which asks for
-transparent huge pages): a huge page is cheap to fault in only while the kernel has free
-ones, and on a VM whose memory is fragmented finding them cost ~1.6 ms of system CPU a MiB
-against ~0.45 for small pages (a 4,000-document `m3pipe encode` on stub:full: 2.1 -> 1.1 s of
-system CPU). Only a buffer's first use faults; copying into it afterwards is as fast.
+Buffers are private anonymous maps, in huge pages while the kernel has them free
+(pipeline/engine/host_memory.py). Only a buffer's first use faults.
 """
 
 from __future__ import annotations
 
 import math
-import mmap
 import sys
 import threading
 
 import numpy as np
 import numpy.typing as npt
+
+from pipeline.engine.host_memory import anonymous_pages
 
 _ALIGN = 2 << 20  # buffer sizes are whole MiBs (2): fewer sizes, fewer buffers made
 _HEADROOM = 1.25  # a new buffer has room for somewhat larger requests after it
@@ -69,7 +67,7 @@ class RecycledBuffers:
             return self._buffers[min(fitting, key=lambda i: self._buffers[i].nbytes)]
         largest = max((buffer.nbytes for buffer in self._buffers), default=0)
         size = max(math.ceil(nbytes * _HEADROOM / _ALIGN) * _ALIGN if nbytes else 0, largest)
-        buffer = np.frombuffer(mmap.mmap(-1, size), np.uint8) if size else np.empty(0, np.uint8)
+        buffer = np.frombuffer(anonymous_pages(size), np.uint8) if size else np.empty(0, np.uint8)
         if len(self._buffers) >= self.keep:
             if not free:  # every kept buffer is lent out: this one is not kept
                 return buffer

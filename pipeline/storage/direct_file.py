@@ -33,6 +33,8 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from pipeline.engine.host_memory import anonymous_pages
+
 BLOCK = 4096  # O_DIRECT's alignment of addresses, offsets and lengths: any common device's
 STAGE_BYTES = 8 << 20  # bytes gathered before a write: large writes keep a disk busy
 _O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux; elsewhere every write is buffered
@@ -48,7 +50,7 @@ class DirectFile:
         self.name = str(path)
         self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         size = max(BLOCK, stage_bytes // BLOCK * BLOCK)
-        self._stages = [mmap.mmap(-1, size), mmap.mmap(-1, size)]  # page-aligned
+        self._stages = [anonymous_pages(size), anonymous_pages(size)]  # page-aligned
         self._stage = self._stages[0]  # the one being filled
         self._staged = 0  # bytes in it
         self._written = 0  # bytes handed to the kernel or in flight (whole blocks while direct)
