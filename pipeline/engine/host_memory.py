@@ -16,7 +16,11 @@ buffer made and filled, medians of nine, 2026-12-08):
   buffers in huge pages, although the kernel had ~12 GiB free in 2 MiB blocks. Not used: on a
   VM whose memory was fragmented, finding huge pages had cost ~1.6 ms of system CPU a MiB
   against ~0.45 for small pages (docs/engine.md, "Page cache, fresh memory and a process's
-  start"), and in a worker's process they cost more than they save even when free.
+  start"), and in a worker's process they cost more than they save even when free. The
+  likely cause (not proven): this VM reports free memory to its host ("Free page reporting
+  enabled" at boot), in blocks of 2 MiB and up, which the host then takes back; a huge page
+  comes from such a block and waits for the host to back it again, while small pages mostly
+  come from memory freed a moment ago. The benchmark reused the same memory: no wait there.
 
 Not inherited by a fork: no child needs them, and a fork would make every later write to them a
 copy-on-write fault.
