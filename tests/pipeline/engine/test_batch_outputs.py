@@ -161,7 +161,7 @@ def test_a_streams_pieces_in_flight_take_no_fresh_memory_after_the_first(tiny, m
     import collections
     import mmap
 
-    from pipeline.engine import embedder, recycled
+    from pipeline.engine import embedder, host_memory
     from pipeline.testing.corpora import documents
     from schemas.options import EncodeOptions
 
@@ -172,7 +172,7 @@ def test_a_streams_pieces_in_flight_take_no_fresh_memory_after_the_first(tiny, m
         made.append(args[1])
         return real_mmap(*args, **kwargs)
 
-    monkeypatch.setattr(recycled.mmap, "mmap", counted)
+    monkeypatch.setattr(host_memory.mmap, "mmap", counted)  # where the pool maps its buffers
     texts = [f"piece text {i} " * (5 + i % 3) for i in range(60)]
     pieces = [documents(texts[start : start + 5]) for start in range(0, 60, 5)]
     engine = embedder.EmbedEngine(tiny, EncodeOptions(max_length=64, batch_tokens=128))
