@@ -19,8 +19,9 @@ made 26 of 40 pieces fresh in a 4,000-document `m3pipe encode`, 2.9 GB of page f
 stays bounded: `keep` buffers, each the size of the largest piece met, which is what that
 many pieces in flight hold anyway.
 
-Buffers are private anonymous maps, in huge pages while the kernel has them free
-(pipeline/engine/host_memory.py). Only a buffer's first use faults.
+Buffers are private anonymous maps in 4 KiB pages, not numpy's memory (which asks for
+transparent huge pages), and a fork does not inherit them (pipeline/engine/host_memory.py says
+why, with the figures). Only a buffer's first use faults; copying into it afterwards is as fast.
 """
 
 from __future__ import annotations
