@@ -14,8 +14,9 @@ part writer, per document.
 Every part goes to disk (~1 MB a 512-token document at float16), so the disk bounds the
 paths too: its bandwidth is measured in the same run, before and after the timed commands,
 written as the part writer writes (pipeline/storage/direct_file.py: O_DIRECT stages, an
-fdatasync every 128 MiB), and each run reports how long that disk alone needs for the bytes
-it wrote (`disk_floor_seconds`) against its wall time and its compute span.
+fdatasync every 128 MiB; --disk-bytes of them, 0 for none), and each run reports how long that
+disk alone needs for the bytes it wrote (`disk_floor_seconds`) against its wall time and its
+compute span.
 
     python -m benchmarks.bench_worker --documents 4000 --doc-tokens 512
     python -m benchmarks.bench_worker --dtypes float16 --paths encode,run --sinks direct,cached
@@ -253,6 +254,11 @@ def main() -> None:
         "--shard-docs", type=int, help="documents a shard (default: the producer's, 1,000)"
     )
     parser.add_argument("--stage-documents", type=int, default=200, help="documents a shard")
+    parser.add_argument(
+        "--disk-bytes", type=int, default=1 << 30,
+        help="bytes written to measure the disk, before and after the timed commands (0: "
+        "not measured, no disk floors)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="save the JSON here (default: .results/)")
     args = parser.parse_args()
 
@@ -274,8 +280,10 @@ def main() -> None:
         report: dict = {"model": args.model, "device": args.device, "precision": args.precision,
                         "doc_tokens": args.doc_tokens, "stub_device_rate": args.device_rate,
                         "paths": {}}  # fmt: skip
-        disk = [disk_bandwidth(work)]  # again at the end: this machine's disk varies
-        print(f"disk: {disk[0] / 1e6:.0f} MB/s written as a part is")
+        disk: list[float] = []  # at the start and again at the end: this machine's disk varies
+        if args.disk_bytes > 0:
+            disk.append(disk_bandwidth(work, args.disk_bytes))
+            print(f"disk: {disk[0] / 1e6:.0f} MB/s written as a part is")
         for dtype in args.dtypes.split(","):
             for path, storage, slots, sink, wait in sides(
                 args.paths, args.storages, args.slots, args.sinks, args.openmp
@@ -295,7 +303,8 @@ def main() -> None:
                 side_env = {**env, "M3PIPE_DIRECT_WRITES": "0" if sink == "cached" else "1",
                             **(SPIN_ENV if wait == "spin" else {})}  # fmt: skip
                 figures = whole_process(command, out, side_env)
-                figures.update(disk_floor(figures, disk[0]))
+                if disk:
+                    figures.update(disk_floor(figures, disk[0]))
                 shutil.rmtree(out)  # ~1 MB a document: the disk holds one output at a time
                 key = f"{path}:{dtype}" + ("" if storage == "exact" else f":{storage}")
                 key += "" if slots == "1" else f":slots{slots}"
@@ -309,9 +318,9 @@ def main() -> None:
                     busy = f", emulated device busy {figures['device_busy_share']:.0%}"
                 print(f"{key:<22} {figures['documents_per_second']:>8} documents/s, "
                       f"{figures['tokens_per_second']:>10} tokens/s, "
-                      f"{figures['cpu_ms_per_document']} ms CPU a document{busy}; "
-                      f"the disk alone {figures['disk_floor_seconds']} s of "
-                      f"{figures['wall_seconds']} s")  # fmt: skip
+                      f"{figures['cpu_ms_per_document']} ms CPU a document{busy}"
+                      + (f"; the disk alone {figures['disk_floor_seconds']} s of "
+                         f"{figures['wall_seconds']} s" if disk else ""))  # fmt: skip
             precision = (
                 "fp32" if args.precision == "auto" and args.device == "cpu" else args.precision
             )
@@ -321,9 +330,10 @@ def main() -> None:
             report.setdefault("stages", {})[dtype] = split
             print(f"stages {dtype}: {split['cpu_ms_per_document']} ms a document, "
                   f"{split['part_bytes_per_document']} bytes a document on disk")  # fmt: skip
-        disk.append(disk_bandwidth(work))
-        print(f"disk: {disk[1] / 1e6:.0f} MB/s at the end; the floors above use the start's")
-        report["disk_bytes_per_second"] = {"start": round(disk[0]), "end": round(disk[1])}
+        if disk:
+            disk.append(disk_bandwidth(work, args.disk_bytes))
+            print(f"disk: {disk[1] / 1e6:.0f} MB/s at the end; the floors above use the start's")
+            report["disk_bytes_per_second"] = {"start": round(disk[0]), "end": round(disk[1])}
     report.update(run_facts())
     save(report, "worker", args.device, args.model, args.out)
 

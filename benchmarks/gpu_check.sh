@@ -56,6 +56,7 @@ if [ "${1:-}" = "--dry-run" ]; then
     peak_square=512 warmup=2 profile_docs=4 touch_gb=0 limit=300 worker_docs=24
     worker_precision=fp32
     mixed_max=1024  # the long text truncated: FlagEmbedding pads every text to it (10 s of CI)
+    disk_bytes=0  # the disk's bandwidth not measured: 2 GiB written for nothing a dry run uses
     stub=stub:tiny real_paths=encode stub_paths=run stub_slots=2  # each path once: CI's time
     fixed_flag=--no-flag  # FlagEmbedding's side runs in the mixed-length step
     rerank_more="--per-query 4 --engine-precisions bf16-sdpa"  # the engine's own sides too
@@ -65,7 +66,7 @@ else
     rerank_precision=fp16
     warmup=64 profile_docs=400 touch_gb=16 limit=0 worker_docs=4000 worker_precision=fp16
     stub=stub:full real_paths=encode,run stub_paths=encode,run stub_slots=1,2 fixed_flag=
-    rerank_more= mixed_max=8192
+    rerank_more= mixed_max=8192 disk_bytes=$((256 << 20))  # the disk beside the worker path
     # Every listed wheel, exactly, or nothing runs: a missing one would fail a step later.
     "$PY" -m benchmarks.gpu_wheels benchmarks/gpu-wheels.txt "$WHEELS" || exit 1
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -105,11 +106,12 @@ step "where the engine's time goes" 50 "$PY" -m benchmarks.profile_engine --devi
     --out "$RESULTS/profile-$device-${model/:/-}.json"
 step "worker path, real engine" 70 "$PY" -m benchmarks.bench_worker --device "$device" \
     --model "$model" --precision "$worker_precision" --documents "$worker_docs" \
-    --doc-tokens 512 --dtypes float16 --paths "$real_paths" --slots 1,2 \
+    --doc-tokens 512 --dtypes float16 --paths "$real_paths" --slots 1,2 --disk-bytes "$disk_bytes" \
     --out "$RESULTS/worker-$device-${model/:/-}.json"
 step "worker path, stand-in engine" 55 "$PY" -m benchmarks.bench_worker --device "$device" \
     --model "$stub" --documents "$worker_docs" --doc-tokens 512 --dtypes float16 \
-    --paths "$stub_paths" --slots "$stub_slots" --out "$RESULTS/worker-$device-${stub/:/-}.json"
+    --paths "$stub_paths" --slots "$stub_slots" --disk-bytes "$disk_bytes" \
+    --out "$RESULTS/worker-$device-${stub/:/-}.json"
 step "engine, mixed lengths" 100 "$PY" -m benchmarks.bench_engine --device "$device" \
     --model "$model" --docs "$docs" --long-docs "$long" --max-length "$mixed_max" \
     --precisions "$precisions" --flag-precision "$flag" --warmup "$warmup" --agree-docs "$agree" \
