@@ -11,11 +11,13 @@ times, medians of wall and CPU:
 - m3pipe: `anonymous_pages(n)` (pipeline/engine/host_memory.py: private, 4 KiB pages, not
   inherited by a fork).
 
-Each buffer is unmapped after its fills, so every first fill meets fresh memory. The free
-memory in blocks of a huge page or more (/proc/buddyinfo) is reported with the figures. Huge
-pages win here alone and lost in a whole `m3pipe encode` (host_memory.py's docstring).
+Each buffer is unmapped after its fills, so every first fill meets fresh memory, but memory
+freed a moment before. Then, as a worker's pool does, --kept buffers kept alive, each way in a
+process of its own started after --idle seconds with nothing running: memory that has sat
+free, which a VM reporting free pages to its host has handed back (host_memory.py's
+docstring). The free memory in blocks of a huge page or more (/proc/buddyinfo) is reported.
 
-    python -m benchmarks.bench_fresh_memory --megabytes 134 --repeats 9
+    python -m benchmarks.bench_fresh_memory --megabytes 134 --repeats 9 --kept 6 --idle 20
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import argparse
 import mmap
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +105,36 @@ def measure(megabytes: float, repeats: int) -> dict[str, dict[str, float]]:
     }
 
 
+def kept_fills(way: str, megabytes: float, count: int) -> list[float]:
+    """Wall ms of each first fill of `count` buffers kept alive (as the pool keeps them), made
+    `way`, in this process: memory it has not used before, each time."""
+    source = np.ones(int(megabytes * 1e6), np.uint8)
+    make, kept, walls = ways()[way], [], []
+    for _ in range(count):
+        started = time.perf_counter()
+        buffer = make(int(source.nbytes * HEADROOM))
+        array = np.frombuffer(buffer, np.uint8) if isinstance(buffer, mmap.mmap) else buffer
+        array[: source.nbytes] = source
+        walls.append(round((time.perf_counter() - started) * 1e3, 1))
+        kept.append(array)
+    return walls
+
+
+def kept_in_fresh_processes(megabytes: float, count: int, idle: float) -> dict[str, list[float]]:
+    """`kept_fills` for each way in a process of its own, after `idle` seconds with nothing
+    running: time for a VM's host to take back memory freed before (free page reporting)."""
+    found = {}
+    for way in ways():
+        time.sleep(idle)
+        code = (f"from benchmarks.bench_fresh_memory import kept_fills; "
+                f"print(kept_fills({way!r}, {megabytes}, {count}))")  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        found[way] = [float(ms) for ms in done.stdout.strip().strip("[]").split(",")]
+    return found
+
+
 def free_huge_page_bytes() -> int | None:
     """Free memory in blocks of a 2 MiB huge page or more now (4 KiB pages), or None where
     unknown: the second line on of /proc/buddyinfo's counts, order 9 and up."""
@@ -123,6 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megabytes", type=float, default=134.0, help="bytes filled (1e6)")
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument(
+        "--kept", type=int, default=6,
+        help="then, each way in a fresh process: this many buffers kept alive, each filled once "
+        "(0: skipped)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--idle", type=float, default=20.0, help="seconds idle before each of those processes"
+    )
     parser.add_argument("--out", type=Path, help="save the JSON here (default: .results/)")
     args = parser.parse_args(argv)
     free = free_huge_page_bytes()
@@ -135,6 +177,13 @@ def main(argv: list[str] | None = None) -> None:
               f"a later fill {got['later_fill_wall_ms']} ms")  # fmt: skip
     report = {"megabytes": args.megabytes, "repeats": args.repeats,
               "free_huge_page_bytes": free, "ways": figures}  # fmt: skip
+    if args.kept > 0:
+        kept = kept_in_fresh_processes(args.megabytes, args.kept, args.idle)
+        for name, walls in kept.items():
+            print(f"{name:<12} {args.kept} kept, fresh process after {args.idle:.0f} s idle: "
+                  f"first fills {walls} ms")  # fmt: skip
+        report["kept_in_fresh_processes"] = {"count": args.kept, "idle_seconds": args.idle,
+                                             "first_fill_wall_ms": kept}  # fmt: skip
     report.update(run_facts())
     save(report, "fresh-memory", "cpu", "none", args.out)
 

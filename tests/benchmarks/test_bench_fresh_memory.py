@@ -11,11 +11,13 @@ from benchmarks.bench_fresh_memory import fill_once, main, ways
 
 def test_every_way_fills_a_fresh_buffer_and_is_reported(tmp_path):
     out = tmp_path / "fresh.json"
-    main(["--megabytes", "2", "--repeats", "1", "--out", str(out)])
+    main(["--megabytes", "2", "--repeats", "1", "--kept", "2", "--idle", "0", "--out", str(out)])
     report = json.loads(out.read_text())
     assert set(report["ways"]) == {"shared", "small pages", "huge pages", "numpy", "m3pipe"}
     for got in report["ways"].values():
         assert got["first_fill_wall_ms"] > 0 < got["later_fill_wall_ms"]
+    kept = report["kept_in_fresh_processes"]["first_fill_wall_ms"]
+    assert set(kept) == set(report["ways"]) and all(len(walls) == 2 for walls in kept.values())
 
 
 def test_each_way_gives_writable_memory_of_the_asked_size():
