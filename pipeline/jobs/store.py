@@ -1,7 +1,7 @@
 """Job state in Redis, read by the CLI, workers and Flower: `JobStore`, the one object
 callers hold, made of one class per concern, each in its own module:
 
-- job_records.JobRecords: the job hash, its status, its end (pipeline/jobs/job_records.py);
+- job_records.JobRecords: the job hash, its status (built by job_status.py), its end;
 - shard_states.ShardStates: shard states, their count records, attempts and fences;
 - letter_records.LetterRecords: dead and retry letters;
 - worker_registry.WorkerRegistry: what each worker loaded, and which shard it runs.
