@@ -23,6 +23,7 @@ docstring). The free memory in blocks of a huge page or more (/proc/buddyinfo) i
 from __future__ import annotations
 
 import argparse
+import json
 import mmap
 import resource
 import statistics
@@ -67,13 +68,20 @@ def ways() -> dict[str, Callable[[int], Any]]:
     }
 
 
+def made_and_filled(make: Callable[[int], Any], source: np.ndarray) -> tuple[Any, np.ndarray]:
+    """A buffer made `make`'s way with the pool's headroom, `source` copied into it: the
+    buffer and its bytes as an array."""
+    buffer = make(int(source.nbytes * HEADROOM))
+    array = np.frombuffer(buffer, np.uint8) if isinstance(buffer, mmap.mmap) else buffer
+    array[: source.nbytes] = source
+    return buffer, array
+
+
 def fill_once(make: Callable[[int], Any], source: np.ndarray) -> tuple[float, float, float]:
     """(wall, CPU) seconds to make a buffer and copy `source` into it, and the wall seconds
     of a second copy into it; then it is freed."""
     wall, cpu = time.perf_counter(), _cpu()
-    buffer = make(int(source.nbytes * HEADROOM))
-    array = np.frombuffer(buffer, np.uint8) if isinstance(buffer, mmap.mmap) else buffer
-    array[: source.nbytes] = source
+    buffer, array = made_and_filled(make, source)
     first = time.perf_counter() - wall, _cpu() - cpu
     again = time.perf_counter()
     array[: source.nbytes] = source
@@ -112,11 +120,8 @@ def kept_fills(way: str, megabytes: float, count: int) -> list[float]:
     make, kept, walls = ways()[way], [], []
     for _ in range(count):
         started = time.perf_counter()
-        buffer = make(int(source.nbytes * HEADROOM))
-        array = np.frombuffer(buffer, np.uint8) if isinstance(buffer, mmap.mmap) else buffer
-        array[: source.nbytes] = source
+        kept.append(made_and_filled(make, source))
         walls.append(round((time.perf_counter() - started) * 1e3, 1))
-        kept.append(array)
     return walls
 
 
@@ -126,12 +131,12 @@ def kept_in_fresh_processes(megabytes: float, count: int, idle: float) -> dict[s
     found = {}
     for way in ways():
         time.sleep(idle)
-        code = (f"from benchmarks.bench_fresh_memory import kept_fills; "
-                f"print(kept_fills({way!r}, {megabytes}, {count}))")  # fmt: skip
+        code = ("import json; from benchmarks.bench_fresh_memory import kept_fills; "
+                f"print(json.dumps(kept_fills({way!r}, {megabytes}, {count})))")  # fmt: skip
         done = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
         )
-        found[way] = [float(ms) for ms in done.stdout.strip().strip("[]").split(",")]
+        found[way] = json.loads(done.stdout)
     return found
 
 
